@@ -1,0 +1,174 @@
+//! Wiring of one node: opens the data directory, starts openraft with our
+//! storage and network, bootstraps the initial cluster exactly once, serves
+//! the gRPC services on one port, and shuts all of it down in order.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use raftkv::pb::cluster_server::ClusterServer;
+use raftkv::pb::kv_server::KvServer;
+use raftkv::raft_pb::raft_server::RaftServer;
+use tokio::sync::watch;
+
+use crate::cluster_service::ClusterService;
+use crate::kv_service::KvService;
+use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
+use crate::proposer::Proposer;
+use crate::raft_service::RaftService;
+use crate::store::{data_dir, CommitIndex, KvReader};
+use crate::types::{NodeId, Raft};
+
+/// How long a graceful stop waits for in-flight requests before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a node needs to start, already validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// The address peers and clients use to reach this node.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers.
+    pub keep_logs_after_snapshot: u64,
+}
+
+impl Settings {
+    /// The initial cluster as one canonical string; it identifies the cluster
+    /// a data directory belongs to.
+    pub fn cluster_identity(&self) -> String {
+        self.initial_cluster.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Shared handles for the services. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub id: NodeId,
+    pub address: String,
+    pub raft: Raft,
+    pub reader: KvReader,
+    pub proposer: Proposer,
+    pub network: Network,
+    pub commit_index: CommitIndex,
+    /// Flips to true when the node begins to stop; long-lived streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the node until `stop` resolves, then stops gracefully.
+pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = data_dir::open(&settings.data_dir, settings.id, &settings.cluster_identity())?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+
+    let config = openraft::Config {
+        cluster_name: "raftkv".to_string(),
+        heartbeat_interval: settings.heartbeat_interval_ms,
+        election_timeout_min: settings.election_timeout_min_ms,
+        election_timeout_max: settings.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: settings.keep_logs_after_snapshot,
+        purge_batch_size: 256,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().context("invalid raft settings")?);
+    let network = Network::default();
+    let commit_index = dir.log_store.commit_index();
+    let reader = dir.state_machine.reader();
+    let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
+        .await
+        .context("cannot start raft")?;
+
+    if dir.pristine {
+        let members: BTreeMap<NodeId, BasicNode> =
+            settings.initial_cluster.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node = settings.id, cluster = %settings.cluster_identity(), "bootstrapped the initial cluster"),
+            // A peer's leader reached us first: we are already part of the cluster.
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(anyhow::anyhow!("cannot bootstrap the cluster: {e}")),
+        }
+    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let app = App {
+        id: settings.id,
+        address: settings.advertise.clone(),
+        raft: raft.clone(),
+        reader,
+        proposer: Proposer::start(raft.clone()),
+        network,
+        commit_index,
+        shutdown,
+    };
+    tokio::spawn(log_leader_changes(settings.id, raft.clone()));
+
+    tracing::info!(node = settings.id, listen = %settings.listen, advertise = %settings.advertise, "serving");
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(KvService::new(app.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        .add_service(ClusterServer::new(ClusterService::new(app.clone())))
+        .add_service(
+            RaftServer::new(RaftService::new(raft.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+            stop.await;
+            tracing::info!(node = settings.id, "stopping");
+            let _ = shutdown_tx.send(true);
+        });
+    let served = server.await;
+    if let Err(e) = tokio::time::timeout(SHUTDOWN_GRACE, raft.shutdown()).await {
+        tracing::warn!(node = settings.id, "raft did not stop in time: {e}");
+    }
+    served.context("gRPC server failed")?;
+    tracing::info!(node = settings.id, "stopped");
+    Ok(())
+}
+
+/// One INFO line per leadership change, for a person to grep.
+async fn log_leader_changes(id: NodeId, raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            let leader_addr = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+            (m.current_leader, leader_addr, m.current_term)
+        };
+        if last.as_ref().map(|l: &(Option<u64>, Option<String>, u64)| (l.0, l.2)) != Some((now.0, now.2)) {
+            match &now {
+                (Some(l), _, term) if *l == id => tracing::info!(node = id, term, "leader changed: this node leads"),
+                (Some(l), addr, term) => tracing::info!(
+                    node = id,
+                    term,
+                    "leader changed: node {l} at {} leads",
+                    addr.as_deref().unwrap_or("?")
+                ),
+                (None, _, term) => tracing::info!(node = id, term, "leader changed: no leader"),
+            }
+            last = Some(now);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

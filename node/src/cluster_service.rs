@@ -1,0 +1,123 @@
+//! The public `Cluster` service: this node's status, once or as a stream that
+//! pushes every change of role, term, leader or membership at once (the
+//! router learns of a new leader this way, without polling).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::ServerState;
+use raftkv::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::app::App;
+
+/// While only indexes move, a watcher gets at most one update per this interval.
+pub const WATCH_INDEX_INTERVAL: Duration = Duration::from_millis(100);
+
+pub struct ClusterService {
+    app: App,
+}
+
+impl ClusterService {
+    pub fn new(app: App) -> Self {
+        ClusterService { app }
+    }
+}
+
+/// This node's status as the API reports it.
+pub fn node_status(app: &App) -> pb::NodeStatus {
+    let metrics = app.raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let is_voter = membership.voter_ids().any(|id| id == app.id);
+    let role = match m.state {
+        ServerState::Leader => pb::Role::Leader,
+        ServerState::Candidate => pb::Role::Candidate,
+        ServerState::Follower => pb::Role::Follower,
+        ServerState::Learner if is_voter => pb::Role::Follower,
+        ServerState::Learner => pb::Role::Learner,
+        ServerState::Shutdown => pb::Role::Shutdown,
+    };
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, node)| pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
+        .collect();
+    let leader_address = m
+        .current_leader
+        .and_then(|id| membership.get_node(&id))
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    pb::NodeStatus {
+        id: app.id,
+        address: app.address.clone(),
+        role: role as i32,
+        term: m.current_term,
+        leader_id: m.current_leader,
+        leader_address,
+        last_log_index: m.last_log_index,
+        commit_index: app.commit_index.get(),
+        applied_index: m.last_applied.map(|l| l.index),
+        members,
+        pid: std::process::id(),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+    }
+}
+
+/// Whether `b` differs from `a` in something a watcher must learn at once.
+fn changed_shape(a: &pb::NodeStatus, b: &pb::NodeStatus) -> bool {
+    a.role != b.role || a.term != b.term || a.leader_id != b.leader_id || a.members != b.members
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(node_status(&self.app)))
+    }
+
+    type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
+
+    async fn watch_status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let mut metrics = app.raft.metrics();
+            let mut shutdown = app.shutdown.clone();
+            let mut last = node_status(&app);
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            let mut tick = tokio::time::interval(WATCH_INDEX_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    changed = metrics.changed() => {
+                        if changed.is_err() { return; }
+                        let now = node_status(&app);
+                        if changed_shape(&last, &now) {
+                            if tx.send(Ok(now.clone())).await.is_err() { return; }
+                            last = now;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let now = node_status(&app);
+                        if now != last {
+                            if tx.send(Ok(now.clone())).await.is_err() { return; }
+                            last = now;
+                        }
+                    }
+                    _ = shutdown.changed() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,265 @@
+//! Field-by-field mapping between openraft's types and our protobuf messages
+//! (`proto/raft.proto`). The same messages are the wire format between nodes
+//! and the on-disk format of log entries and snapshots, so this module is the
+//! one place where their shape is decided.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{BasicNode, CommittedLeaderId, EntryPayload, LeaderId};
+use raftkv::raft_pb as pb;
+
+use crate::types::{
+    Batch, Command, Entry, LogId, Membership, NodeId, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+};
+
+/// A message that does not describe a valid openraft value (a required field is
+/// missing). From the network that is a bad request; from disk, corruption.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {0}: missing or invalid field")]
+pub struct MalformedMessage(pub &'static str);
+
+type Result<T> = std::result::Result<T, MalformedMessage>;
+
+pub fn leader_id_to_pb(id: &LeaderId<NodeId>) -> pb::LeaderId {
+    pb::LeaderId { term: id.term, node_id: id.node_id }
+}
+
+pub fn leader_id_from_pb(id: Option<pb::LeaderId>) -> Result<LeaderId<NodeId>> {
+    let id = id.ok_or(MalformedMessage("leader id"))?;
+    Ok(LeaderId::new(id.term, id.node_id))
+}
+
+pub fn vote_to_pb(v: &Vote) -> pb::Vote {
+    pb::Vote { leader_id: Some(leader_id_to_pb(&v.leader_id)), committed: v.committed }
+}
+
+pub fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote> {
+    let v = v.ok_or(MalformedMessage("vote"))?;
+    let leader_id = leader_id_from_pb(v.leader_id)?;
+    Ok(if v.committed {
+        Vote::new_committed(leader_id.term, leader_id.node_id)
+    } else {
+        Vote::new(leader_id.term, leader_id.node_id)
+    })
+}
+
+pub fn log_id_to_pb(id: &LogId) -> pb::LogId {
+    pb::LogId { leader_id: Some(leader_id_to_pb(&id.leader_id)), index: id.index }
+}
+
+pub fn opt_log_id_to_pb(id: &Option<LogId>) -> Option<pb::LogId> {
+    id.as_ref().map(log_id_to_pb)
+}
+
+pub fn log_id_from_pb(id: pb::LogId) -> Result<LogId> {
+    let leader: CommittedLeaderId<NodeId> = leader_id_from_pb(id.leader_id)?;
+    Ok(LogId::new(leader, id.index))
+}
+
+pub fn opt_log_id_from_pb(id: Option<pb::LogId>) -> Result<Option<LogId>> {
+    id.map(log_id_from_pb).transpose()
+}
+
+pub fn membership_to_pb(m: &Membership) -> pb::Membership {
+    pb::Membership {
+        configs: m
+            .get_joint_config()
+            .iter()
+            .map(|set| pb::NodeIdSet { ids: set.iter().copied().collect() })
+            .collect(),
+        nodes: m.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+    }
+}
+
+pub fn membership_from_pb(m: Option<pb::Membership>) -> Result<Membership> {
+    let m = m.ok_or(MalformedMessage("membership"))?;
+    let configs: Vec<BTreeSet<NodeId>> = m.configs.into_iter().map(|s| s.ids.into_iter().collect()).collect();
+    let nodes: BTreeMap<NodeId, BasicNode> =
+        m.nodes.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    // Every voter must have an address, or openraft would panic later.
+    if configs.iter().flatten().any(|id| !nodes.contains_key(id)) {
+        return Err(MalformedMessage("membership (voter without address)"));
+    }
+    Ok(Membership::new(configs, nodes))
+}
+
+pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
+    pb::StoredMembership {
+        log_id: opt_log_id_to_pb(m.log_id()),
+        membership: Some(membership_to_pb(m.membership())),
+    }
+}
+
+pub fn stored_membership_from_pb(m: Option<pb::StoredMembership>) -> Result<StoredMembership> {
+    let m = m.ok_or(MalformedMessage("stored membership"))?;
+    Ok(StoredMembership::new(opt_log_id_from_pb(m.log_id)?, membership_from_pb(m.membership)?))
+}
+
+pub fn command_to_pb(c: &Command) -> pb::Command {
+    let op = match c {
+        Command::Put { key, value } => pb::command::Op::Put(pb::Put { key: key.clone(), value: value.clone() }),
+        Command::Delete { key } => pb::command::Op::Delete(pb::Delete { key: key.clone() }),
+    };
+    pb::Command { op: Some(op) }
+}
+
+pub fn command_from_pb(c: pb::Command) -> Result<Command> {
+    match c.op.ok_or(MalformedMessage("command"))? {
+        pb::command::Op::Put(p) => Ok(Command::Put { key: p.key, value: p.value }),
+        pb::command::Op::Delete(d) => Ok(Command::Delete { key: d.key }),
+    }
+}
+
+pub fn entry_to_pb(e: &Entry) -> pb::Entry {
+    let payload = match &e.payload {
+        EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
+        EntryPayload::Normal(batch) => pb::entry::Payload::Normal(pb::CommandBatch {
+            commands: batch.commands.iter().map(command_to_pb).collect(),
+        }),
+        EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
+    };
+    pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
+}
+
+pub fn entry_from_pb(e: pb::Entry) -> Result<Entry> {
+    let log_id = log_id_from_pb(e.log_id.ok_or(MalformedMessage("entry log id"))?)?;
+    let payload = match e.payload.ok_or(MalformedMessage("entry payload"))? {
+        pb::entry::Payload::Blank(_) => EntryPayload::<TypeConfig>::Blank,
+        pb::entry::Payload::Normal(b) => EntryPayload::Normal(Batch {
+            commands: b.commands.into_iter().map(command_from_pb).collect::<Result<_>>()?,
+        }),
+        pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(Some(m))?),
+    };
+    Ok(Entry { log_id, payload })
+}
+
+pub fn snapshot_meta_to_pb(m: &SnapshotMeta) -> pb::SnapshotMeta {
+    pb::SnapshotMeta {
+        last_log_id: opt_log_id_to_pb(&m.last_log_id),
+        last_membership: Some(stored_membership_to_pb(&m.last_membership)),
+        snapshot_id: m.snapshot_id.clone(),
+    }
+}
+
+pub fn snapshot_meta_from_pb(m: Option<pb::SnapshotMeta>) -> Result<SnapshotMeta> {
+    let m = m.ok_or(MalformedMessage("snapshot meta"))?;
+    Ok(SnapshotMeta {
+        last_log_id: opt_log_id_from_pb(m.last_log_id)?,
+        last_membership: stored_membership_from_pb(m.last_membership)?,
+        snapshot_id: m.snapshot_id,
+    })
+}
+
+pub fn append_entries_to_pb(r: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        prev_log_id: opt_log_id_to_pb(&r.prev_log_id),
+        entries: r.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: opt_log_id_to_pb(&r.leader_commit),
+    }
+}
+
+pub fn append_entries_from_pb(r: pb::AppendEntriesRequest) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>> {
+    Ok(openraft::raft::AppendEntriesRequest {
+        vote: vote_from_pb(r.vote)?,
+        prev_log_id: opt_log_id_from_pb(r.prev_log_id)?,
+        entries: r.entries.into_iter().map(entry_from_pb).collect::<Result<_>>()?,
+        leader_commit: opt_log_id_from_pb(r.leader_commit)?,
+    })
+}
+
+pub fn append_response_to_pb(r: &openraft::raft::AppendEntriesResponse<NodeId>) -> pb::AppendEntriesResponse {
+    use openraft::raft::AppendEntriesResponse as R;
+    use pb::append_entries_response::Result as P;
+    let result = match r {
+        R::Success => P::Success(pb::Empty {}),
+        R::PartialSuccess(m) => P::PartialSuccess(pb::PartialSuccess { matching: opt_log_id_to_pb(m) }),
+        R::Conflict => P::Conflict(pb::Empty {}),
+        R::HigherVote(v) => P::HigherVote(vote_to_pb(v)),
+    };
+    pb::AppendEntriesResponse { result: Some(result) }
+}
+
+pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> Result<openraft::raft::AppendEntriesResponse<NodeId>> {
+    use openraft::raft::AppendEntriesResponse as R;
+    use pb::append_entries_response::Result as P;
+    Ok(match r.result.ok_or(MalformedMessage("append entries response"))? {
+        P::Success(_) => R::Success,
+        P::PartialSuccess(p) => R::PartialSuccess(opt_log_id_from_pb(p.matching)?),
+        P::Conflict(_) => R::Conflict,
+        P::HigherVote(v) => R::HigherVote(vote_from_pb(Some(v))?),
+    })
+}
+
+pub fn vote_request_to_pb(r: &openraft::raft::VoteRequest<NodeId>) -> pb::VoteRequest {
+    pb::VoteRequest { vote: Some(vote_to_pb(&r.vote)), last_log_id: opt_log_id_to_pb(&r.last_log_id) }
+}
+
+pub fn vote_request_from_pb(r: pb::VoteRequest) -> Result<openraft::raft::VoteRequest<NodeId>> {
+    Ok(openraft::raft::VoteRequest { vote: vote_from_pb(r.vote)?, last_log_id: opt_log_id_from_pb(r.last_log_id)? })
+}
+
+pub fn vote_response_to_pb(r: &openraft::raft::VoteResponse<NodeId>) -> pb::VoteResponse {
+    pb::VoteResponse {
+        vote: Some(vote_to_pb(&r.vote)),
+        vote_granted: r.vote_granted,
+        last_log_id: opt_log_id_to_pb(&r.last_log_id),
+    }
+}
+
+pub fn vote_response_from_pb(r: pb::VoteResponse) -> Result<openraft::raft::VoteResponse<NodeId>> {
+    Ok(openraft::raft::VoteResponse {
+        vote: vote_from_pb(r.vote)?,
+        vote_granted: r.vote_granted,
+        last_log_id: opt_log_id_from_pb(r.last_log_id)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    #[test]
+    fn entries_survive_a_round_trip_through_protobuf() {
+        let nodes: BTreeMap<u64, BasicNode> =
+            (1..=3).map(|i| (i, BasicNode { addr: format!("127.0.0.1:{}", 7000 + i) })).collect();
+        let membership = Membership::new(vec![[1, 2, 3].into_iter().collect()], nodes);
+        let entries = vec![
+            Entry { log_id: log_id(1, 1, 0), payload: EntryPayload::Membership(membership) },
+            Entry { log_id: log_id(2, 3, 1), payload: EntryPayload::Blank },
+            Entry {
+                log_id: log_id(2, 3, 2),
+                payload: EntryPayload::Normal(Batch {
+                    commands: vec![
+                        Command::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
+                        Command::Delete { key: Bytes::from_static(b"gone") },
+                    ],
+                }),
+            },
+        ];
+        for e in entries {
+            let back = entry_from_pb(entry_to_pb(&e)).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn a_message_missing_a_required_field_is_rejected() {
+        let err = entry_from_pb(pb::Entry { log_id: None, payload: None }).unwrap_err();
+        assert!(err.to_string().contains("entry log id"));
+        let voter_without_address = pb::Membership { configs: vec![pb::NodeIdSet { ids: vec![9] }], nodes: Default::default() };
+        assert!(membership_from_pb(Some(voter_without_address)).is_err());
+    }
+
+    #[test]
+    fn votes_keep_their_committed_flag() {
+        for v in [Vote::new(3, 2), Vote::new_committed(7, 1)] {
+            assert_eq!(vote_from_pb(Some(vote_to_pb(&v))).unwrap(), v);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! raftkv-node: one member of a raftkv cluster.
+//!
+//! `app` wires the pieces: `store` (sled log and state machine), `network`
+//! and `raft_service` (Raft RPCs out and in), `proposer` (group commit),
+//! `kv_service` and `cluster_service` (the public API). `types` declares the
+//! openraft type configuration and `convert` maps it to our protobuf messages.
+
+pub mod app;
+pub mod cluster_service;
+pub mod convert;
+pub mod kv_service;
+pub mod network;
+pub mod proposer;
+pub mod raft_service;
+pub mod store;
+pub mod types;

@@ -1,0 +1,150 @@
+//! `raftkv-node`: parses flags, sets up logging and signals, runs the node.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use raftkv_node::app::{self, Settings};
+
+const EXAMPLE: &str = "\
+Example (three nodes on one machine; run each in its own terminal):
+  raftkv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node-1 \\
+      --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
+
+The initial cluster is used once, to bootstrap an empty data directory; a restarted
+node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.";
+
+/// A raftkv server node: one member of a Raft-replicated key-value store.
+///
+/// Serves the key-value API, the cluster status API and Raft traffic between
+/// nodes on one gRPC port, and keeps its log and data in a durable sled store.
+#[derive(Parser, Debug)]
+#[command(name = "raftkv-node", version, after_help = EXAMPLE)]
+struct Flags {
+    /// This node's id (a positive integer, one of those in --initial-cluster).
+    #[arg(long, env = "RAFTKV_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, env = "RAFTKV_LISTEN", value_parser = parse_socket_addr)]
+    listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node [default: this node's address in --initial-cluster].
+    #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
+    advertise: Option<String>,
+    /// Directory for this node's data; created if missing.
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Every initial member as ID=HOST:PORT, comma separated.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_cluster)]
+    initial_cluster: InitialCluster,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
+    election_timeout_ms: u64,
+    /// Take a snapshot after this many log entries since the last one.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot so slow followers can catch up without one.
+    #[arg(long, env = "RAFTKV_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = 1000)]
+    keep_logs_after_snapshot: u64,
+}
+
+#[derive(Debug, Clone)]
+struct InitialCluster(BTreeMap<u64, String>);
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not a HOST:PORT address ({e})"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} does not resolve to an address"))
+}
+
+fn parse_host_port(s: &str) -> Result<String, String> {
+    raftkv::client::check_address(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_cluster(s: &str) -> Result<InitialCluster, String> {
+    let mut members = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} in {part:?} is not a node id"))?;
+        if id == 0 {
+            return Err("node ids start at 1".to_string());
+        }
+        let addr = parse_host_port(addr.trim())?;
+        if members.insert(id, addr).is_some() {
+            return Err(format!("node {id} appears twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("the initial cluster needs at least one member".to_string());
+    }
+    Ok(InitialCluster(members))
+}
+
+fn settings(flags: Flags) -> Result<Settings, String> {
+    let members = flags.initial_cluster.0;
+    let own = members
+        .get(&flags.id)
+        .ok_or_else(|| format!("node {} is not in --initial-cluster ({} members)", flags.id, members.len()))?;
+    Ok(Settings {
+        id: flags.id,
+        listen: flags.listen,
+        advertise: flags.advertise.unwrap_or_else(|| own.clone()),
+        data_dir: flags.data_dir,
+        initial_cluster: members,
+        heartbeat_interval_ms: flags.heartbeat_ms,
+        election_timeout_min_ms: flags.election_timeout_ms,
+        election_timeout_max_ms: flags.election_timeout_ms * 2,
+        snapshot_after_logs: flags.snapshot_after_logs,
+        keep_logs_after_snapshot: flags.keep_logs_after_snapshot,
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let settings = match settings(flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(settings, stop_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its causes.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

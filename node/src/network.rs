@@ -1,0 +1,172 @@
+//! Outgoing Raft traffic: openraft's `RaftNetwork` over our tonic `Raft`
+//! service, one long-lived HTTP/2 channel per peer address.
+//!
+//! Snapshots go as one client-streaming call: a header chunk, then the data in
+//! `SNAPSHOT_CHUNK_BYTES` pieces, bounded by `SNAPSHOT_TIMEOUT` and cancelled
+//! when openraft closes the replication stream.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, OptionalSend, RaftNetwork, RaftNetworkFactory};
+use prost::Message;
+use raftkv::raft_pb as pb;
+use raftkv::raft_pb::raft_client::RaftClient;
+use tonic::transport::Channel;
+
+use crate::convert;
+use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+
+/// The largest gRPC message a node sends or accepts on the Raft port.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
+/// An AppendEntries above this size is split (openraft retries with fewer entries).
+pub const MAX_APPEND_ENTRIES_BYTES: usize = 16 << 20;
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long openraft waits before retrying a peer it could not reach.
+pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Hands out Raft clients; channels are cached per address so a reconnecting
+/// replication stream reuses its HTTP/2 connection.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    /// A Raft client for the node at `address`.
+    pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, raftkv::client::Error> {
+        let mut channels = self.channels.lock().expect("channel cache poisoned");
+        let channel = match channels.get(address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = raftkv::client::channel(address)?;
+                channels.insert(address.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection { target, address: node.addr.clone(), client: self.client(&node.addr).map_err(|e| e.to_string()) }
+    }
+}
+
+/// The connection to one peer, as openraft's replication and election use it.
+pub struct PeerConnection {
+    target: NodeId,
+    address: String,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+fn rpc_error<E: std::error::Error>(target: NodeId, address: &str, status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    let err = TransportError(format!("node {target} at {address}: {}", status.message()));
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
+        _ => RPCError::Network(NetworkError::new(&err)),
+    }
+}
+
+impl PeerConnection {
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
+        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
+    }
+}
+
+fn malformed<E: std::error::Error>(e: convert::MalformedMessage) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&e))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let message = convert::append_entries_to_pb(&rpc);
+        if rpc.entries.len() > 1 && message.encoded_len() > MAX_APPEND_ENTRIES_BYTES {
+            let fewer = (rpc.entries.len() / 2).max(1) as u64;
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
+        }
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let reply = self.client()?.append_entries(request).await.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        convert::append_response_from_pb(reply.into_inner()).map_err(malformed)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let mut request = tonic::Request::new(convert::vote_request_to_pb(&rpc));
+        request.set_timeout(option.hard_ttl());
+        let reply = self.client()?.vote(request).await.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        convert::vote_response_from_pb(reply.into_inner()).map_err(malformed)
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let data = Bytes::from(snapshot.snapshot.into_inner());
+        let header = pb::SnapshotHeader {
+            vote: Some(convert::vote_to_pb(&vote)),
+            meta: Some(convert::snapshot_meta_to_pb(&snapshot.meta)),
+            data_len: data.len() as u64,
+        };
+        let mut chunks = vec![pb::SnapshotChunk { kind: Some(pb::snapshot_chunk::Kind::Header(header)) }];
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            chunks.push(pb::SnapshotChunk { kind: Some(pb::snapshot_chunk::Kind::Data(data.slice(offset..end))) });
+            offset = end;
+        }
+        tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        request.set_timeout(SNAPSHOT_TIMEOUT);
+        let mut client = self.client::<RaftError<NodeId>>().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let reply = tokio::select! {
+            reply = client.install_snapshot(request) => reply,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let reply = reply.map_err(|s| {
+            let err = TransportError(format!("snapshot to node {} at {}: {}", self.target, self.address, s.message()));
+            match s.code() {
+                tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&err)),
+                _ => StreamingError::Network(NetworkError::new(&err)),
+            }
+        })?;
+        let vote = convert::vote_from_pb(reply.into_inner().vote).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        Ok(SnapshotResponse { vote })
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}

@@ -1,0 +1,137 @@
+//! Group commit above openraft.
+//!
+//! openraft 0.9 appends (and fsyncs) each `client_write` as its own entry on
+//! the leader, so proposing client writes one by one would cost one fsync
+//! each. The proposer instead gathers the writes that arrive while earlier
+//! proposals are in flight and proposes them as one entry (a `Batch`), then
+//! hands each caller its own result.
+
+use std::sync::Arc;
+
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::Status;
+
+use crate::raft_service::not_leader;
+use crate::types::{Batch, Command, CommandResult, LogId, Raft};
+
+/// Most commands in one log entry.
+pub const MAX_BATCH_COMMANDS: usize = 4096;
+/// Most key+value bytes in one log entry (one command may exceed it alone).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Proposals handed to openraft and not yet answered.
+pub const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
+/// Writes waiting to be batched; callers wait for room beyond this.
+pub const PROPOSAL_QUEUE_LEN: usize = 16 * 1024;
+
+/// The outcome of a proposed command: its result and the entry it was applied in.
+pub type Proposed = Result<(CommandResult, LogId), Status>;
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<Proposed>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Proposal>,
+}
+
+fn command_bytes(c: &Command) -> usize {
+    match c {
+        Command::Put { key, value } => key.len() + value.len(),
+        Command::Delete { key } => key.len(),
+    }
+}
+
+impl Proposer {
+    /// Starts the batching task; it ends when every `Proposer` clone is dropped.
+    pub fn start(raft: Raft) -> Proposer {
+        let (queue, rx) = mpsc::channel(PROPOSAL_QUEUE_LEN);
+        tokio::spawn(run(raft, rx));
+        Proposer { queue }
+    }
+
+    /// Proposes `command` and waits until it is applied on this leader.
+    pub async fn propose(&self, command: Command) -> Proposed {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        answer.await.unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for room first, so that everything arriving meanwhile joins this batch.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut bytes = command_bytes(&first.command);
+        let mut proposals = vec![first];
+        while proposals.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += command_bytes(&p.command);
+                    proposals.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let receiver = match raft.client_write_ff(Batch { commands }).await {
+            Ok(r) => r,
+            Err(fatal) => {
+                for reply in replies {
+                    let _ = reply.send(Err(Status::unavailable(format!("raft is stopped: {fatal}"))));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let outcome = receiver.await;
+            drop(permit);
+            match outcome {
+                Ok(Ok(written)) => {
+                    debug_assert_eq!(written.data.results.len(), replies.len());
+                    for (result, reply) in written.data.results.into_iter().zip(replies) {
+                        let _ = reply.send(Ok((result, written.log_id)));
+                    }
+                }
+                Ok(Err(e)) => {
+                    let status = write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                }
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(outcome_unknown()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A write that may or may not have been committed: the leader lost its
+/// leadership or stopped after accepting it.
+fn outcome_unknown() -> Status {
+    Status::aborted("leadership changed while the write was in flight; it may or may not have been applied")
+}
+
+fn write_error(e: ClientWriteError<u64, openraft::BasicNode>) -> Status {
+    match e {
+        // The entry may already be in the log and be committed by the next
+        // leader: the outcome is unknown, unlike a refusal before proposing.
+        ClientWriteError::ForwardToLeader(f) => {
+            let hint = not_leader(f.leader_id, f.leader_node.as_ref());
+            let mut status = outcome_unknown();
+            *status.metadata_mut() = hint.metadata().clone();
+            status
+        }
+        ClientWriteError::ChangeMembershipError(e) => Status::internal(e.to_string()),
+    }
+}
+

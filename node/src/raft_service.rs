@@ -1,0 +1,112 @@
+//! Incoming Raft traffic: the tonic `Raft` service that hands peers'
+//! AppendEntries, Vote and snapshot streams to openraft, and answers
+//! followers' ReadIndex requests when this node leads.
+
+use std::io::Cursor;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use raftkv::raft_pb as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::types::{NodeId, Raft, Snapshot};
+
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> Self {
+        RaftService { raft }
+    }
+}
+
+fn bad_request(e: convert::MalformedMessage) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn stopped<E: std::fmt::Display>(e: E) -> Status {
+    Status::unavailable(format!("raft is stopped: {e}"))
+}
+
+/// Maps "not the leader" to UNAVAILABLE with the leader hint clients follow.
+pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::BasicNode>) -> Status {
+    let hint = match (leader_id, leader_node) {
+        (Some(id), Some(node)) => Some(raftkv::client::LeaderHint { id, address: node.addr.clone() }),
+        _ => None,
+    };
+    let message = match &hint {
+        Some(h) => format!("not the leader; node {} at {} leads", h.id, h.address),
+        None => "not the leader, and no leader is known (election in progress?)".to_string(),
+    };
+    raftkv::client::unavailable(message, hint.as_ref())
+}
+
+/// Maps a failed leadership check (ReadIndex) to a status.
+pub fn check_is_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> Status {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id, f.leader_node.as_ref()),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
+            Status::unavailable(format!("the leader cannot reach a quorum: {q}"))
+        }
+        RaftError::Fatal(f) => stopped(f),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let rpc = convert::append_entries_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.append_entries(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::append_response_to_pb(&reply)))
+    }
+
+    async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let rpc = convert::vote_request_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::vote_response_to_pb(&reply)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|c| c.kind) {
+            Some(pb::snapshot_chunk::Kind::Header(h)) => h,
+            _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
+        };
+        let vote = convert::vote_from_pb(header.vote).map_err(bad_request)?;
+        let meta = convert::snapshot_meta_from_pb(header.meta).map_err(bad_request)?;
+        let expected = usize::try_from(header.data_len).map_err(|_| Status::invalid_argument("snapshot too large"))?;
+        let mut data = Vec::with_capacity(expected);
+        while let Some(chunk) = stream.message().await? {
+            match chunk.kind {
+                Some(pb::snapshot_chunk::Kind::Data(bytes)) => {
+                    if data.len() + bytes.len() > expected {
+                        return Err(Status::invalid_argument("snapshot data longer than its header says"));
+                    }
+                    data.extend_from_slice(&bytes);
+                }
+                _ => return Err(Status::invalid_argument("a snapshot stream has one header, then data")),
+            }
+        }
+        if data.len() != expected {
+            return Err(Status::invalid_argument(format!(
+                "snapshot stream ended after {} of {expected} bytes",
+                data.len()
+            )));
+        }
+        let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+        let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
+        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(convert::vote_to_pb(&reply.vote)) }))
+    }
+
+    async fn read_index(&self, _request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let (read_log_id, _applied) = self.raft.get_read_log_id().await.map_err(check_is_leader_error)?;
+        Ok(Response::new(pb::ReadIndexResponse { read_log_id: convert::opt_log_id_to_pb(&read_log_id) }))
+    }
+}

@@ -1,0 +1,146 @@
+//! Decides whether a data directory may be used by this node, and opens it.
+//!
+//! A directory records which node and which initial cluster it belongs to the
+//! first time it is used. Later starts check both and refuse a mismatch, and
+//! refuse a directory that is unreadable or corrupt, with a one-line reason.
+//! Nothing here ever deletes or re-initialises data.
+
+use std::path::{Path, PathBuf};
+
+use crate::store::{LogStore, StateMachine};
+
+const IDENTITY_TREE: &str = "identity";
+const NODE_ID_KEY: &[u8] = b"node_id";
+const CLUSTER_KEY: &[u8] = b"initial_cluster";
+const FORMAT_KEY: &[u8] = b"format";
+/// Bumped whenever the on-disk layout changes incompatibly.
+const FORMAT_VERSION: u64 = 1;
+
+/// Why a data directory cannot be used. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("cannot use data directory {dir}: {reason}")]
+    Unusable { dir: PathBuf, reason: String },
+    #[error("data directory {dir} belongs to node {found}, not node {expected}; use the right --id or another --data-dir")]
+    OtherNode { dir: PathBuf, found: u64, expected: u64 },
+    #[error("data directory {dir} belongs to another cluster (initial cluster {found}, not {expected})")]
+    OtherCluster { dir: PathBuf, found: String, expected: String },
+    #[error("data directory {dir} is corrupt: {reason}")]
+    Corrupt { dir: PathBuf, reason: String },
+}
+
+/// An opened, checked data directory.
+pub struct DataDir {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    /// True when the directory has never held Raft state: only then may the
+    /// node bootstrap the initial cluster.
+    pub pristine: bool,
+}
+
+/// Opens `dir` for node `node_id` of the cluster described by `cluster`
+/// (a canonical string of the initial members and addresses).
+pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+    let unusable = |reason: String| DataDirError::Unusable { dir: dir.to_path_buf(), reason };
+    let corrupt = |reason: String| DataDirError::Corrupt { dir: dir.to_path_buf(), reason };
+
+    std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
+    let db_path = dir.join("db");
+    let fresh = !db_path.exists();
+    let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            unusable("another process is using it".to_string())
+        }
+        sled::Error::Corruption { .. } => corrupt(e.to_string()),
+        other => unusable(other.to_string()),
+    })?;
+    let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
+
+    match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
+        None => {
+            // Only a directory we just created may be claimed; a sled database
+            // without our identity is not ours to adopt.
+            let has_other_state = db.tree_names().iter().any(|n| {
+                n.as_ref() != b"__sled__default" && n.as_ref() != IDENTITY_TREE.as_bytes()
+                    && db.open_tree(n).map(|t| !t.is_empty()).unwrap_or(true)
+            });
+            if !fresh && has_other_state {
+                return Err(corrupt("it holds data but no node identity".to_string()));
+            }
+            identity.insert(NODE_ID_KEY, &node_id.to_be_bytes()).map_err(|e| unusable(e.to_string()))?;
+            identity.insert(CLUSTER_KEY, cluster.as_bytes()).map_err(|e| unusable(e.to_string()))?;
+            identity.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(|e| unusable(e.to_string()))?;
+            db.flush().map_err(|e| unusable(e.to_string()))?;
+        }
+        Some(found) => {
+            let found = u64::from_be_bytes(
+                found.as_ref().try_into().map_err(|_| corrupt("malformed node id record".to_string()))?,
+            );
+            if found != node_id {
+                return Err(DataDirError::OtherNode { dir: dir.to_path_buf(), found, expected: node_id });
+            }
+            let format = identity.get(FORMAT_KEY).map_err(|e| corrupt(e.to_string()))?;
+            if format.as_deref() != Some(&FORMAT_VERSION.to_be_bytes()[..]) {
+                return Err(unusable("it was written by an incompatible raftkv version".to_string()));
+            }
+            let stored = identity.get(CLUSTER_KEY).map_err(|e| corrupt(e.to_string()))?.unwrap_or_default();
+            let stored = String::from_utf8_lossy(&stored).to_string();
+            if stored != cluster {
+                return Err(DataDirError::OtherCluster {
+                    dir: dir.to_path_buf(),
+                    found: stored,
+                    expected: cluster.to_string(),
+                });
+            }
+        }
+    }
+
+    let log_store = LogStore::open(&db).map_err(|e| corrupt(e.to_string()))?;
+    log_store.verify().map_err(corrupt)?;
+    let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
+    let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
+    Ok(DataDir { log_store, state_machine, pristine })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+
+    #[test]
+    fn a_directory_of_another_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        let err = open(dir.path(), 2, CLUSTER).err().unwrap();
+        assert!(matches!(err, DataDirError::OtherNode { found: 1, expected: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_of_another_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        let err = open(dir.path(), 1, "1=127.0.0.1:1").err().unwrap();
+        assert!(matches!(err, DataDirError::OtherCluster { .. }), "{err}");
+    }
+
+    #[test]
+    fn reopening_the_same_node_works_and_is_not_pristine_after_a_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(dir.path(), 1, CLUSTER).unwrap();
+        assert!(d.pristine);
+        drop(d);
+        assert!(open(dir.path(), 1, CLUSTER).is_ok());
+    }
+
+    #[test]
+    fn garbage_in_the_database_is_refused_without_touching_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        let conf = dir.path().join("db").join("conf");
+        std::fs::write(&conf, b"not a sled config").unwrap();
+        let err = open(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&conf).unwrap(), b"not a sled config");
+    }
+}
