@@ -9,7 +9,8 @@ use openraft::{BasicNode, CommittedLeaderId, EntryPayload, LeaderId};
 use raftkv::raft_pb as pb;
 
 use crate::types::{
-    Batch, Command, Entry, LogId, Membership, NodeId, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    Batch, Command, CommandResult, Entry, LogId, Membership, NodeId, Op, SnapshotMeta, StoredMembership, TypeConfig,
+    Vote, WriteId,
 };
 
 /// A message that does not describe a valid openraft value (a required field is
@@ -95,18 +96,53 @@ pub fn stored_membership_from_pb(m: Option<pb::StoredMembership>) -> Result<Stor
     Ok(StoredMembership::new(opt_log_id_from_pb(m.log_id)?, membership_from_pb(m.membership)?))
 }
 
+pub fn write_id_to_pb(w: &WriteId) -> pb::WriteId {
+    pb::WriteId { client_id: w.client_id, sequence: w.sequence }
+}
+
 pub fn command_to_pb(c: &Command) -> pb::Command {
-    let op = match c {
-        Command::Put { key, value } => pb::command::Op::Put(pb::Put { key: key.clone(), value: value.clone() }),
-        Command::Delete { key } => pb::command::Op::Delete(pb::Delete { key: key.clone() }),
+    let op = match &c.op {
+        Op::Put { key, value } => pb::command::Op::Put(pb::Put { key: key.clone(), value: value.clone() }),
+        Op::Delete { key, expect } => pb::command::Op::Delete(pb::Delete { key: key.clone(), expect: expect.clone() }),
+        Op::Cas { key, expect, new_value } => pb::command::Op::Cas(pb::CompareAndSwap {
+            key: key.clone(),
+            expect: expect.clone(),
+            new_value: new_value.clone(),
+        }),
     };
-    pb::Command { op: Some(op) }
+    pb::Command { op: Some(op), write_id: c.write_id.as_ref().map(write_id_to_pb) }
 }
 
 pub fn command_from_pb(c: pb::Command) -> Result<Command> {
-    match c.op.ok_or(MalformedMessage("command"))? {
-        pb::command::Op::Put(p) => Ok(Command::Put { key: p.key, value: p.value }),
-        pb::command::Op::Delete(d) => Ok(Command::Delete { key: d.key }),
+    let op = match c.op.ok_or(MalformedMessage("command"))? {
+        pb::command::Op::Put(p) => Op::Put { key: p.key, value: p.value },
+        pb::command::Op::Delete(d) => Op::Delete { key: d.key, expect: d.expect },
+        pb::command::Op::Cas(c) => Op::Cas { key: c.key, expect: c.expect, new_value: c.new_value },
+    };
+    let write_id = c.write_id.map(|w| WriteId { client_id: w.client_id, sequence: w.sequence });
+    Ok(Command { op, write_id })
+}
+
+pub fn command_result_to_pb(r: &CommandResult) -> pb::CommandResult {
+    use pb::command_result::Result as R;
+    let result = match r {
+        CommandResult::Put => Some(R::Put(pb::Empty {})),
+        CommandResult::Delete { existed, deleted, current } => {
+            Some(R::Delete(pb::DeleteResult { existed: *existed, deleted: *deleted, current: current.clone() }))
+        }
+        CommandResult::Cas { swapped, current } => Some(R::Cas(pb::CasResult { swapped: *swapped, current: current.clone() })),
+        CommandResult::Forgotten => None,
+    };
+    pb::CommandResult { result }
+}
+
+pub fn command_result_from_pb(r: pb::CommandResult) -> CommandResult {
+    use pb::command_result::Result as R;
+    match r.result {
+        Some(R::Put(_)) => CommandResult::Put,
+        Some(R::Delete(d)) => CommandResult::Delete { existed: d.existed, deleted: d.deleted, current: d.current },
+        Some(R::Cas(c)) => CommandResult::Cas { swapped: c.swapped, current: c.current },
+        None => CommandResult::Forgotten,
     }
 }
 
@@ -115,6 +151,7 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
         EntryPayload::Normal(batch) => pb::entry::Payload::Normal(pb::CommandBatch {
             commands: batch.commands.iter().map(command_to_pb).collect(),
+            proposed_at_ms: batch.proposed_at_ms,
         }),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
@@ -126,6 +163,7 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry> {
     let payload = match e.payload.ok_or(MalformedMessage("entry payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::<TypeConfig>::Blank,
         pb::entry::Payload::Normal(b) => EntryPayload::Normal(Batch {
+            proposed_at_ms: b.proposed_at_ms,
             commands: b.commands.into_iter().map(command_from_pb).collect::<Result<_>>()?,
         }),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(Some(m))?),
@@ -235,9 +273,21 @@ mod tests {
             Entry {
                 log_id: log_id(2, 3, 2),
                 payload: EntryPayload::Normal(Batch {
+                    proposed_at_ms: 1_700_000_000_000,
                     commands: vec![
-                        Command::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
-                        Command::Delete { key: Bytes::from_static(b"gone") },
+                        Command {
+                            op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
+                            write_id: Some(WriteId { client_id: 7, sequence: 3 }),
+                        },
+                        Command { op: Op::Delete { key: Bytes::from_static(b"gone"), expect: None }, write_id: None },
+                        Command {
+                            op: Op::Cas {
+                                key: Bytes::from_static(b"c"),
+                                expect: Some(Bytes::new()),
+                                new_value: Bytes::from_static(b"n"),
+                            },
+                            write_id: None,
+                        },
                     ],
                 }),
             },
@@ -254,6 +304,18 @@ mod tests {
         assert!(err.to_string().contains("entry log id"));
         let voter_without_address = pb::Membership { configs: vec![pb::NodeIdSet { ids: vec![9] }], nodes: Default::default() };
         assert!(membership_from_pb(Some(voter_without_address)).is_err());
+    }
+
+    #[test]
+    fn command_results_survive_a_round_trip() {
+        for r in [
+            CommandResult::Put,
+            CommandResult::Delete { existed: true, deleted: false, current: Some(Bytes::from_static(b"x")) },
+            CommandResult::Cas { swapped: false, current: None },
+            CommandResult::Forgotten,
+        ] {
+            assert_eq!(command_result_from_pb(command_result_to_pb(&r)), r);
+        }
     }
 
     #[test]

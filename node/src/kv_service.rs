@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::raft_service::{check_is_leader_error, not_leader};
-use crate::types::{Command, CommandResult};
+use crate::types::{Command, CommandResult, Op};
 
 /// Used when a request carries no deadline of its own.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,7 +131,7 @@ impl pb::kv_server::Kv for KvService {
         let pb::PutRequest { key, value } = request.into_inner();
         check_key(&key)?;
         limits::check_value(&value).map_err(Status::invalid_argument)?;
-        tokio::time::timeout_at(deadline.into(), self.propose(Command::Put { key, value }))
+        tokio::time::timeout_at(deadline.into(), self.propose(Command { op: Op::Put { key, value }, write_id: None }))
             .await
             .map_err(|_| Status::deadline_exceeded("the write did not complete in time; it may or may not have been applied"))??;
         Ok(Response::new(pb::PutResponse { header: Some(self.header()) }))
@@ -158,10 +158,10 @@ impl pb::kv_server::Kv for KvService {
         let deadline = deadline_of(&request);
         let pb::DeleteRequest { key } = request.into_inner();
         check_key(&key)?;
-        let result = tokio::time::timeout_at(deadline.into(), self.propose(Command::Delete { key }))
+        let result = tokio::time::timeout_at(deadline.into(), self.propose(Command { op: Op::Delete { key, expect: None }, write_id: None }))
             .await
             .map_err(|_| Status::deadline_exceeded("the delete did not complete in time; it may or may not have been applied"))??;
-        let existed = matches!(result, CommandResult::Delete { existed: true });
+        let existed = matches!(result, CommandResult::Delete { existed: true, .. });
         Ok(Response::new(pb::DeleteResponse { existed, header: Some(self.header()) }))
     }
 }

@@ -38,10 +38,11 @@ pub struct Proposer {
 }
 
 fn command_bytes(c: &Command) -> usize {
-    match c {
-        Command::Put { key, value } => key.len() + value.len(),
-        Command::Delete { key } => key.len(),
-    }
+    c.op.payload_bytes()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Proposer {
@@ -80,7 +81,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             }
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let receiver = match raft.client_write_ff(Batch { commands }).await {
+        let receiver = match raft.client_write_ff(Batch { proposed_at_ms: now_ms(), commands }).await {
             Ok(r) => r,
             Err(fatal) => {
                 for reply in replies {

@@ -36,16 +36,47 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
+/// Names one write of one client, for exactly-once retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WriteId {
+    pub client_id: u64,
+    pub sequence: u64,
+}
+
+/// What a write does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: Bytes, value: Bytes },
+    /// Deletes the key; with `expect`, only if its value equals it.
+    Delete { key: Bytes, expect: Option<Bytes> },
+    /// Sets `new_value` if the current value equals `expect` (`None`: absent).
+    Cas { key: Bytes, expect: Option<Bytes>, new_value: Bytes },
+}
+
+impl Op {
+    /// Key and value bytes, for batch size limits.
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Delete { key, expect } => key.len() + expect.as_ref().map_or(0, |e| e.len()),
+            Op::Cas { key, expect, new_value } => key.len() + expect.as_ref().map_or(0, |e| e.len()) + new_value.len(),
+        }
+    }
+}
+
 /// One client write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
+pub struct Command {
+    pub op: Op,
+    pub write_id: Option<WriteId>,
 }
 
 /// The writes proposed together as one log entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The proposing leader's wall clock (ms since the Unix epoch); only
+    /// used to expire idle client sessions, the same way on every node.
+    pub proposed_at_ms: u64,
     pub commands: Vec<Command>,
 }
 
@@ -53,7 +84,11 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     Put,
-    Delete { existed: bool },
+    Delete { existed: bool, deleted: bool, current: Option<Bytes> },
+    Cas { swapped: bool, current: Option<Bytes> },
+    /// A retry of a write so old that its result was forgotten: it was not
+    /// applied again, and its first outcome is unknown.
+    Forgotten,
 }
 
 /// One result per command of the applied batch, in order. Empty for blank

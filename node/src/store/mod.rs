@@ -4,6 +4,7 @@
 
 pub mod data_dir;
 pub mod log_store;
+pub mod sessions;
 pub mod state_machine;
 
 pub use log_store::{CommitIndex, LogStore};

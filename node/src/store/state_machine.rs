@@ -1,9 +1,10 @@
 //! The replicated key-value state, its snapshots, and the reads served from it.
 //!
-//! Tree `state_machine` holds user data under the prefix `d` and the applied
-//! log id and membership under `m:`; each `apply` call writes its data and the
-//! new applied log id in one atomic sled batch, so a crash never leaves data
-//! applied without the marker (or the reverse). Snapshots are one file,
+//! Tree `state_machine` holds user data under the prefix `d`, client sessions
+//! (exactly-once retries, see `sessions.rs`) under `s`, and the applied log id
+//! and membership under `m:`; each `apply` call writes its data, sessions and
+//! the new applied log id in one atomic sled batch, so a crash never leaves
+//! data applied without the marker (or the reverse). Snapshots are one file,
 //! `snapshot.bin` in the data directory, written to a temporary name, fsynced
 //! and renamed, then installed into the tree in one batch.
 
@@ -18,11 +19,14 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::sessions::{Seen, Sessions};
 use crate::types::{
-    BatchResult, Command, CommandResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    BatchResult, Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 
 const DATA_PREFIX: u8 = b'd';
+const SESSION_PREFIX: u8 = b's';
 const APPLIED_KEY: &[u8] = b"m:applied";
 const MEMBERSHIP_KEY: &[u8] = b"m:membership";
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -31,6 +35,12 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(DATA_PREFIX);
     k.extend_from_slice(key);
+    k
+}
+
+fn session_key(client_id: u64) -> [u8; 9] {
+    let mut k = [SESSION_PREFIX; 9];
+    k[1..].copy_from_slice(&client_id.to_be_bytes());
     k
 }
 
@@ -62,6 +72,29 @@ impl KvReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, sled::Error> {
         Ok(self.tree.get(data_key(key))?.map(|v| Bytes::copy_from_slice(&v)))
     }
+
+    /// Up to `limit` pairs whose key starts with `prefix` and sorts after
+    /// `start_after`, in key order, and whether more follow.
+    pub fn scan(&self, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<(Vec<(Bytes, Bytes)>, bool), sled::Error> {
+        let from = if start_after.is_empty() || start_after < prefix {
+            std::ops::Bound::Included(data_key(prefix))
+        } else {
+            std::ops::Bound::Excluded(data_key(start_after))
+        };
+        let full_prefix = data_key(prefix);
+        let mut pairs = Vec::new();
+        for kv in self.tree.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)) {
+            let (k, v) = kv?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            if pairs.len() == limit {
+                return Ok((pairs, true));
+            }
+            pairs.push((Bytes::copy_from_slice(&k[1..]), Bytes::copy_from_slice(&v)));
+        }
+        Ok((pairs, false))
+    }
 }
 
 /// openraft's state machine on sled.
@@ -71,6 +104,7 @@ pub struct StateMachine {
     dir: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
+    sessions: Sessions,
 }
 
 impl StateMachine {
@@ -95,7 +129,13 @@ impl StateMachine {
                 .map_err(|e| format!("state machine's membership record is corrupt: {e}"))?,
             None => StoredMembership::default(),
         };
-        let mut sm = StateMachine { db: db.clone(), tree, dir: dir.to_path_buf(), applied, membership };
+        let mut sessions = Sessions::default();
+        for kv in tree.scan_prefix([SESSION_PREFIX]) {
+            let (_, v) = kv.map_err(|e| e.to_string())?;
+            let session = pb::ClientSession::decode(v.as_ref()).map_err(|e| format!("a client session record is corrupt: {e}"))?;
+            sessions.insert_pb(session);
+        }
+        let mut sm = StateMachine { db: db.clone(), tree, dir: dir.to_path_buf(), applied, membership, sessions };
         if let Some((meta, body)) = read_snapshot_file(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
                 sm.install_into_tree(&meta, &body).map_err(|e| format!("cannot install the snapshot: {e}"))?;
@@ -116,19 +156,78 @@ impl StateMachine {
     /// in one atomic batch.
     fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for kv in self.tree.scan_prefix([DATA_PREFIX]) {
-            let (k, _) = kv.map_err(sm_read_err)?;
-            batch.remove(k);
+        for prefix in [DATA_PREFIX, SESSION_PREFIX] {
+            for kv in self.tree.scan_prefix([prefix]) {
+                let (k, _) = kv.map_err(sm_read_err)?;
+                batch.remove(k);
+            }
         }
-        for pair in SnapshotRecords::new(body) {
-            let pair = pair.map_err(sm_read_err)?;
-            batch.insert(data_key(&pair.key), pair.value.as_ref());
+        let mut sessions = Sessions::default();
+        for record in SnapshotRecords::new(body) {
+            match record.map_err(sm_read_err)?.record {
+                Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value.as_ref()),
+                Some(pb::snapshot_record::Record::Session(session)) => {
+                    batch.insert(&session_key(session.client_id), session.encode_to_vec());
+                    sessions.insert_pb(session);
+                }
+                None => {}
+            }
         }
         set_markers(&mut batch, &meta.last_log_id, Some(&meta.last_membership));
         self.tree.apply_batch(batch).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.sessions = sessions;
         Ok(())
+    }
+}
+
+impl StateMachine {
+    fn current_value(&self, key: &Bytes, written: &HashMap<Bytes, Option<Bytes>>) -> Result<Option<Bytes>, StorageError> {
+        match written.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.tree.get(data_key(key)).map_err(sm_read_err)?.map(|v| Bytes::copy_from_slice(&v))),
+        }
+    }
+
+    /// Applies one operation to `batch`, reading through `written`.
+    fn apply_op(
+        &self,
+        op: Op,
+        batch: &mut sled::Batch,
+        written: &mut HashMap<Bytes, Option<Bytes>>,
+    ) -> Result<CommandResult, StorageError> {
+        Ok(match op {
+            Op::Put { key, value } => {
+                batch.insert(data_key(&key), value.as_ref());
+                written.insert(key, Some(value));
+                CommandResult::Put
+            }
+            Op::Delete { key, expect } => {
+                let current = self.current_value(&key, written)?;
+                let existed = current.is_some();
+                let matches = match &expect {
+                    None => true,
+                    Some(e) => current.as_ref() == Some(e),
+                };
+                if matches && existed {
+                    batch.remove(data_key(&key));
+                    written.insert(key, None);
+                }
+                let current = if matches { None } else { current };
+                CommandResult::Delete { existed, deleted: matches && existed, current }
+            }
+            Op::Cas { key, expect, new_value } => {
+                let current = self.current_value(&key, written)?;
+                if current == expect {
+                    batch.insert(data_key(&key), new_value.as_ref());
+                    written.insert(key, Some(new_value));
+                    CommandResult::Cas { swapped: true, current: None }
+                } else {
+                    CommandResult::Cas { swapped: false, current }
+                }
+            }
+        })
     }
 }
 
@@ -141,7 +240,7 @@ fn set_markers(batch: &mut sled::Batch, applied: &Option<LogId>, membership: Opt
     }
 }
 
-/// Iterates the length-delimited `KeyValue` records of a snapshot body.
+/// Iterates the length-delimited `SnapshotRecord`s of a snapshot body.
 struct SnapshotRecords<'a> {
     buf: &'a [u8],
 }
@@ -153,21 +252,28 @@ impl<'a> SnapshotRecords<'a> {
 }
 
 impl Iterator for SnapshotRecords<'_> {
-    type Item = Result<pb::KeyValue, prost::DecodeError>;
+    type Item = Result<pb::SnapshotRecord, prost::DecodeError>;
     fn next(&mut self) -> Option<Self::Item> {
         if !self.buf.has_remaining() {
             return None;
         }
-        Some(pb::KeyValue::decode_length_delimited(&mut self.buf))
+        Some(pb::SnapshotRecord::decode_length_delimited(&mut self.buf))
     }
 }
 
-/// Serialises every key-value pair, in key order, as a snapshot body.
-fn encode_body(tree: &sled::Tree) -> Result<Vec<u8>, StorageError> {
+/// Serialises every key-value pair, in key order, then the client sessions,
+/// as a snapshot body.
+fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -> Result<Vec<u8>, StorageError> {
+    use pb::snapshot_record::Record;
     let mut body = Vec::new();
     for kv in tree.scan_prefix([DATA_PREFIX]) {
         let (k, v) = kv.map_err(sm_read_err)?;
-        let record = pb::KeyValue { key: Bytes::copy_from_slice(&k[1..]), value: Bytes::copy_from_slice(&v) };
+        let pair = pb::KeyValue { key: Bytes::copy_from_slice(&k[1..]), value: Bytes::copy_from_slice(&v) };
+        let record = pb::SnapshotRecord { record: Some(Record::Pair(pair)) };
+        record.encode_length_delimited(&mut body).map_err(snap_err)?;
+    }
+    for session in sessions {
+        let record = pb::SnapshotRecord { record: Some(Record::Session(session)) };
         record.encode_length_delimited(&mut body).map_err(snap_err)?;
     }
     Ok(body)
@@ -250,13 +356,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
-        // What this call has written so far, so later commands see earlier ones.
-        let mut written: HashMap<Bytes, bool> = HashMap::new();
+        // Values this call has written so far (None: deleted), so later
+        // commands see earlier ones before the batch reaches the tree.
+        let mut written: HashMap<Bytes, Option<Bytes>> = HashMap::new();
+        let mut touched_sessions = Vec::new();
         let mut results = Vec::new();
         let mut applied = self.applied;
         let mut membership = None;
         for entry in entries {
-            debug_assert!(Some(entry.log_id) > applied, "log applied out of order");
+            assert!(Some(entry.log_id) > applied, "log entry {} applied out of order", entry.log_id);
             applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(BatchResult::default()),
@@ -265,28 +373,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(BatchResult::default());
                 }
                 EntryPayload::Normal(cmds) => {
+                    let now_ms = cmds.proposed_at_ms;
                     let mut out = Vec::with_capacity(cmds.commands.len());
-                    for cmd in cmds.commands {
-                        match cmd {
-                            Command::Put { key, value } => {
-                                batch.insert(data_key(&key), value.as_ref());
-                                written.insert(key, true);
-                                out.push(CommandResult::Put);
-                            }
-                            Command::Delete { key } => {
-                                let dk = data_key(&key);
-                                let existed = match written.get(&key) {
-                                    Some(present) => *present,
-                                    None => self.tree.contains_key(&dk).map_err(sm_read_err)?,
-                                };
-                                batch.remove(dk);
-                                written.insert(key, false);
-                                out.push(CommandResult::Delete { existed });
+                    for Command { op, write_id } in cmds.commands {
+                        if let Some(id) = &write_id {
+                            match self.sessions.check(id) {
+                                Seen::New => {}
+                                Seen::Duplicate(first) => {
+                                    out.push(first);
+                                    continue;
+                                }
+                                Seen::Forgotten => {
+                                    out.push(CommandResult::Forgotten);
+                                    continue;
+                                }
                             }
                         }
+                        let result = self.apply_op(op, &mut batch, &mut written)?;
+                        if let Some(id) = write_id {
+                            self.sessions.record(id, now_ms, result.clone());
+                            touched_sessions.push(id.client_id);
+                        }
+                        out.push(result);
+                    }
+                    for gone in self.sessions.expire(now_ms) {
+                        batch.remove(&session_key(gone));
                     }
                     results.push(BatchResult { results: out });
                 }
+            }
+        }
+        touched_sessions.sort_unstable();
+        touched_sessions.dedup();
+        for client_id in touched_sessions {
+            if let Some(session) = self.sessions.to_pb(client_id) {
+                batch.insert(&session_key(client_id), session.encode_to_vec());
             }
         }
         set_markers(&mut batch, &applied, membership.as_ref());
@@ -301,7 +422,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // Runs in openraft's state-machine task, between applies: the copy is consistent.
         let tree = self.tree.clone();
-        let body = match tokio::task::spawn_blocking(move || encode_body(&tree)).await {
+        let sessions = self.sessions.all_to_pb();
+        let body = match tokio::task::spawn_blocking(move || encode_body(&tree, sessions)).await {
             Ok(Ok(body)) => body,
             // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
@@ -340,5 +462,122 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(None) => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(None, AnyError::error(e)).into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::data_dir;
+    use crate::types::{Batch, WriteId};
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch { proposed_at_ms: 1000 + index, commands }),
+        }
+    }
+
+    fn cmd(op: Op, seq: Option<u64>) -> Command {
+        Command { op, write_id: seq.map(|sequence| WriteId { client_id: 42, sequence }) }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// Opens the directory, waiting (with a deadline) for sled's background
+    /// threads of a previous instance in this process to let go of its lock.
+    fn open(dir: &Path) -> StateMachine {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match data_dir::open(dir, 1, "1=127.0.0.1:1") {
+                Ok(d) => return d.state_machine,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn cas_swaps_only_on_a_match_and_reports_the_current_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let r = sm
+            .apply([entry(
+                1,
+                vec![
+                    cmd(Op::Cas { key: b("k"), expect: None, new_value: b("1") }, None),
+                    cmd(Op::Cas { key: b("k"), expect: None, new_value: b("2") }, None),
+                    cmd(Op::Cas { key: b("k"), expect: Some(b("1")), new_value: b("3") }, None),
+                    cmd(Op::Delete { key: b("k"), expect: Some(b("9")) }, None),
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0].results,
+            vec![
+                CommandResult::Cas { swapped: true, current: None },
+                CommandResult::Cas { swapped: false, current: Some(b("1")) },
+                CommandResult::Cas { swapped: true, current: None },
+                CommandResult::Delete { existed: true, deleted: false, current: Some(b("3")) },
+            ]
+        );
+        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("3")));
+    }
+
+    #[tokio::test]
+    async fn a_retried_write_is_applied_once_even_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open(dir.path());
+            let append = |v: &str| cmd(Op::Cas { key: b("k"), expect: None, new_value: b(v) }, Some(1));
+            let r = sm.apply([entry(1, vec![append("a")]), entry(2, vec![append("b")])]).await.unwrap();
+            assert_eq!(r[1].results[0], CommandResult::Cas { swapped: true, current: None }, "the retry gets the first result");
+        }
+        let mut sm = open(dir.path());
+        let r = sm.apply([entry(3, vec![cmd(Op::Put { key: b("k"), value: b("c") }, Some(1))])]).await.unwrap();
+        assert_eq!(r[0].results[0], CommandResult::Cas { swapped: true, current: None });
+        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_carries_data_and_sessions_to_another_node() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = open(src_dir.path());
+        src.apply([entry(1, vec![cmd(Op::Put { key: b("x"), value: b("1") }, Some(7)), cmd(Op::Put { key: b("y"), value: b("2") }, None)])])
+            .await
+            .unwrap();
+        let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut dst = open(dst_dir.path());
+        dst.apply([entry(1, vec![cmd(Op::Put { key: b("stale"), value: b("z") }, None)])]).await.unwrap();
+        dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        assert_eq!(dst.reader().scan(b"", b"", 10).unwrap().0, vec![(b("x"), b("1")), (b("y"), b("2"))]);
+        let r = dst.apply([entry(2, vec![cmd(Op::Put { key: b("x"), value: b("again") }, Some(7))])]).await.unwrap();
+        assert_eq!(r[0].results[0], CommandResult::Put);
+        assert_eq!(dst.reader().get(b"x").unwrap(), Some(b("1")), "the retried write was not applied twice");
+        assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+    }
+
+    #[tokio::test]
+    async fn scan_pages_through_a_prefix_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let puts = ["a/1", "a/2", "a/3", "b/1"].iter().map(|k| cmd(Op::Put { key: b(k), value: b("v") }, None)).collect();
+        sm.apply([entry(1, puts)]).await.unwrap();
+        let r = sm.reader();
+        let (page, more) = r.scan(b"a/", b"", 2).unwrap();
+        assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/1"), b("a/2")]);
+        assert!(more);
+        let (page, more) = r.scan(b"a/", b"a/2", 2).unwrap();
+        assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/3")]);
+        assert!(!more);
     }
 }
