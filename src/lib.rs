@@ -5,3 +5,8 @@ pub mod pb {
 pub mod raft_pb {
     tonic::include_proto!("raftkv.raft.v1");
 }
+
+/// The client library (leader hints, retries, deadlines) used by the CLI, the router and the tests.
+pub mod client;
+/// The key and value size limits, shared by the nodes and the clients.
+pub mod limits;

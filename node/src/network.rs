@@ -39,6 +39,24 @@ pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    reachability: Reachability,
+}
+
+/// Whether each peer answered its last RPC, so that losing and regaining
+/// contact is logged once per change instead of once per retry.
+#[derive(Clone, Default)]
+struct Reachability(Arc<Mutex<HashMap<NodeId, bool>>>);
+
+impl Reachability {
+    fn update(&self, target: NodeId, address: &str, result: Result<(), &str>) {
+        let mut seen = self.0.lock().expect("reachability map poisoned");
+        let was = seen.insert(target, result.is_ok());
+        match (was, result) {
+            (Some(false), Ok(())) => tracing::info!(peer = target, "node {target} at {address} is reachable again"),
+            (None | Some(true), Err(e)) => tracing::warn!(peer = target, "cannot reach node {target} at {address}: {e}"),
+            _ => {}
+        }
+    }
 }
 
 impl Network {
@@ -63,7 +81,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection { target, address: node.addr.clone(), client: self.client(&node.addr).map_err(|e| e.to_string()) }
+        PeerConnection {
+            target,
+            address: node.addr.clone(),
+            client: self.client(&node.addr).map_err(|e| e.to_string()),
+            reachability: self.reachability.clone(),
+        }
     }
 }
 
@@ -72,6 +95,7 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     client: Result<RaftClient<Channel>, String>,
+    reachability: Reachability,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +111,16 @@ fn rpc_error<E: std::error::Error>(target: NodeId, address: &str, status: tonic:
 }
 
 impl PeerConnection {
+    /// Notes whether the peer answered; a gRPC error status is an answer.
+    fn observe<T>(&self, result: &Result<T, tonic::Status>) {
+        match result {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                self.reachability.update(self.target, &self.address, Err(s.message()))
+            }
+            _ => self.reachability.update(self.target, &self.address, Ok(())),
+        }
+    }
+
     fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
         self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
@@ -109,7 +143,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.append_entries(request).await.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        let reply = self.client()?.append_entries(request).await;
+        self.observe(&reply);
+        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
         convert::append_response_from_pb(reply.into_inner()).map_err(malformed)
     }
 
@@ -120,7 +156,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let mut request = tonic::Request::new(convert::vote_request_to_pb(&rpc));
         request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.vote(request).await.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        let reply = self.client()?.vote(request).await;
+        self.observe(&reply);
+        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
         convert::vote_response_from_pb(reply.into_inner()).map_err(malformed)
     }
 
@@ -155,6 +193,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             reply = client.install_snapshot(request) => reply,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
+        self.observe(&reply);
         let reply = reply.map_err(|s| {
             let err = TransportError(format!("snapshot to node {} at {}: {}", self.target, self.address, s.message()));
             match s.code() {

@@ -1,1 +1,209 @@
-fn main() {}
+//! `raftkv-router`: one address for clients in front of a raftkv cluster.
+//!
+//! This file is the binary's edge: flags, logging, startup and graceful shutdown. Who leads is
+//! tracked in [`leader_tracker`], requests are forwarded in [`service`], and a request's
+//! deadline is read in [`deadline`].
+
+mod deadline;
+#[cfg(test)]
+mod fake_node;
+mod leader_tracker;
+mod service;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use raftkv::pb::cluster_server::ClusterServer;
+use raftkv::pb::kv_server::KvServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::leader_tracker::{LeaderTracker, Node};
+use crate::service::{ClusterRouter, Forwarder, KvRouter};
+
+/// How long in-flight requests may take to finish once the router is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// HTTP/2 streams (concurrent requests) accepted on one client connection.
+const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
+/// How often idle client connections are probed, so dead clients' connections are closed.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The most nodes the router forwards to.
+const MAX_NODES: usize = 64;
+
+/// Serves raftkv's Kv API in front of a cluster: writes go to the current leader, reads are
+/// spread over the healthy nodes. It learns who leads from the nodes' status streams, and
+/// holds requests while a new leader is elected (until each request's deadline, 10 s when
+/// the client sets none). It stores nothing; several routers can run side by side.
+#[derive(Debug, Parser)]
+#[command(
+    name = "raftkv-router",
+    version,
+    after_help = "Example:\n  raftkv-router --listen 127.0.0.1:7000 --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets how much. SIGINT/SIGTERM stop it gracefully."
+)]
+struct Args {
+    /// Address to serve clients on (port 0: any free port, logged at startup).
+    #[arg(long, env = "RAFTKV_LISTEN", value_name = "HOST:PORT", default_value = "127.0.0.1:7000", value_parser = parse_listen_address)]
+    listen: String,
+
+    /// The cluster's nodes, comma-separated.
+    #[arg(long, env = "RAFTKV_NODES", value_name = "HOST:PORT,...", required = true, value_delimiter = ',', value_parser = parse_address)]
+    nodes: Vec<String>,
+}
+
+fn parse_address(text: &str) -> Result<String, String> {
+    let address = text.trim();
+    raftkv::client::check_address(address).map_err(|error| match error {
+        raftkv::client::Error::InvalidArgument(why) => why,
+        other => other.to_string(),
+    })?;
+    Ok(address.to_string())
+}
+
+/// Like [`parse_address`], but port 0 (any free port) is allowed.
+fn parse_listen_address(text: &str) -> Result<String, String> {
+    let address = text.trim();
+    match address.strip_suffix(":0") {
+        Some(host) => parse_address(&format!("{host}:1"))
+            .map(|_| address.to_string())
+            .map_err(|why| why.replace(&format!("{host}:1"), address)),
+        None => parse_address(address),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => return usage_error(error),
+    };
+    if let Err(why) = check_nodes(&args.nodes) {
+        eprintln!("error: {why} (try --help)");
+        return ExitCode::from(2);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints clap's help or version as they are, and a usage error as one line (exit 2).
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("{line} (try --help)");
+    ExitCode::from(2)
+}
+
+fn check_nodes(nodes: &[String]) -> Result<(), String> {
+    if nodes.len() > MAX_NODES {
+        return Err(format!("--nodes lists {} nodes, more than the limit of {MAX_NODES}", nodes.len()));
+    }
+    for (index, address) in nodes.iter().enumerate() {
+        if nodes[..index].contains(address) {
+            return Err(format!("--nodes lists {address} twice"));
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let nodes = args
+        .nodes
+        .iter()
+        .map(|address| {
+            let channel = raftkv::client::channel(address).with_context(|| format!("node {address}"))?;
+            Ok(Node { address: address.clone(), channel })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local_address = listener.local_addr().context("cannot read the listening address")?;
+
+    let (stop, shutdown) = watch::channel(false);
+    let tracker = LeaderTracker::new(nodes);
+    let trackers = tracker.start(shutdown.clone());
+    let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown.clone());
+
+    tracing::info!("raftkv-router listening on {local_address}, forwarding to {}", args.nodes.join(","));
+    tokio::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!("{signal} received; shutting down");
+        let _ = stop.send(true);
+    });
+
+    let mut until_stopped = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+        .add_service(KvServer::new(KvRouter::new(Arc::clone(&forwarder))))
+        .add_service(ClusterServer::new(ClusterRouter::new(forwarder)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = until_stopped.wait_for(|stop| *stop).await;
+        });
+    tokio::pin!(server);
+
+    let mut stopped = shutdown.clone();
+    tokio::select! {
+        served = &mut server => served.context("serving failed")?,
+        _ = async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+    for task in trackers {
+        task.abort();
+    }
+    tracing::info!("raftkv-router stopped");
+    Ok(())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, with the signal's name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::warn!("cannot listen for SIGTERM ({error}); only Ctrl-C stops the router");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}

@@ -1,0 +1,159 @@
+//! A stand-in for a raftkv node in the router's tests: it serves Kv and Cluster on a real
+//! loopback port, its status is set by the test and pushed to WatchStatus subscribers, and it
+//! can be killed (every connection dropped at once, as with kill -9) and started again on the
+//! same port.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use raftkv::client::{unavailable, LeaderHint};
+use raftkv::pb;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use tonic::{Request, Response, Status};
+
+/// What the fake does with a write.
+#[derive(Clone, Debug)]
+pub enum Writes {
+    /// Accepts it.
+    Accept,
+    /// Refuses it with UNAVAILABLE, with this hint.
+    Refuse(Option<LeaderHint>),
+}
+
+struct Behaviour {
+    id: u64,
+    status: watch::Sender<pb::NodeStatus>,
+    writes: Mutex<Writes>,
+}
+
+/// One fake node; killed when dropped.
+pub struct FakeNode {
+    pub address: String,
+    behaviour: Arc<Behaviour>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeNode {
+    /// Starts a fake node with id `id` on a free loopback port, as a follower knowing no leader.
+    pub fn start(id: u64) -> FakeNode {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let status = pb::NodeStatus { id, address: address.to_string(), role: pb::Role::Follower as i32, ..Default::default() };
+        let behaviour = Arc::new(Behaviour { id, status: watch::Sender::new(status), writes: Mutex::new(Writes::Accept) });
+        let mut node = FakeNode { address: address.to_string(), behaviour, runtime: None };
+        node.serve(listener);
+        node
+    }
+
+    /// Serves on `listener` in a runtime of its own, so that killing it drops every connection.
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let service = FakeService(Arc::clone(&self.behaviour));
+        runtime.spawn(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(pb::kv_server::KvServer::new(service.clone()))
+                .add_service(pb::cluster_server::ClusterServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        self.runtime = Some(runtime);
+    }
+
+    /// Drops the listener and every open connection at once.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Starts serving again on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.runtime.is_none(), "restart of a running fake node");
+        let address: SocketAddr = self.address.parse().unwrap();
+        self.serve(std::net::TcpListener::bind(address).unwrap());
+    }
+
+    /// Sets the status it reports (pushed to WatchStatus subscribers).
+    pub fn set_status(&self, role: pb::Role, term: u64, leader: Option<&FakeNode>) {
+        self.behaviour.status.send_modify(|status| {
+            status.role = role as i32;
+            status.term = term;
+            status.leader_id = leader.map(|leader| leader.behaviour.id);
+            status.leader_address = leader.map(|leader| leader.address.clone()).unwrap_or_default();
+        });
+    }
+
+    /// Sets what it does with writes.
+    pub fn set_writes(&self, writes: Writes) {
+        *self.behaviour.writes.lock().unwrap() = writes;
+    }
+
+    /// A hint naming this node.
+    pub fn as_hint(&self) -> LeaderHint {
+        LeaderHint { id: self.behaviour.id, address: self.address.clone() }
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone)]
+struct FakeService(Arc<Behaviour>);
+
+impl FakeService {
+    fn header(&self) -> Option<pb::ReplyHeader> {
+        Some(pb::ReplyHeader { node_id: self.0.id, applied_index: 0 })
+    }
+
+    fn check_write(&self) -> Result<(), Status> {
+        match &*self.0.writes.lock().unwrap() {
+            Writes::Accept => Ok(()),
+            Writes::Refuse(hint) => Err(unavailable("not the leader", hint.as_ref())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for FakeService {
+    async fn put(&self, _: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.check_write()?;
+        Ok(Response::new(pb::PutResponse { header: self.header() }))
+    }
+
+    /// "missing" is not found, "bad" is invalid; any other key's value is the node's id.
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        match &request.get_ref().key[..] {
+            b"missing" => Err(Status::not_found("no such key")),
+            b"bad" => Err(Status::invalid_argument("key is bad")),
+            _ => Ok(Response::new(pb::GetResponse { value: self.0.id.to_string().into(), header: self.header() })),
+        }
+    }
+
+    async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.check_write()?;
+        Ok(Response::new(pb::DeleteResponse { existed: true, header: self.header() }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for FakeService {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        Ok(Response::new(self.0.status.borrow().clone()))
+    }
+
+    type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
+
+    async fn watch_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<Self::WatchStatusStream>, Status> {
+        let statuses = WatchStream::new(self.0.status.subscribe()).map(Ok);
+        Ok(Response::new(Box::pin(statuses)))
+    }
+}

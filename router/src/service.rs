@@ -1,0 +1,477 @@
+//! The router's gRPC services: Kv and Cluster, served by forwarding each request to a node.
+//!
+//! Where a request goes is decided from the [`LeaderTracker`]'s current view, never by trying
+//! nodes one by one: writes go to the leader, reads round-robin over the healthy nodes,
+//! status requests to the leader or else any healthy node. When the view has no suitable
+//! node (the leader died and no new one is elected yet) the request waits on the view's
+//! watch channel and is sent the instant the tracker learns of one, until the request's
+//! deadline (see [`crate::deadline`]). A failed attempt is retried by the same rules:
+//! - a broken connection takes the node out of the rotation, and the request is sent again
+//!   to where the new view points;
+//! - UNAVAILABLE from a node (not the leader, no leader, cannot serve now) is retried, after a
+//!   leader hint in it has been given to the tracker, or after a short jittered pause;
+//! - every other answer (NOT_FOUND, INVALID_ARGUMENT, ...) is passed back with its code and
+//!   message unchanged.
+//!
+//! The router keeps no data of its own: any number of routers can run side by side.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use raftkv::client::{self, is_timeout, is_transport_error, leader_hint};
+use raftkv::pb;
+use raftkv::pb::cluster_client::ClusterClient;
+use raftkv::pb::kv_client::KvClient;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::deadline::RequestDeadline;
+use crate::leader_tracker::{ClusterView, LeaderTracker};
+
+/// Upper bound on the attempts for one request, whatever its deadline.
+pub const MAX_ATTEMPTS_PER_REQUEST: usize = 200;
+
+/// Which node a request may be served by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Only the leader: writes.
+    Leader,
+    /// Any healthy node, in turn: reads.
+    AnyHealthy,
+    /// The leader when known, else any healthy node: status.
+    PreferLeader,
+}
+
+/// Sends requests to nodes by the tracker's view; shared by the Kv and Cluster services.
+pub struct Forwarder {
+    tracker: Arc<LeaderTracker>,
+    /// The read rotation's position.
+    next_read: AtomicUsize,
+    /// Turns true when the router stops: held requests give up at once.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Forwarder {
+    /// A forwarder over `tracker`'s nodes.
+    pub fn new(tracker: Arc<LeaderTracker>, shutdown: watch::Receiver<bool>) -> Arc<Forwarder> {
+        Arc::new(Forwarder { tracker, next_read: AtomicUsize::new(0), shutdown })
+    }
+
+    /// The node a request on `route` goes to now, if any.
+    fn pick(&self, route: Route, view: &ClusterView) -> Option<usize> {
+        let any_healthy = || {
+            if view.healthy.is_empty() {
+                return None;
+            }
+            let turn = self.next_read.fetch_add(1, Ordering::Relaxed);
+            Some(view.healthy[turn % view.healthy.len()])
+        };
+        match route {
+            Route::Leader => view.leader.as_ref().map(|leader| leader.node),
+            Route::AnyHealthy => any_healthy(),
+            Route::PreferLeader => view.leader.as_ref().map(|leader| leader.node).or_else(any_healthy),
+        }
+    }
+
+    /// Waits until the view changes or `until` passes, whichever is first; fails when the
+    /// router is shutting down.
+    async fn wait_for_view_change(&self, views: &mut watch::Receiver<ClusterView>, until: Instant) -> Result<(), Status> {
+        let mut shutdown = self.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return Err(Status::unavailable("the router is shutting down"));
+        }
+        tokio::select! {
+            changed = views.changed() => changed.map_err(|_| Status::unavailable("the router is shutting down")),
+            _ = tokio::time::sleep_until(until) => Ok(()),
+            _ = shutdown.changed() => Err(Status::unavailable("the router is shutting down")),
+        }
+    }
+
+    /// Forwards `request` on `route` until a node answers for good or `deadline` passes.
+    /// `call` sends one attempt over a node's channel.
+    async fn forward<Req, Resp, Call, Fut>(
+        &self,
+        route: Route,
+        deadline: RequestDeadline,
+        request: Req,
+        call: Call,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        Call: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let mut views = self.tracker.subscribe();
+        let mut pauses = client::retry_backoff();
+        let mut last_failure: Option<String> = None;
+        for _ in 0..MAX_ATTEMPTS_PER_REQUEST {
+            if deadline.passed() {
+                break;
+            }
+            let view = views.borrow_and_update().clone();
+            let Some(node) = self.pick(route, &view) else {
+                // Nobody to send it to yet: hold it until the tracker learns of someone.
+                self.wait_for_view_change(&mut views, deadline.answer_by).await?;
+                continue;
+            };
+            let mut attempt = Request::new(request.clone());
+            attempt.set_timeout(deadline.time_left());
+            let channel = self.tracker.nodes()[node].channel.clone();
+            let status = match tokio::time::timeout_at(deadline.answer_by, call(channel, attempt)).await {
+                Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
+                Ok(Err(status)) => status,
+                Err(_elapsed) => break,
+            };
+            let address = &self.tracker.nodes()[node].address;
+            if is_timeout(&status) {
+                last_failure = Some(format!("{address} did not answer in time"));
+                break;
+            }
+            let failure = client::Error::from_status(&status).to_string();
+            if is_transport_error(&status) {
+                // The connection broke, possibly after the node received the request. A write
+                // is sent again to the (new) leader all the same: the router gives
+                // AT-LEAST-ONCE delivery of writes until exactly-once client sessions exist.
+                // Put and Delete are idempotent on their own; the risk is only that a retried
+                // write lands after a newer write of the same key by another client.
+                self.tracker.report_unreachable(node, &failure);
+            } else if status.code() == Code::Unavailable {
+                // Refused before it reached a leader (the node contract): safe to send again.
+                // Only a write's refusal is about leadership; a read's hint may be stale.
+                if route == Route::Leader {
+                    if let Some(hint) = leader_hint(&status) {
+                        self.tracker.report_hint(&hint);
+                    }
+                }
+            } else {
+                return Err(pass_through(status));
+            }
+            tracing::debug!(%address, ?route, %failure, "attempt failed; retrying");
+            last_failure = Some(format!("{address}: {failure}"));
+            // A changed view (a hint taken, a node gone) wakes this at once; otherwise pause.
+            let pause = pauses.next().unwrap_or(client::RETRY_MAX_DELAY);
+            let until = deadline.answer_by.min(Instant::now() + pause);
+            self.wait_for_view_change(&mut views, until).await?;
+        }
+        let view = views.borrow().clone();
+        Err(give_up(route, &deadline, &view, last_failure))
+    }
+}
+
+/// The error a node gave, with its code, message and details, without transport metadata.
+fn pass_through(status: Status) -> Status {
+    Status::with_details(status.code(), status.message(), status.details().to_vec().into())
+}
+
+/// The answer when the deadline came first: UNAVAILABLE when there was nobody to ask,
+/// DEADLINE_EXCEEDED when the nodes were asked but did not answer in time.
+fn give_up(route: Route, deadline: &RequestDeadline, view: &ClusterView, last_failure: Option<String>) -> Status {
+    let within = humantime::format_duration(round_to_millis(deadline.timeout));
+    let last = last_failure.map(|failure| format!("; last error: {failure}")).unwrap_or_default();
+    match route {
+        Route::Leader if view.leader.is_none() => {
+            Status::unavailable(format!("no leader known within {within}{last}"))
+        }
+        Route::AnyHealthy | Route::PreferLeader if view.healthy.is_empty() => {
+            Status::unavailable(format!("no node reachable within {within}{last}"))
+        }
+        _ => Status::deadline_exceeded(format!("no answer within {within}{last}")),
+    }
+}
+
+fn round_to_millis(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
+}
+
+/// The Kv service: writes to the leader, reads spread over the healthy nodes.
+pub struct KvRouter {
+    forwarder: Arc<Forwarder>,
+}
+
+impl KvRouter {
+    /// The Kv service over `forwarder`.
+    pub fn new(forwarder: Arc<Forwarder>) -> KvRouter {
+        KvRouter { forwarder }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvRouter {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::Leader, deadline, request, |channel, request| async move {
+                KvClient::new(channel).put(request).await
+            })
+            .await
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::AnyHealthy, deadline, request, |channel, request| async move {
+                KvClient::new(channel).get(request).await
+            })
+            .await
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::Leader, deadline, request, |channel, request| async move {
+                KvClient::new(channel).delete(request).await
+            })
+            .await
+    }
+
+}
+
+/// The Cluster service: a node's status, from the leader when known.
+pub struct ClusterRouter {
+    forwarder: Arc<Forwarder>,
+}
+
+impl ClusterRouter {
+    /// The Cluster service over `forwarder`.
+    pub fn new(forwarder: Arc<Forwarder>) -> ClusterRouter {
+        ClusterRouter { forwarder }
+    }
+}
+
+/// A node's status stream, relayed until it ends or the router stops.
+pub type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterRouter {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::PreferLeader, deadline, request, |channel, request| async move {
+                ClusterClient::new(channel).status(request).await
+            })
+            .await
+    }
+
+    type WatchStatusStream = StatusStream;
+
+    /// Relays the status stream of one node (the leader when known). The stream has no
+    /// deadline of its own; the wait for a node to relay from does.
+    async fn watch_status(&self, request: Request<pb::StatusRequest>) -> Result<Response<StatusStream>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        let response = self
+            .forwarder
+            .forward(Route::PreferLeader, deadline, request, |channel, mut request| async move {
+                // The relayed stream lives as long as the caller wants it, not until the deadline.
+                request.metadata_mut().remove("grpc-timeout");
+                ClusterClient::new(channel).watch_status(request).await
+            })
+            .await?;
+        let mut shutdown = self.forwarder.shutdown.clone();
+        let stopped = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        let stream: StatusStream = Box::pin(response.into_inner().take_until(stopped));
+        Ok(Response::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_node::{FakeNode, Writes};
+    use crate::leader_tracker::Node;
+    use pb::cluster_server::Cluster;
+    use pb::kv_server::Kv;
+    use pb::Role::{Follower, Leader as Leads};
+    use std::collections::BTreeSet;
+
+    /// The router's services over fake nodes, without its gRPC server in front.
+    struct Router {
+        tracker: Arc<LeaderTracker>,
+        kv: KvRouter,
+        cluster: ClusterRouter,
+        stop: watch::Sender<bool>,
+    }
+
+    fn router(nodes: &[FakeNode]) -> Arc<Router> {
+        let nodes = nodes
+            .iter()
+            .map(|node| Node { address: node.address.clone(), channel: client::channel(&node.address).unwrap() })
+            .collect();
+        let tracker = LeaderTracker::new(nodes);
+        let (stop, shutdown) = watch::channel(false);
+        tracker.start(shutdown.clone());
+        let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown);
+        Arc::new(Router {
+            tracker,
+            kv: KvRouter::new(Arc::clone(&forwarder)),
+            cluster: ClusterRouter::new(forwarder),
+            stop,
+        })
+    }
+
+    /// Three fake nodes, node `leader` (1-based) leading in `term`.
+    fn cluster_led_by(leader: usize, term: u64) -> [FakeNode; 3] {
+        let nodes = [FakeNode::start(1), FakeNode::start(2), FakeNode::start(3)];
+        for (index, node) in nodes.iter().enumerate() {
+            let role = if index + 1 == leader { Leads } else { Follower };
+            node.set_status(role, term, Some(&nodes[leader - 1]));
+        }
+        nodes
+    }
+
+    /// Waits (at most 5 s) until the router's view satisfies `condition`.
+    async fn until(router: &Router, condition: impl FnMut(&ClusterView) -> bool) {
+        let mut views = router.tracker.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), views.wait_for(condition))
+            .await
+            .expect("the router's view reaches the condition within 5 s")
+            .unwrap();
+    }
+
+    fn leader_id(view: &ClusterView) -> Option<u64> {
+        view.leader.as_ref().map(|leader| leader.id)
+    }
+
+    fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        request
+    }
+
+    fn put(timeout: Duration) -> Request<pb::PutRequest> {
+        with_timeout(pb::PutRequest { key: "k".into(), value: "v".into() }, timeout)
+    }
+
+    fn get(key: &'static str) -> Request<pb::GetRequest> {
+        with_timeout(pb::GetRequest { key: key.into(), consistency: 0 }, Duration::from_secs(5))
+    }
+
+    fn served_by<T>(response: Result<Response<T>, Status>, header: impl Fn(&T) -> Option<pb::ReplyHeader>) -> u64 {
+        header(response.unwrap().get_ref()).unwrap().node_id
+    }
+
+    async fn readers(router: &Router, reads: usize) -> BTreeSet<u64> {
+        let mut ids = BTreeSet::new();
+        for _ in 0..reads {
+            ids.insert(served_by(router.kv.get(get("k")).await, |response| response.header));
+        }
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_to_the_leader_the_status_streams_announce() {
+        let nodes = cluster_led_by(2, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(2)).await;
+        assert_eq!(served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header), 2);
+        let delete = with_timeout(pb::DeleteRequest { key: "k".into() }, Duration::from_secs(5));
+        assert_eq!(served_by(router.kv.delete(delete).await, |r| r.header), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_held_while_there_is_no_leader_goes_to_the_new_leader_once_it_is_pushed() {
+        let mut nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
+
+        nodes[0].kill();
+        until(&router, |view| view.leader.is_none()).await;
+        let held = tokio::spawn({
+            let router = Arc::clone(&router);
+            async move { router.kv.put(put(Duration::from_secs(5))).await }
+        });
+        nodes[1].set_status(Follower, 2, Some(&nodes[2]));
+        nodes[2].set_status(Leads, 2, Some(&nodes[2]));
+        assert_eq!(served_by(held.await.unwrap(), |r| r.header), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_leader_before_the_deadline_is_unavailable_answered_within_the_deadline() {
+        let nodes = [FakeNode::start(1), FakeNode::start(2)];
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 2).await;
+        let started = Instant::now();
+        let status = router.kv.put(put(Duration::from_millis(300))).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(300), "{:?}", started.elapsed());
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("no leader"), "{status:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_hint_in_a_refusal_sends_the_write_to_the_hinted_node() {
+        // Node 1 still reports leading, but has been deposed and says node 2 leads now.
+        let nodes = cluster_led_by(1, 4);
+        nodes[0].set_writes(Writes::Refuse(Some(nodes[1].as_hint())));
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
+        assert_eq!(served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header), 2);
+        assert_eq!(leader_id(&router.tracker.subscribe().borrow()), Some(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_rotate_over_healthy_nodes_and_a_dead_node_leaves_and_rejoins_the_rotation() {
+        let mut nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 3).await;
+        assert_eq!(readers(&router, 6).await, BTreeSet::from([1, 2, 3]));
+
+        nodes[1].kill();
+        until(&router, |view| view.healthy == [0, 2]).await;
+        assert_eq!(readers(&router, 6).await, BTreeSet::from([1, 3]));
+
+        nodes[1].restart();
+        until(&router, |view| view.healthy.len() == 3).await;
+        assert_eq!(readers(&router, 6).await, BTreeSet::from([1, 2, 3]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_found_and_invalid_argument_pass_through_unchanged() {
+        let nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 3).await;
+        let status = router.kv.get(get("missing")).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::NotFound, "no such key"));
+        let status = router.kv.get(get("bad")).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::InvalidArgument, "key is bad"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_comes_from_the_leader_and_watch_relays_its_stream() {
+        let nodes = cluster_led_by(3, 2);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(3)).await;
+        let status = router.cluster.status(Request::new(pb::StatusRequest {})).await.unwrap();
+        assert_eq!(status.get_ref().id, 3);
+        let mut stream = router.cluster.watch_status(Request::new(pb::StatusRequest {})).await.unwrap().into_inner();
+        assert_eq!(stream.next().await.unwrap().unwrap().id, 3);
+        nodes[2].set_status(Leads, 3, Some(&nodes[2]));
+        assert_eq!(stream.next().await.unwrap().unwrap().term, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_requests_give_up_when_the_router_stops() {
+        let nodes = [FakeNode::start(1)];
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 1).await;
+        let held = tokio::spawn({
+            let router = Arc::clone(&router);
+            async move { router.kv.put(put(Duration::from_secs(30))).await }
+        });
+        router.stop.send(true).unwrap();
+        let status = held.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("shutting down"), "{status:?}");
+    }
+}
