@@ -7,9 +7,11 @@
 //! - an UNAVAILABLE answer that carries a leader hint (metadata [`LEADER_ID_METADATA`] and
 //!   [`LEADER_ADDR_METADATA`]) sends the next attempt to the hinted address at once;
 //! - a connection failure moves on to the next endpoint after a jittered backoff;
-//! - a write is retried only while it certainly was not applied (the connection could not be
-//!   made, or a node refused it with UNAVAILABLE before it reached a leader). A write whose
-//!   connection broke while it was in flight is reported as failed with unknown outcome.
+//! - every write carries a [`pb::WriteId`] (this client's random id and the next sequence
+//!   number), and the state machine applies each write id at most once and answers a retry
+//!   with the first result. So a write is retried like a read — after a broken connection or a
+//!   leadership change too — and still takes effect exactly once; only when the deadline
+//!   passes is its outcome unknown.
 //!
 //! It also holds the small helpers that servers share with clients: [`leader_hint`] and
 //! [`unavailable`] (the two halves of the leader-hint convention), [`channel`], and the
@@ -20,6 +22,8 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -237,12 +241,12 @@ impl From<Status> for Error {
     }
 }
 
-/// Whether a call may change state, which decides when it is safe to send it again.
+/// Whether a call may change state, which decides where it may be sent again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CallKind {
-    /// Get: may be retried freely.
+    /// Get, Scan: served by any node.
     Read,
-    /// Put, Delete: retried only while certainly not applied.
+    /// Put, Delete, CompareAndSwap: carries a write id, so a retry is applied at most once.
     Write,
 }
 
@@ -265,16 +269,17 @@ fn next_step(status: &Status, kind: CallKind, tried: &str) -> NextStep {
         return NextStep::Fail(Error::from_status(status));
     }
     if is_transport_error(status) {
-        if is_connect_error(status) || kind == CallKind::Read {
-            return NextStep::NextEndpoint;
-        }
-        return NextStep::Fail(Error::Unavailable {
-            message: format!(
-                "connection lost while the write was in flight, so it may or may not have been applied: {}",
-                describe(status)
-            ),
-            leader: None,
-        });
+        // Reads are free to repeat and writes carry a write id: either way, try elsewhere.
+        let _ = kind;
+        return NextStep::NextEndpoint;
+    }
+    if status.code() == Code::Aborted {
+        // A leader lost its leadership with the write in flight: its outcome is decided by the
+        // next leader, which will answer the retry (same write id) with the first result.
+        return match leader_hint(status) {
+            Some(hint) if hint.address != tried => NextStep::FollowHint(hint.address),
+            _ => NextStep::NextEndpoint,
+        };
     }
     if status.code() == Code::Unavailable {
         // Sent by a node (or router) that refused to start the request: nothing was applied.
@@ -299,6 +304,42 @@ struct Shared {
     channels: Mutex<HashMap<String, Channel>>,
     /// Where the next call goes first: the last address that answered or that a hint named.
     target: Mutex<String>,
+    write_ids: WriteIds,
+}
+
+/// Hands out write ids for one client: a random client id, so that clients need no
+/// registration, and sequence numbers from 1 up.
+#[derive(Debug)]
+pub struct WriteIds {
+    client_id: u64,
+    last_sequence: AtomicU64,
+}
+
+impl Default for WriteIds {
+    fn default() -> Self {
+        WriteIds { client_id: random_client_id(), last_sequence: AtomicU64::new(0) }
+    }
+}
+
+impl WriteIds {
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The next write id.
+    pub fn next(&self) -> pb::WriteId {
+        pb::WriteId { client_id: self.client_id, sequence: self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1 }
+    }
+}
+
+/// A random 64-bit client id, from the standard library's per-process random hasher keys,
+/// mixed with the time and process id so that two processes never share one in practice.
+fn random_client_id() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 impl std::fmt::Debug for Client {
@@ -333,8 +374,19 @@ impl Client {
                 timeout,
                 channels: Mutex::new(channels),
                 target: Mutex::new(first),
+                write_ids: WriteIds::default(),
             }),
         })
+    }
+
+    /// This client's id, as its write ids carry it.
+    pub fn client_id(&self) -> u64 {
+        self.shared.write_ids.client_id()
+    }
+
+    /// A new write id: this client's id and the next sequence number.
+    pub fn next_write_id(&self) -> pb::WriteId {
+        self.shared.write_ids.next()
     }
 
     /// The endpoints this client was made with.
@@ -351,7 +403,7 @@ impl Client {
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<pb::PutResponse, Error> {
         limits::check_key(&key).map_err(Error::InvalidArgument)?;
         limits::check_value(&value).map_err(Error::InvalidArgument)?;
-        let request = pb::PutRequest { key, value };
+        let request = pb::PutRequest { key, value, write_id: Some(self.next_write_id()) };
         self.call(CallKind::Write, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -374,12 +426,67 @@ impl Client {
 
     /// Deletes `key`; the answer says whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<pb::DeleteResponse, Error> {
+        self.delete_with(key, None).await
+    }
+
+    /// Deletes `key` only if its value is `expect`; the answer says whether it did, and what it
+    /// found when it did not.
+    pub async fn delete_if(&self, key: Bytes, expect: Bytes) -> Result<pb::DeleteResponse, Error> {
+        limits::check_value(&expect).map_err(Error::InvalidArgument)?;
+        self.delete_with(key, Some(expect)).await
+    }
+
+    async fn delete_with(&self, key: Bytes, expect: Option<Bytes>) -> Result<pb::DeleteResponse, Error> {
         limits::check_key(&key).map_err(Error::InvalidArgument)?;
-        let request = pb::DeleteRequest { key };
+        let request = pb::DeleteRequest { key, write_id: Some(self.next_write_id()), expect };
         self.call(CallKind::Write, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
             async move { KvClient::new(channel).delete(request).await }
+        })
+        .await
+    }
+
+    /// Sets `key` to `new_value` only if it now holds `expect` (`None`: only if it is absent).
+    /// The answer says whether it swapped, and what it found when it did not.
+    pub async fn compare_and_swap(
+        &self,
+        key: Bytes,
+        expect: Option<Bytes>,
+        new_value: Bytes,
+    ) -> Result<pb::CompareAndSwapResponse, Error> {
+        limits::check_key(&key).map_err(Error::InvalidArgument)?;
+        if let Some(expect) = &expect {
+            limits::check_value(expect).map_err(Error::InvalidArgument)?;
+        }
+        limits::check_value(&new_value).map_err(Error::InvalidArgument)?;
+        let request = pb::CompareAndSwapRequest { key, expect, new_value, write_id: Some(self.next_write_id()) };
+        self.call(CallKind::Write, move |channel, time_left| {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(time_left);
+            async move { KvClient::new(channel).compare_and_swap(request).await }
+        })
+        .await
+    }
+
+    /// Up to `limit` keys under `prefix` (which may be empty: all keys) in key order, starting
+    /// after `start_after` (empty: from the first); `more` in the answer says whether there is
+    /// a next page. `limit` 0 means the server's default.
+    pub async fn scan(
+        &self,
+        prefix: Bytes,
+        start_after: Bytes,
+        limit: u32,
+        consistency: pb::Consistency,
+    ) -> Result<pb::ScanResponse, Error> {
+        if !prefix.is_empty() {
+            limits::check_key(&prefix).map_err(Error::InvalidArgument)?;
+        }
+        let request = pb::ScanRequest { prefix, limit, consistency: consistency as i32, start_after };
+        self.call(CallKind::Read, move |channel, time_left| {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(time_left);
+            async move { KvClient::new(channel).scan(request).await }
         })
         .await
     }
@@ -647,6 +754,8 @@ mod tests {
             NextStep::FollowHint("127.0.0.1:7002".to_string())
         );
         // A hint naming the address just tried is stale: wait and ask again.
+        let aborted = Status::aborted("leadership changed");
+        assert_eq!(next_step(&aborted, CallKind::Write, "a:1"), NextStep::NextEndpoint);
         assert_eq!(next_step(&status, CallKind::Write, "127.0.0.1:7002"), NextStep::SameAddress);
         assert_eq!(next_step(&unavailable("no leader", None), CallKind::Write, "a:1"), NextStep::SameAddress);
     }
@@ -728,6 +837,18 @@ mod tests {
                 _: tonic::Request<pb::DeleteRequest>,
             ) -> Result<tonic::Response<pb::DeleteResponse>, Status> {
                 Err(Status::invalid_argument("bad key"))
+            }
+            async fn compare_and_swap(
+                &self,
+                _: tonic::Request<pb::CompareAndSwapRequest>,
+            ) -> Result<tonic::Response<pb::CompareAndSwapResponse>, Status> {
+                Err(Status::unimplemented("not in this fake"))
+            }
+            async fn scan(
+                &self,
+                _: tonic::Request<pb::ScanRequest>,
+            ) -> Result<tonic::Response<pb::ScanResponse>, Status> {
+                Err(Status::unimplemented("not in this fake"))
             }
         }
 

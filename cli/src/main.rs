@@ -1,1 +1,354 @@
-fn main() {}
+//! `raftkv`, the command line of raftkv: the commands and flags a person or a script types,
+//! and the mapping of every outcome to the exit codes scripts rely on.
+//!
+//! Talking to the cluster is left entirely to the one client library
+//! (`raftkv::client::Client`); this crate only parses arguments, formats answers and, for
+//! `cluster up`/`down`, supervises local processes.
+//!
+//! Exit codes: 0 success; 1 key not found; 2 usage error (bad flags or arguments, a key or
+//! value the limits refuse); 3 the request failed or timed out (for a write: outcome unknown).
+
+mod cluster;
+mod kv;
+mod leader_tracker;
+mod status;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftkv::client;
+
+/// Exit code: the command did what was asked.
+const EXIT_SUCCESS: u8 = 0;
+/// Exit code: `get` of a key that does not exist.
+const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: the command line was wrong (clap uses the same code for its own errors).
+const EXIT_USAGE: u8 = 2;
+/// Exit code: the request failed or timed out; for a write the outcome is unknown.
+const EXIT_FAILED: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftkv",
+    version,
+    about = "Command line for raftkv, a Raft-replicated key-value store",
+    long_about = "Command line for raftkv, a Raft-replicated key-value store.\n\n\
+        Reads and writes keys, shows the cluster's status, and starts a local cluster for trying it out.\n\
+        Exit codes: 0 success, 1 key not found, 2 usage error, 3 request failed or timed out \
+        (for a write: outcome unknown).",
+    after_help = "Examples:\n  \
+        raftkv cluster up                 # start a local 3-node cluster and a router on 127.0.0.1:7000\n  \
+        raftkv put greeting hello\n  \
+        raftkv get greeting\n  \
+        raftkv status --watch"
+)]
+struct Cli {
+    /// Router or node to talk to, HOST:PORT (several may be given, separated by commas).
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTKV_ENDPOINT",
+        default_value = "127.0.0.1:7000",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    endpoint: Vec<String>,
+
+    /// How long one command may wait for the cluster, retries included (e.g. 300ms, 2s).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a value under a key.
+    #[command(
+        long_about = "Write a value under a key. The value comes from the command line, from standard input \
+            (VALUE `-`) or from a file (--file). Prints OK once a majority of the cluster has stored it.\n\
+            If the request fails or times out the outcome is unknown (exit code 3).",
+        after_help = "Examples:\n  \
+            raftkv put greeting hello\n  \
+            echo hello | raftkv put greeting -\n  \
+            raftkv put photo --file ./photo.jpg"
+    )]
+    Put(PutArgs),
+
+    /// Read the value of a key.
+    #[command(
+        long_about = "Read the value of a key and print it (the raw bytes) followed by a newline.\n\
+            Exits with code 1 when the key does not exist.",
+        after_help = "Examples:\n  \
+            raftkv get greeting\n  \
+            raftkv get greeting --consistency stale --endpoint 127.0.0.1:7002"
+    )]
+    Get(GetArgs),
+
+    /// Delete a key.
+    #[command(
+        long_about = "Delete a key. Deleting a key that does not exist succeeds too (exit code 0); \
+            the output says whether it existed.",
+        after_help = "Example:\n  raftkv delete greeting"
+    )]
+    Delete(DeleteArgs),
+
+    /// Show every cluster member's role, term, leader and log indexes.
+    #[command(
+        long_about = "Show the cluster's status: one row per member with its id, address, role, term, \
+            the leader it knows, last log / commit / applied index, pid, and whether it answered.\n\
+            The endpoint is asked for the membership, then every member is asked directly.\n\
+            --watch keeps refreshing and prints a line when the leader is lost and when a new one is \
+            elected, with the election's duration.",
+        after_help = "Examples:\n  \
+            raftkv status\n  \
+            raftkv status --output json\n  \
+            raftkv status --watch"
+    )]
+    Status(StatusArgs),
+
+    /// Start or stop a local cluster of raftkv-node processes and a raftkv-router.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            raftkv cluster up\n  \
+            raftkv cluster up --detach --data-dir /tmp/raftkv && raftkv cluster down --data-dir /tmp/raftkv"
+    )]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Args, Debug)]
+struct PutArgs {
+    /// The key (1 to 4096 bytes).
+    #[arg(value_parser = clap::value_parser!(OsString))]
+    key: OsString,
+    /// The value (up to 1 MiB); `-` reads it from standard input.
+    #[arg(value_parser = clap::value_parser!(OsString), required_unless_present = "file")]
+    value: Option<OsString>,
+    /// Read the value from this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "value")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    /// The key.
+    #[arg(value_parser = clap::value_parser!(OsString))]
+    key: OsString,
+    /// linearizable: see every write acknowledged before the read; stale: the node's local state, at once.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    consistency: ConsistencyArg,
+}
+
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    /// The key.
+    #[arg(value_parser = clap::value_parser!(OsString))]
+    key: OsString,
+}
+
+/// How fresh a read must be.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ConsistencyArg {
+    /// Observes every write acknowledged before the read started.
+    Linearizable,
+    /// Answered from the serving node's local state; may be stale.
+    Stale,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = status::OutputFormat::Table)]
+    output: status::OutputFormat,
+    /// Keep refreshing, and report leader changes with the election's duration (Ctrl-C ends).
+    #[arg(long, short)]
+    watch: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Start N local nodes and a router, wait for a leader, then supervise them.
+    #[command(
+        long_about = "Start N raftkv-node processes (node i listens on 127.0.0.1:BASE+i, data in DIR/node-i) \
+            and a raftkv-router on 127.0.0.1:BASE, wait until a leader is elected, and print the endpoints \
+            and pids. Children log to DIR/node-i.log and DIR/router.log. Running it again reuses the data.\n\n\
+            In the foreground it reports leader changes and reads commands from standard input: \
+            `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, `status`, \
+            `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
+            With --detach the processes keep running after this command exits; \
+            `raftkv cluster down` stops them.",
+        after_help = "Examples:\n  \
+            raftkv cluster up\n  \
+            raftkv cluster up --nodes 5 --base-port 17300 --data-dir /tmp/raftkv\n  \
+            raftkv cluster up --detach"
+    )]
+    Up(cluster::UpArgs),
+
+    /// Stop a cluster started with `cluster up` in the data directory.
+    #[command(
+        long_about = "Stop the cluster recorded in DIR/cluster.json: send SIGTERM to every process, wait \
+            until they are gone (SIGKILL after a deadline), and remove cluster.json. The data stays.",
+        after_help = "Example:\n  raftkv cluster down --data-dir ./raftkv-data"
+    )]
+    Down(cluster::DownArgs),
+}
+
+/// Why a command failed, sorted by the exit code it maps to.
+#[derive(Debug)]
+enum CliError {
+    /// An error from the client library: its kind decides the exit code.
+    Client(client::Error),
+    /// The arguments make no sense, found after clap accepted them.
+    Usage(String),
+    /// Anything else went wrong (I/O, child processes).
+    Failed(anyhow::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(client::Error::NotFound) => EXIT_NOT_FOUND,
+            CliError::Client(client::Error::InvalidArgument(_)) => EXIT_USAGE,
+            CliError::Client(_) => EXIT_FAILED,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_FAILED,
+        }
+    }
+
+    /// The message for stderr: always one line.
+    fn message(&self) -> String {
+        let text = match self {
+            CliError::Client(error) => error.to_string(),
+            CliError::Usage(message) => message.clone(),
+            // `{:#}` joins anyhow's context chain with ": ".
+            CliError::Failed(error) => format!("{error:#}"),
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+impl From<client::Error> for CliError {
+    fn from(error: client::Error) -> Self {
+        CliError::Client(error)
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(error: anyhow::Error) -> Self {
+        CliError::Failed(error)
+    }
+}
+
+/// Parses a humantime duration (`300ms`, `2s`, `1m`) that is more than zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".to_string());
+    }
+    Ok(duration)
+}
+
+fn main() -> ExitCode {
+    // Clap prints its own errors and help, and exits 2 for usage errors and 0 for --help.
+    let cli = Cli::parse();
+
+    // One thread is plenty for a CLI, and `cluster up` relies on it: a child started with
+    // PR_SET_PDEATHSIG is signalled when the *thread* that spawned it exits, so every child
+    // must be spawned from a thread that lives as long as the CLI.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // A blocked read of stdin (cluster up's console) must not hold the exit up.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::from(EXIT_SUCCESS),
+        Err(error) => {
+            eprintln!("error: {}", error.message());
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let endpoints = cli.endpoint.clone();
+    let connect = || client::Client::new(endpoints.clone(), cli.timeout).map_err(CliError::from);
+    match cli.command {
+        Command::Put(args) => kv::put(&connect()?, args.key, args.value, args.file).await,
+        Command::Get(args) => kv::get(&connect()?, args.key, args.consistency.into()).await,
+        Command::Delete(args) => kv::delete(&connect()?, args.key).await,
+        Command::Status(args) => status::run(endpoints, cli.timeout, args.output, args.watch).await,
+        Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
+        Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,
+    }
+}
+
+impl From<ConsistencyArg> for raftkv::pb::Consistency {
+    fn from(consistency: ConsistencyArg) -> Self {
+        match consistency {
+            ConsistencyArg::Linearizable => raftkv::pb::Consistency::Linearizable,
+            ConsistencyArg::Stale => raftkv::pb::Consistency::Stale,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_readable() {
+        assert_eq!(
+            parse_positive_duration("300ms"),
+            Ok(Duration::from_millis(300))
+        );
+        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("soon").is_err());
+    }
+
+    #[test]
+    fn errors_map_to_the_documented_exit_codes() {
+        assert_eq!(CliError::Client(client::Error::NotFound).exit_code(), 1);
+        assert_eq!(
+            CliError::Client(client::Error::InvalidArgument("key is empty".into())).exit_code(),
+            2
+        );
+        assert_eq!(CliError::Usage("bad".into()).exit_code(), 2);
+        assert_eq!(
+            CliError::Client(client::Error::Timeout("late".into())).exit_code(),
+            3
+        );
+        let unavailable = client::Error::Unavailable {
+            message: "no leader".into(),
+            leader: None,
+        };
+        assert_eq!(CliError::Client(unavailable).exit_code(), 3);
+        assert_eq!(CliError::Failed(anyhow::anyhow!("boom")).exit_code(), 3);
+    }
+
+    #[test]
+    fn error_messages_are_one_line() {
+        let error = CliError::Failed(anyhow::anyhow!("first\nsecond").context("outer"));
+        assert_eq!(error.message(), "outer: first second");
+    }
+}

@@ -16,10 +16,14 @@ use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::raft_service::{check_is_leader_error, not_leader};
-use crate::types::{Command, CommandResult, Op};
+use crate::types::{Command, CommandResult, Op, WriteId};
 
 /// Used when a request carries no deadline of its own.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pairs a scan returns when the request asks for no particular number.
+pub const DEFAULT_SCAN_LIMIT: usize = 1000;
+/// Most pairs one scan returns.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
 
 pub struct KvService {
     app: App,
@@ -46,10 +50,32 @@ impl KvService {
         Err(not_leader(m.current_leader, leader_node.as_ref()))
     }
 
-    async fn propose(&self, command: Command) -> Result<CommandResult, Status> {
+    /// Proposes a write and waits for its result, within the request's deadline.
+    async fn write(&self, op: Op, write_id: Option<pb::WriteId>, deadline: Instant) -> Result<CommandResult, Status> {
         self.ensure_leader()?;
-        let (result, _log_id) = self.app.proposer.propose(command).await?;
+        let write_id = write_id.map(|w| WriteId { client_id: w.client_id, sequence: w.sequence });
+        let proposed = self.app.proposer.propose(Command { op, write_id });
+        let (result, _log_id) = tokio::time::timeout_at(deadline.into(), proposed).await.map_err(|_| {
+            Status::deadline_exceeded("the write did not complete in time; it may or may not have been applied")
+        })??;
+        if result == CommandResult::Forgotten {
+            let id = write_id.expect("only writes with an id are forgotten");
+            return Err(Status::failed_precondition(format!(
+                "write {} of client {:x} is too old to retry; it may or may not have been applied",
+                id.sequence, id.client_id
+            )));
+        }
         Ok(result)
+    }
+
+    /// Waits for the read barrier `consistency` asks for, within the deadline.
+    async fn before_read(&self, consistency: i32, deadline: Instant) -> Result<(), Status> {
+        if pb::Consistency::try_from(consistency) == Ok(pb::Consistency::Stale) {
+            return Ok(());
+        }
+        tokio::time::timeout_at(deadline.into(), self.read_barrier(deadline))
+            .await
+            .map_err(|_| Status::deadline_exceeded("the read could not be confirmed in time"))?
     }
 
     /// Waits until a read at this moment would be linearizable here.
@@ -124,16 +150,18 @@ fn check_key(key: &[u8]) -> Result<(), Status> {
     limits::check_key(key).map_err(Status::invalid_argument)
 }
 
+fn internal_read_error(e: sled::Error) -> Status {
+    Status::internal(format!("cannot read the state machine: {e}"))
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let deadline = deadline_of(&request);
-        let pb::PutRequest { key, value } = request.into_inner();
+        let pb::PutRequest { key, value, write_id } = request.into_inner();
         check_key(&key)?;
         limits::check_value(&value).map_err(Status::invalid_argument)?;
-        tokio::time::timeout_at(deadline.into(), self.propose(Command { op: Op::Put { key, value }, write_id: None }))
-            .await
-            .map_err(|_| Status::deadline_exceeded("the write did not complete in time; it may or may not have been applied"))??;
+        self.write(Op::Put { key, value }, write_id, deadline).await?;
         Ok(Response::new(pb::PutResponse { header: Some(self.header()) }))
     }
 
@@ -141,28 +169,64 @@ impl pb::kv_server::Kv for KvService {
         let deadline = deadline_of(&request);
         let pb::GetRequest { key, consistency } = request.into_inner();
         check_key(&key)?;
-        if pb::Consistency::try_from(consistency) != Ok(pb::Consistency::Stale) {
-            tokio::time::timeout_at(deadline.into(), self.read_barrier(deadline))
-                .await
-                .map_err(|_| Status::deadline_exceeded("the read could not be confirmed in time"))??;
-        }
+        self.before_read(consistency, deadline).await?;
         let header = self.header();
-        match self.app.reader.get(&key) {
-            Ok(Some(value)) => Ok(Response::new(pb::GetResponse { value, header: Some(header) })),
-            Ok(None) => Err(Status::not_found(format!("key {} not found", printable(&key)))),
-            Err(e) => Err(Status::internal(format!("cannot read the state machine: {e}"))),
+        match self.app.reader.get(&key).map_err(internal_read_error)? {
+            Some(value) => Ok(Response::new(pb::GetResponse { value, header: Some(header) })),
+            None => Err(Status::not_found(format!("key {} not found", printable(&key)))),
         }
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = deadline_of(&request);
-        let pb::DeleteRequest { key } = request.into_inner();
+        let pb::DeleteRequest { key, write_id, expect } = request.into_inner();
         check_key(&key)?;
-        let result = tokio::time::timeout_at(deadline.into(), self.propose(Command { op: Op::Delete { key, expect: None }, write_id: None }))
-            .await
-            .map_err(|_| Status::deadline_exceeded("the delete did not complete in time; it may or may not have been applied"))??;
-        let existed = matches!(result, CommandResult::Delete { existed: true, .. });
-        Ok(Response::new(pb::DeleteResponse { existed, header: Some(self.header()) }))
+        if let Some(e) = &expect {
+            limits::check_value(e).map_err(Status::invalid_argument)?;
+        }
+        let result = self.write(Op::Delete { key, expect }, write_id, deadline).await?;
+        let CommandResult::Delete { existed, deleted, current } = result else {
+            return Err(Status::internal(format!("a delete returned {result:?}")));
+        };
+        Ok(Response::new(pb::DeleteResponse { existed, deleted, current, header: Some(self.header()) }))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let pb::CompareAndSwapRequest { key, expect, new_value, write_id } = request.into_inner();
+        check_key(&key)?;
+        if let Some(e) = &expect {
+            limits::check_value(e).map_err(Status::invalid_argument)?;
+        }
+        limits::check_value(&new_value).map_err(Status::invalid_argument)?;
+        let result = self.write(Op::Cas { key, expect, new_value }, write_id, deadline).await?;
+        let CommandResult::Cas { swapped, current } = result else {
+            return Err(Status::internal(format!("a compare-and-swap returned {result:?}")));
+        };
+        Ok(Response::new(pb::CompareAndSwapResponse { swapped, current, header: Some(self.header()) }))
+    }
+
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        let deadline = deadline_of(&request);
+        let pb::ScanRequest { prefix, limit, consistency, start_after } = request.into_inner();
+        if prefix.len() > limits::MAX_KEY_BYTES || start_after.len() > limits::MAX_KEY_BYTES {
+            return Err(Status::invalid_argument(format!("prefix and start_after are at most {} bytes", limits::MAX_KEY_BYTES)));
+        }
+        let limit = match limit as usize {
+            0 => DEFAULT_SCAN_LIMIT,
+            n if n > MAX_SCAN_LIMIT => {
+                return Err(Status::invalid_argument(format!("limit {n} is over the maximum of {MAX_SCAN_LIMIT}")))
+            }
+            n => n,
+        };
+        self.before_read(consistency, deadline).await?;
+        let header = self.header();
+        let (pairs, more) = self.app.reader.scan(&prefix, &start_after, limit).map_err(internal_read_error)?;
+        let pairs = pairs.into_iter().map(|(key, value)| pb::KeyValue { key, value }).collect();
+        Ok(Response::new(pb::ScanResponse { pairs, more, header: Some(header) }))
     }
 }
 

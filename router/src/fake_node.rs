@@ -140,7 +140,19 @@ impl pb::kv_server::Kv for FakeService {
 
     async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.check_write()?;
-        Ok(Response::new(pb::DeleteResponse { existed: true, header: self.header() }))
+        Ok(Response::new(pb::DeleteResponse { existed: true, deleted: true, header: self.header(), current: None }))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        _: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        self.check_write()?;
+        Ok(Response::new(pb::CompareAndSwapResponse { swapped: true, current: None, header: self.header() }))
+    }
+
+    async fn scan(&self, _: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        Ok(Response::new(pb::ScanResponse { pairs: vec![], more: false, header: self.header() }))
     }
 }
 

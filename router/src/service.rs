@@ -136,11 +136,16 @@ impl Forwarder {
             let failure = client::Error::from_status(&status).to_string();
             if is_transport_error(&status) {
                 // The connection broke, possibly after the node received the request. A write
-                // is sent again to the (new) leader all the same: the router gives
-                // AT-LEAST-ONCE delivery of writes until exactly-once client sessions exist.
-                // Put and Delete are idempotent on their own; the risk is only that a retried
-                // write lands after a newer write of the same key by another client.
+                // is sent again to the (new) leader all the same: every write forwarded carries
+                // a write id (the client's, or one the router adds), so the state machine
+                // applies it at most once and answers the retry with the first result.
                 self.tracker.report_unreachable(node, &failure);
+            } else if status.code() == Code::Aborted {
+                // The leader lost its leadership with the write in flight; the next leader
+                // decides its outcome and answers the retry (same write id).
+                if let Some(hint) = leader_hint(&status) {
+                    self.tracker.report_hint(&hint);
+                }
             } else if status.code() == Code::Unavailable {
                 // Refused before it reached a leader (the node contract): safe to send again.
                 // Only a write's refusal is about leadership; a read's hint may be stale.
@@ -192,12 +197,15 @@ fn round_to_millis(duration: Duration) -> Duration {
 /// The Kv service: writes to the leader, reads spread over the healthy nodes.
 pub struct KvRouter {
     forwarder: Arc<Forwarder>,
+    /// Write ids for writes that arrive without one, so the router's own retries are
+    /// applied at most once.
+    write_ids: client::WriteIds,
 }
 
 impl KvRouter {
     /// The Kv service over `forwarder`.
     pub fn new(forwarder: Arc<Forwarder>) -> KvRouter {
-        KvRouter { forwarder }
+        KvRouter { forwarder, write_ids: client::WriteIds::default() }
     }
 }
 
@@ -205,7 +213,8 @@ impl KvRouter {
 impl pb::kv_server::Kv for KvRouter {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
             .forward(Route::Leader, deadline, request, |channel, request| async move {
                 KvClient::new(channel).put(request).await
@@ -225,7 +234,8 @@ impl pb::kv_server::Kv for KvRouter {
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
             .forward(Route::Leader, deadline, request, |channel, request| async move {
                 KvClient::new(channel).delete(request).await
@@ -233,6 +243,29 @@ impl pb::kv_server::Kv for KvRouter {
             .await
     }
 
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let mut request = request.into_inner();
+        request.write_id.get_or_insert_with(|| self.write_ids.next());
+        self.forwarder
+            .forward(Route::Leader, deadline, request, |channel, request| async move {
+                KvClient::new(channel).compare_and_swap(request).await
+            })
+            .await
+    }
+
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::AnyHealthy, deadline, request, |channel, request| async move {
+                KvClient::new(channel).scan(request).await
+            })
+            .await
+    }
 }
 
 /// The Cluster service: a node's status, from the leader when known.

@@ -1,0 +1,236 @@
+//! Where a local cluster's pieces live: which port each process listens on, which directory
+//! holds each node's data, where the logs and the state file go, and the exact command line
+//! each child is started with (the same on a restart, so a node comes back as itself).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use super::children::{LaunchPlan, Role};
+
+/// The most nodes `cluster up` starts (a local cluster is for trying things out).
+pub const MAX_NODES: u16 = 9;
+/// Name of the node binary.
+pub const NODE_BINARY: &str = "raftkv-node";
+/// Name of the router binary.
+pub const ROUTER_BINARY: &str = "raftkv-router";
+/// The host every local process listens on.
+const LISTEN_HOST: &str = "127.0.0.1";
+
+/// The shape of a local cluster: node i (1-based) on port base+i with data in DIR/node-i,
+/// the router on port base.
+#[derive(Clone, Debug)]
+pub struct ClusterLayout {
+    data_dir: PathBuf,
+    base_port: u16,
+    node_count: u16,
+    node_program: PathBuf,
+    router_program: PathBuf,
+}
+
+impl ClusterLayout {
+    /// Checks that every port fits in 1..=65535.
+    pub fn new(
+        data_dir: PathBuf,
+        base_port: u16,
+        node_count: u16,
+    ) -> Result<ClusterLayout, String> {
+        if node_count == 0 || node_count > MAX_NODES {
+            return Err(format!(
+                "--nodes must be between 1 and {MAX_NODES}, not {node_count}"
+            ));
+        }
+        if base_port == 0 {
+            return Err("--base-port must be more than 0".to_string());
+        }
+        if u32::from(base_port) + u32::from(node_count) > u32::from(u16::MAX) {
+            return Err(format!(
+                "--base-port {base_port} leaves no room for {node_count} node ports above it (the highest port is 65535)"
+            ));
+        }
+        Ok(ClusterLayout {
+            data_dir,
+            base_port,
+            node_count,
+            node_program: PathBuf::from(NODE_BINARY),
+            router_program: PathBuf::from(ROUTER_BINARY),
+        })
+    }
+
+    /// Uses these programs for the node and the router.
+    pub fn with_programs(
+        mut self,
+        node_program: PathBuf,
+        router_program: PathBuf,
+    ) -> ClusterLayout {
+        self.node_program = node_program;
+        self.router_program = router_program;
+        self
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn base_port(&self) -> u16 {
+        self.base_port
+    }
+
+    /// Node ids, 1..=N.
+    pub fn node_ids(&self) -> impl Iterator<Item = u64> {
+        1..=u64::from(self.node_count)
+    }
+
+    pub fn has_node(&self, id: u64) -> bool {
+        (1..=u64::from(self.node_count)).contains(&id)
+    }
+
+    pub fn node_address(&self, id: u64) -> String {
+        debug_assert!(self.has_node(id));
+        format!("{LISTEN_HOST}:{}", u64::from(self.base_port) + id)
+    }
+
+    pub fn router_address(&self) -> String {
+        format!("{LISTEN_HOST}:{}", self.base_port)
+    }
+
+    /// Every port the cluster listens on, the router's first.
+    pub fn ports(&self) -> Vec<u16> {
+        (0..=self.node_count)
+            .map(|offset| self.base_port + offset)
+            .collect()
+    }
+
+    /// The address of `role`'s process.
+    pub fn address_of(&self, role: Role) -> String {
+        match role {
+            Role::Router => self.router_address(),
+            Role::Node(id) => self.node_address(id),
+        }
+    }
+
+    pub fn node_data_dir(&self, id: u64) -> PathBuf {
+        self.data_dir.join(format!("node-{id}"))
+    }
+
+    pub fn log_file(&self, role: Role) -> PathBuf {
+        match role {
+            Role::Router => self.data_dir.join("router.log"),
+            Role::Node(id) => self.data_dir.join(format!("node-{id}.log")),
+        }
+    }
+
+    /// DIR/cluster.json.
+    pub fn state_file(&self) -> PathBuf {
+        state_file_in(&self.data_dir)
+    }
+
+    /// `1=127.0.0.1:7001,2=127.0.0.1:7002,...`
+    pub fn initial_cluster(&self) -> String {
+        self.node_ids()
+            .map(|id| format!("{id}={}", self.node_address(id)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How to start `role`: the same flags every time.
+    pub fn launch_plan(&self, role: Role) -> LaunchPlan {
+        let args: Vec<OsString> = match role {
+            Role::Node(id) => vec![
+                "--id".into(),
+                id.to_string().into(),
+                "--listen".into(),
+                self.node_address(id).into(),
+                "--data-dir".into(),
+                self.node_data_dir(id).into(),
+                "--initial-cluster".into(),
+                self.initial_cluster().into(),
+            ],
+            Role::Router => vec![
+                "--listen".into(),
+                self.router_address().into(),
+                "--nodes".into(),
+                self.node_ids()
+                    .map(|id| self.node_address(id))
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    .into(),
+            ],
+        };
+        let program = match role {
+            Role::Node(_) => self.node_program.clone(),
+            Role::Router => self.router_program.clone(),
+        };
+        LaunchPlan {
+            role,
+            program,
+            args,
+            log: self.log_file(role),
+        }
+    }
+}
+
+/// The state file of a cluster whose data is in `data_dir`.
+pub fn state_file_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_listen_above_the_router_and_keep_their_own_data() {
+        let layout = ClusterLayout::new(PathBuf::from("/data"), 7000, 3).unwrap();
+        assert_eq!(layout.router_address(), "127.0.0.1:7000");
+        assert_eq!(layout.node_address(3), "127.0.0.1:7003");
+        assert_eq!(layout.ports(), [7000, 7001, 7002, 7003]);
+        assert_eq!(
+            layout.initial_cluster(),
+            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+        );
+        let plan = layout.launch_plan(Role::Node(2));
+        let args: Vec<String> = plan
+            .args
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--id",
+                "2",
+                "--listen",
+                "127.0.0.1:7002",
+                "--data-dir",
+                "/data/node-2",
+                "--initial-cluster",
+                "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+            ]
+        );
+        assert_eq!(plan.log, PathBuf::from("/data/node-2.log"));
+        let router: Vec<String> = layout
+            .launch_plan(Role::Router)
+            .args
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            router,
+            [
+                "--listen",
+                "127.0.0.1:7000",
+                "--nodes",
+                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_past_65535_and_silly_node_counts_are_refused() {
+        assert!(ClusterLayout::new(PathBuf::from("d"), 65534, 3).is_err());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 65532, 3).is_ok());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 7000, 0).is_err());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 7000, MAX_NODES + 1).is_err());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 0, 3).is_err());
+    }
+}
