@@ -44,6 +44,8 @@ pub struct Settings {
     pub snapshot_after_logs: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     pub keep_logs_after_snapshot: u64,
+    /// Local address for connections to peers (None: the OS picks).
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -82,12 +84,14 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         election_timeout_max: settings.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_logs),
         max_in_snapshot_log_to_keep: settings.keep_logs_after_snapshot,
-        purge_batch_size: 256,
+        // Purge as soon as a snapshot allows (in batches, but never more than one
+        // snapshot interval, or a small interval would never purge).
+        purge_batch_size: settings.snapshot_after_logs.clamp(1, 256),
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("invalid raft settings")?);
-    let network = Network::default();
+    let network = Network::new(settings.source_address);
     let commit_index = dir.log_store.commit_index();
     let reader = dir.state_machine.reader();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)

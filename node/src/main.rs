@@ -38,11 +38,13 @@ struct Flags {
     /// Every initial member as ID=HOST:PORT, comma separated.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_cluster)]
     initial_cluster: InitialCluster,
-    /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Leader heartbeat interval in milliseconds; must be well below the election timeout.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_ms: u64,
-    /// Minimum election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Minimum election timeout in milliseconds (the maximum is 1.5 times this). Tuned for a
+    /// LAN or loopback: a dead leader is replaced after about 2.5 to 3 times this (openraft
+    /// waits out the leader's lease, then an election timeout).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(2..))]
     election_timeout_ms: u64,
     /// Take a snapshot after this many log entries since the last one.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -50,6 +52,10 @@ struct Flags {
     /// Log entries kept behind a snapshot so slow followers can catch up without one.
     #[arg(long, env = "RAFTKV_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = 1000)]
     keep_logs_after_snapshot: u64,
+    /// Local IP address that connections to other nodes leave from [default: chosen by the OS].
+    /// Lets firewall rules or a test's fault-injecting proxy tell the nodes apart.
+    #[arg(long, env = "RAFTKV_SOURCE_ADDRESS")]
+    source_address: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +93,12 @@ fn parse_cluster(s: &str) -> Result<InitialCluster, String> {
 }
 
 fn settings(flags: Flags) -> Result<Settings, String> {
+    if flags.heartbeat_ms >= flags.election_timeout_ms {
+        return Err(format!(
+            "--heartbeat-ms ({}) must be below --election-timeout-ms ({})",
+            flags.heartbeat_ms, flags.election_timeout_ms
+        ));
+    }
     let members = flags.initial_cluster.0;
     let own = members
         .get(&flags.id)
@@ -99,9 +111,10 @@ fn settings(flags: Flags) -> Result<Settings, String> {
         initial_cluster: members,
         heartbeat_interval_ms: flags.heartbeat_ms,
         election_timeout_min_ms: flags.election_timeout_ms,
-        election_timeout_max_ms: flags.election_timeout_ms * 2,
+        election_timeout_max_ms: flags.election_timeout_ms * 3 / 2,
         snapshot_after_logs: flags.snapshot_after_logs,
         keep_logs_after_snapshot: flags.keep_logs_after_snapshot,
+        source_address: flags.source_address,
     })
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     reachability: Reachability,
+    /// The local address outgoing connections are bound to, when set.
+    source_address: Option<IpAddr>,
 }
 
 /// Whether each peer answered its last RPC, so that losing and regaining
@@ -60,13 +63,19 @@ impl Reachability {
 }
 
 impl Network {
+    /// Connections to peers leave from `source_address` when given, else from
+    /// whatever address the OS picks.
+    pub fn new(source_address: Option<IpAddr>) -> Network {
+        Network { source_address, ..Default::default() }
+    }
+
     /// A Raft client for the node at `address`.
     pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, raftkv::client::Error> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let c = raftkv::client::channel(address)?;
+                let c = raftkv::client::endpoint(address)?.local_address(self.source_address).connect_lazy();
                 channels.insert(address.to_string(), c.clone());
                 c
             }
