@@ -129,15 +129,20 @@ pub fn check_address(address: &str) -> Result<(), Error> {
 /// every [`KEEPALIVE_INTERVAL`] even while idle, and a [`CONNECT_TIMEOUT`]. Nothing is
 /// connected until the first request, and a broken connection is re-opened by the next one.
 pub fn channel(address: &str) -> Result<Channel, Error> {
+    Ok(endpoint(address)?.connect_lazy())
+}
+
+/// The endpoint [`channel`] connects to, for callers that need to adjust it (a node binds
+/// its outgoing connections to its own address, for example).
+pub fn endpoint(address: &str) -> Result<Endpoint, Error> {
     check_address(address)?;
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    Ok(Endpoint::from_shared(format!("http://{address}"))
         .map_err(|error| Error::InvalidArgument(format!("address {address:?}: {error}")))?
         .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+        .keep_alive_while_idle(true))
 }
 
 /// Whether the request behind `status` certainly never reached the server: the connection

@@ -5,12 +5,16 @@
 //! (`raftkv::client::Client`); this crate only parses arguments, formats answers and, for
 //! `cluster up`/`down`, supervises local processes.
 //!
-//! Exit codes: 0 success; 1 key not found; 2 usage error (bad flags or arguments, a key or
-//! value the limits refuse); 3 the request failed or timed out (for a write: outcome unknown).
+//! Exit codes: 0 success; 1 key not found, or a conditional write's comparison failed (nothing
+//! was written); 2 usage error (bad flags or arguments, a key or value the limits refuse); 3 the
+//! request failed or timed out (for a write: outcome unknown).
 
+mod bench;
+mod bytes_as_text;
 mod cluster;
 mod kv;
 mod leader_tracker;
+mod scan;
 mod status;
 
 use std::ffi::OsString;
@@ -25,6 +29,8 @@ use raftkv::client;
 const EXIT_SUCCESS: u8 = 0;
 /// Exit code: `get` of a key that does not exist.
 const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: a conditional write (`cas`, `delete --expect`) found another value; nothing was written.
+const EXIT_COMPARISON_FAILED: u8 = 1;
 /// Exit code: the command line was wrong (clap uses the same code for its own errors).
 const EXIT_USAGE: u8 = 2;
 /// Exit code: the request failed or timed out; for a write the outcome is unknown.
@@ -37,8 +43,8 @@ const EXIT_FAILED: u8 = 3;
     about = "Command line for raftkv, a Raft-replicated key-value store",
     long_about = "Command line for raftkv, a Raft-replicated key-value store.\n\n\
         Reads and writes keys, shows the cluster's status, and starts a local cluster for trying it out.\n\
-        Exit codes: 0 success, 1 key not found, 2 usage error, 3 request failed or timed out \
-        (for a write: outcome unknown).",
+        Exit codes: 0 success, 1 key not found or comparison failed (cas, delete --expect), \
+        2 usage error, 3 request failed or timed out (for a write: outcome unknown).",
     after_help = "Examples:\n  \
         raftkv cluster up                 # start a local 3-node cluster and a router on 127.0.0.1:7000\n  \
         raftkv put greeting hello\n  \
@@ -82,20 +88,74 @@ enum Command {
     /// Read the value of a key.
     #[command(
         long_about = "Read the value of a key and print it (the raw bytes) followed by a newline.\n\
-            Exits with code 1 when the key does not exist.",
+            Exits with code 1 when the key does not exist.\n\n\
+            --output json prints {\"key\":..,\"value\":..,\"node_id\":N,\"applied_index\":N}: \
+            the node that served the read and how far its state machine had applied the log. \
+            A key or value that is not valid UTF-8 is null there, and a field \"key_base64\" or \
+            \"value_base64\" beside it holds its bytes in standard base64.",
         after_help = "Examples:\n  \
             raftkv get greeting\n  \
-            raftkv get greeting --consistency stale --endpoint 127.0.0.1:7002"
+            raftkv get greeting --consistency stale --endpoint 127.0.0.1:7002\n  \
+            raftkv get greeting --output json"
     )]
     Get(GetArgs),
 
     /// Delete a key.
     #[command(
         long_about = "Delete a key. Deleting a key that does not exist succeeds too (exit code 0); \
-            the output says whether it existed.",
-        after_help = "Example:\n  raftkv delete greeting"
+            the output says whether it existed.\n\n\
+            With --expect OLD the key is deleted only if it holds exactly OLD. Otherwise nothing is \
+            deleted and the command exits with code 1, naming the value it found (or saying the key \
+            does not exist) on stderr.",
+        after_help = "Examples:\n  \
+            raftkv delete greeting\n  \
+            raftkv delete lock/backup --expect host-7"
     )]
     Delete(DeleteArgs),
+
+    /// Set a key to a new value only if it holds an expected value (compare-and-swap).
+    #[command(
+        long_about = "Compare-and-swap: set KEY to NEW only if it now holds exactly OLD (--expect OLD), \
+            or only if it does not exist (--expect-absent); exactly one of the two is required. \
+            The comparison and the write are one atomic step of the replicated log. \
+            NEW `-` reads the value from standard input.\n\n\
+            Exit code 0 and `swapped` when it swapped. Exit code 1 when the comparison failed: nothing \
+            was written, and stderr names the value found (escaped as in `raftkv scan`) or says the key \
+            does not exist. Exit code 3: failed or timed out, outcome unknown.\n\n\
+            --output json prints {\"key\":..,\"swapped\":BOOL,\"current\":..,\"node_id\":N,\
+            \"applied_index\":N} in both cases; \"current\" is the value found when the comparison \
+            failed, null when the key did not exist or it swapped. Bytes that are not valid UTF-8 \
+            are null, with \"key_base64\" / \"current_base64\" beside them.",
+        after_help = "Examples:\n  \
+            raftkv cas counter --expect 41 42\n  \
+            raftkv cas lock/backup --expect-absent host-7\n  \
+            generate-config | raftkv cas config --expect-absent -\n  \
+            raftkv cas counter --expect 41 42 --output json"
+    )]
+    Cas(kv::CasArgs),
+
+    /// List the keys and values under a prefix, in key order.
+    #[command(
+        long_about = "List the keys and values that start with PREFIX (left out: every key), in key \
+            order, at most --limit of them (default 100, at most 100000). A linearizable scan \
+            (the default) sees every write acknowledged before it started. A node answers at most \
+            10000 pairs per request, so a larger limit is read in several requests, each \
+            consistent on its own but not one snapshot together.\n\n\
+            Table output: one line per pair, KEY, a tab, VALUE. Both are escaped so that a line \
+            is always one pair: backslash as \\\\, tab as \\t, newline as \\n, carriage return \
+            as \\r, and every other byte of a control character or of invalid UTF-8 as \\xHH; \
+            other UTF-8 text is shown as is. When more pairs match than the limit, a note on \
+            stderr says so.\n\n\
+            --output json prints {\"pairs\":[{\"key\":..,\"value\":..}],\"more\":BOOL,\
+            \"node_id\":N,\"applied_index\":N} (node_id and applied_index: the node that served \
+            the last request). A key or value that is not valid UTF-8 is null, with \"key_base64\" \
+            or \"value_base64\" beside it holding its bytes in standard base64.",
+        after_help = "Examples:\n  \
+            raftkv scan user/\n  \
+            raftkv scan user/ --limit 20000 --output json\n  \
+            raftkv scan --consistency stale --endpoint 127.0.0.1:7002"
+    )]
+    Scan(scan::ScanArgs),
 
     /// Show every cluster member's role, term, leader and log indexes.
     #[command(
@@ -119,6 +179,22 @@ enum Command {
             raftkv cluster up --detach --data-dir /tmp/raftkv && raftkv cluster down --data-dir /tmp/raftkv"
     )]
     Cluster(ClusterCommand),
+
+    /// Measure throughput and latency under a closed-loop load (raftkv, or etcd for comparison).
+    #[command(
+        long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
+            (closed loop) for a warm-up plus --duration, against --endpoint. Workloads that read write \
+            the keyspace first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
+            from an HDR histogram); a live progress line is shown on a terminal.\n\
+            --target etcd drives an etcd v3 cluster with the identical workload (needs a raftkv built \
+            with `cargo build --release -p raftkv-cli --features etcd`).",
+        after_help = "Examples:\n  \
+            raftkv bench --workload put --clients 64 --duration 10s\n  \
+            raftkv bench --workload get --consistency stale --clients 64 --output json\n  \
+            raftkv bench --workload mixed --read-ratio 0.9 --clients 16 --keys 100000 --value-size 1024\n  \
+            raftkv bench --target etcd --endpoint 127.0.0.1:2379,127.0.0.1:2479 --workload put --clients 64"
+    )]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +218,9 @@ struct GetArgs {
     /// linearizable: see every write acknowledged before the read; stale: the node's local state, at once.
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     consistency: ConsistencyArg,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = kv::GetOutput::Raw)]
+    output: kv::GetOutput,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +228,14 @@ struct DeleteArgs {
     /// The key.
     #[arg(value_parser = clap::value_parser!(OsString))]
     key: OsString,
+    /// Delete only if the key holds exactly this value.
+    #[arg(
+        long,
+        value_name = "OLD",
+        value_parser = clap::value_parser!(OsString),
+        allow_hyphen_values = true
+    )]
+    expect: Option<OsString>,
 }
 
 /// How fresh a read must be.
@@ -205,6 +292,9 @@ enum CliError {
     Client(client::Error),
     /// The arguments make no sense, found after clap accepted them.
     Usage(String),
+    /// A conditional write found another value than expected; the message (one line, values
+    /// escaped) says what it found.
+    ComparisonFailed(String),
     /// Anything else went wrong (I/O, child processes).
     Failed(anyhow::Error),
 }
@@ -216,6 +306,7 @@ impl CliError {
             CliError::Client(client::Error::InvalidArgument(_)) => EXIT_USAGE,
             CliError::Client(_) => EXIT_FAILED,
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::ComparisonFailed(_) => EXIT_COMPARISON_FAILED,
             CliError::Failed(_) => EXIT_FAILED,
         }
     }
@@ -223,6 +314,8 @@ impl CliError {
     /// The message for stderr: always one line.
     fn message(&self) -> String {
         let text = match self {
+            // Already one line; collapsing its whitespace would change the value it quotes.
+            CliError::ComparisonFailed(message) => return message.clone(),
             CliError::Client(error) => error.to_string(),
             CliError::Usage(message) => message.clone(),
             // `{:#}` joins anyhow's context chain with ": ".
@@ -288,11 +381,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let connect = || client::Client::new(endpoints.clone(), cli.timeout).map_err(CliError::from);
     match cli.command {
         Command::Put(args) => kv::put(&connect()?, args.key, args.value, args.file).await,
-        Command::Get(args) => kv::get(&connect()?, args.key, args.consistency.into()).await,
-        Command::Delete(args) => kv::delete(&connect()?, args.key).await,
+        Command::Get(args) => {
+            kv::get(&connect()?, args.key, args.consistency.into(), args.output).await
+        }
+        Command::Delete(args) => kv::delete(&connect()?, args.key, args.expect).await,
+        Command::Cas(args) => kv::cas(&connect()?, args).await,
+        Command::Scan(args) => scan::run(&connect()?, args).await,
         Command::Status(args) => status::run(endpoints, cli.timeout, args.output, args.watch).await,
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,
+        Command::Bench(args) => bench::run(endpoints, cli.timeout, args).await,
     }
 }
 
@@ -334,6 +432,7 @@ mod tests {
             2
         );
         assert_eq!(CliError::Usage("bad".into()).exit_code(), 2);
+        assert_eq!(CliError::ComparisonFailed("x".into()).exit_code(), 1);
         assert_eq!(
             CliError::Client(client::Error::Timeout("late".into())).exit_code(),
             3

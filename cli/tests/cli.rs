@@ -105,6 +105,7 @@ fn bad_flag_values_are_usage_errors() {
         &["get", "k", "--timeout", "soon"][..],
         &["get", "k", "--timeout", "0s"],
         &["get", "k", "--consistency", "eventual"],
+        &["get", "k", "--output", "yaml"],
         &["status", "--output", "yaml"],
         &["put", "k"],
         &["put", "k", "v", "--file", "/dev/null"],
@@ -186,6 +187,8 @@ fn every_command_explains_itself_with_an_example() {
         &["put", "--help"],
         &["get", "--help"],
         &["delete", "--help"],
+        &["cas", "--help"],
+        &["scan", "--help"],
         &["status", "--help"],
         &["cluster", "--help"],
         &["cluster", "up", "--help"],
@@ -229,4 +232,109 @@ fn cluster_up_refuses_ports_beyond_65535() {
     ]);
     assert_eq!(run.status.code(), Some(2), "{:?}", run.stderr);
     assert_one_error_line(&run);
+}
+
+#[test]
+fn cas_needs_exactly_one_expectation() {
+    for args in [
+        &["cas", "k", "new"][..],
+        &["cas", "k", "--expect", "old", "--expect-absent", "new"],
+        &["cas", "k", "--expect", "old"],
+        &["cas", "k", "--expect-absent"],
+        &["cas", "--expect-absent", "new"],
+        &["cas", "k", "--expect-absent", "new", "--output", "yaml"],
+    ] {
+        let run = raftkv(args);
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "raftkv {args:?}: {:?}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "raftkv {args:?}: {:?}", run.stdout);
+    }
+}
+
+#[test]
+fn scan_limits_outside_the_documented_range_are_usage_errors() {
+    for args in [
+        &["scan", "p", "--limit", "0"][..],
+        &["scan", "p", "--limit", "100001"],
+        &["scan", "p", "--limit", "many"],
+        &["scan", "p", "--consistency", "eventual"],
+        &["scan", "p", "--output", "yaml"],
+        &["delete", "k", "--expect"],
+    ] {
+        let run = raftkv(args);
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "raftkv {args:?}: {:?}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn scan_help_states_the_default_limit_and_the_escaping() {
+    let run = raftkv(&["scan", "--help"]);
+    assert_eq!(run.status.code(), Some(0), "{:?}", run.stderr);
+    assert!(run.stdout.contains("[default: 100]"), "{}", run.stdout);
+    assert!(run.stdout.contains("\\xHH"), "{}", run.stdout);
+}
+
+#[test]
+fn oversized_expectations_and_prefixes_are_refused_locally() {
+    // A listener that would see any connection the CLI made.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let long_key = "k".repeat(4097);
+
+    for args in [
+        &["cas", "", "--expect-absent", "v"][..],
+        &["cas", &long_key, "--expect", "old", "new"],
+        &["delete", "", "--expect", "old"],
+        &["scan", &long_key],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--endpoint", &endpoint]);
+        let run = raftkv(&args);
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "raftkv {:?}: {:?}",
+            &args[..2],
+            run.stderr
+        );
+        assert_one_error_line(&run);
+    }
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "the CLI connected to the endpoint: {accepted:?}"
+    );
+}
+
+#[test]
+fn new_commands_against_an_unreachable_endpoint_fail_with_exit_code_3() {
+    let endpoint = format!("127.0.0.1:{}", closed_port());
+    for args in [
+        &["cas", "k", "--expect-absent", "v"][..],
+        &["delete", "k", "--expect", "v"],
+        &["scan", "k"],
+        &["get", "k", "--output", "json"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--endpoint", &endpoint, "--timeout", "300ms"]);
+        let run = raftkv(&args);
+        assert_eq!(
+            run.status.code(),
+            Some(3),
+            "raftkv {args:?}: {:?}",
+            run.stderr
+        );
+        assert_one_error_line(&run);
+        assert!(run.stdout.is_empty(), "raftkv {args:?}: {:?}", run.stdout);
+    }
 }

@@ -24,6 +24,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SCAN_LIMIT: usize = 1000;
 /// Most pairs one scan returns.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
+/// A scan page stops after about this many key and value bytes (but holds at least one
+/// pair), so that a reply stays under gRPC's default 4 MiB message limit.
+pub const MAX_SCAN_REPLY_BYTES: usize = 3 << 20;
 
 pub struct KvService {
     app: App,
@@ -224,7 +227,7 @@ impl pb::kv_server::Kv for KvService {
         };
         self.before_read(consistency, deadline).await?;
         let header = self.header();
-        let (pairs, more) = self.app.reader.scan(&prefix, &start_after, limit).map_err(internal_read_error)?;
+        let (pairs, more) = self.app.reader.scan(&prefix, &start_after, limit, MAX_SCAN_REPLY_BYTES).map_err(internal_read_error)?;
         let pairs = pairs.into_iter().map(|(key, value)| pb::KeyValue { key, value }).collect();
         Ok(Response::new(pb::ScanResponse { pairs, more, header: Some(header) }))
     }

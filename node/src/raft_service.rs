@@ -46,9 +46,10 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::Basi
 pub fn check_is_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> Status {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id, f.leader_node.as_ref()),
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-            Status::unavailable(format!("the leader cannot reach a quorum: {q}"))
-        }
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Status::unavailable(format!(
+            "the leader cannot reach a quorum: only nodes {:?} answered",
+            q.got.iter().collect::<Vec<_>>()
+        )),
         RaftError::Fatal(f) => stopped(f),
     }
 }

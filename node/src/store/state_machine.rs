@@ -73,9 +73,16 @@ impl KvReader {
         Ok(self.tree.get(data_key(key))?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
-    /// Up to `limit` pairs whose key starts with `prefix` and sorts after
+    /// Up to `limit` pairs (and about `max_bytes` of keys and values, but at
+    /// least one pair) whose key starts with `prefix` and sorts after
     /// `start_after`, in key order, and whether more follow.
-    pub fn scan(&self, prefix: &[u8], start_after: &[u8], limit: usize) -> Result<(Vec<(Bytes, Bytes)>, bool), sled::Error> {
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), sled::Error> {
         let from = if start_after.is_empty() || start_after < prefix {
             std::ops::Bound::Included(data_key(prefix))
         } else {
@@ -83,14 +90,16 @@ impl KvReader {
         };
         let full_prefix = data_key(prefix);
         let mut pairs = Vec::new();
+        let mut bytes = 0;
         for kv in self.tree.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)) {
             let (k, v) = kv?;
             if !k.starts_with(&full_prefix) {
                 break;
             }
-            if pairs.len() == limit {
+            if pairs.len() == limit || (!pairs.is_empty() && bytes + k.len() + v.len() > max_bytes) {
                 return Ok((pairs, true));
             }
+            bytes += k.len() + v.len();
             pairs.push((Bytes::copy_from_slice(&k[1..]), Bytes::copy_from_slice(&v)));
         }
         Ok((pairs, false))
@@ -559,7 +568,7 @@ mod tests {
         let mut dst = open(dst_dir.path());
         dst.apply([entry(1, vec![cmd(Op::Put { key: b("stale"), value: b("z") }, None)])]).await.unwrap();
         dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        assert_eq!(dst.reader().scan(b"", b"", 10).unwrap().0, vec![(b("x"), b("1")), (b("y"), b("2"))]);
+        assert_eq!(dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0, vec![(b("x"), b("1")), (b("y"), b("2"))]);
         let r = dst.apply([entry(2, vec![cmd(Op::Put { key: b("x"), value: b("again") }, Some(7))])]).await.unwrap();
         assert_eq!(r[0].results[0], CommandResult::Put);
         assert_eq!(dst.reader().get(b"x").unwrap(), Some(b("1")), "the retried write was not applied twice");
@@ -573,11 +582,15 @@ mod tests {
         let puts = ["a/1", "a/2", "a/3", "b/1"].iter().map(|k| cmd(Op::Put { key: b(k), value: b("v") }, None)).collect();
         sm.apply([entry(1, puts)]).await.unwrap();
         let r = sm.reader();
-        let (page, more) = r.scan(b"a/", b"", 2).unwrap();
+        let (page, more) = r.scan(b"a/", b"", 2, usize::MAX).unwrap();
         assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/1"), b("a/2")]);
         assert!(more);
-        let (page, more) = r.scan(b"a/", b"a/2", 2).unwrap();
+        let (page, more) = r.scan(b"a/", b"a/2", 2, usize::MAX).unwrap();
         assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/3")]);
         assert!(!more);
+        // A byte budget shortens a page, but never below one pair.
+        let (page, more) = r.scan(b"a/", b"", 10, 1).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(more);
     }
 }

@@ -1,0 +1,97 @@
+//! The live progress line of `raftkv bench`: one line on stderr, rewritten in place, and only
+//! when stderr is a terminal (a script or a pipe gets just the final report).
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often the progress line is redrawn.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Counters the clients bump as operations complete, read by the progress line.
+#[derive(Debug, Default)]
+pub struct Counters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one completed operation.
+    pub fn count(&self, success: bool) {
+        let counter = if success { &self.succeeded } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> (u64, u64) {
+        (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// A line on stderr that is redrawn in place; does nothing when stderr is not a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressLine {
+    enabled: bool,
+}
+
+impl ProgressLine {
+    /// A progress line on stderr, shown only if stderr is a terminal.
+    pub fn on_stderr() -> ProgressLine {
+        ProgressLine { enabled: std::io::stderr().is_terminal() }
+    }
+
+    /// Replaces the line with `text`.
+    pub fn show(&self, text: &str) {
+        if self.enabled {
+            let mut stderr = std::io::stderr().lock();
+            // A terminal that went away is no reason to stop a benchmark.
+            let _ = write!(stderr, "\r\x1b[2K{text}");
+            let _ = stderr.flush();
+        }
+    }
+
+    /// Removes the line, so the report starts on a clean line.
+    pub fn clear(&self) {
+        self.show("");
+    }
+
+    /// Redraws the run's progress every [`REFRESH_INTERVAL`] until `end`: elapsed time, the
+    /// phase, and the throughput of the measured window so far (of the warm-up, before it).
+    pub async fn follow_run(self, counters: &Counters, start: Instant, measure_from: Instant, end: Instant) {
+        if !self.enabled {
+            return;
+        }
+        let total = end - start;
+        // The counters when the measured window began (as first seen after it began).
+        let mut window_start: Option<(Instant, u64, u64)> = None;
+        let mut ticks = tokio::time::interval(REFRESH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            let (succeeded, failed) = counters.read();
+            let (phase, since, base_succeeded, base_failed) = if now < measure_from {
+                ("warming up", start, 0, 0)
+            } else {
+                let (since, base_succeeded, base_failed) = *window_start.get_or_insert((now, succeeded, failed));
+                ("measuring", since, base_succeeded, base_failed)
+            };
+            let seconds = (now - since).as_secs_f64();
+            if seconds < 0.01 {
+                continue;
+            }
+            self.show(&format!(
+                "{:>6.1}s/{:.0}s  {phase}  {:.0} ops/s so far  {} errors",
+                (now - start).as_secs_f64(),
+                total.as_secs_f64(),
+                (succeeded - base_succeeded) as f64 / seconds,
+                failed - base_failed,
+            ));
+        }
+        self.clear();
+    }
+}
