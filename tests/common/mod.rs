@@ -63,6 +63,20 @@ pub struct ClusterOptions {
     pub router: bool,
     /// Extra flags for every `raftkv-node`, e.g. `--snapshot-after-logs 20`.
     pub node_args: Vec<String>,
+    /// Where each node listens and how it is reached, when not simply a free port on
+    /// 127.0.0.1 (a test that puts a fault-injecting proxy in front of every node).
+    pub addresses: Option<BTreeMap<u64, NodeAddresses>>,
+}
+
+/// How one node is placed on the network.
+#[derive(Clone, Debug)]
+pub struct NodeAddresses {
+    /// The address in the initial cluster: what peers and clients connect to.
+    pub advertise: String,
+    /// The address the node listens on.
+    pub listen: String,
+    /// The local address the node's connections to peers leave from.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for ClusterOptions {
@@ -71,6 +85,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             router: true,
             node_args: Vec::new(),
+            addresses: None,
         }
     }
 }
@@ -93,7 +108,11 @@ impl ClusterOptions {
 /// One `raftkv-node` of the cluster, running or not.
 struct NodeProcess {
     id: u64,
+    /// What peers and clients connect to.
     address: String,
+    /// What the node listens on (the same as `address` unless a proxy sits in front).
+    listen: String,
+    source: Option<std::net::IpAddr>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -139,9 +158,13 @@ impl TestCluster {
             .expect("cannot create a temp dir");
         let nodes: BTreeMap<u64, NodeProcess> = (1..=options.nodes as u64)
             .map(|id| {
+                let placed = options.addresses.as_ref().map(|all| all.get(&id).expect("an address for every node").clone());
+                let address = placed.as_ref().map(|p| p.advertise.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
                 let node = NodeProcess {
                     id,
-                    address: format!("127.0.0.1:{}", free_port()),
+                    listen: placed.as_ref().map(|p| p.listen.clone()).unwrap_or_else(|| address.clone()),
+                    source: placed.as_ref().and_then(|p| p.source),
+                    address,
                     data_dir: root.path().join(format!("node-{id}")),
                     log: root.path().join(format!("node-{id}.log")),
                     child: None,
@@ -549,12 +572,17 @@ impl TestCluster {
             "--id".to_string(),
             id.to_string(),
             "--listen".to_string(),
+            node.listen.clone(),
+            "--advertise".to_string(),
             node.address.clone(),
             "--data-dir".to_string(),
             node.data_dir.display().to_string(),
             "--initial-cluster".to_string(),
             self.initial_cluster.clone(),
         ];
+        if let Some(source) = node.source {
+            args.extend(["--source-address".to_string(), source.to_string()]);
+        }
         args.extend(self.node_args.iter().cloned());
         args
     }

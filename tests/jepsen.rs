@@ -1,0 +1,306 @@
+//! A Jepsen-style test: concurrent clients read, write, compare-and-swap and
+//! delete a few keys — through the router and directly against nodes — while a
+//! nemesis kills the leader, pauses nodes, kills random nodes and partitions a
+//! node from its peers. Every operation's invocation, completion and outcome is
+//! recorded, and the history is checked for linearizability (see `checker/`).
+//!
+//! Partitions are real: every node sits behind a fault-injecting proxy
+//! (`nemesis/`) through which all Raft traffic flows, and the test asserts that
+//! each partition actually held traffic back, so it cannot pass with the fault
+//! silently absent.
+//!
+//! `RAFTKV_SOAK_SECS` sets how long the clients run (default 30 s, for CI);
+//! `RAFTKV_JEPSEN_SEED` replays a nemesis/client schedule. On failure the
+//! history is written to a JSON file whose path is printed.
+
+mod checker;
+mod common;
+mod nemesis;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use checker::{Budget, History, Op, OpResult, Outcome};
+use common::{ClusterOptions, NodeAddresses, TestCluster};
+use nemesis::FaultyNetwork;
+use raftkv::client::{Client, Error};
+use raftkv::pb::Consistency;
+use tokio::time::Instant;
+
+/// How long the clients run unless `RAFTKV_SOAK_SECS` says otherwise.
+const DEFAULT_RUN_SECS: u64 = 30;
+const KEYS: usize = 4;
+const CLIENTS_VIA_ROUTER: u64 = 4;
+const CLIENTS_DIRECT: u64 = 4;
+/// The bound on one operation, retries included: past it the outcome is unknown.
+const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long each fault lasts, and the calm between two faults.
+const FAULT_SECS: Duration = Duration::from_millis(1500);
+const CALM: Duration = Duration::from_millis(1000);
+/// The client id of the final reads made after the faults.
+const FINAL_READER: u64 = 1000;
+
+/// A small, seedable generator so that a failing schedule can be replayed.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillLeader,
+    PauseNode,
+    KillRandomNode,
+    PartitionNode,
+}
+
+const FAULTS: [Fault; 4] = [Fault::KillLeader, Fault::PauseNode, Fault::KillRandomNode, Fault::PartitionNode];
+
+fn key_name(i: u64) -> Vec<u8> {
+    format!("jepsen-{i}").into_bytes()
+}
+
+/// One client's loop: random operations on random keys until `stop`.
+async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<AtomicBool>, mut rng: Rng) {
+    let mut writes = 0u64;
+    let mut last_seen: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let k = rng.below(KEYS as u64);
+        let key = key_name(k);
+        match rng.below(10) {
+            0..=3 => {
+                let pending = history.invoke(id, key.clone(), Op::Read);
+                let outcome = match client.get(Bytes::from(key.clone()), Consistency::Linearizable).await {
+                    Ok(reply) => Outcome::Ok(OpResult::Read(Some(reply.value.to_vec()))),
+                    Err(Error::NotFound) => Outcome::Ok(OpResult::Read(None)),
+                    Err(Error::InvalidArgument(e)) => panic!("a valid read was refused: {e}"),
+                    // A read that failed observed nothing: it constrains nothing.
+                    Err(_) => Outcome::Failed,
+                };
+                if let Outcome::Ok(OpResult::Read(v)) = &outcome {
+                    last_seen.insert(k, v.clone());
+                }
+                history.complete(pending, outcome);
+            }
+            4..=5 => {
+                writes += 1;
+                let value = format!("c{id}-{writes}").into_bytes();
+                let pending = history.invoke(id, key.clone(), Op::Write(value.clone()));
+                let outcome = write_outcome(client.put(Bytes::from(key), Bytes::from(value)).await.map(|_| OpResult::Written));
+                history.complete(pending, outcome);
+            }
+            6..=8 => {
+                writes += 1;
+                let expect = last_seen.get(&k).cloned().flatten();
+                let new = format!("c{id}-{writes}").into_bytes();
+                let op = Op::Cas { expect: expect.clone(), new: new.clone() };
+                let pending = history.invoke(id, key.clone(), op);
+                let reply = client.compare_and_swap(Bytes::from(key), expect.map(Bytes::from), Bytes::from(new.clone())).await;
+                if let Ok(r) = &reply {
+                    last_seen.insert(k, if r.swapped { Some(new) } else { r.current.as_ref().map(|c| c.to_vec()) });
+                }
+                history.complete(pending, write_outcome(reply.map(|r| OpResult::Cas(r.swapped))));
+            }
+            _ => {
+                let pending = history.invoke(id, key.clone(), Op::Delete);
+                let reply = client.delete(Bytes::from(key)).await;
+                history.complete(pending, write_outcome(reply.map(|r| OpResult::Deleted { existed: Some(r.existed) })));
+            }
+        }
+    }
+}
+
+/// A write that failed may still have been applied (or be applied later by a
+/// new leader): its outcome is unknown. Only a refusal of bad input is certain.
+fn write_outcome(result: Result<OpResult, Error>) -> Outcome {
+    match result {
+        Ok(r) => Outcome::Ok(r),
+        Err(Error::InvalidArgument(e)) => panic!("a valid write was refused: {e}"),
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+/// What the nemesis did.
+#[derive(Default, Debug)]
+struct FaultLog {
+    injected: BTreeMap<String, u64>,
+}
+
+async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rng: &mut Rng, log: &mut FaultLog) {
+    let ids = cluster.ids();
+    let random_node = ids[rng.below(ids.len() as u64) as usize];
+    let leader = cluster.current_leader().await;
+    let what = match fault {
+        Fault::KillLeader => {
+            let Some(leader) = leader else { return };
+            cluster.kill9(leader);
+            tokio::time::sleep(FAULT_SECS).await;
+            cluster.restart(leader).await;
+            format!("kill -9 leader (node {leader}) and restart")
+        }
+        Fault::KillRandomNode => {
+            cluster.kill9(random_node);
+            tokio::time::sleep(FAULT_SECS).await;
+            cluster.restart(random_node).await;
+            format!("kill -9 node {random_node} and restart")
+        }
+        Fault::PauseNode => {
+            cluster.pause(random_node);
+            tokio::time::sleep(FAULT_SECS).await;
+            cluster.resume(random_node);
+            format!("SIGSTOP/SIGCONT node {random_node}")
+        }
+        Fault::PartitionNode => {
+            // Half the time the leader, so that a deposed leader's behaviour is exercised.
+            let target = if rng.below(2) == 0 { leader.unwrap_or(random_node) } else { random_node };
+            let before = net.held_back();
+            net.isolate(target);
+            tokio::time::sleep(FAULT_SECS).await;
+            net.heal();
+            let held = net.held_back() - before;
+            assert!(held > 0, "the partition of node {target} held back no traffic: the fault was not really injected");
+            format!("partition node {target} from its peers ({held} transfers held back)")
+        }
+    };
+    eprintln!("nemesis: {what}");
+    *log.injected.entry(format!("{fault:?}")).or_default() += 1;
+}
+
+#[test]
+fn history_under_crashes_pauses_and_partitions_is_linearizable() {
+    let run_secs: u64 = std::env::var("RAFTKV_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_RUN_SECS);
+    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        (t.as_nanos() as u64) ^ u64::from(std::process::id())
+    });
+    eprintln!("jepsen: seed {seed} (RAFTKV_JEPSEN_SEED={seed} replays the schedule), {run_secs} s of load");
+
+    // Each test process gets its own 127.a.b.0/24 so parallel runs never share addresses.
+    let pid = std::process::id();
+    let subnet = ((pid % 200 + 20) as u8, ((pid / 200) % 250) as u8);
+    let net = FaultyNetwork::start(3, subnet);
+    let addresses: BTreeMap<u64, NodeAddresses> = net
+        .nodes
+        .iter()
+        .map(|(id, proxy, listen)| {
+            let placed = NodeAddresses { advertise: proxy.to_string(), listen: listen.to_string(), source: Some(listen.ip()) };
+            (*id, placed)
+        })
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let options = ClusterOptions {
+            addresses: Some(addresses),
+            node_args: vec!["--snapshot-after-logs".into(), "500".into()],
+            ..ClusterOptions::default()
+        };
+        let mut cluster = TestCluster::start_with(options).await;
+        let history = Arc::new(History::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut rng = Rng(seed | 1);
+
+        let mut clients = Vec::new();
+        for id in 0..CLIENTS_VIA_ROUTER + CLIENTS_DIRECT {
+            let endpoint = if id < CLIENTS_VIA_ROUTER {
+                cluster.router_address().to_string()
+            } else {
+                let ids = cluster.ids();
+                cluster.address(ids[(id as usize) % ids.len()]).to_string()
+            };
+            let client = Client::new(vec![endpoint], OP_TIMEOUT).expect("a client");
+            let client_rng = Rng(rng.next() | 1);
+            clients.push(tokio::spawn(run_client(id, client, history.clone(), stop.clone(), client_rng)));
+        }
+
+        let mut faults = FaultLog::default();
+        let started = Instant::now();
+        let mut round = 0;
+        while started.elapsed() < Duration::from_secs(run_secs) {
+            tokio::time::sleep(CALM).await;
+            let fault = FAULTS[round % FAULTS.len()];
+            round += 1;
+            inject(fault, &mut cluster, &net, &mut rng, &mut faults).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.await.expect("a client task panicked");
+        }
+
+        // Settle: everything up and connected, one leader; then read every key
+        // once more, so that writes of unknown outcome are pinned down.
+        net.heal();
+        cluster.leader().await;
+        let reader = Client::new(vec![cluster.router_address().to_string()], Duration::from_secs(10)).unwrap();
+        for k in 0..KEYS as u64 {
+            let key = key_name(k);
+            let pending = history.invoke(FINAL_READER, key.clone(), Op::Read);
+            let outcome = match reader.get(Bytes::from(key.clone()), Consistency::Linearizable).await {
+                Ok(reply) => Outcome::Ok(OpResult::Read(Some(reply.value.to_vec()))),
+                Err(Error::NotFound) => Outcome::Ok(OpResult::Read(None)),
+                Err(e) => panic!("the cluster did not serve a read after the faults healed: {e}"),
+            };
+            history.complete(pending, outcome);
+        }
+
+        let ops = history.operations();
+        report_counts(&ops, &faults);
+        let budget = Budget { threads: 2, time_limit_total: Some(Duration::from_secs(120)), ..Budget::default() };
+        let verdict = checker::check(&ops, &budget);
+        eprintln!("jepsen: verdict: {}", first_line(&verdict.to_string()));
+        if !verdict.is_linearizable() {
+            let path = std::env::temp_dir().join(format!("raftkv-jepsen-history-{seed}.json"));
+            history.write_json(&path).expect("write the history");
+            panic!("the history is not shown linearizable ({verdict}); history written to {}", path.display());
+        }
+        let completed_ok = ops.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
+        assert!(completed_ok > 100, "only {completed_ok} operations succeeded: the cluster barely served the load");
+        assert_eq!(faults.injected.len(), FAULTS.len(), "every kind of fault was injected at least once: {faults:?}");
+    });
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Prints operations by kind and outcome, and faults by kind.
+fn report_counts(ops: &[checker::Operation], faults: &FaultLog) {
+    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for o in ops {
+        let kind = match o.op {
+            Op::Read => "read",
+            Op::Write(_) => "write",
+            Op::Delete => "delete",
+            Op::Cas { .. } => "cas",
+            Op::DeleteIf { .. } => "delete-if",
+        };
+        let outcome = match &o.outcome {
+            Outcome::Ok(OpResult::Cas(false)) => "ok (not swapped)",
+            Outcome::Ok(_) => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        };
+        *counts.entry((kind, outcome)).or_default() += 1;
+    }
+    eprintln!("jepsen: {} operations", ops.len());
+    for ((kind, outcome), n) in &counts {
+        eprintln!("jepsen:   {kind:<7} {outcome:<17} {n}");
+    }
+    for (fault, n) in &faults.injected {
+        eprintln!("jepsen: fault {fault}: {n}");
+    }
+}
