@@ -129,24 +129,9 @@ fn deadline_of<T>(request: &Request<T>) -> Instant {
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
+        .and_then(raftkv::client::parse_grpc_timeout)
         .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
     Instant::now() + timeout
-}
-
-/// Parses the gRPC wire format of a timeout: digits followed by a unit letter.
-fn parse_grpc_timeout(s: &str) -> Option<Duration> {
-    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 fn check_key(key: &[u8]) -> Result<(), Status> {
@@ -238,19 +223,5 @@ fn printable(key: &Bytes) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if s.chars().all(|c| !c.is_control()) && s.len() <= 64 => format!("{s:?}"),
         _ => format!("0x{}", key.iter().take(32).map(|b| format!("{b:02x}")).collect::<String>()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse_grpc_timeout("x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
     }
 }

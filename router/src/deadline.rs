@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use raftkv::client::parse_grpc_timeout;
 use tonic::metadata::MetadataMap;
 
 /// The deadline of a request that carries no `grpc-timeout` header.
@@ -51,46 +52,9 @@ impl RequestDeadline {
     }
 }
 
-/// Parses a `grpc-timeout` value: 1 to 8 digits and a unit, H M S m u n (hours, minutes,
-/// seconds, milliseconds, microseconds, nanoseconds). None when malformed.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let unit_at = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at(unit_at);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    match unit {
-        "H" => Some(Duration::from_secs(amount * 3600)),
-        "M" => Some(Duration::from_secs(amount * 60)),
-        "S" => Some(Duration::from_secs(amount)),
-        "m" => Some(Duration::from_millis(amount)),
-        "u" => Some(Duration::from_micros(amount)),
-        "n" => Some(Duration::from_nanos(amount)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_values_in_every_unit_are_understood() {
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_grpc_timeout("250u"), Some(Duration::from_micros(250)));
-        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
-    }
-
-    #[test]
-    fn malformed_grpc_timeouts_are_refused() {
-        for bad in ["", "S", "5", "5s", "-5S", "123456789S", "1.5S", " 5S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn what_tonic_sends_is_what_the_router_reads() {
