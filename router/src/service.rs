@@ -384,7 +384,7 @@ mod tests {
     }
 
     fn put(timeout: Duration) -> Request<pb::PutRequest> {
-        with_timeout(pb::PutRequest { key: "k".into(), value: "v".into() }, timeout)
+        with_timeout(pb::PutRequest { key: "k".into(), value: "v".into(), write_id: None }, timeout)
     }
 
     fn get(key: &'static str) -> Request<pb::GetRequest> {
@@ -409,7 +409,7 @@ mod tests {
         let router = router(&nodes);
         until(&router, |view| leader_id(view) == Some(2)).await;
         assert_eq!(served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header), 2);
-        let delete = with_timeout(pb::DeleteRequest { key: "k".into() }, Duration::from_secs(5));
+        let delete = with_timeout(pb::DeleteRequest { key: "k".into(), ..Default::default() }, Duration::from_secs(5));
         assert_eq!(served_by(router.kv.delete(delete).await, |r| r.header), 2);
     }
 
