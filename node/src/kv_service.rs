@@ -15,7 +15,7 @@ use raftkv::pb;
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
-use crate::raft_service::{check_is_leader_error, not_leader};
+use crate::raft_service::not_leader;
 use crate::types::{Command, CommandResult, Op, WriteId};
 
 /// Used when a request carries no deadline of its own.
@@ -83,30 +83,7 @@ impl KvService {
 
     /// Waits until a read at this moment would be linearizable here.
     async fn read_barrier(&self, deadline: Instant) -> Result<(), Status> {
-        let (is_leader, leader) = {
-            let metrics = self.app.raft.metrics();
-            let m = metrics.borrow();
-            let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
-            (m.state.is_leader(), leader)
-        };
-        let read_index = if is_leader {
-            let (read_log_id, _) = self.app.raft.get_read_log_id().await.map_err(check_is_leader_error)?;
-            read_log_id.map(|l| l.index)
-        } else {
-            let Some((leader_id, address)) = leader else {
-                return Err(not_leader(None, None));
-            };
-            let mut client = self.app.network.client(&address).map_err(|e| Status::unavailable(e.to_string()))?;
-            let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {});
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            let reply = client.read_index(request).await.map_err(|s| match s.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Status::unavailable(
-                    format!("cannot confirm a linearizable read with leader {leader_id} at {address}: {}", s.message()),
-                ),
-                _ => s,
-            })?;
-            reply.into_inner().read_log_id.map(|l| l.index)
-        };
+        let read_index = self.app.read_index.read_index().await?;
         let Some(index) = read_index else { return Ok(()) };
         let left = deadline.saturating_duration_since(Instant::now());
         self.app

@@ -12,5 +12,6 @@ pub mod kv_service;
 pub mod network;
 pub mod proposer;
 pub mod raft_service;
+pub mod read_index;
 pub mod store;
 pub mod types;

@@ -1,0 +1,94 @@
+//! Batched ReadIndex: one leadership confirmation serves every linearizable
+//! read that arrived before it started.
+//!
+//! Each `Raft::get_read_log_id()` on the leader is a round of heartbeats to a
+//! quorum, and on a follower one `Raft.ReadIndex` RPC to the leader. Under many
+//! concurrent reads that is one round per read. Here reads queue up; a task
+//! takes every read queued so far, runs one round, and answers them all with
+//! its read index. A read that arrives while a round is running waits for the
+//! next one — a round that began before the read arrived may predate writes
+//! the read must see.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Status};
+
+use crate::network::Network;
+use crate::raft_service::{check_is_leader_error, not_leader};
+use crate::types::Raft;
+
+/// Reads waiting for the next round; callers wait for room beyond this.
+pub const READ_QUEUE_LEN: usize = 16 * 1024;
+/// The longest one round (a quorum check or a ReadIndex RPC) may take.
+pub const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The log index a linearizable read must wait for (None: nothing to wait for).
+pub type ReadIndex = Result<Option<u64>, Status>;
+
+#[derive(Clone)]
+pub struct ReadIndexBatcher {
+    queue: mpsc::Sender<oneshot::Sender<ReadIndex>>,
+}
+
+impl ReadIndexBatcher {
+    /// Starts the batching task; it ends when every clone is dropped.
+    pub fn start(raft: Raft, network: Network) -> ReadIndexBatcher {
+        let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
+        tokio::spawn(run(raft, network, rx));
+        ReadIndexBatcher { queue }
+    }
+
+    /// A read index confirmed by a round that started after this call.
+    pub async fn read_index(&self) -> ReadIndex {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(reply).await.map_err(|_| Status::unavailable("node is shutting down"))?;
+        answer.await.unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
+    }
+}
+
+async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sender<ReadIndex>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network)).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::unavailable("could not confirm leadership with a quorum in time")),
+        };
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// One leadership confirmation: locally when this node leads, else by asking the leader.
+async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
+    let (is_leader, leader) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let leader = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
+        (m.state.is_leader(), leader)
+    };
+    if is_leader {
+        let (read_log_id, _) = raft.get_read_log_id().await.map_err(check_is_leader_error)?;
+        return Ok(read_log_id.map(|l| l.index));
+    }
+    let Some((leader_id, address)) = leader else {
+        return Err(not_leader(None, None));
+    };
+    let mut client = network.client(&address).map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {});
+    request.set_timeout(READ_ROUND_TIMEOUT);
+    let reply = client.read_index(request).await.map_err(|s| match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Status::unavailable(format!(
+            "cannot confirm a linearizable read with leader {leader_id} at {address}: {}",
+            s.message()
+        )),
+        _ => s,
+    })?;
+    Ok(reply.into_inner().read_log_id.map(|l| l.index))
+}
