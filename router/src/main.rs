@@ -115,14 +115,7 @@ fn usage_error(error: clap::Error) -> ExitCode {
         let _ = error.print();
         return ExitCode::SUCCESS;
     }
-    let rendered = error.render().to_string();
-    let line = rendered
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("Usage:") && !line.starts_with("For more information"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    eprintln!("{line} (try --help)");
+    eprintln!("{}", raftkv::usage::one_line(&error.render().to_string()));
     ExitCode::from(2)
 }
 

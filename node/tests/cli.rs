@@ -1,0 +1,44 @@
+//! The `raftkv-node` command line: usage errors are one line with exit code 2,
+//! and `--help` explains the command with an example.
+
+use std::process::Command;
+
+fn node(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_raftkv-node"))
+        .args(args)
+        .env_remove("RAFTKV_ID")
+        .env_remove("RAFTKV_LISTEN")
+        .env_remove("RAFTKV_DATA_DIR")
+        .env_remove("RAFTKV_INITIAL_CLUSTER")
+        .output()
+        .expect("run raftkv-node")
+}
+
+#[test]
+fn help_explains_the_command_with_an_example() {
+    let out = node(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Example") && help.contains("--initial-cluster"), "{help}");
+}
+
+#[test]
+fn malformed_flags_are_one_line_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["--id", "0", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
+        vec!["--id", "1", "--listen", "nowhere", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
+        vec!["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1"],
+        vec!["--id", "4", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
+        vec!["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=a:1,1=b:2"],
+    ] {
+        let out = node(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
+    }
+    // Nothing was written for a refused start.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
