@@ -51,7 +51,10 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             unusable("another process is using it".to_string())
         }
-        sled::Error::Corruption { .. } => corrupt(e.to_string()),
+        sled::Error::Corruption { at, .. } => corrupt(match at {
+            Some(offset) => format!("the database files hold corrupted data (at {offset})"),
+            None => "the database files hold corrupted data".to_string(),
+        }),
         other => unusable(other.to_string()),
     })?;
     let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
