@@ -6,8 +6,8 @@
 mod checker;
 
 use checker::{
-    check, check_detailed, check_with_initial, from_json, read_json, to_json, write_json, Budget, History, KeyResult, Op,
-    OpResult, Operation, Outcome, Verdict,
+    check, check_detailed, check_with_initial, from_json, read_json, to_json, write_json, Budget, History, KeyResult,
+    Op, OpResult, Operation, Outcome, Verdict,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -93,7 +93,8 @@ fn a_read_of_a_value_on_a_fresh_key_is_rejected() {
 fn a_stale_read_after_a_completed_write_is_rejected() {
     // x=0 is written, then x=1 is written and acknowledged; a read invoked afterwards
     // still sees 0.
-    let explanation = assert_not_linearizable(&[write(1, "0", 0, 10), write(1, "1", 20, 30), read(2, Some("0"), 40, 50)]);
+    let explanation =
+        assert_not_linearizable(&[write(1, "0", 0, 10), write(1, "1", 20, 30), read(2, Some("0"), 40, 50)]);
     assert!(explanation.contains("#2 client 2"), "the stale read should be blamed: {explanation}");
 }
 
@@ -161,10 +162,7 @@ fn two_concurrent_cas_from_the_same_expected_value_where_one_fails_are_accepted(
 
 #[test]
 fn a_write_that_failed_cannot_be_observed() {
-    let history = [
-        Operation::failed(1, K, Op::Write(b("a")), 0, 10),
-        read(2, Some("a"), 20, 30),
-    ];
+    let history = [Operation::failed(1, K, Op::Write(b("a")), 0, 10), read(2, Some("a"), 20, 30)];
     assert_not_linearizable(&history);
 }
 
@@ -422,12 +420,8 @@ fn a_malformed_history_is_reported_as_invalid() {
 
 #[test]
 fn the_explanation_names_the_operation_that_cannot_be_linearized() {
-    let history = [
-        write(1, "a", 0, 10),
-        write(1, "b", 20, 30),
-        cas(2, Some("b"), "c", true, 40, 50),
-        read(3, Some("b"), 60, 70),
-    ];
+    let history =
+        [write(1, "a", 0, 10), write(1, "b", 20, 30), cas(2, Some("b"), "c", true, 40, 50), read(3, Some("b"), 60, 70)];
     match verdict(&history) {
         Verdict::NotLinearizable { key, explanation, involved } => {
             assert_eq!(key, b(K));
@@ -467,22 +461,30 @@ fn a_violation_on_one_key_is_found_among_many_clean_keys() {
     assert_eq!(check(&history, &parallel), report.verdict);
 }
 
+/// A history whose refutation takes exponential time: `n` unknown writes, each of them
+/// observed by a long read concurrent with all the others (so they may have happened in
+/// any order), then reads seeing v0, v1, v0 again, which no order explains.
+fn exponential_history(key: &str, n: u64) -> Vec<Operation> {
+    let mut history = Vec::new();
+    for i in 0..n {
+        let v = format!("v{i}");
+        history.push(on_key(unknown_write(i, &v, i), key));
+        history.push(on_key(read(100 + i, Some(&v), 100, 100_000), key));
+    }
+    for (j, v) in ["v0", "v1", "v0"].iter().enumerate() {
+        let t = 200_000 + 20 * j as u64;
+        history.push(on_key(read(999, Some(v), t, t + 10), key));
+    }
+    history
+}
+
 #[test]
 fn a_violation_is_reported_even_if_another_key_is_inconclusive() {
-    // Key "a-hard" (checked first) needs many steps; key "b-bad" is clearly broken.
-    let mut history = Vec::new();
-    for i in 0..30 {
-        history.push(on_key(Operation::unknown(i, K, Op::Write(format!("v{i}").into_bytes()), i), "a-hard"));
-    }
-    history.push(on_key(read(100, Some("nope-but-written-by-nobody"), 100, 110), "b-bad"));
-    history.push(on_key(read(100, Some("v1"), 100, 110), "a-hard"));
-    history.push(on_key(read(100, Some("v0"), 120, 130), "a-hard"));
-    history.push(on_key(read(100, Some("v1"), 140, 150), "a-hard"));
-    history.push(on_key(read(100, Some("v0"), 160, 170), "a-hard"));
-    history.push(on_key(read(100, Some("v1"), 180, 190), "a-hard"));
-    history.push(on_key(read(100, Some("v0"), 200, 210), "a-hard"));
-    let budget = Budget::with_max_steps(2_000);
-    let report = check_detailed(&history, &BTreeMap::new(), &budget);
+    // Key "a-hard" (checked first) needs far more steps than allowed; key "b-bad" is
+    // plainly broken.
+    let mut history = exponential_history("a-hard", 20);
+    history.push(on_key(read(100, Some("written-by-nobody"), 100, 110), "b-bad"));
+    let report = check_detailed(&history, &BTreeMap::new(), &Budget::with_max_steps(20_000));
     assert!(matches!(report.keys[0].result, KeyResult::Inconclusive(_)), "{:?}", report.keys[0]);
     match report.verdict {
         Verdict::NotLinearizable { key, .. } => assert_eq!(key, b("b-bad")),
@@ -492,25 +494,31 @@ fn a_violation_is_reported_even_if_another_key_is_inconclusive() {
 
 #[test]
 fn an_exhausted_search_budget_gives_an_inconclusive_verdict_instead_of_hanging() {
-    // Many concurrent unknown writes and a final read that no order explains: the
-    // search has to refute an exponential number of orders.
-    let mut history: Vec<Operation> = (0..40).map(|i| unknown_write(i, &format!("v{i}"), 0)).collect();
-    for (j, v) in ["v1", "v2", "v1", "v2", "v1"].iter().enumerate() {
-        let t = 100 + 20 * j as u64;
-        history.push(read(100, Some(v), t, t + 10));
-    }
+    let history = exponential_history(K, 20);
     let started = Instant::now();
-    let v = check(&history, &Budget::with_max_steps(50_000));
+    let v = check(&history, &Budget::with_max_steps(100_000));
     assert!(v.is_inconclusive(), "{v}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let timed = Budget { time_limit_per_key: Some(Duration::from_millis(200)), ..Budget::unlimited() };
+    if let Verdict::Inconclusive { reason, .. } = &v {
+        assert!(reason.contains("step budget"), "{reason}");
+    }
+
+    let timed = Budget { time_limit_per_key: Some(Duration::from_millis(300)), ..Budget::unlimited() };
     let started = Instant::now();
     let v = check(&history, &timed);
     assert!(v.is_inconclusive(), "{v}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    if let Verdict::Inconclusive { reason, .. } = v {
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    if let Verdict::Inconclusive { reason, .. } = &v {
         assert!(reason.contains("time limit"), "{reason}");
     }
+
+    let total = Budget { time_limit_total: Some(Duration::from_millis(300)), ..Budget::unlimited() };
+    let started = Instant::now();
+    assert!(check(&history, &total).is_inconclusive());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // A small version of the same history is refuted outright.
+    assert!(check(&exponential_history(K, 4), &Budget::default()).is_not_linearizable());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -715,9 +723,6 @@ fn generate(seed: u64, p: &GenParams) -> Vec<Operation> {
         let invoke = (busy_until[c] + 1).max(t.saturating_sub(rng.below(p.spread + 1)));
         let complete = t + rng.below(p.spread + 1);
         let roll = rng.below(100);
-        let kind_bit = match &op { Op::Read => 0, Op::Write(_) => 1, Op::Delete => 2, Op::Cas { .. } => 4, Op::DeleteIf { .. } => 8 };
-        let mask: u32 = std::env::var("ZZ_MASK").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-        let roll = if roll < p.unknown_percent && kind_bit & mask == 0 { 99 } else { roll };
         let outcome = if roll < p.unknown_percent {
             // Took effect or not, nobody knows; the client moves on as a new process.
             if rng.chance(50) {
@@ -778,7 +783,9 @@ fn stale_corruption(history: &[Operation]) -> Option<(usize, Vec<u8>)> {
         let Outcome::Ok(OpResult::Read(seen)) = &r.outcome else { continue };
         for w2 in history.iter().filter(|o| o.key == r.key && effectful_ok(o) && o.complete < r.invoke) {
             let stale = history.iter().find(|w| {
-                w.key == r.key && w.complete < w2.invoke && value_written_by(w).is_some_and(|v| Some(v) != seen.as_ref())
+                w.key == r.key
+                    && w.complete < w2.invoke
+                    && value_written_by(w).is_some_and(|v| Some(v) != seen.as_ref())
             });
             if let Some(w) = stale {
                 return Some((ri, value_written_by(w).unwrap().clone()));
@@ -789,9 +796,7 @@ fn stale_corruption(history: &[Operation]) -> Option<(usize, Vec<u8>)> {
 }
 
 fn ok_read_indices(history: &[Operation]) -> Vec<usize> {
-    (0..history.len())
-        .filter(|&i| matches!(history[i].outcome, Outcome::Ok(OpResult::Read(_))))
-        .collect()
+    (0..history.len()).filter(|&i| matches!(history[i].outcome, Outcome::Ok(OpResult::Read(_)))).collect()
 }
 
 fn run_generated(name: &str, seed: u64, p: &GenParams, time_limit: Duration) {
@@ -845,6 +850,8 @@ fn run_generated(name: &str, seed: u64, p: &GenParams, time_limit: Duration) {
         Verdict::NotLinearizable { key, explanation, .. } => {
             assert_eq!(key, history[victim].key);
             assert!(explanation.contains("deepest partial linearization"), "{explanation}");
+            assert!(explanation.contains(&format!("#{victim} ")), "{explanation}");
+            eprintln!("{name}: explanation:\n{explanation}");
         }
         other => panic!("{name}: stale read not rejected: {other}"),
     }
@@ -882,10 +889,7 @@ fn generated_histories_from_many_seeds_are_accepted() {
 fn brute_force(history: &[Operation]) -> bool {
     let ops: Vec<&Operation> = history
         .iter()
-        .filter(|o| match (&o.op, &o.outcome) {
-            (_, Outcome::Failed) | (Op::Read, Outcome::Unknown) => false,
-            _ => true,
-        })
+        .filter(|o| !matches!((&o.op, &o.outcome), (_, Outcome::Failed) | (Op::Read, Outcome::Unknown)))
         .collect();
     fn known(o: &Operation) -> bool {
         matches!(o.outcome, Outcome::Ok(_))
@@ -947,8 +951,10 @@ fn brute_force(history: &[Operation]) -> bool {
     go(&ops, &mut vec![false; ops.len()], &None)
 }
 
-fn random_small_history(rng: &mut Rng) -> Vec<Operation> {
-    let n = 1 + rng.below(7) as usize;
+/// Small random histories: `max_ops` operations at most, `unknown_percent` of them
+/// (and as many again) with an unknown (failed) outcome.
+fn random_small_history(rng: &mut Rng, max_ops: u64, unknown_percent: u64) -> Vec<Operation> {
+    let n = 1 + rng.below(max_ops) as usize;
     let vals = ["a", "b", "c"];
     let val = |rng: &mut Rng| b(vals[rng.below(3) as usize]);
     let opt_val = |rng: &mut Rng| if rng.chance(25) { None } else { Some(val(rng)) };
@@ -963,15 +969,14 @@ fn random_small_history(rng: &mut Rng) -> Vec<Operation> {
                 4 => Op::Cas { expect: opt_val(rng), new: val(rng) },
                 _ => Op::DeleteIf { expect: val(rng) },
             };
-            let outcome = match rng.below(10) {
-                0 => Outcome::Unknown,
-                1 => Outcome::Failed,
+            let roll = rng.below(100);
+            let outcome = match roll {
+                _ if roll < unknown_percent => Outcome::Unknown,
+                _ if roll < 2 * unknown_percent => Outcome::Failed,
                 _ => Outcome::Ok(match &op {
                     Op::Read => OpResult::Read(opt_val(rng)),
                     Op::Write(_) => OpResult::Written,
-                    Op::Delete => OpResult::Deleted {
-                        existed: [None, Some(true), Some(false)][rng.below(3) as usize],
-                    },
+                    Op::Delete => OpResult::Deleted { existed: [None, Some(true), Some(false)][rng.below(3) as usize] },
                     Op::Cas { .. } => OpResult::Cas(rng.chance(50)),
                     Op::DeleteIf { .. } => OpResult::DeleteIf(rng.chance(50)),
                 }),
@@ -983,41 +988,75 @@ fn random_small_history(rng: &mut Rng) -> Vec<Operation> {
 
 #[test]
 fn the_checker_agrees_with_a_brute_force_search_on_small_random_histories() {
-    let mut rng = Rng(42);
+    cross_check(42, 20_000, 7, 10);
+}
+
+#[test]
+fn the_checker_agrees_with_a_brute_force_search_on_histories_full_of_unknown_outcomes() {
+    cross_check(7, 20_000, 9, 35);
+}
+
+fn cross_check(seed: u64, cases: usize, max_ops: u64, unknown_percent: u64) {
+    let mut rng = Rng(seed);
     let (mut accepted, mut rejected) = (0, 0);
-    for case in 0..20_000 {
-        let history = random_small_history(&mut rng);
+    for case in 0..cases {
+        let history = random_small_history(&mut rng, max_ops, unknown_percent);
         let expected = brute_force(&history);
-        let got = check(&history, &Budget::unlimited());
-        assert_eq!(
-            got.is_linearizable(),
-            expected,
-            "case {case}: brute force says {expected}, checker says {got}\n{history:#?}"
-        );
-        assert!(got.is_linearizable() || got.is_not_linearizable(), "{got}");
+        for dfs_percent in [100, 0] {
+            let got = check(&history, &Budget { dfs_percent, ..Budget::unlimited() });
+            assert_eq!(
+                got.is_linearizable(),
+                expected,
+                "case {case}, dfs_percent {dfs_percent}: brute force says {expected}, checker says {got}\n{history:#?}"
+            );
+            assert!(got.is_linearizable() || got.is_not_linearizable(), "{got}");
+        }
         if expected {
             accepted += 1;
         } else {
             rejected += 1;
         }
     }
-    eprintln!("brute-force cross-check: {accepted} linearizable, {rejected} not");
-    assert!(accepted > 2_000 && rejected > 2_000, "{accepted} / {rejected}");
+    eprintln!(
+        "brute-force cross-check ({max_ops} ops, {unknown_percent}% unknown): {accepted} linearizable, {rejected} not"
+    );
+    assert!(accepted > cases / 10 && rejected > cases / 10, "{accepted} / {rejected}");
 }
 
 #[test]
-fn zz_debug_growth() {
-    let ops: usize = std::env::var("ZZ_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    if ops == 0 { return; }
-    let unknown: u64 = std::env::var("ZZ_UNK").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let clients: usize = std::env::var("ZZ_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let spread: u64 = std::env::var("ZZ_SPREAD").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
-    let p = GenParams { ops, keys: 1, clients, spread, unknown_percent: unknown, failed_percent: 2 };
-    let history = generate(2, &p);
-    let (victim, stale) = stale_corruption(&history).expect("a stale value to plant");
-    let mut corrupted = history.clone();
-    corrupted[victim].outcome = Outcome::Ok(OpResult::Read(Some(stale.clone())));
-    let started = Instant::now();
-    let r = check_detailed(&corrupted, &BTreeMap::new(), &Budget::with_max_steps(30_000_000));
-    eprintln!("ops {ops} unk% {unknown} victim {victim}: {} steps {} cache {} in {:?}", if r.verdict.is_not_linearizable() {"REJECTED"} else {"other"}, r.keys[0].steps, r.keys[0].cache_entries, started.elapsed());
+fn the_depth_first_and_layered_searches_agree_on_medium_histories_with_many_unknowns() {
+    let (mut accepted, mut rejected) = (0, 0);
+    for seed in 0..300 {
+        let p = GenParams { ops: 80, keys: 1, clients: 5, spread: 30, unknown_percent: 20, failed_percent: 5 };
+        let mut history = generate(seed, &p);
+        let mut rng = Rng(seed + 1000);
+        if rng.chance(60) {
+            // Corrupt a read to some value written on the key, or to absent.
+            let reads = ok_read_indices(&history);
+            let values: Vec<Vec<u8>> = history
+                .iter()
+                .filter_map(|o| match &o.op {
+                    Op::Write(v) | Op::Cas { new: v, .. } => Some(v.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !reads.is_empty() && !values.is_empty() {
+                let victim = reads[rng.below(reads.len() as u64) as usize];
+                let seen =
+                    if rng.chance(20) { None } else { Some(values[rng.below(values.len() as u64) as usize].clone()) };
+                history[victim].outcome = Outcome::Ok(OpResult::Read(seen));
+            }
+        }
+        let dfs = check(&history, &Budget { dfs_percent: 100, ..Budget::unlimited() });
+        let layered = check(&history, &Budget { dfs_percent: 0, ..Budget::unlimited() });
+        assert_eq!(dfs.is_linearizable(), layered.is_linearizable(), "seed {seed}: {dfs} / {layered}");
+        assert!(!dfs.is_inconclusive() && !layered.is_inconclusive());
+        if dfs.is_linearizable() {
+            accepted += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    eprintln!("depth-first vs layered: {accepted} linearizable, {rejected} not");
+    assert!(accepted > 50 && rejected > 50, "{accepted} / {rejected}");
 }

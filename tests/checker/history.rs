@@ -132,7 +132,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if s.len() & 1 == 1 {
         return Err(format!("odd-length hex string {s:?}"));
     }
     (0..s.len())
@@ -273,10 +273,7 @@ pub fn to_json(ops: &[Operation]) -> Value {
 /// Parses a history written by [`to_json`] / [`write_json`].
 pub fn from_json(v: &Value) -> Result<Vec<Operation>, String> {
     let ops = v.get("ops").and_then(Value::as_array).ok_or("expected an object with an \"ops\" array")?;
-    ops.iter()
-        .enumerate()
-        .map(|(i, o)| operation_from_json(o).map_err(|e| format!("operation #{i}: {e}")))
-        .collect()
+    ops.iter().enumerate().map(|(i, o)| operation_from_json(o).map_err(|e| format!("operation #{i}: {e}"))).collect()
 }
 
 /// Writes a history to `path`, one operation per line.

@@ -32,27 +32,42 @@
 //!
 //! # Algorithm
 //!
-//! Wing & Gong's search with Lowe's improvements (the "WGL" algorithm, as in porcupine
-//! and Knossos' `linear`):
-//! * P-compositionality: a history of independent registers is linearizable iff each
+//! Wing & Gong's search with Lowe's improvements (the "WGL" algorithm of porcupine and
+//! Knossos' `linear`), plus reductions that keep operations with unknown outcomes from
+//! blowing the search up:
+//! * **P-compositionality**: a history of independent registers is linearizable iff each
 //!   key's sub-history is, so every key is checked on its own (optionally on several
 //!   threads, see [`Budget::threads`]).
-//! * Each key's operations become call and return entries in one doubly linked list
-//!   sorted by time. A depth-first search walks it from the front: at a call entry it
-//!   tries to linearize that operation next (the model must accept it in the current
-//!   state); on success the operation's two entries are unlinked ("lifted") and the walk
-//!   restarts at the front. Reaching a return entry means an operation that has already
-//!   completed was not linearized: backtrack (re-link the last lifted operation and try
-//!   the entry after its call).
-//! * Memoization: a configuration is (set of linearized operations, register state).
-//!   Every configuration reached is recorded (exact bitset compared, not just a hash);
-//!   reaching one again prunes the branch, since its future was already explored.
-//! * Unknown operations get their return entry at +infinity and are optional: the
-//!   history is accepted as soon as every operation with a known outcome has been
-//!   linearized, whatever unknown ones remain (they "never happened"). An unknown
-//!   `Cas`/`DeleteIf` is only ever linearized when its condition holds (when it does not,
-//!   taking effect is a no-op, the same as never taking effect).
-//! * A budget (steps, cache memory, wall time) bounds each key's search; exceeding it
+//! * **Entry list**: a key's operations with known outcomes become call and return
+//!   entries in a doubly linked list sorted by time. At a configuration, the operations
+//!   that may be linearized next are those whose call entry precedes the first return
+//!   entry; linearizing one unlinks ("lifts") its two entries, backtracking re-links
+//!   them. Reaching a return entry means a completed operation was not linearized in
+//!   time: a dead end.
+//! * **Memoization**: a configuration is (linearized set, register state). Every one
+//!   reached is recorded (bitsets compared exactly, not just hashed) and reaching it again
+//!   prunes the branch. Beyond WGL's equality, a configuration is pruned when a recorded
+//!   one *dominates* it: same linearized known operations and state, but a subset of its
+//!   linearized unknown operations (so every option it has, and more).
+//! * **Unknown operations** are optional and may take effect at any time after their
+//!   invocation (return at +infinity): the key is accepted as soon as every operation
+//!   with a known outcome is linearized. They are only linearized in *runs* that enable
+//!   the next known operation (one impossible in the state before the run). This loses
+//!   no linearization: a run followed by a known operation possible without it can
+//!   always be moved after that operation or dropped (see `Searcher`).
+//! * **Canonical states**: values that no operation ever compares against (reads,
+//!   `Cas`/`DeleteIf` expectations) are indistinguishable and share one state; so do
+//!   values whose comparing operations are all linearized already ("dead" values), and
+//!   the pending unknown writes of dead values are interchangeable, only their number
+//!   matters. Identical pending unknown operations are interchangeable too: only the
+//!   earliest invoked one is tried.
+//! * **Two passes**: a depth-first pass (runs of unknown operations tried right after a
+//!   configuration's known children) finds linearizations fast; if it does not finish
+//!   within its share of the budget ([`Budget::dfs_percent`]), a layered pass starts
+//!   over, exploring configurations by increasing number of unknown operations
+//!   linearized, so that the ones that merely consumed more of them are dominated. It
+//!   refutes histories with many unknown operations much faster. Both are complete.
+//! * A **budget** (steps, cache memory, wall time) bounds each key's search; exceeding it
 //!   gives [`Verdict::Inconclusive`] instead of hanging.
 //!
 //! A quick pre-pass rejects reads (and successful `Cas`/`DeleteIf`) that depend on a
@@ -60,14 +75,15 @@
 //!
 //! When a key is not linearizable, the explanation shows the deepest partial
 //! linearization the search reached, the completed operation it could not get past, and
-//! the operations that were pending there.
+//! the operations that could have come next there.
+
+// Test files that include this module use different parts of its API.
 #![allow(dead_code, unused_imports)]
 
 mod history;
 
 pub use history::{from_json, read_json, to_json, write_json, History, Pending};
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -86,9 +102,14 @@ pub enum Op {
     Write(Vec<u8>),
     Delete,
     /// Compare-and-swap: `expect: None` means "expect the key to be absent".
-    Cas { expect: Option<Vec<u8>>, new: Vec<u8> },
+    Cas {
+        expect: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
     /// Delete the key only if it holds `expect`.
-    DeleteIf { expect: Vec<u8> },
+    DeleteIf {
+        expect: Vec<u8>,
+    },
 }
 
 /// What a successfully completed operation returned. Must match the [`Op`] kind.
@@ -162,17 +183,24 @@ pub struct Budget {
     pub time_limit_total: Option<Duration>,
     /// Keys checked in parallel (1 = on the calling thread).
     pub threads: usize,
+    /// Share (percent) of each key's step and time budget for the depth-first pass,
+    /// which finds linearizations fast; if it does not finish, the layered pass, which
+    /// refutes much faster when unknown operations abound, gets the rest. Either pass
+    /// alone decides the key when it finishes. 100 = depth-first only, 0 = layered only.
+    pub dfs_percent: u32,
 }
 
 impl Default for Budget {
-    /// 100M steps, 1 GiB of cache and 60 s per key; no total limit; one thread.
+    /// 1G steps, 1 GiB of cache and 60 s per key (3% of it for the depth-first pass);
+    /// no total limit; one thread.
     fn default() -> Self {
         Budget {
-            max_steps_per_key: 100_000_000,
+            max_steps_per_key: 1_000_000_000,
             max_cache_bytes_per_key: 1 << 30,
             time_limit_per_key: Some(Duration::from_secs(60)),
             time_limit_total: None,
             threads: 1,
+            dfs_percent: 3,
         }
     }
 }
@@ -186,6 +214,7 @@ impl Budget {
             time_limit_per_key: None,
             time_limit_total: None,
             threads: 1,
+            dfs_percent: 3,
         }
     }
 
@@ -212,10 +241,16 @@ pub enum Verdict {
     },
     /// No violation found, but the search of this key (the first such, in key order)
     /// ran out of budget.
-    Inconclusive { key: Vec<u8>, reason: String },
+    Inconclusive {
+        key: Vec<u8>,
+        reason: String,
+    },
     /// The history itself is malformed (result kind not matching the op, complete
     /// before invoke, ...).
-    InvalidHistory { index: usize, reason: String },
+    InvalidHistory {
+        index: usize,
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -459,12 +494,6 @@ struct Compiled<'a> {
     /// same +infinity return), so the search only ever linearizes the first pending
     /// one of each class: the linearized members of a class are always a prefix.
     sym_prev: Vec<u32>,
-    /// For an unknown op in a class of two or more interchangeable ops: its class, else NIL.
-    class_of: Vec<u32>,
-    /// The members of each such class, in invocation order.
-    classes: Vec<Vec<u32>>,
-    /// Bit `op - required` set for unknown ops that are alone in their class.
-    singletons: Vec<u64>,
     /// Value of id `i >= 2` is `values[i - 2]`.
     values: Vec<&'a [u8]>,
     initial: State,
@@ -554,44 +583,14 @@ impl<'a> Compiled<'a> {
         unknown.sort_by_key(|o| (o.invoke, o.hist));
         let required = known.len();
         known.extend(unknown);
-        let n = known.len();
-        let mut sym_prev = vec![NIL; n];
-        let mut members: HashMap<Step, Vec<u32>> = HashMap::new();
+        let mut sym_prev = vec![NIL; known.len()];
+        let mut last_of_class: HashMap<Step, u32> = HashMap::new();
         for (i, o) in known.iter().enumerate().skip(required) {
-            let m = members.entry(o.step).or_default();
-            if let Some(&j) = m.last() {
+            if let Some(j) = last_of_class.insert(o.step, i as u32) {
                 sym_prev[i] = j;
             }
-            m.push(i as u32);
         }
-        let mut class_of = vec![NIL; n];
-        let mut classes = Vec::new();
-        let mut singletons = vec![0u64; (n - required).div_ceil(64)];
-        let mut groups: Vec<Vec<u32>> = members.into_values().collect();
-        groups.sort();
-        for m in groups {
-            if m.len() == 1 {
-                let i = m[0] as usize - required;
-                singletons[i >> 6] |= 1u64 << (i & 63);
-            } else {
-                for &op in &m {
-                    class_of[op as usize] = classes.len() as u32;
-                }
-                classes.push(m);
-            }
-        }
-        Compiled {
-            ops: known,
-            required,
-            sym_prev,
-            class_of,
-            classes,
-            singletons,
-            values,
-            initial,
-            initial_value,
-            dropped,
-        }
+        Compiled { ops: known, required, sym_prev, values, initial, initial_value, dropped }
     }
 
     fn show_state(&self, s: State) -> String {
@@ -631,11 +630,6 @@ impl Bits {
         while self.lo < self.words.len() && self.words[self.lo] == u64::MAX {
             self.lo += 1;
         }
-    }
-
-    #[inline]
-    fn get(&self, i: usize) -> bool {
-        self.words[i >> 6] & (1u64 << (i & 63)) != 0
     }
 
     #[inline]
@@ -692,9 +686,8 @@ impl Hasher for IdHasher {
     }
 }
 
-/// A visited configuration. Its known part (linearized known ops, canonical state) must
-/// match exactly; its unknown part (linearized unknown ops minus dead writes, and the
-/// number of dead writes) may be a subset, see [`Cache::visit`].
+/// A visited configuration, and how it was reached (a trie of paths: `parent` and the
+/// ops from there, `path_len` ops at `path_off` in the path arena).
 #[derive(Clone, Copy)]
 struct CacheRec {
     /// Next record with the same hash, or NIL.
@@ -703,95 +696,103 @@ struct CacheRec {
     len: u32,
     state: State,
     dead: u32,
-    /// Start state of the run of unknown ops that led here (canonical), or NIL.
-    run: u32,
-    /// Fully explored without success (false only while on the search stack).
-    refuted: bool,
-    /// Whether that refutation may depend on how many ops of the interchangeable unknown
-    /// classes (and dead writes) were left: somewhere below, one of them had none left.
-    bind: bool,
     /// Offset in the arena of the known window words, followed by the unknown words.
     off: usize,
+    parent: u32,
+    path_off: u32,
+    path_len: u32,
+    /// On the search's current path.
+    on_path: bool,
 }
 
-/// The configurations visited so far: hash buckets (on the known part) chaining records
-/// whose words live in one arena (no allocation per record).
+/// The configurations visited so far: hash buckets (on the known part and state)
+/// chaining records whose words live in one arena (no allocation per record).
+///
+/// A configuration is *dominated* by a visited one with the same linearized known ops
+/// and canonical state, a subset of its linearized unknown ops (minus dead writes) and
+/// no more dead writes linearized: the visited one has every option this one has, and
+/// more, and it is (or will be) explored, so this one need not be.
 struct Cache {
     heads: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     recs: Vec<CacheRec>,
     arena: Vec<u64>,
+    paths: Vec<u32>,
     unknown_words: usize,
 }
 
 impl Cache {
     fn new(unknown_words: usize) -> Cache {
-        Cache { heads: HashMap::default(), recs: Vec::new(), arena: Vec::new(), unknown_words }
+        Cache { heads: HashMap::default(), recs: Vec::new(), arena: Vec::new(), paths: Vec::new(), unknown_words }
     }
 
-    /// Visits a configuration. It is pruned (`Err(bind)`, with the `bind` flag of the
-    /// record that refutes it) if a visited configuration with the same known part and
-    /// canonical state, and no run restriction or the same one, was refuted and
-    /// * had a subset of its unknown part (so every option this one has, and more), or
-    /// * had a subset of its singleton unknown ops and a refutation that did not depend
-    ///   on the counts of interchangeable unknown ops left (`bind` false),
-    ///
-    /// or is identical. Otherwise it is recorded and `Ok(record)` returned.
-    fn visit(&mut self, known: &Bits, state: State, run: u32, unknown: &[u64], dead: u32, singletons: &[u64]) -> Result<u32, bool> {
-        let window = known.window();
-        let h = config_hash(known.lo, window, state as u64);
-        let Cache { heads, recs, arena, unknown_words } = self;
-        let uw = *unknown_words;
-        let mut first = NIL;
-        if let Some(&head) = heads.get(&h) {
-            first = head;
-            let mut r = head;
-            while r != NIL {
-                let rec = recs[r as usize];
-                r = rec.next;
-                if rec.state != state
-                    || (rec.run != NIL && rec.run != run)
-                    || rec.lo as usize != known.lo
-                    || rec.len as usize != window.len()
-                {
-                    continue;
-                }
-                let kw = &arena[rec.off..rec.off + window.len()];
-                if kw != window {
-                    continue;
-                }
-                let ru = &arena[rec.off + window.len()..rec.off + window.len() + uw];
-                if rec.refuted && !rec.bind {
-                    let subset = ru.iter().zip(unknown).zip(singletons).all(|((a, b), m)| a & m & !b == 0);
-                    if subset {
-                        return Err(false);
-                    }
-                }
-                if rec.dead > dead {
-                    continue;
-                }
-                let subset = ru.iter().zip(unknown).all(|(a, b)| a & !b == 0);
-                if subset && (rec.refuted || (rec.dead == dead && rec.run == run && ru == unknown)) {
-                    return Err(rec.bind || !rec.refuted);
-                }
+    /// The first record other than `skip` dominating the configuration, if any.
+    fn dominating(
+        &self,
+        lo: usize,
+        window: &[u64],
+        state: State,
+        unknown: &[u64],
+        dead: u32,
+        skip: u32,
+    ) -> Option<u32> {
+        let h = config_hash(lo, window, state as u64);
+        let uw = self.unknown_words;
+        let mut r = *self.heads.get(&h)?;
+        while r != NIL {
+            let rec = &self.recs[r as usize];
+            let this = r;
+            r = rec.next;
+            if this == skip
+                || rec.state != state
+                || rec.dead > dead
+                || rec.lo as usize != lo
+                || rec.len as usize != window.len()
+            {
+                continue;
+            }
+            let (kw, ru) = self.arena[rec.off..rec.off + window.len() + uw].split_at(window.len());
+            if kw == window && ru.iter().zip(unknown).all(|(a, b)| a & !b == 0) {
+                return Some(this);
             }
         }
-        let off = arena.len();
-        arena.extend_from_slice(window);
-        arena.extend_from_slice(unknown);
-        recs.push(CacheRec {
+        None
+    }
+
+    /// Records the configuration unless it is dominated; returns its record.
+    fn visit(
+        &mut self,
+        known: &Bits,
+        state: State,
+        unknown: &[u64],
+        dead: u32,
+        parent: u32,
+        path: &[u32],
+    ) -> Option<u32> {
+        let window = known.window();
+        if self.dominating(known.lo, window, state, unknown, dead, NIL).is_some() {
+            return None;
+        }
+        let h = config_hash(known.lo, window, state as u64);
+        let off = self.arena.len();
+        self.arena.extend_from_slice(window);
+        self.arena.extend_from_slice(unknown);
+        let path_off = self.paths.len() as u32;
+        self.paths.extend_from_slice(path);
+        let idx = self.recs.len() as u32;
+        let first = self.heads.insert(h, idx).unwrap_or(NIL);
+        self.recs.push(CacheRec {
             next: first,
             lo: known.lo as u32,
             len: window.len() as u32,
             state,
             dead,
-            run,
-            refuted: false,
-            bind: true,
             off,
+            parent,
+            path_off,
+            path_len: path.len() as u32,
+            on_path: false,
         });
-        let idx = (recs.len() - 1) as u32;
-        heads.insert(h, idx);
-        Ok(idx)
+        Some(idx)
     }
 
     fn len(&self) -> usize {
@@ -799,7 +800,10 @@ impl Cache {
     }
 
     fn bytes(&self) -> usize {
-        self.heads.capacity() * (8 + 4 + 1) + self.recs.capacity() * std::mem::size_of::<CacheRec>() + self.arena.capacity() * 8
+        self.heads.capacity() * (8 + 4 + 1)
+            + self.recs.capacity() * std::mem::size_of::<CacheRec>()
+            + self.arena.capacity() * 8
+            + self.paths.capacity() * 4
     }
 }
 
@@ -824,7 +828,7 @@ struct Canon {
     observers_left: Vec<u32>,
     /// Per op: the value it compares against (never ABSENT or UNOBSERVED), or NIL.
     observes: Vec<u32>,
-    /// Per op: for an unknown write, its value id (> UNOBSERVED), else NIL.
+    /// Per op: for an unknown write, its value id (UNOBSERVED or a value), else NIL.
     unknown_write_of: Vec<u32>,
     /// Per value id: the unknown writes of it.
     unknown_writers: Vec<Vec<u32>>,
@@ -855,7 +859,7 @@ impl Canon {
                 canon.observers_left[observed as usize] += 1;
             }
             if let (None, Step::Write(v)) = (o.complete, o.step) {
-                if v > UNOBSERVED {
+                if v != ABSENT {
                     canon.unknown_write_of[i] = v;
                     canon.unknown_writers[v as usize].push(i as u32);
                 }
@@ -975,44 +979,36 @@ struct Frame {
     op: u32,
     /// Register state before `op`.
     before: State,
-    /// `Searcher::run` before `op`.
-    run_before: u32,
-    /// Cache record of the configuration after `op`.
+    /// Record of the configuration after `op`, or NIL inside a run of unknown ops.
     rec: u32,
-    /// For an unknown op: the return entry that bounded the unknown phase it was tried in.
-    ret: u32,
-    /// `CacheRec::bind` of the configuration after `op`, accumulated while exploring it.
-    bind: bool,
-}
-
-/// Where the walk over a configuration's candidates is.
-#[derive(Clone, Copy)]
-enum Cursor {
-    /// At an entry of the known-ops list.
-    Known(u32),
-    /// Trying pending unknown ops (from `op`, in invocation order) that were invoked by
-    /// the time of return entry `ret`, the first return in the known list.
-    Unknown { op: u32, ret: u32 },
 }
 
 /// The search state of one key.
 ///
 /// Known ops live in a doubly linked list of call (`2i`) and return (`2i + 1`) entries
-/// sorted by time, head sentinel `2 * required`. Pending unknown ops live in their own
-/// list in invocation order (node = op index, head sentinel `n`). At a configuration the
-/// candidates are, in this order, the known ops whose call precedes the first return
-/// entry, then the pending unknown ops invoked by then. Trying the optional unknown ops
-/// last means configurations with fewer of them consumed are explored (and refuted)
-/// first, so the ones with more consumed are pruned by dominance.
+/// sorted by time, head sentinel `2 * required`; pending unknown ops in their own list in
+/// invocation order (node = op index, head sentinel `n`). Linearizing an op unlinks it,
+/// backtracking re-links it (dancing links, LIFO). At a configuration, the known ops
+/// that may come next are those whose call entry precedes the first return entry; the
+/// unknown ops that may are the pending ones invoked by that return's time.
 ///
-/// Runs of unknown ops are only linearized to enable the known op right after them:
-/// a known op that could already be linearized in the state before the run may not end
-/// it. This loses no solution: in any linearization, a run of unknown ops followed by a
-/// known op `k` applicable in the state `s0` before the run can be moved after `k` (if
-/// `k` keeps the state) or dropped (if `k` overwrites it unconditionally, or is a
-/// successful conditional op, whose condition then pins both ends of the run to the
+/// The search goes in layers: layer L holds the configurations reached with L unknown
+/// ops linearized. Each layer is a depth-first search over known ops only, from the
+/// layer's seeds (the initial configuration for layer 0). At each configuration it
+/// visits, it also enumerates the runs of unknown ops that make some blocked known op
+/// possible, and records "configuration + run + that op" as a seed of a later layer.
+/// Exploring configurations with fewer unknown ops first means the ones that only
+/// differ by having consumed more unknown ops are dominated when they come up.
+///
+/// Runs of unknown ops are only linearized to enable the known op right after them.
+/// This loses no solution: in any linearization, a run of unknown ops followed by a
+/// known op `k` that is possible in the state `s0` before the run can be moved after
+/// `k` (if `k` keeps the state) or dropped (if `k` overwrites it unconditionally, or is
+/// a successful conditional op, whose condition then pins both ends of the run to the
 /// same state); moving unknown ops later never breaks real-time order, and a run at the
-/// very end can be dropped. Repeating this gives a linearization of the restricted form.
+/// very end can be dropped. Likewise, within a run an unconditional op (write, delete)
+/// makes everything before it useless, so it can only come first, and a run that
+/// returns to a state it had before can be shortened.
 struct Searcher<'c, 'a> {
     c: &'c Compiled<'a>,
     next: Vec<u32>,
@@ -1024,16 +1020,35 @@ struct Searcher<'c, 'a> {
     canon: Canon,
     cache: Cache,
     state: State,
-    /// The state before the current run of unknown ops, if the last linearized op is an
-    /// unknown one; NIL otherwise.
-    run: u32,
     stack: Vec<Frame>,
-    /// `bind` of the initial configuration.
-    root_bind: bool,
-    /// Per class of interchangeable unknown ops: how many are linearized (always the
-    /// first ones, in invocation order).
-    class_used: Vec<u32>,
+    /// Record of the initial configuration (always on the path).
+    root: u32,
     required_left: usize,
+    /// Unknown ops on the current path.
+    unknown_used: usize,
+    /// Seeds (records) per layer.
+    layers: Vec<Vec<u32>>,
+    best: Option<Failure>,
+    steps: u64,
+    /// Whether some unknown op is a conditional one (only those can extend a run).
+    has_conditional_unknown: bool,
+}
+
+/// What the runs of unknown ops enumerated at one configuration share.
+struct RunContext<'b> {
+    /// Time of the first return entry: unknown ops invoked later are not enabled.
+    t: u64,
+    /// The known candidates impossible in the configuration's state.
+    blocked: &'b [u32],
+    /// Record of the configuration.
+    parent: u32,
+    limits: &'b Limits,
+}
+
+/// How a search ended early.
+enum Stop {
+    Linearizable,
+    Exhausted(String),
 }
 
 impl<'c, 'a> Searcher<'c, 'a> {
@@ -1064,6 +1079,12 @@ impl<'c, 'a> Searcher<'c, 'a> {
             uprev[u as usize] = last;
             last = u;
         }
+        let canon = Canon::new(c);
+        let mut cache = Cache::new((n - req).div_ceil(64));
+        let root = cache
+            .visit(&canon.known, canon.canonical(c.initial), &canon.unknown, canon.dead, NIL, &[])
+            .expect("the cache is empty");
+        cache.recs[root as usize].on_path = true;
         Searcher {
             c,
             next,
@@ -1072,14 +1093,19 @@ impl<'c, 'a> Searcher<'c, 'a> {
             unext,
             uprev,
             uhead,
-            canon: Canon::new(c),
-            cache: Cache::new((n - req).div_ceil(64)),
+            canon,
+            cache,
             state: c.initial,
-            run: NIL,
             stack: Vec::new(),
-            root_bind: false,
-            class_used: vec![0; c.classes.len()],
+            root,
             required_left: req,
+            unknown_used: 0,
+            layers: Vec::new(),
+            best: None,
+            steps: 0,
+            has_conditional_unknown: c.ops[req..]
+                .iter()
+                .any(|o| matches!(o.step, Step::Cas { .. } | Step::DeleteIf { .. })),
         }
     }
 
@@ -1100,126 +1126,329 @@ impl<'c, 'a> Searcher<'c, 'a> {
         }
     }
 
-    /// Tries to linearize `op` next; true if it was (a new configuration).
-    fn try_op(&mut self, op: u32, ret: u32) -> bool {
+    fn current_rec(&self) -> u32 {
+        self.stack.iter().rev().find(|f| f.rec != NIL).map_or(self.root, |f| f.rec)
+    }
+
+    /// Linearizes `op` on the path (its step must be possible); `canon` already has it
+    /// when `canon_done`.
+    fn push(&mut self, op: u32, rec: u32, canon_done: bool) {
         let o = &self.c.ops[op as usize];
-        let unknown = o.complete.is_none();
-        if unknown {
-            // An interchangeable unknown op invoked earlier is still pending: it was tried
-            // here already, and this one would lead to a symmetric configuration.
-            let sym = self.c.sym_prev[op as usize];
-            if sym != NIL && !self.canon.lin[sym as usize] {
-                return false;
-            }
+        let new_state = o.step.apply(self.state).expect("a recorded path is valid");
+        if !canon_done {
+            self.canon.linearize(op);
         }
-        let Some(new_state) = o.step.apply(self.state) else { return false };
-        if !unknown && self.run != NIL && o.step.apply(self.run).is_some() {
-            // The run of unknown ops before it was not needed for it.
-            return false;
+        self.stack.push(Frame { op, before: self.state, rec });
+        if rec != NIL {
+            self.cache.recs[rec as usize].on_path = true;
         }
-        let run = if !unknown {
-            NIL
-        } else if self.run == NIL {
-            self.state
-        } else {
-            self.run
-        };
-        self.canon.linearize(op);
-        let canonical = self.canon.canonical(new_state);
-        // An optional op that changes nothing observable is never needed.
-        let useless = unknown && canonical == self.canon.canonical(self.state);
-        let rec = if useless {
-            Err(false)
-        } else {
-            let canonical_run = if run == NIL { NIL } else { self.canon.canonical(run) };
-            self.cache.visit(
-                &self.canon.known,
-                canonical,
-                canonical_run,
-                &self.canon.unknown,
-                self.canon.dead,
-                &self.c.singletons,
-            )
-        };
-        let rec = match rec {
-            Ok(rec) => rec,
-            Err(bind) => {
-                self.canon.unlinearize(op);
-                *self.bind_mut() |= bind;
-                return false;
-            }
-        };
-        let class = self.c.class_of[op as usize];
-        if class != NIL {
-            self.class_used[class as usize] += 1;
-        }
-        self.stack.push(Frame { op, before: self.state, run_before: self.run, rec, ret, bind: false });
         self.state = new_state;
-        self.run = run;
-        if unknown {
+        if o.complete.is_none() {
             Self::unlink(&mut self.unext, &mut self.uprev, op);
+            self.unknown_used += 1;
         } else {
             Self::unlink(&mut self.next, &mut self.prev, 2 * op);
             Self::unlink(&mut self.next, &mut self.prev, 2 * op + 1);
             self.required_left -= 1;
         }
-        true
     }
 
-    /// The `bind` flag of the current configuration.
-    fn bind_mut(&mut self) -> &mut bool {
-        match self.stack.last_mut() {
-            Some(f) => &mut f.bind,
-            None => &mut self.root_bind,
-        }
-    }
-
-    /// Whether some class of interchangeable unknown ops (or the dead writes) has
-    /// members invoked by time `t` but none of them left.
-    fn exhausted_class(&self, t: u64) -> bool {
-        for (class, &used) in self.class_used.iter().enumerate() {
-            if used > 0 {
-                let members = &self.c.classes[class];
-                if members.get(used as usize).map_or(true, |&m| self.c.ops[m as usize].invoke > t) {
-                    return true;
-                }
-            }
-        }
-        if self.canon.dead > 0 {
-            let mut u = self.unext[self.uhead as usize];
-            while u != NIL && self.c.ops[u as usize].invoke <= t {
-                if self.canon.counted_dead(u) {
-                    return false;
-                }
-                u = self.unext[u as usize];
-            }
-            return true;
-        }
-        false
-    }
-
-    /// Backtracks the last linearized op: the configuration it led to is refuted.
-    fn pop(&mut self) -> Option<Frame> {
-        let f = self.stack.pop()?;
-        let rec = &mut self.cache.recs[f.rec as usize];
-        rec.refuted = true;
-        rec.bind = f.bind;
-        *self.bind_mut() |= f.bind;
-        let class = self.c.class_of[f.op as usize];
-        if class != NIL {
-            self.class_used[class as usize] -= 1;
+    fn pop(&mut self) -> Frame {
+        let f = self.stack.pop().expect("not at the root");
+        if f.rec != NIL {
+            self.cache.recs[f.rec as usize].on_path = false;
         }
         self.state = f.before;
-        self.run = f.run_before;
         if self.c.ops[f.op as usize].complete.is_none() {
             Self::relink(&mut self.unext, &mut self.uprev, f.op);
+            self.unknown_used -= 1;
         } else {
             Self::relink(&mut self.next, &mut self.prev, 2 * f.op + 1);
             Self::relink(&mut self.next, &mut self.prev, 2 * f.op);
             self.required_left += 1;
         }
         self.canon.unlinearize(f.op);
-        Some(f)
+        f
+    }
+
+    /// Tries to linearize known op `op` next; true if it was (a new configuration).
+    fn try_known(&mut self, op: u32) -> bool {
+        let Some(new_state) = self.c.ops[op as usize].step.apply(self.state) else { return false };
+        self.canon.linearize(op);
+        let parent = self.current_rec();
+        let rec = self.cache.visit(
+            &self.canon.known,
+            self.canon.canonical(new_state),
+            &self.canon.unknown,
+            self.canon.dead,
+            parent,
+            &[op],
+        );
+        match rec {
+            Some(rec) => {
+                self.push(op, rec, true);
+                true
+            }
+            None => {
+                self.canon.unlinearize(op);
+                false
+            }
+        }
+    }
+
+    /// Moves the current path to the configuration of record `target`.
+    fn move_to(&mut self, target: u32) {
+        let mut down = Vec::new();
+        let mut r = target;
+        while !self.cache.recs[r as usize].on_path {
+            down.push(r);
+            r = self.cache.recs[r as usize].parent;
+        }
+        while self.stack.last().map_or(self.root, |f| f.rec) != r {
+            self.pop();
+        }
+        for &rec in down.iter().rev() {
+            let (off, len) = {
+                let x = &self.cache.recs[rec as usize];
+                (x.path_off as usize, x.path_len as usize)
+            };
+            for i in 0..len {
+                let op = self.cache.paths[off + i];
+                self.push(op, if i + 1 == len { rec } else { NIL }, false);
+            }
+        }
+    }
+
+    fn count_step(&mut self, limits: &Limits) -> Result<(), Stop> {
+        self.steps += 1;
+        if self.steps & 0x3ff != 0 {
+            return Ok(());
+        }
+        let why = if self.steps >= limits.max_steps {
+            format!("step budget of {} exhausted", limits.max_steps)
+        } else if self.cache.bytes() > limits.max_cache_bytes {
+            format!("cache memory budget of {} bytes exhausted", limits.max_cache_bytes)
+        } else if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            "time limit reached".to_string()
+        } else {
+            return Ok(());
+        };
+        let deepest = self.best.as_ref().map_or(0, |b| b.linearized.len()).max(self.stack.len());
+        let n = self.c.ops.len();
+        Err(Stop::Exhausted(format!(
+            "{why} after {} steps on {n} operations ({} with unknown outcome); {} configurations cached, deepest partial linearization {deepest} operations, {} unknown operations in it",
+            self.steps,
+            n - self.c.required,
+            self.cache.len(),
+            self.best.as_ref().map_or(0, |b| b.linearized.iter().filter(|&&o| o as usize >= self.c.required).count()),
+        )))
+    }
+
+    /// Layered pass: depth-first search over known ops from the current configuration,
+    /// never going back above it; records seeds for later layers on the way.
+    fn explore_layer(&mut self, limits: &Limits) -> Result<(), Stop> {
+        let floor = self.stack.len();
+        let mut cur = self.next[self.head as usize];
+        loop {
+            self.count_step(limits)?;
+            debug_assert!(cur != NIL, "the known list ends with a return entry while known ops remain");
+            if cur & 1 == 0 {
+                if self.try_known(cur >> 1) {
+                    if self.required_left == 0 {
+                        return Err(Stop::Linearizable);
+                    }
+                    cur = self.next[self.head as usize];
+                } else {
+                    cur = self.next[cur as usize];
+                }
+                continue;
+            }
+            // `cur` is the first return entry: every candidate known op was tried.
+            let mut seeds = Vec::new();
+            self.seed_runs(cur, limits, &mut seeds)?;
+            for (rec, layer) in seeds {
+                if self.layers.len() <= layer {
+                    self.layers.resize_with(layer + 1, Vec::new);
+                }
+                self.layers[layer].push(rec);
+            }
+            self.note_dead_end(cur);
+            if self.stack.len() == floor {
+                return Ok(());
+            }
+            let f = self.pop();
+            cur = self.next[2 * f.op as usize];
+        }
+    }
+
+    /// Records, as seeds of later layers, the configurations "current + run of unknown
+    /// ops + known op k" for every known candidate `k` impossible now but possible
+    /// after the run. `ret` is the first return entry.
+    fn seed_runs(&mut self, ret: u32, limits: &Limits, out: &mut Vec<(u32, usize)>) -> Result<(), Stop> {
+        let mut blocked = Vec::new();
+        let mut e = self.next[self.head as usize];
+        while e != ret {
+            if e & 1 == 0 && self.c.ops[(e >> 1) as usize].step.apply(self.state).is_none() {
+                blocked.push(e >> 1);
+            }
+            e = self.next[e as usize];
+        }
+        if blocked.is_empty() || self.unext[self.uhead as usize] == NIL {
+            return Ok(());
+        }
+        let t = self.c.ops[(ret >> 1) as usize].complete.expect("known");
+        let parent = self.current_rec();
+        let ctx = RunContext { t, blocked: &blocked, parent, limits };
+        let mut run: Vec<(u32, State)> = Vec::new();
+        self.extend_run(&ctx, self.state, &mut run, out)
+    }
+
+    /// Extends `run` (ops and the state before each), now in state `s`, by one more
+    /// unknown op in every useful way, recording the seeds it makes possible.
+    fn extend_run(
+        &mut self,
+        ctx: &RunContext<'_>,
+        s: State,
+        run: &mut Vec<(u32, State)>,
+        out: &mut Vec<(u32, usize)>,
+    ) -> Result<(), Stop> {
+        let (t, blocked, parent, limits) = (ctx.t, ctx.blocked, ctx.parent, ctx.limits);
+        let mut u = self.unext[self.uhead as usize];
+        let mut tried_dead_write = false;
+        while u != NIL && self.c.ops[u as usize].invoke <= t {
+            let this = u;
+            u = self.unext[u as usize];
+            self.count_step(limits)?;
+            if self.canon.lin[this as usize] {
+                continue; // already in this run
+            }
+            let step = self.c.ops[this as usize].step;
+            if !run.is_empty() && matches!(step, Step::Write(_) | Step::Delete { .. }) {
+                continue; // an unconditional op makes the run before it useless
+            }
+            let sym = self.c.sym_prev[this as usize];
+            if sym != NIL && !self.canon.lin[sym as usize] {
+                continue; // an interchangeable op invoked earlier is still pending
+            }
+            let Some(s1) = step.apply(s) else { continue };
+            if s1 == self.state || run.iter().any(|&(_, before)| before == s1) {
+                continue; // back to a state of this run: the loop can be cut out
+            }
+            if self.canon.counted_dead(this) {
+                // Writes of dead values are interchangeable: only try one.
+                if tried_dead_write {
+                    continue;
+                }
+                tried_dead_write = true;
+            }
+            if !self.has_conditional_unknown
+                && !blocked.iter().any(|&k| self.c.ops[k as usize].step.apply(s1).is_some())
+            {
+                continue; // enables nothing, and nothing could follow it in a run
+            }
+            self.canon.linearize(this);
+            if self.canon.canonical(s1) == self.canon.canonical(s) {
+                self.canon.unlinearize(this);
+                continue; // changes nothing any remaining op can see
+            }
+            run.push((this, s));
+            for &k in blocked {
+                let Some(s2) = self.c.ops[k as usize].step.apply(s1) else { continue };
+                if self.required_left == 1 {
+                    self.canon.unlinearize(this);
+                    return Err(Stop::Linearizable);
+                }
+                self.canon.linearize(k);
+                let path: Vec<u32> = run.iter().map(|&(op, _)| op).chain([k]).collect();
+                let rec = self.cache.visit(
+                    &self.canon.known,
+                    self.canon.canonical(s2),
+                    &self.canon.unknown,
+                    self.canon.dead,
+                    parent,
+                    &path,
+                );
+                self.canon.unlinearize(k);
+                if let Some(rec) = rec {
+                    out.push((rec, self.unknown_used + run.len()));
+                }
+            }
+            let r = self.extend_run(ctx, s1, run, out);
+            run.pop();
+            self.canon.unlinearize(this);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Depth-first pass: like the layered pass, but runs of unknown ops are explored
+    /// right away, as children of the configuration (after its known children).
+    fn explore_dfs(&mut self, limits: &Limits) -> Result<(), Stop> {
+        struct Seeds {
+            depth: usize,
+            ret: u32,
+            recs: Vec<u32>,
+            next: usize,
+        }
+        let mut pending: Vec<Seeds> = Vec::new();
+        let mut cur = self.next[self.head as usize];
+        loop {
+            self.count_step(limits)?;
+            debug_assert!(cur != NIL, "the known list ends with a return entry while known ops remain");
+            if cur & 1 == 0 {
+                if self.try_known(cur >> 1) {
+                    if self.required_left == 0 {
+                        return Err(Stop::Linearizable);
+                    }
+                    cur = self.next[self.head as usize];
+                } else {
+                    cur = self.next[cur as usize];
+                }
+                continue;
+            }
+            // Every known child was tried; now the runs of unknown ops.
+            let depth = self.stack.len();
+            if pending.last().map(|p| p.depth) != Some(depth) {
+                let mut seeds = Vec::new();
+                self.seed_runs(cur, limits, &mut seeds)?;
+                pending.push(Seeds { depth, ret: cur, recs: seeds.into_iter().map(|(rec, _)| rec).collect(), next: 0 });
+            }
+            let top = pending.last_mut().expect("pushed above");
+            if top.next < top.recs.len() {
+                let seed = top.recs[top.next];
+                top.next += 1;
+                self.move_to(seed);
+                cur = self.next[self.head as usize];
+                continue;
+            }
+            pending.pop();
+            self.note_dead_end(cur);
+            if self.stack.is_empty() {
+                return Ok(());
+            }
+            let f = self.pop();
+            if self.cache.recs[f.rec as usize].path_len > 1 {
+                // Back from a run of unknown ops: undo the run, then the parent's next run.
+                while self.stack.last().is_some_and(|f| f.rec == NIL) {
+                    self.pop();
+                }
+                cur = pending.last().expect("the parent's runs").ret;
+            } else {
+                cur = self.next[2 * f.op as usize];
+            }
+        }
+    }
+
+    /// Records the current configuration as the deepest dead end, if it is.
+    fn note_dead_end(&mut self, ret: u32) {
+        if self.best.as_ref().map(|b| b.linearized.len()) < Some(self.stack.len()) {
+            self.best = Some(Failure {
+                linearized: self.stack.iter().map(|f| f.op).collect(),
+                state: self.state,
+                blocked: ret >> 1,
+                pending: self.candidates(ret),
+            });
+        }
     }
 
     /// The candidates of the current configuration (for explanations).
@@ -1241,115 +1470,82 @@ impl<'c, 'a> Searcher<'c, 'a> {
         out
     }
 
-    fn run(&mut self, limits: &Limits, stats: &mut SearchStats) -> SearchResult {
-        let mut best: Option<Failure> = None;
-        let mut cursor = Cursor::Known(self.next[self.head as usize]);
-        loop {
-            stats.steps += 1;
-            if stats.steps & 0x3ff == 0 {
-                if let Some(why) = self.exhausted(limits, stats.steps) {
-                    let deepest = best.as_ref().map_or(0, |b| b.linearized.len()).max(self.stack.len());
-                    let n = self.c.ops.len();
-                    return SearchResult::Exhausted(format!(
-                        "{why} after {} steps on {n} operations ({} with unknown outcome); {} configurations cached, deepest partial linearization {deepest} operations",
-                        stats.steps,
-                        n - self.c.required,
-                        self.cache.len(),
-                    ));
-                }
-            }
-            match cursor {
-                Cursor::Known(e) => {
-                    debug_assert!(e != NIL, "the known list ends with a return entry while known ops remain");
-                    if e & 1 == 1 {
-                        cursor = Cursor::Unknown { op: self.unext[self.uhead as usize], ret: e };
-                    } else if self.try_op(e >> 1, NIL) {
-                        if self.required_left == 0 {
-                            return SearchResult::Linearizable;
-                        }
-                        cursor = Cursor::Known(self.next[self.head as usize]);
-                    } else {
-                        cursor = Cursor::Known(self.next[e as usize]);
-                    }
-                }
-                Cursor::Unknown { op, ret } => {
-                    let deadline = self.c.ops[(ret >> 1) as usize].complete.expect("known");
-                    if op != NIL && self.c.ops[op as usize].invoke <= deadline {
-                        cursor = if self.try_op(op, ret) {
-                            Cursor::Known(self.next[self.head as usize])
-                        } else {
-                            Cursor::Unknown { op: self.unext[op as usize], ret }
-                        };
-                        continue;
-                    }
-                    // Dead end: the op of `ret` has completed but cannot be linearized.
-                    if self.exhausted_class(deadline) {
-                        *self.bind_mut() = true;
-                    }
-                    if best.as_ref().map_or(true, |b| self.stack.len() > b.linearized.len()) {
-                        best = Some(Failure {
-                            linearized: self.stack.iter().map(|f| f.op).collect(),
-                            state: self.state,
-                            blocked: ret >> 1,
-                            pending: self.candidates(ret),
-                        });
-                    }
-                    let Some(f) = self.pop() else {
-                        return SearchResult::NotLinearizable(best.expect("recorded above"));
-                    };
-                    cursor = if self.c.ops[f.op as usize].complete.is_none() {
-                        Cursor::Unknown { op: self.unext[f.op as usize], ret: f.ret }
-                    } else {
-                        Cursor::Known(self.next[2 * f.op as usize])
-                    };
-                }
-            }
-        }
+    fn run_dfs(&mut self, limits: &Limits) -> Result<(), Stop> {
+        self.explore_dfs(limits)
     }
 
-    fn exhausted(&self, limits: &Limits, steps: u64) -> Option<String> {
-        if steps >= limits.max_steps {
-            Some(format!("step budget of {} exhausted", limits.max_steps))
-        } else if self.cache.bytes() > limits.max_cache_bytes {
-            Some(format!("cache memory budget of {} bytes exhausted", limits.max_cache_bytes))
-        } else if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            Some("time limit reached".to_string())
-        } else {
-            None
+    fn run_layered(&mut self, limits: &Limits) -> Result<(), Stop> {
+        self.explore_layer(limits)?;
+        let mut layer = 1;
+        while layer < self.layers.len() {
+            let mut i = 0;
+            while i < self.layers[layer].len() {
+                let seed = self.layers[layer][i];
+                i += 1;
+                self.count_step(limits)?;
+                // Skip it if a configuration recorded after it dominates it.
+                let r = self.cache.recs[seed as usize];
+                let (kw, uw) = (r.len as usize, self.cache.unknown_words);
+                let (window, unknown) = self.cache.arena[r.off..r.off + kw + uw].split_at(kw);
+                if self.cache.dominating(r.lo as usize, window, r.state, unknown, r.dead, seed).is_some() {
+                    continue;
+                }
+                self.move_to(seed);
+                self.explore_layer(limits)?;
+            }
+            self.layers[layer] = Vec::new();
+            layer += 1;
         }
+        Ok(())
     }
 }
 
-fn search(c: &Compiled<'_>, limits: &Limits) -> (SearchResult, SearchStats) {
+/// Runs the depth-first pass with `dfs_percent` of the budget, then, if it did not
+/// finish, the layered pass with the rest. Both are complete searches.
+fn search(c: &Compiled<'_>, limits: &Limits, dfs_percent: u32) -> (SearchResult, SearchStats) {
     let mut stats = SearchStats { steps: 0, cache_entries: 0 };
     if c.required == 0 {
         return (SearchResult::Linearizable, stats);
     }
     assert!(c.ops.len() < (NIL as usize - 2) / 2, "too many operations on one key");
-    let mut s = Searcher::new(c);
-    let result = s.run(limits, &mut stats);
-    stats.cache_entries = s.cache.len();
-    if std::env::var("ZZ_DEBUG").is_ok() {
-        // TEMP instrumentation
-        let mut per_known: HashMap<(u32, Vec<u64>), Vec<(State, u32, Vec<u64>)>> = HashMap::new();
-        for r in &s.cache.recs {
-            let kw = s.cache.arena[r.off..r.off + r.len as usize].to_vec();
-            let uw = s.cache.arena[r.off + r.len as usize..r.off + r.len as usize + s.cache.unknown_words].to_vec();
-            per_known.entry((r.lo, kw)).or_default().push((r.state, r.dead, uw));
-        }
-        let mut sizes: Vec<usize> = per_known.values().map(|v| v.len()).collect();
-        sizes.sort();
-        eprintln!("distinct known parts {}, recs {}, median {} p90 {} max {}", per_known.len(), s.cache.len(), sizes[sizes.len()/2], sizes[sizes.len()*9/10], sizes[sizes.len()-1]);
-        let (k, v) = per_known.iter().max_by_key(|(_, v)| v.len()).unwrap();
-        let known_count: u32 = k.1.iter().map(|w| w.count_ones()).sum::<u32>() + 64 * k.0;
-        eprintln!("biggest known part: {} known linearized", known_count);
-        let mut v = v.clone();
-        v.sort();
-        for (st, d, uw) in v.iter().take(60) {
-            let ops: Vec<usize> = (0..uw.len() * 64).filter(|i| uw[i / 64] >> (i % 64) & 1 == 1).map(|i| c.ops[i + c.required].hist).collect();
-            eprintln!("  state {} dead {} unknown {:?}", c.show_state(*st), d, ops);
+    let start = Instant::now();
+    let share = dfs_percent.min(100) as u64;
+    let mut outcome = None;
+    if share > 0 {
+        let first = Limits {
+            max_steps: if share == 100 { limits.max_steps } else { (limits.max_steps / 100).saturating_mul(share) },
+            max_cache_bytes: limits.max_cache_bytes,
+            deadline: limits.deadline.map(|d| start + d.saturating_duration_since(start).mul_f64(share as f64 / 100.0)),
+        };
+        let mut s = Searcher::new(c);
+        let r = s.run_dfs(&first);
+        stats.steps += s.steps;
+        stats.cache_entries = s.cache.len();
+        match r {
+            Err(Stop::Exhausted(_)) if share < 100 => {}
+            r => outcome = Some((r, s.best.take())),
         }
     }
+    let (result, best) = match outcome {
+        Some(o) => o,
+        None => {
+            let rest = Limits {
+                max_steps: limits.max_steps.saturating_sub(stats.steps),
+                max_cache_bytes: limits.max_cache_bytes,
+                deadline: limits.deadline,
+            };
+            let mut s = Searcher::new(c);
+            let r = s.run_layered(&rest);
+            stats.steps += s.steps;
+            stats.cache_entries = s.cache.len();
+            (r, s.best.take())
+        }
+    };
+    let result = match result {
+        Ok(()) => SearchResult::NotLinearizable(best.expect("at least one dead end")),
+        Err(Stop::Linearizable) => SearchResult::Linearizable,
+        Err(Stop::Exhausted(reason)) => SearchResult::Exhausted(reason),
+    };
     (result, stats)
 }
 
@@ -1388,12 +1584,9 @@ fn check_key(
         report.elapsed = start.elapsed();
         return report;
     }
-    let limits = Limits {
-        max_steps: budget.max_steps_per_key,
-        max_cache_bytes: budget.max_cache_bytes_per_key,
-        deadline,
-    };
-    let (result, stats) = search(&c, &limits);
+    let limits =
+        Limits { max_steps: budget.max_steps_per_key, max_cache_bytes: budget.max_cache_bytes_per_key, deadline };
+    let (result, stats) = search(&c, &limits, budget.dfs_percent);
     report.steps = stats.steps;
     report.cache_entries = stats.cache_entries;
     report.result = match result {
@@ -1415,13 +1608,12 @@ fn impossible_values(history: &[Operation], key: &[u8], c: &Compiled<'_>) -> Opt
     let what = if v == ABSENT {
         "the key to be absent, but it starts present and no operation on it could have deleted it".to_string()
     } else {
-        format!("the value {}, which no operation on this key could have written (nor is it the initial value)", c.show_state(v))
+        format!(
+            "the value {}, which no operation on this key could have written (nor is it the initial value)",
+            c.show_state(v)
+        )
     };
-    let explanation = format!(
-        "key {}: operation {} requires {what}",
-        show_bytes(key),
-        describe(history, bad.hist)
-    );
+    let explanation = format!("key {}: operation {} requires {what}", show_bytes(key), describe(history, bad.hist));
     Some(KeyResult::NotLinearizable { explanation, involved: vec![bad.hist] })
 }
 
@@ -1439,8 +1631,20 @@ fn explain(history: &[Operation], key: &[u8], c: &Compiled<'_>, f: &Failure) -> 
             Op::Read => value,
             Op::Write(v) => Some(v),
             Op::Delete => None,
-            Op::Cas { expect, new } => if value == expect.as_deref() { Some(new) } else { value },
-            Op::DeleteIf { expect } => if value == Some(expect.as_slice()) { None } else { value },
+            Op::Cas { expect, new } => {
+                if value == expect.as_deref() {
+                    Some(new)
+                } else {
+                    value
+                }
+            }
+            Op::DeleteIf { expect } => {
+                if value == Some(expect.as_slice()) {
+                    None
+                } else {
+                    value
+                }
+            }
         };
     }
     let mut s = String::new();
@@ -1464,9 +1668,10 @@ fn explain(history: &[Operation], key: &[u8], c: &Compiled<'_>, f: &Failure) -> 
     } else {
         let _ = writeln!(s, "  (possible in that state, but every such order leads to a dead end later).");
     }
-    if !f.pending.is_empty() {
-        let _ = writeln!(s, "Operations that could have been linearized next there (all lead to dead ends):");
-        for &p in &f.pending {
+    let others: Vec<u32> = f.pending.iter().copied().filter(|&p| p != f.blocked).collect();
+    if !others.is_empty() {
+        let _ = writeln!(s, "Other operations that could have been linearized next there (all lead to dead ends):");
+        for &p in &others {
             let o = &c.ops[p as usize];
             let note = if o.step.apply(f.state).is_some() { "" } else { "   [impossible in that state]" };
             let _ = writeln!(s, "    {}{note}", describe(history, o.hist));
@@ -1484,7 +1689,7 @@ fn explain(history: &[Operation], key: &[u8], c: &Compiled<'_>, f: &Failure) -> 
         }
     }
     let mut involved = vec![blocked.hist];
-    involved.extend(f.pending.iter().map(|&p| c.ops[p as usize].hist));
+    involved.extend(others.iter().map(|&p| c.ops[p as usize].hist));
     KeyResult::NotLinearizable { explanation: s, involved }
 }
 
@@ -1539,7 +1744,9 @@ impl fmt::Display for Operation {
                     OpResult::Written => write!(f, " => ok")?,
                     OpResult::Deleted { existed: None } => write!(f, " => ok")?,
                     OpResult::Deleted { existed: Some(e) } => write!(f, " => ok (existed: {e})")?,
-                    OpResult::Cas(b) | OpResult::DeleteIf(b) => write!(f, " => {}", if *b { "ok" } else { "not done" })?,
+                    OpResult::Cas(b) | OpResult::DeleteIf(b) => {
+                        write!(f, " => {}", if *b { "ok" } else { "not done" })?
+                    }
                 }
                 write!(f, "  [{} .. {}]", self.invoke, self.complete)
             }
