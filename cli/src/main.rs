@@ -183,8 +183,8 @@ enum Command {
     /// Measure throughput and latency under a closed-loop load (raftkv, or etcd for comparison).
     #[command(
         long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
-            (closed loop) for a warm-up plus --duration, against --endpoint. Workloads that read write \
-            the keyspace first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
+            (closed loop) for a warm-up plus --duration, against --endpoint. For get and mixed, every key \
+            is written first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
             from an HDR histogram); a live progress line is shown on a terminal.\n\
             --target etcd drives an etcd v3 cluster with the identical workload (needs a raftkv built \
             with `cargo build --release -p raftkv-cli --features etcd`).",

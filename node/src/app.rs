@@ -16,6 +16,7 @@ use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
 use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cluster_service::ClusterService;
 use crate::kv_service::KvService;
@@ -80,6 +81,8 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
 
     let config = openraft::Config {
         cluster_name: "raftkv".to_string(),
+        // openraft also uses this as the timeout of every AppendEntries and of each
+        // leadership check of a linearizable read.
         heartbeat_interval: settings.heartbeat_interval_ms,
         election_timeout_min: settings.election_timeout_min_ms,
         election_timeout_max: settings.election_timeout_max_ms,
@@ -129,11 +132,13 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         .add_service(KvServer::new(KvService::new(app.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+        // `tcp_nodelay` above does not apply to connections we accept ourselves: without
+        // this, Nagle's algorithm holds back small replies (trailers) for ~40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             stop.await;
             tracing::info!(node = settings.id, "stopping");
             let _ = shutdown_tx.send(true);

@@ -9,15 +9,17 @@ use raftkv::raft_pb as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
+use crate::read_index::ReadIndexBatcher;
 use crate::types::{NodeId, Raft, Snapshot};
 
 pub struct RaftService {
     raft: Raft,
+    read_index: ReadIndexBatcher,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    pub fn new(raft: Raft, read_index: ReadIndexBatcher) -> Self {
+        RaftService { raft, read_index }
     }
 }
 
@@ -42,12 +44,15 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::Basi
     raftkv::client::unavailable(message, hint.as_ref())
 }
 
+/// Starts the message of a leadership check that a quorum did not confirm in time.
+pub const QUORUM_NOT_CONFIRMED: &str = "the leader cannot reach a quorum";
+
 /// Maps a failed leadership check (ReadIndex) to a status.
 pub fn check_is_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> Status {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id, f.leader_node.as_ref()),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Status::unavailable(format!(
-            "the leader cannot reach a quorum: only nodes {:?} answered",
+            "{QUORUM_NOT_CONFIRMED}: only nodes {:?} answered",
             q.got.iter().collect::<Vec<_>>()
         )),
         RaftError::Fatal(f) => stopped(f),
@@ -107,7 +112,17 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn read_index(&self, _request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let (read_log_id, _applied) = self.raft.get_read_log_id().await.map_err(check_is_leader_error)?;
-        Ok(Response::new(pb::ReadIndexResponse { read_log_id: convert::opt_log_id_to_pb(&read_log_id) }))
+        // Only the leader answers (a follower would have to ask someone else), and its
+        // followers' requests share rounds with its own reads.
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if !m.state.is_leader() {
+                let leader_node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+                return Err(not_leader(m.current_leader, leader_node.as_ref()));
+            }
+        }
+        let read_index = self.read_index.read_index().await?;
+        Ok(Response::new(pb::ReadIndexResponse { read_index }))
     }
 }

@@ -15,13 +15,16 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
 
 use crate::network::Network;
-use crate::raft_service::{check_is_leader_error, not_leader};
+use crate::raft_service::{check_is_leader_error, not_leader, QUORUM_NOT_CONFIRMED};
 use crate::types::Raft;
 
 /// Reads waiting for the next round; callers wait for room beyond this.
 pub const READ_QUEUE_LEN: usize = 16 * 1024;
 /// The longest one round (a quorum check or a ReadIndex RPC) may take.
 pub const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The pause before repeating a leadership check that a quorum did not confirm in time.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 /// The log index a linearizable read must wait for (None: nothing to wait for).
 pub type ReadIndex = Result<Option<u64>, Status>;
@@ -53,12 +56,23 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network)).await {
+        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, round_until_answered(&raft, &network)).await {
             Ok(r) => r,
             Err(_) => Err(Status::unavailable("could not confirm leadership with a quorum in time")),
         };
         for reply in waiting {
             let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Repeats a round that failed only because heartbeats were slow (openraft gives each
+/// leadership check one heartbeat interval), until it succeeds or fails for another reason.
+async fn round_until_answered(raft: &Raft, network: &Network) -> ReadIndex {
+    loop {
+        match one_round(raft, network).await {
+            Err(status) if status.message().contains(QUORUM_NOT_CONFIRMED) => tokio::time::sleep(RETRY_PAUSE).await,
+            other => return other,
         }
     }
 }
@@ -90,5 +104,5 @@ async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
         )),
         _ => s,
     })?;
-    Ok(reply.into_inner().read_log_id.map(|l| l.index))
+    Ok(reply.into_inner().read_index)
 }

@@ -46,8 +46,12 @@ impl Recorder {
     pub fn new(window: Duration) -> Recorder {
         let ticks = window.as_nanos().div_ceil(TICK.as_nanos()).max(1) as usize;
         Recorder {
-            latency_micros: Histogram::new_with_bounds(1, HIGHEST_LATENCY_MICROS, SIGNIFICANT_DIGITS)
-                .expect("the histogram bounds are valid constants"),
+            latency_micros: Histogram::new_with_bounds(
+                1,
+                HIGHEST_LATENCY_MICROS,
+                SIGNIFICANT_DIGITS,
+            )
+            .expect("the histogram bounds are valid constants"),
             reads: 0,
             writes: 0,
             errors: 0,
@@ -59,7 +63,9 @@ impl Recorder {
     /// Records a successful operation that took `latency` and completed `at` after the window
     /// began.
     pub fn record_success(&mut self, kind: OperationKind, latency: Duration, at: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.latency_micros.saturating_record(micros);
         match kind {
             OperationKind::Read => self.reads += 1,
@@ -81,21 +87,32 @@ impl Recorder {
             *seen += count;
             return;
         }
-        let named_kinds = self.error_kinds.len() - usize::from(self.error_kinds.contains_key(OTHER_ERRORS));
-        let kind = if named_kinds < MAX_ERROR_KINDS { message } else { OTHER_ERRORS };
+        let named_kinds =
+            self.error_kinds.len() - usize::from(self.error_kinds.contains_key(OTHER_ERRORS));
+        let kind = if named_kinds < MAX_ERROR_KINDS {
+            message
+        } else {
+            OTHER_ERRORS
+        };
         *self.error_kinds.entry(kind.to_string()).or_default() += count;
     }
 
     /// Adds `other`'s measurements (of the same window) to these.
     pub fn merge(&mut self, other: &Recorder) {
-        self.latency_micros.add(&other.latency_micros).expect("histograms of one benchmark have the same bounds");
+        self.latency_micros
+            .add(&other.latency_micros)
+            .expect("histograms of one benchmark have the same bounds");
         self.reads += other.reads;
         self.writes += other.writes;
         self.errors += other.errors;
         for (message, &count) in &other.error_kinds {
             self.count_error_kind(message, count);
         }
-        for (mine, theirs) in self.completions_per_tick.iter_mut().zip(&other.completions_per_tick) {
+        for (mine, theirs) in self
+            .completions_per_tick
+            .iter_mut()
+            .zip(&other.completions_per_tick)
+        {
             *mine += theirs;
         }
     }
@@ -166,7 +183,10 @@ impl Recorder {
     /// Successful operations in each whole or partial second of the window.
     pub fn operations_per_second(&self) -> Vec<u64> {
         let ticks_per_second = (Duration::from_secs(1).as_nanos() / TICK.as_nanos()) as usize;
-        self.completions_per_tick.chunks(ticks_per_second).map(|second| second.iter().sum()).collect()
+        self.completions_per_tick
+            .chunks(ticks_per_second)
+            .map(|second| second.iter().sum())
+            .collect()
     }
 }
 
@@ -189,13 +209,38 @@ mod tests {
             recorder.record_success(OperationKind::Write, ms(latency_ms), ms(0));
         }
         // Three significant digits: each figure within 0.1 % of the exact one.
-        let close = |actual: f64, expected: f64| (actual - expected).abs() <= expected * 0.001 + 1e-9;
-        assert!(close(recorder.latency_ms_at(0.5), 500.0), "{}", recorder.latency_ms_at(0.5));
-        assert!(close(recorder.latency_ms_at(0.9), 900.0), "{}", recorder.latency_ms_at(0.9));
-        assert!(close(recorder.latency_ms_at(0.99), 990.0), "{}", recorder.latency_ms_at(0.99));
-        assert!(close(recorder.latency_ms_at(0.999), 999.0), "{}", recorder.latency_ms_at(0.999));
-        assert!(close(recorder.max_latency_ms(), 1000.0), "{}", recorder.max_latency_ms());
-        assert!(close(recorder.mean_latency_ms(), 500.5), "{}", recorder.mean_latency_ms());
+        let close =
+            |actual: f64, expected: f64| (actual - expected).abs() <= expected * 0.001 + 1e-9;
+        assert!(
+            close(recorder.latency_ms_at(0.5), 500.0),
+            "{}",
+            recorder.latency_ms_at(0.5)
+        );
+        assert!(
+            close(recorder.latency_ms_at(0.9), 900.0),
+            "{}",
+            recorder.latency_ms_at(0.9)
+        );
+        assert!(
+            close(recorder.latency_ms_at(0.99), 990.0),
+            "{}",
+            recorder.latency_ms_at(0.99)
+        );
+        assert!(
+            close(recorder.latency_ms_at(0.999), 999.0),
+            "{}",
+            recorder.latency_ms_at(0.999)
+        );
+        assert!(
+            close(recorder.max_latency_ms(), 1000.0),
+            "{}",
+            recorder.max_latency_ms()
+        );
+        assert!(
+            close(recorder.mean_latency_ms(), 500.5),
+            "{}",
+            recorder.mean_latency_ms()
+        );
         assert_eq!(recorder.operations(), 1000);
     }
 

@@ -10,8 +10,8 @@
 //! 3. the recorders are merged and printed as a report (text or one JSON object).
 //!
 //! Connections: by default all clients share one client (one HTTP/2 connection per endpoint,
-//! requests multiplexed), which is how an application would use raftkv; `--connections N`
-//! spreads them over N independent ones. The load generator runs on its own Tokio runtime with
+//! requests multiplexed), which is how an application would use raftkv and which measured
+//! best (BENCHMARKS.md); `--connections N` spreads them over N independent ones. The load generator runs on its own Tokio runtime with
 //! `--threads` worker threads (default 1), so that on a small machine it leaves the other cores
 //! to the system under test; the report's `load_generator_cpu_cores` says when it is the
 //! bottleneck.
@@ -105,7 +105,11 @@ pub struct BenchArgs {
 }
 
 /// `raftkv bench`: runs the benchmark against `endpoints` and prints its report.
-pub async fn run(endpoints: Vec<String>, timeout: Duration, args: BenchArgs) -> Result<(), CliError> {
+pub async fn run(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    args: BenchArgs,
+) -> Result<(), CliError> {
     let command = report::shell_command_line(std::env::args_os());
     let format = args.output;
     let threads = args.threads;
@@ -115,30 +119,55 @@ pub async fn run(endpoints: Vec<String>, timeout: Duration, args: BenchArgs) -> 
         .name("raftkv-bench".to_string())
         .spawn(move || {
             let runtime = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
             } else {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(threads.into()).enable_all().build()
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.into())
+                    .enable_all()
+                    .build()
             };
             let result = match runtime {
                 Ok(runtime) => runtime.block_on(benchmark(endpoints, timeout, args, command)),
-                Err(error) => Err(CliError::Failed(anyhow!("cannot start the benchmark's runtime: {error}"))),
+                Err(error) => Err(CliError::Failed(anyhow!(
+                    "cannot start the benchmark's runtime: {error}"
+                ))),
             };
             let _ = done.send(result);
         })
-        .map_err(|error| CliError::Failed(anyhow!("cannot start the benchmark's thread: {error}")))?;
-    let report = outcome.await.map_err(|_| CliError::Failed(anyhow!("the benchmark's thread stopped unexpectedly")))??;
+        .map_err(|error| {
+            CliError::Failed(anyhow!("cannot start the benchmark's thread: {error}"))
+        })?;
+    let report = outcome
+        .await
+        .map_err(|_| CliError::Failed(anyhow!("the benchmark's thread stopped unexpectedly")))??;
     print!("{}", report.render(format));
     if report.ops == 0 {
-        return Err(CliError::Failed(anyhow!("no operation succeeded ({} failed)", report.errors)));
+        return Err(CliError::Failed(anyhow!(
+            "no operation succeeded ({} failed)",
+            report.errors
+        )));
     }
     Ok(())
 }
 
 /// Preloads (if needed), runs the clients, and builds the report.
-async fn benchmark(endpoints: Vec<String>, timeout: Duration, args: BenchArgs, command: String) -> Result<Report, CliError> {
+async fn benchmark(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    args: BenchArgs,
+    command: String,
+) -> Result<Report, CliError> {
     let consistency = raftkv::pb::Consistency::from(args.consistency);
     let value_size = args.value_size as usize;
-    let workload = Arc::new(Workload::new(args.workload, args.read_ratio, consistency, args.keys, value_size));
+    let workload = Arc::new(Workload::new(
+        args.workload,
+        args.read_ratio,
+        consistency,
+        args.keys,
+        value_size,
+    ));
     let connections = (0..args.connections)
         .map(|_| Connection::open(args.target, &endpoints, timeout))
         .collect::<Result<Vec<_>, _>>()
@@ -150,11 +179,17 @@ async fn benchmark(endpoints: Vec<String>, timeout: Duration, args: BenchArgs, c
     }
 
     let clients = args.clients as usize;
-    let recorders: Arc<Vec<Mutex<Recorder>>> =
-        Arc::new((0..clients.min(RECORDER_SHARDS)).map(|_| Mutex::new(Recorder::new(args.duration))).collect());
+    let recorders: Arc<Vec<Mutex<Recorder>>> = Arc::new(
+        (0..clients.min(RECORDER_SHARDS))
+            .map(|_| Mutex::new(Recorder::new(args.duration)))
+            .collect(),
+    );
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
-    let window = MeasuredWindow { from: start + args.warmup, to: start + args.warmup + args.duration };
+    let window = MeasuredWindow {
+        from: start + args.warmup,
+        to: start + args.warmup + args.duration,
+    };
     let cpu_in_window = tokio::spawn(async move {
         tokio::time::sleep_until(window.from).await;
         let before = process_cpu_time();
@@ -175,9 +210,12 @@ async fn benchmark(endpoints: Vec<String>, timeout: Duration, args: BenchArgs, c
             ))
         })
         .collect();
-    progress.follow_run(&counters, start, window.from, window.to).await;
+    progress
+        .follow_run(&counters, start, window.from, window.to)
+        .await;
     for task in tasks {
-        task.await.map_err(|error| CliError::Failed(anyhow!("a benchmark client failed: {error}")))?;
+        task.await
+            .map_err(|error| CliError::Failed(anyhow!("a benchmark client failed: {error}")))?;
     }
     let cpu_time = cpu_in_window.await.unwrap_or_default();
 
@@ -214,17 +252,26 @@ struct MeasuredWindow {
 
 /// Writes every key of the keyspace once, [`PRELOAD_CONCURRENCY`] at a time, so that gets
 /// find values. Any failure stops the benchmark: reads of missing keys would measure nothing.
-async fn preload(connections: &[Connection], workload: &Workload, progress: ProgressLine) -> Result<(), CliError> {
+async fn preload(
+    connections: &[Connection],
+    workload: &Workload,
+    progress: ProgressLine,
+) -> Result<(), CliError> {
     let total = workload.keys().len();
     let mut puts = futures::stream::iter(workload.keys().iter().enumerate())
         .map(|(index, key)| {
-            let operation = Operation::Put { key: key.clone(), value: workload.value().clone() };
+            let operation = Operation::Put {
+                key: key.clone(),
+                value: workload.value().clone(),
+            };
             connections[index % connections.len()].execute(operation, index, 0)
         })
         .buffer_unordered(PRELOAD_CONCURRENCY);
     let mut written = 0;
     while let Some(outcome) = puts.next().await {
-        outcome.map_err(|error| CliError::Failed(anyhow!("preloading the keyspace failed: {error}")))?;
+        outcome.map_err(|error| {
+            CliError::Failed(anyhow!("preloading the keyspace failed: {error}"))
+        })?;
         written += 1;
         if written % 1_000 == 0 || written == total {
             progress.show(&format!("preloading the keyspace: {written}/{total} keys"));
@@ -256,7 +303,9 @@ async fn run_client(
             Operation::Get { .. } => OperationKind::Read,
         };
         // An operation still in flight when the window ends is abandoned, not recorded.
-        let Ok(outcome) = tokio::time::timeout_at(window.to, connection.execute(operation, client, value_size)).await
+        let Ok(outcome) =
+            tokio::time::timeout_at(window.to, connection.execute(operation, client, value_size))
+                .await
         else {
             break;
         };
@@ -282,7 +331,8 @@ fn process_cpu_time() -> Duration {
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return Duration::ZERO;
     }
-    let seconds = |time: libc::timeval| Duration::new(time.tv_sec as u64, time.tv_usec as u32 * 1_000);
+    let seconds =
+        |time: libc::timeval| Duration::new(time.tv_sec as u64, time.tv_usec as u32 * 1_000);
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
@@ -298,16 +348,23 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 fn parse_measured_duration(text: &str) -> Result<Duration, String> {
     let duration = crate::parse_positive_duration(text)?;
     if duration > MAX_DURATION {
-        return Err(format!("must be at most {}", humantime::format_duration(MAX_DURATION)));
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
     }
     Ok(duration)
 }
 
 /// Parses the warm-up: zero or more, at most [`MAX_DURATION`].
 fn parse_warmup(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 1s, 500ms, 0s)"))?;
+    let duration =
+        humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 1s, 500ms, 0s)"))?;
     if duration > MAX_DURATION {
-        return Err(format!("must be at most {}", humantime::format_duration(MAX_DURATION)));
+        return Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
     }
     Ok(duration)
 }
@@ -324,7 +381,8 @@ mod tests {
     }
 
     fn parse(arguments: &[&str]) -> Result<BenchArgs, clap::Error> {
-        BenchCommandLine::try_parse_from(std::iter::once("bench").chain(arguments.iter().copied())).map(|line| line.args)
+        BenchCommandLine::try_parse_from(std::iter::once("bench").chain(arguments.iter().copied()))
+            .map(|line| line.args)
     }
 
     #[test]
@@ -347,9 +405,30 @@ mod tests {
     #[test]
     fn every_flag_of_the_issue_is_accepted() {
         let args = parse(&[
-            "--workload", "mixed", "--read-ratio", "0.75", "--consistency", "stale", "--clients", "64",
-            "--duration", "30s", "--keys", "1000", "--value-size", "1024", "--output", "json", "--target", "etcd",
-            "--warmup", "0s", "--connections", "4", "--threads", "2",
+            "--workload",
+            "mixed",
+            "--read-ratio",
+            "0.75",
+            "--consistency",
+            "stale",
+            "--clients",
+            "64",
+            "--duration",
+            "30s",
+            "--keys",
+            "1000",
+            "--value-size",
+            "1024",
+            "--output",
+            "json",
+            "--target",
+            "etcd",
+            "--warmup",
+            "0s",
+            "--connections",
+            "4",
+            "--threads",
+            "2",
         ])
         .unwrap();
         assert_eq!(args.workload, WorkloadKind::Mixed);

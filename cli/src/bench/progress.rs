@@ -20,12 +20,19 @@ pub struct Counters {
 impl Counters {
     /// Counts one completed operation.
     pub fn count(&self, success: bool) {
-        let counter = if success { &self.succeeded } else { &self.failed };
+        let counter = if success {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn read(&self) -> (u64, u64) {
-        (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -38,7 +45,9 @@ pub struct ProgressLine {
 impl ProgressLine {
     /// A progress line on stderr, shown only if stderr is a terminal.
     pub fn on_stderr() -> ProgressLine {
-        ProgressLine { enabled: std::io::stderr().is_terminal() }
+        ProgressLine {
+            enabled: std::io::stderr().is_terminal(),
+        }
     }
 
     /// Replaces the line with `text`.
@@ -58,7 +67,13 @@ impl ProgressLine {
 
     /// Redraws the run's progress every [`REFRESH_INTERVAL`] until `end`: elapsed time, the
     /// phase, and the throughput of the measured window so far (of the warm-up, before it).
-    pub async fn follow_run(self, counters: &Counters, start: Instant, measure_from: Instant, end: Instant) {
+    pub async fn follow_run(
+        self,
+        counters: &Counters,
+        start: Instant,
+        measure_from: Instant,
+        end: Instant,
+    ) {
         if !self.enabled {
             return;
         }
@@ -77,7 +92,8 @@ impl ProgressLine {
             let (phase, since, base_succeeded, base_failed) = if now < measure_from {
                 ("warming up", start, 0, 0)
             } else {
-                let (since, base_succeeded, base_failed) = *window_start.get_or_insert((now, succeeded, failed));
+                let (since, base_succeeded, base_failed) =
+                    *window_start.get_or_insert((now, succeeded, failed));
                 ("measuring", since, base_succeeded, base_failed)
             };
             let seconds = (now - since).as_secs_f64();

@@ -81,7 +81,12 @@ pub struct Report {
 impl Report {
     /// The report of `run` from what `recorder` measured over `measured`, during which the
     /// process used `cpu_time` of CPU.
-    pub fn new(run: RunDescription, recorder: &Recorder, measured: Duration, cpu_time: Duration) -> Report {
+    pub fn new(
+        run: RunDescription,
+        recorder: &Recorder,
+        measured: Duration,
+        cpu_time: Duration,
+    ) -> Report {
         let seconds = measured.as_secs_f64().max(f64::MIN_POSITIVE);
         Report {
             run,
@@ -123,13 +128,20 @@ impl Report {
         let mut text = String::new();
         let workload = match (run.workload, run.consistency, run.read_ratio) {
             (WorkloadKind::Mixed, Some(consistency), Some(ratio)) => {
-                format!("mixed ({:.0}% {consistency} gets, the rest puts)", ratio * 100.0)
+                format!(
+                    "mixed ({:.0}% {consistency} gets, the rest puts)",
+                    ratio * 100.0
+                )
             }
             (WorkloadKind::Get, Some(consistency), _) => format!("get ({consistency})"),
             (workload, _, _) => format!("{workload:?}").to_lowercase(),
         };
         let target = format!("{:?}", run.target).to_lowercase();
-        let _ = writeln!(text, "raftkv bench: {workload} against {target} at {}", run.endpoints.join(","));
+        let _ = writeln!(
+            text,
+            "raftkv bench: {workload} against {target} at {}",
+            run.endpoints.join(",")
+        );
         let _ = writeln!(
             text,
             "  {} {} on {} {}, {} keys, {}-byte values, {} s measured after a {} s warm-up",
@@ -193,7 +205,9 @@ pub fn shell_command_line(arguments: impl IntoIterator<Item = OsString>) -> Stri
         .map(|argument| {
             let argument = argument.to_string_lossy().into_owned();
             let plain = !argument.is_empty()
-                && argument.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:=,@%+".contains(c));
+                && argument
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@%+".contains(c));
             if plain {
                 argument
             } else {
@@ -213,7 +227,11 @@ mod tests {
         let mut recorder = Recorder::new(Duration::from_secs(2));
         // Below 2048 µs the histogram is exact.
         for micros in [800, 900, 1000, 1200, 2000] {
-            recorder.record_success(OperationKind::Write, Duration::from_micros(micros), Duration::from_millis(100));
+            recorder.record_success(
+                OperationKind::Write,
+                Duration::from_micros(micros),
+                Duration::from_millis(100),
+            );
         }
         recorder.record_error("timed out: no answer within 5s");
         let run = RunDescription {
@@ -230,7 +248,12 @@ mod tests {
             warmup_s: 1.0,
             command: "raftkv bench --workload put --clients 64".to_string(),
         };
-        Report::new(run, &recorder, Duration::from_secs(2), Duration::from_millis(500))
+        Report::new(
+            run,
+            &recorder,
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        )
     }
 
     #[test]
@@ -240,8 +263,22 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         let object = value.as_object().expect("an object");
         for field in [
-            "ops_per_sec", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "errors", "ops", "duration_s",
-            "workload", "clients", "target", "command", "endpoints", "error_kinds", "ops_per_second",
+            "ops_per_sec",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+            "max_ms",
+            "errors",
+            "ops",
+            "duration_s",
+            "workload",
+            "clients",
+            "target",
+            "command",
+            "endpoints",
+            "error_kinds",
+            "ops_per_second",
         ] {
             assert!(object.contains_key(field), "missing {field} in {json}");
         }
@@ -262,12 +299,27 @@ mod tests {
     #[test]
     fn text_names_the_run_and_every_figure() {
         let text = example().render(ReportFormat::Text);
-        assert!(text.starts_with("raftkv bench: put against raftkv at 127.0.0.1:7000\n"), "{text}");
+        assert!(
+            text.starts_with("raftkv bench: put against raftkv at 127.0.0.1:7000\n"),
+            "{text}"
+        );
         assert!(text.contains("64 clients on 1 connection, 10000 keys, 256-byte values, 2 s measured after a 1 s warm-up"), "{text}");
-        assert!(text.contains("command: raftkv bench --workload put --clients 64"), "{text}");
-        assert!(text.contains("throughput:    2.5 ops/s (5 ops, 1 error)"), "{text}");
-        assert!(text.contains("p50 1.000  p90 2.000  p99 2.000  p99.9 2.000  max 2.000"), "{text}");
-        assert!(text.contains("       1  timed out: no answer within 5s"), "{text}");
+        assert!(
+            text.contains("command: raftkv bench --workload put --clients 64"),
+            "{text}"
+        );
+        assert!(
+            text.contains("throughput:    2.5 ops/s (5 ops, 1 error)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p50 1.000  p90 2.000  p99 2.000  p99.9 2.000  max 2.000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("       1  timed out: no answer within 5s"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -276,11 +328,18 @@ mod tests {
         report.run.workload = WorkloadKind::Mixed;
         report.run.consistency = Some("stale");
         report.run.read_ratio = Some(0.9);
-        assert!(report.to_text().starts_with("raftkv bench: mixed (90% stale gets, the rest puts) against"));
+        assert!(report
+            .to_text()
+            .starts_with("raftkv bench: mixed (90% stale gets, the rest puts) against"));
         report.run.workload = WorkloadKind::Get;
         report.run.read_ratio = None;
-        assert!(report.to_text().starts_with("raftkv bench: get (stale) against"));
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&report.to_json()).unwrap()["workload"], "get");
+        assert!(report
+            .to_text()
+            .starts_with("raftkv bench: get (stale) against"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&report.to_json()).unwrap()["workload"],
+            "get"
+        );
     }
 
     #[test]
@@ -290,7 +349,16 @@ mod tests {
 
     #[test]
     fn command_lines_are_quoted_for_a_shell() {
-        let arguments = ["raftkv", "bench", "--endpoint", "a:1,b:2", "--duration", "10s", "it's", ""];
+        let arguments = [
+            "raftkv",
+            "bench",
+            "--endpoint",
+            "a:1,b:2",
+            "--duration",
+            "10s",
+            "it's",
+            "",
+        ];
         assert_eq!(
             shell_command_line(arguments.map(OsString::from)),
             r"raftkv bench --endpoint a:1,b:2 --duration 10s 'it'\''s' ''"

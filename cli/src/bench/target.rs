@@ -39,13 +39,19 @@ pub enum Connection {
 
 impl Connection {
     /// A connection to `endpoints`; each request may take up to `timeout`. Connects lazily.
-    pub fn open(kind: TargetKind, endpoints: &[String], timeout: Duration) -> Result<Connection, String> {
+    pub fn open(
+        kind: TargetKind,
+        endpoints: &[String],
+        timeout: Duration,
+    ) -> Result<Connection, String> {
         match kind {
             TargetKind::Raftkv => Client::new(endpoints.to_vec(), timeout)
                 .map(Connection::Raftkv)
                 .map_err(|error| error.to_string()),
             #[cfg(feature = "etcd")]
-            TargetKind::Etcd => super::etcd::EtcdConnection::new(endpoints, timeout).map(Connection::Etcd),
+            TargetKind::Etcd => {
+                super::etcd::EtcdConnection::new(endpoints, timeout).map(Connection::Etcd)
+            }
             #[cfg(not(feature = "etcd"))]
             TargetKind::Etcd => Err(ETCD_NOT_BUILT.to_string()),
         }
@@ -55,10 +61,17 @@ impl Connection {
     /// a value of `value_size` bytes. The error is one line.
     // Only the etcd adapter spreads clients over endpoints; raftkv's client picks its own.
     #[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
-    pub async fn execute(&self, operation: Operation, client: usize, value_size: usize) -> Result<(), String> {
+    pub async fn execute(
+        &self,
+        operation: Operation,
+        client: usize,
+        value_size: usize,
+    ) -> Result<(), String> {
         let outcome = match self {
             Connection::Raftkv(raftkv) => match operation {
-                Operation::Put { key, value } => raftkv.put(key, value).await.map(drop).map_err(describe),
+                Operation::Put { key, value } => {
+                    raftkv.put(key, value).await.map(drop).map_err(describe)
+                }
                 Operation::Get { key, consistency } => match raftkv.get(key, consistency).await {
                     Ok(response) => check_value_size(response.value.len(), value_size),
                     Err(error) => Err(describe(error)),
@@ -67,10 +80,12 @@ impl Connection {
             #[cfg(feature = "etcd")]
             Connection::Etcd(etcd) => match operation {
                 Operation::Put { key, value } => etcd.put(client, key, value).await,
-                Operation::Get { key, consistency } => match etcd.get(client, key, consistency).await {
-                    Ok(value) => check_value_size(value.len(), value_size),
-                    Err(error) => Err(error),
-                },
+                Operation::Get { key, consistency } => {
+                    match etcd.get(client, key, consistency).await {
+                        Ok(value) => check_value_size(value.len(), value_size),
+                        Err(error) => Err(error),
+                    }
+                }
             },
         };
         outcome.map_err(|message| one_line(&message))
@@ -89,7 +104,9 @@ fn check_value_size(found: usize, expected: usize) -> Result<(), String> {
     if found == expected {
         Ok(())
     } else {
-        Err(format!("read a value of {found} bytes, expected {expected}"))
+        Err(format!(
+            "read a value of {found} bytes, expected {expected}"
+        ))
     }
 }
 
@@ -105,22 +122,32 @@ mod tests {
     #[test]
     fn a_get_that_finds_a_value_of_another_size_is_an_error() {
         assert_eq!(check_value_size(256, 256), Ok(()));
-        assert_eq!(check_value_size(0, 256), Err("read a value of 0 bytes, expected 256".to_string()));
+        assert_eq!(
+            check_value_size(0, 256),
+            Err("read a value of 0 bytes, expected 256".to_string())
+        );
     }
 
     #[test]
     fn error_messages_are_one_line() {
         assert_eq!(one_line("a\n  b\tc"), "a b c");
-        let error = client::Error::Unavailable { message: "no leader".into(), leader: None };
+        let error = client::Error::Unavailable {
+            message: "no leader".into(),
+            leader: None,
+        };
         assert_eq!(describe(error), "unavailable: no leader");
     }
 
     #[cfg(not(feature = "etcd"))]
     #[test]
     fn etcd_is_refused_with_how_to_build_it_when_not_compiled_in() {
-        let error = Connection::open(TargetKind::Etcd, &["127.0.0.1:2379".to_string()], Duration::from_secs(1))
-            .err()
-            .expect("etcd is not compiled in");
+        let error = Connection::open(
+            TargetKind::Etcd,
+            &["127.0.0.1:2379".to_string()],
+            Duration::from_secs(1),
+        )
+        .err()
+        .expect("etcd is not compiled in");
         assert!(error.contains("--features etcd"), "{error}");
         assert!(!error.contains('\n'));
     }

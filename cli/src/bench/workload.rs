@@ -41,7 +41,10 @@ pub enum Operation {
     /// Write `value` under `key`.
     Put { key: Bytes, value: Bytes },
     /// Read `key`, which must hold a value of the benchmark's value size.
-    Get { key: Bytes, consistency: Consistency },
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
 }
 
 /// The requests of one benchmark, shared by all clients: the keys (built once, so that a
@@ -58,7 +61,13 @@ pub struct Workload {
 impl Workload {
     /// A workload over `keys` keys with values of `value_size` bytes. `read_ratio` only matters
     /// for [`WorkloadKind::Mixed`]; it is clamped to 0..=1.
-    pub fn new(kind: WorkloadKind, read_ratio: f64, consistency: Consistency, keys: u64, value_size: usize) -> Workload {
+    pub fn new(
+        kind: WorkloadKind,
+        read_ratio: f64,
+        consistency: Consistency,
+        keys: u64,
+        value_size: usize,
+    ) -> Workload {
         assert!((1..=MAX_KEYS).contains(&keys), "keys out of range: {keys}");
         Workload {
             kind,
@@ -82,7 +91,10 @@ impl Workload {
     /// The operation sequence of client number `client`: the same for the same client number
     /// and workload, different between clients.
     pub fn operations(&self, client: u64) -> Operations<'_> {
-        Operations { workload: self, random: SplitMix64::new(client) }
+        Operations {
+            workload: self,
+            random: SplitMix64::new(client),
+        }
     }
 }
 
@@ -104,9 +116,15 @@ impl Iterator for Operations<'_> {
             WorkloadKind::Mixed => self.random.unit() < workload.read_ratio,
         };
         Some(if read {
-            Operation::Get { key, consistency: workload.consistency }
+            Operation::Get {
+                key,
+                consistency: workload.consistency,
+            }
         } else {
-            Operation::Put { key, value: workload.value.clone() }
+            Operation::Put {
+                key,
+                value: workload.value.clone(),
+            }
         })
     }
 }
@@ -119,7 +137,10 @@ pub fn key_name(index: u64) -> Bytes {
 /// A value of `size` printable bytes (a repeating alphabet, so it is readable in a debugger and
 /// the same on every run).
 fn value_of_size(size: usize) -> Bytes {
-    (0..size).map(|index| b'a' + (index % 26) as u8).collect::<Vec<u8>>().into()
+    (0..size)
+        .map(|index| b'a' + (index % 26) as u8)
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// A small, fast, seedable pseudo-random generator (SplitMix64): good enough to pick keys
@@ -132,7 +153,9 @@ struct SplitMix64 {
 impl SplitMix64 {
     fn new(seed: u64) -> SplitMix64 {
         // Distinct seeds far apart, so client 0 and client 1 do not start on related sequences.
-        SplitMix64 { state: seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xE703_7ED1_A0B4_28DB }
+        SplitMix64 {
+            state: seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0xE703_7ED1_A0B4_28DB,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -169,24 +192,39 @@ mod tests {
     fn values_have_the_requested_size() {
         let workload = Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 256);
         assert_eq!(workload.value().len(), 256);
-        assert_eq!(Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0).value().len(), 0);
+        assert_eq!(
+            Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0)
+                .value()
+                .len(),
+            0
+        );
     }
 
     #[test]
     fn put_workload_only_writes_and_get_workload_only_reads() {
         let puts = Workload::new(WorkloadKind::Put, 0.9, Consistency::Stale, 100, 8);
-        assert!(puts.operations(0).take(1000).all(|op| matches!(op, Operation::Put { .. })));
-        let gets = Workload::new(WorkloadKind::Get, 0.0, Consistency::Stale, 100, 8);
-        assert!(gets
+        assert!(puts
             .operations(0)
             .take(1000)
-            .all(|op| matches!(op, Operation::Get { consistency: Consistency::Stale, .. })));
+            .all(|op| matches!(op, Operation::Put { .. })));
+        let gets = Workload::new(WorkloadKind::Get, 0.0, Consistency::Stale, 100, 8);
+        assert!(gets.operations(0).take(1000).all(|op| matches!(
+            op,
+            Operation::Get {
+                consistency: Consistency::Stale,
+                ..
+            }
+        )));
     }
 
     #[test]
     fn mixed_workload_reads_about_the_read_ratio() {
         let workload = Workload::new(WorkloadKind::Mixed, 0.9, Consistency::Linearizable, 100, 8);
-        let reads = workload.operations(7).take(10_000).filter(|op| matches!(op, Operation::Get { .. })).count();
+        let reads = workload
+            .operations(7)
+            .take(10_000)
+            .filter(|op| matches!(op, Operation::Get { .. }))
+            .count();
         assert!((8_700..=9_300).contains(&reads), "{reads} reads of 10000");
     }
 
@@ -195,7 +233,9 @@ mod tests {
         let workload = Workload::new(WorkloadKind::Put, 0.0, Consistency::Linearizable, 50, 8);
         let mut seen = std::collections::BTreeSet::new();
         for op in workload.operations(3).take(5_000) {
-            let Operation::Put { key, .. } = op else { unreachable!() };
+            let Operation::Put { key, .. } = op else {
+                unreachable!()
+            };
             seen.insert(key);
         }
         assert_eq!(seen.len(), 50);
