@@ -17,8 +17,9 @@ use crate::types::{Batch, Command, CommandResult, LogId, Raft};
 
 /// Most commands in one log entry.
 pub const MAX_BATCH_COMMANDS: usize = 4096;
-/// Most key+value bytes in one log entry (one command may exceed it alone).
-pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Most key+value bytes in one log entry; a single command may be larger (up to the
+/// key and value limits). Keeps every entry inline in sled's file (see `data_dir.rs`).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
 /// Writes waiting to be batched; callers wait for room beyond this.
@@ -66,19 +67,29 @@ impl Proposer {
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    let mut held_over: Option<Proposal> = None;
+    loop {
+        let first = match held_over.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Wait for room first, so that everything arriving meanwhile joins this batch.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut bytes = command_bytes(&first.command);
         let mut proposals = vec![first];
-        while proposals.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += command_bytes(&p.command);
-                    proposals.push(p);
-                }
-                Err(_) => break,
+        while proposals.len() < MAX_BATCH_COMMANDS {
+            let Ok(p) = rx.try_recv() else { break };
+            let size = command_bytes(&p.command);
+            if bytes + size > MAX_BATCH_BYTES {
+                // Too big for this batch: it opens the next one.
+                held_over = Some(p);
+                break;
             }
+            bytes += size;
+            proposals.push(p);
         }
         let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
         let receiver = match raft.client_write_ff(Batch { proposed_at_ms: now_ms(), commands }).await {

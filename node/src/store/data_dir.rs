@@ -15,6 +15,11 @@ const CLUSTER_KEY: &[u8] = b"initial_cluster";
 const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the on-disk layout changes incompatibly.
 const FORMAT_VERSION: u64 = 1;
+/// sled's segment size. sled writes any item larger than a quarter of a segment to a
+/// separate "blob" file that it never fsyncs; with 8 MiB segments every log entry
+/// (at most one 1 MiB command or a 1 MiB batch, plus framing) stays in the main file,
+/// which `LogStore` fsyncs.
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
 /// Why a data directory cannot be used. Each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +52,7 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
     let db_path = dir.join("db");
     let fresh = !db_path.exists();
-    let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
+    let db = sled::Config::new().path(&db_path).segment_size(SLED_SEGMENT_BYTES).open().map_err(|e| match e {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             unusable("another process is using it".to_string())
         }
@@ -98,7 +103,10 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         }
     }
 
-    let log_store = LogStore::open(&db).map_err(|e| corrupt(e.to_string()))?;
+    // sled "flushes" with sync_file_range, which neither flushes the device's write cache nor
+    // the file's metadata; the log store fsyncs sled's file itself through this handle.
+    let sled_file = std::fs::File::open(db_path.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
+    let log_store = LogStore::open(&db, sled_file).map_err(|e| corrupt(e.to_string()))?;
     log_store.verify().map_err(corrupt)?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
     let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
@@ -134,6 +142,21 @@ mod tests {
         assert!(d.pristine);
         drop(d);
         assert!(open(dir.path(), 1, CLUSTER).is_ok());
+    }
+
+    #[test]
+    fn the_largest_log_entry_stays_in_sleds_fsynced_file_not_a_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(dir.path(), 1, CLUSTER).unwrap();
+        drop(opened);
+        let db = sled::Config::new().path(dir.path().join("db")).segment_size(SLED_SEGMENT_BYTES).open().unwrap();
+        // One command at the limits, and a full batch, with generous framing.
+        let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
+        let biggest = biggest.max(crate::proposer::MAX_BATCH_BYTES + 64 * 1024);
+        db.open_tree("raft_log").unwrap().insert(b"k", vec![7u8; biggest]).unwrap();
+        db.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("db").join("blobs")).unwrap().count();
+        assert_eq!(blobs, 0, "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs");
     }
 
     #[test]
