@@ -21,7 +21,7 @@ pub const MAX_BATCH_COMMANDS: usize = 4096;
 /// key and value limits). Keeps every entry inline in sled's file (see `data_dir.rs`).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
-pub const MAX_PROPOSALS_IN_FLIGHT: usize = 4;
+pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
 /// Writes waiting to be batched; callers wait for room beyond this.
 pub const PROPOSAL_QUEUE_LEN: usize = 16 * 1024;
 

@@ -1,7 +1,7 @@
 //! The Raft log, the vote and the commit/purge markers, kept in sled.
 //!
 //! Layout: tree `raft_log` maps a big-endian u64 index to a protobuf `Entry`;
-//! tree `raft_state` holds `vote`, `committed` and `last_purged`. The vote and
+//! tree `raft_state` holds `vote` and `last_purged`. The vote and
 //! every appended batch are made durable (one sled flush plus one fdatasync
 //! per append call, so a follower's AppendEntries batch costs one of each)
 //! before openraft is told they are. sled's own flush uses sync_file_range,
@@ -21,7 +21,6 @@ use crate::convert;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
 /// `u64::MAX` stands for "nothing committed yet" in [`CommitIndex`].
@@ -117,10 +116,8 @@ impl LogStore {
             }
             prev = Some(index);
         }
-        for key in [COMMITTED_KEY, LAST_PURGED_KEY] {
-            if let Some(v) = self.state.get(key).map_err(|e| e.to_string())? {
-                decode_log_id(&v).map_err(|e| format!("raft state record is corrupt: {e}"))?;
-            }
+        if let Some(v) = self.state.get(LAST_PURGED_KEY).map_err(|e| e.to_string())? {
+            decode_log_id(&v).map_err(|e| format!("raft state record is corrupt: {e}"))?;
         }
         if let Some(v) = self.state.get(VOTE_KEY).map_err(|e| e.to_string())? {
             let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
@@ -211,20 +208,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: losing it only means re-learning the commit index from the leader.
-        match &committed {
-            Some(id) => self.state.insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec()),
-            None => self.state.remove(COMMITTED_KEY),
-        }
-        .map_err(write_err)?;
+        // Kept in memory only (for the status API): the state machine persists what it
+        // applied, and a restarted node learns the commit index from the leader. Writing it
+        // to sled on every commit cost a sled log write per entry.
         self.commit_index.set(&committed);
         Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self.read_log_id(COMMITTED_KEY)?;
-        self.commit_index.set(&committed);
-        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -232,11 +220,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not a sled batch: a batch makes sled write and sync its log once
+        // more, and atomicity is not needed here — sled recovers a prefix of its log, so a
+        // crash keeps a prefix of these entries, which is what Raft allows.
         for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), convert::entry_to_pb(&entry).encode_to_vec());
+            self.log.insert(index_key(entry.log_id.index), convert::entry_to_pb(&entry).encode_to_vec()).map_err(write_err)?;
         }
-        self.log.apply_batch(batch).map_err(write_err)?;
         // One fsync for the whole batch; openraft is told only after it.
         let flushed = self.flush().await;
         let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
