@@ -22,6 +22,10 @@ pub const MAX_BATCH_COMMANDS: usize = 4096;
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
+/// The longest a batch waits for more writes; only when recent batches were larger.
+pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_micros(1000);
+/// How many recent batch sizes set the size a batch waits to reach.
+const RECENT_BATCHES: usize = 8;
 /// Writes waiting to be batched; callers wait for room beyond this.
 pub const PROPOSAL_QUEUE_LEN: usize = 16 * 1024;
 
@@ -68,6 +72,8 @@ impl Proposer {
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
     let mut held_over: Option<Proposal> = None;
+    let mut recent_sizes = [0usize; RECENT_BATCHES];
+    let mut next_slot = 0;
     loop {
         let first = match held_over.take() {
             Some(p) => p,
@@ -80,8 +86,21 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut bytes = command_bytes(&first.command);
         let mut proposals = vec![first];
+        // Under load the clients answered by the last batch send their next writes a
+        // moment after it completes; waiting briefly for them (never longer than
+        // MAX_LINGER, and only while the batch is smaller than recent ones) merges them
+        // into this batch instead of leaving them for the next round trip.
+        let expected = recent_sizes.iter().copied().max().unwrap_or(1);
+        let linger_until = tokio::time::Instant::now() + MAX_LINGER;
         while proposals.len() < MAX_BATCH_COMMANDS {
-            let Ok(p) = rx.try_recv() else { break };
+            let p = match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) if proposals.len() >= expected => break,
+                Err(_) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) | Err(_) => break,
+                },
+            };
             let size = command_bytes(&p.command);
             if bytes + size > MAX_BATCH_BYTES {
                 // Too big for this batch: it opens the next one.
@@ -91,6 +110,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             bytes += size;
             proposals.push(p);
         }
+        recent_sizes[next_slot] = proposals.len();
+        next_slot = (next_slot + 1) % RECENT_BATCHES;
         let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
         let receiver = match raft.client_write_ff(Batch { proposed_at_ms: now_ms(), commands }).await {
             Ok(r) => r,
@@ -101,9 +122,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 continue;
             }
         };
+        let size = replies.len();
+        let proposed_at = std::time::Instant::now();
         tokio::spawn(async move {
             let outcome = receiver.await;
             drop(permit);
+            tracing::debug!(commands = size, elapsed_us = proposed_at.elapsed().as_micros() as u64, "batch answered");
             match outcome {
                 Ok(Ok(written)) => {
                     debug_assert_eq!(written.data.results.len(), replies.len());
