@@ -190,8 +190,9 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert!(
         run.stdout.is_empty()
             && run.stderr.starts_with("error:")
-            && run.stderr.contains("frobnicate"),
-        "unknown command: {run:?}"
+            && run.stderr.contains("frobnicate")
+            && run.stderr.trim().lines().count() == 1,
+        "unknown command: one line on stderr expected: {run:?}"
     );
     let run =
         common::run_to_end(&cli, &["--endpoint", endpoint, "put", "", "v"], CLI_TIMEOUT).await;

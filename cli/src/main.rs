@@ -348,8 +348,22 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    // Clap prints its own errors and help, and exits 2 for usage errors and 0 for --help.
-    let cli = Cli::parse();
+    // Help and version are printed as clap renders them; a usage error is one line, exit 2.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(error) => {
+            eprintln!("{}", raftkv::usage::one_line(&error.render().to_string()));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
 
     // One thread is plenty for a CLI, and `cluster up` relies on it: a child started with
     // PR_SET_PDEATHSIG is signalled when the *thread* that spawned it exits, so every child

@@ -1,7 +1,7 @@
 //! The Raft log, the vote and the commit/purge markers, kept in sled.
 //!
 //! Layout: tree `raft_log` maps a big-endian u64 index to a protobuf `Entry`;
-//! tree `raft_state` holds `vote` and `last_purged`. The vote and
+//! tree `raft_state` holds `vote`, `committed` and `last_purged`. The vote and
 //! every appended batch are made durable (one sled flush plus one fdatasync
 //! per append call, so a follower's AppendEntries batch costs one of each)
 //! before openraft is told they are. sled's own flush uses sync_file_range,
@@ -21,6 +21,7 @@ use crate::convert;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 
 /// `u64::MAX` stands for "nothing committed yet" in [`CommitIndex`].
@@ -52,6 +53,9 @@ pub struct LogStore {
     log: sled::Tree,
     state: sled::Tree,
     commit_index: CommitIndex,
+    /// The committed log id openraft last saved, and the one last written to sled
+    /// (see `save_committed`).
+    committed: Arc<std::sync::Mutex<(Option<LogId>, Option<LogId>)>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -84,6 +88,7 @@ impl LogStore {
             log: db.open_tree("raft_log")?,
             state: db.open_tree("raft_state")?,
             commit_index: CommitIndex(Arc::new(AtomicU64::new(NO_INDEX))),
+            committed: Arc::new(std::sync::Mutex::new((None, None))),
         };
         Ok(store)
     }
@@ -116,8 +121,10 @@ impl LogStore {
             }
             prev = Some(index);
         }
-        if let Some(v) = self.state.get(LAST_PURGED_KEY).map_err(|e| e.to_string())? {
-            decode_log_id(&v).map_err(|e| format!("raft state record is corrupt: {e}"))?;
+        for key in [COMMITTED_KEY, LAST_PURGED_KEY] {
+            if let Some(v) = self.state.get(key).map_err(|e| e.to_string())? {
+                decode_log_id(&v).map_err(|e| format!("raft state record is corrupt: {e}"))?;
+            }
         }
         if let Some(v) = self.state.get(VOTE_KEY).map_err(|e| e.to_string())? {
             let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
@@ -131,6 +138,20 @@ impl LogStore {
             Some(v) => Ok(Some(decode_log_id(&v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Writes the commit index openraft last saved, if it moved since the last write.
+    fn store_commit_marker(&self) -> Result<(), StorageError> {
+        let mut committed = self.committed.lock().expect("commit marker lock");
+        let (latest, stored) = *committed;
+        if latest == stored {
+            return Ok(());
+        }
+        if let Some(id) = &latest {
+            self.state.insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec()).map_err(write_err)?;
+        }
+        committed.1 = latest;
+        Ok(())
     }
 
     /// Makes everything written to sled so far durable: sled's flush writes its
@@ -208,11 +229,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Kept in memory only (for the status API): the state machine persists what it
-        // applied, and a restarted node learns the commit index from the leader. Writing it
-        // to sled on every commit cost a sled log write per entry.
+        // Only remembered here; `append` writes it to sled with the next entries, so it
+        // costs no sled write (and sync) of its own. A stored commit index that lags is
+        // safe: a restarted node re-learns the rest from the leader.
         self.commit_index.set(&committed);
+        self.committed.lock().expect("commit marker lock").0 = committed;
         Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed = self.read_log_id(COMMITTED_KEY)?;
+        *self.committed.lock().expect("commit marker lock") = (committed, committed);
+        self.commit_index.set(&committed);
+        Ok(committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -226,6 +255,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             self.log.insert(index_key(entry.log_id.index), convert::entry_to_pb(&entry).encode_to_vec()).map_err(write_err)?;
         }
+        self.store_commit_marker()?;
         // One fsync for the whole batch; openraft is told only after it.
         let flushed = self.flush().await;
         let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
