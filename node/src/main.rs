@@ -41,12 +41,12 @@ struct Flags {
     /// Leader heartbeat interval in milliseconds; must be well below the election timeout.
     /// openraft also uses it as the timeout of each AppendEntries and of each leadership
     /// check behind a linearizable read, so too small a value fails them under load.
-    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_ms: u64,
     /// Minimum election timeout in milliseconds (the maximum is 1.5 times this). Tuned for a
     /// LAN or loopback: a dead leader is replaced after about 2.5 to 3 times this (openraft
     /// waits out the leader's lease, then an election timeout).
-    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 80, value_parser = clap::value_parser!(u64).range(2..))]
     election_timeout_ms: u64,
     /// Take a snapshot after this many log entries since the last one.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
