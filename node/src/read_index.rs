@@ -20,8 +20,10 @@ use crate::types::Raft;
 
 /// Reads waiting for the next round; callers wait for room beyond this.
 pub const READ_QUEUE_LEN: usize = 16 * 1024;
-/// The longest one round (a quorum check or a ReadIndex RPC) may take.
-pub const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one round (a quorum check or a ReadIndex RPC) may take. A follower whose
+/// leader does not confirm within this is likely cut off: it fails the read (UNAVAILABLE)
+/// rather than keep the client waiting.
+pub const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The pause before repeating a leadership check that a quorum did not confirm in time.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
