@@ -15,7 +15,7 @@ use raftkv::pb;
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
-use crate::raft_service::not_leader;
+use crate::raft_service::Leadership;
 use crate::types::{Command, CommandResult, Op, WriteId};
 
 /// Used when a request carries no deadline of its own.
@@ -44,13 +44,7 @@ impl KvService {
 
     /// Refuses a write at once when this node does not lead, with a hint.
     fn ensure_leader(&self) -> Result<(), Status> {
-        let metrics = self.app.raft.metrics();
-        let m = metrics.borrow();
-        if m.state.is_leader() {
-            return Ok(());
-        }
-        let leader_node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
-        Err(not_leader(m.current_leader, leader_node.as_ref()))
+        Leadership::of(&self.app.raft).require_leader()
     }
 
     /// Proposes a write and waits for its result, within the request's deadline.

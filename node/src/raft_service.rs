@@ -31,6 +31,33 @@ fn stopped<E: std::fmt::Display>(e: E) -> Status {
     Status::unavailable(format!("raft is stopped: {e}"))
 }
 
+/// What this node knows about leadership right now.
+pub struct Leadership {
+    pub is_leader: bool,
+    /// The leader's id and address, when known.
+    pub leader: Option<(NodeId, String)>,
+}
+
+impl Leadership {
+    pub fn of(raft: &Raft) -> Leadership {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        let leader = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
+        Leadership { is_leader: m.state.is_leader(), leader }
+    }
+
+    /// Ok when this node leads, else UNAVAILABLE naming the leader if known.
+    pub fn require_leader(&self) -> Result<(), Status> {
+        if self.is_leader {
+            return Ok(());
+        }
+        let hint = self.leader.as_ref().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+        Err(not_leader(hint.as_ref().map(|h| h.0), hint.as_ref().map(|h| &h.1)))
+    }
+}
+
 /// Maps "not the leader" to UNAVAILABLE with the leader hint clients follow.
 pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::BasicNode>) -> Status {
     let hint = match (leader_id, leader_node) {
@@ -114,14 +141,7 @@ impl pb::raft_server::Raft for RaftService {
     async fn read_index(&self, _request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
         // Only the leader answers (a follower would have to ask someone else), and its
         // followers' requests share rounds with its own reads.
-        {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            if !m.state.is_leader() {
-                let leader_node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
-                return Err(not_leader(m.current_leader, leader_node.as_ref()));
-            }
-        }
+        Leadership::of(&self.raft).require_leader()?;
         let read_index = self.read_index.read_index().await?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
     }

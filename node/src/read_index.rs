@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
 
 use crate::network::Network;
-use crate::raft_service::{check_is_leader_error, not_leader, QUORUM_NOT_CONFIRMED};
+use crate::raft_service::{check_is_leader_error, not_leader, Leadership, QUORUM_NOT_CONFIRMED};
 use crate::types::Raft;
 
 /// Reads waiting for the next round; callers wait for room beyond this.
@@ -81,14 +81,7 @@ async fn round_until_answered(raft: &Raft, network: &Network) -> ReadIndex {
 
 /// One leadership confirmation: locally when this node leads, else by asking the leader.
 async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
-    let (is_leader, leader) = {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        let leader = m
-            .current_leader
-            .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
-        (m.state.is_leader(), leader)
-    };
+    let Leadership { is_leader, leader } = Leadership::of(raft);
     if is_leader {
         let (read_log_id, _) = raft.get_read_log_id().await.map_err(check_is_leader_error)?;
         return Ok(read_log_id.map(|l| l.index));
