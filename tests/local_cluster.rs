@@ -1,0 +1,97 @@
+//! A user's first steps, with the real `raftkv` binary: `cluster up --detach`
+//! starts three nodes and a router, put/get/status work through the router,
+//! `cluster down` stops everything, and a second `cluster up` on the same data
+//! directory finds the data again.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{binary, run_to_end, Finished};
+
+/// How long one CLI command may run (`cluster up` waits for an election).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Stops the detached cluster in `dir` when dropped, also when the test fails.
+struct DetachedCluster {
+    dir: PathBuf,
+    base_port: u16,
+}
+
+impl Drop for DetachedCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(binary("raftkv"))
+            .args(["cluster", "down", "--data-dir", self.dir.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output();
+    }
+}
+
+/// A base port whose next three ports are free as well (router on base, nodes on base+1..3).
+fn free_port_block() -> u16 {
+    for _ in 0..200 {
+        let base = common::free_port();
+        if base > u16::MAX - 4 {
+            continue;
+        }
+        if (1..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no block of four free ports");
+}
+
+async fn raftkv(args: &[&str]) -> Finished {
+    run_to_end(&binary("raftkv"), args, COMMAND_TIMEOUT).await
+}
+
+async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
+    let base = base_port.to_string();
+    let run = raftkv(&["cluster", "up", "--detach", "--data-dir", dir.to_str().unwrap(), "--base-port", &base]).await;
+    let cluster = DetachedCluster { dir: dir.to_path_buf(), base_port };
+    assert!(run.status.success(), "cluster up failed: {run:?}");
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("data");
+    let cluster = up(&dir, free_port_block()).await;
+    let endpoint = format!("127.0.0.1:{}", cluster.base_port);
+
+    let run = raftkv(&["--endpoint", &endpoint, "put", "greeting", "hello"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "get", "greeting"]).await;
+    assert_eq!((run.status.code(), run.stdout.as_str()), (Some(0), "hello\n"), "{run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "get", "nothing-here"]).await;
+    assert_eq!(run.status.code(), Some(1), "a missing key exits 1: {run:?}");
+
+    let run = raftkv(&["--endpoint", &endpoint, "status", "--output", "json"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).expect("status --output json is JSON");
+    let nodes = status["nodes"].as_array().expect("a nodes array");
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{status}");
+    assert!(nodes.iter().all(|n| n["reachable"] == true && n["pid"].as_u64().is_some()), "{status}");
+
+    // A second `up` on a running cluster's directory refuses instead of starting another.
+    let run = raftkv(&["cluster", "up", "--detach", "--data-dir", dir.to_str().unwrap(), "--base-port", &cluster.base_port.to_string()]).await;
+    assert!(!run.status.success(), "a second cluster up on a running cluster must refuse: {run:?}");
+
+    let run = raftkv(&["cluster", "down", "--data-dir", dir.to_str().unwrap()]).await;
+    assert!(run.status.success(), "cluster down failed: {run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "--timeout", "300ms", "get", "greeting"]).await;
+    assert_eq!(run.status.code(), Some(3), "nothing answers after cluster down: {run:?}");
+    let base_port = cluster.base_port;
+    drop(cluster);
+
+    // The same directory and ports again (the nodes' addresses are part of the cluster's
+    // identity): the data is still there.
+    let cluster = up(&dir, base_port).await;
+    let endpoint = format!("127.0.0.1:{}", cluster.base_port);
+    let run = raftkv(&["--endpoint", &endpoint, "get", "greeting"]).await;
+    assert_eq!((run.status.code(), run.stdout.as_str()), (Some(0), "hello\n"), "{run:?}");
+}
