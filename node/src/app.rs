@@ -143,7 +143,19 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
             tracing::info!(node = settings.id, "stopping");
             let _ = shutdown_tx.send(true);
         });
-    let served = server.await;
+    // Requests still in flight when the stop comes get SHUTDOWN_GRACE to finish; a request
+    // waiting for a quorum that is gone must not keep the node from stopping.
+    let mut stopping = app.shutdown.clone();
+    let served = tokio::select! {
+        served = server => served,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(node = settings.id, "requests still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+            Ok(())
+        }
+    };
     if let Err(e) = tokio::time::timeout(SHUTDOWN_GRACE, raft.shutdown()).await {
         tracing::warn!(node = settings.id, "raft did not stop in time: {e}");
     }
