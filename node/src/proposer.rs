@@ -23,7 +23,8 @@ pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
 /// The longest a batch waits for more writes; only when recent batches were larger.
-pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_micros(1000);
+/// Measured on 2 cores at 64 clients: 1 ms ~7.7k puts/s, 2 ms ~8.5k, 3 ms no better.
+pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
 /// How many recent batch sizes set the size a batch waits to reach.
 const RECENT_BATCHES: usize = 8;
 /// Writes waiting to be batched; callers wait for room beyond this.
