@@ -86,7 +86,10 @@ pub fn leader_hint(status: &Status) -> Option<LeaderHint> {
     if address.is_empty() {
         return None;
     }
-    Some(LeaderHint { id, address: address.to_string() })
+    Some(LeaderHint {
+        id,
+        address: address.to_string(),
+    })
 }
 
 /// An UNAVAILABLE status with `message`, and with the leader hint metadata when the leader is
@@ -109,7 +112,11 @@ pub fn unavailable(message: impl Into<String>, leader: Option<&LeaderHint>) -> S
 
 /// Checks that `address` is HOST:PORT (a non-empty host without a scheme, and a port number).
 pub fn check_address(address: &str) -> Result<(), Error> {
-    let invalid = |why: &str| Err(Error::InvalidArgument(format!("address {address:?} {why}; expected HOST:PORT, e.g. 127.0.0.1:7000")));
+    let invalid = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "address {address:?} {why}; expected HOST:PORT, e.g. 127.0.0.1:7000"
+        )))
+    };
     let Some((host, port)) = address.rsplit_once(':') else {
         return invalid("has no port");
     };
@@ -322,7 +329,10 @@ pub struct WriteIds {
 
 impl Default for WriteIds {
     fn default() -> Self {
-        WriteIds { client_id: random_client_id(), last_sequence: AtomicU64::new(0) }
+        WriteIds {
+            client_id: random_client_id(),
+            last_sequence: AtomicU64::new(0),
+        }
     }
 }
 
@@ -334,7 +344,10 @@ impl WriteIds {
 
     /// The next write id.
     pub fn next(&self) -> pb::WriteId {
-        pb::WriteId { client_id: self.client_id, sequence: self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1 }
+        pb::WriteId {
+            client_id: self.client_id,
+            sequence: self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1,
+        }
     }
 }
 
@@ -342,7 +355,12 @@ impl WriteIds {
 /// mixed with the time and process id so that two processes never share one in practice.
 fn random_client_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     hasher.write_u32(std::process::id());
     hasher.finish().max(1)
 }
@@ -408,7 +426,11 @@ impl Client {
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<pb::PutResponse, Error> {
         limits::check_key(&key).map_err(Error::InvalidArgument)?;
         limits::check_value(&value).map_err(Error::InvalidArgument)?;
-        let request = pb::PutRequest { key, value, write_id: Some(self.next_write_id()) };
+        let request = pb::PutRequest {
+            key,
+            value,
+            write_id: Some(self.next_write_id()),
+        };
         self.call(CallKind::Write, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -420,7 +442,10 @@ impl Client {
     /// Reads `key`; [`Error::NotFound`] when it does not exist.
     pub async fn get(&self, key: Bytes, consistency: pb::Consistency) -> Result<pb::GetResponse, Error> {
         limits::check_key(&key).map_err(Error::InvalidArgument)?;
-        let request = pb::GetRequest { key, consistency: consistency as i32 };
+        let request = pb::GetRequest {
+            key,
+            consistency: consistency as i32,
+        };
         self.call(CallKind::Read, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -443,7 +468,11 @@ impl Client {
 
     async fn delete_with(&self, key: Bytes, expect: Option<Bytes>) -> Result<pb::DeleteResponse, Error> {
         limits::check_key(&key).map_err(Error::InvalidArgument)?;
-        let request = pb::DeleteRequest { key, write_id: Some(self.next_write_id()), expect };
+        let request = pb::DeleteRequest {
+            key,
+            write_id: Some(self.next_write_id()),
+            expect,
+        };
         self.call(CallKind::Write, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -465,7 +494,12 @@ impl Client {
             limits::check_value(expect).map_err(Error::InvalidArgument)?;
         }
         limits::check_value(&new_value).map_err(Error::InvalidArgument)?;
-        let request = pb::CompareAndSwapRequest { key, expect, new_value, write_id: Some(self.next_write_id()) };
+        let request = pb::CompareAndSwapRequest {
+            key,
+            expect,
+            new_value,
+            write_id: Some(self.next_write_id()),
+        };
         self.call(CallKind::Write, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -487,7 +521,12 @@ impl Client {
         if !prefix.is_empty() {
             limits::check_key(&prefix).map_err(Error::InvalidArgument)?;
         }
-        let request = pb::ScanRequest { prefix, limit, consistency: consistency as i32, start_after };
+        let request = pb::ScanRequest {
+            prefix,
+            limit,
+            consistency: consistency as i32,
+            start_after,
+        };
         self.call(CallKind::Read, move |channel, time_left| {
             let mut request = tonic::Request::new(request.clone());
             request.set_timeout(time_left);
@@ -556,7 +595,11 @@ impl Client {
     }
 
     fn target(&self) -> String {
-        self.shared.target.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+        self.shared
+            .target
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
     }
 
     fn set_target(&self, address: String) {
@@ -620,7 +663,10 @@ impl Client {
             tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
         }
         Err(Error::Timeout(match last_error {
-            Some(error) => format!("no answer within {}; last error: {error}", humanize(self.shared.timeout)),
+            Some(error) => format!(
+                "no answer within {}; last error: {error}",
+                humanize(self.shared.timeout)
+            ),
             None => format!("no answer within {}", humanize(self.shared.timeout)),
         }))
     }
@@ -683,7 +729,10 @@ mod tests {
     use super::*;
 
     fn hint(id: u64, address: &str) -> LeaderHint {
-        LeaderHint { id, address: address.to_string() }
+        LeaderHint {
+            id,
+            address: address.to_string(),
+        }
     }
 
     #[test]
@@ -712,7 +761,9 @@ mod tests {
     fn malformed_or_partial_hint_metadata_is_no_hint() {
         let mut status = Status::unavailable("x");
         status.metadata_mut().insert(LEADER_ID_METADATA, "two".parse().unwrap());
-        status.metadata_mut().insert(LEADER_ADDR_METADATA, "127.0.0.1:7002".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(LEADER_ADDR_METADATA, "127.0.0.1:7002".parse().unwrap());
         assert_eq!(leader_hint(&status), None);
 
         let mut status = Status::unavailable("x");
@@ -724,30 +775,47 @@ mod tests {
     fn only_unavailable_carries_a_hint() {
         let mut status = Status::not_found("x");
         status.metadata_mut().insert(LEADER_ID_METADATA, "2".parse().unwrap());
-        status.metadata_mut().insert(LEADER_ADDR_METADATA, "127.0.0.1:7002".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(LEADER_ADDR_METADATA, "127.0.0.1:7002".parse().unwrap());
         assert_eq!(leader_hint(&status), None);
     }
 
     #[test]
     fn status_codes_map_to_the_errors_callers_act_on() {
-        assert!(matches!(Error::from_status(Status::not_found("no such key")), Error::NotFound));
+        assert!(matches!(
+            Error::from_status(Status::not_found("no such key")),
+            Error::NotFound
+        ));
         match Error::from_status(Status::invalid_argument("key is empty")) {
             Error::InvalidArgument(message) => assert_eq!(message, "key is empty"),
             other => panic!("{other:?}"),
         }
         let leader = hint(1, "127.0.0.1:7001");
         match Error::from(unavailable("not the leader", Some(&leader))) {
-            Error::Unavailable { message, leader: Some(got) } => {
+            Error::Unavailable {
+                message,
+                leader: Some(got),
+            } => {
                 assert_eq!(message, "not the leader");
                 assert_eq!(got, leader);
             }
             other => panic!("{other:?}"),
         }
         let late = Status::deadline_exceeded("late");
-        assert!(matches!(Error::from_status(&late), Error::Timeout(_)), "a &Status maps too");
+        assert!(
+            matches!(Error::from_status(&late), Error::Timeout(_)),
+            "a &Status maps too"
+        );
         assert_eq!(late.code(), Code::DeadlineExceeded);
-        assert!(matches!(Error::from_status(Status::cancelled("Timeout expired")), Error::Timeout(_)));
-        assert!(matches!(Error::from_status(Status::cancelled("client went away")), Error::Other(_)));
+        assert!(matches!(
+            Error::from_status(Status::cancelled("Timeout expired")),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            Error::from_status(Status::cancelled("client went away")),
+            Error::Other(_)
+        ));
         match Error::from_status(Status::internal("disk on fire\nline two")) {
             Error::Other(message) => assert_eq!(message, "Internal error: disk on fire line two"),
             other => panic!("{other:?}"),
@@ -783,7 +851,15 @@ mod tests {
         for good in ["127.0.0.1:7000", "localhost:1", "[::1]:7000", "node-1.example:65535"] {
             assert!(check_address(good).is_ok(), "{good}");
         }
-        for bad in ["notanaddress", ":7000", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", "http://h:1", "a b:1"] {
+        for bad in [
+            "notanaddress",
+            ":7000",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "http://h:1",
+            "a b:1",
+        ] {
             assert!(matches!(check_address(bad), Err(Error::InvalidArgument(_))), "{bad}");
         }
     }
@@ -798,8 +874,14 @@ mod tests {
         // A hint naming the address just tried is stale: wait and ask again.
         let aborted = Status::aborted("leadership changed");
         assert_eq!(next_step(&aborted, CallKind::Write, "a:1"), NextStep::NextEndpoint);
-        assert_eq!(next_step(&status, CallKind::Write, "127.0.0.1:7002"), NextStep::SameAddress);
-        assert_eq!(next_step(&unavailable("no leader", None), CallKind::Write, "a:1"), NextStep::SameAddress);
+        assert_eq!(
+            next_step(&status, CallKind::Write, "127.0.0.1:7002"),
+            NextStep::SameAddress
+        );
+        assert_eq!(
+            next_step(&unavailable("no leader", None), CallKind::Write, "a:1"),
+            NextStep::SameAddress
+        );
     }
 
     #[test]
@@ -868,10 +950,7 @@ mod tests {
                 self.puts.fetch_add(1, Ordering::SeqCst);
                 Ok(tonic::Response::new(pb::PutResponse::default()))
             }
-            async fn get(
-                &self,
-                _: tonic::Request<pb::GetRequest>,
-            ) -> Result<tonic::Response<pb::GetResponse>, Status> {
+            async fn get(&self, _: tonic::Request<pb::GetRequest>) -> Result<tonic::Response<pb::GetResponse>, Status> {
                 Err(Status::not_found("no such key"))
             }
             async fn delete(
@@ -905,19 +984,23 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap().to_string();
             let puts = Arc::new(AtomicUsize::new(0));
-            let node = FakeNode { refuse_with_hint, puts: puts.clone() };
+            let node = FakeNode {
+                refuse_with_hint,
+                puts: puts.clone(),
+            };
             let (stop, stopped) = oneshot::channel();
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(pb::kv_server::KvServer::new(node))
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        async {
-                            let _ = stopped.await;
-                        },
-                    ),
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                        let _ = stopped.await;
+                    }),
             );
-            RunningNode { address, puts, _stop: stop }
+            RunningNode {
+                address,
+                puts,
+                _stop: stop,
+            }
         }
 
         /// An address on which nothing listens (bound, then released).
@@ -933,7 +1016,10 @@ mod tests {
             let leader = start(None).await;
             let follower = start(Some(hint(1, &leader.address))).await;
             let client = Client::new(vec![follower.address.clone()], Duration::from_secs(5)).unwrap();
-            client.put(Bytes::from_static(b"k"), Bytes::from_static(b"v")).await.unwrap();
+            client
+                .put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
+                .await
+                .unwrap();
             assert_eq!(leader.puts.load(Ordering::SeqCst), 1);
             assert_eq!(follower.puts.load(Ordering::SeqCst), 0);
             // The leader is remembered: the next write goes straight there.
@@ -944,7 +1030,10 @@ mod tests {
         async fn refused_connection_is_a_connect_error_and_the_next_endpoint_is_tried() {
             let dead = closed_address().await;
             let status = KvClient::new(channel(&dead).unwrap())
-                .put(pb::PutRequest { key: Bytes::from_static(b"k"), ..Default::default() })
+                .put(pb::PutRequest {
+                    key: Bytes::from_static(b"k"),
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err();
             assert!(is_connect_error(&status), "{status:?}");
@@ -953,14 +1042,20 @@ mod tests {
 
             let live = start(None).await;
             let client = Client::new(vec![dead, live.address.clone()], Duration::from_secs(5)).unwrap();
-            client.put(Bytes::from_static(b"k"), Bytes::from_static(b"v")).await.unwrap();
+            client
+                .put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
+                .await
+                .unwrap();
             assert_eq!(live.puts.load(Ordering::SeqCst), 1);
         }
 
         #[tokio::test]
         async fn nothing_listening_ends_in_a_timeout_naming_the_last_error() {
             let client = Client::new(vec![closed_address().await], Duration::from_millis(300)).unwrap();
-            match client.get(Bytes::from_static(b"k"), pb::Consistency::Linearizable).await {
+            match client
+                .get(Bytes::from_static(b"k"), pb::Consistency::Linearizable)
+                .await
+            {
                 Err(Error::Timeout(message)) => {
                     assert!(message.contains("300ms"), "{message}");
                     assert!(message.contains("connect"), "{message}");
@@ -973,7 +1068,10 @@ mod tests {
         async fn not_found_and_invalid_argument_come_back_unchanged() {
             let node = start(None).await;
             let client = Client::new(vec![node.address.clone()], Duration::from_secs(5)).unwrap();
-            let error = client.get(Bytes::from_static(b"k"), pb::Consistency::Stale).await.unwrap_err();
+            let error = client
+                .get(Bytes::from_static(b"k"), pb::Consistency::Stale)
+                .await
+                .unwrap_err();
             assert_eq!(error, Error::NotFound);
             let error = client.delete(Bytes::from_static(b"k")).await.unwrap_err();
             assert_eq!(error, Error::InvalidArgument("bad key".to_string()));

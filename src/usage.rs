@@ -19,6 +19,9 @@ mod tests {
     #[test]
     fn a_multi_line_clap_error_becomes_one_line() {
         let rendered = "error: unrecognized subcommand 'frobnicate'\n\nUsage: raftkv <COMMAND>\n\nFor more information, try '--help'.\n";
-        assert_eq!(super::one_line(rendered), "error: unrecognized subcommand 'frobnicate' (try --help)");
+        assert_eq!(
+            super::one_line(rendered),
+            "error: unrecognized subcommand 'frobnicate' (try --help)"
+        );
     }
 }

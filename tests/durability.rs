@@ -24,10 +24,7 @@ async fn every_acknowledged_write_survives_killing_all_nodes() {
         writers.spawn(async move {
             let prefix = format!("writer-{writer}");
             for i in 0..WRITES_PER_WRITER {
-                client
-                    .put(key(&prefix, i), value(&prefix, i))
-                    .await
-                    .expect("put");
+                client.put(key(&prefix, i), value(&prefix, i)).await.expect("put");
             }
         });
     }
@@ -46,13 +43,7 @@ async fn every_acknowledged_write_survives_killing_all_nodes() {
         .put(key("deleted", 0), Bytes::from_static(b"doomed"))
         .await
         .expect("put");
-    assert!(
-        client
-            .delete(key("deleted", 0))
-            .await
-            .expect("delete")
-            .existed
-    );
+    assert!(client.delete(key("deleted", 0)).await.expect("delete").existed);
 
     // No pause for the followers to catch up: only what was acknowledged is promised.
     for id in cluster.ids() {
@@ -92,10 +83,7 @@ async fn every_acknowledged_write_survives_killing_all_nodes() {
 async fn a_node_refuses_a_data_dir_of_another_node() {
     let mut cluster = TestCluster::start_with(ClusterOptions::default().without_router()).await;
     let client = cluster.nodes_client();
-    client
-        .put(key("precious", 0), value("precious", 0))
-        .await
-        .expect("put");
+    client.put(key("precious", 0), value("precious", 0)).await.expect("put");
     let applied = {
         let leader = cluster.leader().await;
         cluster
@@ -105,9 +93,7 @@ async fn a_node_refuses_a_data_dir_of_another_node() {
             .applied_index
             .expect("applied")
     };
-    let before = cluster
-        .wait_for_applied(1, applied, Duration::from_secs(10))
-        .await;
+    let before = cluster.wait_for_applied(1, applied, Duration::from_secs(10)).await;
     assert!(cluster.stop(1).await.success());
 
     // Node 2's identity on node 1's directory (on a port of its own, so that only the data
@@ -124,12 +110,7 @@ async fn a_node_refuses_a_data_dir_of_another_node() {
         "--initial-cluster",
         cluster.initial_cluster(),
     ];
-    let run = common::run_to_end(
-        &common::binary("raftkv-node"),
-        &args,
-        Duration::from_secs(10),
-    )
-    .await;
+    let run = common::run_to_end(&common::binary("raftkv-node"), &args, Duration::from_secs(10)).await;
     assert!(
         !run.status.success(),
         "raftkv-node started on another node's data dir: {run:?}"
@@ -172,7 +153,11 @@ async fn a_node_refuses_a_data_dir_of_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_refuses_a_corrupt_data_dir_and_leaves_it_untouched() {
     let mut cluster = TestCluster::start_with(ClusterOptions::default().without_router()).await;
-    cluster.nodes_client().put(key("k", 0), value("k", 0)).await.expect("put");
+    cluster
+        .nodes_client()
+        .put(key("k", 0), value("k", 0))
+        .await
+        .expect("put");
     let follower = cluster.follower().await;
     assert!(cluster.stop(follower).await.success());
 
@@ -182,15 +167,27 @@ async fn a_node_refuses_a_corrupt_data_dir_and_leaves_it_untouched() {
     let args = cluster.node_args(follower);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = common::run_to_end(&common::binary("raftkv-node"), &args, Duration::from_secs(10)).await;
-    assert!(!run.status.success(), "raftkv-node started on a corrupt data dir: {run:?}");
+    assert!(
+        !run.status.success(),
+        "raftkv-node started on a corrupt data dir: {run:?}"
+    );
     let message = run.stderr.trim().lines().last().unwrap_or_default().to_string();
-    assert!(message.starts_with("error:") && message.contains("corrupt"), "{message}");
-    assert_eq!(std::fs::read(&snapshot).unwrap(), b"this is not a snapshot", "the file was left as it was");
+    assert!(
+        message.starts_with("error:") && message.contains("corrupt"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(&snapshot).unwrap(),
+        b"this is not a snapshot",
+        "the file was left as it was"
+    );
 
     // Removing the bad file by hand is the operator's call; then the node starts and catches up.
     std::fs::remove_file(&snapshot).unwrap();
     cluster.restart(follower).await;
     let leader = cluster.leader().await;
     let applied = cluster.status(leader).await.unwrap().applied_index.unwrap();
-    cluster.wait_for_applied(follower, applied, Duration::from_secs(10)).await;
+    cluster
+        .wait_for_applied(follower, applied, Duration::from_secs(10))
+        .await;
 }

@@ -16,40 +16,74 @@ fn cas(key: &str, expect: &str, new: &str, sequence: u64) -> pb::CompareAndSwapR
         key: Bytes::from(key.to_string()),
         expect: Some(Bytes::from(expect.to_string())),
         new_value: Bytes::from(new.to_string()),
-        write_id: Some(pb::WriteId { client_id: CLIENT_ID, sequence }),
+        write_id: Some(pb::WriteId {
+            client_id: CLIENT_ID,
+            sequence,
+        }),
     }
 }
 
 async fn value_of(cluster: &TestCluster, key: &str) -> Bytes {
-    cluster.client().get(Bytes::from(key.to_string()), Consistency::Linearizable).await.expect("a read").value
+    cluster
+        .client()
+        .get(Bytes::from(key.to_string()), Consistency::Linearizable)
+        .await
+        .expect("a read")
+        .value
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_compare_and_swap_takes_effect_once_across_a_leader_kill() {
     let mut cluster = TestCluster::start(3).await;
     let client = cluster.client();
-    client.put(Bytes::from_static(b"counter"), Bytes::from_static(b"0")).await.unwrap();
+    client
+        .put(Bytes::from_static(b"counter"), Bytes::from_static(b"0"))
+        .await
+        .unwrap();
 
     // The CAS reaches the leader and is applied; its reply is "lost" (ignored here).
     let leader = cluster.leader().await;
     let request = cas("counter", "0", "1", 1);
-    let first = cluster.raw_kv(leader).compare_and_swap(request.clone()).await.expect("first attempt").into_inner();
+    let first = cluster
+        .raw_kv(leader)
+        .compare_and_swap(request.clone())
+        .await
+        .expect("first attempt")
+        .into_inner();
     assert!(first.swapped, "the first attempt swaps");
 
     // The leader dies; the client retries the same write (same write id) elsewhere.
     cluster.kill9(leader);
     let new_leader = cluster.new_leader_other_than(leader).await;
-    let retry = cluster.raw_kv(new_leader).compare_and_swap(request.clone()).await.expect("retry").into_inner();
-    assert!(retry.swapped, "the retry is answered with the first result, not a failed comparison");
+    let retry = cluster
+        .raw_kv(new_leader)
+        .compare_and_swap(request.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(
+        retry.swapped,
+        "the retry is answered with the first result, not a failed comparison"
+    );
     assert_eq!(value_of(&cluster, "counter").await, Bytes::from_static(b"1"));
 
     // A retry through the router after the old leader is back is still a duplicate.
     cluster.restart(leader).await;
-    let via_router = cluster.raw_router_kv().compare_and_swap(request.clone()).await.expect("router retry").into_inner();
+    let via_router = cluster
+        .raw_router_kv()
+        .compare_and_swap(request.clone())
+        .await
+        .expect("router retry")
+        .into_inner();
     assert!(via_router.swapped);
 
     // A new write of the same client (next sequence number) is applied normally.
-    let next = cluster.raw_router_kv().compare_and_swap(cas("counter", "1", "2", 2)).await.unwrap().into_inner();
+    let next = cluster
+        .raw_router_kv()
+        .compare_and_swap(cas("counter", "1", "2", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(next.swapped);
     assert_eq!(value_of(&cluster, "counter").await, Bytes::from_static(b"2"));
 }
@@ -58,13 +92,24 @@ async fn a_retried_compare_and_swap_takes_effect_once_across_a_leader_kill() {
 async fn the_memory_of_applied_writes_survives_restarting_every_node() {
     let mut cluster = TestCluster::start(3).await;
     let client = cluster.client();
-    client.put(Bytes::from_static(b"doomed"), Bytes::from_static(b"x")).await.unwrap();
+    client
+        .put(Bytes::from_static(b"doomed"), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
     let delete = pb::DeleteRequest {
         key: Bytes::from_static(b"doomed"),
-        write_id: Some(pb::WriteId { client_id: CLIENT_ID, sequence: 7 }),
+        write_id: Some(pb::WriteId {
+            client_id: CLIENT_ID,
+            sequence: 7,
+        }),
         expect: None,
     };
-    let first = cluster.raw_router_kv().delete(delete.clone()).await.unwrap().into_inner();
+    let first = cluster
+        .raw_router_kv()
+        .delete(delete.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(first.existed && first.deleted);
 
     for id in cluster.ids() {
@@ -75,8 +120,15 @@ async fn the_memory_of_applied_writes_survives_restarting_every_node() {
     }
     cluster.leader().await;
     // Someone else recreates the key; the old delete's retry must not remove it.
-    client.put(Bytes::from_static(b"doomed"), Bytes::from_static(b"reborn")).await.unwrap();
+    client
+        .put(Bytes::from_static(b"doomed"), Bytes::from_static(b"reborn"))
+        .await
+        .unwrap();
     let retry = cluster.raw_router_kv().delete(delete).await.unwrap().into_inner();
     assert!(retry.existed && retry.deleted, "the retry gets the first answer");
-    assert_eq!(value_of(&cluster, "doomed").await, Bytes::from_static(b"reborn"), "and deletes nothing");
+    assert_eq!(
+        value_of(&cluster, "doomed").await,
+        Bytes::from_static(b"reborn"),
+        "and deletes nothing"
+    );
 }

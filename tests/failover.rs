@@ -58,27 +58,17 @@ async fn killed_leader_is_replaced_and_writes_resume_through_the_router() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_gracefully() {
-    let mut cluster =
-        TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
+    let mut cluster = TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
     let client = cluster.nodes_client();
-    client
-        .put(key("graceful", 0), value("graceful", 0))
-        .await
-        .expect("put");
+    client.put(key("graceful", 0), value("graceful", 0)).await.expect("put");
 
     // The leader is the node with the most to wind down: replication streams, pending reads.
     let leader = cluster.leader().await;
     let started = Instant::now();
     let exit = cluster.stop(leader).await;
     let took = started.elapsed();
-    assert!(
-        exit.success(),
-        "node {leader} exited with {exit} after SIGTERM"
-    );
-    assert!(
-        took < Duration::from_secs(6),
-        "node {leader} took {took:?} to stop"
-    );
+    assert!(exit.success(), "node {leader} exited with {exit} after SIGTERM");
+    assert!(took < Duration::from_secs(6), "node {leader} took {took:?} to stop");
     let log = std::fs::read_to_string(cluster.log_path(leader)).expect("the node's log");
     assert!(
         !log.contains("panicked"),
@@ -96,10 +86,7 @@ async fn sigterm_stops_a_node_gracefully() {
     // A follower stops cleanly too.
     let follower = cluster.follower().await;
     let exit = cluster.stop(follower).await;
-    assert!(
-        exit.success(),
-        "node {follower} exited with {exit} after SIGTERM"
-    );
+    assert!(exit.success(), "node {follower} exited with {exit} after SIGTERM");
 }
 
 /// One acknowledged write of the background writer.
@@ -133,10 +120,7 @@ async fn measure_failover_time() {
                         acknowledged: Instant::now(),
                         node: reply.header.map(|header| header.node_id),
                     }),
-                    Err(error) => errors
-                        .lock()
-                        .unwrap()
-                        .push((Instant::now(), error.to_string())),
+                    Err(error) => errors.lock().unwrap().push((Instant::now(), error.to_string())),
                 }
             }
         })
@@ -153,9 +137,7 @@ async fn measure_failover_time() {
             .applied_index
             .unwrap_or(0);
         for id in cluster.ids() {
-            cluster
-                .wait_for_applied(id, applied, Duration::from_secs(15))
-                .await;
+            cluster.wait_for_applied(id, applied, Duration::from_secs(15)).await;
         }
         let acked_before = acks.lock().unwrap().len();
         common::wait_until(Duration::from_secs(10), "the writer makes progress", || {
@@ -190,12 +172,7 @@ async fn measure_failover_time() {
             },
         );
         let (resumed, (new_leader, election)) = tokio::join!(resumed, elected);
-        let failed_writes = errors
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(at, _)| *at > killed_at)
-            .count();
+        let failed_writes = errors.lock().unwrap().iter().filter(|(at, _)| *at > killed_at).count();
         println!(
             "run {run}: killed leader {leader}; first write acknowledged by node {} after {:?}; \
              node {new_leader} seen leading after {election:?}; {failed_writes} writes failed meanwhile",
@@ -208,7 +185,9 @@ async fn measure_failover_time() {
     writer.abort();
 
     failovers.sort();
-    println!("failover times (kill -9 of the leader to the first write acknowledged through the router): {failovers:?}");
+    println!(
+        "failover times (kill -9 of the leader to the first write acknowledged through the router): {failovers:?}"
+    );
     println!("median of {RUNS}: {:?}", failovers[RUNS / 2]);
     for (_, error) in errors.lock().unwrap().iter().take(10) {
         println!("a failed write: {error}");

@@ -38,15 +38,11 @@ async fn assert_server_refuses_bad_requests(mut kv: KvClient<Channel>, who: &str
     let refusals = [
         (
             "put with an empty key",
-            kv.put(put(Bytes::new(), Bytes::from_static(b"v")))
-                .await
-                .map(drop),
+            kv.put(put(Bytes::new(), Bytes::from_static(b"v"))).await.map(drop),
         ),
         (
             "put with an oversized key",
-            kv.put(put(oversized_key(), Bytes::from_static(b"v")))
-                .await
-                .map(drop),
+            kv.put(put(oversized_key(), Bytes::from_static(b"v"))).await.map(drop),
         ),
         (
             "put with an oversized value",
@@ -104,11 +100,7 @@ async fn assert_server_refuses_bad_requests(mut kv: KvClient<Channel>, who: &str
     ];
     for (what, result) in refusals {
         match result {
-            Err(status) => assert_eq!(
-                status.code(),
-                Code::InvalidArgument,
-                "{who}: {what}: {status:?}"
-            ),
+            Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{who}: {what}: {status:?}"),
             Ok(()) => panic!("{who} accepted a {what}"),
         }
     }
@@ -141,10 +133,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         .expect("a key of exactly the limit, empty value");
 
     client
-        .put(
-            Bytes::from_static(b"existing"),
-            Bytes::from_static(b"before"),
-        )
+        .put(Bytes::from_static(b"existing"), Bytes::from_static(b"before"))
         .await
         .expect("put");
     let leader = cluster.leader().await;
@@ -152,34 +141,21 @@ async fn bad_input_is_rejected_and_changes_nothing() {
 
     // The client library refuses without sending anything.
     let refused = [
-        client
-            .put(Bytes::new(), Bytes::from_static(b"v"))
-            .await
-            .map(drop),
-        client
-            .put(oversized_key(), Bytes::from_static(b"v"))
-            .await
-            .map(drop),
+        client.put(Bytes::new(), Bytes::from_static(b"v")).await.map(drop),
+        client.put(oversized_key(), Bytes::from_static(b"v")).await.map(drop),
         client
             .put(Bytes::from_static(b"existing"), oversized_value())
             .await
             .map(drop),
-        client
-            .get(Bytes::new(), Consistency::Linearizable)
-            .await
-            .map(drop),
+        client.get(Bytes::new(), Consistency::Linearizable).await.map(drop),
         client.delete(Bytes::new()).await.map(drop),
     ];
     for result in refused {
-        assert!(
-            matches!(result, Err(Error::InvalidArgument(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(Error::InvalidArgument(_))), "{result:?}");
     }
 
     // The servers refuse too, for clients that do not check.
-    assert_server_refuses_bad_requests(cluster.raw_kv(leader), &format!("leader node {leader}"))
-        .await;
+    assert_server_refuses_bad_requests(cluster.raw_kv(leader), &format!("leader node {leader}")).await;
     assert_server_refuses_bad_requests(cluster.raw_router_kv(), "the router").await;
 
     // The CLI: a usage error (exit 2) for an unknown command and for input the limits refuse.
@@ -194,30 +170,18 @@ async fn bad_input_is_rejected_and_changes_nothing() {
             && run.stderr.trim().lines().count() == 1,
         "unknown command: one line on stderr expected: {run:?}"
     );
-    let run =
-        common::run_to_end(&cli, &["--endpoint", endpoint, "put", "", "v"], CLI_TIMEOUT).await;
+    let run = common::run_to_end(&cli, &["--endpoint", endpoint, "put", "", "v"], CLI_TIMEOUT).await;
     assert_eq!(run.status.code(), Some(2), "put with an empty key: {run:?}");
     let big_file = cluster.temp_dir().join("oversized-value");
     std::fs::write(&big_file, oversized_value()).expect("write a file");
     let big_file = big_file.display().to_string();
     let run = common::run_to_end(
         &cli,
-        &[
-            "--endpoint",
-            endpoint,
-            "put",
-            "existing",
-            "--file",
-            &big_file,
-        ],
+        &["--endpoint", endpoint, "put", "existing", "--file", &big_file],
         CLI_TIMEOUT,
     )
     .await;
-    assert_eq!(
-        run.status.code(),
-        Some(2),
-        "put of an oversized value: {run:?}"
-    );
+    assert_eq!(run.status.code(), Some(2), "put of an oversized value: {run:?}");
     assert!(!run.stderr.contains("panicked"), "{run:?}");
 
     // Nothing changed: the value is the same, and (barring an election, which appends an
@@ -227,12 +191,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         .await
         .expect("get");
     assert_eq!(got.value, Bytes::from_static(b"before"));
-    let run = common::run_to_end(
-        &cli,
-        &["--endpoint", endpoint, "get", "existing"],
-        CLI_TIMEOUT,
-    )
-    .await;
+    let run = common::run_to_end(&cli, &["--endpoint", endpoint, "get", "existing"], CLI_TIMEOUT).await;
     assert_eq!(
         (run.status.code(), run.stdout.as_str()),
         (Some(0), "before\n"),
@@ -240,10 +199,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     );
     let after = cluster.status(leader).await.expect("leader status");
     if after.term == before.term {
-        assert_eq!(
-            after.last_log_index, before.last_log_index,
-            "the leader's log grew"
-        );
+        assert_eq!(after.last_log_index, before.last_log_index, "the leader's log grew");
     } else {
         eprintln!(
             "an election happened (term {} -> {}); log growth not checked",

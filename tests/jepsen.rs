@@ -68,7 +68,12 @@ enum Fault {
     PartitionNode,
 }
 
-const FAULTS: [Fault; 4] = [Fault::KillLeader, Fault::PauseNode, Fault::KillRandomNode, Fault::PartitionNode];
+const FAULTS: [Fault; 4] = [
+    Fault::KillLeader,
+    Fault::PauseNode,
+    Fault::KillRandomNode,
+    Fault::PartitionNode,
+];
 
 fn key_name(i: u64) -> Vec<u8> {
     format!("jepsen-{i}").into_bytes()
@@ -100,25 +105,47 @@ async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<At
                 writes += 1;
                 let value = format!("c{id}-{writes}").into_bytes();
                 let pending = history.invoke(id, key.clone(), Op::Write(value.clone()));
-                let outcome = write_outcome(client.put(Bytes::from(key), Bytes::from(value)).await.map(|_| OpResult::Written));
+                let outcome = write_outcome(
+                    client
+                        .put(Bytes::from(key), Bytes::from(value))
+                        .await
+                        .map(|_| OpResult::Written),
+                );
                 history.complete(pending, outcome);
             }
             6..=8 => {
                 writes += 1;
                 let expect = last_seen.get(&k).cloned().flatten();
                 let new = format!("c{id}-{writes}").into_bytes();
-                let op = Op::Cas { expect: expect.clone(), new: new.clone() };
+                let op = Op::Cas {
+                    expect: expect.clone(),
+                    new: new.clone(),
+                };
                 let pending = history.invoke(id, key.clone(), op);
-                let reply = client.compare_and_swap(Bytes::from(key), expect.map(Bytes::from), Bytes::from(new.clone())).await;
+                let reply = client
+                    .compare_and_swap(Bytes::from(key), expect.map(Bytes::from), Bytes::from(new.clone()))
+                    .await;
                 if let Ok(r) = &reply {
-                    last_seen.insert(k, if r.swapped { Some(new) } else { r.current.as_ref().map(|c| c.to_vec()) });
+                    last_seen.insert(
+                        k,
+                        if r.swapped {
+                            Some(new)
+                        } else {
+                            r.current.as_ref().map(|c| c.to_vec())
+                        },
+                    );
                 }
                 history.complete(pending, write_outcome(reply.map(|r| OpResult::Cas(r.swapped))));
             }
             _ => {
                 let pending = history.invoke(id, key.clone(), Op::Delete);
                 let reply = client.delete(Bytes::from(key)).await;
-                history.complete(pending, write_outcome(reply.map(|r| OpResult::Deleted { existed: Some(r.existed) })));
+                history.complete(
+                    pending,
+                    write_outcome(reply.map(|r| OpResult::Deleted {
+                        existed: Some(r.existed),
+                    })),
+                );
             }
         }
     }
@@ -166,13 +193,20 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
         }
         Fault::PartitionNode => {
             // Half the time the leader, so that a deposed leader's behaviour is exercised.
-            let target = if rng.below(2) == 0 { leader.unwrap_or(random_node) } else { random_node };
+            let target = if rng.below(2) == 0 {
+                leader.unwrap_or(random_node)
+            } else {
+                random_node
+            };
             let before = net.held_back();
             net.isolate(target);
             tokio::time::sleep(FAULT_SECS).await;
             net.heal();
             let held = net.held_back() - before;
-            assert!(held > 0, "the partition of node {target} held back no traffic: the fault was not really injected");
+            assert!(
+                held > 0,
+                "the partition of node {target} held back no traffic: the fault was not really injected"
+            );
             format!("partition node {target} from its peers ({held} transfers held back)")
         }
     };
@@ -182,11 +216,19 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
 
 #[test]
 fn history_under_crashes_pauses_and_partitions_is_linearizable() {
-    let run_secs: u64 = std::env::var("RAFTKV_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_RUN_SECS);
-    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        (t.as_nanos() as u64) ^ u64::from(std::process::id())
-    });
+    let run_secs: u64 = std::env::var("RAFTKV_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_RUN_SECS);
+    let seed: u64 = std::env::var("RAFTKV_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            (t.as_nanos() as u64) ^ u64::from(std::process::id())
+        });
     eprintln!("jepsen: seed {seed} (RAFTKV_JEPSEN_SEED={seed} replays the schedule), {run_secs} s of load");
 
     // Each test process gets its own 127.a.b.0/24 so parallel runs never share addresses.
@@ -197,12 +239,20 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         .nodes
         .iter()
         .map(|(id, proxy, listen)| {
-            let placed = NodeAddresses { advertise: proxy.to_string(), listen: listen.to_string(), source: Some(listen.ip()) };
+            let placed = NodeAddresses {
+                advertise: proxy.to_string(),
+                listen: listen.to_string(),
+                source: Some(listen.ip()),
+            };
             (*id, placed)
         })
         .collect();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let options = ClusterOptions {
             addresses: Some(addresses),
@@ -224,7 +274,13 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
             };
             let client = Client::new(vec![endpoint], OP_TIMEOUT).expect("a client");
             let client_rng = Rng(rng.next() | 1);
-            clients.push(tokio::spawn(run_client(id, client, history.clone(), stop.clone(), client_rng)));
+            clients.push(tokio::spawn(run_client(
+                id,
+                client,
+                history.clone(),
+                stop.clone(),
+                client_rng,
+            )));
         }
 
         let mut faults = FaultLog::default();
@@ -259,17 +315,31 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
 
         let ops = history.operations();
         report_counts(&ops, &faults);
-        let budget = Budget { threads: 2, time_limit_total: Some(Duration::from_secs(120)), ..Budget::default() };
+        let budget = Budget {
+            threads: 2,
+            time_limit_total: Some(Duration::from_secs(120)),
+            ..Budget::default()
+        };
         let verdict = checker::check(&ops, &budget);
         eprintln!("jepsen: verdict: {}", first_line(&verdict.to_string()));
         if !verdict.is_linearizable() {
             let path = std::env::temp_dir().join(format!("raftkv-jepsen-history-{seed}.json"));
             history.write_json(&path).expect("write the history");
-            panic!("the history is not shown linearizable ({verdict}); history written to {}", path.display());
+            panic!(
+                "the history is not shown linearizable ({verdict}); history written to {}",
+                path.display()
+            );
         }
         let completed_ok = ops.iter().filter(|o| matches!(o.outcome, Outcome::Ok(_))).count();
-        assert!(completed_ok > 100, "only {completed_ok} operations succeeded: the cluster barely served the load");
-        assert_eq!(faults.injected.len(), FAULTS.len(), "every kind of fault was injected at least once: {faults:?}");
+        assert!(
+            completed_ok > 100,
+            "only {completed_ok} operations succeeded: the cluster barely served the load"
+        );
+        assert_eq!(
+            faults.injected.len(),
+            FAULTS.len(),
+            "every kind of fault was injected at least once: {faults:?}"
+        );
     });
 }
 

@@ -40,11 +40,28 @@ fn delete(client: u64, existed: Option<bool>, invoke: u64, complete: u64) -> Ope
 }
 
 fn cas(client: u64, expect: Option<&str>, new: &str, swapped: bool, invoke: u64, complete: u64) -> Operation {
-    Operation::ok(client, K, Op::Cas { expect: expect.map(b), new: b(new) }, invoke, complete, OpResult::Cas(swapped))
+    Operation::ok(
+        client,
+        K,
+        Op::Cas {
+            expect: expect.map(b),
+            new: b(new),
+        },
+        invoke,
+        complete,
+        OpResult::Cas(swapped),
+    )
 }
 
 fn delete_if(client: u64, expect: &str, deleted: bool, invoke: u64, complete: u64) -> Operation {
-    Operation::ok(client, K, Op::DeleteIf { expect: b(expect) }, invoke, complete, OpResult::DeleteIf(deleted))
+    Operation::ok(
+        client,
+        K,
+        Op::DeleteIf { expect: b(expect) },
+        invoke,
+        complete,
+        OpResult::DeleteIf(deleted),
+    )
 }
 
 fn unknown_write(client: u64, v: &str, invoke: u64) -> Operation {
@@ -95,7 +112,10 @@ fn a_stale_read_after_a_completed_write_is_rejected() {
     // still sees 0.
     let explanation =
         assert_not_linearizable(&[write(1, "0", 0, 10), write(1, "1", 20, 30), read(2, Some("0"), 40, 50)]);
-    assert!(explanation.contains("#2 client 2"), "the stale read should be blamed: {explanation}");
+    assert!(
+        explanation.contains("#2 client 2"),
+        "the stale read should be blamed: {explanation}"
+    );
 }
 
 #[test]
@@ -162,7 +182,10 @@ fn two_concurrent_cas_from_the_same_expected_value_where_one_fails_are_accepted(
 
 #[test]
 fn a_write_that_failed_cannot_be_observed() {
-    let history = [Operation::failed(1, K, Op::Write(b("a")), 0, 10), read(2, Some("a"), 20, 30)];
+    let history = [
+        Operation::failed(1, K, Op::Write(b("a")), 0, 10),
+        read(2, Some("a"), 20, 30),
+    ];
     assert_not_linearizable(&history);
 }
 
@@ -179,13 +202,21 @@ fn a_delete_reporting_that_an_absent_key_existed_is_rejected() {
 
 #[test]
 fn a_read_of_the_old_value_after_a_completed_delete_is_rejected() {
-    assert_not_linearizable(&[write(1, "a", 0, 10), delete(2, None, 20, 30), read(3, Some("a"), 40, 50)]);
+    assert_not_linearizable(&[
+        write(1, "a", 0, 10),
+        delete(2, None, 20, 30),
+        read(3, Some("a"), 40, 50),
+    ]);
 }
 
 #[test]
 fn a_delete_if_that_deleted_a_different_value_is_rejected() {
     assert_not_linearizable(&[write(1, "a", 0, 10), delete_if(2, "b", true, 20, 30)]);
-    assert_not_linearizable(&[write(1, "a", 0, 10), delete_if(2, "a", true, 20, 30), read(3, Some("a"), 40, 50)]);
+    assert_not_linearizable(&[
+        write(1, "a", 0, 10),
+        delete_if(2, "a", true, 20, 30),
+        read(3, Some("a"), 40, 50),
+    ]);
 }
 
 #[test]
@@ -311,12 +342,28 @@ fn an_unknown_cas_is_linearized_only_if_it_could_swap() {
     // The unknown cas a->b could only have swapped while the key held a.
     assert_linearizable(&[
         write(1, "a", 0, 10),
-        Operation::unknown(2, K, Op::Cas { expect: some("a"), new: b("b") }, 20),
+        Operation::unknown(
+            2,
+            K,
+            Op::Cas {
+                expect: some("a"),
+                new: b("b"),
+            },
+            20,
+        ),
         read(3, Some("b"), 30, 40),
     ]);
     assert_not_linearizable(&[
         write(1, "x", 0, 10),
-        Operation::unknown(2, K, Op::Cas { expect: some("a"), new: b("b") }, 20),
+        Operation::unknown(
+            2,
+            K,
+            Op::Cas {
+                expect: some("a"),
+                new: b("b"),
+            },
+            20,
+        ),
         read(3, Some("b"), 30, 40),
     ]);
 }
@@ -398,7 +445,9 @@ fn non_utf8_keys_and_values_work() {
         Operation::ok(2, key.clone(), Op::Read, 20, 30, OpResult::Read(Some(vec![0xc3]))),
     ];
     match verdict(&history) {
-        Verdict::NotLinearizable { key: k, explanation, .. } => {
+        Verdict::NotLinearizable {
+            key: k, explanation, ..
+        } => {
             assert_eq!(k, key);
             assert!(explanation.contains("0xc3"), "{explanation}");
         }
@@ -409,9 +458,15 @@ fn non_utf8_keys_and_values_work() {
 #[test]
 fn a_malformed_history_is_reported_as_invalid() {
     let bad_result = Operation::ok(1, K, Op::Read, 0, 10, OpResult::Written);
-    assert!(matches!(verdict(&[bad_result]), Verdict::InvalidHistory { index: 0, .. }));
+    assert!(matches!(
+        verdict(&[bad_result]),
+        Verdict::InvalidHistory { index: 0, .. }
+    ));
     let backwards = read(1, None, 10, 5);
-    assert!(matches!(verdict(&[write(1, "a", 0, 1), backwards]), Verdict::InvalidHistory { index: 1, .. }));
+    assert!(matches!(
+        verdict(&[write(1, "a", 0, 1), backwards]),
+        Verdict::InvalidHistory { index: 1, .. }
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -420,14 +475,25 @@ fn a_malformed_history_is_reported_as_invalid() {
 
 #[test]
 fn the_explanation_names_the_operation_that_cannot_be_linearized() {
-    let history =
-        [write(1, "a", 0, 10), write(1, "b", 20, 30), cas(2, Some("b"), "c", true, 40, 50), read(3, Some("b"), 60, 70)];
+    let history = [
+        write(1, "a", 0, 10),
+        write(1, "b", 20, 30),
+        cas(2, Some("b"), "c", true, 40, 50),
+        read(3, Some("b"), 60, 70),
+    ];
     match verdict(&history) {
-        Verdict::NotLinearizable { key, explanation, involved } => {
+        Verdict::NotLinearizable {
+            key,
+            explanation,
+            involved,
+        } => {
             assert_eq!(key, b(K));
             assert_eq!(involved.first(), Some(&3), "{explanation}");
             assert!(explanation.contains("leaves the key \"c\""), "{explanation}");
-            assert!(explanation.contains("#3 client 3 key \"k\": read => \"b\""), "{explanation}");
+            assert!(
+                explanation.contains("#3 client 3 key \"k\": read => \"b\""),
+                "{explanation}"
+            );
         }
         other => panic!("{other}"),
     }
@@ -453,11 +519,18 @@ fn a_violation_on_one_key_is_found_among_many_clean_keys() {
         other => panic!("{other}"),
     }
     assert_eq!(report.keys.len(), 200);
-    let bad: Vec<_> = report.keys.iter().filter(|r| r.result != KeyResult::Linearizable).collect();
+    let bad: Vec<_> = report
+        .keys
+        .iter()
+        .filter(|r| r.result != KeyResult::Linearizable)
+        .collect();
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].key, b("key-137"));
     // The same on several threads.
-    let parallel = Budget { threads: 2, ..Budget::default() };
+    let parallel = Budget {
+        threads: 2,
+        ..Budget::default()
+    };
     assert_eq!(check(&history, &parallel), report.verdict);
 }
 
@@ -485,7 +558,11 @@ fn a_violation_is_reported_even_if_another_key_is_inconclusive() {
     let mut history = exponential_history("a-hard", 20);
     history.push(on_key(read(100, Some("written-by-nobody"), 100, 110), "b-bad"));
     let report = check_detailed(&history, &BTreeMap::new(), &Budget::with_max_steps(20_000));
-    assert!(matches!(report.keys[0].result, KeyResult::Inconclusive(_)), "{:?}", report.keys[0]);
+    assert!(
+        matches!(report.keys[0].result, KeyResult::Inconclusive(_)),
+        "{:?}",
+        report.keys[0]
+    );
     match report.verdict {
         Verdict::NotLinearizable { key, .. } => assert_eq!(key, b("b-bad")),
         other => panic!("{other}"),
@@ -503,7 +580,10 @@ fn an_exhausted_search_budget_gives_an_inconclusive_verdict_instead_of_hanging()
         assert!(reason.contains("step budget"), "{reason}");
     }
 
-    let timed = Budget { time_limit_per_key: Some(Duration::from_millis(300)), ..Budget::unlimited() };
+    let timed = Budget {
+        time_limit_per_key: Some(Duration::from_millis(300)),
+        ..Budget::unlimited()
+    };
     let started = Instant::now();
     let v = check(&history, &timed);
     assert!(v.is_inconclusive(), "{v}");
@@ -512,7 +592,10 @@ fn an_exhausted_search_budget_gives_an_inconclusive_verdict_instead_of_hanging()
         assert!(reason.contains("time limit"), "{reason}");
     }
 
-    let total = Budget { time_limit_total: Some(Duration::from_millis(300)), ..Budget::unlimited() };
+    let total = Budget {
+        time_limit_total: Some(Duration::from_millis(300)),
+        ..Budget::unlimited()
+    };
     let started = Instant::now();
     assert!(check(&history, &total).is_inconclusive());
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
@@ -536,7 +619,15 @@ fn a_history_dumped_to_json_reads_back_identically() {
         cas(4, Some("a"), "x", true, 5, 6),
         delete_if(5, "x", true, 7, 8),
         Operation::failed(6, vec![0xff, 0xfe], Op::Write(vec![0, 159, 146, 150]), 9, 10),
-        Operation::unknown(7, K, Op::Cas { expect: None, new: b("z") }, 11),
+        Operation::unknown(
+            7,
+            K,
+            Op::Cas {
+                expect: None,
+                new: b("z"),
+            },
+            11,
+        ),
         Operation::unknown(7, K, Op::Read, 12),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -579,7 +670,9 @@ fn the_recorder_captures_a_linearizable_history_from_concurrent_threads() {
                                 s.insert(key.clone(), v.clone());
                                 OpResult::Written
                             }
-                            Op::Delete => OpResult::Deleted { existed: Some(s.remove(&key).is_some()) },
+                            Op::Delete => OpResult::Deleted {
+                                existed: Some(s.remove(&key).is_some()),
+                            },
                             Op::Cas { expect, new } => {
                                 let swap = s.get(&key) == expect.as_ref();
                                 if swap {
@@ -689,8 +782,15 @@ fn generate(seed: u64, p: &GenParams) -> Vec<Operation> {
             40..=64 => Op::Write(value.clone()),
             65..=74 => Op::Delete,
             75..=92 => {
-                let expect = if rng.chance(60) { cur.clone() } else { pick_other(&mut rng, &written[k]) };
-                Op::Cas { expect, new: value.clone() }
+                let expect = if rng.chance(60) {
+                    cur.clone()
+                } else {
+                    pick_other(&mut rng, &written[k])
+                };
+                Op::Cas {
+                    expect,
+                    new: value.clone(),
+                }
             }
             _ => {
                 let expect = match (&cur, rng.chance(60)) {
@@ -704,7 +804,12 @@ fn generate(seed: u64, p: &GenParams) -> Vec<Operation> {
         let (new_state, result) = match &op {
             Op::Read => (cur.clone(), OpResult::Read(cur.clone())),
             Op::Write(v) => (Some(v.clone()), OpResult::Written),
-            Op::Delete => (None, OpResult::Deleted { existed: Some(cur.is_some()) }),
+            Op::Delete => (
+                None,
+                OpResult::Deleted {
+                    existed: Some(cur.is_some()),
+                },
+            ),
             Op::Cas { expect, new } => {
                 if &cur == expect {
                     (Some(new.clone()), OpResult::Cas(true))
@@ -780,8 +885,13 @@ fn value_written_by(o: &Operation) -> Option<&Vec<u8>> {
 /// completed before the read was invoked. Values are unique, so no order fixes that.
 fn stale_corruption(history: &[Operation]) -> Option<(usize, Vec<u8>)> {
     for (ri, r) in history.iter().enumerate().rev() {
-        let Outcome::Ok(OpResult::Read(seen)) = &r.outcome else { continue };
-        for w2 in history.iter().filter(|o| o.key == r.key && effectful_ok(o) && o.complete < r.invoke) {
+        let Outcome::Ok(OpResult::Read(seen)) = &r.outcome else {
+            continue;
+        };
+        for w2 in history
+            .iter()
+            .filter(|o| o.key == r.key && effectful_ok(o) && o.complete < r.invoke)
+        {
             let stale = history.iter().find(|w| {
                 w.key == r.key
                     && w.complete < w2.invoke
@@ -796,7 +906,9 @@ fn stale_corruption(history: &[Operation]) -> Option<(usize, Vec<u8>)> {
 }
 
 fn ok_read_indices(history: &[Operation]) -> Vec<usize> {
-    (0..history.len()).filter(|&i| matches!(history[i].outcome, Outcome::Ok(OpResult::Read(_)))).collect()
+    (0..history.len())
+        .filter(|&i| matches!(history[i].outcome, Outcome::Ok(OpResult::Read(_))))
+        .collect()
 }
 
 fn run_generated(name: &str, seed: u64, p: &GenParams, time_limit: Duration) {
@@ -859,20 +971,41 @@ fn run_generated(name: &str, seed: u64, p: &GenParams, time_limit: Duration) {
 
 #[test]
 fn a_large_generated_linearizable_history_is_accepted_quickly_and_rejected_once_a_read_is_corrupted() {
-    let p = GenParams { ops: 20_000, keys: 20, clients: 16, spread: 60, unknown_percent: 2, failed_percent: 2 };
+    let p = GenParams {
+        ops: 20_000,
+        keys: 20,
+        clients: 16,
+        spread: 60,
+        unknown_percent: 2,
+        failed_percent: 2,
+    };
     run_generated("many keys", 1, &p, Duration::from_secs(20));
 }
 
 #[test]
 fn a_long_single_key_history_with_high_concurrency_is_accepted_quickly_and_rejected_once_a_read_is_corrupted() {
-    let p = GenParams { ops: 5_000, keys: 1, clients: 10, spread: 25, unknown_percent: 3, failed_percent: 2 };
+    let p = GenParams {
+        ops: 5_000,
+        keys: 1,
+        clients: 10,
+        spread: 25,
+        unknown_percent: 3,
+        failed_percent: 2,
+    };
     run_generated("one key", 2, &p, Duration::from_secs(20));
 }
 
 #[test]
 fn generated_histories_from_many_seeds_are_accepted() {
     for seed in 0..40 {
-        let p = GenParams { ops: 400, keys: 3, clients: 6, spread: 20, unknown_percent: 5, failed_percent: 5 };
+        let p = GenParams {
+            ops: 400,
+            keys: 3,
+            clients: 6,
+            spread: 20,
+            unknown_percent: 5,
+            failed_percent: 5,
+        };
         let history = generate(seed, &p);
         let v = check(&history, &Budget::default());
         assert!(v.is_linearizable(), "seed {seed}: {v}");
@@ -966,7 +1099,10 @@ fn random_small_history(rng: &mut Rng, max_ops: u64, unknown_percent: u64) -> Ve
                 0 | 1 => Op::Read,
                 2 => Op::Write(val(rng)),
                 3 => Op::Delete,
-                4 => Op::Cas { expect: opt_val(rng), new: val(rng) },
+                4 => Op::Cas {
+                    expect: opt_val(rng),
+                    new: val(rng),
+                },
                 _ => Op::DeleteIf { expect: val(rng) },
             };
             let roll = rng.below(100);
@@ -976,12 +1112,21 @@ fn random_small_history(rng: &mut Rng, max_ops: u64, unknown_percent: u64) -> Ve
                 _ => Outcome::Ok(match &op {
                     Op::Read => OpResult::Read(opt_val(rng)),
                     Op::Write(_) => OpResult::Written,
-                    Op::Delete => OpResult::Deleted { existed: [None, Some(true), Some(false)][rng.below(3) as usize] },
+                    Op::Delete => OpResult::Deleted {
+                        existed: [None, Some(true), Some(false)][rng.below(3) as usize],
+                    },
                     Op::Cas { .. } => OpResult::Cas(rng.chance(50)),
                     Op::DeleteIf { .. } => OpResult::DeleteIf(rng.chance(50)),
                 }),
             };
-            Operation { client: i as u64, key: b(K), op, invoke, complete, outcome }
+            Operation {
+                client: i as u64,
+                key: b(K),
+                op,
+                invoke,
+                complete,
+                outcome,
+            }
         })
         .collect()
 }
@@ -1003,7 +1148,13 @@ fn cross_check(seed: u64, cases: usize, max_ops: u64, unknown_percent: u64) {
         let history = random_small_history(&mut rng, max_ops, unknown_percent);
         let expected = brute_force(&history);
         for dfs_percent in [100, 0] {
-            let got = check(&history, &Budget { dfs_percent, ..Budget::unlimited() });
+            let got = check(
+                &history,
+                &Budget {
+                    dfs_percent,
+                    ..Budget::unlimited()
+                },
+            );
             assert_eq!(
                 got.is_linearizable(),
                 expected,
@@ -1020,14 +1171,24 @@ fn cross_check(seed: u64, cases: usize, max_ops: u64, unknown_percent: u64) {
     eprintln!(
         "brute-force cross-check ({max_ops} ops, {unknown_percent}% unknown): {accepted} linearizable, {rejected} not"
     );
-    assert!(accepted > cases / 10 && rejected > cases / 10, "{accepted} / {rejected}");
+    assert!(
+        accepted > cases / 10 && rejected > cases / 10,
+        "{accepted} / {rejected}"
+    );
 }
 
 #[test]
 fn the_depth_first_and_layered_searches_agree_on_medium_histories_with_many_unknowns() {
     let (mut accepted, mut rejected) = (0, 0);
     for seed in 0..300 {
-        let p = GenParams { ops: 80, keys: 1, clients: 5, spread: 30, unknown_percent: 20, failed_percent: 5 };
+        let p = GenParams {
+            ops: 80,
+            keys: 1,
+            clients: 5,
+            spread: 30,
+            unknown_percent: 20,
+            failed_percent: 5,
+        };
         let mut history = generate(seed, &p);
         let mut rng = Rng(seed + 1000);
         if rng.chance(60) {
@@ -1042,14 +1203,33 @@ fn the_depth_first_and_layered_searches_agree_on_medium_histories_with_many_unkn
                 .collect();
             if !reads.is_empty() && !values.is_empty() {
                 let victim = reads[rng.below(reads.len() as u64) as usize];
-                let seen =
-                    if rng.chance(20) { None } else { Some(values[rng.below(values.len() as u64) as usize].clone()) };
+                let seen = if rng.chance(20) {
+                    None
+                } else {
+                    Some(values[rng.below(values.len() as u64) as usize].clone())
+                };
                 history[victim].outcome = Outcome::Ok(OpResult::Read(seen));
             }
         }
-        let dfs = check(&history, &Budget { dfs_percent: 100, ..Budget::unlimited() });
-        let layered = check(&history, &Budget { dfs_percent: 0, ..Budget::unlimited() });
-        assert_eq!(dfs.is_linearizable(), layered.is_linearizable(), "seed {seed}: {dfs} / {layered}");
+        let dfs = check(
+            &history,
+            &Budget {
+                dfs_percent: 100,
+                ..Budget::unlimited()
+            },
+        );
+        let layered = check(
+            &history,
+            &Budget {
+                dfs_percent: 0,
+                ..Budget::unlimited()
+            },
+        );
+        assert_eq!(
+            dfs.is_linearizable(),
+            layered.is_linearizable(),
+            "seed {seed}: {dfs} / {layered}"
+        );
         assert!(!dfs.is_inconclusive() && !layered.is_inconclusive());
         if dfs.is_linearizable() {
             accepted += 1;

@@ -49,8 +49,20 @@ async fn raftkv(args: &[&str]) -> Finished {
 
 async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
     let base = base_port.to_string();
-    let run = raftkv(&["cluster", "up", "--detach", "--data-dir", dir.to_str().unwrap(), "--base-port", &base]).await;
-    let cluster = DetachedCluster { dir: dir.to_path_buf(), base_port };
+    let run = raftkv(&[
+        "cluster",
+        "up",
+        "--detach",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--base-port",
+        &base,
+    ])
+    .await;
+    let cluster = DetachedCluster {
+        dir: dir.to_path_buf(),
+        base_port,
+    };
     assert!(run.status.success(), "cluster up failed: {run:?}");
     cluster
 }
@@ -65,7 +77,11 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
     let run = raftkv(&["--endpoint", &endpoint, "put", "greeting", "hello"]).await;
     assert!(run.status.success(), "{run:?}");
     let run = raftkv(&["--endpoint", &endpoint, "get", "greeting"]).await;
-    assert_eq!((run.status.code(), run.stdout.as_str()), (Some(0), "hello\n"), "{run:?}");
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "hello\n"),
+        "{run:?}"
+    );
     let run = raftkv(&["--endpoint", &endpoint, "get", "nothing-here"]).await;
     assert_eq!(run.status.code(), Some(1), "a missing key exits 1: {run:?}");
 
@@ -75,16 +91,37 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
     let nodes = status["nodes"].as_array().expect("a nodes array");
     assert_eq!(nodes.len(), 3, "{status}");
     assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1, "{status}");
-    assert!(nodes.iter().all(|n| n["reachable"] == true && n["pid"].as_u64().is_some()), "{status}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["reachable"] == true && n["pid"].as_u64().is_some()),
+        "{status}"
+    );
 
     // A second `up` on a running cluster's directory refuses instead of starting another.
-    let run = raftkv(&["cluster", "up", "--detach", "--data-dir", dir.to_str().unwrap(), "--base-port", &cluster.base_port.to_string()]).await;
-    assert!(!run.status.success(), "a second cluster up on a running cluster must refuse: {run:?}");
+    let run = raftkv(&[
+        "cluster",
+        "up",
+        "--detach",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--base-port",
+        &cluster.base_port.to_string(),
+    ])
+    .await;
+    assert!(
+        !run.status.success(),
+        "a second cluster up on a running cluster must refuse: {run:?}"
+    );
 
     let run = raftkv(&["cluster", "down", "--data-dir", dir.to_str().unwrap()]).await;
     assert!(run.status.success(), "cluster down failed: {run:?}");
     let run = raftkv(&["--endpoint", &endpoint, "--timeout", "300ms", "get", "greeting"]).await;
-    assert_eq!(run.status.code(), Some(3), "nothing answers after cluster down: {run:?}");
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "nothing answers after cluster down: {run:?}"
+    );
     let base_port = cluster.base_port;
     drop(cluster);
 
@@ -93,5 +130,9 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
     let cluster = up(&dir, base_port).await;
     let endpoint = format!("127.0.0.1:{}", cluster.base_port);
     let run = raftkv(&["--endpoint", &endpoint, "get", "greeting"]).await;
-    assert_eq!((run.status.code(), run.stdout.as_str()), (Some(0), "hello\n"), "{run:?}");
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "hello\n"),
+        "{run:?}"
+    );
 }

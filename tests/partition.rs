@@ -25,44 +25,88 @@ fn an_isolated_follower_refuses_linearizable_reads_but_serves_stale_ones() {
         .nodes
         .iter()
         .map(|(id, proxy, listen)| {
-            (*id, NodeAddresses { advertise: proxy.to_string(), listen: listen.to_string(), source: Some(listen.ip()) })
+            (
+                *id,
+                NodeAddresses {
+                    advertise: proxy.to_string(),
+                    listen: listen.to_string(),
+                    source: Some(listen.ip()),
+                },
+            )
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let options = ClusterOptions { addresses: Some(addresses), ..ClusterOptions::default().without_router() };
+        let options = ClusterOptions {
+            addresses: Some(addresses),
+            ..ClusterOptions::default().without_router()
+        };
         let cluster = TestCluster::start_with(options).await;
         let leader = cluster.leader().await;
         let follower = cluster.follower().await;
         let key = Bytes::from_static(b"partitioned");
-        cluster.node_client(leader).put(key.clone(), Bytes::from_static(b"before")).await.unwrap();
+        cluster
+            .node_client(leader)
+            .put(key.clone(), Bytes::from_static(b"before"))
+            .await
+            .unwrap();
         let applied = cluster.status(leader).await.unwrap().applied_index.unwrap();
-        cluster.wait_for_applied(follower, applied, Duration::from_secs(10)).await;
+        cluster
+            .wait_for_applied(follower, applied, Duration::from_secs(10))
+            .await;
 
         let held_before = net.held_back();
         net.isolate(follower);
         // The majority keeps working and moves on without the follower.
-        cluster.node_client(leader).put(key.clone(), Bytes::from_static(b"after")).await.unwrap();
+        cluster
+            .node_client(leader)
+            .put(key.clone(), Bytes::from_static(b"after"))
+            .await
+            .unwrap();
 
         let get = |consistency: Consistency| {
             let mut kv = cluster.raw_kv(follower);
             let key = key.clone();
             async move {
-                let mut request = tonic::Request::new(pb::GetRequest { key, consistency: consistency as i32 });
+                let mut request = tonic::Request::new(pb::GetRequest {
+                    key,
+                    consistency: consistency as i32,
+                });
                 request.set_timeout(Duration::from_secs(3));
                 kv.get(request).await
             }
         };
-        let refused = get(Consistency::Linearizable).await.expect_err("a cut-off follower must not serve a linearizable read");
+        let refused = get(Consistency::Linearizable)
+            .await
+            .expect_err("a cut-off follower must not serve a linearizable read");
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-        let stale = get(Consistency::Stale).await.expect("a stale read is served locally").into_inner();
-        assert_eq!(stale.value, Bytes::from_static(b"before"), "the follower has not seen the new write");
-        assert!(net.held_back() > held_before, "the partition held no traffic back: the fault was not injected");
+        let stale = get(Consistency::Stale)
+            .await
+            .expect("a stale read is served locally")
+            .into_inner();
+        assert_eq!(
+            stale.value,
+            Bytes::from_static(b"before"),
+            "the follower has not seen the new write"
+        );
+        assert!(
+            net.held_back() > held_before,
+            "the partition held no traffic back: the fault was not injected"
+        );
 
         net.heal();
         let applied = cluster.status(leader).await.unwrap().applied_index.unwrap();
-        cluster.wait_for_applied(follower, applied, Duration::from_secs(10)).await;
-        let read = get(Consistency::Linearizable).await.expect("served again after healing").into_inner();
+        cluster
+            .wait_for_applied(follower, applied, Duration::from_secs(10))
+            .await;
+        let read = get(Consistency::Linearizable)
+            .await
+            .expect("served again after healing")
+            .into_inner();
         assert_eq!(read.value, Bytes::from_static(b"after"));
     });
 }

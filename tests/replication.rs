@@ -25,11 +25,7 @@ async fn stale_read(cluster: &TestCluster, id: u64, key: &Bytes) -> Option<Bytes
         Ok(response) => {
             let response = response.into_inner();
             let served_by = response.header.as_ref().map(|header| header.node_id);
-            assert_eq!(
-                served_by,
-                Some(id),
-                "a stale read must be answered by the node asked"
-            );
+            assert_eq!(served_by, Some(id), "a stale read must be answered by the node asked");
             Some(response.value)
         }
         Err(status) if status.code() == Code::NotFound => None,
@@ -41,9 +37,7 @@ async fn stale_read(cluster: &TestCluster, id: u64, key: &Bytes) -> Option<Bytes
 async fn leader_applied_index(cluster: &TestCluster) -> u64 {
     let leader = cluster.leader().await;
     let status = cluster.status(leader).await.expect("the leader answers");
-    status
-        .applied_index
-        .expect("a leader has applied something")
+    status.applied_index.expect("a leader has applied something")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,10 +88,7 @@ async fn writes_and_reads_go_through_the_router() {
             .unwrap_err(),
         Error::NotFound
     );
-    let deleted_again = client
-        .delete(key("router", 1))
-        .await
-        .expect("delete of an absent key");
+    let deleted_again = client.delete(key("router", 1)).await.expect("delete of an absent key");
     assert!(!deleted_again.existed, "the key was already gone");
 
     // The router answers status too, for one of the cluster's nodes.
@@ -111,19 +102,13 @@ async fn writes_and_reads_go_through_the_router() {
     // Every node holds the writes.
     let applied = leader_applied_index(&cluster).await;
     for id in cluster.ids() {
-        cluster
-            .wait_for_applied(id, applied, CATCH_UP_TIMEOUT)
-            .await;
+        cluster.wait_for_applied(id, applied, CATCH_UP_TIMEOUT).await;
         assert_eq!(
             stale_read(&cluster, id, &key("router", 0)).await,
             Some(Bytes::from_static(b"second")),
             "node {id}"
         );
-        assert_eq!(
-            stale_read(&cluster, id, &key("router", 1)).await,
-            None,
-            "node {id}"
-        );
+        assert_eq!(stale_read(&cluster, id, &key("router", 1)).await, None, "node {id}");
         for i in 2..10 {
             assert_eq!(
                 stale_read(&cluster, id, &key("router", i)).await,
@@ -155,9 +140,7 @@ async fn killed_node_restarts_and_catches_up() {
     let applied = leader_applied_index(&cluster).await;
 
     cluster.restart(killed).await;
-    let status = cluster
-        .wait_for_applied(killed, applied, CATCH_UP_TIMEOUT)
-        .await;
+    let status = cluster.wait_for_applied(killed, applied, CATCH_UP_TIMEOUT).await;
     assert!(status.applied_index >= Some(applied));
 
     assert_eq!(
@@ -197,9 +180,7 @@ async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
             .expect("put before the stop");
     }
     let applied = leader_applied_index(&cluster).await;
-    let at_stop = cluster
-        .wait_for_applied(follower, applied, CATCH_UP_TIMEOUT)
-        .await;
+    let at_stop = cluster.wait_for_applied(follower, applied, CATCH_UP_TIMEOUT).await;
     let follower_last_index = at_stop.last_log_index.expect("the follower has a log");
     assert!(
         cluster.stop(follower).await.success(),
@@ -220,11 +201,7 @@ async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
             leader,
             CATCH_UP_TIMEOUT,
             "the log is purged past the stopped follower's last entry",
-            |status| {
-                status
-                    .purged_index
-                    .is_some_and(|purged| purged > follower_last_index)
-            },
+            |status| status.purged_index.is_some_and(|purged| purged > follower_last_index),
         )
         .await;
     let purged = leader_status.purged_index.expect("purged");

@@ -81,15 +81,9 @@ pub async fn put(
 ) -> Result<(), CliError> {
     let value = match (value, file) {
         (_, Some(path)) => read_value_file(&path)?,
-        (Some(value), None) if value == "-" => {
-            read_value(std::io::stdin().lock(), "standard input")?
-        }
+        (Some(value), None) if value == "-" => read_value(std::io::stdin().lock(), "standard input")?,
         (Some(value), None) => Bytes::from(os_bytes(value)),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "put needs a VALUE, `-` or --file PATH".to_string(),
-            ))
-        }
+        (None, None) => return Err(CliError::Usage("put needs a VALUE, `-` or --file PATH".to_string())),
     };
     client
         .put(Bytes::from(os_bytes(key)), value)
@@ -146,11 +140,7 @@ struct GetJson {
 /// `raftkv delete KEY [--expect OLD]`. Without an expectation it succeeds whether or not the
 /// key existed, and says which. With one, a different value or a missing key is a failed
 /// comparison: nothing is deleted, exit code 1.
-pub async fn delete(
-    client: &Client,
-    key: OsString,
-    expect: Option<OsString>,
-) -> Result<(), CliError> {
+pub async fn delete(client: &Client, key: OsString, expect: Option<OsString>) -> Result<(), CliError> {
     let key = Bytes::from(os_bytes(key));
     let Some(expect) = expect else {
         let response = client.delete(key).await.map_err(write_outcome_unknown)?;
@@ -167,10 +157,7 @@ pub async fn delete(
     if response.deleted {
         write_stdout(b"deleted\n")
     } else {
-        Err(comparison_failed(
-            "nothing deleted",
-            response.current.as_deref(),
-        ))
+        Err(comparison_failed("nothing deleted", response.current.as_deref()))
     }
 }
 
@@ -289,9 +276,9 @@ pub fn write_json(value: &impl Serialize) -> Result<(), CliError> {
 /// the message says so, as the exit code 3 does for scripts.
 fn write_outcome_unknown(error: client::Error) -> client::Error {
     match error {
-        client::Error::Timeout(message) => client::Error::Timeout(format!(
-            "{message} (the write may or may not have been applied)"
-        )),
+        client::Error::Timeout(message) => {
+            client::Error::Timeout(format!("{message} (the write may or may not have been applied)"))
+        }
         other => other,
     }
 }
@@ -303,8 +290,7 @@ pub(crate) fn os_bytes(text: OsString) -> Vec<u8> {
 }
 
 fn read_value_file(path: &Path) -> Result<Bytes, CliError> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     read_value(file, &path.display().to_string())
 }
 
@@ -361,14 +347,8 @@ mod tests {
     fn failed_comparison_shortens_a_long_value() {
         let value = vec![b'x'; MAX_VALUE_BYTES_IN_MESSAGES + 10];
         let message = comparison_failed("nothing written", Some(&value)).message();
-        assert!(
-            message.contains(&format!("{} bytes in all", value.len())),
-            "{message}"
-        );
-        assert!(
-            message.len() < MAX_VALUE_BYTES_IN_MESSAGES + 200,
-            "{message}"
-        );
+        assert!(message.contains(&format!("{} bytes in all", value.len())), "{message}");
+        assert!(message.len() < MAX_VALUE_BYTES_IN_MESSAGES + 200, "{message}");
     }
 
     #[test]

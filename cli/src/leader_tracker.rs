@@ -44,10 +44,7 @@ pub enum LeaderEvent {
     Lost(Leader),
     /// A leader appeared after a time without one (`after`; `None` when the vacancy started
     /// before the first snapshot).
-    Elected {
-        leader: Leader,
-        after: Option<Duration>,
-    },
+    Elected { leader: Leader, after: Option<Duration> },
     /// A different node leads, with no leaderless snapshot in between.
     Replaced { previous: Leader, leader: Leader },
 }
@@ -76,10 +73,7 @@ impl fmt::Display for LeaderEvent {
                 leader.term,
                 after.as_millis()
             ),
-            LeaderEvent::Elected {
-                leader,
-                after: None,
-            } => {
+            LeaderEvent::Elected { leader, after: None } => {
                 write!(f, "new leader {} elected (term {})", leader.id, leader.term)
             }
             LeaderEvent::Replaced { previous, leader } => write!(
@@ -141,13 +135,8 @@ impl LeaderTracker {
     /// Records the leader seen by a snapshot taken at `now`; returns what changed.
     pub fn observe(&mut self, seen: Option<Leader>, now: Instant) -> Option<LeaderEvent> {
         let (next, event) = match (self.leadership, seen) {
-            (Leadership::Unknown, Some(leader)) => {
-                (Leadership::Led(leader), Some(LeaderEvent::Found(leader)))
-            }
-            (Leadership::Unknown, None) => (
-                Leadership::Vacant { since: None },
-                Some(LeaderEvent::NoneYet),
-            ),
+            (Leadership::Unknown, Some(leader)) => (Leadership::Led(leader), Some(LeaderEvent::Found(leader))),
+            (Leadership::Unknown, None) => (Leadership::Vacant { since: None }, Some(LeaderEvent::NoneYet)),
             (Leadership::Led(previous), Some(leader)) if previous.id == leader.id => {
                 // Same node; a higher term means it was re-elected, which is not worth a line.
                 (Leadership::Led(leader), None)
@@ -162,10 +151,7 @@ impl LeaderTracker {
             ),
             (Leadership::Vacant { since }, Some(leader)) => {
                 let after = since.map(|since| now.saturating_duration_since(since));
-                (
-                    Leadership::Led(leader),
-                    Some(LeaderEvent::Elected { leader, after }),
-                )
+                (Leadership::Led(leader), Some(LeaderEvent::Elected { leader, after }))
             }
             (vacant @ Leadership::Vacant { .. }, None) => (vacant, None),
         };
@@ -203,22 +189,13 @@ mod tests {
         let start = Instant::now();
         let mut tracker = LeaderTracker::new();
         let first = Leader { id: 1, term: 3 };
-        assert_eq!(
-            tracker.observe(Some(first), start),
-            Some(LeaderEvent::Found(first))
-        );
-        assert_eq!(
-            tracker.observe(Some(first), start + Duration::from_millis(100)),
-            None
-        );
+        assert_eq!(tracker.observe(Some(first), start), Some(LeaderEvent::Found(first)));
+        assert_eq!(tracker.observe(Some(first), start + Duration::from_millis(100)), None);
         assert_eq!(
             tracker.observe(None, start + Duration::from_millis(200)),
             Some(LeaderEvent::Lost(first))
         );
-        assert_eq!(
-            tracker.observe(None, start + Duration::from_millis(300)),
-            None
-        );
+        assert_eq!(tracker.observe(None, start + Duration::from_millis(300)), None);
         let second = Leader { id: 3, term: 4 };
         let event = tracker.observe(Some(second), start + Duration::from_millis(612));
         assert_eq!(
@@ -228,10 +205,7 @@ mod tests {
                 after: Some(Duration::from_millis(412))
             })
         );
-        assert_eq!(
-            event.unwrap().to_string(),
-            "new leader 3 elected (term 4) after 412 ms"
-        );
+        assert_eq!(event.unwrap().to_string(), "new leader 3 elected (term 4) after 412 ms");
         assert_eq!(tracker.leader(), Some(second));
     }
 
@@ -255,10 +229,7 @@ mod tests {
     fn the_first_election_of_a_new_cluster_has_a_duration() {
         let start = Instant::now();
         let mut tracker = LeaderTracker::vacant_since(start);
-        assert_eq!(
-            tracker.observe(None, start + Duration::from_millis(50)),
-            None
-        );
+        assert_eq!(tracker.observe(None, start + Duration::from_millis(50)), None);
         let leader = Leader { id: 2, term: 1 };
         assert_eq!(
             tracker.observe(Some(leader), start + Duration::from_millis(900)),
@@ -278,10 +249,7 @@ mod tests {
         let leader = Leader { id: 1, term: 1 };
         assert_eq!(
             tracker.observe(Some(leader), now),
-            Some(LeaderEvent::Elected {
-                leader,
-                after: None
-            })
+            Some(LeaderEvent::Elected { leader, after: None })
         );
     }
 }

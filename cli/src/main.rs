@@ -339,8 +339,7 @@ impl From<anyhow::Error> for CliError {
 
 /// Parses a humantime duration (`300ms`, `2s`, `1m`) that is more than zero.
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let duration =
-        humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
+    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
     if duration.is_zero() {
         return Err("must be more than zero".to_string());
     }
@@ -351,7 +350,12 @@ fn main() -> ExitCode {
     // Help and version are printed as clap renders them; a usage error is one line, exit 2.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
@@ -368,10 +372,7 @@ fn main() -> ExitCode {
     // One thread is plenty for a CLI, and `cluster up` relies on it: a child started with
     // PR_SET_PDEATHSIG is signalled when the *thread* that spawned it exits, so every child
     // must be spawned from a thread that lives as long as the CLI.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -395,9 +396,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let connect = || client::Client::new(endpoints.clone(), cli.timeout).map_err(CliError::from);
     match cli.command {
         Command::Put(args) => kv::put(&connect()?, args.key, args.value, args.file).await,
-        Command::Get(args) => {
-            kv::get(&connect()?, args.key, args.consistency.into(), args.output).await
-        }
+        Command::Get(args) => kv::get(&connect()?, args.key, args.consistency.into(), args.output).await,
         Command::Delete(args) => kv::delete(&connect()?, args.key, args.expect).await,
         Command::Cas(args) => kv::cas(&connect()?, args).await,
         Command::Scan(args) => scan::run(&connect()?, args).await,
@@ -429,10 +428,7 @@ mod tests {
 
     #[test]
     fn durations_must_be_positive_and_readable() {
-        assert_eq!(
-            parse_positive_duration("300ms"),
-            Ok(Duration::from_millis(300))
-        );
+        assert_eq!(parse_positive_duration("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("soon").is_err());
@@ -447,10 +443,7 @@ mod tests {
         );
         assert_eq!(CliError::Usage("bad".into()).exit_code(), 2);
         assert_eq!(CliError::ComparisonFailed("x".into()).exit_code(), 1);
-        assert_eq!(
-            CliError::Client(client::Error::Timeout("late".into())).exit_code(),
-            3
-        );
+        assert_eq!(CliError::Client(client::Error::Timeout("late".into())).exit_code(), 3);
         let unavailable = client::Error::Unavailable {
             message: "no leader".into(),
             leader: None,

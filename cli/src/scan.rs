@@ -96,11 +96,7 @@ pub async fn run(client: &Client, args: ScanArgs) -> Result<(), CliError> {
 
 /// Reads up to `limit` pairs under `prefix`, page after page, with `fetch_page(start_after,
 /// page_limit)` doing one Scan request.
-pub async fn read_pages<F, P>(
-    prefix: &[u8],
-    limit: u32,
-    mut fetch_page: F,
-) -> Result<ScanResult, CliError>
+pub async fn read_pages<F, P>(prefix: &[u8], limit: u32, mut fetch_page: F) -> Result<ScanResult, CliError>
 where
     F: FnMut(Bytes, u32) -> P,
     P: Future<Output = Result<pb::ScanResponse, client::Error>>,
@@ -128,22 +124,14 @@ where
 /// Checks what the paging relies on: a page holds at most what was asked, only keys under
 /// the prefix, strictly increasing and after `start_after`; and a page that says "more" is
 /// not empty (else paging would never end).
-fn check_page(
-    prefix: &[u8],
-    start_after: &[u8],
-    page_limit: usize,
-    page: &pb::ScanResponse,
-) -> Result<(), CliError> {
+fn check_page(prefix: &[u8], start_after: &[u8], page_limit: usize, page: &pb::ScanResponse) -> Result<(), CliError> {
     let odd = |what: String| {
         Err(CliError::Failed(anyhow::anyhow!(
             "the server's scan answer is inconsistent: {what}"
         )))
     };
     if page.pairs.len() > page_limit {
-        return odd(format!(
-            "{} pairs for a limit of {page_limit}",
-            page.pairs.len()
-        ));
+        return odd(format!("{} pairs for a limit of {page_limit}", page.pairs.len()));
     }
     if page.more && page.pairs.is_empty() {
         return odd("an empty page that says more pairs match".to_string());
@@ -151,10 +139,7 @@ fn check_page(
     let mut previous: Option<&[u8]> = (!start_after.is_empty()).then_some(start_after);
     for pair in &page.pairs {
         if !pair.key.starts_with(prefix) {
-            return odd(format!(
-                "key \"{}\" is not under the prefix",
-                escape(&pair.key)
-            ));
+            return odd(format!("key \"{}\" is not under the prefix", escape(&pair.key)));
         }
         if previous.is_some_and(|previous| pair.key.as_ref() <= previous) {
             return odd(format!("key \"{}\" is out of key order", escape(&pair.key)));
@@ -251,9 +236,7 @@ mod tests {
 
         fn page(&self, start_after: Bytes, limit: u32) -> Result<pb::ScanResponse, client::Error> {
             let start_after = String::from_utf8(start_after.to_vec()).unwrap();
-            self.requests
-                .borrow_mut()
-                .push((start_after.clone(), limit));
+            self.requests.borrow_mut().push((start_after.clone(), limit));
             let limit = (limit as usize).min(self.max_page);
             let matching: Vec<&String> = self
                 .keys
@@ -261,11 +244,7 @@ mod tests {
                 .filter(|key| start_after.is_empty() || key.as_str() > start_after.as_str())
                 .collect();
             Ok(pb::ScanResponse {
-                pairs: matching
-                    .iter()
-                    .take(limit)
-                    .map(|key| pair(key, "v"))
-                    .collect(),
+                pairs: matching.iter().take(limit).map(|key| pair(key, "v")).collect(),
                 more: matching.len() > limit,
                 header: Some(pb::ReplyHeader {
                     node_id: 2,
@@ -366,11 +345,7 @@ mod tests {
             match result {
                 Err(error @ CliError::Failed(_)) => {
                     assert_eq!(error.exit_code(), 3);
-                    assert!(
-                        error.message().contains("inconsistent"),
-                        "{}",
-                        error.message()
-                    );
+                    assert!(error.message().contains("inconsistent"), "{}", error.message());
                 }
                 other => panic!("{other:?}"),
             }
@@ -380,9 +355,7 @@ mod tests {
     #[tokio::test]
     async fn client_errors_pass_through_with_their_exit_code() {
         let result = read_pages(b"", 10, |_, _| async {
-            Err(client::Error::InvalidArgument(
-                "prefix too long".to_string(),
-            ))
+            Err(client::Error::InvalidArgument("prefix too long".to_string()))
         })
         .await;
         assert_eq!(result.unwrap_err().exit_code(), 2);

@@ -114,12 +114,7 @@ pub async fn discover_members(client: &Client) -> Result<Vec<Member>, client::Er
 
 /// Asks every member for its status, all at once.
 pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
-    let answers = futures::future::join_all(
-        members
-            .iter()
-            .map(|member| client.status_of(&member.address)),
-    )
-    .await;
+    let answers = futures::future::join_all(members.iter().map(|member| client.status_of(&member.address))).await;
     let mut rows = Vec::with_capacity(members.len());
     let mut answered = Vec::new();
     for (member, answer) in members.iter().zip(answers) {
@@ -201,19 +196,12 @@ pub fn render_table(rows: &[MemberRow]) -> String {
             number(row.last_log_index),
             number(row.commit_index),
             number(row.applied_index),
-            row.pid
-                .map_or_else(|| "-".to_string(), |pid| pid.to_string()),
+            row.pid.map_or_else(|| "-".to_string(), |pid| pid.to_string()),
             if row.reachable { "yes" } else { "no" }.to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|column| {
-            lines
-                .iter()
-                .map(|line| line[column].len())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|column| lines.iter().map(|line| line[column].len()).max().unwrap_or(0))
         .collect();
     let mut text = String::new();
     for line in &lines {
@@ -227,10 +215,7 @@ pub fn render_table(rows: &[MemberRow]) -> String {
     }
     for row in rows {
         if let Some(error) = &row.error {
-            text.push_str(&format!(
-                "node {} ({}) did not answer: {error}\n",
-                row.id, row.address
-            ));
+            text.push_str(&format!("node {} ({}) did not answer: {error}\n", row.id, row.address));
         }
     }
     text
@@ -251,19 +236,11 @@ pub fn time_of_day() -> String {
         let of_day = now.as_secs() % 86_400;
         (of_day / 3600, of_day / 60 % 60, of_day % 60)
     };
-    format!(
-        "{hours:02}:{minutes:02}:{secs:02}.{:03}",
-        now.subsec_millis()
-    )
+    format!("{hours:02}:{minutes:02}:{secs:02}.{:03}", now.subsec_millis())
 }
 
 /// `raftkv status [--output table|json] [--watch]`.
-pub async fn run(
-    endpoints: Vec<String>,
-    timeout: Duration,
-    format: OutputFormat,
-    watch: bool,
-) -> Result<(), CliError> {
+pub async fn run(endpoints: Vec<String>, timeout: Duration, format: OutputFormat, watch: bool) -> Result<(), CliError> {
     if watch {
         return watch_status(endpoints, timeout, format).await;
     }
@@ -281,19 +258,13 @@ pub async fn run(
 fn print_flushed(text: &str) {
     let mut stdout = std::io::stdout().lock();
     // A reader that went away is not worth an error message from a status display.
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 /// `status --watch`: on a terminal the table is redrawn in place with the latest leader
 /// events under it; otherwise (piped) table output prints one line per leader event and JSON
 /// output one document per change, so that the output stays useful in a log.
-async fn watch_status(
-    endpoints: Vec<String>,
-    timeout: Duration,
-    format: OutputFormat,
-) -> Result<(), CliError> {
+async fn watch_status(endpoints: Vec<String>, timeout: Duration, format: OutputFormat) -> Result<(), CliError> {
     let client = Client::new(endpoints, timeout.min(WATCH_PROBE_TIMEOUT))?;
     let on_terminal = std::io::stdout().is_terminal();
     let mut tracker = LeaderTracker::new();
@@ -415,8 +386,7 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_shape() {
-        let json: serde_json::Value =
-            serde_json::from_str(&render_json(&[reachable_row()])).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_json(&[reachable_row()])).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"nodes":[{"id":1,"address":"127.0.0.1:7001","role":"leader","term":3,
@@ -443,10 +413,7 @@ mod tests {
         let table = render_table(&[reachable_row(), row.clone()]);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("ID"), "{table}");
-        assert!(
-            lines[2].starts_with("2 ") && lines[2].ends_with("no"),
-            "{table}"
-        );
+        assert!(lines[2].starts_with("2 ") && lines[2].ends_with("no"), "{table}");
         assert!(lines[3].contains("did not answer: timed out"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&render_json(&[row])).unwrap();
         assert_eq!(json["nodes"][0]["reachable"], false);

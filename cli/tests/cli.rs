@@ -76,12 +76,7 @@ fn read_in_background(mut pipe: impl Read + Send + 'static) -> std::thread::Join
 /// Asserts that stderr is exactly one line starting with "error: ".
 fn assert_one_error_line(run: &Run) {
     let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "stderr should be one line: {:?}",
-        run.stderr
-    );
+    assert_eq!(lines.len(), 1, "stderr should be one line: {:?}", run.stderr);
     assert!(lines[0].starts_with("error: "), "{:?}", run.stderr);
     assert!(!run.stderr.contains("panicked"), "{:?}", run.stderr);
 }
@@ -112,12 +107,7 @@ fn bad_flag_values_are_usage_errors() {
         &["cluster", "up", "--nodes", "three"],
     ] {
         let run = raftkv(args);
-        assert_eq!(
-            run.status.code(),
-            Some(2),
-            "raftkv {args:?}: {:?}",
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(2), "raftkv {args:?}: {:?}", run.stderr);
     }
 }
 
@@ -195,12 +185,7 @@ fn every_command_explains_itself_with_an_example() {
         &["cluster", "down", "--help"],
     ] {
         let run = raftkv(command);
-        assert_eq!(
-            run.status.code(),
-            Some(0),
-            "raftkv {command:?}: {:?}",
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(0), "raftkv {command:?}: {:?}", run.stderr);
         assert!(
             run.stdout.contains("Example"),
             "raftkv {command:?} has no example:\n{}",
@@ -245,12 +230,7 @@ fn cas_needs_exactly_one_expectation() {
         &["cas", "k", "--expect-absent", "new", "--output", "yaml"],
     ] {
         let run = raftkv(args);
-        assert_eq!(
-            run.status.code(),
-            Some(2),
-            "raftkv {args:?}: {:?}",
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(2), "raftkv {args:?}: {:?}", run.stderr);
         assert!(run.stdout.is_empty(), "raftkv {args:?}: {:?}", run.stdout);
     }
 }
@@ -266,12 +246,7 @@ fn scan_limits_outside_the_documented_range_are_usage_errors() {
         &["delete", "k", "--expect"],
     ] {
         let run = raftkv(args);
-        assert_eq!(
-            run.status.code(),
-            Some(2),
-            "raftkv {args:?}: {:?}",
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(2), "raftkv {args:?}: {:?}", run.stderr);
     }
 }
 
@@ -300,13 +275,7 @@ fn oversized_expectations_and_prefixes_are_refused_locally() {
         let mut args = args.to_vec();
         args.extend(["--endpoint", &endpoint]);
         let run = raftkv(&args);
-        assert_eq!(
-            run.status.code(),
-            Some(2),
-            "raftkv {:?}: {:?}",
-            &args[..2],
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(2), "raftkv {:?}: {:?}", &args[..2], run.stderr);
         assert_one_error_line(&run);
     }
     let accepted = listener.accept();
@@ -328,12 +297,7 @@ fn new_commands_against_an_unreachable_endpoint_fail_with_exit_code_3() {
         let mut args = args.to_vec();
         args.extend(["--endpoint", &endpoint, "--timeout", "300ms"]);
         let run = raftkv(&args);
-        assert_eq!(
-            run.status.code(),
-            Some(3),
-            "raftkv {args:?}: {:?}",
-            run.stderr
-        );
+        assert_eq!(run.status.code(), Some(3), "raftkv {args:?}: {:?}", run.stderr);
         assert_one_error_line(&run);
         assert!(run.stdout.is_empty(), "raftkv {args:?}: {:?}", run.stdout);
     }

@@ -54,7 +54,11 @@ impl Settings {
     /// The initial cluster as one canonical string; it identifies the cluster
     /// a data directory belongs to.
     pub fn cluster_identity(&self) -> String {
-        self.initial_cluster.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
+        self.initial_cluster
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -103,10 +107,15 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         .context("cannot start raft")?;
 
     if dir.pristine {
-        let members: BTreeMap<NodeId, BasicNode> =
-            settings.initial_cluster.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        let members: BTreeMap<NodeId, BasicNode> = settings
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
         match raft.initialize(members).await {
-            Ok(()) => tracing::info!(node = settings.id, cluster = %settings.cluster_identity(), "bootstrapped the initial cluster"),
+            Ok(()) => {
+                tracing::info!(node = settings.id, cluster = %settings.cluster_identity(), "bootstrapped the initial cluster")
+            }
             // A peer's leader reached us first: we are already part of the cluster.
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => return Err(anyhow::anyhow!("cannot bootstrap the cluster: {e}")),

@@ -44,7 +44,11 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
     let voters: Vec<u64> = membership.voter_ids().collect();
     let members = membership
         .nodes()
-        .map(|(id, node)| pb::Member { id: *id, address: node.addr.clone(), voter: voters.contains(id) })
+        .map(|(id, node)| pb::Member {
+            id: *id,
+            address: node.addr.clone(),
+            voter: voters.contains(id),
+        })
         .collect();
     let leader_address = m
         .current_leader

@@ -22,7 +22,10 @@ pub struct MalformedMessage(pub &'static str);
 type Result<T> = std::result::Result<T, MalformedMessage>;
 
 pub fn leader_id_to_pb(id: &LeaderId<NodeId>) -> pb::LeaderId {
-    pb::LeaderId { term: id.term, node_id: id.node_id }
+    pb::LeaderId {
+        term: id.term,
+        node_id: id.node_id,
+    }
 }
 
 pub fn leader_id_from_pb(id: Option<pb::LeaderId>) -> Result<LeaderId<NodeId>> {
@@ -31,7 +34,10 @@ pub fn leader_id_from_pb(id: Option<pb::LeaderId>) -> Result<LeaderId<NodeId>> {
 }
 
 pub fn vote_to_pb(v: &Vote) -> pb::Vote {
-    pb::Vote { leader_id: Some(leader_id_to_pb(&v.leader_id)), committed: v.committed }
+    pb::Vote {
+        leader_id: Some(leader_id_to_pb(&v.leader_id)),
+        committed: v.committed,
+    }
 }
 
 pub fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote> {
@@ -45,7 +51,10 @@ pub fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote> {
 }
 
 pub fn log_id_to_pb(id: &LogId) -> pb::LogId {
-    pb::LogId { leader_id: Some(leader_id_to_pb(&id.leader_id)), index: id.index }
+    pb::LogId {
+        leader_id: Some(leader_id_to_pb(&id.leader_id)),
+        index: id.index,
+    }
 }
 
 pub fn opt_log_id_to_pb(id: &Option<LogId>) -> Option<pb::LogId> {
@@ -66,7 +75,9 @@ pub fn membership_to_pb(m: &Membership) -> pb::Membership {
         configs: m
             .get_joint_config()
             .iter()
-            .map(|set| pb::NodeIdSet { ids: set.iter().copied().collect() })
+            .map(|set| pb::NodeIdSet {
+                ids: set.iter().copied().collect(),
+            })
             .collect(),
         nodes: m.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
     }
@@ -75,8 +86,7 @@ pub fn membership_to_pb(m: &Membership) -> pb::Membership {
 pub fn membership_from_pb(m: Option<pb::Membership>) -> Result<Membership> {
     let m = m.ok_or(MalformedMessage("membership"))?;
     let configs: Vec<BTreeSet<NodeId>> = m.configs.into_iter().map(|s| s.ids.into_iter().collect()).collect();
-    let nodes: BTreeMap<NodeId, BasicNode> =
-        m.nodes.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+    let nodes: BTreeMap<NodeId, BasicNode> = m.nodes.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
     // Every voter must have an address, or openraft would panic later.
     if configs.iter().flatten().any(|id| !nodes.contains_key(id)) {
         return Err(MalformedMessage("membership (voter without address)"));
@@ -93,33 +103,61 @@ pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
 
 pub fn stored_membership_from_pb(m: Option<pb::StoredMembership>) -> Result<StoredMembership> {
     let m = m.ok_or(MalformedMessage("stored membership"))?;
-    Ok(StoredMembership::new(opt_log_id_from_pb(m.log_id)?, membership_from_pb(m.membership)?))
+    Ok(StoredMembership::new(
+        opt_log_id_from_pb(m.log_id)?,
+        membership_from_pb(m.membership)?,
+    ))
 }
 
 pub fn write_id_to_pb(w: &WriteId) -> pb::WriteId {
-    pb::WriteId { client_id: w.client_id, sequence: w.sequence }
+    pb::WriteId {
+        client_id: w.client_id,
+        sequence: w.sequence,
+    }
 }
 
 pub fn command_to_pb(c: &Command) -> pb::Command {
     let op = match &c.op {
-        Op::Put { key, value } => pb::command::Op::Put(pb::Put { key: key.clone(), value: value.clone() }),
-        Op::Delete { key, expect } => pb::command::Op::Delete(pb::Delete { key: key.clone(), expect: expect.clone() }),
+        Op::Put { key, value } => pb::command::Op::Put(pb::Put {
+            key: key.clone(),
+            value: value.clone(),
+        }),
+        Op::Delete { key, expect } => pb::command::Op::Delete(pb::Delete {
+            key: key.clone(),
+            expect: expect.clone(),
+        }),
         Op::Cas { key, expect, new_value } => pb::command::Op::Cas(pb::CompareAndSwap {
             key: key.clone(),
             expect: expect.clone(),
             new_value: new_value.clone(),
         }),
     };
-    pb::Command { op: Some(op), write_id: c.write_id.as_ref().map(write_id_to_pb) }
+    pb::Command {
+        op: Some(op),
+        write_id: c.write_id.as_ref().map(write_id_to_pb),
+    }
 }
 
 pub fn command_from_pb(c: pb::Command) -> Result<Command> {
     let op = match c.op.ok_or(MalformedMessage("command"))? {
-        pb::command::Op::Put(p) => Op::Put { key: p.key, value: p.value },
-        pb::command::Op::Delete(d) => Op::Delete { key: d.key, expect: d.expect },
-        pb::command::Op::Cas(c) => Op::Cas { key: c.key, expect: c.expect, new_value: c.new_value },
+        pb::command::Op::Put(p) => Op::Put {
+            key: p.key,
+            value: p.value,
+        },
+        pb::command::Op::Delete(d) => Op::Delete {
+            key: d.key,
+            expect: d.expect,
+        },
+        pb::command::Op::Cas(c) => Op::Cas {
+            key: c.key,
+            expect: c.expect,
+            new_value: c.new_value,
+        },
     };
-    let write_id = c.write_id.map(|w| WriteId { client_id: w.client_id, sequence: w.sequence });
+    let write_id = c.write_id.map(|w| WriteId {
+        client_id: w.client_id,
+        sequence: w.sequence,
+    });
     Ok(Command { op, write_id })
 }
 
@@ -127,10 +165,19 @@ pub fn command_result_to_pb(r: &CommandResult) -> pb::CommandResult {
     use pb::command_result::Result as R;
     let result = match r {
         CommandResult::Put => Some(R::Put(pb::Empty {})),
-        CommandResult::Delete { existed, deleted, current } => {
-            Some(R::Delete(pb::DeleteResult { existed: *existed, deleted: *deleted, current: current.clone() }))
-        }
-        CommandResult::Cas { swapped, current } => Some(R::Cas(pb::CasResult { swapped: *swapped, current: current.clone() })),
+        CommandResult::Delete {
+            existed,
+            deleted,
+            current,
+        } => Some(R::Delete(pb::DeleteResult {
+            existed: *existed,
+            deleted: *deleted,
+            current: current.clone(),
+        })),
+        CommandResult::Cas { swapped, current } => Some(R::Cas(pb::CasResult {
+            swapped: *swapped,
+            current: current.clone(),
+        })),
         CommandResult::Forgotten => None,
     };
     pb::CommandResult { result }
@@ -140,8 +187,15 @@ pub fn command_result_from_pb(r: pb::CommandResult) -> CommandResult {
     use pb::command_result::Result as R;
     match r.result {
         Some(R::Put(_)) => CommandResult::Put,
-        Some(R::Delete(d)) => CommandResult::Delete { existed: d.existed, deleted: d.deleted, current: d.current },
-        Some(R::Cas(c)) => CommandResult::Cas { swapped: c.swapped, current: c.current },
+        Some(R::Delete(d)) => CommandResult::Delete {
+            existed: d.existed,
+            deleted: d.deleted,
+            current: d.current,
+        },
+        Some(R::Cas(c)) => CommandResult::Cas {
+            swapped: c.swapped,
+            current: c.current,
+        },
         None => CommandResult::Forgotten,
     }
 }
@@ -155,7 +209,10 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
         }),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
-    pb::Entry { log_id: Some(log_id_to_pb(&e.log_id)), payload: Some(payload) }
+    pb::Entry {
+        log_id: Some(log_id_to_pb(&e.log_id)),
+        payload: Some(payload),
+    }
 }
 
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry> {
@@ -211,7 +268,9 @@ pub fn append_response_to_pb(r: &openraft::raft::AppendEntriesResponse<NodeId>) 
     use pb::append_entries_response::Result as P;
     let result = match r {
         R::Success => P::Success(pb::Empty {}),
-        R::PartialSuccess(m) => P::PartialSuccess(pb::PartialSuccess { matching: opt_log_id_to_pb(m) }),
+        R::PartialSuccess(m) => P::PartialSuccess(pb::PartialSuccess {
+            matching: opt_log_id_to_pb(m),
+        }),
         R::Conflict => P::Conflict(pb::Empty {}),
         R::HigherVote(v) => P::HigherVote(vote_to_pb(v)),
     };
@@ -230,11 +289,17 @@ pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> Result<openraft:
 }
 
 pub fn vote_request_to_pb(r: &openraft::raft::VoteRequest<NodeId>) -> pb::VoteRequest {
-    pb::VoteRequest { vote: Some(vote_to_pb(&r.vote)), last_log_id: opt_log_id_to_pb(&r.last_log_id) }
+    pb::VoteRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        last_log_id: opt_log_id_to_pb(&r.last_log_id),
+    }
 }
 
 pub fn vote_request_from_pb(r: pb::VoteRequest) -> Result<openraft::raft::VoteRequest<NodeId>> {
-    Ok(openraft::raft::VoteRequest { vote: vote_from_pb(r.vote)?, last_log_id: opt_log_id_from_pb(r.last_log_id)? })
+    Ok(openraft::raft::VoteRequest {
+        vote: vote_from_pb(r.vote)?,
+        last_log_id: opt_log_id_from_pb(r.last_log_id)?,
+    })
 }
 
 pub fn vote_response_to_pb(r: &openraft::raft::VoteResponse<NodeId>) -> pb::VoteResponse {
@@ -264,22 +329,48 @@ mod tests {
 
     #[test]
     fn entries_survive_a_round_trip_through_protobuf() {
-        let nodes: BTreeMap<u64, BasicNode> =
-            (1..=3).map(|i| (i, BasicNode { addr: format!("127.0.0.1:{}", 7000 + i) })).collect();
+        let nodes: BTreeMap<u64, BasicNode> = (1..=3)
+            .map(|i| {
+                (
+                    i,
+                    BasicNode {
+                        addr: format!("127.0.0.1:{}", 7000 + i),
+                    },
+                )
+            })
+            .collect();
         let membership = Membership::new(vec![[1, 2, 3].into_iter().collect()], nodes);
         let entries = vec![
-            Entry { log_id: log_id(1, 1, 0), payload: EntryPayload::Membership(membership) },
-            Entry { log_id: log_id(2, 3, 1), payload: EntryPayload::Blank },
+            Entry {
+                log_id: log_id(1, 1, 0),
+                payload: EntryPayload::Membership(membership),
+            },
+            Entry {
+                log_id: log_id(2, 3, 1),
+                payload: EntryPayload::Blank,
+            },
             Entry {
                 log_id: log_id(2, 3, 2),
                 payload: EntryPayload::Normal(Batch {
                     proposed_at_ms: 1_700_000_000_000,
                     commands: vec![
                         Command {
-                            op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
-                            write_id: Some(WriteId { client_id: 7, sequence: 3 }),
+                            op: Op::Put {
+                                key: Bytes::from_static(b"k"),
+                                value: Bytes::from_static(b"v"),
+                            },
+                            write_id: Some(WriteId {
+                                client_id: 7,
+                                sequence: 3,
+                            }),
                         },
-                        Command { op: Op::Delete { key: Bytes::from_static(b"gone"), expect: None }, write_id: None },
+                        Command {
+                            op: Op::Delete {
+                                key: Bytes::from_static(b"gone"),
+                                expect: None,
+                            },
+                            write_id: None,
+                        },
                         Command {
                             op: Op::Cas {
                                 key: Bytes::from_static(b"c"),
@@ -300,9 +391,16 @@ mod tests {
 
     #[test]
     fn a_message_missing_a_required_field_is_rejected() {
-        let err = entry_from_pb(pb::Entry { log_id: None, payload: None }).unwrap_err();
+        let err = entry_from_pb(pb::Entry {
+            log_id: None,
+            payload: None,
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("entry log id"));
-        let voter_without_address = pb::Membership { configs: vec![pb::NodeIdSet { ids: vec![9] }], nodes: Default::default() };
+        let voter_without_address = pb::Membership {
+            configs: vec![pb::NodeIdSet { ids: vec![9] }],
+            nodes: Default::default(),
+        };
         assert!(membership_from_pb(Some(voter_without_address)).is_err());
     }
 
@@ -310,8 +408,15 @@ mod tests {
     fn command_results_survive_a_round_trip() {
         for r in [
             CommandResult::Put,
-            CommandResult::Delete { existed: true, deleted: false, current: Some(Bytes::from_static(b"x")) },
-            CommandResult::Cas { swapped: false, current: None },
+            CommandResult::Delete {
+                existed: true,
+                deleted: false,
+                current: Some(Bytes::from_static(b"x")),
+            },
+            CommandResult::Cas {
+                swapped: false,
+                current: None,
+            },
             CommandResult::Forgotten,
         ] {
             assert_eq!(command_result_from_pb(command_result_to_pb(&r)), r);

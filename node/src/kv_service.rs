@@ -38,8 +38,18 @@ impl KvService {
     }
 
     fn header(&self) -> pb::ReplyHeader {
-        let applied = self.app.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
-        pb::ReplyHeader { node_id: self.app.id, applied_index: applied }
+        let applied = self
+            .app
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        pb::ReplyHeader {
+            node_id: self.app.id,
+            applied_index: applied,
+        }
     }
 
     /// Refuses a write at once when this node does not lead, with a hint.
@@ -50,7 +60,10 @@ impl KvService {
     /// Proposes a write and waits for its result, within the request's deadline.
     async fn write(&self, op: Op, write_id: Option<pb::WriteId>, deadline: Instant) -> Result<CommandResult, Status> {
         self.ensure_leader()?;
-        let write_id = write_id.map(|w| WriteId { client_id: w.client_id, sequence: w.sequence });
+        let write_id = write_id.map(|w| WriteId {
+            client_id: w.client_id,
+            sequence: w.sequence,
+        });
         let proposed = self.app.proposer.propose(Command { op, write_id });
         let (result, _log_id) = tokio::time::timeout_at(deadline.into(), proposed).await.map_err(|_| {
             Status::deadline_exceeded("the write did not complete in time; it may or may not have been applied")
@@ -121,7 +134,9 @@ impl pb::kv_server::Kv for KvService {
         check_key(&key)?;
         limits::check_value(&value).map_err(Status::invalid_argument)?;
         self.write(Op::Put { key, value }, write_id, deadline).await?;
-        Ok(Response::new(pb::PutResponse { header: Some(self.header()) }))
+        Ok(Response::new(pb::PutResponse {
+            header: Some(self.header()),
+        }))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -131,7 +146,10 @@ impl pb::kv_server::Kv for KvService {
         self.before_read(consistency, deadline).await?;
         let header = self.header();
         match self.app.reader.get(&key).map_err(internal_read_error)? {
-            Some(value) => Ok(Response::new(pb::GetResponse { value, header: Some(header) })),
+            Some(value) => Ok(Response::new(pb::GetResponse {
+                value,
+                header: Some(header),
+            })),
             None => Err(Status::not_found(format!("key {} not found", printable(&key)))),
         }
     }
@@ -144,10 +162,20 @@ impl pb::kv_server::Kv for KvService {
             limits::check_value(e).map_err(Status::invalid_argument)?;
         }
         let result = self.write(Op::Delete { key, expect }, write_id, deadline).await?;
-        let CommandResult::Delete { existed, deleted, current } = result else {
+        let CommandResult::Delete {
+            existed,
+            deleted,
+            current,
+        } = result
+        else {
             return Err(Status::internal(format!("a delete returned {result:?}")));
         };
-        Ok(Response::new(pb::DeleteResponse { existed, deleted, current, header: Some(self.header()) }))
+        Ok(Response::new(pb::DeleteResponse {
+            existed,
+            deleted,
+            current,
+            header: Some(self.header()),
+        }))
     }
 
     async fn compare_and_swap(
@@ -155,37 +183,69 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         let deadline = deadline_of(&request);
-        let pb::CompareAndSwapRequest { key, expect, new_value, write_id } = request.into_inner();
+        let pb::CompareAndSwapRequest {
+            key,
+            expect,
+            new_value,
+            write_id,
+        } = request.into_inner();
         check_key(&key)?;
         if let Some(e) = &expect {
             limits::check_value(e).map_err(Status::invalid_argument)?;
         }
         limits::check_value(&new_value).map_err(Status::invalid_argument)?;
-        let result = self.write(Op::Cas { key, expect, new_value }, write_id, deadline).await?;
+        let result = self
+            .write(Op::Cas { key, expect, new_value }, write_id, deadline)
+            .await?;
         let CommandResult::Cas { swapped, current } = result else {
             return Err(Status::internal(format!("a compare-and-swap returned {result:?}")));
         };
-        Ok(Response::new(pb::CompareAndSwapResponse { swapped, current, header: Some(self.header()) }))
+        Ok(Response::new(pb::CompareAndSwapResponse {
+            swapped,
+            current,
+            header: Some(self.header()),
+        }))
     }
 
     async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         let deadline = deadline_of(&request);
-        let pb::ScanRequest { prefix, limit, consistency, start_after } = request.into_inner();
+        let pb::ScanRequest {
+            prefix,
+            limit,
+            consistency,
+            start_after,
+        } = request.into_inner();
         if prefix.len() > limits::MAX_KEY_BYTES || start_after.len() > limits::MAX_KEY_BYTES {
-            return Err(Status::invalid_argument(format!("prefix and start_after are at most {} bytes", limits::MAX_KEY_BYTES)));
+            return Err(Status::invalid_argument(format!(
+                "prefix and start_after are at most {} bytes",
+                limits::MAX_KEY_BYTES
+            )));
         }
         let limit = match limit as usize {
             0 => DEFAULT_SCAN_LIMIT,
             n if n > MAX_SCAN_LIMIT => {
-                return Err(Status::invalid_argument(format!("limit {n} is over the maximum of {MAX_SCAN_LIMIT}")))
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is over the maximum of {MAX_SCAN_LIMIT}"
+                )))
             }
             n => n,
         };
         self.before_read(consistency, deadline).await?;
         let header = self.header();
-        let (pairs, more) = self.app.reader.scan(&prefix, &start_after, limit, MAX_SCAN_REPLY_BYTES).map_err(internal_read_error)?;
-        let pairs = pairs.into_iter().map(|(key, value)| pb::KeyValue { key, value }).collect();
-        Ok(Response::new(pb::ScanResponse { pairs, more, header: Some(header) }))
+        let (pairs, more) = self
+            .app
+            .reader
+            .scan(&prefix, &start_after, limit, MAX_SCAN_REPLY_BYTES)
+            .map_err(internal_read_error)?;
+        let pairs = pairs
+            .into_iter()
+            .map(|(key, value)| pb::KeyValue { key, value })
+            .collect();
+        Ok(Response::new(pb::ScanResponse {
+            pairs,
+            more,
+            header: Some(header),
+        }))
     }
 }
 
@@ -193,6 +253,9 @@ impl pb::kv_server::Kv for KvService {
 fn printable(key: &Bytes) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if s.chars().all(|c| !c.is_control()) && s.len() <= 64 => format!("{s:?}"),
-        _ => format!("0x{}", key.iter().take(32).map(|b| format!("{b:02x}")).collect::<String>()),
+        _ => format!(
+            "0x{}",
+            key.iter().take(32).map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     }
 }

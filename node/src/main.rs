@@ -83,8 +83,13 @@ fn parse_host_port(s: &str) -> Result<String, String> {
 fn parse_cluster(s: &str) -> Result<InitialCluster, String> {
     let mut members = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part.split_once('=').ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} in {part:?} is not a node id"))?;
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?} in {part:?} is not a node id"))?;
         if id == 0 {
             return Err("node ids start at 1".to_string());
         }
@@ -107,9 +112,13 @@ fn settings(flags: Flags) -> Result<Settings, String> {
         ));
     }
     let members = flags.initial_cluster.0;
-    let own = members
-        .get(&flags.id)
-        .ok_or_else(|| format!("node {} is not in --initial-cluster ({} members)", flags.id, members.len()))?;
+    let own = members.get(&flags.id).ok_or_else(|| {
+        format!(
+            "node {} is not in --initial-cluster ({} members)",
+            flags.id,
+            members.len()
+        )
+    })?;
     Ok(Settings {
         id: flags.id,
         listen: flags.listen,
@@ -138,7 +147,12 @@ async fn stop_signal() {
 fn main() -> ExitCode {
     let flags = match Flags::try_parse() {
         Ok(flags) => flags,
-        Err(error) if matches!(error.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
@@ -149,8 +163,11 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,openraft::replication=off,sled=warn,h2=warn,tower=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "info,openraft=error,openraft::replication=off,sled=warn,h2=warn,tower=warn",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -163,7 +180,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -56,7 +56,9 @@ impl Reachability {
         let was = seen.insert(target, result.is_ok());
         match (was, result) {
             (Some(false), Ok(())) => tracing::info!(peer = target, "node {target} at {address} is reachable again"),
-            (None | Some(true), Err(e)) => tracing::warn!(peer = target, "cannot reach node {target} at {address}: {e}"),
+            (None | Some(true), Err(e)) => {
+                tracing::warn!(peer = target, "cannot reach node {target} at {address}: {e}")
+            }
             _ => {}
         }
     }
@@ -66,7 +68,10 @@ impl Network {
     /// Connections to peers leave from `source_address` when given, else from
     /// whatever address the OS picks.
     pub fn new(source_address: Option<IpAddr>) -> Network {
-        Network { source_address, ..Default::default() }
+        Network {
+            source_address,
+            ..Default::default()
+        }
     }
 
     /// A Raft client for the node at `address`.
@@ -75,7 +80,9 @@ impl Network {
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let c = raftkv::client::endpoint(address)?.local_address(self.source_address).connect_lazy();
+                let c = raftkv::client::endpoint(address)?
+                    .local_address(self.source_address)
+                    .connect_lazy();
                 channels.insert(address.to_string(), c.clone());
                 c
             }
@@ -111,7 +118,11 @@ pub struct PeerConnection {
 #[error("{0}")]
 struct TransportError(String);
 
-fn rpc_error<E: std::error::Error>(target: NodeId, address: &str, status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+fn rpc_error<E: std::error::Error>(
+    target: NodeId,
+    address: &str,
+    status: tonic::Status,
+) -> RPCError<NodeId, BasicNode, E> {
     let err = TransportError(format!("node {target} at {address}: {}", status.message()));
     match status.code() {
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
@@ -131,7 +142,9 @@ impl PeerConnection {
     }
 
     fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
-        self.client.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
 }
 
@@ -184,11 +197,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             meta: Some(convert::snapshot_meta_to_pb(&snapshot.meta)),
             data_len: data.len() as u64,
         };
-        let mut chunks = vec![pb::SnapshotChunk { kind: Some(pb::snapshot_chunk::Kind::Header(header)) }];
+        let mut chunks = vec![pb::SnapshotChunk {
+            kind: Some(pb::snapshot_chunk::Kind::Header(header)),
+        }];
         let mut offset = 0;
         while offset < data.len() {
             let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            chunks.push(pb::SnapshotChunk { kind: Some(pb::snapshot_chunk::Kind::Data(data.slice(offset..end))) });
+            chunks.push(pb::SnapshotChunk {
+                kind: Some(pb::snapshot_chunk::Kind::Data(data.slice(offset..end))),
+            });
             offset = end;
         }
         tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
@@ -204,13 +221,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         };
         self.observe(&reply);
         let reply = reply.map_err(|s| {
-            let err = TransportError(format!("snapshot to node {} at {}: {}", self.target, self.address, s.message()));
+            let err = TransportError(format!(
+                "snapshot to node {} at {}: {}",
+                self.target,
+                self.address,
+                s.message()
+            ));
             match s.code() {
                 tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&err)),
                 _ => StreamingError::Network(NetworkError::new(&err)),
             }
         })?;
-        let vote = convert::vote_from_pb(reply.into_inner().vote).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let vote = convert::vote_from_pb(reply.into_inner().vote)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         Ok(SnapshotResponse { vote })
     }
 

@@ -48,7 +48,10 @@ fn command_bytes(c: &Command) -> usize {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Proposer {
@@ -66,7 +69,9 @@ impl Proposer {
             .send(Proposal { command, reply })
             .await
             .map_err(|_| Status::unavailable("node is shutting down"))?;
-        answer.await.unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
     }
 }
 
@@ -84,7 +89,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             },
         };
         // Wait for room first, so that everything arriving meanwhile joins this batch.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut bytes = command_bytes(&first.command);
         let mut proposals = vec![first];
         // Under load the clients answered by the last batch send their next writes a
@@ -114,7 +121,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         recent_sizes[next_slot] = proposals.len();
         next_slot = (next_slot + 1) % RECENT_BATCHES;
         let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
-        let receiver = match raft.client_write_ff(Batch { proposed_at_ms: now_ms(), commands }).await {
+        let receiver = match raft
+            .client_write_ff(Batch {
+                proposed_at_ms: now_ms(),
+                commands,
+            })
+            .await
+        {
             Ok(r) => r,
             Err(fatal) => {
                 for reply in replies {
@@ -128,7 +141,11 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         tokio::spawn(async move {
             let outcome = receiver.await;
             drop(permit);
-            tracing::debug!(commands = size, elapsed_us = proposed_at.elapsed().as_micros() as u64, "batch answered");
+            tracing::debug!(
+                commands = size,
+                elapsed_us = proposed_at.elapsed().as_micros() as u64,
+                "batch answered"
+            );
             match outcome {
                 Ok(Ok(written)) => {
                     debug_assert_eq!(written.data.results.len(), replies.len());
@@ -171,4 +188,3 @@ fn write_error(e: ClientWriteError<u64, openraft::BasicNode>) -> Status {
         ClientWriteError::ChangeMembershipError(e) => Status::internal(e.to_string()),
     }
 }
-

@@ -42,10 +42,16 @@ impl Leadership {
     pub fn of(raft: &Raft) -> Leadership {
         let metrics = raft.metrics();
         let m = metrics.borrow();
-        let leader = m
-            .current_leader
-            .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())));
-        Leadership { is_leader: m.state.is_leader(), leader }
+        let leader = m.current_leader.and_then(|id| {
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| (id, n.addr.clone()))
+        });
+        Leadership {
+            is_leader: m.state.is_leader(),
+            leader,
+        }
     }
 
     /// Ok when this node leads, else UNAVAILABLE naming the leader if known.
@@ -53,7 +59,10 @@ impl Leadership {
         if self.is_leader {
             return Ok(());
         }
-        let hint = self.leader.as_ref().map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+        let hint = self
+            .leader
+            .as_ref()
+            .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
         Err(not_leader(hint.as_ref().map(|h| h.0), hint.as_ref().map(|h| &h.1)))
     }
 }
@@ -61,7 +70,10 @@ impl Leadership {
 /// Maps "not the leader" to UNAVAILABLE with the leader hint clients follow.
 pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::BasicNode>) -> Status {
     let hint = match (leader_id, leader_node) {
-        (Some(id), Some(node)) => Some(raftkv::client::LeaderHint { id, address: node.addr.clone() }),
+        (Some(id), Some(node)) => Some(raftkv::client::LeaderHint {
+            id,
+            address: node.addr.clone(),
+        }),
         _ => None,
     };
     let message = match &hint {
@@ -133,12 +145,20 @@ impl pb::raft_server::Raft for RaftService {
                 data.len()
             )));
         }
-        let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
         let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
-        Ok(Response::new(pb::InstallSnapshotResponse { vote: Some(convert::vote_to_pb(&reply.vote)) }))
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            vote: Some(convert::vote_to_pb(&reply.vote)),
+        }))
     }
 
-    async fn read_index(&self, _request: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         // Only the leader answers (a follower would have to ask someone else), and its
         // followers' requests share rounds with its own reads.
         Leadership::of(&self.raft).require_leader()?;

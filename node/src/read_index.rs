@@ -47,8 +47,13 @@ impl ReadIndexBatcher {
     /// A read index confirmed by a round that started after this call.
     pub async fn read_index(&self) -> ReadIndex {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(reply).await.map_err(|_| Status::unavailable("node is shutting down"))?;
-        answer.await.unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
+        self.queue
+            .send(reply)
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("node is shutting down")))
     }
 }
 
@@ -60,7 +65,9 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
         }
         let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, round_until_answered(&raft, &network)).await {
             Ok(r) => r,
-            Err(_) => Err(Status::unavailable("could not confirm leadership with a quorum in time")),
+            Err(_) => Err(Status::unavailable(
+                "could not confirm leadership with a quorum in time",
+            )),
         };
         for reply in waiting {
             let _ = reply.send(result.clone());
@@ -89,14 +96,18 @@ async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
     let Some((leader_id, address)) = leader else {
         return Err(not_leader(None, None));
     };
-    let mut client = network.client(&address).map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client = network
+        .client(&address)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {});
     request.set_timeout(READ_ROUND_TIMEOUT);
     let reply = client.read_index(request).await.map_err(|s| match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Status::unavailable(format!(
-            "cannot confirm a linearizable read with leader {leader_id} at {address}: {}",
-            s.message()
-        )),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            Status::unavailable(format!(
+                "cannot confirm a linearizable read with leader {leader_id} at {address}: {}",
+                s.message()
+            ))
+        }
         _ => s,
     })?;
     Ok(reply.into_inner().read_index)

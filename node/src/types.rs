@@ -46,11 +46,21 @@ pub struct WriteId {
 /// What a write does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: Bytes, value: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
     /// Deletes the key; with `expect`, only if its value equals it.
-    Delete { key: Bytes, expect: Option<Bytes> },
+    Delete {
+        key: Bytes,
+        expect: Option<Bytes>,
+    },
     /// Sets `new_value` if the current value equals `expect` (`None`: absent).
-    Cas { key: Bytes, expect: Option<Bytes>, new_value: Bytes },
+    Cas {
+        key: Bytes,
+        expect: Option<Bytes>,
+        new_value: Bytes,
+    },
 }
 
 impl Op {
@@ -84,8 +94,15 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     Put,
-    Delete { existed: bool, deleted: bool, current: Option<Bytes> },
-    Cas { swapped: bool, current: Option<Bytes> },
+    Delete {
+        existed: bool,
+        deleted: bool,
+        current: Option<Bytes>,
+    },
+    Cas {
+        swapped: bool,
+        current: Option<Bytes>,
+    },
     /// A retry of a write so old that its result was forgotten: it was not
     /// applied again, and its first outcome is unknown.
     Forgotten,

@@ -27,11 +27,56 @@ fn malformed_flags_are_one_line_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     for args in [
-        vec!["--id", "0", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
-        vec!["--id", "1", "--listen", "nowhere", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
-        vec!["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1"],
-        vec!["--id", "4", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=127.0.0.1:1"],
-        vec!["--id", "1", "--listen", "127.0.0.1:1", "--data-dir", data, "--initial-cluster", "1=a:1,1=b:2"],
+        vec![
+            "--id",
+            "0",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=127.0.0.1:1",
+        ],
+        vec![
+            "--id",
+            "1",
+            "--listen",
+            "nowhere",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=127.0.0.1:1",
+        ],
+        vec![
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=127.0.0.1",
+        ],
+        vec![
+            "--id",
+            "4",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=127.0.0.1:1",
+        ],
+        vec![
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=a:1,1=b:2",
+        ],
     ] {
         let out = node(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

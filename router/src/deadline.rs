@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 use raftkv::client::parse_grpc_timeout;
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
 /// The deadline of a request that carries no `grpc-timeout` header.
@@ -38,7 +38,10 @@ impl RequestDeadline {
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
             .min(MAX_REQUEST_TIMEOUT);
         let margin = (timeout / 10).min(MAX_ANSWER_MARGIN);
-        RequestDeadline { timeout, answer_by: now + (timeout - margin) }
+        RequestDeadline {
+            timeout,
+            answer_by: now + (timeout - margin),
+        }
     }
 
     /// Whether the time to answer has come.
@@ -69,7 +72,10 @@ mod tests {
     #[test]
     fn no_header_means_the_default_timeout_and_huge_ones_are_capped() {
         let now = Instant::now();
-        assert_eq!(RequestDeadline::of(&MetadataMap::new(), now).timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(
+            RequestDeadline::of(&MetadataMap::new(), now).timeout,
+            DEFAULT_REQUEST_TIMEOUT
+        );
         let mut metadata = MetadataMap::new();
         metadata.insert("grpc-timeout", "5H".parse().unwrap());
         assert_eq!(RequestDeadline::of(&metadata, now).timeout, MAX_REQUEST_TIMEOUT);
@@ -80,6 +86,9 @@ mod tests {
         let mut metadata = MetadataMap::new();
         metadata.insert("grpc-timeout", "100m".parse().unwrap());
         let now = Instant::now();
-        assert_eq!(RequestDeadline::of(&metadata, now).answer_by, now + Duration::from_millis(90));
+        assert_eq!(
+            RequestDeadline::of(&metadata, now).answer_by,
+            now + Duration::from_millis(90)
+        );
     }
 }

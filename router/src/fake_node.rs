@@ -41,16 +41,33 @@ impl FakeNode {
     pub fn start(id: u64) -> FakeNode {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let status = pb::NodeStatus { id, address: address.to_string(), role: pb::Role::Follower as i32, ..Default::default() };
-        let behaviour = Arc::new(Behaviour { id, status: watch::Sender::new(status), writes: Mutex::new(Writes::Accept) });
-        let mut node = FakeNode { address: address.to_string(), behaviour, runtime: None };
+        let status = pb::NodeStatus {
+            id,
+            address: address.to_string(),
+            role: pb::Role::Follower as i32,
+            ..Default::default()
+        };
+        let behaviour = Arc::new(Behaviour {
+            id,
+            status: watch::Sender::new(status),
+            writes: Mutex::new(Writes::Accept),
+        });
+        let mut node = FakeNode {
+            address: address.to_string(),
+            behaviour,
+            runtime: None,
+        };
         node.serve(listener);
         node
     }
 
     /// Serves on `listener` in a runtime of its own, so that killing it drops every connection.
     fn serve(&mut self, listener: std::net::TcpListener) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let service = FakeService(Arc::clone(&self.behaviour));
         runtime.spawn(async move {
             listener.set_nonblocking(true).unwrap();
@@ -96,7 +113,10 @@ impl FakeNode {
 
     /// A hint naming this node.
     pub fn as_hint(&self) -> LeaderHint {
-        LeaderHint { id: self.behaviour.id, address: self.address.clone() }
+        LeaderHint {
+            id: self.behaviour.id,
+            address: self.address.clone(),
+        }
     }
 }
 
@@ -111,7 +131,10 @@ struct FakeService(Arc<Behaviour>);
 
 impl FakeService {
     fn header(&self) -> Option<pb::ReplyHeader> {
-        Some(pb::ReplyHeader { node_id: self.0.id, applied_index: 0 })
+        Some(pb::ReplyHeader {
+            node_id: self.0.id,
+            applied_index: 0,
+        })
     }
 
     fn check_write(&self) -> Result<(), Status> {
@@ -134,13 +157,21 @@ impl pb::kv_server::Kv for FakeService {
         match &request.get_ref().key[..] {
             b"missing" => Err(Status::not_found("no such key")),
             b"bad" => Err(Status::invalid_argument("key is bad")),
-            _ => Ok(Response::new(pb::GetResponse { value: self.0.id.to_string().into(), header: self.header() })),
+            _ => Ok(Response::new(pb::GetResponse {
+                value: self.0.id.to_string().into(),
+                header: self.header(),
+            })),
         }
     }
 
     async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.check_write()?;
-        Ok(Response::new(pb::DeleteResponse { existed: true, deleted: true, header: self.header(), current: None }))
+        Ok(Response::new(pb::DeleteResponse {
+            existed: true,
+            deleted: true,
+            header: self.header(),
+            current: None,
+        }))
     }
 
     async fn compare_and_swap(
@@ -148,11 +179,19 @@ impl pb::kv_server::Kv for FakeService {
         _: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
         self.check_write()?;
-        Ok(Response::new(pb::CompareAndSwapResponse { swapped: true, current: None, header: self.header() }))
+        Ok(Response::new(pb::CompareAndSwapResponse {
+            swapped: true,
+            current: None,
+            header: self.header(),
+        }))
     }
 
     async fn scan(&self, _: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        Ok(Response::new(pb::ScanResponse { pairs: vec![], more: false, header: self.header() }))
+        Ok(Response::new(pb::ScanResponse {
+            pairs: vec![],
+            more: false,
+            header: self.header(),
+        }))
     }
 }
 

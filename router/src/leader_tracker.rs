@@ -112,7 +112,11 @@ pub fn choose_leader(observations: &[NodeObservation], hint: Option<&HintClaim>)
     let node = observations
         .iter()
         .position(|observation| observation.status.as_ref().is_some_and(|status| status.id == leader_id))?;
-    observations[node].reachable.then_some(Leader { node, id: leader_id, term })
+    observations[node].reachable.then_some(Leader {
+        node,
+        id: leader_id,
+        term,
+    })
 }
 
 /// The nodes that can serve reads: reachable and not shutting down.
@@ -122,7 +126,10 @@ pub fn healthy_nodes(observations: &[NodeObservation]) -> Vec<usize> {
         .enumerate()
         .filter(|(_, observation)| {
             observation.reachable
-                && observation.status.as_ref().is_some_and(|status| status.role != pb::Role::Shutdown as i32)
+                && observation
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.role != pb::Role::Shutdown as i32)
         })
         .map(|(index, _)| index)
         .collect()
@@ -130,7 +137,12 @@ pub fn healthy_nodes(observations: &[NodeObservation]) -> Vec<usize> {
 
 /// The highest term any node has reported.
 fn highest_known_term(observations: &[NodeObservation]) -> u64 {
-    observations.iter().filter_map(|observation| observation.status.as_ref()).map(|status| status.term).max().unwrap_or(0)
+    observations
+        .iter()
+        .filter_map(|observation| observation.status.as_ref())
+        .map(|status| status.term)
+        .max()
+        .unwrap_or(0)
 }
 
 struct Observations {
@@ -152,7 +164,10 @@ impl LeaderTracker {
     pub fn new(nodes: Vec<Node>) -> Arc<LeaderTracker> {
         let count = nodes.len();
         Arc::new(LeaderTracker {
-            observations: Mutex::new(Observations { nodes: vec![NodeObservation::default(); count], hint: None }),
+            observations: Mutex::new(Observations {
+                nodes: vec![NodeObservation::default(); count],
+                hint: None,
+            }),
             view: watch::Sender::new(ClusterView::default()),
             resubscribe: (0..count).map(|_| Notify::new()).collect(),
             nodes,
@@ -180,7 +195,10 @@ impl LeaderTracker {
     pub fn report_hint(&self, hint: &LeaderHint) {
         self.update(|observations| {
             let known_term = highest_known_term(&observations.nodes);
-            observations.hint = Some(HintClaim { leader_id: hint.id, known_term });
+            observations.hint = Some(HintClaim {
+                leader_id: hint.id,
+                known_term,
+            });
         });
     }
 
@@ -211,11 +229,20 @@ impl LeaderTracker {
         self.update(|observations| {
             let observation = &mut observations.nodes[node];
             if !observation.reachable {
-                tracing::info!("node {} at {address} is reachable, role {}, term {}", status.id, role_name(status.role), status.term);
+                tracing::info!(
+                    "node {} at {address} is reachable, role {}, term {}",
+                    status.id,
+                    role_name(status.role),
+                    status.term
+                );
             }
             observation.reachable = true;
             observation.status = Some(status);
-            if observations.hint.as_ref().is_some_and(|hint| highest_known_term(&observations.nodes) > hint.known_term) {
+            if observations
+                .hint
+                .as_ref()
+                .is_some_and(|hint| highest_known_term(&observations.nodes) > hint.known_term)
+            {
                 observations.hint = None;
             }
         });
@@ -273,12 +300,7 @@ impl LeaderTracker {
     }
 
     /// Subscribes once and reports statuses until the stream ends; returns why it ended.
-    async fn read_status_stream(
-        &self,
-        node: usize,
-        channel: Channel,
-        pauses: &mut ExponentialBackoff,
-    ) -> String {
+    async fn read_status_stream(&self, node: usize, channel: Channel, pauses: &mut ExponentialBackoff) -> String {
         let mut stream = match ClusterClient::new(channel).watch_status(pb::StatusRequest {}).await {
             Ok(response) => response.into_inner(),
             Err(status) => return raftkv::client::Error::from_status(status).to_string(),
@@ -326,7 +348,13 @@ mod tests {
     fn seen(id: u64, role: pb::Role, term: u64, leader_id: Option<u64>) -> NodeObservation {
         NodeObservation {
             reachable: true,
-            status: Some(pb::NodeStatus { id, role: role as i32, term, leader_id, ..Default::default() }),
+            status: Some(pb::NodeStatus {
+                id,
+                role: role as i32,
+                term,
+                leader_id,
+                ..Default::default()
+            }),
         }
     }
 
@@ -343,40 +371,67 @@ mod tests {
 
     #[test]
     fn the_node_that_says_it_leads_is_the_leader() {
-        let nodes = [seen(1, Follower, 3, Some(2)), seen(2, Leads, 3, Some(2)), seen(3, Follower, 3, Some(2))];
+        let nodes = [
+            seen(1, Follower, 3, Some(2)),
+            seen(2, Leads, 3, Some(2)),
+            seen(3, Follower, 3, Some(2)),
+        ];
         assert_eq!(choose_leader(&nodes, None), leader(1, 2, 3));
     }
 
     #[test]
     fn highest_term_wins_over_a_deposed_leader_that_has_not_noticed() {
-        let nodes = [seen(1, Leads, 4, Some(1)), seen(2, Leads, 5, Some(2)), seen(3, Follower, 5, Some(2))];
+        let nodes = [
+            seen(1, Leads, 4, Some(1)),
+            seen(2, Leads, 5, Some(2)),
+            seen(3, Follower, 5, Some(2)),
+        ];
         assert_eq!(choose_leader(&nodes, None), leader(1, 2, 5));
     }
 
     #[test]
     fn followers_name_the_leader_before_its_own_status_arrives() {
-        let nodes = [seen(1, Follower, 7, Some(3)), seen(2, Follower, 7, Some(3)), seen(3, Follower, 6, None)];
+        let nodes = [
+            seen(1, Follower, 7, Some(3)),
+            seen(2, Follower, 7, Some(3)),
+            seen(3, Follower, 6, None),
+        ];
         assert_eq!(choose_leader(&nodes, None), leader(2, 3, 7));
     }
 
     #[test]
     fn a_leader_that_is_unreachable_is_no_leader() {
         // Node 1 was killed; its followers still name it until they elect a new leader.
-        let nodes = [unreachable(seen(1, Leads, 5, Some(1))), seen(2, Follower, 5, Some(1)), seen(3, Follower, 5, Some(1))];
+        let nodes = [
+            unreachable(seen(1, Leads, 5, Some(1))),
+            seen(2, Follower, 5, Some(1)),
+            seen(3, Follower, 5, Some(1)),
+        ];
         assert_eq!(choose_leader(&nodes, None), None);
     }
 
     #[test]
     fn an_election_in_progress_means_no_leader_until_it_ends() {
-        let nodes = [unreachable(seen(1, Leads, 5, Some(1))), seen(2, Candidate, 6, None), seen(3, Follower, 6, None)];
+        let nodes = [
+            unreachable(seen(1, Leads, 5, Some(1))),
+            seen(2, Candidate, 6, None),
+            seen(3, Follower, 6, None),
+        ];
         assert_eq!(choose_leader(&nodes, None), None);
-        let elected = [unreachable(seen(1, Leads, 5, Some(1))), seen(2, Leads, 6, Some(2)), seen(3, Follower, 6, None)];
+        let elected = [
+            unreachable(seen(1, Leads, 5, Some(1))),
+            seen(2, Leads, 6, Some(2)),
+            seen(3, Follower, 6, None),
+        ];
         assert_eq!(choose_leader(&elected, None), leader(1, 2, 6));
     }
 
     #[test]
     fn nothing_heard_means_no_leader() {
-        assert_eq!(choose_leader(&[NodeObservation::default(), NodeObservation::default()], None), None);
+        assert_eq!(
+            choose_leader(&[NodeObservation::default(), NodeObservation::default()], None),
+            None
+        );
         assert_eq!(choose_leader(&[], None), None);
     }
 
@@ -389,18 +444,38 @@ mod tests {
     #[test]
     fn a_leader_hint_wins_until_a_status_of_a_higher_term_arrives() {
         // The router still sees node 1 leading in term 5, but node 1 answered "ask node 2".
-        let nodes = [seen(1, Leads, 5, Some(1)), seen(2, Follower, 5, Some(1)), seen(3, Follower, 5, Some(1))];
-        let hint = HintClaim { leader_id: 2, known_term: 5 };
+        let nodes = [
+            seen(1, Leads, 5, Some(1)),
+            seen(2, Follower, 5, Some(1)),
+            seen(3, Follower, 5, Some(1)),
+        ];
+        let hint = HintClaim {
+            leader_id: 2,
+            known_term: 5,
+        };
         assert_eq!(choose_leader(&nodes, Some(&hint)), leader(1, 2, 5));
         // Then node 3 is elected in term 6: the hint is outdated.
-        let later = [seen(1, Follower, 6, Some(3)), seen(2, Follower, 6, Some(3)), seen(3, Leads, 6, Some(3))];
+        let later = [
+            seen(1, Follower, 6, Some(3)),
+            seen(2, Follower, 6, Some(3)),
+            seen(3, Leads, 6, Some(3)),
+        ];
         assert_eq!(choose_leader(&later, Some(&hint)), leader(2, 3, 6));
     }
 
     #[test]
     fn a_leader_hint_naming_an_unreachable_node_is_no_leader() {
         let nodes = [seen(1, Follower, 5, None), unreachable(seen(2, Follower, 5, None))];
-        assert_eq!(choose_leader(&nodes, Some(&HintClaim { leader_id: 2, known_term: 5 })), None);
+        assert_eq!(
+            choose_leader(
+                &nodes,
+                Some(&HintClaim {
+                    leader_id: 2,
+                    known_term: 5
+                })
+            ),
+            None
+        );
     }
 
     #[test]

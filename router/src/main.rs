@@ -130,7 +130,10 @@ fn usage_error(error: clap::Error) -> ExitCode {
 
 fn check_nodes(nodes: &[String]) -> Result<(), String> {
     if nodes.len() > MAX_NODES {
-        return Err(format!("--nodes lists {} nodes, more than the limit of {MAX_NODES}", nodes.len()));
+        return Err(format!(
+            "--nodes lists {} nodes, more than the limit of {MAX_NODES}",
+            nodes.len()
+        ));
     }
     for (index, address) in nodes.iter().enumerate() {
         if nodes[..index].contains(address) {
@@ -146,7 +149,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|address| {
             let channel = raftkv::client::channel(address).with_context(|| format!("node {address}"))?;
-            Ok(Node { address: address.clone(), channel })
+            Ok(Node {
+                address: address.clone(),
+                channel,
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = TcpListener::bind(&args.listen)
@@ -159,7 +165,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let trackers = tracker.start(shutdown.clone());
     let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown.clone());
 
-    tracing::info!("raftkv-router listening on {local_address}, forwarding to {}", args.nodes.join(","));
+    tracing::info!(
+        "raftkv-router listening on {local_address}, forwarding to {}",
+        args.nodes.join(",")
+    );
     tokio::spawn(async move {
         let signal = stop_signal().await;
         tracing::info!("{signal} received; shutting down");

@@ -60,7 +60,11 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder over `tracker`'s nodes.
     pub fn new(tracker: Arc<LeaderTracker>, shutdown: watch::Receiver<bool>) -> Arc<Forwarder> {
-        Arc::new(Forwarder { tracker, next_read: AtomicUsize::new(0), shutdown })
+        Arc::new(Forwarder {
+            tracker,
+            next_read: AtomicUsize::new(0),
+            shutdown,
+        })
     }
 
     /// The node a request on `route` goes to now, if any.
@@ -81,7 +85,11 @@ impl Forwarder {
 
     /// Waits until the view changes or `until` passes, whichever is first; fails when the
     /// router is shutting down.
-    async fn wait_for_view_change(&self, views: &mut watch::Receiver<ClusterView>, until: Instant) -> Result<(), Status> {
+    async fn wait_for_view_change(
+        &self,
+        views: &mut watch::Receiver<ClusterView>,
+        until: Instant,
+    ) -> Result<(), Status> {
         let mut shutdown = self.shutdown.clone();
         if *shutdown.borrow_and_update() {
             return Err(Status::unavailable("the router is shutting down"));
@@ -178,11 +186,11 @@ fn pass_through(status: Status) -> Status {
 /// DEADLINE_EXCEEDED when the nodes were asked but did not answer in time.
 fn give_up(route: Route, deadline: &RequestDeadline, view: &ClusterView, last_failure: Option<String>) -> Status {
     let within = humantime::format_duration(round_to_millis(deadline.timeout));
-    let last = last_failure.map(|failure| format!("; last error: {failure}")).unwrap_or_default();
+    let last = last_failure
+        .map(|failure| format!("; last error: {failure}"))
+        .unwrap_or_default();
     match route {
-        Route::Leader if view.leader.is_none() => {
-            Status::unavailable(format!("no leader known within {within}{last}"))
-        }
+        Route::Leader if view.leader.is_none() => Status::unavailable(format!("no leader known within {within}{last}")),
         Route::AnyHealthy | Route::PreferLeader if view.healthy.is_empty() => {
             Status::unavailable(format!("no node reachable within {within}{last}"))
         }
@@ -205,7 +213,10 @@ pub struct KvRouter {
 impl KvRouter {
     /// The Kv service over `forwarder`.
     pub fn new(forwarder: Arc<Forwarder>) -> KvRouter {
-        KvRouter { forwarder, write_ids: client::WriteIds::default() }
+        KvRouter {
+            forwarder,
+            write_ids: client::WriteIds::default(),
+        }
     }
 }
 
@@ -304,11 +315,16 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let request = request.into_inner();
         let response = self
             .forwarder
-            .forward(Route::PreferLeader, deadline, request, |channel, mut request| async move {
-                // The relayed stream lives as long as the caller wants it, not until the deadline.
-                request.metadata_mut().remove("grpc-timeout");
-                ClusterClient::new(channel).watch_status(request).await
-            })
+            .forward(
+                Route::PreferLeader,
+                deadline,
+                request,
+                |channel, mut request| async move {
+                    // The relayed stream lives as long as the caller wants it, not until the deadline.
+                    request.metadata_mut().remove("grpc-timeout");
+                    ClusterClient::new(channel).watch_status(request).await
+                },
+            )
             .await?;
         let mut shutdown = self.forwarder.shutdown.clone();
         let stopped = async move {
@@ -340,7 +356,10 @@ mod tests {
     fn router(nodes: &[FakeNode]) -> Arc<Router> {
         let nodes = nodes
             .iter()
-            .map(|node| Node { address: node.address.clone(), channel: client::channel(&node.address).unwrap() })
+            .map(|node| Node {
+                address: node.address.clone(),
+                channel: client::channel(&node.address).unwrap(),
+            })
             .collect();
         let tracker = LeaderTracker::new(nodes);
         let (stop, shutdown) = watch::channel(false);
@@ -384,11 +403,24 @@ mod tests {
     }
 
     fn put(timeout: Duration) -> Request<pb::PutRequest> {
-        with_timeout(pb::PutRequest { key: "k".into(), value: "v".into(), write_id: None }, timeout)
+        with_timeout(
+            pb::PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+                write_id: None,
+            },
+            timeout,
+        )
     }
 
     fn get(key: &'static str) -> Request<pb::GetRequest> {
-        with_timeout(pb::GetRequest { key: key.into(), consistency: 0 }, Duration::from_secs(5))
+        with_timeout(
+            pb::GetRequest {
+                key: key.into(),
+                consistency: 0,
+            },
+            Duration::from_secs(5),
+        )
     }
 
     fn served_by<T>(response: Result<Response<T>, Status>, header: impl Fn(&T) -> Option<pb::ReplyHeader>) -> u64 {
@@ -408,8 +440,17 @@ mod tests {
         let nodes = cluster_led_by(2, 1);
         let router = router(&nodes);
         until(&router, |view| leader_id(view) == Some(2)).await;
-        assert_eq!(served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header), 2);
-        let delete = with_timeout(pb::DeleteRequest { key: "k".into(), ..Default::default() }, Duration::from_secs(5));
+        assert_eq!(
+            served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header),
+            2
+        );
+        let delete = with_timeout(
+            pb::DeleteRequest {
+                key: "k".into(),
+                ..Default::default()
+            },
+            Duration::from_secs(5),
+        );
         assert_eq!(served_by(router.kv.delete(delete).await, |r| r.header), 2);
     }
 
@@ -437,7 +478,11 @@ mod tests {
         until(&router, |view| view.healthy.len() == 2).await;
         let started = Instant::now();
         let status = router.kv.put(put(Duration::from_millis(300))).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(300), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(status.message().contains("no leader"), "{status:?}");
     }
@@ -449,7 +494,10 @@ mod tests {
         nodes[0].set_writes(Writes::Refuse(Some(nodes[1].as_hint())));
         let router = router(&nodes);
         until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
-        assert_eq!(served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header), 2);
+        assert_eq!(
+            served_by(router.kv.put(put(Duration::from_secs(5))).await, |r| r.header),
+            2
+        );
         assert_eq!(leader_id(&router.tracker.subscribe().borrow()), Some(2));
     }
 
@@ -487,7 +535,12 @@ mod tests {
         until(&router, |view| leader_id(view) == Some(3)).await;
         let status = router.cluster.status(Request::new(pb::StatusRequest {})).await.unwrap();
         assert_eq!(status.get_ref().id, 3);
-        let mut stream = router.cluster.watch_status(Request::new(pb::StatusRequest {})).await.unwrap().into_inner();
+        let mut stream = router
+            .cluster
+            .watch_status(Request::new(pb::StatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(stream.next().await.unwrap().unwrap().id, 3);
         nodes[2].set_status(Leads, 3, Some(&nodes[2]));
         assert_eq!(stream.next().await.unwrap().unwrap().term, 3);

@@ -65,7 +65,10 @@ impl Default for History {
 impl History {
     /// A new empty history whose clock starts now.
     pub fn new() -> History {
-        History { start: Instant::now(), ops: Mutex::new(Vec::new()) }
+        History {
+            start: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+        }
     }
 
     /// Nanoseconds since the history started.
@@ -84,7 +87,14 @@ impl History {
         let mut ops = self.lock();
         // Timestamp taken under the lock so that the ops are in invocation order.
         let invoke = self.now();
-        ops.push(Operation { client, key, op, invoke, complete: u64::MAX, outcome: Outcome::Unknown });
+        ops.push(Operation {
+            client,
+            key,
+            op,
+            invoke,
+            complete: u64::MAX,
+            outcome: Outcome::Unknown,
+        });
         Pending { index: ops.len() - 1 }
     }
 
@@ -223,16 +233,31 @@ pub fn operation_json(o: &Operation) -> Value {
 
 /// Parses one operation written by [`operation_json`].
 pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
-    let m = v.as_object().ok_or_else(|| format!("an operation must be an object: {v}"))?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| format!("an operation must be an object: {v}"))?;
     let field = |name: &str| m.get(name).ok_or_else(|| format!("missing {name:?} in {v}"));
-    let uint = |name: &str| field(name)?.as_u64().ok_or_else(|| format!("{name:?} must be an unsigned integer in {v}"));
-    let text = |name: &str| field(name)?.as_str().ok_or_else(|| format!("{name:?} must be a string in {v}"));
+    let uint = |name: &str| {
+        field(name)?
+            .as_u64()
+            .ok_or_else(|| format!("{name:?} must be an unsigned integer in {v}"))
+    };
+    let text = |name: &str| {
+        field(name)?
+            .as_str()
+            .ok_or_else(|| format!("{name:?} must be a string in {v}"))
+    };
     let op = match text("op")? {
         "read" => Op::Read,
         "write" => Op::Write(bytes_from(field("value")?)?),
         "delete" => Op::Delete,
-        "cas" => Op::Cas { expect: opt_bytes_from(m.get("expect"))?, new: bytes_from(field("new")?)? },
-        "delete_if" => Op::DeleteIf { expect: bytes_from(field("expect")?)? },
+        "cas" => Op::Cas {
+            expect: opt_bytes_from(m.get("expect"))?,
+            new: bytes_from(field("new")?)?,
+        },
+        "delete_if" => Op::DeleteIf {
+            expect: bytes_from(field("expect")?)?,
+        },
         other => return Err(format!("unknown op {other:?}")),
     };
     let outcome = match text("outcome")? {
@@ -240,11 +265,17 @@ pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
         "unknown" => Outcome::Unknown,
         "ok" => {
             let result = m.get("result").unwrap_or(&Value::Null);
-            let flag = || result.as_bool().ok_or_else(|| format!("\"result\" must be a boolean in {v}"));
+            let flag = || {
+                result
+                    .as_bool()
+                    .ok_or_else(|| format!("\"result\" must be a boolean in {v}"))
+            };
             Outcome::Ok(match &op {
                 Op::Read => OpResult::Read(opt_bytes_from(Some(result))?),
                 Op::Write(_) => OpResult::Written,
-                Op::Delete => OpResult::Deleted { existed: result.as_bool() },
+                Op::Delete => OpResult::Deleted {
+                    existed: result.as_bool(),
+                },
                 Op::Cas { .. } => OpResult::Cas(flag()?),
                 Op::DeleteIf { .. } => OpResult::DeleteIf(flag()?),
             })
@@ -272,14 +303,23 @@ pub fn to_json(ops: &[Operation]) -> Value {
 
 /// Parses a history written by [`to_json`] / [`write_json`].
 pub fn from_json(v: &Value) -> Result<Vec<Operation>, String> {
-    let ops = v.get("ops").and_then(Value::as_array).ok_or("expected an object with an \"ops\" array")?;
-    ops.iter().enumerate().map(|(i, o)| operation_from_json(o).map_err(|e| format!("operation #{i}: {e}"))).collect()
+    let ops = v
+        .get("ops")
+        .and_then(Value::as_array)
+        .ok_or("expected an object with an \"ops\" array")?;
+    ops.iter()
+        .enumerate()
+        .map(|(i, o)| operation_from_json(o).map_err(|e| format!("operation #{i}: {e}")))
+        .collect()
 }
 
 /// Writes a history to `path`, one operation per line.
 pub fn write_json(ops: &[Operation], path: impl AsRef<Path>) -> io::Result<()> {
     let mut out = io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(out, "{{\"format\": \"raftkv-kv-history/1\", \"time_unit\": \"ns\", \"ops\": [")?;
+    writeln!(
+        out,
+        "{{\"format\": \"raftkv-kv-history/1\", \"time_unit\": \"ns\", \"ops\": ["
+    )?;
     for (i, o) in ops.iter().enumerate() {
         let sep = if i + 1 < ops.len() { "," } else { "" };
         writeln!(out, "  {}{sep}", operation_json(o))?;

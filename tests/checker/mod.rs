@@ -156,17 +156,38 @@ pub struct Operation {
 impl Operation {
     /// A completed operation.
     pub fn ok(client: u64, key: impl Into<Vec<u8>>, op: Op, invoke: u64, complete: u64, result: OpResult) -> Self {
-        Operation { client, key: key.into(), op, invoke, complete, outcome: Outcome::Ok(result) }
+        Operation {
+            client,
+            key: key.into(),
+            op,
+            invoke,
+            complete,
+            outcome: Outcome::Ok(result),
+        }
     }
 
     /// An operation that certainly did not take effect.
     pub fn failed(client: u64, key: impl Into<Vec<u8>>, op: Op, invoke: u64, complete: u64) -> Self {
-        Operation { client, key: key.into(), op, invoke, complete, outcome: Outcome::Failed }
+        Operation {
+            client,
+            key: key.into(),
+            op,
+            invoke,
+            complete,
+            outcome: Outcome::Failed,
+        }
     }
 
     /// An operation with an unknown outcome (its completion is +infinity).
     pub fn unknown(client: u64, key: impl Into<Vec<u8>>, op: Op, invoke: u64) -> Self {
-        Operation { client, key: key.into(), op, invoke, complete: u64::MAX, outcome: Outcome::Unknown }
+        Operation {
+            client,
+            key: key.into(),
+            op,
+            invoke,
+            complete: u64::MAX,
+            outcome: Outcome::Unknown,
+        }
     }
 }
 
@@ -220,7 +241,10 @@ impl Budget {
 
     /// The default budget with a given number of steps per key.
     pub fn with_max_steps(steps: u64) -> Self {
-        Budget { max_steps_per_key: steps, ..Budget::default() }
+        Budget {
+            max_steps_per_key: steps,
+            ..Budget::default()
+        }
     }
 }
 
@@ -328,7 +352,10 @@ pub fn check_with_initial(history: &[Operation], initial: &BTreeMap<Vec<u8>, Vec
 /// Checks `history` and reports per-key statistics.
 pub fn check_detailed(history: &[Operation], initial: &BTreeMap<Vec<u8>, Vec<u8>>, budget: &Budget) -> Report {
     if let Err((index, reason)) = validate(history) {
-        return Report { verdict: Verdict::InvalidHistory { index, reason }, keys: Vec::new() };
+        return Report {
+            verdict: Verdict::InvalidHistory { index, reason },
+            keys: Vec::new(),
+        };
     }
     let start = Instant::now();
     let total_deadline = budget.time_limit_total.map(|d| start + d);
@@ -365,7 +392,11 @@ pub fn check_detailed(history: &[Operation], initial: &BTreeMap<Vec<u8>, Vec<u8>
         });
         slots
             .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every key is checked"))
+            .map(|m| {
+                m.into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expect("every key is checked")
+            })
             .collect()
     };
 
@@ -385,7 +416,10 @@ fn overall_verdict(reports: &[KeyReport]) -> Verdict {
     }
     for r in reports {
         if let KeyResult::Inconclusive(reason) = &r.result {
-            return Verdict::Inconclusive { key: r.key.clone(), reason: reason.clone() };
+            return Verdict::Inconclusive {
+                key: r.key.clone(),
+                reason: reason.clone(),
+            };
         }
     }
     Verdict::Linearizable
@@ -407,7 +441,10 @@ fn validate(history: &[Operation]) -> Result<(), (usize, String)> {
             }
         }
         if !matches!(o.outcome, Outcome::Unknown) && o.complete < o.invoke {
-            return Err((i, format!("completes ({}) before it is invoked ({})", o.complete, o.invoke)));
+            return Err((
+                i,
+                format!("completes ({}) before it is invoked ({})", o.complete, o.invoke),
+            ));
         }
     }
     Ok(())
@@ -430,9 +467,18 @@ const NIL: u32 = u32::MAX;
 enum Step {
     Read(State),
     Write(State),
-    Delete { existed: Option<bool> },
-    Cas { expect: State, new: State, ok: Option<bool> },
-    DeleteIf { expect: State, ok: Option<bool> },
+    Delete {
+        existed: Option<bool>,
+    },
+    Cas {
+        expect: State,
+        new: State,
+        ok: Option<bool>,
+    },
+    DeleteIf {
+        expect: State,
+        ok: Option<bool>,
+    },
 }
 
 impl Step {
@@ -444,10 +490,24 @@ impl Step {
             Step::Write(v) => Some(v),
             Step::Delete { existed: None } => Some(ABSENT),
             Step::Delete { existed: Some(e) } => ((s != ABSENT) == e).then_some(ABSENT),
-            Step::Cas { expect, new, ok: Some(true) | None } => (s == expect).then_some(new),
-            Step::Cas { expect, ok: Some(false), .. } => (s != expect).then_some(s),
-            Step::DeleteIf { expect, ok: Some(true) | None } => (s == expect).then_some(ABSENT),
-            Step::DeleteIf { expect, ok: Some(false) } => (s != expect).then_some(s),
+            Step::Cas {
+                expect,
+                new,
+                ok: Some(true) | None,
+            } => (s == expect).then_some(new),
+            Step::Cas {
+                expect,
+                ok: Some(false),
+                ..
+            } => (s != expect).then_some(s),
+            Step::DeleteIf {
+                expect,
+                ok: Some(true) | None,
+            } => (s == expect).then_some(ABSENT),
+            Step::DeleteIf {
+                expect,
+                ok: Some(false),
+            } => (s != expect).then_some(s),
         }
     }
 
@@ -455,7 +515,9 @@ impl Step {
     fn requires(self) -> Option<State> {
         match self {
             Step::Read(v) => Some(v),
-            Step::Cas { expect, ok: Some(true), .. } => Some(expect),
+            Step::Cas {
+                expect, ok: Some(true), ..
+            } => Some(expect),
             Step::DeleteIf { expect, ok: Some(true) } => Some(expect),
             Step::Delete { existed: Some(false) } => Some(ABSENT),
             _ => None,
@@ -572,7 +634,12 @@ impl<'a> Compiled<'a> {
                 },
                 (op, Some(r)) => unreachable!("validated: {op:?} -> {r:?}"),
             };
-            let key_op = KeyOp { hist: i, invoke: o.invoke, complete: ok.map(|_| o.complete), step };
+            let key_op = KeyOp {
+                hist: i,
+                invoke: o.invoke,
+                complete: ok.map(|_| o.complete),
+                step,
+            };
             if key_op.complete.is_some() {
                 known.push(key_op);
             } else {
@@ -590,7 +657,15 @@ impl<'a> Compiled<'a> {
                 sym_prev[i] = j;
             }
         }
-        Compiled { ops: known, required, sym_prev, values, initial, initial_value, dropped }
+        Compiled {
+            ops: known,
+            required,
+            sym_prev,
+            values,
+            initial,
+            initial_value,
+            dropped,
+        }
     }
 
     fn show_state(&self, s: State) -> String {
@@ -617,7 +692,11 @@ struct Bits {
 
 impl Bits {
     fn new(n: usize) -> Bits {
-        Bits { words: vec![0; n.div_ceil(64)], lo: 0, hi: 0 }
+        Bits {
+            words: vec![0; n.div_ceil(64)],
+            lo: 0,
+            hi: 0,
+        }
     }
 
     #[inline]
@@ -722,7 +801,13 @@ struct Cache {
 
 impl Cache {
     fn new(unknown_words: usize) -> Cache {
-        Cache { heads: HashMap::default(), recs: Vec::new(), arena: Vec::new(), paths: Vec::new(), unknown_words }
+        Cache {
+            heads: HashMap::default(),
+            recs: Vec::new(),
+            arena: Vec::new(),
+            paths: Vec::new(),
+            unknown_words,
+        }
     }
 
     /// The first record other than `skip` dominating the configuration, if any.
@@ -1082,7 +1167,14 @@ impl<'c, 'a> Searcher<'c, 'a> {
         let canon = Canon::new(c);
         let mut cache = Cache::new((n - req).div_ceil(64));
         let root = cache
-            .visit(&canon.known, canon.canonical(c.initial), &canon.unknown, canon.dead, NIL, &[])
+            .visit(
+                &canon.known,
+                canon.canonical(c.initial),
+                &canon.unknown,
+                canon.dead,
+                NIL,
+                &[],
+            )
             .expect("the cache is empty");
         cache.recs[root as usize].on_path = true;
         Searcher {
@@ -1127,7 +1219,11 @@ impl<'c, 'a> Searcher<'c, 'a> {
     }
 
     fn current_rec(&self) -> u32 {
-        self.stack.iter().rev().find(|f| f.rec != NIL).map_or(self.root, |f| f.rec)
+        self.stack
+            .iter()
+            .rev()
+            .find(|f| f.rec != NIL)
+            .map_or(self.root, |f| f.rec)
     }
 
     /// Linearizes `op` on the path (its step must be possible); `canon` already has it
@@ -1138,7 +1234,11 @@ impl<'c, 'a> Searcher<'c, 'a> {
         if !canon_done {
             self.canon.linearize(op);
         }
-        self.stack.push(Frame { op, before: self.state, rec });
+        self.stack.push(Frame {
+            op,
+            before: self.state,
+            rec,
+        });
         if rec != NIL {
             self.cache.recs[rec as usize].on_path = true;
         }
@@ -1173,7 +1273,9 @@ impl<'c, 'a> Searcher<'c, 'a> {
 
     /// Tries to linearize known op `op` next; true if it was (a new configuration).
     fn try_known(&mut self, op: u32) -> bool {
-        let Some(new_state) = self.c.ops[op as usize].step.apply(self.state) else { return false };
+        let Some(new_state) = self.c.ops[op as usize].step.apply(self.state) else {
+            return false;
+        };
         self.canon.linearize(op);
         let parent = self.current_rec();
         let rec = self.cache.visit(
@@ -1233,7 +1335,11 @@ impl<'c, 'a> Searcher<'c, 'a> {
         } else {
             return Ok(());
         };
-        let deepest = self.best.as_ref().map_or(0, |b| b.linearized.len()).max(self.stack.len());
+        let deepest = self
+            .best
+            .as_ref()
+            .map_or(0, |b| b.linearized.len())
+            .max(self.stack.len());
         let n = self.c.ops.len();
         Err(Stop::Exhausted(format!(
             "{why} after {} steps on {n} operations ({} with unknown outcome); {} configurations cached, deepest partial linearization {deepest} operations, {} unknown operations in it",
@@ -1251,7 +1357,10 @@ impl<'c, 'a> Searcher<'c, 'a> {
         let mut cur = self.next[self.head as usize];
         loop {
             self.count_step(limits)?;
-            debug_assert!(cur != NIL, "the known list ends with a return entry while known ops remain");
+            debug_assert!(
+                cur != NIL,
+                "the known list ends with a return entry while known ops remain"
+            );
             if cur & 1 == 0 {
                 if self.try_known(cur >> 1) {
                     if self.required_left == 0 {
@@ -1298,7 +1407,12 @@ impl<'c, 'a> Searcher<'c, 'a> {
         }
         let t = self.c.ops[(ret >> 1) as usize].complete.expect("known");
         let parent = self.current_rec();
-        let ctx = RunContext { t, blocked: &blocked, parent, limits };
+        let ctx = RunContext {
+            t,
+            blocked: &blocked,
+            parent,
+            limits,
+        };
         let mut run: Vec<(u32, State)> = Vec::new();
         self.extend_run(&ctx, self.state, &mut run, out)
     }
@@ -1353,7 +1467,9 @@ impl<'c, 'a> Searcher<'c, 'a> {
             }
             run.push((this, s));
             for &k in blocked {
-                let Some(s2) = self.c.ops[k as usize].step.apply(s1) else { continue };
+                let Some(s2) = self.c.ops[k as usize].step.apply(s1) else {
+                    continue;
+                };
                 if self.required_left == 1 {
                     self.canon.unlinearize(this);
                     return Err(Stop::Linearizable);
@@ -1394,7 +1510,10 @@ impl<'c, 'a> Searcher<'c, 'a> {
         let mut cur = self.next[self.head as usize];
         loop {
             self.count_step(limits)?;
-            debug_assert!(cur != NIL, "the known list ends with a return entry while known ops remain");
+            debug_assert!(
+                cur != NIL,
+                "the known list ends with a return entry while known ops remain"
+            );
             if cur & 1 == 0 {
                 if self.try_known(cur >> 1) {
                     if self.required_left == 0 {
@@ -1411,7 +1530,12 @@ impl<'c, 'a> Searcher<'c, 'a> {
             if pending.last().map(|p| p.depth) != Some(depth) {
                 let mut seeds = Vec::new();
                 self.seed_runs(cur, limits, &mut seeds)?;
-                pending.push(Seeds { depth, ret: cur, recs: seeds.into_iter().map(|(rec, _)| rec).collect(), next: 0 });
+                pending.push(Seeds {
+                    depth,
+                    ret: cur,
+                    recs: seeds.into_iter().map(|(rec, _)| rec).collect(),
+                    next: 0,
+                });
             }
             let top = pending.last_mut().expect("pushed above");
             if top.next < top.recs.len() {
@@ -1487,7 +1611,11 @@ impl<'c, 'a> Searcher<'c, 'a> {
                 let r = self.cache.recs[seed as usize];
                 let (kw, uw) = (r.len as usize, self.cache.unknown_words);
                 let (window, unknown) = self.cache.arena[r.off..r.off + kw + uw].split_at(kw);
-                if self.cache.dominating(r.lo as usize, window, r.state, unknown, r.dead, seed).is_some() {
+                if self
+                    .cache
+                    .dominating(r.lo as usize, window, r.state, unknown, r.dead, seed)
+                    .is_some()
+                {
                     continue;
                 }
                 self.move_to(seed);
@@ -1503,7 +1631,10 @@ impl<'c, 'a> Searcher<'c, 'a> {
 /// Runs the depth-first pass with `dfs_percent` of the budget, then, if it did not
 /// finish, the layered pass with the rest. Both are complete searches.
 fn search(c: &Compiled<'_>, limits: &Limits, dfs_percent: u32) -> (SearchResult, SearchStats) {
-    let mut stats = SearchStats { steps: 0, cache_entries: 0 };
+    let mut stats = SearchStats {
+        steps: 0,
+        cache_entries: 0,
+    };
     if c.required == 0 {
         return (SearchResult::Linearizable, stats);
     }
@@ -1513,9 +1644,15 @@ fn search(c: &Compiled<'_>, limits: &Limits, dfs_percent: u32) -> (SearchResult,
     let mut outcome = None;
     if share > 0 {
         let first = Limits {
-            max_steps: if share == 100 { limits.max_steps } else { (limits.max_steps / 100).saturating_mul(share) },
+            max_steps: if share == 100 {
+                limits.max_steps
+            } else {
+                (limits.max_steps / 100).saturating_mul(share)
+            },
             max_cache_bytes: limits.max_cache_bytes,
-            deadline: limits.deadline.map(|d| start + d.saturating_duration_since(start).mul_f64(share as f64 / 100.0)),
+            deadline: limits
+                .deadline
+                .map(|d| start + d.saturating_duration_since(start).mul_f64(share as f64 / 100.0)),
         };
         let mut s = Searcher::new(c);
         let r = s.run_dfs(&first);
@@ -1584,8 +1721,11 @@ fn check_key(
         report.elapsed = start.elapsed();
         return report;
     }
-    let limits =
-        Limits { max_steps: budget.max_steps_per_key, max_cache_bytes: budget.max_cache_bytes_per_key, deadline };
+    let limits = Limits {
+        max_steps: budget.max_steps_per_key,
+        max_cache_bytes: budget.max_cache_bytes_per_key,
+        deadline,
+    };
     let (result, stats) = search(&c, &limits, budget.dfs_percent);
     report.steps = stats.steps;
     report.cache_entries = stats.cache_entries;
@@ -1603,7 +1743,9 @@ fn check_key(
 fn impossible_values(history: &[Operation], key: &[u8], c: &Compiled<'_>) -> Option<KeyResult> {
     let mut produced: HashSet<State> = c.ops.iter().filter_map(|o| o.step.produces()).collect();
     produced.insert(c.initial);
-    let bad = c.ops[..c.required].iter().find(|o| o.step.requires().is_some_and(|v| !produced.contains(&v)))?;
+    let bad = c.ops[..c.required]
+        .iter()
+        .find(|o| o.step.requires().is_some_and(|v| !produced.contains(&v)))?;
     let v = bad.step.requires().expect("found above");
     let what = if v == ABSENT {
         "the key to be absent, but it starts present and no operation on it could have deleted it".to_string()
@@ -1613,8 +1755,15 @@ fn impossible_values(history: &[Operation], key: &[u8], c: &Compiled<'_>) -> Opt
             c.show_state(v)
         )
     };
-    let explanation = format!("key {}: operation {} requires {what}", show_bytes(key), describe(history, bad.hist));
-    Some(KeyResult::NotLinearizable { explanation, involved: vec![bad.hist] })
+    let explanation = format!(
+        "key {}: operation {} requires {what}",
+        show_bytes(key),
+        describe(history, bad.hist)
+    );
+    Some(KeyResult::NotLinearizable {
+        explanation,
+        involved: vec![bad.hist],
+    })
 }
 
 const EXPLAIN_TAIL: usize = 12;
@@ -1666,14 +1815,24 @@ fn explain(history: &[Operation], key: &[u8], c: &Compiled<'_>, f: &Failure) -> 
     if blocked.step.apply(f.state).is_none() {
         let _ = writeln!(s, "  which is impossible in that state.");
     } else {
-        let _ = writeln!(s, "  (possible in that state, but every such order leads to a dead end later).");
+        let _ = writeln!(
+            s,
+            "  (possible in that state, but every such order leads to a dead end later)."
+        );
     }
     let others: Vec<u32> = f.pending.iter().copied().filter(|&p| p != f.blocked).collect();
     if !others.is_empty() {
-        let _ = writeln!(s, "Other operations that could have been linearized next there (all lead to dead ends):");
+        let _ = writeln!(
+            s,
+            "Other operations that could have been linearized next there (all lead to dead ends):"
+        );
         for &p in &others {
             let o = &c.ops[p as usize];
-            let note = if o.step.apply(f.state).is_some() { "" } else { "   [impossible in that state]" };
+            let note = if o.step.apply(f.state).is_some() {
+                ""
+            } else {
+                "   [impossible in that state]"
+            };
             let _ = writeln!(s, "    {}{note}", describe(history, o.hist));
         }
     }
@@ -1690,7 +1849,10 @@ fn explain(history: &[Operation], key: &[u8], c: &Compiled<'_>, f: &Failure) -> 
     }
     let mut involved = vec![blocked.hist];
     involved.extend(others.iter().map(|&p| c.ops[p as usize].hist));
-    KeyResult::NotLinearizable { explanation: s, involved }
+    KeyResult::NotLinearizable {
+        explanation: s,
+        involved,
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -93,8 +93,7 @@ impl Default for ClusterOptions {
 impl ClusterOptions {
     /// Adds extra flags for every node.
     pub fn node_args(mut self, args: &[&str]) -> Self {
-        self.node_args
-            .extend(args.iter().map(|arg| arg.to_string()));
+        self.node_args.extend(args.iter().map(|arg| arg.to_string()));
         self
     }
 
@@ -158,11 +157,20 @@ impl TestCluster {
             .expect("cannot create a temp dir");
         let nodes: BTreeMap<u64, NodeProcess> = (1..=options.nodes as u64)
             .map(|id| {
-                let placed = options.addresses.as_ref().map(|all| all.get(&id).expect("an address for every node").clone());
-                let address = placed.as_ref().map(|p| p.advertise.clone()).unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+                let placed = options
+                    .addresses
+                    .as_ref()
+                    .map(|all| all.get(&id).expect("an address for every node").clone());
+                let address = placed
+                    .as_ref()
+                    .map(|p| p.advertise.clone())
+                    .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
                 let node = NodeProcess {
                     id,
-                    listen: placed.as_ref().map(|p| p.listen.clone()).unwrap_or_else(|| address.clone()),
+                    listen: placed
+                        .as_ref()
+                        .map(|p| p.listen.clone())
+                        .unwrap_or_else(|| address.clone()),
                     source: placed.as_ref().and_then(|p| p.source),
                     address,
                     data_dir: root.path().join(format!("node-{id}")),
@@ -183,8 +191,7 @@ impl TestCluster {
             log: root.path().join("router.log"),
             child: None,
         };
-        let probe = Client::new(vec![nodes[&1].address.clone()], STATUS_PROBE_TIMEOUT)
-            .expect("a status client");
+        let probe = Client::new(vec![nodes[&1].address.clone()], STATUS_PROBE_TIMEOUT).expect("a status client");
         let mut cluster = TestCluster {
             root,
             nodes,
@@ -225,10 +232,7 @@ impl TestCluster {
 
     /// Every node's HOST:PORT, in id order.
     pub fn addresses(&self) -> Vec<String> {
-        self.nodes
-            .values()
-            .map(|node| node.address.clone())
-            .collect()
+        self.nodes.values().map(|node| node.address.clone()).collect()
     }
 
     /// The router's HOST:PORT (whether or not it runs).
@@ -319,22 +323,16 @@ impl TestCluster {
     ) -> pb::NodeStatus {
         let condition = &condition;
         wait_until(within, &format!("node {id}: {what}"), || async move {
-            self.status(id)
-                .await
-                .ok()
-                .filter(|status| condition(status))
+            self.status(id).await.ok().filter(|status| condition(status))
         })
         .await
     }
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_for_applied(&self, id: u64, index: u64, within: Duration) -> pb::NodeStatus {
-        self.wait_for_status(
-            id,
-            within,
-            &format!("applied index reaches {index}"),
-            |status| status.applied_index.unwrap_or(0) >= index,
-        )
+        self.wait_for_status(id, within, &format!("applied index reaches {index}"), |status| {
+            status.applied_index.unwrap_or(0) >= index
+        })
         .await
     }
 
@@ -363,9 +361,7 @@ impl TestCluster {
         if statuses.len() < live.len() || statuses.len() < self.majority() {
             return None;
         }
-        let leader = statuses
-            .iter()
-            .find(|status| status.role() == pb::Role::Leader)?;
+        let leader = statuses.iter().find(|status| status.role() == pb::Role::Leader)?;
         statuses
             .iter()
             .all(|status| status.term == leader.term && status.leader_id == Some(leader.id))
@@ -375,11 +371,9 @@ impl TestCluster {
     /// Waits until every live node names the same leader (see [`Self::agreed_leader`]), so
     /// that any of them can be asked about it, and returns it.
     pub async fn leader(&self) -> u64 {
-        wait_until(
-            LEADER_TIMEOUT,
-            "every live node names the same leader",
-            || self.agreed_leader(),
-        )
+        wait_until(LEADER_TIMEOUT, "every live node names the same leader", || {
+            self.agreed_leader()
+        })
         .await
     }
 
@@ -416,14 +410,8 @@ impl TestCluster {
 
     /// Kills node `id` with SIGKILL and reaps it.
     pub fn kill9(&mut self, id: u64) {
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .unwrap_or_else(|| panic!("no node {id}"));
-        let mut child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
+        let mut child = node.child.take().unwrap_or_else(|| panic!("node {id} is not running"));
         node.paused = false;
         signal(&child, libc::SIGKILL);
         child.wait().expect("cannot reap a killed node");
@@ -432,14 +420,8 @@ impl TestCluster {
     /// Sends node `id` SIGTERM and waits until it exits; returns how it exited.
     /// Panics when it is still running after [`STOP_TIMEOUT`] (and kills it).
     pub async fn stop(&mut self, id: u64) -> ExitStatus {
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .unwrap_or_else(|| panic!("no node {id}"));
-        let child = node
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
+        let child = node.child.take().unwrap_or_else(|| panic!("node {id} is not running"));
         node.paused = false;
         stop_process(child, &format!("node {id}")).await
     }
@@ -456,10 +438,7 @@ impl TestCluster {
 
     /// Freezes node `id` with SIGSTOP: it holds its connections but answers nothing.
     pub fn pause(&mut self, id: u64) {
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .unwrap_or_else(|| panic!("no node {id}"));
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
         let child = node
             .child
             .as_ref()
@@ -470,10 +449,7 @@ impl TestCluster {
 
     /// Lets a paused node `id` run again with SIGCONT.
     pub fn resume(&mut self, id: u64) {
-        let node = self
-            .nodes
-            .get_mut(&id)
-            .unwrap_or_else(|| panic!("no node {id}"));
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
         let child = node
             .child
             .as_ref()
@@ -496,8 +472,7 @@ impl TestCluster {
         let child = spawn_logged(&binary("raftkv-router"), &args, &self.router.log);
         self.router.child = Some(child);
         let address = self.router.address.clone();
-        let router =
-            Client::new(vec![address.clone()], STATUS_PROBE_TIMEOUT).expect("a router client");
+        let router = Client::new(vec![address.clone()], STATUS_PROBE_TIMEOUT).expect("a router client");
         let deadline = Instant::now() + PROCESS_READY_TIMEOUT;
         loop {
             if let Some(exit) = self
@@ -598,11 +573,7 @@ impl TestCluster {
         let deadline = Instant::now() + PROCESS_READY_TIMEOUT;
         loop {
             let node = self.nodes.get_mut(&id).expect("a known node");
-            if let Some(exit) = node
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok().flatten())
-            {
+            if let Some(exit) = node.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 node.child = None;
                 panic!(
                     "node {id} exited at start ({exit}):\n{}",
@@ -772,12 +743,7 @@ fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("cannot open a log file");
-    let _ = writeln!(
-        file,
-        "===== starting {} {}",
-        program.display(),
-        args.join(" ")
-    );
+    let _ = writeln!(file, "===== starting {} {}", program.display(), args.join(" "));
     let stderr = file.try_clone().expect("cannot clone a log file handle");
     command_without_raftkv_env(program)
         .args(args)

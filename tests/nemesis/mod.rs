@@ -55,12 +55,19 @@ impl FaultyNetwork {
         for id in 1..=n {
             let ip = node_ip(subnet, id);
             let node_addr = free_port(ip);
-            let listener = runtime.block_on(TcpListener::bind(SocketAddr::new(ip, 0))).expect("bind proxy");
+            let listener = runtime
+                .block_on(TcpListener::bind(SocketAddr::new(ip, 0)))
+                .expect("bind proxy");
             let proxy_addr = listener.local_addr().unwrap();
             runtime.spawn(serve(id, subnet, listener, node_addr, cut.subscribe(), held.clone()));
             nodes.push((id, proxy_addr, node_addr));
         }
-        FaultyNetwork { cut, held, runtime: Some(runtime), nodes }
+        FaultyNetwork {
+            cut,
+            held,
+            runtime: Some(runtime),
+            nodes,
+        }
     }
 
     /// Cuts every link between `node` and the other nodes.
@@ -125,7 +132,9 @@ async fn serve(
     held: Arc<AtomicU64>,
 ) {
     loop {
-        let Ok((inbound, from)) = listener.accept().await else { return };
+        let Ok((inbound, from)) = listener.accept().await else {
+            return;
+        };
         let _ = inbound.set_nodelay(true);
         let peer = node_of(subnet, from.ip()).filter(|p| *p != id);
         let cut = cut.clone();
@@ -141,7 +150,9 @@ async fn serve(
                     }
                 }
             }
-            let Ok(outbound) = TcpStream::connect(node_addr).await else { return };
+            let Ok(outbound) = TcpStream::connect(node_addr).await else {
+                return;
+            };
             let _ = outbound.set_nodelay(true);
             let (ri, wi) = inbound.into_split();
             let (ro, wo) = outbound.into_split();

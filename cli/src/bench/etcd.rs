@@ -53,19 +53,12 @@ impl EtcdConnection {
     pub async fn put(&self, client: usize, key: Bytes, value: Bytes) -> Result<(), String> {
         let request = api::PutRequest { key, value };
         let mut member = self.member(client);
-        self.bounded(member.put(self.request(request)))
-            .await
-            .map(drop)
+        self.bounded(member.put(self.request(request))).await.map(drop)
     }
 
     /// Reads `key` (etcd Range of one key; serializable for [`Consistency::Stale`]). A missing
     /// key is an error, as it is for raftkv.
-    pub async fn get(
-        &self,
-        client: usize,
-        key: Bytes,
-        consistency: Consistency,
-    ) -> Result<Bytes, String> {
+    pub async fn get(&self, client: usize, key: Bytes, consistency: Consistency) -> Result<Bytes, String> {
         let request = api::RangeRequest {
             key,
             serializable: consistency == Consistency::Stale,

@@ -46,12 +46,8 @@ impl Recorder {
     pub fn new(window: Duration) -> Recorder {
         let ticks = window.as_nanos().div_ceil(TICK.as_nanos()).max(1) as usize;
         Recorder {
-            latency_micros: Histogram::new_with_bounds(
-                1,
-                HIGHEST_LATENCY_MICROS,
-                SIGNIFICANT_DIGITS,
-            )
-            .expect("the histogram bounds are valid constants"),
+            latency_micros: Histogram::new_with_bounds(1, HIGHEST_LATENCY_MICROS, SIGNIFICANT_DIGITS)
+                .expect("the histogram bounds are valid constants"),
             reads: 0,
             writes: 0,
             errors: 0,
@@ -63,9 +59,7 @@ impl Recorder {
     /// Records a successful operation that took `latency` and completed `at` after the window
     /// began.
     pub fn record_success(&mut self, kind: OperationKind, latency: Duration, at: Duration) {
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
         self.latency_micros.saturating_record(micros);
         match kind {
             OperationKind::Read => self.reads += 1,
@@ -87,8 +81,7 @@ impl Recorder {
             *seen += count;
             return;
         }
-        let named_kinds =
-            self.error_kinds.len() - usize::from(self.error_kinds.contains_key(OTHER_ERRORS));
+        let named_kinds = self.error_kinds.len() - usize::from(self.error_kinds.contains_key(OTHER_ERRORS));
         let kind = if named_kinds < MAX_ERROR_KINDS {
             message
         } else {
@@ -108,11 +101,7 @@ impl Recorder {
         for (message, &count) in &other.error_kinds {
             self.count_error_kind(message, count);
         }
-        for (mine, theirs) in self
-            .completions_per_tick
-            .iter_mut()
-            .zip(&other.completions_per_tick)
-        {
+        for (mine, theirs) in self.completions_per_tick.iter_mut().zip(&other.completions_per_tick) {
             *mine += theirs;
         }
     }
@@ -209,8 +198,7 @@ mod tests {
             recorder.record_success(OperationKind::Write, ms(latency_ms), ms(0));
         }
         // Three significant digits: each figure within 0.1 % of the exact one.
-        let close =
-            |actual: f64, expected: f64| (actual - expected).abs() <= expected * 0.001 + 1e-9;
+        let close = |actual: f64, expected: f64| (actual - expected).abs() <= expected * 0.001 + 1e-9;
         assert!(
             close(recorder.latency_ms_at(0.5), 500.0),
             "{}",

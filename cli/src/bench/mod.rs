@@ -105,11 +105,7 @@ pub struct BenchArgs {
 }
 
 /// `raftkv bench`: runs the benchmark against `endpoints` and prints its report.
-pub async fn run(
-    endpoints: Vec<String>,
-    timeout: Duration,
-    args: BenchArgs,
-) -> Result<(), CliError> {
+pub async fn run(endpoints: Vec<String>, timeout: Duration, args: BenchArgs) -> Result<(), CliError> {
     let command = report::shell_command_line(std::env::args_os());
     let format = args.output;
     let threads = args.threads;
@@ -119,9 +115,7 @@ pub async fn run(
         .name("raftkv-bench".to_string())
         .spawn(move || {
             let runtime = if threads == 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
+                tokio::runtime::Builder::new_current_thread().enable_all().build()
             } else {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads.into())
@@ -136,9 +130,7 @@ pub async fn run(
             };
             let _ = done.send(result);
         })
-        .map_err(|error| {
-            CliError::Failed(anyhow!("cannot start the benchmark's thread: {error}"))
-        })?;
+        .map_err(|error| CliError::Failed(anyhow!("cannot start the benchmark's thread: {error}")))?;
     let report = outcome
         .await
         .map_err(|_| CliError::Failed(anyhow!("the benchmark's thread stopped unexpectedly")))??;
@@ -210,9 +202,7 @@ async fn benchmark(
             ))
         })
         .collect();
-    progress
-        .follow_run(&counters, start, window.from, window.to)
-        .await;
+    progress.follow_run(&counters, start, window.from, window.to).await;
     for task in tasks {
         task.await
             .map_err(|error| CliError::Failed(anyhow!("a benchmark client failed: {error}")))?;
@@ -252,11 +242,7 @@ struct MeasuredWindow {
 
 /// Writes every key of the keyspace once, [`PRELOAD_CONCURRENCY`] at a time, so that gets
 /// find values. Any failure stops the benchmark: reads of missing keys would measure nothing.
-async fn preload(
-    connections: &[Connection],
-    workload: &Workload,
-    progress: ProgressLine,
-) -> Result<(), CliError> {
+async fn preload(connections: &[Connection], workload: &Workload, progress: ProgressLine) -> Result<(), CliError> {
     let total = workload.keys().len();
     let mut puts = futures::stream::iter(workload.keys().iter().enumerate())
         .map(|(index, key)| {
@@ -269,9 +255,7 @@ async fn preload(
         .buffer_unordered(PRELOAD_CONCURRENCY);
     let mut written = 0;
     while let Some(outcome) = puts.next().await {
-        outcome.map_err(|error| {
-            CliError::Failed(anyhow!("preloading the keyspace failed: {error}"))
-        })?;
+        outcome.map_err(|error| CliError::Failed(anyhow!("preloading the keyspace failed: {error}")))?;
         written += 1;
         if written % 1_000 == 0 || written == total {
             progress.show(&format!("preloading the keyspace: {written}/{total} keys"));
@@ -303,9 +287,7 @@ async fn run_client(
             Operation::Get { .. } => OperationKind::Read,
         };
         // An operation still in flight when the window ends is abandoned, not recorded.
-        let Ok(outcome) =
-            tokio::time::timeout_at(window.to, connection.execute(operation, client, value_size))
-                .await
+        let Ok(outcome) = tokio::time::timeout_at(window.to, connection.execute(operation, client, value_size)).await
         else {
             break;
         };
@@ -331,8 +313,7 @@ fn process_cpu_time() -> Duration {
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return Duration::ZERO;
     }
-    let seconds =
-        |time: libc::timeval| Duration::new(time.tv_sec as u64, time.tv_usec as u32 * 1_000);
+    let seconds = |time: libc::timeval| Duration::new(time.tv_sec as u64, time.tv_usec as u32 * 1_000);
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
@@ -348,23 +329,16 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 fn parse_measured_duration(text: &str) -> Result<Duration, String> {
     let duration = crate::parse_positive_duration(text)?;
     if duration > MAX_DURATION {
-        return Err(format!(
-            "must be at most {}",
-            humantime::format_duration(MAX_DURATION)
-        ));
+        return Err(format!("must be at most {}", humantime::format_duration(MAX_DURATION)));
     }
     Ok(duration)
 }
 
 /// Parses the warm-up: zero or more, at most [`MAX_DURATION`].
 fn parse_warmup(text: &str) -> Result<Duration, String> {
-    let duration =
-        humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 1s, 500ms, 0s)"))?;
+    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 1s, 500ms, 0s)"))?;
     if duration > MAX_DURATION {
-        return Err(format!(
-            "must be at most {}",
-            humantime::format_duration(MAX_DURATION)
-        ));
+        return Err(format!("must be at most {}", humantime::format_duration(MAX_DURATION)));
     }
     Ok(duration)
 }

@@ -20,11 +20,7 @@ pub struct Counters {
 impl Counters {
     /// Counts one completed operation.
     pub fn count(&self, success: bool) {
-        let counter = if success {
-            &self.succeeded
-        } else {
-            &self.failed
-        };
+        let counter = if success { &self.succeeded } else { &self.failed };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -67,13 +63,7 @@ impl ProgressLine {
 
     /// Redraws the run's progress every [`REFRESH_INTERVAL`] until `end`: elapsed time, the
     /// phase, and the throughput of the measured window so far (of the warm-up, before it).
-    pub async fn follow_run(
-        self,
-        counters: &Counters,
-        start: Instant,
-        measure_from: Instant,
-        end: Instant,
-    ) {
+    pub async fn follow_run(self, counters: &Counters, start: Instant, measure_from: Instant, end: Instant) {
         if !self.enabled {
             return;
         }
@@ -92,8 +82,7 @@ impl ProgressLine {
             let (phase, since, base_succeeded, base_failed) = if now < measure_from {
                 ("warming up", start, 0, 0)
             } else {
-                let (since, base_succeeded, base_failed) =
-                    *window_start.get_or_insert((now, succeeded, failed));
+                let (since, base_succeeded, base_failed) = *window_start.get_or_insert((now, succeeded, failed));
                 ("measuring", since, base_succeeded, base_failed)
             };
             let seconds = (now - since).as_secs_f64();

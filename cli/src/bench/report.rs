@@ -81,12 +81,7 @@ pub struct Report {
 impl Report {
     /// The report of `run` from what `recorder` measured over `measured`, during which the
     /// process used `cpu_time` of CPU.
-    pub fn new(
-        run: RunDescription,
-        recorder: &Recorder,
-        measured: Duration,
-        cpu_time: Duration,
-    ) -> Report {
+    pub fn new(run: RunDescription, recorder: &Recorder, measured: Duration, cpu_time: Duration) -> Report {
         let seconds = measured.as_secs_f64().max(f64::MIN_POSITIVE);
         Report {
             run,
@@ -128,10 +123,7 @@ impl Report {
         let mut text = String::new();
         let workload = match (run.workload, run.consistency, run.read_ratio) {
             (WorkloadKind::Mixed, Some(consistency), Some(ratio)) => {
-                format!(
-                    "mixed ({:.0}% {consistency} gets, the rest puts)",
-                    ratio * 100.0
-                )
+                format!("mixed ({:.0}% {consistency} gets, the rest puts)", ratio * 100.0)
             }
             (WorkloadKind::Get, Some(consistency), _) => format!("get ({consistency})"),
             (workload, _, _) => format!("{workload:?}").to_lowercase(),
@@ -248,12 +240,7 @@ mod tests {
             warmup_s: 1.0,
             command: "raftkv bench --workload put --clients 64".to_string(),
         };
-        Report::new(
-            run,
-            &recorder,
-            Duration::from_secs(2),
-            Duration::from_millis(500),
-        )
+        Report::new(run, &recorder, Duration::from_secs(2), Duration::from_millis(500))
     }
 
     #[test]
@@ -303,23 +290,20 @@ mod tests {
             text.starts_with("raftkv bench: put against raftkv at 127.0.0.1:7000\n"),
             "{text}"
         );
-        assert!(text.contains("64 clients on 1 connection, 10000 keys, 256-byte values, 2 s measured after a 1 s warm-up"), "{text}");
+        assert!(
+            text.contains("64 clients on 1 connection, 10000 keys, 256-byte values, 2 s measured after a 1 s warm-up"),
+            "{text}"
+        );
         assert!(
             text.contains("command: raftkv bench --workload put --clients 64"),
             "{text}"
         );
-        assert!(
-            text.contains("throughput:    2.5 ops/s (5 ops, 1 error)"),
-            "{text}"
-        );
+        assert!(text.contains("throughput:    2.5 ops/s (5 ops, 1 error)"), "{text}");
         assert!(
             text.contains("p50 1.000  p90 2.000  p99 2.000  p99.9 2.000  max 2.000"),
             "{text}"
         );
-        assert!(
-            text.contains("       1  timed out: no answer within 5s"),
-            "{text}"
-        );
+        assert!(text.contains("       1  timed out: no answer within 5s"), "{text}");
     }
 
     #[test]
@@ -333,9 +317,7 @@ mod tests {
             .starts_with("raftkv bench: mixed (90% stale gets, the rest puts) against"));
         report.run.workload = WorkloadKind::Get;
         report.run.read_ratio = None;
-        assert!(report
-            .to_text()
-            .starts_with("raftkv bench: get (stale) against"));
+        assert!(report.to_text().starts_with("raftkv bench: get (stale) against"));
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&report.to_json()).unwrap()["workload"],
             "get"

@@ -39,19 +39,13 @@ pub enum Connection {
 
 impl Connection {
     /// A connection to `endpoints`; each request may take up to `timeout`. Connects lazily.
-    pub fn open(
-        kind: TargetKind,
-        endpoints: &[String],
-        timeout: Duration,
-    ) -> Result<Connection, String> {
+    pub fn open(kind: TargetKind, endpoints: &[String], timeout: Duration) -> Result<Connection, String> {
         match kind {
             TargetKind::Raftkv => Client::new(endpoints.to_vec(), timeout)
                 .map(Connection::Raftkv)
                 .map_err(|error| error.to_string()),
             #[cfg(feature = "etcd")]
-            TargetKind::Etcd => {
-                super::etcd::EtcdConnection::new(endpoints, timeout).map(Connection::Etcd)
-            }
+            TargetKind::Etcd => super::etcd::EtcdConnection::new(endpoints, timeout).map(Connection::Etcd),
             #[cfg(not(feature = "etcd"))]
             TargetKind::Etcd => Err(ETCD_NOT_BUILT.to_string()),
         }
@@ -61,17 +55,10 @@ impl Connection {
     /// a value of `value_size` bytes. The error is one line.
     // Only the etcd adapter spreads clients over endpoints; raftkv's client picks its own.
     #[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
-    pub async fn execute(
-        &self,
-        operation: Operation,
-        client: usize,
-        value_size: usize,
-    ) -> Result<(), String> {
+    pub async fn execute(&self, operation: Operation, client: usize, value_size: usize) -> Result<(), String> {
         let outcome = match self {
             Connection::Raftkv(raftkv) => match operation {
-                Operation::Put { key, value } => {
-                    raftkv.put(key, value).await.map(drop).map_err(describe)
-                }
+                Operation::Put { key, value } => raftkv.put(key, value).await.map(drop).map_err(describe),
                 Operation::Get { key, consistency } => match raftkv.get(key, consistency).await {
                     Ok(response) => check_value_size(response.value.len(), value_size),
                     Err(error) => Err(describe(error)),
@@ -80,12 +67,10 @@ impl Connection {
             #[cfg(feature = "etcd")]
             Connection::Etcd(etcd) => match operation {
                 Operation::Put { key, value } => etcd.put(client, key, value).await,
-                Operation::Get { key, consistency } => {
-                    match etcd.get(client, key, consistency).await {
-                        Ok(value) => check_value_size(value.len(), value_size),
-                        Err(error) => Err(error),
-                    }
-                }
+                Operation::Get { key, consistency } => match etcd.get(client, key, consistency).await {
+                    Ok(value) => check_value_size(value.len(), value_size),
+                    Err(error) => Err(error),
+                },
             },
         };
         outcome.map_err(|message| one_line(&message))
@@ -104,9 +89,7 @@ fn check_value_size(found: usize, expected: usize) -> Result<(), String> {
     if found == expected {
         Ok(())
     } else {
-        Err(format!(
-            "read a value of {found} bytes, expected {expected}"
-        ))
+        Err(format!("read a value of {found} bytes, expected {expected}"))
     }
 }
 

@@ -41,10 +41,7 @@ pub enum Operation {
     /// Write `value` under `key`.
     Put { key: Bytes, value: Bytes },
     /// Read `key`, which must hold a value of the benchmark's value size.
-    Get {
-        key: Bytes,
-        consistency: Consistency,
-    },
+    Get { key: Bytes, consistency: Consistency },
 }
 
 /// The requests of one benchmark, shared by all clients: the keys (built once, so that a
@@ -233,9 +230,7 @@ mod tests {
         let workload = Workload::new(WorkloadKind::Put, 0.0, Consistency::Linearizable, 50, 8);
         let mut seen = std::collections::BTreeSet::new();
         for op in workload.operations(3).take(5_000) {
-            let Operation::Put { key, .. } = op else {
-                unreachable!()
-            };
+            let Operation::Put { key, .. } = op else { unreachable!() };
             seen.insert(key);
         }
         assert_eq!(seen.len(), 50);

@@ -96,11 +96,7 @@ pub fn spawn(plan: &LaunchPlan, lifetime: Lifetime) -> anyhow::Result<ChildProce
         .open(&plan.log)
         .with_context(|| format!("cannot open the log file {}", plan.log.display()))?;
     let command_line: Vec<String> = std::iter::once(plan.program.to_string_lossy().into_owned())
-        .chain(
-            plan.args
-                .iter()
-                .map(|arg| arg.to_string_lossy().into_owned()),
-        )
+        .chain(plan.args.iter().map(|arg| arg.to_string_lossy().into_owned()))
         .collect();
     writeln!(
         log,
@@ -133,14 +129,7 @@ pub fn spawn(plan: &LaunchPlan, lifetime: Lifetime) -> anyhow::Result<ChildProce
                 // system calls (prctl, getppid, kill).
                 unsafe {
                     command.pre_exec(move || {
-                        if libc::prctl(
-                            libc::PR_SET_PDEATHSIG,
-                            libc::SIGTERM as libc::c_ulong,
-                            0,
-                            0,
-                            0,
-                        ) != 0
-                        {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                         // The supervisor may have died between fork and prctl.
@@ -258,8 +247,8 @@ pub fn is_alive(pid: u32) -> bool {
         return false;
     }
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let exists = unsafe { libc::kill(pid_t, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let exists =
+        unsafe { libc::kill(pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     if !exists {
         return false;
     }
@@ -283,10 +272,7 @@ pub fn is_live_raftkv_process(pid: u32) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmdline) => {
             let program = cmdline.split(|byte| *byte == 0).next().unwrap_or_default();
-            let name = program
-                .rsplit(|byte| *byte == b'/')
-                .next()
-                .unwrap_or_default();
+            let name = program.rsplit(|byte| *byte == b'/').next().unwrap_or_default();
             name.starts_with(b"raftkv")
         }
         Err(_) => true,
@@ -334,8 +320,7 @@ pub fn last_log_line(path: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).ok()?;
     let length = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(length.saturating_sub(LOG_TAIL_BYTES)))
-        .ok()?;
+    file.seek(SeekFrom::Start(length.saturating_sub(LOG_TAIL_BYTES))).ok()?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
@@ -381,7 +366,11 @@ mod tests {
     fn the_reason_a_child_died_is_the_last_line_it_logged() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("node-1.log");
-        std::fs::write(&log, "=== raftkv cluster up: node 1 started\nstarting\nerror: data dir belongs to node 2\n\n").unwrap();
+        std::fs::write(
+            &log,
+            "=== raftkv cluster up: node 1 started\nstarting\nerror: data dir belongs to node 2\n\n",
+        )
+        .unwrap();
         assert_eq!(
             last_log_line(&log).as_deref(),
             Some("error: data dir belongs to node 2")
@@ -390,14 +379,8 @@ mod tests {
 
     #[test]
     fn exit_statuses_read_like_a_person_would_say_them() {
-        assert_eq!(
-            describe_exit(ExitStatus::from_raw(1 << 8)),
-            "exited with code 1"
-        );
-        assert_eq!(
-            describe_exit(ExitStatus::from_raw(libc::SIGKILL)),
-            "killed by SIGKILL"
-        );
+        assert_eq!(describe_exit(ExitStatus::from_raw(1 << 8)), "exited with code 1");
+        assert_eq!(describe_exit(ExitStatus::from_raw(libc::SIGKILL)), "killed by SIGKILL");
     }
 
     #[test]
@@ -424,14 +407,8 @@ mod tests {
             .await
             .expect("child exits");
         assert_eq!(describe_exit(status), "killed by SIGKILL");
-        assert!(
-            !child.signal(libc::SIGKILL),
-            "an exited child is never signalled"
-        );
+        assert!(!child.signal(libc::SIGKILL), "an exited child is never signalled");
         let log = std::fs::read_to_string(&plan.log).unwrap();
-        assert!(
-            log.starts_with("=== raftkv cluster up: node 1 started at"),
-            "{log}"
-        );
+        assert!(log.starts_with("=== raftkv cluster up: node 1 started at"), "{log}");
     }
 }

@@ -48,17 +48,13 @@ pub fn parse(line: &str) -> Result<Option<ConsoleCommand>, String> {
         [] => return Ok(None),
         ["kill", target] => ConsoleCommand::Kill(parse_target(target)?),
         ["stop", target] => ConsoleCommand::Stop(parse_target(target)?),
-        ["restart", "leader"] => {
-            return Err("the leader is running; restart takes a node id or `router`".to_string())
-        }
+        ["restart", "leader"] => return Err("the leader is running; restart takes a node id or `router`".to_string()),
         ["restart", target] => ConsoleCommand::Restart(parse_target(target)?),
         ["status"] => ConsoleCommand::Status,
         ["help"] | ["?"] => ConsoleCommand::Help,
         ["quit"] | ["exit"] => ConsoleCommand::Quit,
         [verb @ ("kill" | "stop" | "restart"), ..] => {
-            return Err(format!(
-                "`{verb}` takes one target: a node id, `leader` or `router`"
-            ))
+            return Err(format!("`{verb}` takes one target: a node id, `leader` or `router`"))
         }
         [other, ..] => return Err(format!("unknown command `{other}`; type `help`")),
     };
@@ -106,22 +102,10 @@ mod tests {
 
     #[test]
     fn commands_and_targets_parse() {
-        assert_eq!(
-            parse("kill leader"),
-            Ok(Some(ConsoleCommand::Kill(Target::Leader)))
-        );
-        assert_eq!(
-            parse("  kill 2 "),
-            Ok(Some(ConsoleCommand::Kill(Target::Node(2))))
-        );
-        assert_eq!(
-            parse("stop router"),
-            Ok(Some(ConsoleCommand::Stop(Target::Router)))
-        );
-        assert_eq!(
-            parse("restart 3"),
-            Ok(Some(ConsoleCommand::Restart(Target::Node(3))))
-        );
+        assert_eq!(parse("kill leader"), Ok(Some(ConsoleCommand::Kill(Target::Leader))));
+        assert_eq!(parse("  kill 2 "), Ok(Some(ConsoleCommand::Kill(Target::Node(2)))));
+        assert_eq!(parse("stop router"), Ok(Some(ConsoleCommand::Stop(Target::Router))));
+        assert_eq!(parse("restart 3"), Ok(Some(ConsoleCommand::Restart(Target::Node(3)))));
         assert_eq!(parse("status"), Ok(Some(ConsoleCommand::Status)));
         assert_eq!(parse("quit"), Ok(Some(ConsoleCommand::Quit)));
         assert_eq!(parse(""), Ok(None));

@@ -29,15 +29,9 @@ pub struct ClusterLayout {
 
 impl ClusterLayout {
     /// Checks that every port fits in 1..=65535.
-    pub fn new(
-        data_dir: PathBuf,
-        base_port: u16,
-        node_count: u16,
-    ) -> Result<ClusterLayout, String> {
+    pub fn new(data_dir: PathBuf, base_port: u16, node_count: u16) -> Result<ClusterLayout, String> {
         if node_count == 0 || node_count > MAX_NODES {
-            return Err(format!(
-                "--nodes must be between 1 and {MAX_NODES}, not {node_count}"
-            ));
+            return Err(format!("--nodes must be between 1 and {MAX_NODES}, not {node_count}"));
         }
         if base_port == 0 {
             return Err("--base-port must be more than 0".to_string());
@@ -57,11 +51,7 @@ impl ClusterLayout {
     }
 
     /// Uses these programs for the node and the router.
-    pub fn with_programs(
-        mut self,
-        node_program: PathBuf,
-        router_program: PathBuf,
-    ) -> ClusterLayout {
+    pub fn with_programs(mut self, node_program: PathBuf, router_program: PathBuf) -> ClusterLayout {
         self.node_program = node_program;
         self.router_program = router_program;
         self
@@ -95,9 +85,7 @@ impl ClusterLayout {
 
     /// Every port the cluster listens on, the router's first.
     pub fn ports(&self) -> Vec<u16> {
-        (0..=self.node_count)
-            .map(|offset| self.base_port + offset)
-            .collect()
+        (0..=self.node_count).map(|offset| self.base_port + offset).collect()
     }
 
     /// The address of `role`'s process.
@@ -189,11 +177,7 @@ mod tests {
             "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
         );
         let plan = layout.launch_plan(Role::Node(2));
-        let args: Vec<String> = plan
-            .args
-            .iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect();
+        let args: Vec<String> = plan.args.iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
         assert_eq!(
             args,
             [

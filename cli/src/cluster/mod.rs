@@ -75,24 +75,16 @@ pub struct DownArgs {
 
 /// `raftkv cluster up`.
 pub async fn up(args: UpArgs) -> Result<(), CliError> {
-    let data_dir = std::path::absolute(&args.data_dir).with_context(|| {
-        format!(
-            "cannot resolve the data directory {}",
-            args.data_dir.display()
-        )
-    })?;
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("cannot resolve the data directory {}", args.data_dir.display()))?;
     let layout = ClusterLayout::new(data_dir, args.base_port, args.nodes)
         .map_err(CliError::Usage)?
         .with_programs(
             children::locate_binary(layout::NODE_BINARY),
             children::locate_binary(layout::ROUTER_BINARY),
         );
-    std::fs::create_dir_all(layout.data_dir()).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            layout.data_dir().display()
-        )
-    })?;
+    std::fs::create_dir_all(layout.data_dir())
+        .with_context(|| format!("cannot create the data directory {}", layout.data_dir().display()))?;
     refuse_if_running(&layout)?;
     refuse_if_ports_taken(&layout)?;
 
@@ -105,10 +97,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let mut signals = ShutdownSignals::new()?;
     let started_at = Instant::now();
     let mut cluster = LocalCluster::start(layout, lifetime)?;
-    let probe_client = Client::new(
-        vec![cluster.layout.router_address()],
-        status::WATCH_PROBE_TIMEOUT,
-    )?;
+    let probe_client = Client::new(vec![cluster.layout.router_address()], status::WATCH_PROBE_TIMEOUT)?;
     let members = cluster.members();
     let mut tracker = LeaderTracker::vacant_since(started_at.into_std());
     println!(
@@ -152,14 +141,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         Lifetime::Supervised => {
             println!("{}", console::HELP);
             println!("Ctrl-C stops the cluster.");
-            let outcome = supervise(
-                &mut cluster,
-                &probe_client,
-                &members,
-                &mut tracker,
-                &mut signals,
-            )
-            .await;
+            let outcome = supervise(&mut cluster, &probe_client, &members, &mut tracker, &mut signals).await;
             cluster.stop_all().await?;
             outcome.map_err(CliError::Failed)
         }
@@ -205,9 +187,7 @@ pub async fn down(args: DownArgs) -> Result<(), CliError> {
     let stubborn = children::wait_until_gone(&pids, Instant::now() + grace).await;
     let mut killed = Vec::new();
     for pid in stubborn {
-        if children::is_live_raftkv_process(pid)
-            && children::send_signal(pid, libc::SIGKILL).is_ok()
-        {
+        if children::is_live_raftkv_process(pid) && children::send_signal(pid, libc::SIGKILL).is_ok() {
             killed.push(pid);
         }
     }
@@ -240,10 +220,7 @@ fn refuse_if_running(layout: &ClusterLayout) -> anyhow::Result<()> {
     if live.is_empty() {
         return Ok(()); // A stale record of a cluster that is gone: it is replaced.
     }
-    let pids: Vec<String> = live
-        .iter()
-        .map(|(name, pid)| format!("{name} pid {pid}"))
-        .collect();
+    let pids: Vec<String> = live.iter().map(|(name, pid)| format!("{name} pid {pid}")).collect();
     bail!(
         "a cluster is already running in {} ({}); stop it with `raftkv cluster down --data-dir {}`",
         layout.data_dir().display(),
@@ -347,11 +324,7 @@ impl LocalCluster {
 
     fn save_state(&mut self) -> anyhow::Result<()> {
         let supervisor_pid = (self.lifetime == Lifetime::Supervised).then(std::process::id);
-        let mut running_pid = |role: Role| {
-            self.children
-                .get_mut(&role)
-                .and_then(ChildProcess::running_pid)
-        };
+        let mut running_pid = |role: Role| self.children.get_mut(&role).and_then(ChildProcess::running_pid);
         let router = RecordedProcess {
             address: self.layout.router_address(),
             pid: running_pid(Role::Router),
@@ -379,11 +352,7 @@ impl LocalCluster {
     fn poll_exits(&mut self) -> Vec<(Role, u32, ExitStatus)> {
         self.children
             .values_mut()
-            .filter_map(|child| {
-                child
-                    .poll_exit()
-                    .map(|status| (child.role, child.pid, status))
-            })
+            .filter_map(|child| child.poll_exit().map(|status| (child.role, child.pid, status)))
             .collect()
     }
 
@@ -414,12 +383,7 @@ impl LocalCluster {
                     }
                 }
             };
-            println!(
-                "{} {} (pid {}) stopped: {status}",
-                time_of_day(),
-                child.role,
-                child.pid
-            );
+            println!("{} {} (pid {}) stopped: {status}", time_of_day(), child.role, child.pid);
         }
         self.kill_on_drop = false;
         state_file::remove(&self.layout.state_file())?;
@@ -474,8 +438,7 @@ async fn wait_until_ready(
         }
         if let Some((role, _, status)) = cluster.poll_exits().into_iter().next() {
             let log = cluster.layout.log_file(role);
-            let reason =
-                children::last_log_line(&log).unwrap_or_else(|| "it logged nothing".to_string());
+            let reason = children::last_log_line(&log).unwrap_or_else(|| "it logged nothing".to_string());
             bail!(
                 "{role} {} while starting: {reason} (log: {})",
                 describe_exit(status),
@@ -491,10 +454,7 @@ async fn wait_until_ready(
                 election = Some(event);
             }
         }
-        let router_answers = client
-            .status_of(&cluster.layout.router_address())
-            .await
-            .is_ok();
+        let router_answers = client.status_of(&cluster.layout.router_address()).await.is_ok();
         if let (Some(_), true) = (tracker.leader(), router_answers) {
             let event = election
                 .take()
@@ -525,11 +485,7 @@ fn print_endpoints(cluster: &mut LocalCluster, election: &LeaderEvent) {
         } else {
             "not running".to_string()
         };
-        println!(
-            "  {:<8} {:<16} {state}",
-            role.to_string(),
-            layout.address_of(*role)
-        );
+        println!("  {:<8} {:<16} {state}", role.to_string(), layout.address_of(*role));
     }
     let endpoint_flag = if layout.base_port() == 7000 {
         String::new()
@@ -595,10 +551,7 @@ async fn run_console_command(
         ConsoleCommand::Status => {
             let snapshot = status::probe(client, members).await;
             print!("{}", status::render_table(&snapshot.rows));
-            let router = match cluster
-                .child_mut(Role::Router)
-                .and_then(ChildProcess::running_pid)
-            {
+            let router = match cluster.child_mut(Role::Router).and_then(ChildProcess::running_pid) {
                 Some(pid) => format!("running, pid {pid}"),
                 None => "not running".to_string(),
             };
@@ -615,17 +568,13 @@ async fn run_console_command(
                 return Ok(());
             };
             let leader_before = tracker.leader();
-            let signalled = cluster
-                .child_mut(role)
-                .filter(|child| child.exit_status().is_none());
+            let signalled = cluster.child_mut(role).filter(|child| child.exit_status().is_none());
             match signalled.and_then(|child| child.signal(signal).then_some(child.pid)) {
                 Some(pid) => {
                     println!("{} {verb} {role} (pid {pid})", time_of_day());
                     // A leader killed here is gone this instant: timing the election from
                     // now rather than from the next poll makes its duration exact.
-                    if signal == libc::SIGKILL
-                        && leader_before.map(|leader| Role::Node(leader.id)) == Some(role)
-                    {
+                    if signal == libc::SIGKILL && leader_before.map(|leader| Role::Node(leader.id)) == Some(role) {
                         if let Some(event) = tracker.observe(None, std::time::Instant::now()) {
                             println!("{} {event}", time_of_day());
                         }
@@ -652,20 +601,12 @@ async fn run_console_command(
 }
 
 /// The role a console target names now; prints why and returns `None` when there is none.
-async fn resolve_target(
-    cluster: &LocalCluster,
-    client: &Client,
-    members: &[Member],
-    target: Target,
-) -> Option<Role> {
+async fn resolve_target(cluster: &LocalCluster, client: &Client, members: &[Member], target: Target) -> Option<Role> {
     match target {
         Target::Router => Some(Role::Router),
         Target::Node(id) if cluster.layout.has_node(id) => Some(Role::Node(id)),
         Target::Node(id) => {
-            println!(
-                "there is no node {id}; the nodes are 1 to {}",
-                members.len()
-            );
+            println!("there is no node {id}; the nodes are 1 to {}", members.len());
             None
         }
         Target::Leader => match status::probe(client, members).await.leader {

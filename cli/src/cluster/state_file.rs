@@ -86,8 +86,8 @@ pub fn read(path: &Path) -> anyhow::Result<Option<ClusterState>> {
 pub fn write(path: &Path, state: &ClusterState) -> anyhow::Result<()> {
     let temporary = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).context("cannot encode the cluster state")?;
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    let mut file =
+        std::fs::File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())

@@ -26,10 +26,16 @@ pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 pub enum DataDirError {
     #[error("cannot use data directory {dir}: {reason}")]
     Unusable { dir: PathBuf, reason: String },
-    #[error("data directory {dir} belongs to node {found}, not node {expected}; use the right --id or another --data-dir")]
+    #[error(
+        "data directory {dir} belongs to node {found}, not node {expected}; use the right --id or another --data-dir"
+    )]
     OtherNode { dir: PathBuf, found: u64, expected: u64 },
     #[error("data directory {dir} belongs to another cluster (initial cluster {found}, not {expected})")]
-    OtherCluster { dir: PathBuf, found: String, expected: String },
+    OtherCluster {
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("data directory {dir} is corrupt: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
 }
@@ -46,22 +52,32 @@ pub struct DataDir {
 /// Opens `dir` for node `node_id` of the cluster described by `cluster`
 /// (a canonical string of the initial members and addresses).
 pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
-    let unusable = |reason: String| DataDirError::Unusable { dir: dir.to_path_buf(), reason };
-    let corrupt = |reason: String| DataDirError::Corrupt { dir: dir.to_path_buf(), reason };
+    let unusable = |reason: String| DataDirError::Unusable {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let corrupt = |reason: String| DataDirError::Corrupt {
+        dir: dir.to_path_buf(),
+        reason,
+    };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
     let db_path = dir.join("db");
     let fresh = !db_path.exists();
-    let db = sled::Config::new().path(&db_path).segment_size(SLED_SEGMENT_BYTES).open().map_err(|e| match e {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-            unusable("another process is using it".to_string())
-        }
-        sled::Error::Corruption { at, .. } => corrupt(match at {
-            Some(offset) => format!("the database files hold corrupted data (at {offset})"),
-            None => "the database files hold corrupted data".to_string(),
-        }),
-        other => unusable(other.to_string()),
-    })?;
+    let db = sled::Config::new()
+        .path(&db_path)
+        .segment_size(SLED_SEGMENT_BYTES)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                unusable("another process is using it".to_string())
+            }
+            sled::Error::Corruption { at, .. } => corrupt(match at {
+                Some(offset) => format!("the database files hold corrupted data (at {offset})"),
+                None => "the database files hold corrupted data".to_string(),
+            }),
+            other => unusable(other.to_string()),
+        })?;
     let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
 
     match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
@@ -69,29 +85,46 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
             // Only a directory we just created may be claimed; a sled database
             // without our identity is not ours to adopt.
             let has_other_state = db.tree_names().iter().any(|n| {
-                n.as_ref() != b"__sled__default" && n.as_ref() != IDENTITY_TREE.as_bytes()
+                n.as_ref() != b"__sled__default"
+                    && n.as_ref() != IDENTITY_TREE.as_bytes()
                     && db.open_tree(n).map(|t| !t.is_empty()).unwrap_or(true)
             });
             if !fresh && has_other_state {
                 return Err(corrupt("it holds data but no node identity".to_string()));
             }
-            identity.insert(NODE_ID_KEY, &node_id.to_be_bytes()).map_err(|e| unusable(e.to_string()))?;
-            identity.insert(CLUSTER_KEY, cluster.as_bytes()).map_err(|e| unusable(e.to_string()))?;
-            identity.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()).map_err(|e| unusable(e.to_string()))?;
+            identity
+                .insert(NODE_ID_KEY, &node_id.to_be_bytes())
+                .map_err(|e| unusable(e.to_string()))?;
+            identity
+                .insert(CLUSTER_KEY, cluster.as_bytes())
+                .map_err(|e| unusable(e.to_string()))?;
+            identity
+                .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                .map_err(|e| unusable(e.to_string()))?;
             db.flush().map_err(|e| unusable(e.to_string()))?;
         }
         Some(found) => {
             let found = u64::from_be_bytes(
-                found.as_ref().try_into().map_err(|_| corrupt("malformed node id record".to_string()))?,
+                found
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("malformed node id record".to_string()))?,
             );
             if found != node_id {
-                return Err(DataDirError::OtherNode { dir: dir.to_path_buf(), found, expected: node_id });
+                return Err(DataDirError::OtherNode {
+                    dir: dir.to_path_buf(),
+                    found,
+                    expected: node_id,
+                });
             }
             let format = identity.get(FORMAT_KEY).map_err(|e| corrupt(e.to_string()))?;
             if format.as_deref() != Some(&FORMAT_VERSION.to_be_bytes()[..]) {
                 return Err(unusable("it was written by an incompatible raftkv version".to_string()));
             }
-            let stored = identity.get(CLUSTER_KEY).map_err(|e| corrupt(e.to_string()))?.unwrap_or_default();
+            let stored = identity
+                .get(CLUSTER_KEY)
+                .map_err(|e| corrupt(e.to_string()))?
+                .unwrap_or_default();
             let stored = String::from_utf8_lossy(&stored).to_string();
             if stored != cluster {
                 return Err(DataDirError::OtherCluster {
@@ -105,12 +138,17 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
 
     // sled "flushes" with sync_file_range, which neither flushes the device's write cache nor
     // the file's metadata; the log store fsyncs sled's file itself through this handle.
-    let sled_file = std::fs::File::open(db_path.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
+    let sled_file =
+        std::fs::File::open(db_path.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
     let log_store = LogStore::open(&db, sled_file).map_err(|e| corrupt(e.to_string()))?;
     log_store.verify().map_err(corrupt)?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
     let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
-    Ok(DataDir { log_store, state_machine, pristine })
+    Ok(DataDir {
+        log_store,
+        state_machine,
+        pristine,
+    })
 }
 
 #[cfg(test)]
@@ -124,7 +162,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path(), 1, CLUSTER).unwrap());
         let err = open(dir.path(), 2, CLUSTER).err().unwrap();
-        assert!(matches!(err, DataDirError::OtherNode { found: 1, expected: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataDirError::OtherNode {
+                    found: 1,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -149,14 +197,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opened = open(dir.path(), 1, CLUSTER).unwrap();
         drop(opened);
-        let db = sled::Config::new().path(dir.path().join("db")).segment_size(SLED_SEGMENT_BYTES).open().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .segment_size(SLED_SEGMENT_BYTES)
+            .open()
+            .unwrap();
         // One command at the limits, and a full batch, with generous framing.
         let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
         let biggest = biggest.max(crate::proposer::MAX_BATCH_BYTES + 64 * 1024);
-        db.open_tree("raft_log").unwrap().insert(b"k", vec![7u8; biggest]).unwrap();
+        db.open_tree("raft_log")
+            .unwrap()
+            .insert(b"k", vec![7u8; biggest])
+            .unwrap();
         db.flush().unwrap();
         let blobs = std::fs::read_dir(dir.path().join("db").join("blobs")).unwrap().count();
-        assert_eq!(blobs, 0, "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs");
+        assert_eq!(
+            blobs, 0,
+            "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs"
+        );
     }
 
     #[test]

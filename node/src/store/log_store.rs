@@ -109,10 +109,17 @@ impl LogStore {
         let mut prev: Option<u64> = None;
         for kv in self.log.iter() {
             let (k, v) = kv.map_err(|e| format!("cannot read the raft log: {e}"))?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| "raft log has a malformed key".to_string())?);
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| "raft log has a malformed key".to_string())?,
+            );
             let entry = decode_entry(&v).map_err(|e| format!("raft log entry {index} is corrupt: {e}"))?;
             if entry.log_id.index != index {
-                return Err(format!("raft log entry stored at {index} says it is {}", entry.log_id.index));
+                return Err(format!(
+                    "raft log entry stored at {index} says it is {}",
+                    entry.log_id.index
+                ));
             }
             if let Some(p) = prev {
                 if p + 1 != index {
@@ -148,7 +155,9 @@ impl LogStore {
             return Ok(());
         }
         if let Some(id) = &latest {
-            self.state.insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec()).map_err(write_err)?;
+            self.state
+                .insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec())
+                .map_err(write_err)?;
         }
         committed.1 = latest;
         Ok(())
@@ -202,7 +211,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(decode_entry(&v)?.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -218,7 +230,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let io_err = |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
+        let io_err =
+            |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
         match self.state.get(VOTE_KEY).map_err(|e| io_err(&e))? {
             Some(v) => {
                 let msg = pb::Vote::decode(v.as_ref()).map_err(|e| io_err(&e))?;
@@ -253,12 +266,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // more, and atomicity is not needed here — sled recovers a prefix of its log, so a
         // crash keeps a prefix of these entries, which is what Raft allows.
         for entry in entries {
-            self.log.insert(index_key(entry.log_id.index), convert::entry_to_pb(&entry).encode_to_vec()).map_err(write_err)?;
+            self.log
+                .insert(
+                    index_key(entry.log_id.index),
+                    convert::entry_to_pb(&entry).encode_to_vec(),
+                )
+                .map_err(write_err)?;
         }
         self.store_commit_marker()?;
         // One fsync for the whole batch; openraft is told only after it.
         let flushed = self.flush().await;
-        let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let result = flushed
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
         flushed.map_err(write_err)?;
         Ok(())

@@ -48,7 +48,9 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn check(&self, id: &WriteId) -> Seen {
-        let Some(s) = self.by_client.get(&id.client_id) else { return Seen::New };
+        let Some(s) = self.by_client.get(&id.client_id) else {
+            return Seen::New;
+        };
         if let Some(r) = s.results.get(&id.sequence) {
             return Seen::Duplicate(r.clone());
         }
@@ -109,7 +111,10 @@ impl Sessions {
             results: s
                 .results
                 .iter()
-                .map(|(seq, r)| pb::SessionResult { sequence: *seq, result: Some(convert::command_result_to_pb(r)) })
+                .map(|(seq, r)| pb::SessionResult {
+                    sequence: *seq,
+                    result: Some(convert::command_result_to_pb(r)),
+                })
                 .collect(),
         })
     }
@@ -127,7 +132,12 @@ impl Sessions {
             results: s
                 .results
                 .into_iter()
-                .map(|r| (r.sequence, convert::command_result_from_pb(r.result.unwrap_or_default())))
+                .map(|r| {
+                    (
+                        r.sequence,
+                        convert::command_result_from_pb(r.result.unwrap_or_default()),
+                    )
+                })
                 .collect(),
         };
         if let Some(old) = self.by_client.insert(s.client_id, session) {
@@ -149,8 +159,21 @@ mod tests {
     fn a_retried_write_is_a_duplicate_with_its_first_result() {
         let mut s = Sessions::default();
         assert_eq!(s.check(&id(1, 1)), Seen::New);
-        s.record(id(1, 1), 10, CommandResult::Cas { swapped: true, current: None });
-        assert_eq!(s.check(&id(1, 1)), Seen::Duplicate(CommandResult::Cas { swapped: true, current: None }));
+        s.record(
+            id(1, 1),
+            10,
+            CommandResult::Cas {
+                swapped: true,
+                current: None,
+            },
+        );
+        assert_eq!(
+            s.check(&id(1, 1)),
+            Seen::Duplicate(CommandResult::Cas {
+                swapped: true,
+                current: None
+            })
+        );
         assert_eq!(s.check(&id(1, 2)), Seen::New);
         assert_eq!(s.check(&id(2, 1)), Seen::New);
     }
@@ -162,7 +185,10 @@ mod tests {
             s.record(id(1, seq), 10, CommandResult::Put);
         }
         assert_eq!(s.check(&id(1, 5)), Seen::Forgotten);
-        assert_eq!(s.check(&id(1, RESULTS_PER_SESSION + 10)), Seen::Duplicate(CommandResult::Put));
+        assert_eq!(
+            s.check(&id(1, RESULTS_PER_SESSION + 10)),
+            Seen::Duplicate(CommandResult::Put)
+        );
     }
 
     #[test]
@@ -179,7 +205,15 @@ mod tests {
     #[test]
     fn sessions_survive_a_round_trip_through_protobuf() {
         let mut s = Sessions::default();
-        s.record(id(9, 3), 77, CommandResult::Delete { existed: true, deleted: true, current: None });
+        s.record(
+            id(9, 3),
+            77,
+            CommandResult::Delete {
+                existed: true,
+                deleted: true,
+                current: None,
+            },
+        );
         let mut back = Sessions::default();
         for p in s.all_to_pb() {
             back.insert_pb(p);

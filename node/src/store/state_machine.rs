@@ -121,7 +121,9 @@ impl StateMachine {
     /// snapshot: if a crash came between writing a received snapshot and
     /// installing it, the install is finished here.
     pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, String> {
-        let tree = db.open_tree("state_machine").map_err(|e| format!("cannot open the state machine: {e}"))?;
+        let tree = db
+            .open_tree("state_machine")
+            .map_err(|e| format!("cannot open the state machine: {e}"))?;
         let applied = match tree.get(APPLIED_KEY).map_err(|e| e.to_string())? {
             Some(v) => Some(
                 pb::LogId::decode(v.as_ref())
@@ -141,20 +143,31 @@ impl StateMachine {
         let mut sessions = Sessions::default();
         for kv in tree.scan_prefix([SESSION_PREFIX]) {
             let (_, v) = kv.map_err(|e| e.to_string())?;
-            let session = pb::ClientSession::decode(v.as_ref()).map_err(|e| format!("a client session record is corrupt: {e}"))?;
+            let session = pb::ClientSession::decode(v.as_ref())
+                .map_err(|e| format!("a client session record is corrupt: {e}"))?;
             sessions.insert_pb(session);
         }
-        let mut sm = StateMachine { db: db.clone(), tree, dir: dir.to_path_buf(), applied, membership, sessions };
+        let mut sm = StateMachine {
+            db: db.clone(),
+            tree,
+            dir: dir.to_path_buf(),
+            applied,
+            membership,
+            sessions,
+        };
         if let Some((meta, body)) = read_snapshot_file(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
-                sm.install_into_tree(&meta, &body).map_err(|e| format!("cannot install the snapshot: {e}"))?;
+                sm.install_into_tree(&meta, &body)
+                    .map_err(|e| format!("cannot install the snapshot: {e}"))?;
             }
         }
         Ok(sm)
     }
 
     pub fn reader(&self) -> KvReader {
-        KvReader { tree: self.tree.clone() }
+        KvReader {
+            tree: self.tree.clone(),
+        }
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -192,10 +205,18 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    fn current_value(&self, key: &Bytes, written: &HashMap<Bytes, Option<Bytes>>) -> Result<Option<Bytes>, StorageError> {
+    fn current_value(
+        &self,
+        key: &Bytes,
+        written: &HashMap<Bytes, Option<Bytes>>,
+    ) -> Result<Option<Bytes>, StorageError> {
         match written.get(key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self.tree.get(data_key(key)).map_err(sm_read_err)?.map(|v| Bytes::copy_from_slice(&v))),
+            None => Ok(self
+                .tree
+                .get(data_key(key))
+                .map_err(sm_read_err)?
+                .map(|v| Bytes::copy_from_slice(&v))),
         }
     }
 
@@ -224,16 +245,26 @@ impl StateMachine {
                     written.insert(key, None);
                 }
                 let current = if matches { None } else { current };
-                CommandResult::Delete { existed, deleted: matches && existed, current }
+                CommandResult::Delete {
+                    existed,
+                    deleted: matches && existed,
+                    current,
+                }
             }
             Op::Cas { key, expect, new_value } => {
                 let current = self.current_value(&key, written)?;
                 if current == expect {
                     batch.insert(data_key(&key), new_value.as_ref());
                     written.insert(key, Some(new_value));
-                    CommandResult::Cas { swapped: true, current: None }
+                    CommandResult::Cas {
+                        swapped: true,
+                        current: None,
+                    }
                 } else {
-                    CommandResult::Cas { swapped: false, current }
+                    CommandResult::Cas {
+                        swapped: false,
+                        current,
+                    }
                 }
             }
         })
@@ -277,12 +308,19 @@ fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -> Result<Ve
     let mut body = Vec::new();
     for kv in tree.scan_prefix([DATA_PREFIX]) {
         let (k, v) = kv.map_err(sm_read_err)?;
-        let pair = pb::KeyValue { key: Bytes::copy_from_slice(&k[1..]), value: Bytes::copy_from_slice(&v) };
-        let record = pb::SnapshotRecord { record: Some(Record::Pair(pair)) };
+        let pair = pb::KeyValue {
+            key: Bytes::copy_from_slice(&k[1..]),
+            value: Bytes::copy_from_slice(&v),
+        };
+        let record = pb::SnapshotRecord {
+            record: Some(Record::Pair(pair)),
+        };
         record.encode_length_delimited(&mut body).map_err(snap_err)?;
     }
     for session in sessions {
-        let record = pb::SnapshotRecord { record: Some(Record::Session(session)) };
+        let record = pb::SnapshotRecord {
+            record: Some(Record::Session(session)),
+        };
         record.encode_length_delimited(&mut body).map_err(snap_err)?;
     }
     Ok(body)
@@ -338,17 +376,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, std::process::id()),
             None => format!("empty-{}", std::process::id()),
         };
-        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
         let body = std::mem::take(&mut self.body);
         let path = self.dir.join(SNAPSHOT_FILE);
-        let (meta2, body) = tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&path, &meta, &body).map(|_| (meta, body))
-        })
-        .await
-        .map_err(join_err)?
-        .map_err(snap_err)?;
+        let (meta2, body) =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &meta, &body).map(|_| (meta, body)))
+                .await
+                .map_err(join_err)?
+                .map_err(snap_err)?;
         tracing::info!(last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
-        Ok(Snapshot { meta: meta2, snapshot: Box::new(Cursor::new(body)) })
+        Ok(Snapshot {
+            meta: meta2,
+            snapshot: Box::new(Cursor::new(body)),
+        })
     }
 }
 
@@ -373,7 +417,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied;
         let mut membership = None;
         for entry in entries {
-            assert!(Some(entry.log_id) > applied, "log entry {} applied out of order", entry.log_id);
+            assert!(
+                Some(entry.log_id) > applied,
+                "log entry {} applied out of order",
+                entry.log_id
+            );
             applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(BatchResult::default()),
@@ -438,14 +486,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
             Err(e) => panic!("snapshot encoding task failed: {e}"),
         };
-        SnapshotBuilder { dir: self.dir.clone(), applied: self.applied, membership: self.membership.clone(), body }
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            body,
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let body = snapshot.into_inner();
         if let Some(Err(e)) = SnapshotRecords::new(&body).find(|r| r.is_err()) {
             return Err(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)).into());
@@ -465,9 +522,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_path();
-        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path)).await.map_err(join_err)?;
+        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+            .await
+            .map_err(join_err)?;
         match found {
-            Ok(Some((meta, body))) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(body)) })),
+            Ok(Some((meta, body))) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(body)),
+            })),
             Ok(None) => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(None, AnyError::error(e)).into()),
         }
@@ -484,12 +546,21 @@ mod tests {
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Batch { proposed_at_ms: 1000 + index, commands }),
+            payload: EntryPayload::Normal(Batch {
+                proposed_at_ms: 1000 + index,
+                commands,
+            }),
         }
     }
 
     fn cmd(op: Op, seq: Option<u64>) -> Command {
-        Command { op, write_id: seq.map(|sequence| WriteId { client_id: 42, sequence }) }
+        Command {
+            op,
+            write_id: seq.map(|sequence| WriteId {
+                client_id: 42,
+                sequence,
+            }),
+        }
     }
 
     fn b(s: &str) -> Bytes {
@@ -520,10 +591,37 @@ mod tests {
             .apply([entry(
                 1,
                 vec![
-                    cmd(Op::Cas { key: b("k"), expect: None, new_value: b("1") }, None),
-                    cmd(Op::Cas { key: b("k"), expect: None, new_value: b("2") }, None),
-                    cmd(Op::Cas { key: b("k"), expect: Some(b("1")), new_value: b("3") }, None),
-                    cmd(Op::Delete { key: b("k"), expect: Some(b("9")) }, None),
+                    cmd(
+                        Op::Cas {
+                            key: b("k"),
+                            expect: None,
+                            new_value: b("1"),
+                        },
+                        None,
+                    ),
+                    cmd(
+                        Op::Cas {
+                            key: b("k"),
+                            expect: None,
+                            new_value: b("2"),
+                        },
+                        None,
+                    ),
+                    cmd(
+                        Op::Cas {
+                            key: b("k"),
+                            expect: Some(b("1")),
+                            new_value: b("3"),
+                        },
+                        None,
+                    ),
+                    cmd(
+                        Op::Delete {
+                            key: b("k"),
+                            expect: Some(b("9")),
+                        },
+                        None,
+                    ),
                 ],
             )])
             .await
@@ -531,10 +629,23 @@ mod tests {
         assert_eq!(
             r[0].results,
             vec![
-                CommandResult::Cas { swapped: true, current: None },
-                CommandResult::Cas { swapped: false, current: Some(b("1")) },
-                CommandResult::Cas { swapped: true, current: None },
-                CommandResult::Delete { existed: true, deleted: false, current: Some(b("3")) },
+                CommandResult::Cas {
+                    swapped: true,
+                    current: None
+                },
+                CommandResult::Cas {
+                    swapped: false,
+                    current: Some(b("1"))
+                },
+                CommandResult::Cas {
+                    swapped: true,
+                    current: None
+                },
+                CommandResult::Delete {
+                    existed: true,
+                    deleted: false,
+                    current: Some(b("3"))
+                },
             ]
         );
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("3")));
@@ -545,13 +656,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut sm = open(dir.path());
-            let append = |v: &str| cmd(Op::Cas { key: b("k"), expect: None, new_value: b(v) }, Some(1));
-            let r = sm.apply([entry(1, vec![append("a")]), entry(2, vec![append("b")])]).await.unwrap();
-            assert_eq!(r[1].results[0], CommandResult::Cas { swapped: true, current: None }, "the retry gets the first result");
+            let append = |v: &str| {
+                cmd(
+                    Op::Cas {
+                        key: b("k"),
+                        expect: None,
+                        new_value: b(v),
+                    },
+                    Some(1),
+                )
+            };
+            let r = sm
+                .apply([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
+                .await
+                .unwrap();
+            assert_eq!(
+                r[1].results[0],
+                CommandResult::Cas {
+                    swapped: true,
+                    current: None
+                },
+                "the retry gets the first result"
+            );
         }
         let mut sm = open(dir.path());
-        let r = sm.apply([entry(3, vec![cmd(Op::Put { key: b("k"), value: b("c") }, Some(1))])]).await.unwrap();
-        assert_eq!(r[0].results[0], CommandResult::Cas { swapped: true, current: None });
+        let r = sm
+            .apply([entry(
+                3,
+                vec![cmd(
+                    Op::Put {
+                        key: b("k"),
+                        value: b("c"),
+                    },
+                    Some(1),
+                )],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0].results[0],
+            CommandResult::Cas {
+                swapped: true,
+                current: None
+            }
+        );
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
 
@@ -559,19 +707,67 @@ mod tests {
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
         let src_dir = tempfile::tempdir().unwrap();
         let mut src = open(src_dir.path());
-        src.apply([entry(1, vec![cmd(Op::Put { key: b("x"), value: b("1") }, Some(7)), cmd(Op::Put { key: b("y"), value: b("2") }, None)])])
-            .await
-            .unwrap();
+        src.apply([entry(
+            1,
+            vec![
+                cmd(
+                    Op::Put {
+                        key: b("x"),
+                        value: b("1"),
+                    },
+                    Some(7),
+                ),
+                cmd(
+                    Op::Put {
+                        key: b("y"),
+                        value: b("2"),
+                    },
+                    None,
+                ),
+            ],
+        )])
+        .await
+        .unwrap();
         let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
         let dst_dir = tempfile::tempdir().unwrap();
         let mut dst = open(dst_dir.path());
-        dst.apply([entry(1, vec![cmd(Op::Put { key: b("stale"), value: b("z") }, None)])]).await.unwrap();
+        dst.apply([entry(
+            1,
+            vec![cmd(
+                Op::Put {
+                    key: b("stale"),
+                    value: b("z"),
+                },
+                None,
+            )],
+        )])
+        .await
+        .unwrap();
         dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        assert_eq!(dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0, vec![(b("x"), b("1")), (b("y"), b("2"))]);
-        let r = dst.apply([entry(2, vec![cmd(Op::Put { key: b("x"), value: b("again") }, Some(7))])]).await.unwrap();
+        assert_eq!(
+            dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
+            vec![(b("x"), b("1")), (b("y"), b("2"))]
+        );
+        let r = dst
+            .apply([entry(
+                2,
+                vec![cmd(
+                    Op::Put {
+                        key: b("x"),
+                        value: b("again"),
+                    },
+                    Some(7),
+                )],
+            )])
+            .await
+            .unwrap();
         assert_eq!(r[0].results[0], CommandResult::Put);
-        assert_eq!(dst.reader().get(b"x").unwrap(), Some(b("1")), "the retried write was not applied twice");
+        assert_eq!(
+            dst.reader().get(b"x").unwrap(),
+            Some(b("1")),
+            "the retried write was not applied twice"
+        );
         assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
     }
 
@@ -579,11 +775,25 @@ mod tests {
     async fn scan_pages_through_a_prefix_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
-        let puts = ["a/1", "a/2", "a/3", "b/1"].iter().map(|k| cmd(Op::Put { key: b(k), value: b("v") }, None)).collect();
+        let puts = ["a/1", "a/2", "a/3", "b/1"]
+            .iter()
+            .map(|k| {
+                cmd(
+                    Op::Put {
+                        key: b(k),
+                        value: b("v"),
+                    },
+                    None,
+                )
+            })
+            .collect();
         sm.apply([entry(1, puts)]).await.unwrap();
         let r = sm.reader();
         let (page, more) = r.scan(b"a/", b"", 2, usize::MAX).unwrap();
-        assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/1"), b("a/2")]);
+        assert_eq!(
+            page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+            vec![b("a/1"), b("a/2")]
+        );
         assert!(more);
         let (page, more) = r.scan(b"a/", b"a/2", 2, usize::MAX).unwrap();
         assert_eq!(page.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b("a/3")]);
