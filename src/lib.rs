@@ -3,6 +3,19 @@
 /// The public API (`proto/raftkv.proto`): the Kv and Cluster services and their messages.
 pub mod pb {
     tonic::include_proto!("raftkv.v1");
+
+    /// A node role as people read it ("leader", "follower", …); "unknown" for a value this
+    /// version does not know.
+    pub fn role_name(role: i32) -> &'static str {
+        match Role::try_from(role) {
+            Ok(Role::Leader) => "leader",
+            Ok(Role::Follower) => "follower",
+            Ok(Role::Candidate) => "candidate",
+            Ok(Role::Learner) => "learner",
+            Ok(Role::Shutdown) => "shutdown",
+            Ok(Role::Unknown) | Err(_) => "unknown",
+        }
+    }
 }
 /// The internal Raft RPCs and on-disk records (`proto/raft.proto`); used by the nodes only.
 pub mod raft_pb {

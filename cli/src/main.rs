@@ -348,25 +348,9 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     // Help and version are printed as clap renders them; a usage error is one line, exit 2.
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match raftkv::usage::parse_or_exit() {
         Ok(cli) => cli,
-        Err(error)
-            if matches!(
-                error.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            return ExitCode::from(EXIT_USAGE);
-        }
-        Err(error) => {
-            eprintln!("{}", raftkv::usage::one_line(&error.render().to_string()));
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
 
     // One thread is plenty for a CLI, and `cluster up` relies on it: a child started with

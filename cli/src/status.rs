@@ -75,17 +75,6 @@ pub struct ClusterSnapshot {
     pub reported_members: Vec<Member>,
 }
 
-fn role_name(role: i32) -> &'static str {
-    match pb::Role::try_from(role) {
-        Ok(pb::Role::Leader) => "leader",
-        Ok(pb::Role::Follower) => "follower",
-        Ok(pb::Role::Candidate) => "candidate",
-        Ok(pb::Role::Learner) => "learner",
-        Ok(pb::Role::Shutdown) => "shutdown",
-        Ok(pb::Role::Unknown) | Err(_) => "unknown",
-    }
-}
-
 /// The members named by a status, sorted by id; a node that knows no membership (not yet
 /// initialised) is listed alone.
 fn members_of(status: &pb::NodeStatus) -> Vec<Member> {
@@ -123,7 +112,7 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
                 rows.push(MemberRow {
                     id: member.id,
                     address: member.address.clone(),
-                    role: role_name(status.role),
+                    role: pb::role_name(status.role),
                     term: Some(status.term),
                     leader_id: status.leader_id,
                     last_log_index: status.last_log_index,

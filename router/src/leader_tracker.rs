@@ -232,7 +232,7 @@ impl LeaderTracker {
                 tracing::info!(
                     "node {} at {address} is reachable, role {}, term {}",
                     status.id,
-                    role_name(status.role),
+                    pb::role_name(status.role),
                     status.term
                 );
             }
@@ -328,17 +328,6 @@ fn resubscribe_backoff() -> ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
-}
-
-fn role_name(role: i32) -> &'static str {
-    match pb::Role::try_from(role) {
-        Ok(pb::Role::Leader) => "leader",
-        Ok(pb::Role::Follower) => "follower",
-        Ok(pb::Role::Candidate) => "candidate",
-        Ok(pb::Role::Learner) => "learner",
-        Ok(pb::Role::Shutdown) => "shutdown",
-        Ok(pb::Role::Unknown) | Err(_) => "unknown",
-    }
 }
 
 #[cfg(test)]

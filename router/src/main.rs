@@ -81,9 +81,9 @@ fn parse_listen_address(text: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match raftkv::usage::parse_or_exit() {
         Ok(args) => args,
-        Err(error) => return usage_error(error),
+        Err(code) => return code,
     };
     if let Err(why) = check_nodes(&args.nodes) {
         eprintln!("error: {why} (try --help)");
@@ -115,17 +115,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Prints clap's help or version as they are, and a usage error as one line (exit 2).
-fn usage_error(error: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        let _ = error.print();
-        return ExitCode::SUCCESS;
-    }
-    eprintln!("{}", raftkv::usage::one_line(&error.render().to_string()));
-    ExitCode::from(2)
 }
 
 fn check_nodes(nodes: &[String]) -> Result<(), String> {
