@@ -54,7 +54,7 @@ impl KvService {
 
     /// Refuses a write at once when this node does not lead, with a hint.
     fn ensure_leader(&self) -> Result<(), Status> {
-        Leadership::of(&self.app.raft).require_leader()
+        Leadership::require_leader(&self.app.raft)
     }
 
     /// Proposes a write and waits for its result, within the request's deadline.

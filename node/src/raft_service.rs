@@ -54,15 +54,17 @@ impl Leadership {
         }
     }
 
-    /// Ok when this node leads, else UNAVAILABLE naming the leader if known.
-    pub fn require_leader(&self) -> Result<(), Status> {
-        if self.is_leader {
+    /// Ok when this node leads, else UNAVAILABLE naming the leader if known. On the leader
+    /// (every write) it only reads the role: nothing is copied.
+    pub fn require_leader(raft: &Raft) -> Result<(), Status> {
+        if raft.metrics().borrow().state.is_leader() {
             return Ok(());
         }
-        let hint = self
-            .leader
-            .as_ref()
-            .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }));
+        let Leadership { is_leader, leader } = Leadership::of(raft);
+        if is_leader {
+            return Ok(());
+        }
+        let hint = leader.map(|(id, addr)| (id, openraft::BasicNode { addr }));
         Err(not_leader(hint.as_ref().map(|h| h.0), hint.as_ref().map(|h| &h.1)))
     }
 }
@@ -83,15 +85,12 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::Basi
     raftkv::client::unavailable(message, hint.as_ref())
 }
 
-/// Starts the message of a leadership check that a quorum did not confirm in time.
-pub const QUORUM_NOT_CONFIRMED: &str = "the leader cannot reach a quorum";
-
 /// Maps a failed leadership check (ReadIndex) to a status.
 pub fn check_is_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> Status {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id, f.leader_node.as_ref()),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Status::unavailable(format!(
-            "{QUORUM_NOT_CONFIRMED}: only nodes {:?} answered",
+            "the leader cannot reach a quorum: only nodes {:?} answered",
             q.got.iter().collect::<Vec<_>>()
         )),
         RaftError::Fatal(f) => stopped(f),
@@ -161,7 +160,7 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         // Only the leader answers (a follower would have to ask someone else), and its
         // followers' requests share rounds with its own reads.
-        Leadership::of(&self.raft).require_leader()?;
+        Leadership::require_leader(&self.raft)?;
         let read_index = self.read_index.read_index().await?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
     }

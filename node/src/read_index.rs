@@ -11,11 +11,12 @@
 
 use std::time::Duration;
 
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
 
 use crate::network::Network;
-use crate::raft_service::{check_is_leader_error, not_leader, Leadership, QUORUM_NOT_CONFIRMED};
+use crate::raft_service::{check_is_leader_error, not_leader, Leadership};
 use crate::types::Raft;
 
 /// Reads waiting for the next round; callers wait for room beyond this.
@@ -63,7 +64,7 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, round_until_answered(&raft, &network)).await {
+        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network)).await {
             Ok(r) => r,
             Err(_) => Err(Status::unavailable(
                 "could not confirm leadership with a quorum in time",
@@ -75,23 +76,21 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
     }
 }
 
-/// Repeats a round that failed only because heartbeats were slow (openraft gives each
-/// leadership check one heartbeat interval), until it succeeds or fails for another reason.
-async fn round_until_answered(raft: &Raft, network: &Network) -> ReadIndex {
-    loop {
-        match one_round(raft, network).await {
-            Err(status) if status.message().contains(QUORUM_NOT_CONFIRMED) => tokio::time::sleep(RETRY_PAUSE).await,
-            other => return other,
-        }
-    }
-}
-
 /// One leadership confirmation: locally when this node leads, else by asking the leader.
 async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
     let Leadership { is_leader, leader } = Leadership::of(raft);
     if is_leader {
-        let (read_log_id, _) = raft.get_read_log_id().await.map_err(check_is_leader_error)?;
-        return Ok(read_log_id.map(|l| l.index));
+        // openraft gives each leadership check one heartbeat interval; when the heartbeats
+        // were merely slow (QuorumNotEnough) the check is repeated, within READ_ROUND_TIMEOUT.
+        loop {
+            match raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => return Ok(read_log_id.map(|l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    tokio::time::sleep(RETRY_PAUSE).await
+                }
+                Err(e) => return Err(check_is_leader_error(e)),
+            }
+        }
     }
     let Some((leader_id, address)) = leader else {
         return Err(not_leader(None, None));
