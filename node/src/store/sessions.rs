@@ -94,12 +94,9 @@ impl Sessions {
         gone
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.by_client.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_client.is_empty()
     }
 
     pub fn to_pb(&self, client_id: u64) -> Option<pb::ClientSession> {
