@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use checker::{Budget, History, Op, OpResult, Outcome};
-use common::{ClusterOptions, NodeAddresses, TestCluster};
+use common::{ClusterOptions, TestCluster};
 use nemesis::FaultyNetwork;
 use raftkv::client::{Client, Error};
 use raftkv::pb::Consistency;
@@ -235,18 +235,7 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
     let pid = std::process::id();
     let subnet = ((pid % 200 + 20) as u8, ((pid / 200) % 250) as u8);
     let net = FaultyNetwork::start(3, subnet);
-    let addresses: BTreeMap<u64, NodeAddresses> = net
-        .nodes
-        .iter()
-        .map(|(id, proxy, listen)| {
-            let placed = NodeAddresses {
-                advertise: proxy.to_string(),
-                listen: listen.to_string(),
-                source: Some(listen.ip()),
-            };
-            (*id, placed)
-        })
-        .collect();
+    let addresses = net.node_addresses();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

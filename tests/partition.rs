@@ -6,11 +6,10 @@
 mod common;
 mod nemesis;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{ClusterOptions, NodeAddresses, TestCluster};
+use common::{ClusterOptions, TestCluster};
 use nemesis::FaultyNetwork;
 use raftkv::pb::{self, Consistency};
 use tonic::Code;
@@ -21,20 +20,7 @@ fn an_isolated_follower_refuses_linearizable_reads_but_serves_stale_ones() {
     // A subnet of its own, distinct from the Jepsen test's.
     let subnet = ((pid % 200 + 20) as u8, ((pid / 200) % 250 + 3) as u8);
     let net = FaultyNetwork::start(3, subnet);
-    let addresses: BTreeMap<u64, NodeAddresses> = net
-        .nodes
-        .iter()
-        .map(|(id, proxy, listen)| {
-            (
-                *id,
-                NodeAddresses {
-                    advertise: proxy.to_string(),
-                    listen: listen.to_string(),
-                    source: Some(listen.ip()),
-                },
-            )
-        })
-        .collect();
+    let addresses = net.node_addresses();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -70,6 +70,22 @@ impl FaultyNetwork {
         }
     }
 
+    /// How the cluster's nodes are placed behind the proxies: each advertises its proxy,
+    /// listens on its own address and connects to peers from its own IP.
+    pub fn node_addresses(&self) -> std::collections::BTreeMap<u64, crate::common::NodeAddresses> {
+        self.nodes
+            .iter()
+            .map(|(id, proxy, listen)| {
+                let placed = crate::common::NodeAddresses {
+                    advertise: proxy.to_string(),
+                    listen: listen.to_string(),
+                    source: Some(listen.ip()),
+                };
+                (*id, placed)
+            })
+            .collect()
+    }
+
     /// Cuts every link between `node` and the other nodes.
     pub fn isolate(&self, node: u64) {
         let others: Vec<u64> = self.nodes.iter().map(|n| n.0).filter(|id| *id != node).collect();
