@@ -1,4 +1,4 @@
-//! openraft's own storage test suite, run against our sled log store and
+//! openraft's own storage test suite, run against our log store (`wal.rs`) and sled
 //! state machine: it checks the contract openraft relies on (log state, vote,
 //! append/truncate/purge, apply, snapshots) case by case.
 

@@ -7,18 +7,21 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{LogStore, StateMachine};
+use crate::store::{wal, LogStore, StateMachine};
 
 const IDENTITY_TREE: &str = "identity";
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_KEY: &[u8] = b"initial_cluster";
 const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the on-disk layout changes incompatibly.
-const FORMAT_VERSION: u64 = 1;
+/// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`).
+const FORMAT_VERSION: u64 = 2;
+/// The Raft log's directory, inside the data directory.
+const WAL_DIR: &str = "raft-log";
 /// sled's segment size. sled writes any item larger than a quarter of a segment to a
-/// separate "blob" file that it never fsyncs; with 8 MiB segments every log entry
-/// (at most one 1 MiB command or a 1 MiB batch, plus framing) stays in the main file,
-/// which `LogStore` fsyncs.
+/// separate "blob" file that it never fsyncs; with 8 MiB segments every value the state
+/// machine stores (at most one 1 MiB command, or a 1 MiB batch of them, plus framing)
+/// stays in the main file, which `LogStore` fsyncs before it purges log entries.
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
 /// Why a data directory cannot be used. Each message is one line.
@@ -92,6 +95,10 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
             if !fresh && has_other_state {
                 return Err(corrupt("it holds data but no node identity".to_string()));
             }
+            // The log's directory exists before the identity that says it must.
+            std::fs::create_dir_all(dir.join(WAL_DIR))
+                .and_then(|_| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| unusable(format!("cannot create the raft log directory: {e}")))?;
             identity
                 .insert(NODE_ID_KEY, &node_id.to_be_bytes())
                 .map_err(|e| unusable(e.to_string()))?;
@@ -140,8 +147,11 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     // the file's metadata; the log store fsyncs sled's file itself through this handle.
     let sled_file =
         std::fs::File::open(db_path.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
-    let log_store = LogStore::open(&db, sled_file).map_err(|e| corrupt(e.to_string()))?;
-    log_store.verify().map_err(corrupt)?;
+    let wal_dir = dir.join(WAL_DIR);
+    if !wal_dir.is_dir() {
+        return Err(corrupt(format!("its raft log directory {WAL_DIR} is missing")));
+    }
+    let log_store = LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(corrupt)?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
     let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
     Ok(DataDir {
@@ -193,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_log_entry_stays_in_sleds_fsynced_file_not_a_blob() {
+    fn the_largest_state_machine_value_stays_in_sleds_fsynced_file_not_a_blob() {
         let dir = tempfile::tempdir().unwrap();
         let opened = open(dir.path(), 1, CLUSTER).unwrap();
         drop(opened);
@@ -205,7 +215,7 @@ mod tests {
         // One command at the limits, and a full batch, with generous framing.
         let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
         let biggest = biggest.max(crate::proposer::MAX_BATCH_BYTES + 64 * 1024);
-        db.open_tree("raft_log")
+        db.open_tree("state_machine")
             .unwrap()
             .insert(b"k", vec![7u8; biggest])
             .unwrap();
@@ -215,6 +225,19 @@ mod tests {
             blobs, 0,
             "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs"
         );
+    }
+
+    #[test]
+    fn a_missing_raft_log_is_refused_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        std::fs::remove_dir_all(dir.path().join(WAL_DIR)).unwrap();
+        let err = open(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(
+            matches!(err, DataDirError::Corrupt { .. }) && err.to_string().contains(WAL_DIR),
+            "{err}"
+        );
+        assert!(!dir.path().join(WAL_DIR).exists());
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! The Raft log, the vote and the commit/purge markers, kept in sled.
+//! openraft's log storage: the entries in our own write-ahead log (`wal.rs`),
+//! the vote and the commit/purge markers in sled.
 //!
-//! Layout: tree `raft_log` maps a big-endian u64 index to a protobuf `Entry`;
-//! tree `raft_state` holds `vote`, `committed` and `last_purged`. The vote and
-//! every appended batch are made durable (one sled flush plus one fdatasync
-//! per append call, so a follower's AppendEntries batch costs one of each)
-//! before openraft is told they are. sled's own flush uses sync_file_range,
-//! which is not a durability barrier, hence the explicit fdatasync.
+//! Each entry is a protobuf `Entry` in one WAL record. Every append call (a
+//! leader's batch entry, or a follower's AppendEntries batch) costs one write
+//! and one fdatasync, before openraft is told it is durable. Tree `raft_state`
+//! holds `vote`, `committed` and `last_purged`. The vote is made durable with
+//! a sled flush plus an fdatasync of sled's file (sled's own flush uses
+//! sync_file_range, which is not a durability barrier); the commit marker may
+//! lag (sled writes it out in the background); `last_purged` is made durable
+//! before any segment is deleted.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -18,6 +21,7 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::wal::{Wal, WalReader};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -44,22 +48,20 @@ impl CommitIndex {
     }
 }
 
-/// openraft's log storage on sled. Cheap to clone: clones share the trees.
+/// openraft's log storage. Cheap to clone: clones share the log and the trees.
 #[derive(Clone)]
 pub struct LogStore {
     db: sled::Db,
     /// sled's data file, to fdatasync after sled's flush.
     sled_file: Arc<std::fs::File>,
-    log: sled::Tree,
+    /// Appends, truncation and purges: one at a time, off the async runtime.
+    wal: Arc<std::sync::Mutex<Wal>>,
+    log: WalReader,
     state: sled::Tree,
     commit_index: CommitIndex,
     /// The committed log id openraft last saved, and the one last written to sled
     /// (see `save_committed`).
     committed: Arc<std::sync::Mutex<(Option<LogId>, Option<LogId>)>>,
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -81,15 +83,42 @@ fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, sled_file: std::fs::File) -> Result<LogStore, sled::Error> {
+    /// Opens the log in `wal_dir` (recovering it after a crash) and the markers in `db`,
+    /// and checks that every stored record decodes. Errors are one line.
+    pub fn open(
+        db: &sled::Db,
+        sled_file: std::fs::File,
+        wal_dir: &std::path::Path,
+        segment_bytes: u64,
+    ) -> Result<LogStore, String> {
+        let state = db
+            .open_tree("raft_state")
+            .map_err(|e| format!("cannot open the raft state: {e}"))?;
+        let stored = |key: &[u8]| -> Result<Option<LogId>, String> {
+            match state.get(key).map_err(|e| e.to_string())? {
+                Some(v) => decode_log_id(&v)
+                    .map(Some)
+                    .map_err(|e| format!("raft state record is corrupt: {e}")),
+                None => Ok(None),
+            }
+        };
+        stored(COMMITTED_KEY)?;
+        let purged = stored(LAST_PURGED_KEY)?;
+        if let Some(v) = state.get(VOTE_KEY).map_err(|e| e.to_string())? {
+            let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
+            convert::vote_from_pb(Some(msg)).map_err(|e| format!("stored vote is corrupt: {e}"))?;
+        }
+        let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
         let store = LogStore {
             db: db.clone(),
             sled_file: Arc::new(sled_file),
-            log: db.open_tree("raft_log")?,
-            state: db.open_tree("raft_state")?,
+            log: wal.reader(),
+            wal: Arc::new(std::sync::Mutex::new(wal)),
+            state,
             commit_index: CommitIndex(Arc::new(AtomicU64::new(NO_INDEX))),
             committed: Arc::new(std::sync::Mutex::new((None, None))),
         };
+        store.verify()?;
         Ok(store)
     }
 
@@ -100,42 +129,32 @@ impl LogStore {
     /// True when nothing was ever written: no vote and no log. Only such a
     /// store may be bootstrapped with the initial cluster.
     pub fn is_pristine(&self) -> Result<bool, sled::Error> {
-        Ok(self.state.get(VOTE_KEY)?.is_none() && self.log.is_empty() && self.state.get(LAST_PURGED_KEY)?.is_none())
+        Ok(self.state.get(VOTE_KEY)?.is_none()
+            && self.log.bounds().is_none()
+            && self.state.get(LAST_PURGED_KEY)?.is_none())
     }
 
-    /// Reads every stored record once so that a corrupt log refuses to start
-    /// the node with a clear reason, instead of failing inside openraft later.
-    pub fn verify(&self) -> Result<(), String> {
-        let mut prev: Option<u64> = None;
-        for kv in self.log.iter() {
-            let (k, v) = kv.map_err(|e| format!("cannot read the raft log: {e}"))?;
-            let index = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| "raft log has a malformed key".to_string())?,
-            );
-            let entry = decode_entry(&v).map_err(|e| format!("raft log entry {index} is corrupt: {e}"))?;
-            if entry.log_id.index != index {
-                return Err(format!(
-                    "raft log entry stored at {index} says it is {}",
-                    entry.log_id.index
-                ));
-            }
-            if let Some(p) = prev {
-                if p + 1 != index {
-                    return Err(format!("raft log has a gap between {p} and {index}"));
+    /// Decodes every entry once, so that a corrupt log refuses to start the node with a
+    /// clear reason instead of failing inside openraft later.
+    fn verify(&self) -> Result<(), String> {
+        let Some((first, last)) = self.log.bounds() else {
+            return Ok(());
+        };
+        const CHUNK: u64 = 256;
+        for from in (first..=last).step_by(CHUNK as usize) {
+            let records = self
+                .log
+                .read(from, (from + CHUNK).min(last + 1))
+                .map_err(|e| format!("cannot read the raft log: {e}"))?;
+            for (index, bytes) in records {
+                let entry = decode_entry(&bytes).map_err(|e| format!("raft log entry {index} is corrupt: {e}"))?;
+                if entry.log_id.index != index {
+                    return Err(format!(
+                        "raft log entry stored at {index} says it is {}",
+                        entry.log_id.index
+                    ));
                 }
             }
-            prev = Some(index);
-        }
-        for key in [COMMITTED_KEY, LAST_PURGED_KEY] {
-            if let Some(v) = self.state.get(key).map_err(|e| e.to_string())? {
-                decode_log_id(&v).map_err(|e| format!("raft state record is corrupt: {e}"))?;
-            }
-        }
-        if let Some(v) = self.state.get(VOTE_KEY).map_err(|e| e.to_string())? {
-            let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
-            convert::vote_from_pb(Some(msg)).map_err(|e| format!("stored vote is corrupt: {e}"))?;
         }
         Ok(())
     }
@@ -165,7 +184,7 @@ impl LogStore {
 
     /// Makes everything written to sled so far durable: sled's flush writes its
     /// buffers, fdatasync makes them survive a power loss.
-    async fn flush(&self) -> Result<(), sled::Error> {
+    async fn flush_sled(&self) -> Result<(), sled::Error> {
         let db = self.db.clone();
         let file = self.sled_file.clone();
         tokio::task::spawn_blocking(move || {
@@ -176,6 +195,22 @@ impl LogStore {
         .await
         .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
     }
+
+    /// Runs `f` on the log writer, on a blocking thread.
+    async fn with_wal<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Wal) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock")))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
+        let records = self.log.read(from, to).map_err(read_err)?;
+        records.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -183,22 +218,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut entries = Vec::new();
-        for kv in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, v) = kv.map_err(read_err)?;
-            entries.push(decode_entry(&v)?);
-        }
-        Ok(entries)
+        self.entries(from, to)
     }
 }
 
@@ -207,8 +237,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.read_log_id(LAST_PURGED_KEY)?;
-        let last = match self.log.last().map_err(read_err)? {
-            Some((_, v)) => Some(decode_entry(&v)?.log_id),
+        let last = match self.log.bounds() {
+            Some((_, last)) => match self.entries(last, last + 1)?.pop() {
+                Some(entry) => Some(entry.log_id),
+                None => return Err(read_err(std::io::Error::other("the last raft log entry vanished"))),
+            },
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -225,7 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = convert::vote_to_pb(vote).encode_to_vec();
         let io_err = |e: sled::Error| -> StorageError { StorageIOError::write_vote(AnyError::new(&e)).into() };
         self.state.insert(VOTE_KEY, bytes).map_err(io_err)?;
-        self.flush().await.map_err(io_err)?;
+        self.flush_sled().await.map_err(io_err)?;
         Ok(())
     }
 
@@ -242,8 +275,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only remembered here; `append` writes it to sled with the next entries, so it
-        // costs no sled write (and sync) of its own. A stored commit index that lags is
+        // Only remembered here; `append` writes it to sled (unflushed: sled writes it out
+        // in the background) with the next entries. A stored commit index that lags is
         // safe: a restarted node re-learns the rest from the leader.
         self.commit_index.set(&committed);
         self.committed.lock().expect("commit marker lock").0 = committed;
@@ -262,54 +295,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Plain inserts, not a sled batch: a batch makes sled write and sync its log once
-        // more, and atomicity is not needed here — sled recovers a prefix of its log, so a
-        // crash keeps a prefix of these entries, which is what Raft allows.
-        for entry in entries {
-            self.log
-                .insert(
-                    index_key(entry.log_id.index),
-                    convert::entry_to_pb(&entry).encode_to_vec(),
-                )
-                .map_err(write_err)?;
-        }
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, convert::entry_to_pb(&e).encode_to_vec()))
+            .collect();
         self.store_commit_marker()?;
-        // One fsync for the whole batch; openraft is told only after it.
-        let flushed = self.flush().await;
-        let result = flushed
+        // One write and one fdatasync for the whole batch; openraft is told only after it.
+        let written = self
+            .with_wal(move |wal| wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice()))))
+            .await;
+        let result = written
             .as_ref()
             .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()));
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(result);
-        flushed.map_err(write_err)?;
+        written.map_err(write_err)?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Remove [log_id.index, ..): entries that conflict with the leader's log.
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(index_key(log_id.index)..) {
-            let (k, _) = kv.map_err(write_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.with_wal(move |wal| wal.truncate(log_id.index))
+            .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The state machine lives in the same sled database; flushing first makes
-        // its applied state (which covers these entries) durable before the
-        // entries disappear, so a restart never needs a purged entry.
-        self.flush().await.map_err(write_err)?;
+        // The state machine lives in sled, which is flushed only now and then: one flush
+        // makes its applied state (which covers these entries) durable together with the
+        // new purge marker, before any entry disappears, so a restart never needs a
+        // purged entry and knows where the log starts.
         self.state
             .insert(LAST_PURGED_KEY, convert::log_id_to_pb(&log_id).encode_to_vec())
             .map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=index_key(log_id.index)) {
-            let (k, _) = kv.map_err(write_err)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.flush_sled().await.map_err(write_err)?;
+        self.with_wal(move |wal| wal.purge(log_id.index))
+            .await
+            .map_err(write_err)
     }
 }

@@ -1,0 +1,631 @@
+//! The Raft log's files: a write-ahead log of checksummed records with
+//! consecutive indexes, in segment files that are filled with zeros before
+//! they are used. One append is one `pwrite` plus one `fdatasync`.
+//!
+//! Why not sled for the log: sled's flush hands its buffer to its own thread
+//! pool and only `sync_file_range`s it, so a durable append through sled cost
+//! one flush plus one `fdatasync` of a growing file, about 0.5 ms on the disk
+//! we measure on. Writing into a file whose blocks already exist leaves
+//! `fdatasync` no metadata to commit: about 0.12 ms there (a growing file
+//! 0.25 ms, a fallocated one 0.16 ms). The state machine stays in sled.
+//!
+//! Layout: `<dir>/<seq as 16 hex digits>.wal`, each [`SEGMENT_BYTES`] of zeros
+//! when created. A record is
+//!
+//! ```text
+//! len: u32 LE | crc32: u32 LE of (index, payload) | index: u64 LE | payload (len bytes)
+//! ```
+//!
+//! and a zero header ends a segment's records. An append that does not fit in
+//! the active segment starts the next one, made ahead of time in the
+//! background once the active one is half full. Truncation zeroes the
+//! truncated records, so an old record can never reappear behind newer ones.
+//!
+//! Recovery reads every segment. A bad record (short, wrong checksum or out of
+//! order) in the last segment is taken as a write torn by a crash: an append
+//! is acknowledged only after its fdatasync, so the records of a torn append
+//! were never acknowledged. They are zeroed, with a warning. A bad record in
+//! any earlier segment is corruption, and the log refuses to open.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+/// Size of a segment file. Zeroing one takes ~15 ms of disk time, off the write path.
+pub const SEGMENT_BYTES: u64 = 4 << 20;
+const HEADER: usize = 16;
+const SPARE: &str = "next-segment.tmp";
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Where one record lives.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// What readers see: the records that are durable, by index.
+struct Index {
+    /// Index of `locs[0]`; when `locs` is empty and `anchored`, the next index to append.
+    first: u64,
+    locs: VecDeque<Loc>,
+    /// False only for a log that never held or purged anything: its first append sets `first`.
+    anchored: bool,
+    files: BTreeMap<u64, Arc<File>>,
+}
+
+impl Index {
+    fn next(&self) -> Option<u64> {
+        (self.anchored || !self.locs.is_empty()).then(|| self.first + self.locs.len() as u64)
+    }
+}
+
+/// Reads records; cheap to clone, and never waits for an append's fsync.
+#[derive(Clone)]
+pub struct WalReader {
+    index: Arc<RwLock<Index>>,
+}
+
+/// The writer. Appends, truncation and purges are its `&mut self` methods, which
+/// block on disk I/O: call them off the async runtime.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    index: Arc<RwLock<Index>>,
+    /// The segment appended to, and where its next record goes.
+    active: u64,
+    offset: u64,
+    /// The next segment, being zeroed in the background.
+    spare: Option<std::thread::JoinHandle<io::Result<()>>>,
+    buf: Vec<u8>,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn crc(index: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc(index, payload).to_le_bytes());
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+enum Parsed<'a> {
+    /// A zero header, or too few bytes left for one: the segment's records end here.
+    End,
+    Record {
+        index: u64,
+        payload: &'a [u8],
+    },
+    Bad,
+}
+
+fn parse(data: &[u8]) -> Parsed<'_> {
+    if data.len() < HEADER {
+        return if data.iter().all(|b| *b == 0) {
+            Parsed::End
+        } else {
+            Parsed::Bad
+        };
+    }
+    if data[..HEADER].iter().all(|b| *b == 0) {
+        return Parsed::End;
+    }
+    let len = u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize;
+    let sum = u32::from_le_bytes(data[4..8].try_into().unwrap());
+    let index = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    match data.get(HEADER..HEADER + len) {
+        Some(payload) if crc(index, payload) == sum => Parsed::Record { index, payload },
+        _ => Parsed::Bad,
+    }
+}
+
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Creates `path` as `bytes` zeros, durably.
+fn create_zeroed(path: &Path, bytes: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    write_zeros(&file, 0, bytes)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+impl Wal {
+    /// Opens the log in `dir` (which must exist), recovering from a crash. Records
+    /// at or below `purged` are skipped; the first one kept must follow it.
+    pub fn open(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> Result<Wal, String> {
+        let io_err = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
+        let _ = std::fs::remove_file(dir.join(SPARE));
+        let mut seqs = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_err("cannot list the raft log", e))? {
+            let name = entry.map_err(|e| io_err("cannot list the raft log", e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = name.strip_suffix(".wal").and_then(|s| u64::from_str_radix(s, 16).ok()) {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable();
+
+        let mut index = Index {
+            first: purged.map_or(0, |p| p + 1),
+            locs: VecDeque::new(),
+            anchored: purged.is_some(),
+            files: BTreeMap::new(),
+        };
+        let (mut active, mut offset) = (1, 0);
+        for (i, &seq) in seqs.iter().enumerate() {
+            let last = i + 1 == seqs.len();
+            let name = segment_name(seq);
+            let path = dir.join(&name);
+            let data = std::fs::read(&path).map_err(|e| io_err(&format!("cannot read {name}"), e))?;
+            let mut at = 0usize;
+            let torn = loop {
+                let (idx, payload) = match parse(&data[at..]) {
+                    Parsed::End => break false,
+                    Parsed::Bad => break true,
+                    Parsed::Record { index, payload } => (index, payload),
+                };
+                let skipped = purged.is_some_and(|p| idx <= p);
+                if !skipped {
+                    match index.next() {
+                        Some(expected) if expected != idx => break true,
+                        None => index.first = idx,
+                        Some(_) => {}
+                    }
+                    index.locs.push_back(Loc {
+                        seq,
+                        offset: at as u64,
+                        len: payload.len() as u32,
+                    });
+                }
+                at += HEADER + payload.len();
+            };
+            if torn && !last {
+                return Err(format!("raft log segment {name} is corrupt at byte {at}"));
+            }
+            let file = open_rw(&path).map_err(|e| io_err(&format!("cannot open {name}"), e))?;
+            if torn {
+                tracing::warn!(
+                    segment = %name,
+                    offset = at,
+                    "the raft log ends with a write torn by a crash; zeroing its {} bytes (never acknowledged)",
+                    data.len() - at
+                );
+                write_zeros(&file, at as u64, data.len() as u64)
+                    .and_then(|_| file.sync_data())
+                    .map_err(|e| io_err(&format!("cannot repair {name}"), e))?;
+            }
+            index.files.insert(seq, Arc::new(file));
+            (active, offset) = (seq, at as u64);
+        }
+        if seqs.is_empty() {
+            let path = dir.join(segment_name(active));
+            create_zeroed(&path, segment_bytes)
+                .and_then(|_| sync_dir(dir))
+                .map_err(|e| io_err("cannot create a log segment", e))?;
+            let file = open_rw(&path).map_err(|e| io_err("cannot open a log segment", e))?;
+            index.files.insert(active, Arc::new(file));
+        }
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            index: Arc::new(RwLock::new(index)),
+            active,
+            offset,
+            spare: None,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn reader(&self) -> WalReader {
+        WalReader {
+            index: self.index.clone(),
+        }
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("raft log index lock")
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().expect("raft log index lock")
+    }
+
+    /// Appends records with consecutive indexes and makes them durable; readers see
+    /// them only after that. They become the log's suffix: openraft truncates a
+    /// conflicting suffix itself first, but should records start inside the log,
+    /// the ones they overlap (and all after) are replaced, and records at or below
+    /// the purge point (already covered by a snapshot) are skipped.
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<()> {
+        let (purged_below, last) = {
+            let index = self.read_index();
+            (
+                index.anchored.then_some(index.first),
+                index.next().filter(|_| !index.locs.is_empty()).map(|n| n - 1),
+            )
+        };
+        let mut records = records
+            .into_iter()
+            .skip_while(|(i, _)| purged_below.is_some_and(|first| *i < first))
+            .peekable();
+        if let Some(&(start, _)) = records.peek() {
+            if last.is_some_and(|last| start <= last) {
+                self.truncate(start)?;
+            }
+        }
+        let mut next = self.read_index().next();
+        let first = next;
+        self.buf.clear();
+        let mut lens = Vec::new();
+        for (index, payload) in records {
+            if next.is_some_and(|n| n != index) {
+                return Err(io::Error::other(format!(
+                    "raft log append of entry {index} where {} was expected",
+                    next.unwrap_or_default()
+                )));
+            }
+            next = Some(index + 1);
+            encode_record(&mut self.buf, index, payload);
+            lens.push(payload.len() as u32);
+        }
+        if lens.is_empty() {
+            return Ok(());
+        }
+        if self.offset > 0 && self.offset + self.buf.len() as u64 > self.segment_bytes {
+            self.start_next_segment()?;
+        }
+        let file = self.read_index().files[&self.active].clone();
+        file.write_all_at(&self.buf, self.offset)?;
+        file.sync_data()?;
+
+        let mut index = self.write_index();
+        if first.is_none() {
+            index.first = next.unwrap_or_default() - lens.len() as u64;
+        }
+        let mut at = self.offset;
+        for len in lens {
+            index.locs.push_back(Loc {
+                seq: self.active,
+                offset: at,
+                len,
+            });
+            at += HEADER as u64 + len as u64;
+        }
+        drop(index);
+        self.offset = at;
+        if self.spare.is_none() && self.offset > self.segment_bytes / 2 {
+            let (path, bytes) = (self.dir.join(SPARE), self.segment_bytes);
+            self.spare = Some(std::thread::spawn(move || create_zeroed(&path, bytes)));
+        }
+        Ok(())
+    }
+
+    fn start_next_segment(&mut self) -> io::Result<()> {
+        let seq = self.active + 1;
+        let path = self.dir.join(segment_name(seq));
+        let spare_ready = match self.spare.take().map(|h| h.join()) {
+            Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "could not prepare the next log segment ahead of time");
+                false
+            }
+            Some(Err(_)) | None => false,
+        };
+        if spare_ready {
+            std::fs::rename(self.dir.join(SPARE), &path)?;
+        } else {
+            create_zeroed(&path, self.segment_bytes)?;
+        }
+        sync_dir(&self.dir)?;
+        let file = Arc::new(open_rw(&path)?);
+        self.write_index().files.insert(seq, file);
+        (self.active, self.offset) = (seq, 0);
+        Ok(())
+    }
+
+    /// Removes the records from `from` on, durably.
+    pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        let shared = self.index.clone();
+        let mut index = shared.write().expect("raft log index lock");
+        if from < index.first {
+            return Err(io::Error::other(format!(
+                "cannot truncate the raft log at {from}: entries before {} are purged",
+                index.first
+            )));
+        }
+        let keep = (from - index.first) as usize;
+        let Some(&cut) = index.locs.get(keep) else {
+            return Ok(());
+        };
+        let later: Vec<u64> = index.files.range(cut.seq + 1..).map(|(s, _)| *s).collect();
+        for seq in later {
+            index.files.remove(&seq);
+            std::fs::remove_file(self.dir.join(segment_name(seq)))?;
+        }
+        let file = index.files[&cut.seq].clone();
+        let end = if cut.seq == self.active {
+            self.offset
+        } else {
+            file.metadata()?.len()
+        };
+        write_zeros(&file, cut.offset, end)?;
+        file.sync_data()?;
+        sync_dir(&self.dir)?;
+        index.locs.truncate(keep);
+        (self.active, self.offset) = (cut.seq, cut.offset);
+        Ok(())
+    }
+
+    /// Forgets the records up to and including `upto` (it may lie beyond the last
+    /// record; the next append then follows `upto`) and deletes the segments that
+    /// hold nothing else. The caller stores `upto` durably first, for recovery.
+    pub fn purge(&mut self, upto: u64) -> io::Result<()> {
+        let mut index = self.write_index();
+        let drop_count = (upto + 1).saturating_sub(index.first).min(index.locs.len() as u64);
+        index.locs.drain(..drop_count as usize);
+        index.first = index.first.max(upto + 1);
+        index.anchored = true;
+        let keep_from = index.locs.front().map_or(self.active, |l| l.seq);
+        let old: Vec<u64> = index.files.range(..keep_from).map(|(s, _)| *s).collect();
+        for seq in old {
+            index.files.remove(&seq);
+            std::fs::remove_file(self.dir.join(segment_name(seq)))?;
+        }
+        Ok(())
+    }
+}
+
+impl WalReader {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("raft log index lock")
+    }
+
+    /// The lowest and highest index held, if any.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let index = self.index();
+        (!index.locs.is_empty()).then(|| (index.first, index.first + index.locs.len() as u64 - 1))
+    }
+
+    /// The payloads of the records in `[from, to)` that the log holds, in order.
+    /// Records next to each other in a segment are read with one `pread`.
+    pub fn read(&self, from: u64, to: u64) -> io::Result<Vec<(u64, Bytes)>> {
+        // Runs of adjacent records: the file, and the first index and location of each.
+        let mut runs: Vec<Run> = Vec::new();
+        {
+            let index = self.index();
+            let start = from.max(index.first);
+            let end = to.min(index.first + index.locs.len() as u64);
+            for i in start..end {
+                let loc = index.locs[(i - index.first) as usize];
+                match runs.last_mut() {
+                    Some(run) if run.seq == loc.seq && run.end == loc.offset => {
+                        run.end = loc.offset + HEADER as u64 + loc.len as u64;
+                        run.locs.push(loc);
+                    }
+                    _ => runs.push(Run {
+                        file: index.files[&loc.seq].clone(),
+                        seq: loc.seq,
+                        first: i,
+                        start: loc.offset,
+                        end: loc.offset + HEADER as u64 + loc.len as u64,
+                        locs: vec![loc],
+                    }),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for run in runs {
+            let mut buf = vec![0u8; (run.end - run.start) as usize];
+            run.file.read_exact_at(&mut buf, run.start)?;
+            let buf = Bytes::from(buf);
+            for (i, loc) in (run.first..).zip(run.locs) {
+                let at = (loc.offset - run.start) as usize;
+                let record = at..at + HEADER + loc.len as usize;
+                match parse(&buf[record.clone()]) {
+                    Parsed::Record { index, .. } if index == i => out.push((i, buf.slice(at + HEADER..record.end))),
+                    _ => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("raft log record {i} fails its checksum"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Records that lie next to each other in one segment, read together.
+struct Run {
+    file: Arc<File>,
+    seq: u64,
+    first: u64,
+    start: u64,
+    end: u64,
+    locs: Vec<Loc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: u64 = 4096;
+
+    fn payload(i: u64) -> Vec<u8> {
+        format!("entry {i} {}", "x".repeat((i % 7 * 100) as usize)).into_bytes()
+    }
+
+    fn append(wal: &mut Wal, range: std::ops::Range<u64>) {
+        let payloads: Vec<(u64, Vec<u8>)> = range.map(|i| (i, payload(i))).collect();
+        wal.append(payloads.iter().map(|(i, p)| (*i, p.as_slice()))).unwrap();
+    }
+
+    fn indexes(wal: &Wal) -> Vec<u64> {
+        let read = wal.reader().read(0, u64::MAX).unwrap();
+        for (i, p) in &read {
+            assert_eq!(p.as_ref(), payload(*i).as_slice(), "payload of {i}");
+        }
+        read.into_iter().map(|(i, _)| i).collect()
+    }
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+            .count()
+    }
+
+    #[test]
+    fn records_survive_a_reopen_across_many_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        for start in (5..105).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        assert!(segments(dir.path()) > 5, "small segments rotate");
+        assert_eq!(indexes(&wal), (5..105).collect::<Vec<_>>());
+        assert_eq!(wal.reader().read(50, 53).unwrap().len(), 3);
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        assert_eq!(indexes(&wal), (5..105).collect::<Vec<_>>());
+        append(&mut wal, 105..107);
+        assert_eq!(wal.reader().bounds(), Some((5, 106)));
+    }
+
+    #[test]
+    fn an_append_out_of_order_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        append(&mut wal, 1..3);
+        let p = payload(7);
+        assert!(wal.append([(7, p.as_slice())]).is_err(), "a gap");
+        assert_eq!(indexes(&wal), vec![1, 2]);
+    }
+
+    #[test]
+    fn an_append_inside_the_log_replaces_the_rest_and_skips_purged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        append(&mut wal, 1..10);
+        append(&mut wal, 5..7);
+        assert_eq!(indexes(&wal), (1..7).collect::<Vec<_>>());
+        wal.purge(3).unwrap();
+        append(&mut wal, 2..5);
+        assert_eq!(indexes(&wal), vec![4]);
+        drop(wal);
+        assert_eq!(indexes(&Wal::open(dir.path(), Some(3), SMALL).unwrap()), vec![4]);
+    }
+
+    #[test]
+    fn a_torn_last_write_is_cut_off_and_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
+        append(&mut wal, 1..4);
+        let end = wal.offset;
+        let file = wal.read_index().files[&wal.active].clone();
+        drop(wal);
+        // Half a record: a crash in the middle of the next append.
+        let mut torn = Vec::new();
+        encode_record(&mut torn, 4, &payload(4));
+        file.write_all_at(&torn[..torn.len() / 2], end).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        let mut rest = vec![1u8; torn.len()];
+        file.read_exact_at(&mut rest, end).unwrap();
+        assert!(rest.iter().all(|b| *b == 0), "the torn bytes are zeroed");
+        append(&mut wal, 4..6);
+        drop(wal);
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None, SMALL * 4).unwrap()),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_before_the_last_segment_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        for start in (1..41).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        drop(wal);
+        let first = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&first).unwrap();
+        bytes[HEADER + 3] ^= 0xff;
+        std::fs::write(&first, &bytes).unwrap();
+        let err = Wal::open(dir.path(), None, SMALL).err().unwrap();
+        assert!(err.contains("corrupt") && err.contains(&segment_name(1)), "{err}");
+        assert_eq!(std::fs::read(&first).unwrap(), bytes);
+    }
+
+    #[test]
+    fn truncated_records_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        for start in (1..41).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        let segments_before = segments(dir.path());
+        wal.truncate(10).unwrap();
+        assert_eq!(indexes(&wal), (1..10).collect::<Vec<_>>());
+        assert!(segments(dir.path()) < segments_before);
+        // Same sizes as before at the same place: without the zeroing, entries 11.. would reappear.
+        append(&mut wal, 10..11);
+        drop(wal);
+        let wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        assert_eq!(indexes(&wal), (1..11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn purge_deletes_old_segments_and_may_jump_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        for start in (1..41).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        let before = segments(dir.path());
+        wal.purge(30).unwrap();
+        assert!(segments(dir.path()) < before);
+        assert_eq!(indexes(&wal), (31..41).collect::<Vec<_>>());
+        drop(wal);
+        let mut wal = Wal::open(dir.path(), Some(30), SMALL).unwrap();
+        assert_eq!(indexes(&wal), (31..41).collect::<Vec<_>>());
+        // A snapshot beyond the log: everything goes and the log continues after it.
+        wal.purge(99).unwrap();
+        assert_eq!(wal.reader().bounds(), None);
+        append(&mut wal, 100..102);
+        drop(wal);
+        let wal = Wal::open(dir.path(), Some(99), SMALL).unwrap();
+        assert_eq!(indexes(&wal), vec![100, 101]);
+    }
+}
