@@ -26,5 +26,7 @@ pub mod raft_pb {
 pub mod client;
 /// The key and value size limits, shared by the nodes and the clients.
 pub mod limits;
+/// The async runtime the node and the router run on.
+pub mod runtime;
 /// One-line usage errors shared by the binaries.
 pub mod usage;

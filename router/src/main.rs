@@ -97,11 +97,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.worker_threads))
-        .enable_all()
-        .build()
-    {
+    let runtime = match raftkv::runtime::build(usize::from(args.worker_threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -161,6 +161,23 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     })
 }
 
+/// For tests: [`open`], waiting (up to a deadline) while sled's background threads of
+/// an instance this process just dropped still hold the directory's lock.
+#[cfg(test)]
+pub(crate) fn open_when_released(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(dir, node_id, cluster) {
+            Err(DataDirError::Unusable { reason, .. })
+                if reason.contains("another process") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,8 +187,8 @@ mod tests {
     #[test]
     fn a_directory_of_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path(), 1, CLUSTER).unwrap());
-        let err = open(dir.path(), 2, CLUSTER).err().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        let err = open_when_released(dir.path(), 2, CLUSTER).err().unwrap();
         assert!(
             matches!(
                 err,
@@ -188,24 +205,24 @@ mod tests {
     #[test]
     fn a_directory_of_another_cluster_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path(), 1, CLUSTER).unwrap());
-        let err = open(dir.path(), 1, "1=127.0.0.1:1").err().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        let err = open_when_released(dir.path(), 1, "1=127.0.0.1:1").err().unwrap();
         assert!(matches!(err, DataDirError::OtherCluster { .. }), "{err}");
     }
 
     #[test]
     fn reopening_the_same_node_works_and_is_not_pristine_after_a_vote() {
         let dir = tempfile::tempdir().unwrap();
-        let d = open(dir.path(), 1, CLUSTER).unwrap();
+        let d = open_when_released(dir.path(), 1, CLUSTER).unwrap();
         assert!(d.pristine);
         drop(d);
-        assert!(open(dir.path(), 1, CLUSTER).is_ok());
+        assert!(open_when_released(dir.path(), 1, CLUSTER).is_ok());
     }
 
     #[test]
     fn the_largest_state_machine_value_stays_in_sleds_fsynced_file_not_a_blob() {
         let dir = tempfile::tempdir().unwrap();
-        let opened = open(dir.path(), 1, CLUSTER).unwrap();
+        let opened = open_when_released(dir.path(), 1, CLUSTER).unwrap();
         drop(opened);
         let db = sled::Config::new()
             .path(dir.path().join("db"))
@@ -230,9 +247,9 @@ mod tests {
     #[test]
     fn a_missing_raft_log_is_refused_not_recreated() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
         std::fs::remove_dir_all(dir.path().join(WAL_DIR)).unwrap();
-        let err = open(dir.path(), 1, CLUSTER).err().unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(
             matches!(err, DataDirError::Corrupt { .. }) && err.to_string().contains(WAL_DIR),
             "{err}"
@@ -243,10 +260,10 @@ mod tests {
     #[test]
     fn garbage_in_the_database_is_refused_without_touching_it() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path(), 1, CLUSTER).unwrap());
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
         let conf = dir.path().join("db").join("conf");
         std::fs::write(&conf, b"not a sled config").unwrap();
-        let err = open(dir.path(), 1, CLUSTER).err().unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
         assert_eq!(std::fs::read(&conf).unwrap(), b"not a sled config");
     }

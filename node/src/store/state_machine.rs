@@ -637,19 +637,10 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    /// Opens the directory, waiting (with a deadline) for sled's background
-    /// threads of a previous instance in this process to let go of its lock.
     fn open(dir: &Path) -> StateMachine {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match data_dir::open(dir, 1, "1=127.0.0.1:1") {
-                Ok(d) => return d.state_machine,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("{e}"),
-            }
+        match data_dir::open_when_released(dir, 1, "1=127.0.0.1:1") {
+            Ok(d) => d.state_machine,
+            Err(e) => panic!("{e}"),
         }
     }
 
