@@ -99,7 +99,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         // MAX_LINGER, and only while the batch is smaller than recent ones) merges them
         // into this batch instead of leaving them for the next round trip.
         let expected = recent_sizes.iter().copied().max().unwrap_or(1);
-        let linger_until = tokio::time::Instant::now() + MAX_LINGER;
+        let opened = tokio::time::Instant::now();
+        let linger_until = opened + MAX_LINGER;
         while proposals.len() < MAX_BATCH_COMMANDS {
             let p = match rx.try_recv() {
                 Ok(p) => p,
@@ -138,11 +139,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         };
         let size = replies.len();
         let proposed_at = std::time::Instant::now();
+        let gathered_us = opened.elapsed().as_micros() as u64;
         tokio::spawn(async move {
             let outcome = receiver.await;
             drop(permit);
             tracing::debug!(
                 commands = size,
+                gathered_us,
                 elapsed_us = proposed_at.elapsed().as_micros() as u64,
                 "batch answered"
             );
