@@ -21,11 +21,12 @@
 //! background once the active one is half full. Truncation zeroes the
 //! truncated records, so an old record can never reappear behind newer ones.
 //!
-//! Recovery reads every segment. A bad record (short, wrong checksum or out of
-//! order) in the last segment is taken as a write torn by a crash: an append
+//! Recovery reads every segment. A bad record (short, or a wrong checksum) in
+//! the last segment is taken as a write torn by a crash: an append
 //! is acknowledged only after its fdatasync, so the records of a torn append
 //! were never acknowledged. They are zeroed, with a warning. A bad record in
-//! any earlier segment is corruption, and the log refuses to open.
+//! any earlier segment, or a well-formed one out of order anywhere, is
+//! corruption, and the log refuses to open.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -197,7 +198,13 @@ impl Wal {
                 let skipped = purged.is_some_and(|p| idx <= p);
                 if !skipped {
                     match index.next() {
-                        Some(expected) if expected != idx => break true,
+                        // Stale records are always zeroed (truncation, torn-tail repair), so a
+                        // well-formed record out of order is damage, never a torn write.
+                        Some(expected) if expected != idx => {
+                            return Err(format!(
+                                "raft log segment {name} holds entry {idx} at byte {at} where {expected} belongs"
+                            ))
+                        }
                         None => index.first = idx,
                         Some(_) => {}
                     }
@@ -569,6 +576,23 @@ mod tests {
             indexes(&Wal::open(dir.path(), None, SMALL * 4).unwrap()),
             vec![1, 2, 3, 4, 5]
         );
+    }
+
+    #[test]
+    fn a_well_formed_record_out_of_order_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
+        append(&mut wal, 1..4);
+        let end = wal.offset;
+        let file = wal.read_index().files[&wal.active].clone();
+        drop(wal);
+        let mut stray = Vec::new();
+        encode_record(&mut stray, 9, &payload(9));
+        file.write_all_at(&stray, end).unwrap();
+        let before = std::fs::read(dir.path().join(segment_name(1))).unwrap();
+        let err = Wal::open(dir.path(), None, SMALL * 4).err().unwrap();
+        assert!(err.contains("entry 9") && err.contains("where 4 belongs"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join(segment_name(1))).unwrap(), before);
     }
 
     #[test]
