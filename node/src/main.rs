@@ -50,8 +50,9 @@ struct Flags {
     heartbeat_ms: u64,
     /// Minimum election timeout in milliseconds (the maximum is 1.5 times this). Tuned for a
     /// LAN or loopback: a dead leader is replaced after about 2.5 to 3 times this (openraft
-    /// waits out the leader's lease, then an election timeout).
-    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 80, value_parser = clap::value_parser!(u64).range(2..))]
+    /// waits out the leader's lease, then an election timeout), and a follower stands only
+    /// after that long without word from the leader (at the default, 6 heartbeats).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
     election_timeout_ms: u64,
     /// Take a snapshot after this many log entries since the last one.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
