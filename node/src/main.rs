@@ -13,11 +13,6 @@ Example (three nodes on one machine; run each in its own terminal):
   raftkv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node-1 \\
       --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
-/// mimalloc instead of glibc's malloc: the HTTP/2 stack allocates and frees several
-/// small objects per request; measured in `BENCHMARKS.md`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 The initial cluster is used once, to bootstrap an empty data directory; a restarted
 node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.";
 
