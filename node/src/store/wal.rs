@@ -40,6 +40,8 @@ use bytes::Bytes;
 /// Size of a segment file. Zeroing one takes ~15 ms of disk time, off the write path.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
 const HEADER: usize = 16;
+/// The largest append buffer kept for the next append.
+const KEPT_BUFFER_BYTES: usize = 4 << 20;
 const SPARE: &str = "next-segment.tmp";
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
@@ -329,6 +331,10 @@ impl Wal {
         }
         drop(index);
         self.offset = at;
+        if self.buf.capacity() > KEPT_BUFFER_BYTES {
+            // A follower's catch-up batch can be tens of MiB; do not hold on to that.
+            self.buf = Vec::new();
+        }
         if self.spare.is_none() && self.offset > self.segment_bytes / 2 {
             let (path, bytes) = (self.dir.join(SPARE), self.segment_bytes);
             self.spare = Some(std::thread::spawn(move || create_zeroed(&path, bytes)));
