@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use openraft::storage::RaftStateMachine;
@@ -69,7 +70,13 @@ fn join_err(e: tokio::task::JoinError) -> StorageError {
 #[derive(Clone)]
 pub struct KvReader {
     tree: sled::Tree,
+    applying: ApplyLock,
 }
+
+/// Held for writing while an apply's (or a snapshot install's) writes go to the tree, and
+/// for reading while a scan page iterates it: applies write key by key, and a page must
+/// show the state between two applies, not part of one.
+type ApplyLock = Arc<std::sync::RwLock<()>>;
 
 impl KvReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, sled::Error> {
@@ -92,6 +99,7 @@ impl KvReader {
             std::ops::Bound::Excluded(data_key(start_after))
         };
         let full_prefix = data_key(prefix);
+        let _page = self.applying.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut pairs = Vec::new();
         let mut bytes = 0;
         for kv in self.tree.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)) {
@@ -145,6 +153,7 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
+    applying: ApplyLock,
 }
 
 impl StateMachine {
@@ -193,6 +202,7 @@ impl StateMachine {
             applied,
             membership,
             sessions,
+            applying: ApplyLock::default(),
         };
         if let Some((meta, body)) = read_snapshot_file(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
@@ -206,6 +216,7 @@ impl StateMachine {
     pub fn reader(&self) -> KvReader {
         KvReader {
             tree: self.tree.clone(),
+            applying: self.applying.clone(),
         }
     }
 
@@ -246,6 +257,7 @@ impl StateMachine {
             Ok(())
         })
         .map_err(sm_write_err)?;
+        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.apply_batch(atomic).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -264,6 +276,7 @@ impl StateMachine {
     /// there and `open` redoes it. Readers see the writes in log order, as they happen.
     fn commit(&self, writes: Writes) -> Result<(), sled::Error> {
         let record = pb::RedoRecord { writes: writes.0 };
+        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.insert(REDO_KEY, record.encode_to_vec())?;
         Writes::apply_to(record.writes, |k, v| set_key(&self.tree, k, v))
     }
@@ -663,6 +676,37 @@ mod tests {
         assert_eq!(sm.applied.map(|l| l.index), Some(2));
         assert_eq!(sm.reader().get(b"a").unwrap(), Some(b("2")));
         assert_eq!(sm.reader().get(b"b").unwrap(), Some(b("2")));
+    }
+
+    #[tokio::test]
+    async fn a_scan_page_never_shows_part_of_an_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
+        sm.apply([entry(1, vec![put("a", "0"), put("b", "0")])]).await.unwrap();
+        let reader = sm.reader();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scanner = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut pages = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (pairs, _) = reader.scan(b"", b"", 10, 1 << 20).unwrap();
+                    assert_eq!(pairs.len(), 2);
+                    assert_eq!(pairs[0].1, pairs[1].1, "a page showed half of an apply: {pairs:?}");
+                    pages += 1;
+                }
+                pages
+            })
+        };
+        // Each apply writes a then b; a scan reads a then b. Without the lock a page that
+        // reads a before an apply and b after it shows two different values.
+        for i in 2..3000u64 {
+            let v = i.to_string();
+            sm.apply([entry(i, vec![put("a", &v), put("b", &v)])]).await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(scanner.join().unwrap() > 0);
     }
 
     #[tokio::test]
