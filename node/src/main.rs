@@ -19,7 +19,8 @@ node keeps its data and never re-initialises. `raftkv cluster up` does all of th
 /// A raftkv server node: one member of a Raft-replicated key-value store.
 ///
 /// Serves the key-value API, the cluster status API and Raft traffic between
-/// nodes on one gRPC port, and keeps its log and data in a durable sled store.
+/// nodes on one gRPC port. Its Raft log is fsynced to its own files before a write is
+/// acknowledged; its data lives in a sled store.
 #[derive(Parser, Debug)]
 #[command(name = "raftkv-node", version, after_help = EXAMPLE)]
 struct Flags {
