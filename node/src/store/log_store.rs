@@ -77,6 +77,13 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     convert::entry_from_pb(msg).map_err(read_err)
 }
 
+fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageError> {
+    match state.get(key).map_err(read_err)? {
+        Some(v) => Ok(Some(decode_log_id(&v)?)),
+        None => Ok(None),
+    }
+}
+
 fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
     let msg = pb::LogId::decode(bytes).map_err(read_err)?;
     convert::log_id_from_pb(msg).map_err(read_err)
@@ -94,14 +101,7 @@ impl LogStore {
         let state = db
             .open_tree("raft_state")
             .map_err(|e| format!("cannot open the raft state: {e}"))?;
-        let stored = |key: &[u8]| -> Result<Option<LogId>, String> {
-            match state.get(key).map_err(|e| e.to_string())? {
-                Some(v) => decode_log_id(&v)
-                    .map(Some)
-                    .map_err(|e| format!("raft state record is corrupt: {e}")),
-                None => Ok(None),
-            }
-        };
+        let stored = |key| read_log_id(&state, key).map_err(|e| format!("raft state record is corrupt: {e}"));
         stored(COMMITTED_KEY)?;
         let purged = stored(LAST_PURGED_KEY)?;
         if let Some(v) = state.get(VOTE_KEY).map_err(|e| e.to_string())? {
@@ -157,13 +157,6 @@ impl LogStore {
             }
         }
         Ok(())
-    }
-
-    fn read_log_id(&self, key: &[u8]) -> Result<Option<LogId>, StorageError> {
-        match self.state.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode_log_id(&v)?)),
-            None => Ok(None),
-        }
     }
 
     /// Writes the commit index openraft last saved, if it moved since the last write.
@@ -236,7 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.read_log_id(LAST_PURGED_KEY)?;
+        let last_purged_log_id = read_log_id(&self.state, LAST_PURGED_KEY)?;
         let last = match self.log.bounds() {
             Some((_, last)) => match self.entries(last, last + 1)?.pop() {
                 Some(entry) => Some(entry.log_id),
@@ -284,7 +277,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed = self.read_log_id(COMMITTED_KEY)?;
+        let committed = read_log_id(&self.state, COMMITTED_KEY)?;
         *self.committed.lock().expect("commit marker lock") = (committed, committed);
         self.commit_index.set(&committed);
         Ok(committed)

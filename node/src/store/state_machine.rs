@@ -42,9 +42,10 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn session_key(client_id: u64) -> [u8; 9] {
-    let mut k = [SESSION_PREFIX; 9];
-    k[1..].copy_from_slice(&client_id.to_be_bytes());
+fn session_key(client_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(SESSION_PREFIX);
+    k.extend_from_slice(&client_id.to_be_bytes());
     k
 }
 
@@ -122,27 +123,43 @@ impl KvReader {
 struct Writes(Vec<pb::RedoWrite>);
 
 impl Writes {
-    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    /// Values are `Bytes` already (commands, encoded records): taken as they are, not copied.
+    fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
         self.0.push(pb::RedoWrite {
-            key: Bytes::copy_from_slice(key.as_ref()),
-            value: Some(Bytes::copy_from_slice(value.as_ref())),
+            key: key.into(),
+            value: Some(value.into()),
         });
     }
 
-    fn remove(&mut self, key: impl AsRef<[u8]>) {
+    fn remove(&mut self, key: impl Into<Bytes>) {
         self.0.push(pb::RedoWrite {
-            key: Bytes::copy_from_slice(key.as_ref()),
+            key: key.into(),
             value: None,
         });
     }
 
-    /// Makes the writes one by one (a redo record's, or a snapshot's inside a batch).
-    fn apply_to(
-        writes: Vec<pb::RedoWrite>,
-        mut set: impl FnMut(Bytes, Option<Bytes>) -> Result<(), sled::Error>,
-    ) -> Result<(), sled::Error> {
-        writes.into_iter().try_for_each(|w| set(w.key, w.value))
+    /// The same writes as one atomic sled batch.
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for w in self.0 {
+            match w.value {
+                Some(v) => batch.insert(w.key.as_ref(), v.as_ref()),
+                None => batch.remove(w.key.as_ref()),
+            }
+        }
+        batch
     }
+}
+
+/// Makes `writes` in `tree` one by one (a redo record's: see `StateMachine::commit`).
+fn make_writes(tree: &sled::Tree, writes: Vec<pb::RedoWrite>) -> Result<(), sled::Error> {
+    for w in writes {
+        match w.value {
+            Some(v) => tree.insert(w.key.as_ref(), v.as_ref())?,
+            None => tree.remove(w.key.as_ref())?,
+        };
+    }
+    Ok(())
 }
 
 /// openraft's state machine on sled.
@@ -169,8 +186,7 @@ impl StateMachine {
             // set final values, so making them again is harmless.
             let redo = pb::RedoRecord::decode(redo.as_ref())
                 .map_err(|e| format!("state machine's redo record is corrupt: {e}"))?;
-            Writes::apply_to(redo.writes, |k, v| set_key(&tree, k, v))
-                .map_err(|e| format!("cannot redo the latest apply: {e}"))?;
+            make_writes(&tree, redo.writes).map_err(|e| format!("cannot redo the latest apply: {e}"))?;
         }
         let applied = match tree.get(APPLIED_KEY).map_err(|e| e.to_string())? {
             Some(v) => Some(
@@ -231,7 +247,7 @@ impl StateMachine {
         for prefix in [DATA_PREFIX, SESSION_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
                 let (k, _) = kv.map_err(sm_read_err)?;
-                batch.remove(k);
+                batch.remove(k.to_vec());
             }
         }
         // The latest apply's redo record is older than the snapshot: never redo it over it.
@@ -239,7 +255,7 @@ impl StateMachine {
         let mut sessions = Sessions::default();
         for record in SnapshotRecords::new(body) {
             match record.map_err(sm_read_err)?.record {
-                Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value.as_ref()),
+                Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value),
                 Some(pb::snapshot_record::Record::Session(session)) => {
                     batch.insert(session_key(session.client_id), session.encode_to_vec());
                     sessions.insert_pb(session);
@@ -248,15 +264,7 @@ impl StateMachine {
             }
         }
         set_markers(&mut batch, &meta.last_log_id, Some(&meta.last_membership));
-        let mut atomic = sled::Batch::default();
-        Writes::apply_to(batch.0, |k, v| {
-            match v {
-                Some(v) => atomic.insert(k.as_ref(), v.as_ref()),
-                None => atomic.remove(k.as_ref()),
-            }
-            Ok(())
-        })
-        .map_err(sm_write_err)?;
+        let atomic = batch.into_batch();
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.apply_batch(atomic).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
@@ -278,7 +286,7 @@ impl StateMachine {
         let record = pb::RedoRecord { writes: writes.0 };
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.insert(REDO_KEY, record.encode_to_vec())?;
-        Writes::apply_to(record.writes, |k, v| set_key(&self.tree, k, v))
+        make_writes(&self.tree, record.writes)
     }
 
     fn current_value(
@@ -305,7 +313,7 @@ impl StateMachine {
     ) -> Result<CommandResult, StorageError> {
         Ok(match op {
             Op::Put { key, value } => {
-                batch.insert(data_key(&key), value.as_ref());
+                batch.insert(data_key(&key), value.clone());
                 written.insert(key, Some(value));
                 CommandResult::Put
             }
@@ -330,7 +338,7 @@ impl StateMachine {
             Op::Cas { key, expect, new_value } => {
                 let current = self.current_value(&key, written)?;
                 if current == expect {
-                    batch.insert(data_key(&key), new_value.as_ref());
+                    batch.insert(data_key(&key), new_value.clone());
                     written.insert(key, Some(new_value));
                     CommandResult::Cas {
                         swapped: true,
@@ -344,13 +352,6 @@ impl StateMachine {
                 }
             }
         })
-    }
-}
-
-fn set_key(tree: &sled::Tree, key: Bytes, value: Option<Bytes>) -> Result<(), sled::Error> {
-    match value {
-        Some(v) => tree.insert(key.as_ref(), v.as_ref()).map(|_| ()),
-        None => tree.remove(key.as_ref()).map(|_| ()),
     }
 }
 

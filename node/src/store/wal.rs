@@ -503,6 +503,15 @@ mod tests {
         wal.append(payloads.iter().map(|(i, p)| (*i, p.as_slice()))).unwrap();
     }
 
+    /// A log holding entries 1..=40, four per append, spread over several segments.
+    fn forty_records_in_small_segments(dir: &Path) -> Wal {
+        let mut wal = Wal::open(dir, None, SMALL).unwrap();
+        for start in (1..41).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        wal
+    }
+
     fn indexes(wal: &Wal) -> Vec<u64> {
         let read = wal.reader().read(0, u64::MAX).unwrap();
         for (i, p) in &read {
@@ -604,10 +613,7 @@ mod tests {
     #[test]
     fn a_damaged_record_before_the_last_segment_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
-        for start in (1..41).step_by(4) {
-            append(&mut wal, start..start + 4);
-        }
+        let wal = forty_records_in_small_segments(dir.path());
         drop(wal);
         let first = dir.path().join(segment_name(1));
         let mut bytes = std::fs::read(&first).unwrap();
@@ -621,10 +627,7 @@ mod tests {
     #[test]
     fn truncated_records_never_come_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
-        for start in (1..41).step_by(4) {
-            append(&mut wal, start..start + 4);
-        }
+        let mut wal = forty_records_in_small_segments(dir.path());
         let segments_before = segments(dir.path());
         wal.truncate(10).unwrap();
         assert_eq!(indexes(&wal), (1..10).collect::<Vec<_>>());
@@ -639,10 +642,7 @@ mod tests {
     #[test]
     fn purge_deletes_old_segments_and_may_jump_past_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
-        for start in (1..41).step_by(4) {
-            append(&mut wal, start..start + 4);
-        }
+        let mut wal = forty_records_in_small_segments(dir.path());
         let before = segments(dir.path());
         wal.purge(30).unwrap();
         assert!(segments(dir.path()) < before);
