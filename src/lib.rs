@@ -22,6 +22,8 @@ pub mod raft_pb {
     tonic::include_proto!("raftkv.raft.v1");
 }
 
+/// The `KvBatch` call's limits and how an item's error travels in it.
+pub mod batch;
 /// The client library (leader hints, retries, deadlines) used by the CLI, the router and the tests.
 pub mod client;
 /// The key and value size limits, shared by the nodes and the clients.

@@ -316,3 +316,115 @@ async fn follower_serves_linearizable_reads_and_refuses_writes_with_a_leader_hin
         .into_inner();
     assert_eq!(read.value, Bytes::from_static(b"from-the-leader"));
 }
+
+/// A raw KvBatch client for node `id` (what the router uses).
+fn raw_batch(cluster: &TestCluster, id: u64) -> pb::kv_batch_client::KvBatchClient<tonic::transport::Channel> {
+    pb::kv_batch_client::KvBatchClient::new(client::channel(cluster.address(id)).expect("a node channel"))
+}
+
+fn item(request: pb::batch_item::Request) -> pb::BatchItem {
+    pb::BatchItem {
+        timeout_us: 5_000_000,
+        request: Some(request),
+    }
+}
+
+/// The item's own status, as the router rebuilds it from the batch reply.
+fn item_failure(result: &pb::BatchItemResult) -> tonic::Status {
+    match &result.result {
+        Some(pb::batch_item_result::Result::Error(error)) => raftkv::batch::item_status(error.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_item_as_its_own_call_would() {
+    use pb::batch_item::Request as Item;
+    use pb::batch_item_result::Result as Answer;
+    let cluster = TestCluster::start_with(ClusterOptions::default().without_router()).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower().await;
+    let put = |key: Bytes, value: &'static [u8]| {
+        item(Item::Put(pb::PutRequest {
+            key,
+            value: Bytes::from_static(value),
+            ..Default::default()
+        }))
+    };
+
+    // On the leader: a good put, a bad one, a get of a missing key and a compare-and-swap.
+    let results = raw_batch(&cluster, leader)
+        .batch(pb::BatchRequest {
+            items: vec![
+                put(key("batched", 0), b"one"),
+                put(Bytes::new(), b"no key"),
+                item(Item::Get(pb::GetRequest {
+                    key: key("batched-missing", 0),
+                    consistency: Consistency::Linearizable as i32,
+                })),
+                item(Item::CompareAndSwap(pb::CompareAndSwapRequest {
+                    key: key("batched", 1),
+                    expect: None,
+                    new_value: Bytes::from_static(b"created"),
+                    ..Default::default()
+                })),
+            ],
+        })
+        .await
+        .expect("a batch on the leader")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 4, "{results:?}");
+    assert!(
+        matches!(&results[0].result, Some(Answer::Put(r)) if r.header.as_ref().map(|h| h.node_id) == Some(leader)),
+        "{results:?}"
+    );
+    let bad = item_failure(&results[1]);
+    assert_eq!((bad.code(), bad.message()), (Code::InvalidArgument, "key is empty"));
+    assert_eq!(item_failure(&results[2]).code(), Code::NotFound);
+    assert!(
+        matches!(&results[3].result, Some(Answer::CompareAndSwap(r)) if r.swapped),
+        "{results:?}"
+    );
+
+    // On a follower: a write is refused with the leader hint its own call would carry; a
+    // linearizable read sees the writes above.
+    let results = raw_batch(&cluster, follower)
+        .batch(pb::BatchRequest {
+            items: vec![
+                put(key("batched", 0), b"from-a-follower"),
+                item(Item::Get(pb::GetRequest {
+                    key: key("batched", 0),
+                    consistency: Consistency::Linearizable as i32,
+                })),
+            ],
+        })
+        .await
+        .expect("a batch on a follower")
+        .into_inner()
+        .results;
+    let refused = item_failure(&results[0]);
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        client::leader_hint(&refused),
+        Some(client::LeaderHint {
+            id: leader,
+            address: cluster.address(leader).to_string()
+        })
+    );
+    assert!(
+        matches!(&results[1].result, Some(Answer::Get(r)) if r.value == Bytes::from_static(b"one")),
+        "{results:?}"
+    );
+
+    // Over the item limit: the whole call is refused and nothing is written.
+    let too_many = (0..=raftkv::batch::MAX_BATCH_ITEMS)
+        .map(|i| put(key("over-the-limit", i), b"x"))
+        .collect();
+    let refused = raw_batch(&cluster, leader)
+        .batch(pb::BatchRequest { items: too_many })
+        .await
+        .expect_err("a batch over the item limit");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(stale_read(&cluster, leader, &key("over-the-limit", 0)).await, None);
+}

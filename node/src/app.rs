@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
+use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
+use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
 use tokio::sync::watch;
@@ -135,10 +137,12 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()));
 
+    let kv = KvService::new(app.clone());
     tracing::info!(node = settings.id, listen = %settings.listen, advertise = %settings.advertise, "serving");
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(KvService::new(app.clone())).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(
             RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone()))

@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv::limits;
 use raftkv::pb;
+use raftkv::{batch, limits};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
@@ -28,6 +28,7 @@ pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// pair), so that a reply stays under gRPC's default 4 MiB message limit.
 pub const MAX_SCAN_REPLY_BYTES: usize = 3 << 20;
 
+#[derive(Clone)]
 pub struct KvService {
     app: App,
 }
@@ -126,37 +127,33 @@ fn internal_read_error(e: sled::Error) -> Status {
     Status::internal(format!("cannot read the state machine: {e}"))
 }
 
-#[tonic::async_trait]
-impl pb::kv_server::Kv for KvService {
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let pb::PutRequest { key, value, write_id } = request.into_inner();
+impl KvService {
+    async fn put_by(&self, request: pb::PutRequest, deadline: Instant) -> Result<pb::PutResponse, Status> {
+        let pb::PutRequest { key, value, write_id } = request;
         check_key(&key)?;
         limits::check_value(&value).map_err(Status::invalid_argument)?;
         self.write(Op::Put { key, value }, write_id, deadline).await?;
-        Ok(Response::new(pb::PutResponse {
+        Ok(pb::PutResponse {
             header: Some(self.header()),
-        }))
+        })
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let pb::GetRequest { key, consistency } = request.into_inner();
+    async fn get_by(&self, request: pb::GetRequest, deadline: Instant) -> Result<pb::GetResponse, Status> {
+        let pb::GetRequest { key, consistency } = request;
         check_key(&key)?;
         self.before_read(consistency, deadline).await?;
         let header = self.header();
         match self.app.reader.get(&key).map_err(internal_read_error)? {
-            Some(value) => Ok(Response::new(pb::GetResponse {
+            Some(value) => Ok(pb::GetResponse {
                 value,
                 header: Some(header),
-            })),
+            }),
             None => Err(Status::not_found(format!("key {} not found", printable(&key)))),
         }
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let pb::DeleteRequest { key, write_id, expect } = request.into_inner();
+    async fn delete_by(&self, request: pb::DeleteRequest, deadline: Instant) -> Result<pb::DeleteResponse, Status> {
+        let pb::DeleteRequest { key, write_id, expect } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
             limits::check_value(e).map_err(Status::invalid_argument)?;
@@ -170,25 +167,25 @@ impl pb::kv_server::Kv for KvService {
         else {
             return Err(Status::internal(format!("a delete returned {result:?}")));
         };
-        Ok(Response::new(pb::DeleteResponse {
+        Ok(pb::DeleteResponse {
             existed,
             deleted,
             current,
             header: Some(self.header()),
-        }))
+        })
     }
 
-    async fn compare_and_swap(
+    async fn compare_and_swap_by(
         &self,
-        request: Request<pb::CompareAndSwapRequest>,
-    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        let deadline = deadline_of(&request);
+        request: pb::CompareAndSwapRequest,
+        deadline: Instant,
+    ) -> Result<pb::CompareAndSwapResponse, Status> {
         let pb::CompareAndSwapRequest {
             key,
             expect,
             new_value,
             write_id,
-        } = request.into_inner();
+        } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
             limits::check_value(e).map_err(Status::invalid_argument)?;
@@ -200,13 +197,61 @@ impl pb::kv_server::Kv for KvService {
         let CommandResult::Cas { swapped, current } = result else {
             return Err(Status::internal(format!("a compare-and-swap returned {result:?}")));
         };
-        Ok(Response::new(pb::CompareAndSwapResponse {
+        Ok(pb::CompareAndSwapResponse {
             swapped,
             current,
             header: Some(self.header()),
-        }))
+        })
     }
 
+    /// Serves one item of a batch that arrived at `arrived`, as its own call would be served.
+    async fn serve_item(&self, item: pb::BatchItem, arrived: Instant) -> pb::BatchItemResult {
+        use pb::batch_item::Request as Item;
+        use pb::batch_item_result::Result as Answer;
+        let timeout = match item.timeout_us {
+            0 => DEFAULT_REQUEST_TIMEOUT,
+            us => Duration::from_micros(us),
+        };
+        let deadline = arrived + timeout;
+        let answer = match item.request {
+            Some(Item::Put(r)) => self.put_by(r, deadline).await.map(Answer::Put),
+            Some(Item::Get(r)) => self.get_by(r, deadline).await.map(Answer::Get),
+            Some(Item::Delete(r)) => self.delete_by(r, deadline).await.map(Answer::Delete),
+            Some(Item::CompareAndSwap(r)) => self.compare_and_swap_by(r, deadline).await.map(Answer::CompareAndSwap),
+            None => Err(Status::invalid_argument("a batch item holds no request")),
+        };
+        pb::BatchItemResult {
+            result: Some(answer.unwrap_or_else(|status| Answer::Error(batch::item_error(&status)))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.put_by(request.into_inner(), deadline).await.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.get_by(request.into_inner(), deadline).await.map(Response::new)
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.delete_by(request.into_inner(), deadline).await.map(Response::new)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let deadline = deadline_of(&request);
+        self.compare_and_swap_by(request.into_inner(), deadline)
+            .await
+            .map(Response::new)
+    }
     async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         let deadline = deadline_of(&request);
         let pb::ScanRequest {
@@ -246,6 +291,24 @@ impl pb::kv_server::Kv for KvService {
             more,
             header: Some(header),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_batch_server::KvBatch for KvService {
+    /// Serves the items side by side; each gets the answer its own call would have had.
+    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        let arrived = Instant::now();
+        let items = request.into_inner().items;
+        if items.len() > batch::MAX_BATCH_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch holds {} items, more than the limit of {}",
+                items.len(),
+                batch::MAX_BATCH_ITEMS
+            )));
+        }
+        let results = futures::future::join_all(items.into_iter().map(|item| self.serve_item(item, arrived))).await;
+        Ok(Response::new(pb::BatchResponse { results }))
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
@@ -27,6 +28,9 @@ struct Behaviour {
     id: u64,
     status: watch::Sender<pb::NodeStatus>,
     writes: Mutex<Writes>,
+    /// KvBatch calls served, and the items in them.
+    batches: AtomicUsize,
+    batched_items: AtomicUsize,
 }
 
 /// One fake node; killed when dropped.
@@ -51,6 +55,8 @@ impl FakeNode {
             id,
             status: watch::Sender::new(status),
             writes: Mutex::new(Writes::Accept),
+            batches: AtomicUsize::new(0),
+            batched_items: AtomicUsize::new(0),
         });
         let mut node = FakeNode {
             address: address.to_string(),
@@ -74,6 +80,7 @@ impl FakeNode {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             tonic::transport::Server::builder()
                 .add_service(pb::kv_server::KvServer::new(service.clone()))
+                .add_service(pb::kv_batch_server::KvBatchServer::new(service.clone()))
                 .add_service(pb::cluster_server::ClusterServer::new(service))
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await
@@ -109,6 +116,14 @@ impl FakeNode {
     /// Sets what it does with writes.
     pub fn set_writes(&self, writes: Writes) {
         *self.behaviour.writes.lock().unwrap() = writes;
+    }
+
+    /// How many KvBatch calls it has served, and how many items they held.
+    pub fn batches(&self) -> (usize, usize) {
+        (
+            self.behaviour.batches.load(Ordering::SeqCst),
+            self.behaviour.batched_items.load(Ordering::SeqCst),
+        )
     }
 
     /// A hint naming this node.
@@ -192,6 +207,39 @@ impl pb::kv_server::Kv for FakeService {
             more: false,
             header: self.header(),
         }))
+    }
+}
+
+/// Each item is answered by the fake's Kv methods, one after the other.
+#[tonic::async_trait]
+impl pb::kv_batch_server::KvBatch for FakeService {
+    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        use pb::batch_item::Request as Item;
+        use pb::batch_item_result::Result as Answer;
+        use pb::kv_server::Kv;
+        let items = request.into_inner().items;
+        self.0.batches.fetch_add(1, Ordering::SeqCst);
+        self.0.batched_items.fetch_add(items.len(), Ordering::SeqCst);
+        let mut results = Vec::new();
+        for item in items {
+            let answer = match item.request {
+                Some(Item::Put(r)) => self.put(Request::new(r)).await.map(|r| Answer::Put(r.into_inner())),
+                Some(Item::Get(r)) => self.get(Request::new(r)).await.map(|r| Answer::Get(r.into_inner())),
+                Some(Item::Delete(r)) => self
+                    .delete(Request::new(r))
+                    .await
+                    .map(|r| Answer::Delete(r.into_inner())),
+                Some(Item::CompareAndSwap(r)) => self
+                    .compare_and_swap(Request::new(r))
+                    .await
+                    .map(|r| Answer::CompareAndSwap(r.into_inner())),
+                None => Err(Status::invalid_argument("empty item")),
+            };
+            results.push(pb::BatchItemResult {
+                result: Some(answer.unwrap_or_else(|status| Answer::Error(raftkv::batch::item_error(&status)))),
+            });
+        }
+        Ok(Response::new(pb::BatchResponse { results }))
     }
 }
 

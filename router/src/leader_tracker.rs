@@ -23,6 +23,8 @@ use raftkv::pb::cluster_client::ClusterClient;
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 
+use crate::batcher::Batcher;
+
 /// The first pause before resubscribing to a node whose stream broke.
 pub const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(20);
 /// The longest pause between two attempts to resubscribe: also the longest time a node that
@@ -36,6 +38,19 @@ pub struct Node {
     pub address: String,
     /// The one HTTP/2 channel to it, shared by its status stream and every forwarded request.
     pub channel: Channel,
+    /// Sends it the Kv requests that arrive together as one call, over `channel`.
+    pub batcher: Batcher,
+}
+
+impl Node {
+    /// The node at `address`, reached over `channel`; starts its batcher (on the current runtime).
+    pub fn new(address: String, channel: Channel) -> Node {
+        Node {
+            address,
+            batcher: Batcher::start(channel.clone()),
+            channel,
+        }
+    }
 }
 
 /// What the router last heard from one node.

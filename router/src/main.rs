@@ -4,6 +4,7 @@
 //! tracked in [`leader_tracker`], requests are forwarded in [`service`], and a request's
 //! deadline is read in [`deadline`].
 
+mod batcher;
 mod deadline;
 #[cfg(test)]
 mod fake_node;
@@ -140,10 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|address| {
             let channel = raftkv::client::channel(address).with_context(|| format!("node {address}"))?;
-            Ok(Node {
-                address: address.clone(),
-                channel,
-            })
+            Ok(Node::new(address.clone(), channel))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = TcpListener::bind(&args.listen)

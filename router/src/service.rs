@@ -28,11 +28,10 @@ use raftkv::pb::cluster_client::ClusterClient;
 use raftkv::pb::kv_client::KvClient;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::deadline::RequestDeadline;
-use crate::leader_tracker::{ClusterView, LeaderTracker};
+use crate::leader_tracker::{ClusterView, LeaderTracker, Node};
 
 /// Upper bound on the attempts for one request, whatever its deadline.
 pub const MAX_ATTEMPTS_PER_REQUEST: usize = 200;
@@ -102,7 +101,7 @@ impl Forwarder {
     }
 
     /// Forwards `request` on `route` until a node answers for good or `deadline` passes.
-    /// `call` sends one attempt over a node's channel.
+    /// `call` sends one attempt to a node.
     async fn forward<Req, Resp, Call, Fut>(
         &self,
         route: Route,
@@ -112,7 +111,7 @@ impl Forwarder {
     ) -> Result<Response<Resp>, Status>
     where
         Req: Clone,
-        Call: Fn(Channel, Request<Req>) -> Fut,
+        Call: Fn(&Node, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let mut views = self.tracker.subscribe();
@@ -130,12 +129,12 @@ impl Forwarder {
             };
             let mut attempt = Request::new(request.clone());
             attempt.set_timeout(deadline.time_left());
-            let channel = self.tracker.nodes()[node].channel.clone();
-            let status = match tokio::time::timeout_at(deadline.answer_by, call(channel, attempt)).await {
-                Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
-                Ok(Err(status)) => status,
-                Err(_elapsed) => break,
-            };
+            let status =
+                match tokio::time::timeout_at(deadline.answer_by, call(&self.tracker.nodes()[node], attempt)).await {
+                    Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
+                    Ok(Err(status)) => status,
+                    Err(_elapsed) => break,
+                };
             let address = &self.tracker.nodes()[node].address;
             if is_timeout(&status) {
                 last_failure = Some(format!("{address} did not answer in time"));
@@ -227,8 +226,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |channel, request| async move {
-                KvClient::new(channel).put(request).await
+            .forward(Route::Leader, deadline, request, |node, request| {
+                node.batcher.call(request.into_inner(), deadline.time_left())
             })
             .await
     }
@@ -237,8 +236,8 @@ impl pb::kv_server::Kv for KvRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::AnyHealthy, deadline, request, |channel, request| async move {
-                KvClient::new(channel).get(request).await
+            .forward(Route::AnyHealthy, deadline, request, |node, request| {
+                node.batcher.call(request.into_inner(), deadline.time_left())
             })
             .await
     }
@@ -248,8 +247,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |channel, request| async move {
-                KvClient::new(channel).delete(request).await
+            .forward(Route::Leader, deadline, request, |node, request| {
+                node.batcher.call(request.into_inner(), deadline.time_left())
             })
             .await
     }
@@ -262,8 +261,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |channel, request| async move {
-                KvClient::new(channel).compare_and_swap(request).await
+            .forward(Route::Leader, deadline, request, |node, request| {
+                node.batcher.call(request.into_inner(), deadline.time_left())
             })
             .await
     }
@@ -272,8 +271,9 @@ impl pb::kv_server::Kv for KvRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::AnyHealthy, deadline, request, |channel, request| async move {
-                KvClient::new(channel).scan(request).await
+            .forward(Route::AnyHealthy, deadline, request, |node, request| {
+                let channel = node.channel.clone();
+                async move { KvClient::new(channel).scan(request).await }
             })
             .await
     }
@@ -300,8 +300,9 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::PreferLeader, deadline, request, |channel, request| async move {
-                ClusterClient::new(channel).status(request).await
+            .forward(Route::PreferLeader, deadline, request, |node, request| {
+                let channel = node.channel.clone();
+                async move { ClusterClient::new(channel).status(request).await }
             })
             .await
     }
@@ -315,16 +316,14 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let request = request.into_inner();
         let response = self
             .forwarder
-            .forward(
-                Route::PreferLeader,
-                deadline,
-                request,
-                |channel, mut request| async move {
+            .forward(Route::PreferLeader, deadline, request, |node, mut request| {
+                let channel = node.channel.clone();
+                async move {
                     // The relayed stream lives as long as the caller wants it, not until the deadline.
                     request.metadata_mut().remove("grpc-timeout");
                     ClusterClient::new(channel).watch_status(request).await
-                },
-            )
+                }
+            })
             .await?;
         let mut shutdown = self.forwarder.shutdown.clone();
         let stopped = async move {
@@ -339,7 +338,6 @@ impl pb::cluster_server::Cluster for ClusterRouter {
 mod tests {
     use super::*;
     use crate::fake_node::{FakeNode, Writes};
-    use crate::leader_tracker::Node;
     use pb::cluster_server::Cluster;
     use pb::kv_server::Kv;
     use pb::Role::{Follower, Leader as Leads};
@@ -356,10 +354,7 @@ mod tests {
     fn router(nodes: &[FakeNode]) -> Arc<Router> {
         let nodes = nodes
             .iter()
-            .map(|node| Node {
-                address: node.address.clone(),
-                channel: client::channel(&node.address).unwrap(),
-            })
+            .map(|node| Node::new(node.address.clone(), client::channel(&node.address).unwrap()))
             .collect();
         let tracker = LeaderTracker::new(nodes);
         let (stop, shutdown) = watch::channel(false);
@@ -452,6 +447,25 @@ mod tests {
             Duration::from_secs(5),
         );
         assert_eq!(served_by(router.kv.delete(delete).await, |r| r.header), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_writes_reach_the_leader_in_fewer_calls_than_requests() {
+        let nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(1)).await;
+        let writes: Vec<_> = (0..64)
+            .map(|_| {
+                let router = Arc::clone(&router);
+                tokio::spawn(async move { router.kv.put(put(Duration::from_secs(5))).await })
+            })
+            .collect();
+        for write in writes {
+            assert_eq!(served_by(write.await.unwrap(), |r| r.header), 1);
+        }
+        let (calls, items) = nodes[0].batches();
+        assert_eq!(items, 64);
+        assert!(calls < 64, "64 concurrent writes took {calls} calls");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
