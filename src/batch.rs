@@ -28,6 +28,9 @@ pub const MAX_BATCH_REQUEST_MESSAGE: usize = 2 * BATCH_REQUEST_BYTES + 4 * (MAX_
 /// memory than the same gets sent one by one would hold.
 pub const MAX_BATCH_RESPONSE_MESSAGE: usize = MAX_BATCH_ITEMS * (MAX_VALUE_BYTES + 1024);
 
+/// The longest an item may ask for; a node serves a longer timeout as this one.
+pub const MAX_ITEM_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The key and value bytes an item carries, as counted against [`BATCH_REQUEST_BYTES`].
 pub fn item_bytes(item: &pb::BatchItem) -> usize {
     use pb::batch_item::Request;

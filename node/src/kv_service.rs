@@ -210,7 +210,7 @@ impl KvService {
         use pb::batch_item_result::Result as Answer;
         let timeout = match item.timeout_us {
             0 => DEFAULT_REQUEST_TIMEOUT,
-            us => Duration::from_micros(us),
+            us => Duration::from_micros(us).min(batch::MAX_ITEM_TIMEOUT),
         };
         let deadline = arrived + timeout;
         let answer = match item.request {
