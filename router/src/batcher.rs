@@ -129,12 +129,7 @@ async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
     request.set_timeout(Duration::from_micros(longest));
     let results = match client.batch(request).await {
         Ok(response) => response.into_inner().results,
-        Err(status) => {
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
-            }
-            return;
-        }
+        Err(status) => return fail_all(replies, status),
     };
     if results.len() != replies.len() {
         let status = Status::internal(format!(
@@ -142,10 +137,7 @@ async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
             replies.len(),
             results.len()
         ));
-        for reply in replies {
-            let _ = reply.send(Err(status.clone()));
-        }
-        return;
+        return fail_all(replies, status);
     }
     for (result, reply) in results.into_iter().zip(replies) {
         let answer = match result.result {
@@ -154,5 +146,12 @@ async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
             None => Err(Status::internal("the node left a batched request unanswered")),
         };
         let _ = reply.send(answer);
+    }
+}
+
+/// Gives every item of a batch the same failure.
+fn fail_all(replies: Vec<oneshot::Sender<Result<Answer, Status>>>, status: Status) {
+    for reply in replies {
+        let _ = reply.send(Err(status.clone()));
     }
 }

@@ -129,7 +129,7 @@ impl Forwarder {
     }
 
     /// Forwards `request` on `route` until a node answers for good or `deadline` passes.
-    /// `call` sends one attempt to a node.
+    /// `call` sends one attempt to a node, which has the given time left to answer.
     async fn forward<Req, Resp, Call, Fut>(
         &self,
         route: Route,
@@ -139,7 +139,7 @@ impl Forwarder {
     ) -> Result<Response<Resp>, Status>
     where
         Req: Clone,
-        Call: Fn(&Node, Request<Req>) -> Fut,
+        Call: Fn(&Node, Req, Duration) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let mut views = self.tracker.subscribe();
@@ -155,9 +155,8 @@ impl Forwarder {
                 self.wait_for_view_change(&mut views, deadline.answer_by).await?;
                 continue;
             };
-            let mut attempt = Request::new(request.clone());
-            attempt.set_timeout(deadline.time_left());
-            let answer = tokio::time::timeout_at(deadline.answer_by, call(&self.tracker.nodes()[node], attempt)).await;
+            let attempt = call(&self.tracker.nodes()[node], request.clone(), deadline.time_left());
+            let answer = tokio::time::timeout_at(deadline.answer_by, attempt).await;
             if route == Route::AnyHealthy {
                 self.reads.read_answered();
             }
@@ -205,6 +204,13 @@ impl Forwarder {
         let view = views.borrow().clone();
         Err(give_up(route, &deadline, &view, last_failure))
     }
+}
+
+/// `message` as a call that the node must answer within `time_left`.
+fn timed<T>(message: T, time_left: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(time_left);
+    request
 }
 
 /// The error a node gave, with its code, message and details, without transport metadata.
@@ -257,8 +263,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |node, request| {
-                node.batcher.call(request.into_inner(), deadline.time_left())
+            .forward(Route::Leader, deadline, request, |node, request, time_left| {
+                node.batcher.call(request, time_left)
             })
             .await
     }
@@ -267,8 +273,8 @@ impl pb::kv_server::Kv for KvRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::AnyHealthy, deadline, request, |node, request| {
-                node.batcher.call(request.into_inner(), deadline.time_left())
+            .forward(Route::AnyHealthy, deadline, request, |node, request, time_left| {
+                node.batcher.call(request, time_left)
             })
             .await
     }
@@ -278,8 +284,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |node, request| {
-                node.batcher.call(request.into_inner(), deadline.time_left())
+            .forward(Route::Leader, deadline, request, |node, request, time_left| {
+                node.batcher.call(request, time_left)
             })
             .await
     }
@@ -292,8 +298,8 @@ impl pb::kv_server::Kv for KvRouter {
         let mut request = request.into_inner();
         request.write_id.get_or_insert_with(|| self.write_ids.next());
         self.forwarder
-            .forward(Route::Leader, deadline, request, |node, request| {
-                node.batcher.call(request.into_inner(), deadline.time_left())
+            .forward(Route::Leader, deadline, request, |node, request, time_left| {
+                node.batcher.call(request, time_left)
             })
             .await
     }
@@ -302,9 +308,9 @@ impl pb::kv_server::Kv for KvRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::AnyHealthy, deadline, request, |node, request| {
+            .forward(Route::AnyHealthy, deadline, request, |node, request, time_left| {
                 let channel = node.channel.clone();
-                async move { KvClient::new(channel).scan(request).await }
+                async move { KvClient::new(channel).scan(timed(request, time_left)).await }
             })
             .await
     }
@@ -331,9 +337,9 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
         let request = request.into_inner();
         self.forwarder
-            .forward(Route::PreferLeader, deadline, request, |node, request| {
+            .forward(Route::PreferLeader, deadline, request, |node, request, time_left| {
                 let channel = node.channel.clone();
-                async move { ClusterClient::new(channel).status(request).await }
+                async move { ClusterClient::new(channel).status(timed(request, time_left)).await }
             })
             .await
     }
@@ -347,13 +353,10 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let request = request.into_inner();
         let response = self
             .forwarder
-            .forward(Route::PreferLeader, deadline, request, |node, mut request| {
+            .forward(Route::PreferLeader, deadline, request, |node, request, _time_left| {
                 let channel = node.channel.clone();
-                async move {
-                    // The relayed stream lives as long as the caller wants it, not until the deadline.
-                    request.metadata_mut().remove("grpc-timeout");
-                    ClusterClient::new(channel).watch_status(request).await
-                }
+                // The relayed stream lives as long as the caller wants it, not until the deadline.
+                async move { ClusterClient::new(channel).watch_status(request).await }
             })
             .await?;
         let mut shutdown = self.forwarder.shutdown.clone();

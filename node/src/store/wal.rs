@@ -512,6 +512,15 @@ mod tests {
         wal
     }
 
+    /// A closed log holding entries 1..=3 in one segment: that segment's file, and where
+    /// the next record would have gone.
+    fn three_records_then_closed(dir: &Path) -> (Arc<File>, u64) {
+        let mut wal = Wal::open(dir, None, SMALL * 4).unwrap();
+        append(&mut wal, 1..4);
+        let file = wal.read_index().files[&wal.active].clone();
+        (file, wal.offset)
+    }
+
     fn indexes(wal: &Wal) -> Vec<u64> {
         let read = wal.reader().read(0, u64::MAX).unwrap();
         for (i, p) in &read {
@@ -571,11 +580,7 @@ mod tests {
     #[test]
     fn a_torn_last_write_is_cut_off_and_zeroed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
-        append(&mut wal, 1..4);
-        let end = wal.offset;
-        let file = wal.read_index().files[&wal.active].clone();
-        drop(wal);
+        let (file, end) = three_records_then_closed(dir.path());
         // Half a record: a crash in the middle of the next append.
         let mut torn = Vec::new();
         encode_record(&mut torn, 4, &payload(4));
@@ -596,11 +601,7 @@ mod tests {
     #[test]
     fn a_well_formed_record_out_of_order_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
-        append(&mut wal, 1..4);
-        let end = wal.offset;
-        let file = wal.read_index().files[&wal.active].clone();
-        drop(wal);
+        let (file, end) = three_records_then_closed(dir.path());
         let mut stray = Vec::new();
         encode_record(&mut stray, 9, &payload(9));
         file.write_all_at(&stray, end).unwrap();
