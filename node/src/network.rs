@@ -158,6 +158,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if rpc.entries.is_empty() {
+            // A heartbeat: most often the one openraft 0.9 sends every follower as soon as
+            // the commit index moves, woken on this thread just before the tasks that apply
+            // the entry and answer its clients. Letting the work already queued run first
+            // answers those clients sooner, and the heartbeat leaves a moment later.
+            // Measured (BENCHMARKS.md): put at 1 client p50 1.40 -> 1.32 ms, at 64
+            // clients ~+4 % ops/s; reads, whose leadership check waits on heartbeats,
+            // measured the same.
+            tokio::task::yield_now().await;
+        }
         let message = convert::append_entries_to_pb(&rpc);
         if rpc.entries.len() > 1 && message.encoded_len() > MAX_APPEND_ENTRIES_BYTES {
             let fewer = (rpc.entries.len() / 2).max(1) as u64;
