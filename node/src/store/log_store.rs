@@ -8,8 +8,10 @@
 //! a sled flush plus an fdatasync of sled's file (sled's own flush uses
 //! sync_file_range, which is not a durability barrier); the commit marker may
 //! lag (sled writes it out in the background); `last_purged` is made durable
-//! before any segment is deleted.
+//! before any segment is deleted. The newest entries are also kept in memory as
+//! appended ([`RecentEntries`]), for openraft's reads right after an append.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,85 @@ pub struct LogStore {
     /// The committed log id openraft last saved, and the one last written to sled
     /// (see `save_committed`).
     committed: Arc<std::sync::Mutex<(Option<LogId>, Option<LogId>)>>,
+    /// The newest entries, kept as appended: see [`RecentEntries`].
+    recent: Arc<std::sync::Mutex<RecentEntries>>,
+}
+
+/// Most bytes (as encoded in the log) of entries [`RecentEntries`] keeps.
+const RECENT_ENTRIES_BYTES: usize = 4 << 20;
+/// Most entries [`RecentEntries`] keeps.
+const RECENT_ENTRIES: usize = 256;
+
+/// The newest entries of the log, as they were appended. openraft reads every entry back
+/// right after it is appended: on the leader once per follower to replicate it and once to
+/// apply it, on a follower once to apply it. Served from here, those reads are clones
+/// (which share the keys and values) instead of a read of the log file and a decode each.
+///
+/// Invariant: the entries are consecutive and the last one is the log's last entry; so a
+/// range that starts among them is answered exactly as the log file would answer it. Every
+/// change to the log changes this first (a truncation or purge) or right after the write
+/// (an append), under the same rules.
+#[derive(Default)]
+struct RecentEntries {
+    /// Each entry with its size in the log.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn appended(&mut self, entries: impl IntoIterator<Item = (Entry, usize)>) {
+        for (entry, size) in entries {
+            if let Some((last, _)) = self.entries.back() {
+                if last.log_id.index + 1 != entry.log_id.index {
+                    self.entries.clear();
+                    self.bytes = 0;
+                }
+            }
+            self.bytes += size;
+            self.entries.push_back((entry, size));
+        }
+        while self.bytes > RECENT_ENTRIES_BYTES || self.entries.len() > RECENT_ENTRIES {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets the entries from index `from` on.
+    fn truncated(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= from) {
+            let (_, size) = self.entries.pop_back().expect("checked above");
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets the entries up to index `upto`, included.
+    fn purged(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= upto) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// The entries in `[from, to)`, if `from` is one of those kept (the log holds nothing
+    /// after the last one, so `to` may reach past it); `None` means: read the log file.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if from < first || from > last || to <= from {
+            return None;
+        }
+        let end = to.min(last + 1);
+        Some(
+            self.entries
+                .range((from - first) as usize..(end - first) as usize)
+                .map(|(entry, _)| entry.clone())
+                .collect(),
+        )
+    }
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -117,6 +198,7 @@ impl LogStore {
             state,
             commit_index: CommitIndex(Arc::new(AtomicU64::new(NO_INDEX))),
             committed: Arc::new(std::sync::Mutex::new((None, None))),
+            recent: Arc::default(),
         };
         store.verify()?;
         Ok(store)
@@ -189,6 +271,10 @@ impl LogStore {
         .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `f` on the log writer, on a blocking thread.
     async fn with_wal<T: Send + 'static>(
         &self,
@@ -201,6 +287,9 @@ impl LogStore {
     }
 
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
+        if let Some(entries) = self.recent().get(from, to) {
+            return Ok(entries);
+        }
         let records = self.log.read(from, to).map_err(read_err)?;
         records.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
     }
@@ -288,15 +377,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let records: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| (e.log_id.index, convert::entry_to_pb(&e).encode_to_vec()))
+            .iter()
+            .map(|e| (e.log_id.index, convert::entry_to_pb(e).encode_to_vec()))
             .collect();
+        let sizes: Vec<usize> = records.iter().map(|(_, bytes)| bytes.len()).collect();
         self.store_commit_marker()?;
         // One write and one fdatasync for the whole batch; openraft is told only after it.
         let written = self
             .with_wal(move |wal| wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice()))))
             .await;
+        if written.is_ok() {
+            self.recent().appended(entries.into_iter().zip(sizes));
+        }
         let result = written
             .as_ref()
             .map(|_| ())
@@ -308,6 +402,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Remove [log_id.index, ..): entries that conflict with the leader's log.
+        self.recent().truncated(log_id.index);
         self.with_wal(move |wal| wal.truncate(log_id.index))
             .await
             .map_err(write_err)
@@ -322,8 +417,89 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .insert(LAST_PURGED_KEY, convert::log_id_to_pb(&log_id).encode_to_vec())
             .map_err(write_err)?;
         self.flush_sled().await.map_err(write_err)?;
+        self.recent().purged(log_id.index);
         self.with_wal(move |wal| wal.purge(log_id.index))
             .await
             .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn kept(from: u64, to: u64, term: u64) -> RecentEntries {
+        let mut recent = RecentEntries::default();
+        recent.appended((from..to).map(|i| (entry(term, i), 10)));
+        recent
+    }
+
+    fn ids(entries: Option<Vec<Entry>>) -> Option<Vec<(u64, u64)>> {
+        entries.map(|es| es.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect())
+    }
+
+    #[test]
+    fn serves_ranges_that_start_among_the_newest_entries_and_nothing_else() {
+        let recent = kept(5, 10, 1);
+        assert_eq!(ids(recent.get(5, 7)), Some(vec![(1, 5), (1, 6)]));
+        // The log ends at 9: a range reaching past it ends there too.
+        assert_eq!(ids(recent.get(8, u64::MAX)), Some(vec![(1, 8), (1, 9)]));
+        // Older entries, entries not written yet and empty ranges are the log file's to answer.
+        assert_eq!(ids(recent.get(4, 7)), None);
+        assert_eq!(ids(recent.get(10, 11)), None);
+        assert_eq!(ids(recent.get(6, 6)), None);
+        assert_eq!(ids(RecentEntries::default().get(0, 1)), None);
+    }
+
+    #[test]
+    fn a_truncation_and_the_appends_after_it_replace_the_conflicting_entries() {
+        let mut recent = kept(5, 10, 1);
+        recent.truncated(7);
+        assert_eq!(ids(recent.get(5, 100)), Some(vec![(1, 5), (1, 6)]));
+        recent.appended([(entry(2, 7), 10)]);
+        assert_eq!(ids(recent.get(6, 100)), Some(vec![(1, 6), (2, 7)]));
+        recent.truncated(0);
+        assert_eq!(ids(recent.get(5, 100)), None);
+    }
+
+    #[test]
+    fn a_purge_forgets_the_purged_entries() {
+        let mut recent = kept(5, 10, 1);
+        recent.purged(6);
+        assert_eq!(ids(recent.get(6, 8)), None);
+        assert_eq!(ids(recent.get(7, 8)), Some(vec![(1, 7)]));
+        recent.purged(9);
+        assert_eq!(recent.bytes, 0);
+        assert_eq!(ids(recent.get(9, 10)), None);
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_the_newest_entries() {
+        let recent = kept(0, RECENT_ENTRIES as u64 + 10, 1);
+        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
+        assert_eq!(ids(recent.get(9, 10)), None);
+        assert_eq!(ids(recent.get(10, 11)), Some(vec![(1, 10)]));
+
+        let mut big = RecentEntries::default();
+        big.appended((0..3).map(|i| (entry(1, i), RECENT_ENTRIES_BYTES / 2)));
+        assert_eq!(ids(big.get(0, 3)), None);
+        assert_eq!(ids(big.get(1, 3)), Some(vec![(1, 1), (1, 2)]));
+    }
+
+    #[test]
+    fn an_append_that_does_not_follow_the_newest_entry_starts_afresh() {
+        let mut recent = kept(5, 10, 1);
+        recent.appended([(entry(1, 20), 10)]);
+        assert_eq!(ids(recent.get(5, 10)), None);
+        assert_eq!(ids(recent.get(20, 21)), Some(vec![(1, 20)]));
+        assert_eq!(recent.bytes, 10);
     }
 }
