@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{key, value, TestCluster};
-use raftkv::pb::Consistency;
+use raftkv::client;
+use raftkv::pb::{self, cluster_client::ClusterClient, Consistency};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,6 +55,50 @@ async fn killed_leader_is_replaced_and_writes_resume_through_the_router() {
             .expect("get of a new write");
         assert_eq!(got.value, value("after", i));
     }
+}
+
+/// What the router relies on to find a new leader without polling: a node's status stream
+/// reports the new leader, also when writes had moved its indexes many times before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_stream_reports_the_new_leader_when_the_leader_dies() {
+    let mut cluster = TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
+    let old_leader = cluster.leader().await;
+    let watched = cluster.follower().await;
+    let channel = client::channel(cluster.address(watched)).expect("a node channel");
+    let mut stream = ClusterClient::new(channel)
+        .watch_status(pb::StatusRequest {})
+        .await
+        .expect("watch_status")
+        .into_inner();
+    let first = stream.message().await.expect("first status").expect("a status");
+    assert_eq!(first.leader_id, Some(old_leader));
+
+    let writer = cluster.nodes_client();
+    for i in 0..20 {
+        writer.put(key("w", i), value("w", i)).await.expect("put");
+    }
+    cluster.kill9(old_leader);
+    let (new_leader, term) = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let status = stream
+                .message()
+                .await
+                .expect("status stream")
+                .expect("the stream goes on");
+            match status.leader_id {
+                Some(leader) if leader != old_leader => return (leader, status.term),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the stream reported a new leader within 20 s");
+    assert_ne!(new_leader, old_leader);
+    assert!(
+        term > first.term,
+        "new leader {new_leader} reported in term {term}, not after {}",
+        first.term
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use openraft::ServerState;
+use openraft::{BasicNode, RaftMetrics, ServerState};
 use raftkv::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
+use crate::types::LogId;
 
 /// While only indexes move, a watcher gets at most one update per this interval.
 pub const WATCH_INDEX_INTERVAL: Duration = Duration::from_millis(100);
@@ -72,6 +73,14 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
     }
 }
 
+/// What [`changed_shape`] compares, read straight from the metrics: role (state and
+/// membership), term, leader and members (membership).
+type Shape = (ServerState, u64, Option<u64>, Option<LogId>);
+
+fn shape(m: &RaftMetrics<u64, BasicNode>) -> Shape {
+    (m.state, m.current_term, m.current_leader, *m.membership_config.log_id())
+}
+
 /// Whether `b` differs from `a` in something a watcher must learn at once.
 fn changed_shape(a: &pb::NodeStatus, b: &pb::NodeStatus) -> bool {
     a.role != b.role || a.term != b.term || a.leader_id != b.leader_id || a.members != b.members
@@ -94,6 +103,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         tokio::spawn(async move {
             let mut metrics = app.raft.metrics();
             let mut shutdown = app.shutdown.clone();
+            let mut shape_sent = shape(&metrics.borrow_and_update());
             let mut last = node_status(&app);
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
@@ -104,11 +114,15 @@ impl pb::cluster_server::Cluster for ClusterService {
                 tokio::select! {
                     changed = metrics.changed() => {
                         if changed.is_err() { return; }
+                        // The metrics change several times per write; most of the time only
+                        // indexes moved, which the shape shows without building a status.
+                        if shape(&metrics.borrow_and_update()) == shape_sent { continue; }
                         let now = node_status(&app);
                         if changed_shape(&last, &now) {
                             if tx.send(Ok(now.clone())).await.is_err() { return; }
                             last = now;
                         }
+                        shape_sent = shape(&metrics.borrow());
                     }
                     _ = tick.tick() => {
                         let now = node_status(&app);
