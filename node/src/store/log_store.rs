@@ -71,7 +71,7 @@ pub struct LogStore {
 /// Most bytes (as encoded in the log) of entries [`RecentEntries`] keeps.
 const RECENT_ENTRIES_BYTES: usize = 4 << 20;
 /// Most entries [`RecentEntries`] keeps.
-const RECENT_ENTRIES: usize = 256;
+const RECENT_ENTRIES: usize = 64;
 
 /// The newest entries of the log, as they were appended. openraft reads every entry back
 /// right after it is appended: on the leader once per follower to replicate it and once to
