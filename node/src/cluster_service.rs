@@ -103,7 +103,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         tokio::spawn(async move {
             let mut metrics = app.raft.metrics();
             let mut shutdown = app.shutdown.clone();
-            let mut shape_sent = shape(&metrics.borrow_and_update());
+            let mut shape_seen = shape(&metrics.borrow_and_update());
             let mut last = node_status(&app);
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
@@ -116,13 +116,14 @@ impl pb::cluster_server::Cluster for ClusterService {
                         if changed.is_err() { return; }
                         // The metrics change several times per write; most of the time only
                         // indexes moved, which the shape shows without building a status.
-                        if shape(&metrics.borrow_and_update()) == shape_sent { continue; }
+                        let current = shape(&metrics.borrow_and_update());
+                        if current == shape_seen { continue; }
+                        shape_seen = current;
                         let now = node_status(&app);
                         if changed_shape(&last, &now) {
                             if tx.send(Ok(now.clone())).await.is_err() { return; }
                             last = now;
                         }
-                        shape_sent = shape(&metrics.borrow());
                     }
                     _ = tick.tick() => {
                         let now = node_status(&app);
