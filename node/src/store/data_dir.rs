@@ -14,8 +14,12 @@ const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_KEY: &[u8] = b"initial_cluster";
 const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the on-disk layout changes incompatibly.
-/// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`).
-const FORMAT_VERSION: u64 = 2;
+/// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
+/// session's results each under a key of their own (`state_machine.rs`).
+const FORMAT_VERSION: u64 = 3;
+/// Older formats this version opens, rewriting them to [`FORMAT_VERSION`] as it does
+/// (an older raftkv then refuses the directory rather than misread it).
+const UPGRADABLE_FORMATS: [u64; 1] = [2];
 /// The Raft log's directory, inside the data directory.
 const WAL_DIR: &str = "raft-log";
 /// sled's segment size. sled writes any item larger than a quarter of a segment to a
@@ -83,6 +87,7 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         })?;
     let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
 
+    let mut upgrade_from = None;
     match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
         None => {
             // Only a directory we just created may be claimed; a sled database
@@ -125,8 +130,14 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
                 });
             }
             let format = identity.get(FORMAT_KEY).map_err(|e| corrupt(e.to_string()))?;
-            if format.as_deref() != Some(&FORMAT_VERSION.to_be_bytes()[..]) {
-                return Err(unusable("it was written by an incompatible raftkv version".to_string()));
+            let format = format
+                .as_deref()
+                .and_then(|f| <[u8; 8]>::try_from(f).ok())
+                .map(u64::from_be_bytes);
+            match format {
+                Some(FORMAT_VERSION) => {}
+                Some(old) if UPGRADABLE_FORMATS.contains(&old) => upgrade_from = Some(old),
+                _ => return Err(unusable("it was written by an incompatible raftkv version".to_string())),
             }
             let stored = identity
                 .get(CLUSTER_KEY)
@@ -154,6 +165,14 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     let log_store = LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(corrupt)?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
     let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
+    if let Some(old) = upgrade_from {
+        // `StateMachine::open` has rewritten what the old format stored differently.
+        identity
+            .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+            .and_then(|_| db.flush())
+            .map_err(|e| unusable(format!("cannot upgrade it from format {old}: {e}")))?;
+        tracing::info!(dir = %dir.display(), from = old, to = FORMAT_VERSION, "data directory upgraded");
+    }
     Ok(DataDir {
         log_store,
         state_machine,
@@ -200,6 +219,39 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_directory_of_an_unknown_format_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        {
+            // The directory's own sled, as a newer raftkv would have left it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let db = loop {
+                match sled::Config::new()
+                    .path(dir.path().join("db"))
+                    .segment_size(SLED_SEGMENT_BYTES)
+                    .open()
+                {
+                    Ok(db) => break db,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let identity = db.open_tree(IDENTITY_TREE).unwrap();
+            identity
+                .insert(FORMAT_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains("incompatible raftkv version"), "{err}");
+        // Refusing changed nothing: the same answer again.
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains("incompatible raftkv version"), "{err}");
     }
 
     #[test]

@@ -60,8 +60,9 @@ impl Sessions {
         Seen::New
     }
 
-    /// Remembers the result of a newly applied write.
-    pub fn record(&mut self, id: WriteId, now_ms: u64, result: CommandResult) {
+    /// Remembers the result of a newly applied write. Returns the sequence numbers whose
+    /// results this pushed out of the client's window (now forgotten).
+    pub fn record(&mut self, id: WriteId, now_ms: u64, result: CommandResult) -> Vec<u64> {
         let session = self.by_client.entry(id.client_id).or_default();
         self.by_age.remove(&(session.last_used_ms, id.client_id));
         session.last_used_ms = session.last_used_ms.max(now_ms);
@@ -69,18 +70,21 @@ impl Sessions {
         session.results.insert(id.sequence, result);
         let newest = *session.results.keys().next_back().expect("just inserted");
         let keep_from = newest.saturating_sub(RESULTS_PER_SESSION - 1);
+        let mut pruned = Vec::new();
         while let Some((&oldest, _)) = session.results.first_key_value() {
             if oldest >= keep_from {
                 break;
             }
             session.results.remove(&oldest);
             session.forgotten_through = session.forgotten_through.max(oldest);
+            pruned.push(oldest);
         }
+        pruned
     }
 
     /// Forgets idle clients and, over the cap, the longest idle ones.
-    /// Returns the ids forgotten.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
+    /// Returns each client forgotten with the sequence numbers it had results for.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<(u64, Vec<u64>)> {
         let mut gone = Vec::new();
         while let Some(&(used, client)) = self.by_age.first() {
             let idle = used.saturating_add(SESSION_TTL_MS) < now_ms;
@@ -88,8 +92,12 @@ impl Sessions {
                 break;
             }
             self.by_age.remove(&(used, client));
-            self.by_client.remove(&client);
-            gone.push(client);
+            let sequences = self
+                .by_client
+                .remove(&client)
+                .map(|s| s.results.into_keys().collect())
+                .unwrap_or_default();
+            gone.push((client, sequences));
         }
         gone
     }
@@ -99,6 +107,45 @@ impl Sessions {
         self.by_client.len()
     }
 
+    /// A client's session without its results, as the state machine stores it (the
+    /// results are stored apart, a range at a time: see [`Sessions::results_pb`]).
+    pub fn meta_pb(&self, client_id: u64) -> Option<pb::ClientSession> {
+        let s = self.by_client.get(&client_id)?;
+        Some(pb::ClientSession {
+            client_id,
+            last_used_ms: s.last_used_ms,
+            forgotten_through: s.forgotten_through,
+            results: Vec::new(),
+        })
+    }
+
+    /// The stored form of a client's results whose sequence numbers are in `sequences`.
+    pub fn results_pb(&self, client_id: u64, sequences: std::ops::Range<u64>) -> Vec<pb::SessionResult> {
+        let Some(session) = self.by_client.get(&client_id) else {
+            return Vec::new();
+        };
+        session
+            .results
+            .range(sequences)
+            .map(|(sequence, result)| pb::SessionResult {
+                sequence: *sequence,
+                result: Some(convert::command_result_to_pb(result)),
+            })
+            .collect()
+    }
+
+    /// Adds a stored result (see [`Sessions::results_pb`]) to a client loaded with
+    /// [`Sessions::insert_pb`]; a result for a client not loaded is ignored.
+    pub fn insert_result_pb(&mut self, client_id: u64, r: pb::SessionResult) {
+        if let Some(session) = self.by_client.get_mut(&client_id) {
+            session.results.insert(
+                r.sequence,
+                convert::command_result_from_pb(r.result.unwrap_or_default()),
+            );
+        }
+    }
+
+    /// A whole session, results included: what snapshots carry.
     pub fn to_pb(&self, client_id: u64) -> Option<pb::ClientSession> {
         let s = self.by_client.get(&client_id)?;
         Some(pb::ClientSession {
@@ -178,9 +225,12 @@ mod tests {
     #[test]
     fn writes_far_behind_the_newest_are_forgotten_not_reapplied() {
         let mut s = Sessions::default();
+        let mut pruned = Vec::new();
         for seq in 1..=RESULTS_PER_SESSION + 10 {
-            s.record(id(1, seq), 10, CommandResult::Put);
+            pruned.extend(s.record(id(1, seq), 10, CommandResult::Put));
         }
+        // Each result pushed out of the window is reported once, so its stored copy goes too.
+        assert_eq!(pruned, (1..=10).collect::<Vec<u64>>());
         assert_eq!(s.check(&id(1, 5)), Seen::Forgotten);
         assert_eq!(
             s.check(&id(1, RESULTS_PER_SESSION + 10)),
@@ -194,7 +244,7 @@ mod tests {
         s.record(id(1, 1), 1_000, CommandResult::Put);
         s.record(id(2, 1), 5_000, CommandResult::Put);
         assert!(s.expire(1_000 + SESSION_TTL_MS).is_empty());
-        assert_eq!(s.expire(1_001 + SESSION_TTL_MS), vec![1]);
+        assert_eq!(s.expire(1_001 + SESSION_TTL_MS), vec![(1, vec![1])]);
         assert_eq!(s.len(), 1);
         assert_eq!(s.check(&id(2, 1)), Seen::Duplicate(CommandResult::Put));
     }
@@ -217,5 +267,25 @@ mod tests {
         }
         assert_eq!(back.check(&id(9, 3)), s.check(&id(9, 3)));
         assert_eq!(back.all_to_pb(), s.all_to_pb());
+    }
+
+    #[test]
+    fn a_session_stored_as_its_meta_and_one_record_per_result_loads_back_whole() {
+        let mut s = Sessions::default();
+        for seq in 1..=3 {
+            s.record(id(4, seq), 50 + seq, CommandResult::Put);
+        }
+        let meta = s.meta_pb(4).expect("a session");
+        assert!(meta.results.is_empty());
+        assert_eq!(s.results_pb(4, 2..3).len(), 1);
+        let mut back = Sessions::default();
+        back.insert_pb(meta);
+        for r in s.results_pb(4, 0..u64::MAX) {
+            back.insert_result_pb(4, r);
+        }
+        // A result whose client was not loaded has nobody to belong to.
+        back.insert_result_pb(5, s.results_pb(4, 1..2).remove(0));
+        assert_eq!(back.all_to_pb(), s.all_to_pb());
+        assert_eq!(back.check(&id(5, 1)), Seen::New);
     }
 }

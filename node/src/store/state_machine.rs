@@ -9,7 +9,7 @@
 //! `snapshot.bin` in the data directory, written to a temporary name, fsynced
 //! and renamed, then installed into the tree in one sled batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +28,17 @@ use crate::types::{
 };
 
 const DATA_PREFIX: u8 = b'd';
+/// A client session without its results (`pb::ClientSession`; before format 3 it held
+/// the results too, see `migrate_sessions`).
 const SESSION_PREFIX: u8 = b's';
+/// The results of a client session's window, `RESULTS_PER_RECORD` sequence numbers to a
+/// record (a `pb::ClientSession` holding only results), under the client id and the
+/// sequence number divided by `RESULTS_PER_RECORD`. An apply rewrites only the records
+/// whose results it adds or pushes out, not the client's whole window (up to
+/// `RESULTS_PER_SESSION` results; one key per result measured slower still: a sled
+/// operation each).
+const RESULT_PREFIX: u8 = b'r';
+const RESULTS_PER_RECORD: u64 = 64;
 const APPLIED_KEY: &[u8] = b"m:applied";
 const MEMBERSHIP_KEY: &[u8] = b"m:membership";
 /// The writes of the latest apply (`pb::RedoRecord`).
@@ -47,6 +57,62 @@ fn session_key(client_id: u64) -> Vec<u8> {
     k.push(SESSION_PREFIX);
     k.extend_from_slice(&client_id.to_be_bytes());
     k
+}
+
+/// The key of the record holding result `sequence` of client `client_id`.
+fn result_key(client_id: u64, sequence: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(RESULT_PREFIX);
+    k.extend_from_slice(&client_id.to_be_bytes());
+    k.extend_from_slice(&(sequence / RESULTS_PER_RECORD).to_be_bytes());
+    k
+}
+
+/// The client id of a result record's key.
+fn result_client(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+/// Writes the record of `client_id`'s results that holds `sequence` as `sessions` has it
+/// now, or removes it when none of its results are left.
+fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, sequence: u64) {
+    let first = sequence - sequence % RESULTS_PER_RECORD;
+    let results = sessions.results_pb(client_id, first..first.saturating_add(RESULTS_PER_RECORD));
+    if results.is_empty() {
+        batch.remove(result_key(client_id, sequence));
+    } else {
+        let record = pb::ClientSession {
+            client_id,
+            results,
+            ..Default::default()
+        };
+        batch.insert(result_key(client_id, sequence), record.encode_to_vec());
+    }
+}
+
+/// Writes a whole session (from a snapshot, or an older format) as the state machine
+/// stores it: its meta under `session_key`, its results in records under `result_key`.
+fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
+    let mut records: BTreeMap<Vec<u8>, Vec<pb::SessionResult>> = BTreeMap::new();
+    for r in &session.results {
+        records
+            .entry(result_key(session.client_id, r.sequence))
+            .or_default()
+            .push(r.clone());
+    }
+    for (key, results) in records {
+        let record = pb::ClientSession {
+            client_id: session.client_id,
+            results,
+            ..Default::default()
+        };
+        batch.insert(key, record.encode_to_vec());
+    }
+    let meta = pb::ClientSession {
+        results: Vec::new(),
+        ..session.clone()
+    };
+    batch.insert(session_key(session.client_id), meta.encode_to_vec());
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -173,6 +239,26 @@ pub struct StateMachine {
     applying: ApplyLock,
 }
 
+/// Data directories of format 2 stored each client session whole (its results inside the
+/// session record), rewritten on every apply that touched the client. Rewrites such
+/// records in the current layout (see `RESULT_PREFIX`), in one atomic batch per client;
+/// a crash part way leaves the rest for the next start. Nothing to do for format 3.
+fn migrate_sessions(tree: &sled::Tree) -> Result<(), String> {
+    for kv in tree.scan_prefix([SESSION_PREFIX]) {
+        let (_, v) = kv.map_err(|e| e.to_string())?;
+        let session =
+            pb::ClientSession::decode(v.as_ref()).map_err(|e| format!("a client session record is corrupt: {e}"))?;
+        if session.results.is_empty() {
+            continue;
+        }
+        let mut writes = Writes::default();
+        write_session(&mut writes, &session);
+        tree.apply_batch(writes.into_batch())
+            .map_err(|e| format!("cannot rewrite a client session: {e}"))?;
+    }
+    Ok(())
+}
+
 impl StateMachine {
     /// Opens the state machine in `dir` and makes it agree with the newest
     /// snapshot: if a crash came between writing a received snapshot and
@@ -204,12 +290,22 @@ impl StateMachine {
                 .map_err(|e| format!("state machine's membership record is corrupt: {e}"))?,
             None => StoredMembership::default(),
         };
+        migrate_sessions(&tree)?;
         let mut sessions = Sessions::default();
         for kv in tree.scan_prefix([SESSION_PREFIX]) {
             let (_, v) = kv.map_err(|e| e.to_string())?;
             let session = pb::ClientSession::decode(v.as_ref())
                 .map_err(|e| format!("a client session record is corrupt: {e}"))?;
             sessions.insert_pb(session);
+        }
+        for kv in tree.scan_prefix([RESULT_PREFIX]) {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            let client_id = result_client(&k).ok_or("a client session result record has a malformed key")?;
+            let record = pb::ClientSession::decode(v.as_ref())
+                .map_err(|e| format!("a client session result record is corrupt: {e}"))?;
+            for result in record.results {
+                sessions.insert_result_pb(client_id, result);
+            }
         }
         let mut sm = StateMachine {
             db: db.clone(),
@@ -244,7 +340,7 @@ impl StateMachine {
     /// in one atomic batch.
     fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StorageError> {
         let mut batch = Writes::default();
-        for prefix in [DATA_PREFIX, SESSION_PREFIX] {
+        for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
                 let (k, _) = kv.map_err(sm_read_err)?;
                 batch.remove(k.to_vec());
@@ -257,7 +353,7 @@ impl StateMachine {
             match record.map_err(sm_read_err)?.record {
                 Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value),
                 Some(pb::snapshot_record::Record::Session(session)) => {
-                    batch.insert(session_key(session.client_id), session.encode_to_vec());
+                    write_session(&mut batch, &session);
                     sessions.insert_pb(session);
                 }
                 None => {}
@@ -497,6 +593,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // commands see earlier ones before the batch reaches the tree.
         let mut written: HashMap<Bytes, Option<Bytes>> = HashMap::new();
         let mut touched_sessions = Vec::new();
+        // (client, a sequence number) of each result record to rewrite; one per record.
+        let mut touched_results: BTreeSet<(u64, u64)> = BTreeSet::new();
         let mut results = Vec::new();
         let mut applied = self.applied;
         let mut membership = None;
@@ -532,23 +630,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         let result = self.apply_op(op, &mut batch, &mut written)?;
                         if let Some(id) = write_id {
-                            self.sessions.record(id, now_ms, result.clone());
+                            let pushed_out = self.sessions.record(id, now_ms, result.clone());
+                            let records = |seq: u64| (id.client_id, seq - seq % RESULTS_PER_RECORD);
+                            touched_results.insert(records(id.sequence));
+                            touched_results.extend(pushed_out.into_iter().map(records));
                             touched_sessions.push(id.client_id);
                         }
                         out.push(result);
                     }
-                    for gone in self.sessions.expire(now_ms) {
+                    for (gone, sequences) in self.sessions.expire(now_ms) {
+                        // Its records are removed with the others below: it has no results left.
+                        touched_results.extend(sequences.into_iter().map(|seq| (gone, seq - seq % RESULTS_PER_RECORD)));
                         batch.remove(session_key(gone));
                     }
                     results.push(BatchResult { results: out });
                 }
             }
         }
+        for (client_id, sequence) in touched_results {
+            write_results(&mut batch, &self.sessions, client_id, sequence);
+        }
         touched_sessions.sort_unstable();
         touched_sessions.dedup();
         for client_id in touched_sessions {
-            if let Some(session) = self.sessions.to_pb(client_id) {
-                batch.insert(session_key(client_id), session.encode_to_vec());
+            if let Some(meta) = self.sessions.meta_pb(client_id) {
+                batch.insert(session_key(client_id), meta.encode_to_vec());
             }
         }
         set_markers(&mut batch, &applied, membership.as_ref());
@@ -645,6 +751,18 @@ mod tests {
                 sequence,
             }),
         }
+    }
+
+    /// A compare-and-swap that creates key `k` (expects it absent), with write id `seq`.
+    fn create_k(v: &str, seq: u64) -> Command {
+        cmd(
+            Op::Cas {
+                key: b("k"),
+                expect: None,
+                new_value: b(v),
+            },
+            Some(seq),
+        )
     }
 
     fn b(s: &str) -> Bytes {
@@ -783,16 +901,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut sm = open(dir.path());
-            let append = |v: &str| {
-                cmd(
-                    Op::Cas {
-                        key: b("k"),
-                        expect: None,
-                        new_value: b(v),
-                    },
-                    Some(1),
-                )
-            };
+            let append = |v: &str| create_k(v, 1);
             let r = sm
                 .apply([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
                 .await
@@ -826,6 +935,118 @@ mod tests {
                 swapped: true,
                 current: None
             }
+        );
+        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
+    }
+
+    fn stored_results(sm: &StateMachine, client_id: u64) -> Vec<u64> {
+        let mut prefix = vec![RESULT_PREFIX];
+        prefix.extend_from_slice(&client_id.to_be_bytes());
+        sm.tree
+            .scan_prefix(prefix)
+            .flat_map(|kv| pb::ClientSession::decode(kv.unwrap().1.as_ref()).unwrap().results)
+            .map(|r| r.sequence)
+            .collect()
+    }
+
+    fn stored_meta(sm: &StateMachine, client_id: u64) -> pb::ClientSession {
+        let v = sm.tree.get(session_key(client_id)).unwrap().expect("a session record");
+        pb::ClientSession::decode(v.as_ref()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_clients_window_is_stored_a_result_per_key_and_what_leaves_it_is_removed() {
+        use crate::store::sessions::RESULTS_PER_SESSION;
+        let dir = tempfile::tempdir().unwrap();
+        let last = RESULTS_PER_SESSION + 5;
+        {
+            let mut sm = open(dir.path());
+            let put = |seq: u64| {
+                cmd(
+                    Op::Put {
+                        key: b("k"),
+                        value: b(&seq.to_string()),
+                    },
+                    Some(seq),
+                )
+            };
+            sm.apply([entry(1, (1..=10).map(put).collect())]).await.unwrap();
+            sm.apply([entry(2, (11..=last).map(put).collect())]).await.unwrap();
+            assert_eq!(stored_results(&sm, 42), (6..=last).collect::<Vec<u64>>());
+            let meta = stored_meta(&sm, 42);
+            assert!(meta.results.is_empty(), "the session record holds no results");
+            assert_eq!(meta.forgotten_through, 5);
+        }
+        let mut sm = open(dir.path());
+        let retry = |seq: u64| {
+            cmd(
+                Op::Put {
+                    key: b("k"),
+                    value: b("retried"),
+                },
+                Some(seq),
+            )
+        };
+        let r = sm.apply([entry(3, vec![retry(last), retry(3)])]).await.unwrap();
+        assert_eq!(r[0].results, vec![CommandResult::Put, CommandResult::Forgotten]);
+        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b(&last.to_string())));
+        let records = sm.tree.scan_prefix([RESULT_PREFIX]).count() as u64;
+        assert!(
+            records <= RESULTS_PER_SESSION / RESULTS_PER_RECORD + 1,
+            "{records} records"
+        );
+
+        // A client idle past the TTL (in log time) is forgotten with all of its records.
+        let mut later = entry(
+            4,
+            vec![cmd(
+                Op::Put {
+                    key: b("other"),
+                    value: b("1"),
+                },
+                None,
+            )],
+        );
+        if let EntryPayload::Normal(batch) = &mut later.payload {
+            batch.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
+        }
+        sm.apply([later]).await.unwrap();
+        assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
+        assert!(sm.tree.get(session_key(42)).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_format_2_session_record_is_rewritten_at_open_and_still_answers_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = |v: &str| create_k(v, 1);
+        {
+            let mut sm = open(dir.path());
+            sm.apply([entry(1, vec![cas("a")])]).await.unwrap();
+            // What format 2 stored: the whole session under its key, no result keys.
+            let whole = sm.sessions.to_pb(42).unwrap();
+            assert_eq!(whole.results.len(), 1);
+            sm.tree.remove(result_key(42, 1)).unwrap();
+            sm.tree.insert(session_key(42), whole.encode_to_vec()).unwrap();
+            sm.db
+                .open_tree("identity")
+                .unwrap()
+                .insert("format", &2u64.to_be_bytes())
+                .unwrap();
+            sm.db.flush().unwrap();
+        }
+        let mut sm = open(dir.path());
+        assert_eq!(stored_results(&sm, 42), vec![1]);
+        assert!(stored_meta(&sm, 42).results.is_empty());
+        let format = sm.db.open_tree("identity").unwrap().get("format").unwrap().unwrap();
+        assert_eq!(format.as_ref(), &3u64.to_be_bytes()[..]);
+        let r = sm.apply([entry(2, vec![cas("b")])]).await.unwrap();
+        assert_eq!(
+            r[0].results[0],
+            CommandResult::Cas {
+                swapped: true,
+                current: None
+            },
+            "the retry gets the first result"
         );
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
