@@ -382,13 +382,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| (e.log_id.index, convert::entry_to_pb(e).encode_to_vec()))
             .collect();
-        let sizes: Vec<usize> = records.iter().map(|(_, bytes)| bytes.len()).collect();
         self.store_commit_marker()?;
         // One write and one fdatasync for the whole batch; openraft is told only after it.
         let written = self
-            .with_wal(move |wal| wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice()))))
+            .with_wal(move |wal| {
+                wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
+                Ok(records)
+            })
             .await;
-        if written.is_ok() {
+        if let Ok(records) = &written {
+            let sizes = records.iter().map(|(_, bytes)| bytes.len());
             self.recent().appended(entries.into_iter().zip(sizes));
         }
         let result = written

@@ -9,6 +9,7 @@
 //! `SESSION_TTL_MS` of log time is forgotten.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::RangeBounds;
 
 use raftkv::raft_pb as pb;
 
@@ -120,7 +121,7 @@ impl Sessions {
     }
 
     /// The stored form of a client's results whose sequence numbers are in `sequences`.
-    pub fn results_pb(&self, client_id: u64, sequences: std::ops::Range<u64>) -> Vec<pb::SessionResult> {
+    pub fn results_pb(&self, client_id: u64, sequences: impl RangeBounds<u64>) -> Vec<pb::SessionResult> {
         let Some(session) = self.by_client.get(&client_id) else {
             return Vec::new();
         };
@@ -147,19 +148,9 @@ impl Sessions {
 
     /// A whole session, results included: what snapshots carry.
     pub fn to_pb(&self, client_id: u64) -> Option<pb::ClientSession> {
-        let s = self.by_client.get(&client_id)?;
         Some(pb::ClientSession {
-            client_id,
-            last_used_ms: s.last_used_ms,
-            forgotten_through: s.forgotten_through,
-            results: s
-                .results
-                .iter()
-                .map(|(seq, r)| pb::SessionResult {
-                    sequence: *seq,
-                    result: Some(convert::command_result_to_pb(r)),
-                })
-                .collect(),
+            results: self.results_pb(client_id, ..),
+            ..self.meta_pb(client_id)?
         })
     }
 
@@ -280,7 +271,7 @@ mod tests {
         assert_eq!(s.results_pb(4, 2..3).len(), 1);
         let mut back = Sessions::default();
         back.insert_pb(meta);
-        for r in s.results_pb(4, 0..u64::MAX) {
+        for r in s.results_pb(4, ..) {
             back.insert_result_pb(4, r);
         }
         // A result whose client was not loaded has nobody to belong to.

@@ -59,12 +59,17 @@ fn session_key(client_id: u64) -> Vec<u8> {
     k
 }
 
-/// The key of the record holding result `sequence` of client `client_id`.
-fn result_key(client_id: u64, sequence: u64) -> Vec<u8> {
+/// The number of the record that holds result `sequence` of a client.
+fn result_record(sequence: u64) -> u64 {
+    sequence / RESULTS_PER_RECORD
+}
+
+/// The key of result record `record` of client `client_id`.
+fn result_key(client_id: u64, record: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(RESULT_PREFIX);
     k.extend_from_slice(&client_id.to_be_bytes());
-    k.extend_from_slice(&(sequence / RESULTS_PER_RECORD).to_be_bytes());
+    k.extend_from_slice(&record.to_be_bytes());
     k
 }
 
@@ -73,40 +78,37 @@ fn result_client(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
-/// Writes the record of `client_id`'s results that holds `sequence` as `sessions` has it
-/// now, or removes it when none of its results are left.
-fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, sequence: u64) {
-    let first = sequence - sequence % RESULTS_PER_RECORD;
+/// Writes result record `record` of `client_id` as `sessions` has it now, or removes it
+/// when none of its results are left.
+fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
+    let first = record * RESULTS_PER_RECORD;
     let results = sessions.results_pb(client_id, first..first.saturating_add(RESULTS_PER_RECORD));
     if results.is_empty() {
-        batch.remove(result_key(client_id, sequence));
+        batch.remove(result_key(client_id, record));
     } else {
-        let record = pb::ClientSession {
+        let stored = pb::ClientSession {
             client_id,
             results,
             ..Default::default()
         };
-        batch.insert(result_key(client_id, sequence), record.encode_to_vec());
+        batch.insert(result_key(client_id, record), stored.encode_to_vec());
     }
 }
 
 /// Writes a whole session (from a snapshot, or an older format) as the state machine
 /// stores it: its meta under `session_key`, its results in records under `result_key`.
 fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
-    let mut records: BTreeMap<Vec<u8>, Vec<pb::SessionResult>> = BTreeMap::new();
+    let mut records: BTreeMap<u64, Vec<pb::SessionResult>> = BTreeMap::new();
     for r in &session.results {
-        records
-            .entry(result_key(session.client_id, r.sequence))
-            .or_default()
-            .push(r.clone());
+        records.entry(result_record(r.sequence)).or_default().push(r.clone());
     }
-    for (key, results) in records {
-        let record = pb::ClientSession {
+    for (record, results) in records {
+        let stored = pb::ClientSession {
             client_id: session.client_id,
             results,
             ..Default::default()
         };
-        batch.insert(key, record.encode_to_vec());
+        batch.insert(result_key(session.client_id, record), stored.encode_to_vec());
     }
     let meta = pb::ClientSession {
         results: Vec::new(),
@@ -592,8 +594,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Values this call has written so far (None: deleted), so later
         // commands see earlier ones before the batch reaches the tree.
         let mut written: HashMap<Bytes, Option<Bytes>> = HashMap::new();
-        let mut touched_sessions = Vec::new();
-        // (client, a sequence number) of each result record to rewrite; one per record.
+        // (client, record) of each result record to rewrite; their clients' metas too.
         let mut touched_results: BTreeSet<(u64, u64)> = BTreeSet::new();
         let mut results = Vec::new();
         let mut applied = self.applied;
@@ -631,30 +632,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let result = self.apply_op(op, &mut batch, &mut written)?;
                         if let Some(id) = write_id {
                             let pushed_out = self.sessions.record(id, now_ms, result.clone());
-                            let records = |seq: u64| (id.client_id, seq - seq % RESULTS_PER_RECORD);
+                            let records = |seq: u64| (id.client_id, result_record(seq));
                             touched_results.insert(records(id.sequence));
                             touched_results.extend(pushed_out.into_iter().map(records));
-                            touched_sessions.push(id.client_id);
                         }
                         out.push(result);
                     }
                     for (gone, sequences) in self.sessions.expire(now_ms) {
                         // Its records are removed with the others below: it has no results left.
-                        touched_results.extend(sequences.into_iter().map(|seq| (gone, seq - seq % RESULTS_PER_RECORD)));
+                        touched_results.extend(sequences.into_iter().map(|seq| (gone, result_record(seq))));
                         batch.remove(session_key(gone));
                     }
                     results.push(BatchResult { results: out });
                 }
             }
         }
-        for (client_id, sequence) in touched_results {
-            write_results(&mut batch, &self.sessions, client_id, sequence);
-        }
-        touched_sessions.sort_unstable();
-        touched_sessions.dedup();
-        for client_id in touched_sessions {
-            if let Some(meta) = self.sessions.meta_pb(client_id) {
-                batch.insert(session_key(client_id), meta.encode_to_vec());
+        let mut last_client = None;
+        for (client_id, record) in touched_results {
+            write_results(&mut batch, &self.sessions, client_id, record);
+            if last_client.replace(client_id) != Some(client_id) {
+                // A forgotten client has no meta any more: it was removed above.
+                if let Some(meta) = self.sessions.meta_pb(client_id) {
+                    batch.insert(session_key(client_id), meta.encode_to_vec());
+                }
             }
         }
         set_markers(&mut batch, &applied, membership.as_ref());
@@ -1025,7 +1025,7 @@ mod tests {
             // What format 2 stored: the whole session under its key, no result keys.
             let whole = sm.sessions.to_pb(42).unwrap();
             assert_eq!(whole.results.len(), 1);
-            sm.tree.remove(result_key(42, 1)).unwrap();
+            sm.tree.remove(result_key(42, result_record(1))).unwrap();
             sm.tree.insert(session_key(42), whole.encode_to_vec()).unwrap();
             sm.db
                 .open_tree("identity")
