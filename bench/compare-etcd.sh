@@ -178,6 +178,7 @@ echo "- etcd: $(etcd --version | head -1 | sed 's/etcd Version: //'), 3 members 
 echo "- raftkv: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' + uncommitted changes'), 3 nodes + router on $raftkv_endpoint"
 echo "- each run: ${BENCH_SECS} s measured after a 1 s warm-up, $BENCH_KEYS keys, $BENCH_VALUE_SIZE-byte values; load from one \`raftkv bench\` process (1 thread)"
 echo "- etcd clients are spread over its 3 members (client i -> member i mod 3; a follower forwards writes to the leader); raftkv clients go through its router"
+echo "- raftkv's client library sends the requests of its tasks that are ready together as one call (etcd's client sends one call per request); the \"unbatched\" rows turn that off (\`--unbatched\`; etcd runs the same workload again)"
 echo
 
 # ---------------------------------------------------------------- runs
@@ -189,6 +190,8 @@ runs=(
     "put, 256 clients|--workload put --clients 256"
     "linearizable get, 64 clients|--workload get --consistency linearizable --clients 64"
     "stale get, 64 clients|--workload get --consistency stale --clients 64"
+    "put, 64 clients, unbatched|--workload put --clients 64 --unbatched"
+    "lin. get, 64 clients, unbatched|--workload get --consistency linearizable --clients 64 --unbatched"
 )
 
 # bench SYSTEM FLAGS...: one run; prints its JSON report (one line) and appends it to $results.

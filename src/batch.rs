@@ -1,17 +1,35 @@
-//! The `KvBatch` call's shared rules: how big a batch may be, and how an item's error
-//! travels inside a batch reply and comes out as the status its own Kv call would have had.
+//! Many Kv requests in one `KvBatch.Batch` call: the shared rules (how big a batch may be,
+//! how an item's error travels inside a batch reply and comes out as the status its own Kv
+//! call would have had) and the [`Batcher`] that sends them.
 //!
-//! The router sends each node the Kv requests that arrive together as one `KvBatch.Batch`
-//! call; the node serves every item as its own call and answers each on its own.
+//! Under load most of the cost of a request, for the sender and for the server, was HTTP/2:
+//! a stream, its frames and a socket write per request. So the requests a process sends one
+//! server together go as one call: the client library does this towards its endpoints (the
+//! router or a node), the router towards each node. Nothing waits to fill a batch: the
+//! batching task takes what is queued when it runs (on a one-thread runtime that is after
+//! the tasks woken together have queued their requests), sends it, and goes back for the next
+//! without waiting for the answer. One request alone still goes at once, as a batch of one.
+//!
+//! Each item keeps its own timeout and gets its own answer, with the code, message and
+//! leader hint its own Kv call would have had, so callers retry a batched request by the
+//! same rules as a single one. A failed batch call (a broken connection) fails each of its
+//! items with that status. Servers (every node and the router) serve each item as its own
+//! call would be served.
 
+use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataValue;
-use tonic::{Code, Status};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
 
 use crate::client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use crate::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::pb;
+use crate::pb::batch_item::Request as Item;
+use crate::pb::batch_item_result::Result as Answer;
+use crate::pb::kv_batch_client::KvBatchClient;
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 256;
@@ -30,6 +48,16 @@ pub const MAX_BATCH_RESPONSE_MESSAGE: usize = MAX_BATCH_ITEMS * (MAX_VALUE_BYTES
 
 /// The longest an item may ask for; a node serves a longer timeout as this one.
 pub const MAX_ITEM_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Refuses a batch of more than [`MAX_BATCH_ITEMS`] items (INVALID_ARGUMENT).
+pub fn check_item_count(items: usize) -> Result<(), Status> {
+    if items > MAX_BATCH_ITEMS {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds {items} items, more than the limit of {MAX_BATCH_ITEMS}"
+        )));
+    }
+    Ok(())
+}
 
 /// The key and value bytes an item carries, as counted against [`BATCH_REQUEST_BYTES`].
 pub fn item_bytes(item: &pb::BatchItem) -> usize {
@@ -71,6 +99,162 @@ pub fn item_status(error: pb::ItemError) -> Status {
         }
     }
     status
+}
+
+/// A Kv request that can travel in a batch, and the answer it expects.
+pub trait Batchable: Sized {
+    type Reply;
+    fn into_item(self) -> Item;
+    /// The reply, when `answer` is the kind this request expects.
+    fn reply_from(answer: Answer) -> Option<Self::Reply>;
+}
+
+macro_rules! batchable {
+    ($request:ty, $reply:ty, $variant:ident) => {
+        impl Batchable for $request {
+            type Reply = $reply;
+            fn into_item(self) -> Item {
+                Item::$variant(self)
+            }
+            fn reply_from(answer: Answer) -> Option<$reply> {
+                match answer {
+                    Answer::$variant(reply) => Some(reply),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+batchable!(pb::PutRequest, pb::PutResponse, Put);
+batchable!(pb::GetRequest, pb::GetResponse, Get);
+batchable!(pb::DeleteRequest, pb::DeleteResponse, Delete);
+batchable!(pb::CompareAndSwapRequest, pb::CompareAndSwapResponse, CompareAndSwap);
+
+/// Serves `item` through `kv`'s own methods, as a Kv call with the item's timeout (as its
+/// `grpc-timeout`) would be served, and wraps the answer or error for the batch reply. For
+/// servers whose batch items need nothing their Kv calls do not do (the router; test fakes).
+pub async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
+    fn call<T>(message: T, timeout_us: u64) -> Request<T> {
+        let mut request = Request::new(message);
+        if timeout_us > 0 {
+            request.set_timeout(Duration::from_micros(timeout_us).min(MAX_ITEM_TIMEOUT));
+        }
+        request
+    }
+    let us = item.timeout_us;
+    let answer = match item.request {
+        Some(Item::Put(r)) => kv.put(call(r, us)).await.map(|r| Answer::Put(r.into_inner())),
+        Some(Item::Get(r)) => kv.get(call(r, us)).await.map(|r| Answer::Get(r.into_inner())),
+        Some(Item::Delete(r)) => kv.delete(call(r, us)).await.map(|r| Answer::Delete(r.into_inner())),
+        Some(Item::CompareAndSwap(r)) => kv
+            .compare_and_swap(call(r, us))
+            .await
+            .map(|r| Answer::CompareAndSwap(r.into_inner())),
+        None => Err(Status::invalid_argument("a batch item holds no request")),
+    };
+    pb::BatchItemResult {
+        result: Some(answer.unwrap_or_else(|status| Answer::Error(item_error(&status)))),
+    }
+}
+
+struct Queued {
+    item: pb::BatchItem,
+    reply: oneshot::Sender<Result<Answer, Status>>,
+}
+
+/// Sends requests to one server (a node or the router) in batches. Cheap to clone; the
+/// batching task ends when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl Batcher {
+    /// Starts the batching task for the server behind `channel`. Must be called on a runtime.
+    pub fn start(channel: Channel) -> Batcher {
+        let (queue, queued) = mpsc::unbounded_channel();
+        let client = KvBatchClient::new(channel)
+            .max_encoding_message_size(MAX_BATCH_REQUEST_MESSAGE)
+            .max_decoding_message_size(MAX_BATCH_RESPONSE_MESSAGE);
+        tokio::spawn(run(client, queued));
+        Batcher { queue }
+    }
+
+    /// Sends `request` in the next batch and waits for its own answer. The server gives it
+    /// `timeout`; the returned future does not borrow the batcher.
+    pub fn call<R: Batchable>(
+        &self,
+        request: R,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response<R::Reply>, Status>> + Send + 'static
+    where
+        R::Reply: Send,
+    {
+        let (reply, answer) = oneshot::channel();
+        let item = pb::BatchItem {
+            timeout_us: timeout_us(timeout),
+            request: Some(request.into_item()),
+        };
+        let queued = self.queue.send(Queued { item, reply });
+        async move {
+            let stopped = || Status::unavailable("shutting down: requests are no longer sent");
+            queued.map_err(|_| stopped())?;
+            let answer = answer.await.map_err(|_| stopped())??;
+            R::reply_from(answer)
+                .map(Response::new)
+                .ok_or_else(|| Status::internal("the server answered a batched request with the wrong kind of reply"))
+        }
+    }
+}
+
+/// Takes what is queued, up to the batch limits, sends it without waiting, and repeats.
+async fn run(client: KvBatchClient<Channel>, mut queued: mpsc::UnboundedReceiver<Queued>) {
+    while let Some(first) = queued.recv().await {
+        let mut bytes = item_bytes(&first.item);
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH_ITEMS && bytes < BATCH_REQUEST_BYTES {
+            let Ok(next) = queued.try_recv() else { break };
+            bytes += item_bytes(&next.item);
+            items.push(next);
+        }
+        tokio::spawn(send(client.clone(), items));
+    }
+}
+
+/// Sends one batch and hands each item its answer.
+async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
+    let longest = queued.iter().map(|q| q.item.timeout_us).max().unwrap_or(1);
+    let (items, replies): (Vec<_>, Vec<_>) = queued.into_iter().map(|q| (q.item, q.reply)).unzip();
+    let mut request = Request::new(pb::BatchRequest { items });
+    request.set_timeout(Duration::from_micros(longest));
+    let results = match client.batch(request).await {
+        Ok(response) => response.into_inner().results,
+        Err(status) => return fail_all(replies, status),
+    };
+    if results.len() != replies.len() {
+        let status = Status::internal(format!(
+            "the server answered a batch of {} requests with {} results",
+            replies.len(),
+            results.len()
+        ));
+        return fail_all(replies, status);
+    }
+    for (result, reply) in results.into_iter().zip(replies) {
+        let answer = match result.result {
+            Some(Answer::Error(error)) => Err(item_status(error)),
+            Some(answer) => Ok(answer),
+            None => Err(Status::internal("the server left a batched request unanswered")),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// Gives every item of a batch the same failure.
+fn fail_all(replies: Vec<oneshot::Sender<Result<Answer, Status>>>, status: Status) {
+    for reply in replies {
+        let _ = reply.send(Err(status.clone()));
+    }
 }
 
 #[cfg(test)]

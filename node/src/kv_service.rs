@@ -300,13 +300,7 @@ impl pb::kv_batch_server::KvBatch for KvService {
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
         let arrived = Instant::now();
         let items = request.into_inner().items;
-        if items.len() > batch::MAX_BATCH_ITEMS {
-            return Err(Status::invalid_argument(format!(
-                "a batch holds {} items, more than the limit of {}",
-                items.len(),
-                batch::MAX_BATCH_ITEMS
-            )));
-        }
+        batch::check_item_count(items.len())?;
         let results = futures::future::join_all(items.into_iter().map(|item| self.serve_item(item, arrived))).await;
         Ok(Response::new(pb::BatchResponse { results }))
     }

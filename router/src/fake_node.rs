@@ -214,30 +214,12 @@ impl pb::kv_server::Kv for FakeService {
 #[tonic::async_trait]
 impl pb::kv_batch_server::KvBatch for FakeService {
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        use pb::batch_item::Request as Item;
-        use pb::batch_item_result::Result as Answer;
-        use pb::kv_server::Kv;
         let items = request.into_inner().items;
         self.0.batches.fetch_add(1, Ordering::SeqCst);
         self.0.batched_items.fetch_add(items.len(), Ordering::SeqCst);
         let mut results = Vec::new();
         for item in items {
-            let answer = match item.request {
-                Some(Item::Put(r)) => self.put(Request::new(r)).await.map(|r| Answer::Put(r.into_inner())),
-                Some(Item::Get(r)) => self.get(Request::new(r)).await.map(|r| Answer::Get(r.into_inner())),
-                Some(Item::Delete(r)) => self
-                    .delete(Request::new(r))
-                    .await
-                    .map(|r| Answer::Delete(r.into_inner())),
-                Some(Item::CompareAndSwap(r)) => self
-                    .compare_and_swap(Request::new(r))
-                    .await
-                    .map(|r| Answer::CompareAndSwap(r.into_inner())),
-                None => Err(Status::invalid_argument("empty item")),
-            };
-            results.push(pb::BatchItemResult {
-                result: Some(answer.unwrap_or_else(|status| Answer::Error(raftkv::batch::item_error(&status)))),
-            });
+            results.push(raftkv::batch::serve_item_as_call(self, item).await);
         }
         Ok(Response::new(pb::BatchResponse { results }))
     }

@@ -23,7 +23,7 @@ use raftkv::pb::cluster_client::ClusterClient;
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 
-use crate::batcher::Batcher;
+use raftkv::batch::Batcher;
 
 /// The first pause before resubscribing to a node whose stream broke.
 pub const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(20);

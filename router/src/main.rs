@@ -4,7 +4,6 @@
 //! tracked in [`leader_tracker`], requests are forwarded in [`service`], and a request's
 //! deadline is read in [`deadline`].
 
-mod batcher;
 mod deadline;
 #[cfg(test)]
 mod fake_node;
@@ -18,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
+use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -164,12 +165,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
 
+    let kv = Arc::new(KvRouter::new(Arc::clone(&forwarder)));
     let mut until_stopped = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
-        .add_service(KvServer::new(KvRouter::new(Arc::clone(&forwarder))))
+        .add_service(KvServer::from_arc(Arc::clone(&kv)))
+        .add_service(KvBatchServer::from_arc(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterRouter::new(forwarder)))
         // Our own listener: nodelay must be set here, `tcp_nodelay` does not reach it, and
         // without it Nagle's algorithm holds back small replies for ~40 ms.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use raftkv::batch;
 use raftkv::client::{self, is_timeout, is_transport_error, leader_hint};
 use raftkv::pb;
 use raftkv::pb::cluster_client::ClusterClient;
@@ -316,6 +317,19 @@ impl pb::kv_server::Kv for KvRouter {
     }
 }
 
+/// A batch of Kv requests (what the client library sends): each item is served as its own
+/// Kv call to the router would be, side by side, and answered on its own.
+#[tonic::async_trait]
+impl pb::kv_batch_server::KvBatch for KvRouter {
+    async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        let items = request.into_inner().items;
+        batch::check_item_count(items.len())?;
+        let results =
+            futures::future::join_all(items.into_iter().map(|item| batch::serve_item_as_call(self, item))).await;
+        Ok(Response::new(pb::BatchResponse { results }))
+    }
+}
+
 /// The Cluster service: a node's status, from the leader when known.
 pub struct ClusterRouter {
     forwarder: Arc<Forwarder>,
@@ -500,6 +514,57 @@ mod tests {
         let (calls, items) = nodes[0].batches();
         assert_eq!(items, 64);
         assert!(calls < 64, "64 concurrent writes took {calls} calls");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_from_a_client_gets_each_items_own_answer_in_order() {
+        use pb::batch_item::Request as Item;
+        use pb::batch_item_result::Result as Answer;
+        use pb::kv_batch_server::KvBatch;
+        let nodes = cluster_led_by(2, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(2) && view.healthy.len() == 3).await;
+        let item = |request| pb::BatchItem {
+            timeout_us: 5_000_000,
+            request: Some(request),
+        };
+        let get = |key: &'static str| {
+            Item::Get(pb::GetRequest {
+                key: key.into(),
+                consistency: 0,
+            })
+        };
+        let batch = pb::BatchRequest {
+            items: vec![
+                item(Item::Put(put(Duration::from_secs(5)).into_inner())),
+                item(get("missing")),
+                item(get("k")),
+                item(get("bad")),
+            ],
+        };
+        let results: Vec<_> = router
+            .kv
+            .batch(Request::new(batch))
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|result| result.result.unwrap())
+            .collect();
+        assert!(
+            matches!(&results[0], Answer::Put(reply) if reply.header.unwrap().node_id == 2),
+            "the write goes to the leader: {results:?}"
+        );
+        assert!(
+            matches!(&results[1], Answer::Error(e) if e.code == Code::NotFound as i32),
+            "{results:?}"
+        );
+        assert!(matches!(&results[2], Answer::Get(_)), "{results:?}");
+        assert!(
+            matches!(&results[3], Answer::Error(e) if e.code == Code::InvalidArgument as i32 && e.message == "key is bad"),
+            "{results:?}"
+        );
     }
 
     /// Reads sent together, as `readers` but all at once.

@@ -11,7 +11,9 @@
 //!
 //! Connections: by default all clients share one client (one HTTP/2 connection per endpoint,
 //! requests multiplexed), which is how an application would use raftkv and which measured
-//! best (BENCHMARKS.md); `--connections N` spreads them over N independent ones. The load generator runs on its own Tokio runtime with
+//! best (BENCHMARKS.md); `--connections N` spreads them over N independent ones. raftkv's
+//! client library sends the requests of its tasks that are ready together as one batch call;
+//! `--unbatched` makes every request a call of its own. The load generator runs on its own Tokio runtime with
 //! `--threads` worker threads (default 1), so that on a small machine it leaves the other cores
 //! to the system under test; the report's `load_generator_cpu_cores` says when it is the
 //! bottleneck.
@@ -98,6 +100,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS as i64))]
     connections: u32,
+    /// Send every raftkv request as its own call, as separate client processes would,
+    /// instead of letting the client library batch the requests that are ready together.
+    #[arg(long)]
+    unbatched: bool,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
@@ -161,7 +167,7 @@ async fn benchmark(
         value_size,
     ));
     let connections = (0..args.connections)
-        .map(|_| Connection::open(args.target, &endpoints, timeout))
+        .map(|_| Connection::open(args.target, &endpoints, timeout, !args.unbatched))
         .collect::<Result<Vec<_>, _>>()
         .map_err(CliError::Usage)?;
     let progress = ProgressLine::on_stderr();
@@ -224,6 +230,7 @@ async fn benchmark(
         read_ratio: (args.workload == WorkloadKind::Mixed).then_some(args.read_ratio),
         clients: args.clients,
         connections: args.connections,
+        batched: args.target == TargetKind::Raftkv && !args.unbatched,
         threads: args.threads,
         keys: args.keys,
         value_size: args.value_size,

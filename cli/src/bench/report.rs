@@ -37,6 +37,9 @@ pub struct RunDescription {
     pub read_ratio: Option<f64>,
     pub clients: u32,
     pub connections: u32,
+    /// Whether the client library sent the requests that were ready together as one call
+    /// (raftkv only; `--unbatched` turns it off).
+    pub batched: bool,
     pub threads: u16,
     pub keys: u64,
     pub value_size: u64,
@@ -136,11 +139,12 @@ impl Report {
         );
         let _ = writeln!(
             text,
-            "  {} {} on {} {}, {} keys, {}-byte values, {} s measured after a {} s warm-up",
+            "  {} {} on {} {}{}, {} keys, {}-byte values, {} s measured after a {} s warm-up",
             run.clients,
             plural(run.clients as u64, "client", "clients"),
             run.connections,
             plural(run.connections as u64, "connection", "connections"),
+            if run.batched { " (requests batched)" } else { "" },
             run.keys,
             run.value_size,
             self.duration_s,
@@ -234,6 +238,7 @@ mod tests {
             read_ratio: None,
             clients: 64,
             connections: 1,
+            batched: true,
             threads: 1,
             keys: 10_000,
             value_size: 256,
@@ -291,7 +296,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("64 clients on 1 connection, 10000 keys, 256-byte values, 2 s measured after a 1 s warm-up"),
+            text.contains("64 clients on 1 connection (requests batched), 10000 keys, 256-byte values, 2 s measured after a 1 s warm-up"),
             "{text}"
         );
         assert!(

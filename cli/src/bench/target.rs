@@ -39,11 +39,23 @@ pub enum Connection {
 
 impl Connection {
     /// A connection to `endpoints`; each request may take up to `timeout`. Connects lazily.
-    pub fn open(kind: TargetKind, endpoints: &[String], timeout: Duration) -> Result<Connection, String> {
+    /// `batched`: whether raftkv's client library batches the requests that are ready together
+    /// (etcd's adapter never does).
+    pub fn open(
+        kind: TargetKind,
+        endpoints: &[String],
+        timeout: Duration,
+        batched: bool,
+    ) -> Result<Connection, String> {
         match kind {
-            TargetKind::Raftkv => Client::new(endpoints.to_vec(), timeout)
-                .map(Connection::Raftkv)
-                .map_err(|error| error.to_string()),
+            TargetKind::Raftkv => {
+                let client = if batched {
+                    Client::new(endpoints.to_vec(), timeout)
+                } else {
+                    Client::new_unbatched(endpoints.to_vec(), timeout)
+                };
+                client.map(Connection::Raftkv).map_err(|error| error.to_string())
+            }
             #[cfg(feature = "etcd")]
             TargetKind::Etcd => super::etcd::EtcdConnection::new(endpoints, timeout).map(Connection::Etcd),
             #[cfg(not(feature = "etcd"))]
@@ -128,6 +140,7 @@ mod tests {
             TargetKind::Etcd,
             &["127.0.0.1:2379".to_string()],
             Duration::from_secs(1),
+            true,
         )
         .err()
         .expect("etcd is not compiled in");
