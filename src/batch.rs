@@ -9,6 +9,8 @@
 //! batching task takes what is queued when it runs (on a one-thread runtime that is after
 //! the tasks woken together have queued their requests), sends it, and goes back for the next
 //! without waiting for the answer. One request alone still goes at once, as a batch of one.
+//! A batch is answered when its slowest item is, so writes, linearizable reads and stale
+//! reads go in separate batches.
 //!
 //! Each item keeps its own timeout and gets its own answer, with the code, message and
 //! leader hint its own Kv call would have had, so callers retry a batched request by the
@@ -209,16 +211,37 @@ impl Batcher {
 }
 
 /// Takes what is queued, up to the batch limits, sends it without waiting, and repeats.
+/// Requests of different classes go in separate batches (see [`class`]).
 async fn run(client: KvBatchClient<Channel>, mut queued: mpsc::UnboundedReceiver<Queued>) {
     while let Some(first) = queued.recv().await {
         let mut bytes = item_bytes(&first.item);
-        let mut items = vec![first];
-        while items.len() < MAX_BATCH_ITEMS && bytes < BATCH_REQUEST_BYTES {
+        let mut taken = 1;
+        let mut batches: [Vec<Queued>; CLASSES] = Default::default();
+        batches[class(&first.item)].push(first);
+        while taken < MAX_BATCH_ITEMS && bytes < BATCH_REQUEST_BYTES {
             let Ok(next) = queued.try_recv() else { break };
             bytes += item_bytes(&next.item);
-            items.push(next);
+            taken += 1;
+            batches[class(&next.item)].push(next);
         }
-        tokio::spawn(send(client.clone(), items));
+        for items in batches.into_iter().filter(|items| !items.is_empty()) {
+            tokio::spawn(send(client.clone(), items));
+        }
+    }
+}
+
+/// How many classes of requests [`class`] tells apart.
+const CLASSES: usize = 3;
+
+/// Which requests may share a batch. A batch is answered when its slowest item is, so
+/// requests that take different paths through the server go in separate batches: writes (a
+/// Raft round on the leader), linearizable reads (a leadership round) and stale reads
+/// (answered at once). Each still waits for no more than the others of its kind.
+fn class(item: &pb::BatchItem) -> usize {
+    match &item.request {
+        Some(Item::Get(get)) if get.consistency == pb::Consistency::Stale as i32 => 2,
+        Some(Item::Get(_)) => 1,
+        _ => 0,
     }
 }
 

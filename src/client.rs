@@ -1009,6 +1009,8 @@ mod tests {
         #[derive(Clone)]
         struct FakeNode {
             refuse_with_hint: Option<LeaderHint>,
+            /// When set, a put is answered only once this is notified.
+            hold_puts: Option<Arc<tokio::sync::Notify>>,
             puts: Arc<AtomicUsize>,
             batches: Arc<AtomicUsize>,
         }
@@ -1041,6 +1043,9 @@ mod tests {
                 assert!(request.metadata().get("grpc-timeout").is_some(), "the deadline is sent");
                 if let Some(leader) = &self.refuse_with_hint {
                     return Err(unavailable("not the leader", Some(leader)));
+                }
+                if let Some(hold) = &self.hold_puts {
+                    hold.notified().await;
                 }
                 self.puts.fetch_add(1, Ordering::SeqCst);
                 Ok(tonic::Response::new(pb::PutResponse::default()))
@@ -1077,10 +1082,18 @@ mod tests {
         }
 
         async fn start(refuse_with_hint: Option<LeaderHint>) -> RunningNode {
+            start_with(refuse_with_hint, None).await
+        }
+
+        async fn start_with(
+            refuse_with_hint: Option<LeaderHint>,
+            hold_puts: Option<Arc<tokio::sync::Notify>>,
+        ) -> RunningNode {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap().to_string();
             let node = FakeNode {
                 refuse_with_hint,
+                hold_puts,
                 puts: Arc::default(),
                 batches: Arc::default(),
             };
@@ -1215,6 +1228,28 @@ mod tests {
             assert_eq!(error, Error::InvalidArgument("bad key".to_string()));
             assert_eq!(node.puts.load(Ordering::SeqCst), 1);
             assert_eq!(node.batches.load(Ordering::SeqCst), 0);
+        }
+
+        #[tokio::test(flavor = "current_thread")]
+        async fn a_read_sent_with_a_write_is_not_held_up_by_it() {
+            let hold = Arc::new(tokio::sync::Notify::new());
+            let node = start_with(None, Some(hold.clone())).await;
+            let client = Client::new(vec![node.address.clone()], Duration::from_secs(5)).unwrap();
+            let put = tokio::spawn({
+                let client = client.clone();
+                async move { client.put(Bytes::from_static(b"k"), Bytes::from_static(b"v")).await }
+            });
+            let get = tokio::spawn({
+                let client = client.clone();
+                async move { client.get(Bytes::from_static(b"k"), pb::Consistency::Stale).await }
+            });
+            let answer = tokio::time::timeout(Duration::from_secs(3), get)
+                .await
+                .expect("the read is answered while the write is still held");
+            assert_eq!(answer.unwrap().unwrap_err(), Error::NotFound);
+            assert!(!put.is_finished());
+            hold.notify_one();
+            put.await.unwrap().unwrap();
         }
     }
 }
