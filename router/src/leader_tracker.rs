@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use raftkv::batch::Batcher;
 use raftkv::client::LeaderHint;
 use raftkv::pb;
 use raftkv::pb::cluster_client::ClusterClient;
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
-
-use raftkv::batch::Batcher;
 
 /// The first pause before resubscribing to a node whose stream broke.
 pub const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(20);
