@@ -27,13 +27,12 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
-use futures::future::Either;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -317,6 +316,9 @@ fn next_step(status: &Status, kind: CallKind, tried: &str) -> NextStep {
 struct Server {
     channel: Channel,
     batcher: Option<Batcher>,
+    /// Set once the server answered a batch with UNIMPLEMENTED (a raftkv-router from before
+    /// it took batches): its requests then go one call each.
+    takes_no_batches: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -325,11 +327,12 @@ impl Server {
         Ok(Server {
             batcher: batching.then(|| Batcher::start(channel.clone())),
             channel,
+            takes_no_batches: Arc::default(),
         })
     }
 
     /// Sends `request`, which the server must answer within `time_left`: in the next batch, or
-    /// without batching as its own call, made by `direct`.
+    /// without batching (or to a server that takes none) as its own call, made by `direct`.
     fn send<R, D, F>(
         &self,
         request: R,
@@ -337,18 +340,32 @@ impl Server {
         direct: D,
     ) -> impl Future<Output = Result<tonic::Response<R::Reply>, Status>>
     where
-        R: Batchable,
+        R: Batchable + Clone,
         R::Reply: Send,
         D: FnOnce(KvClient<Channel>, tonic::Request<R>) -> F,
         F: Future<Output = Result<tonic::Response<R::Reply>, Status>>,
     {
-        match &self.batcher {
-            Some(batcher) => Either::Left(batcher.call(request, time_left)),
-            None => {
-                let mut request = tonic::Request::new(request);
-                request.set_timeout(time_left);
-                Either::Right(direct(KvClient::new(self.channel.clone()), request))
+        let deadline = Instant::now() + time_left;
+        let batcher = self
+            .batcher
+            .clone()
+            .filter(|_| !self.takes_no_batches.load(Ordering::Relaxed));
+        let takes_no_batches = self.takes_no_batches.clone();
+        let channel = self.channel.clone();
+        async move {
+            if let Some(batcher) = batcher {
+                match batcher.call(request.clone(), time_left).await {
+                    Err(status) if status.code() == Code::Unimplemented => {
+                        if !takes_no_batches.swap(true, Ordering::Relaxed) {
+                            tracing::info!("the server takes no KvBatch calls; sending it one call per request");
+                        }
+                    }
+                    answer => return answer,
+                }
             }
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            direct(KvClient::new(channel), call).await
         }
     }
 }
@@ -1250,6 +1267,35 @@ mod tests {
             assert!(!put.is_finished());
             hold.notify_one();
             put.await.unwrap().unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_server_that_takes_no_batches_gets_one_call_per_request() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let node = FakeNode {
+                refuse_with_hint: None,
+                hold_puts: None,
+                puts: Arc::default(),
+                batches: Arc::default(),
+            };
+            let puts = node.puts.clone();
+            let (_stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(pb::kv_server::KvServer::new(node))
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                        let _ = stopped.await;
+                    }),
+            );
+            let client = Client::new(vec![address], Duration::from_secs(5)).unwrap();
+            for _ in 0..2 {
+                client
+                    .put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(puts.load(Ordering::SeqCst), 2);
         }
     }
 }
