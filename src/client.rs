@@ -1099,12 +1099,14 @@ mod tests {
         }
 
         async fn start(refuse_with_hint: Option<LeaderHint>) -> RunningNode {
-            start_with(refuse_with_hint, None).await
+            start_with(refuse_with_hint, None, true).await
         }
 
+        /// `serve_batches`: false for a server from before `KvBatch`.
         async fn start_with(
             refuse_with_hint: Option<LeaderHint>,
             hold_puts: Option<Arc<tokio::sync::Notify>>,
+            serve_batches: bool,
         ) -> RunningNode {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap().to_string();
@@ -1119,7 +1121,7 @@ mod tests {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(pb::kv_server::KvServer::new(node.clone()))
-                    .add_service(pb::kv_batch_server::KvBatchServer::new(node))
+                    .add_optional_service(serve_batches.then(|| pb::kv_batch_server::KvBatchServer::new(node)))
                     .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                         let _ = stopped.await;
                     }),
@@ -1250,7 +1252,7 @@ mod tests {
         #[tokio::test(flavor = "current_thread")]
         async fn a_read_sent_with_a_write_is_not_held_up_by_it() {
             let hold = Arc::new(tokio::sync::Notify::new());
-            let node = start_with(None, Some(hold.clone())).await;
+            let node = start_with(None, Some(hold.clone()), true).await;
             let client = Client::new(vec![node.address.clone()], Duration::from_secs(5)).unwrap();
             let put = tokio::spawn({
                 let client = client.clone();
@@ -1271,31 +1273,15 @@ mod tests {
 
         #[tokio::test]
         async fn a_server_that_takes_no_batches_gets_one_call_per_request() {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap().to_string();
-            let node = FakeNode {
-                refuse_with_hint: None,
-                hold_puts: None,
-                puts: Arc::default(),
-                batches: Arc::default(),
-            };
-            let puts = node.puts.clone();
-            let (_stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(pb::kv_server::KvServer::new(node))
-                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                        let _ = stopped.await;
-                    }),
-            );
-            let client = Client::new(vec![address], Duration::from_secs(5)).unwrap();
+            let node = start_with(None, None, false).await;
+            let client = Client::new(vec![node.address.clone()], Duration::from_secs(5)).unwrap();
             for _ in 0..2 {
                 client
                     .put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
                     .await
                     .unwrap();
             }
-            assert_eq!(puts.load(Ordering::SeqCst), 2);
+            assert_eq!(node.puts.load(Ordering::SeqCst), 2);
         }
     }
 }
