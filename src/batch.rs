@@ -133,10 +133,21 @@ batchable!(pb::GetRequest, pb::GetResponse, Get);
 batchable!(pb::DeleteRequest, pb::DeleteResponse, Delete);
 batchable!(pb::CompareAndSwapRequest, pb::CompareAndSwapResponse, CompareAndSwap);
 
+/// Serves a batch through `kv`'s own methods: each item side by side, as a Kv call with the
+/// item's timeout would be served (see [`serve_item_as_call`]). For servers whose batch items
+/// need nothing their Kv calls do not do (the router; test fakes).
+pub async fn serve_as_calls<K: pb::kv_server::Kv>(
+    kv: &K,
+    items: Vec<pb::BatchItem>,
+) -> Result<pb::BatchResponse, Status> {
+    check_item_count(items.len())?;
+    let results = futures::future::join_all(items.into_iter().map(|item| serve_item_as_call(kv, item))).await;
+    Ok(pb::BatchResponse { results })
+}
+
 /// Serves `item` through `kv`'s own methods, as a Kv call with the item's timeout (as its
-/// `grpc-timeout`) would be served, and wraps the answer or error for the batch reply. For
-/// servers whose batch items need nothing their Kv calls do not do (the router; test fakes).
-pub async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
+/// `grpc-timeout`) would be served, and wraps the answer or error for the batch reply.
+async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
     fn call<T>(message: T, timeout_us: u64) -> Request<T> {
         let mut request = Request::new(message);
         if timeout_us > 0 {

@@ -1040,14 +1040,9 @@ mod tests {
                 request: tonic::Request<pb::BatchRequest>,
             ) -> Result<tonic::Response<pb::BatchResponse>, Status> {
                 self.batches.fetch_add(1, Ordering::SeqCst);
-                let items = request.into_inner().items;
-                let results = futures::future::join_all(
-                    items
-                        .into_iter()
-                        .map(|item| crate::batch::serve_item_as_call(self, item)),
-                )
-                .await;
-                Ok(tonic::Response::new(pb::BatchResponse { results }))
+                crate::batch::serve_as_calls(self, request.into_inner().items)
+                    .await
+                    .map(tonic::Response::new)
             }
         }
 

@@ -210,18 +210,14 @@ impl pb::kv_server::Kv for FakeService {
     }
 }
 
-/// Each item is answered by the fake's Kv methods, one after the other.
+/// Each item is answered by the fake's Kv methods.
 #[tonic::async_trait]
 impl pb::kv_batch_server::KvBatch for FakeService {
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
         let items = request.into_inner().items;
         self.0.batches.fetch_add(1, Ordering::SeqCst);
         self.0.batched_items.fetch_add(items.len(), Ordering::SeqCst);
-        let mut results = Vec::new();
-        for item in items {
-            results.push(raftkv::batch::serve_item_as_call(self, item).await);
-        }
-        Ok(Response::new(pb::BatchResponse { results }))
+        raftkv::batch::serve_as_calls(self, items).await.map(Response::new)
     }
 }
 

@@ -322,11 +322,9 @@ impl pb::kv_server::Kv for KvRouter {
 #[tonic::async_trait]
 impl pb::kv_batch_server::KvBatch for KvRouter {
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
-        let items = request.into_inner().items;
-        batch::check_item_count(items.len())?;
-        let results =
-            futures::future::join_all(items.into_iter().map(|item| batch::serve_item_as_call(self, item))).await;
-        Ok(Response::new(pb::BatchResponse { results }))
+        batch::serve_as_calls(self, request.into_inner().items)
+            .await
+            .map(Response::new)
     }
 }
 
