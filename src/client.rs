@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
+use futures::future::Either;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -331,6 +332,18 @@ impl Server {
         })
     }
 
+    /// Whether requests to this server go in batches now.
+    fn batching(&self) -> bool {
+        self.batcher.is_some() && !self.takes_no_batches.load(Ordering::Relaxed)
+    }
+
+    /// After a batch was answered UNIMPLEMENTED: from now on, one call per request.
+    fn stop_batching(&self) {
+        if !self.takes_no_batches.swap(true, Ordering::Relaxed) {
+            tracing::info!("the server takes no KvBatch calls; sending it one call per request");
+        }
+    }
+
     /// Sends `request`, which the server must answer within `time_left`: in the next batch, or
     /// without batching (or to a server that takes none) as its own call, made by `direct`.
     fn send<R, D, F>(
@@ -340,32 +353,18 @@ impl Server {
         direct: D,
     ) -> impl Future<Output = Result<tonic::Response<R::Reply>, Status>>
     where
-        R: Batchable + Clone,
+        R: Batchable,
         R::Reply: Send,
         D: FnOnce(KvClient<Channel>, tonic::Request<R>) -> F,
         F: Future<Output = Result<tonic::Response<R::Reply>, Status>>,
     {
-        let deadline = Instant::now() + time_left;
-        let batcher = self
-            .batcher
-            .clone()
-            .filter(|_| !self.takes_no_batches.load(Ordering::Relaxed));
-        let takes_no_batches = self.takes_no_batches.clone();
-        let channel = self.channel.clone();
-        async move {
-            if let Some(batcher) = batcher {
-                match batcher.call(request.clone(), time_left).await {
-                    Err(status) if status.code() == Code::Unimplemented => {
-                        if !takes_no_batches.swap(true, Ordering::Relaxed) {
-                            tracing::info!("the server takes no KvBatch calls; sending it one call per request");
-                        }
-                    }
-                    answer => return answer,
-                }
+        match &self.batcher {
+            Some(batcher) if self.batching() => Either::Left(batcher.call(request, time_left)),
+            _ => {
+                let mut request = tonic::Request::new(request);
+                request.set_timeout(time_left);
+                Either::Right(direct(KvClient::new(self.channel.clone()), request))
             }
-            let mut call = tonic::Request::new(request);
-            call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            direct(KvClient::new(channel), call).await
         }
     }
 }
@@ -729,11 +728,17 @@ impl Client {
             }
             let address = self.target();
             let server = self.server(&address)?;
+            let batched = server.batching();
             let status = match tokio::time::timeout_at(deadline, attempt(&server, deadline - now)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
                 Err(_elapsed) => break,
             };
+            if batched && status.code() == Code::Unimplemented {
+                // A server from before KvBatch (nothing was served): send it again on its own.
+                server.stop_batching();
+                continue;
+            }
             let step = next_step(&status, kind, &address);
             tracing::debug!(%address, code = ?status.code(), message = status.message(), ?step, "attempt failed");
             match step {
