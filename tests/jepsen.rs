@@ -2,7 +2,8 @@
 //! delete a few keys — through the router and directly against nodes — while a
 //! nemesis kills the leader, pauses nodes, kills random nodes and partitions a
 //! node from its peers. Every operation's invocation, completion and outcome is
-//! recorded, and the history is checked for linearizability (see `checker/`).
+//! recorded, and the history is checked for linearizability (the `raftkv-checker`
+//! crate, `checker/`).
 //!
 //! Partitions are real: every node sits behind a fault-injecting proxy
 //! (`nemesis/`) through which all Raft traffic flows, and the test asserts that
@@ -13,7 +14,6 @@
 //! `RAFTKV_JEPSEN_SEED` replays a nemesis/client schedule. On failure the
 //! history is written to a JSON file whose path is printed.
 
-mod checker;
 mod common;
 mod nemesis;
 
@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use checker::{Budget, History, Op, OpResult, Outcome};
 use common::{ClusterOptions, TestCluster};
 use nemesis::FaultyNetwork;
 use raftkv::client::{Client, Error};
 use raftkv::pb::Consistency;
+use raftkv_checker::{Budget, History, Op, OpResult, Operation, Outcome};
 use tokio::time::Instant;
 
 /// How long the clients run unless `RAFTKV_SOAK_SECS` says otherwise.
@@ -309,7 +309,7 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
             time_limit_total: Some(Duration::from_secs(120)),
             ..Budget::default()
         };
-        let verdict = checker::check(&ops, &budget);
+        let verdict = raftkv_checker::check(&ops, &budget);
         eprintln!("jepsen: verdict: {}", first_line(&verdict.to_string()));
         if !verdict.is_linearizable() {
             let path = std::env::temp_dir().join(format!("raftkv-jepsen-history-{seed}.json"));
@@ -337,7 +337,7 @@ fn first_line(s: &str) -> &str {
 }
 
 /// Prints operations by kind and outcome, and faults by kind.
-fn report_counts(ops: &[checker::Operation], faults: &FaultLog) {
+fn report_counts(ops: &[Operation], faults: &FaultLog) {
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for o in ops {
         let kind = match o.op {

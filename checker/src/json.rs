@@ -1,4 +1,5 @@
-//! Recording a history from concurrent clients, and dumping / loading it as JSON.
+//! Dumping a history as JSON and loading it back, so that a failed run's history can be
+//! kept, read and checked again.
 //!
 //! JSON format (one object, one operation per line in files written by [`write_json`]):
 //!
@@ -16,138 +17,68 @@
 //! with `ok`, `result` is the value read (read), whether the key existed or null
 //! (delete), whether it swapped / deleted (cas / delete_if), absent for write.
 
-use super::{check, Budget, Op, OpResult, Operation, Outcome, Verdict};
-use serde_json::{json, Map, Value};
 use std::io::{self, Write as _};
+use std::num::ParseIntError;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Instant;
 
-/// A thread-safe recorder of a history, with one clock shared by all clients.
-///
-/// ```ignore
-/// let history = Arc::new(History::new());
-/// let p = history.invoke(client_id, key.clone(), Op::Write(value.clone()));
-/// match client.put(key, value).await {
-///     Ok(_) => history.complete(p, Outcome::Ok(OpResult::Written)),
-///     Err(e) if definitely_not_applied(&e) => history.complete(p, Outcome::Failed),
-///     Err(_) => history.complete(p, Outcome::Unknown),
-/// }
-/// ```
-///
-/// An operation whose [`Pending`] token is dropped without being completed (a
-/// cancelled task, a panic) stays `Unknown`, which is always a safe assumption.
-pub struct History {
-    start: Instant,
-    ops: Mutex<Vec<Operation>>,
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+
+use crate::operation::{Op, OpResult, Operation, Outcome};
+
+/// The `format` of a history file; a reader of another format must not guess.
+const FORMAT: &str = "raftkv-kv-history/1";
+
+/// Why a JSON value is not a history in this module's format.
+#[derive(Debug, Error)]
+pub enum HistoryJsonError {
+    #[error("expected an object with an \"ops\" array")]
+    NoOpsArray,
+    #[error("operation #{index}: {error}")]
+    BadOperation { index: usize, error: OperationJsonError },
 }
 
-/// The token of an invoked, not yet completed operation.
-#[must_use = "complete the operation, or drop the token to leave its outcome unknown"]
-#[derive(Debug)]
-pub struct Pending {
-    index: usize,
-}
-
-impl Pending {
-    /// Index of the operation in the history.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-}
-
-impl Default for History {
-    fn default() -> Self {
-        History::new()
-    }
-}
-
-impl History {
-    /// A new empty history whose clock starts now.
-    pub fn new() -> History {
-        History {
-            start: Instant::now(),
-            ops: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Nanoseconds since the history started.
-    pub fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Operation>> {
-        // A panicking client thread must not make the history unreadable.
-        self.ops.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records the invocation of `op`; call it just before sending the request.
-    pub fn invoke(&self, client: u64, key: impl Into<Vec<u8>>, op: Op) -> Pending {
-        let key = key.into();
-        let mut ops = self.lock();
-        // Timestamp taken under the lock so that the ops are in invocation order.
-        let invoke = self.now();
-        ops.push(Operation {
-            client,
-            key,
-            op,
-            invoke,
-            complete: u64::MAX,
-            outcome: Outcome::Unknown,
-        });
-        Pending { index: ops.len() - 1 }
-    }
-
-    /// Records the outcome of an invoked operation; call it just after the response
-    /// (or the error) arrived.
-    pub fn complete(&self, pending: Pending, outcome: Outcome) {
-        let complete = self.now();
-        let mut ops = self.lock();
-        let op = &mut ops[pending.index];
-        op.complete = complete;
-        op.outcome = outcome;
-    }
-
-    /// Adds an already complete operation (times are on this history's clock).
-    pub fn push(&self, op: Operation) {
-        self.lock().push(op);
-    }
-
-    /// A copy of the operations so far (those still pending are `Unknown`).
-    pub fn operations(&self) -> Vec<Operation> {
-        self.lock().clone()
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Checks the operations so far.
-    pub fn check(&self, budget: &Budget) -> Verdict {
-        check(&self.operations(), budget)
-    }
-
-    /// Dumps the operations so far to `path` (see the module docs for the format).
-    pub fn write_json(&self, path: impl AsRef<Path>) -> io::Result<()> {
-        write_json(&self.operations(), path)
-    }
+/// Why a JSON value is not one operation in this module's format.
+#[derive(Debug, Error)]
+pub enum OperationJsonError {
+    #[error("an operation must be an object: {0}")]
+    NotAnObject(Value),
+    #[error("missing {field:?} in {operation}")]
+    MissingField { field: &'static str, operation: Value },
+    #[error("{field:?} must be an unsigned integer in {operation}")]
+    NotAnUnsignedInteger { field: &'static str, operation: Value },
+    #[error("{field:?} must be a string in {operation}")]
+    NotAString { field: &'static str, operation: Value },
+    #[error("\"result\" must be a boolean in {0}")]
+    ResultNotABoolean(Value),
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    #[error("unknown outcome {0:?}")]
+    UnknownOutcome(String),
+    #[error("expected a string or {{\"hex\": ...}}, got {0}")]
+    NotBytes(Value),
+    #[error("odd-length hex string {0:?}")]
+    OddLengthHex(String),
+    #[error("bad hex {text:?}: {error}")]
+    BadHex { text: String, error: ParseIntError },
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
+fn unhex(s: &str) -> Result<Vec<u8>, OperationJsonError> {
     if s.len() & 1 == 1 {
-        return Err(format!("odd-length hex string {s:?}"));
+        return Err(OperationJsonError::OddLengthHex(s.to_string()));
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| format!("bad hex {s:?}: {e}")))
+        .map(|i| {
+            u8::from_str_radix(&s[i..i + 2], 16).map_err(|error| OperationJsonError::BadHex {
+                text: s.to_string(),
+                error,
+            })
+        })
         .collect()
 }
 
@@ -162,18 +93,18 @@ fn opt_bytes_json(b: &Option<Vec<u8>>) -> Value {
     b.as_deref().map_or(Value::Null, bytes_json)
 }
 
-fn bytes_from(v: &Value) -> Result<Vec<u8>, String> {
+fn bytes_from(v: &Value) -> Result<Vec<u8>, OperationJsonError> {
     match v {
         Value::String(s) => Ok(s.as_bytes().to_vec()),
         Value::Object(m) => match m.get("hex") {
             Some(Value::String(h)) if m.len() == 1 => unhex(h),
-            _ => Err(format!("expected a string or {{\"hex\": ...}}, got {v}")),
+            _ => Err(OperationJsonError::NotBytes(v.clone())),
         },
-        _ => Err(format!("expected a string or {{\"hex\": ...}}, got {v}")),
+        _ => Err(OperationJsonError::NotBytes(v.clone())),
     }
 }
 
-fn opt_bytes_from(v: Option<&Value>) -> Result<Option<Vec<u8>>, String> {
+fn opt_bytes_from(v: Option<&Value>) -> Result<Option<Vec<u8>>, OperationJsonError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => bytes_from(v).map(Some),
@@ -181,7 +112,7 @@ fn opt_bytes_from(v: Option<&Value>) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// One operation as a JSON object.
-pub fn operation_json(o: &Operation) -> Value {
+fn operation_json(o: &Operation) -> Value {
     let mut m = Map::new();
     m.insert("client".into(), json!(o.client));
     m.insert("key".into(), bytes_json(&o.key));
@@ -232,20 +163,29 @@ pub fn operation_json(o: &Operation) -> Value {
 }
 
 /// Parses one operation written by [`operation_json`].
-pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
+fn operation_from_json(v: &Value) -> Result<Operation, OperationJsonError> {
     let m = v
         .as_object()
-        .ok_or_else(|| format!("an operation must be an object: {v}"))?;
-    let field = |name: &str| m.get(name).ok_or_else(|| format!("missing {name:?} in {v}"));
-    let uint = |name: &str| {
+        .ok_or_else(|| OperationJsonError::NotAnObject(v.clone()))?;
+    let field = |name: &'static str| {
+        m.get(name).ok_or_else(|| OperationJsonError::MissingField {
+            field: name,
+            operation: v.clone(),
+        })
+    };
+    let uint = |name: &'static str| {
         field(name)?
             .as_u64()
-            .ok_or_else(|| format!("{name:?} must be an unsigned integer in {v}"))
+            .ok_or_else(|| OperationJsonError::NotAnUnsignedInteger {
+                field: name,
+                operation: v.clone(),
+            })
     };
-    let text = |name: &str| {
-        field(name)?
-            .as_str()
-            .ok_or_else(|| format!("{name:?} must be a string in {v}"))
+    let text = |name: &'static str| {
+        field(name)?.as_str().ok_or_else(|| OperationJsonError::NotAString {
+            field: name,
+            operation: v.clone(),
+        })
     };
     let op = match text("op")? {
         "read" => Op::Read,
@@ -258,7 +198,7 @@ pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
         "delete_if" => Op::DeleteIf {
             expect: bytes_from(field("expect")?)?,
         },
-        other => return Err(format!("unknown op {other:?}")),
+        other => return Err(OperationJsonError::UnknownOp(other.to_string())),
     };
     let outcome = match text("outcome")? {
         "failed" => Outcome::Failed,
@@ -268,7 +208,7 @@ pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
             let flag = || {
                 result
                     .as_bool()
-                    .ok_or_else(|| format!("\"result\" must be a boolean in {v}"))
+                    .ok_or_else(|| OperationJsonError::ResultNotABoolean(v.clone()))
             };
             Outcome::Ok(match &op {
                 Op::Read => OpResult::Read(opt_bytes_from(Some(result))?),
@@ -280,7 +220,7 @@ pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
                 Op::DeleteIf { .. } => OpResult::DeleteIf(flag()?),
             })
         }
-        other => return Err(format!("unknown outcome {other:?}")),
+        other => return Err(OperationJsonError::UnknownOutcome(other.to_string())),
     };
     Ok(Operation {
         client: uint("client")?,
@@ -295,31 +235,28 @@ pub fn operation_from_json(v: &Value) -> Result<Operation, String> {
 /// A whole history as a JSON value.
 pub fn to_json(ops: &[Operation]) -> Value {
     json!({
-        "format": "raftkv-kv-history/1",
+        "format": FORMAT,
         "time_unit": "ns",
         "ops": ops.iter().map(operation_json).collect::<Vec<_>>(),
     })
 }
 
 /// Parses a history written by [`to_json`] / [`write_json`].
-pub fn from_json(v: &Value) -> Result<Vec<Operation>, String> {
+pub fn from_json(v: &Value) -> Result<Vec<Operation>, HistoryJsonError> {
     let ops = v
         .get("ops")
         .and_then(Value::as_array)
-        .ok_or("expected an object with an \"ops\" array")?;
+        .ok_or(HistoryJsonError::NoOpsArray)?;
     ops.iter()
         .enumerate()
-        .map(|(i, o)| operation_from_json(o).map_err(|e| format!("operation #{i}: {e}")))
+        .map(|(index, o)| operation_from_json(o).map_err(|error| HistoryJsonError::BadOperation { index, error }))
         .collect()
 }
 
 /// Writes a history to `path`, one operation per line.
 pub fn write_json(ops: &[Operation], path: impl AsRef<Path>) -> io::Result<()> {
     let mut out = io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        out,
-        "{{\"format\": \"raftkv-kv-history/1\", \"time_unit\": \"ns\", \"ops\": ["
-    )?;
+    writeln!(out, "{{\"format\": \"{FORMAT}\", \"time_unit\": \"ns\", \"ops\": [")?;
     for (i, o) in ops.iter().enumerate() {
         let sep = if i + 1 < ops.len() { "," } else { "" };
         writeln!(out, "  {}{sep}", operation_json(o))?;
