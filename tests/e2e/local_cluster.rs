@@ -3,13 +3,11 @@
 //! `cluster down` stops everything, and a second `cluster up` on the same data
 //! directory finds the data again.
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{binary, run_to_end, Finished};
+use crate::common::{self, binary, run_to_end, Finished};
 
 /// How long one CLI command may run (`cluster up` waits for an election).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,15 +1,14 @@
 //! End to end: writes are replicated to every node, reach nodes that were down (from the log or,
 //! when the log was compacted, by a snapshot), and followers serve reads but refuse writes.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{key, value, ClusterOptions, TestCluster};
 use raftkv::client::{self, Error};
 use raftkv::pb::{self, Consistency};
 use tonic::Code;
+
+use crate::common::{key, value, ClusterOptions, TestCluster};
 
 /// How long a restarted node may take to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,16 +1,15 @@
 //! End to end: losing the leader (kill -9 or SIGTERM) costs a short pause, not the service;
 //! and a measurement of how short that pause is through the router.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{key, value, TestCluster};
 use raftkv::client;
 use raftkv::pb::{self, cluster_client::ClusterClient, Consistency};
 use tokio::time::Instant;
+
+use crate::common::{self, key, value, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_leader_is_replaced_and_writes_resume_through_the_router() {
@@ -144,7 +143,7 @@ struct Ack {
 
 /// Measures, five times, how long writes through the router stall when the leader is killed:
 /// from the kill -9 to the first write acknowledged by another node. Not a pass/fail test;
-/// run it with `cargo test --test failover -- --ignored --nocapture measure_failover_time`.
+/// run it with `cargo test -p raftkv --test e2e -- --ignored --nocapture measure_failover_time`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check; run on purpose with --ignored --nocapture"]
 async fn measure_failover_time() {

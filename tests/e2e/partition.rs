@@ -1,18 +1,16 @@
 //! A node cut off from its peers: it refuses linearizable reads instead of
 //! answering from stale state, still answers stale reads, and catches up once
 //! the partition heals. The cut is made by the fault-injecting proxy in front
-//! of every node (see `nemesis/`).
-
-mod common;
-mod nemesis;
+//! of every node (see `nemesis.rs`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{ClusterOptions, TestCluster};
-use nemesis::FaultyNetwork;
 use raftkv::pb::{self, Consistency};
 use tonic::Code;
+
+use crate::common::{ClusterOptions, TestCluster};
+use crate::nemesis::FaultyNetwork;
 
 #[test]
 fn an_isolated_follower_refuses_linearizable_reads_but_serves_stale_ones() {

@@ -2,17 +2,16 @@
 //! is refused with the documented error wherever it enters (client library, node, router,
 //! CLI), and changes nothing.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestCluster;
 use raftkv::client::Error;
 use raftkv::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use raftkv::pb::{self, kv_client::KvClient, Consistency};
 use tonic::transport::Channel;
 use tonic::Code;
+
+use crate::common::{self, TestCluster};
 
 /// How long one CLI run may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);

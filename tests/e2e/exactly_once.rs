@@ -3,11 +3,10 @@
 //! even after every node restarted — takes effect once and is answered with its
 //! first result.
 
-mod common;
-
 use bytes::Bytes;
-use common::TestCluster;
 use raftkv::pb::{self, Consistency};
+
+use crate::common::TestCluster;
 
 const CLIENT_ID: u64 = 0x5eed_cafe;
 

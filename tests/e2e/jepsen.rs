@@ -6,7 +6,7 @@
 //! crate, `checker/`).
 //!
 //! Partitions are real: every node sits behind a fault-injecting proxy
-//! (`nemesis/`) through which all Raft traffic flows, and the test asserts that
+//! (`nemesis.rs`) through which all Raft traffic flows, and the test asserts that
 //! each partition actually held traffic back, so it cannot pass with the fault
 //! silently absent.
 //!
@@ -14,21 +14,19 @@
 //! `RAFTKV_JEPSEN_SEED` replays a nemesis/client schedule. On failure the
 //! history is written to a JSON file whose path is printed.
 
-mod common;
-mod nemesis;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{ClusterOptions, TestCluster};
-use nemesis::FaultyNetwork;
 use raftkv::client::{Client, Error};
 use raftkv::pb::Consistency;
 use raftkv_checker::{Budget, History, Op, OpResult, Operation, Outcome};
 use tokio::time::Instant;
+
+use crate::common::{ClusterOptions, TestCluster};
+use crate::nemesis::FaultyNetwork;
 
 /// How long the clients run unless `RAFTKV_SOAK_SECS` says otherwise.
 const DEFAULT_RUN_SECS: u64 = 30;

@@ -1,14 +1,13 @@
 //! End to end: what a node acknowledged is on disk, survives kill -9 of every node at once, and
 //! a node never adopts (or damages) a data directory that is not its own.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{key, value, ClusterOptions, TestCluster};
 use raftkv::client::Error;
 use raftkv::pb::{self, Consistency};
+
+use crate::common::{self, key, value, ClusterOptions, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_survives_killing_all_nodes() {

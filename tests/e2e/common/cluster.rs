@@ -1,58 +1,25 @@
-//! A local raftkv cluster of real processes, for end-to-end tests.
+//! [`TestCluster`]: a cluster of real `raftkv-node` processes (and optionally a
+//! `raftkv-router`) on loopback, with the faults a test needs, clients, and status polling.
 //!
-//! It exists so that every end-to-end test (and later a Jepsen-style test) starts, breaks and
-//! inspects a cluster the same way: [`TestCluster`] runs `raftkv-node` processes (and optionally
-//! a `raftkv-router`) on free loopback ports with a temporary data directory each, and offers
-//! the faults a test needs — kill -9, SIGTERM, SIGSTOP/SIGCONT, restart — plus clients and
-//! status polling. Waiting is always a poll of a condition with a deadline ([`wait_until`]),
-//! never a bare sleep.
-//!
-//! Dropping a [`TestCluster`] (also while a test panics) kills every process it started and
-//! removes the data directories; when the test failed it first prints the tail of every
-//! process's log, which is usually the quickest way to see why.
-//!
-//! The binaries are the ones cargo built next to the test executable (`target/<profile>/`);
-//! `cargo test --workspace` builds them, `cargo build --workspace` does too.
-#![allow(dead_code)] // Each test file uses a different part of the harness.
+//! Dropping it (also while a test panics) kills every process it started and removes the
+//! data directories, after printing the tail of every log when the test failed.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::future::Future;
-use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
-use bytes::Bytes;
 use raftkv::client::{self, Client};
 use raftkv::pb::{self, kv_client::KvClient};
 use tempfile::TempDir;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-/// How often [`wait_until`] re-checks its condition.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// How long a started or restarted process may take to answer its first request.
-pub const PROCESS_READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long an election may take before [`TestCluster::leader`] gives up.
-pub const LEADER_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a SIGTERMed process may take to exit before [`TestCluster::stop`] gives up.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The bound on each call of the clients handed out by [`TestCluster::client`] and friends.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The bound on one status request while polling; a paused or dying node must not stall a poll.
-pub const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Lines of each log printed when a test fails.
-pub const LOG_TAIL_LINES: usize = 40;
-/// When this environment variable is set, a failed test leaves its data directories and
-/// whole logs behind (their path is printed) instead of removing them.
-pub const KEEP_DATA_ENV: &str = "RAFTKV_E2E_KEEP_DATA";
-
-/// Ports are handed out from this range, below Linux's ephemeral range (32768+), so an outgoing
-/// connection never takes a port that a stopped node needs back on restart.
-const PORT_RANGE: std::ops::Range<u32> = 20_000..32_000;
+use super::process::{binary, free_port, signal, spawn_logged, stop_process, tail};
+use super::{
+    wait_until, CLIENT_TIMEOUT, KEEP_DATA_ENV, LEADER_TIMEOUT, LOG_TAIL_LINES, POLL_INTERVAL, PROCESS_READY_TIMEOUT,
+    STATUS_PROBE_TIMEOUT,
+};
 
 /// What cluster to start. `ClusterOptions::default()` is three nodes and a router.
 #[derive(Clone, Debug)]
@@ -274,11 +241,6 @@ impl TestCluster {
             .collect()
     }
 
-    /// The process id of node `id`, when it runs.
-    pub fn pid(&self, id: u64) -> Option<u32> {
-        self.node(id).child.as_ref().map(Child::id)
-    }
-
     // ---- clients ----
 
     /// A client that goes through the router.
@@ -498,19 +460,6 @@ impl TestCluster {
         }
     }
 
-    /// Kills the router with SIGKILL.
-    pub fn kill_router(&mut self) {
-        let mut child = self.router.child.take().expect("the router is not running");
-        signal(&child, libc::SIGKILL);
-        child.wait().expect("cannot reap the router");
-    }
-
-    /// Sends the router SIGTERM and waits until it exits.
-    pub async fn stop_router(&mut self) -> ExitStatus {
-        let child = self.router.child.take().expect("the router is not running");
-        stop_process(child, "the router").await
-    }
-
     // ---- logs ----
 
     /// Prints the last lines of every log (nodes and router) to stderr.
@@ -619,188 +568,5 @@ impl Drop for TestCluster {
                 );
             }
         }
-    }
-}
-
-/// Polls `probe` every [`POLL_INTERVAL`] until it returns `Some`, and returns that.
-/// Panics, saying `what` was awaited, when that takes longer than `within`.
-pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// The path of a workspace binary, built next to this test executable. Panics when it is missing.
-pub fn binary(name: &str) -> PathBuf {
-    // The test runs as target/<profile>/deps/<test>-<hash>; binaries are in target/<profile>/.
-    let exe = std::env::current_exe().expect("cannot find the test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable is in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{name} not found at {}: run `cargo build --workspace` first (`cargo test --workspace` builds it too)",
-        path.display()
-    );
-    path
-}
-
-/// What a process that ran to its end printed, and how it exited.
-#[derive(Debug)]
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `program` with `args` to its end, with output captured. Panics (after killing it) when
-/// it is still running after `within`.
-pub async fn run_to_end(program: &Path, args: &[&str], within: Duration) -> Finished {
-    let scratch = tempfile::tempdir().expect("a temp dir");
-    let stdout_path = scratch.path().join("stdout");
-    let stderr_path = scratch.path().join("stderr");
-    let mut child = command_without_raftkv_env(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("a stdout file"))
-        .stderr(File::create(&stderr_path).expect("a stderr file"))
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot run {}: {error}", program.display()));
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for a child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-            panic!(
-                "{} {args:?} was still running after {within:?}; stderr so far:\n{}",
-                program.display(),
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    };
-    Finished {
-        status,
-        stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-    }
-}
-
-/// A key for test data: `prefix-0042`.
-pub fn key(prefix: &str, i: usize) -> Bytes {
-    Bytes::from(format!("{prefix}-{i:04}"))
-}
-
-/// A value that is different for every key and writer: `value-of-<prefix>-0042`.
-pub fn value(prefix: &str, i: usize) -> Bytes {
-    Bytes::from(format!("value-of-{prefix}-{i:04}"))
-}
-
-/// A loopback port that is free now and that no other test of this process gets.
-///
-/// Ports come from [`PORT_RANGE`], starting at an offset derived from the process id so that
-/// test binaries running side by side rarely probe the same ports, and each is checked by
-/// binding it.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = PORT_RANGE.end - PORT_RANGE.start;
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        (std::process::id().wrapping_mul(7919)) % span,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..span {
-        let port = (PORT_RANGE.start + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {PORT_RANGE:?}");
-}
-
-/// Starts `program` with stdout and stderr appended to `log`, after a line that says how.
-fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Child {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("cannot open a log file");
-    let _ = writeln!(file, "===== starting {} {}", program.display(), args.join(" "));
-    let stderr = file.try_clone().expect("cannot clone a log file handle");
-    command_without_raftkv_env(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(stderr)
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()))
-}
-
-/// A command for `program` whose environment has no `RAFTKV_*` variables: every flag of our
-/// binaries can also come from one, and a test must run with the flags it passes, not with
-/// whatever the developer's shell has set.
-fn command_without_raftkv_env(program: &Path) -> Command {
-    let mut command = Command::new(program);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("RAFTKV_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// SIGTERM, then waits up to [`STOP_TIMEOUT`] for the exit; kills and panics past it.
-async fn stop_process(mut child: Child, name: &str) -> ExitStatus {
-    signal(&child, libc::SIGCONT); // A paused process could not act on SIGTERM.
-    signal(&child, libc::SIGTERM);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for a child") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-            panic!("{name} did not exit within {STOP_TIMEOUT:?} of SIGTERM");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
-    // SAFETY: plain kill(2) on a child we have not reaped yet, so the pid is still ours.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
-
-/// The last `lines` lines of a text file (or why it cannot be read).
-pub fn tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(error) => format!("(cannot read {}: {error})", path.display()),
     }
 }
