@@ -13,13 +13,11 @@ const IDENTITY_TREE: &str = "identity";
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_KEY: &[u8] = b"initial_cluster";
 const FORMAT_KEY: &[u8] = b"format";
-/// Bumped whenever the on-disk layout changes incompatibly.
+/// Bumped whenever the on-disk layout changes incompatibly; a directory of any other
+/// format is refused, never converted (no raftkv was released before format 3).
 /// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
-/// session's results each under a key of their own (`state_machine.rs`).
+/// session's results in records of their own beside its meta (`state_machine.rs`).
 const FORMAT_VERSION: u64 = 3;
-/// Older formats this version opens, rewriting them to [`FORMAT_VERSION`] as it does
-/// (an older raftkv then refuses the directory rather than misread it).
-const UPGRADABLE_FORMATS: [u64; 1] = [2];
 /// The Raft log's directory, inside the data directory.
 const WAL_DIR: &str = "raft-log";
 /// sled's segment size. sled writes any item larger than a quarter of a segment to a
@@ -87,7 +85,6 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         })?;
     let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
 
-    let mut upgrade_from = None;
     match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
         None => {
             // Only a directory we just created may be claimed; a sled database
@@ -134,10 +131,8 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
                 .as_deref()
                 .and_then(|f| <[u8; 8]>::try_from(f).ok())
                 .map(u64::from_be_bytes);
-            match format {
-                Some(FORMAT_VERSION) => {}
-                Some(old) if UPGRADABLE_FORMATS.contains(&old) => upgrade_from = Some(old),
-                _ => return Err(unusable("it was written by an incompatible raftkv version".to_string())),
+            if format != Some(FORMAT_VERSION) {
+                return Err(unusable("it was written by an incompatible raftkv version".to_string()));
             }
             let stored = identity
                 .get(CLUSTER_KEY)
@@ -165,14 +160,6 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     let log_store = LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(corrupt)?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
     let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
-    if let Some(old) = upgrade_from {
-        // `StateMachine::open` has rewritten what the old format stored differently.
-        identity
-            .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
-            .and_then(|_| db.flush())
-            .map_err(|e| unusable(format!("cannot upgrade it from format {old}: {e}")))?;
-        tracing::info!(dir = %dir.display(), from = old, to = FORMAT_VERSION, "data directory upgraded");
-    }
     Ok(DataDir {
         log_store,
         state_machine,

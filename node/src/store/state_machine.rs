@@ -28,8 +28,7 @@ use crate::types::{
 };
 
 const DATA_PREFIX: u8 = b'd';
-/// A client session without its results (`pb::ClientSession`; before format 3 it held
-/// the results too, see `migrate_sessions`).
+/// A client session without its results (`pb::ClientSession`).
 const SESSION_PREFIX: u8 = b's';
 /// The results of a client session's window, `RESULTS_PER_RECORD` sequence numbers to a
 /// record (a `pb::ClientSession` holding only results), under the client id and the
@@ -95,7 +94,7 @@ fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, record
     }
 }
 
-/// Writes a whole session (from a snapshot, or an older format) as the state machine
+/// Writes a whole session (from a snapshot) as the state machine
 /// stores it: its meta under `session_key`, its results in records under `result_key`.
 fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
     let mut records: BTreeMap<u64, Vec<pb::SessionResult>> = BTreeMap::new();
@@ -241,26 +240,6 @@ pub struct StateMachine {
     applying: ApplyLock,
 }
 
-/// Data directories of format 2 stored each client session whole (its results inside the
-/// session record), rewritten on every apply that touched the client. Rewrites such
-/// records in the current layout (see `RESULT_PREFIX`), in one atomic batch per client;
-/// a crash part way leaves the rest for the next start. Nothing to do for format 3.
-fn migrate_sessions(tree: &sled::Tree) -> Result<(), String> {
-    for kv in tree.scan_prefix([SESSION_PREFIX]) {
-        let (_, v) = kv.map_err(|e| e.to_string())?;
-        let session =
-            pb::ClientSession::decode(v.as_ref()).map_err(|e| format!("a client session record is corrupt: {e}"))?;
-        if session.results.is_empty() {
-            continue;
-        }
-        let mut writes = Writes::default();
-        write_session(&mut writes, &session);
-        tree.apply_batch(writes.into_batch())
-            .map_err(|e| format!("cannot rewrite a client session: {e}"))?;
-    }
-    Ok(())
-}
-
 impl StateMachine {
     /// Opens the state machine in `dir` and makes it agree with the newest
     /// snapshot: if a crash came between writing a received snapshot and
@@ -292,7 +271,6 @@ impl StateMachine {
                 .map_err(|e| format!("state machine's membership record is corrupt: {e}"))?,
             None => StoredMembership::default(),
         };
-        migrate_sessions(&tree)?;
         let mut sessions = Sessions::default();
         for kv in tree.scan_prefix([SESSION_PREFIX]) {
             let (_, v) = kv.map_err(|e| e.to_string())?;
@@ -1013,42 +991,6 @@ mod tests {
         sm.apply([later]).await.unwrap();
         assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
         assert!(sm.tree.get(session_key(42)).unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_format_2_session_record_is_rewritten_at_open_and_still_answers_retries() {
-        let dir = tempfile::tempdir().unwrap();
-        let cas = |v: &str| create_k(v, 1);
-        {
-            let mut sm = open(dir.path());
-            sm.apply([entry(1, vec![cas("a")])]).await.unwrap();
-            // What format 2 stored: the whole session under its key, no result keys.
-            let whole = sm.sessions.to_pb(42).unwrap();
-            assert_eq!(whole.results.len(), 1);
-            sm.tree.remove(result_key(42, result_record(1))).unwrap();
-            sm.tree.insert(session_key(42), whole.encode_to_vec()).unwrap();
-            sm.db
-                .open_tree("identity")
-                .unwrap()
-                .insert("format", &2u64.to_be_bytes())
-                .unwrap();
-            sm.db.flush().unwrap();
-        }
-        let mut sm = open(dir.path());
-        assert_eq!(stored_results(&sm, 42), vec![1]);
-        assert!(stored_meta(&sm, 42).results.is_empty());
-        let format = sm.db.open_tree("identity").unwrap().get("format").unwrap().unwrap();
-        assert_eq!(format.as_ref(), &3u64.to_be_bytes()[..]);
-        let r = sm.apply([entry(2, vec![cas("b")])]).await.unwrap();
-        assert_eq!(
-            r[0].results[0],
-            CommandResult::Cas {
-                swapped: true,
-                current: None
-            },
-            "the retry gets the first result"
-        );
-        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
 
     #[tokio::test]
