@@ -16,7 +16,7 @@ const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the on-disk layout changes incompatibly; a directory of any other
 /// format is refused, never converted (no raftkv was released before format 3).
 /// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
-/// session's results in records of their own beside its meta (`state_machine.rs`).
+/// session's results in records of their own beside its meta (`keys.rs`).
 const FORMAT_VERSION: u64 = 3;
 /// The Raft log's directory, inside the data directory.
 const WAL_DIR: &str = "raft-log";

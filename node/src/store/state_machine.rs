@@ -1,87 +1,45 @@
-//! The replicated key-value state, its snapshots, and the reads served from it.
+//! openraft's state machine on sled: applies committed entries, builds and installs
+//! snapshots, and serves the KV service's reads ([`KvReader`]).
 //!
-//! Tree `state_machine` holds user data under the prefix `d`, client sessions
-//! (exactly-once retries, see `sessions.rs`) under `s`, and the applied log id
-//! and membership under `m:`. Each `apply` call takes effect as a unit: its
-//! data, sessions and new applied log id go first into one redo record, then
-//! to their keys (see `StateMachine::commit`), so a crash never leaves data
-//! applied without the marker (or the reverse). Snapshots are one file,
-//! `snapshot.bin` in the data directory, written to a temporary name, fsynced
-//! and renamed, then installed into the tree in one sled batch.
+//! Tree `state_machine` holds user data, client sessions (exactly-once retries, see
+//! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
+//! Each `apply` call takes effect as a unit through one redo record (`redo.rs`), so a
+//! crash never leaves data applied without the applied marker (or the reverse).
+//! A snapshot is written to the snapshot file first (`snapshot_file.rs`), then
+//! installed into the tree in one sled batch; `StateMachine::open` finishes an install
+//! that a crash interrupted.
+//!
+//! Invariants: applied only moves forward (asserted); the sessions in memory are those
+//! stored in the tree; a scan page never shows part of an apply (the apply lock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::keys::{
+    data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
+    DATA_PREFIX, MEMBERSHIP_KEY, REDO_KEY, RESULT_PREFIX, SESSION_PREFIX,
+};
+use crate::store::redo::{self, Writes};
 use crate::store::sessions::{Seen, Sessions};
+use crate::store::snapshot_file::{self, SnapshotRecords};
 use crate::types::{
     BatchResult, Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
 
-const DATA_PREFIX: u8 = b'd';
-/// A client session without its results (`pb::ClientSession`).
-const SESSION_PREFIX: u8 = b's';
-/// The results of a client session's window, `RESULTS_PER_RECORD` sequence numbers to a
-/// record (a `pb::ClientSession` holding only results), under the client id and the
-/// sequence number divided by `RESULTS_PER_RECORD`. An apply rewrites only the records
-/// whose results it adds or pushes out, not the client's whole window (up to
-/// `RESULTS_PER_SESSION` results; one key per result measured slower still: a sled
-/// operation each).
-const RESULT_PREFIX: u8 = b'r';
-const RESULTS_PER_RECORD: u64 = 64;
-const APPLIED_KEY: &[u8] = b"m:applied";
-const MEMBERSHIP_KEY: &[u8] = b"m:membership";
-/// The writes of the latest apply (`pb::RedoRecord`).
-const REDO_KEY: &[u8] = b"m:redo";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-
-fn data_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(DATA_PREFIX);
-    k.extend_from_slice(key);
-    k
-}
-
-fn session_key(client_id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(SESSION_PREFIX);
-    k.extend_from_slice(&client_id.to_be_bytes());
-    k
-}
-
-/// The number of the record that holds result `sequence` of a client.
-fn result_record(sequence: u64) -> u64 {
-    sequence / RESULTS_PER_RECORD
-}
-
-/// The key of result record `record` of client `client_id`.
-fn result_key(client_id: u64, record: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(RESULT_PREFIX);
-    k.extend_from_slice(&client_id.to_be_bytes());
-    k.extend_from_slice(&record.to_be_bytes());
-    k
-}
-
-/// The client id of a result record's key.
-fn result_client(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
-
 /// Writes result record `record` of `client_id` as `sessions` has it now, or removes it
 /// when none of its results are left.
 fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
-    let first = record * RESULTS_PER_RECORD;
-    let results = sessions.results_pb(client_id, first..first.saturating_add(RESULTS_PER_RECORD));
+    let results = sessions.results_pb(client_id, result_record_sequences(record));
     if results.is_empty() {
         batch.remove(result_key(client_id, record));
     } else {
@@ -179,54 +137,10 @@ impl KvReader {
                 return Ok((pairs, true));
             }
             bytes += k.len() + v.len();
-            pairs.push((Bytes::copy_from_slice(&k[1..]), Bytes::copy_from_slice(&v)));
+            pairs.push((Bytes::copy_from_slice(user_key(&k)), Bytes::copy_from_slice(&v)));
         }
         Ok((pairs, false))
     }
-}
-
-/// The writes of one apply or snapshot install, in order.
-#[derive(Default)]
-struct Writes(Vec<pb::RedoWrite>);
-
-impl Writes {
-    /// Values are `Bytes` already (commands, encoded records): taken as they are, not copied.
-    fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: Some(value.into()),
-        });
-    }
-
-    fn remove(&mut self, key: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: None,
-        });
-    }
-
-    /// The same writes as one atomic sled batch.
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for w in self.0 {
-            match w.value {
-                Some(v) => batch.insert(w.key.as_ref(), v.as_ref()),
-                None => batch.remove(w.key.as_ref()),
-            }
-        }
-        batch
-    }
-}
-
-/// Makes `writes` in `tree` one by one (a redo record's: see `StateMachine::commit`).
-fn make_writes(tree: &sled::Tree, writes: Vec<pb::RedoWrite>) -> Result<(), sled::Error> {
-    for w in writes {
-        match w.value {
-            Some(v) => tree.insert(w.key.as_ref(), v.as_ref())?,
-            None => tree.remove(w.key.as_ref())?,
-        };
-    }
-    Ok(())
 }
 
 /// openraft's state machine on sled.
@@ -248,13 +162,8 @@ impl StateMachine {
         let tree = db
             .open_tree("state_machine")
             .map_err(|e| format!("cannot open the state machine: {e}"))?;
-        if let Some(redo) = tree.get(REDO_KEY).map_err(|e| e.to_string())? {
-            // The latest apply may have been cut short by a crash: finish it. Its writes
-            // set final values, so making them again is harmless.
-            let redo = pb::RedoRecord::decode(redo.as_ref())
-                .map_err(|e| format!("state machine's redo record is corrupt: {e}"))?;
-            make_writes(&tree, redo.writes).map_err(|e| format!("cannot redo the latest apply: {e}"))?;
-        }
+        // The latest apply may have been cut short by a crash: finish it.
+        redo::finish_latest(&tree)?;
         let applied = match tree.get(APPLIED_KEY).map_err(|e| e.to_string())? {
             Some(v) => Some(
                 pb::LogId::decode(v.as_ref())
@@ -296,7 +205,7 @@ impl StateMachine {
             sessions,
             applying: ApplyLock::default(),
         };
-        if let Some((meta, body)) = read_snapshot_file(&sm.snapshot_path())? {
+        if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
                 sm.install_into_tree(&meta, &body)
                     .map_err(|e| format!("cannot install the snapshot: {e}"))?;
@@ -313,7 +222,7 @@ impl StateMachine {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
+        snapshot_file::path_in(&self.dir)
     }
 
     /// Replaces all data with the snapshot's, and sets applied and membership,
@@ -340,7 +249,7 @@ impl StateMachine {
             }
         }
         set_markers(&mut batch, &meta.last_log_id, Some(&meta.last_membership));
-        let atomic = batch.into_batch();
+        let atomic = batch.into_sled_batch();
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.apply_batch(atomic).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
@@ -351,18 +260,10 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Makes one apply's writes take effect as a unit. Not with a sled batch: each one
-    /// makes sled write out and sync its log buffer twice, on its I/O threads (measured:
-    /// ~10 % of the CPU of a put-heavy run). Instead the writes go first into one redo
-    /// record under one key, then to their keys. sled recovers a prefix of its log, so
-    /// after a crash either the record is missing, and so are all the writes after it
-    /// (openraft re-applies the entries from the Raft log, as `applied` says), or it is
-    /// there and `open` redoes it. Readers see the writes in log order, as they happen.
+    /// Makes one apply's writes take effect as a unit (see `redo.rs`), under the apply lock.
     fn commit(&self, writes: Writes) -> Result<(), sled::Error> {
-        let record = pb::RedoRecord { writes: writes.0 };
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree.insert(REDO_KEY, record.encode_to_vec())?;
-        make_writes(&self.tree, record.writes)
+        redo::commit(&self.tree, writes)
     }
 
     fn current_value(
@@ -440,87 +341,6 @@ fn set_markers(batch: &mut Writes, applied: &Option<LogId>, membership: Option<&
     }
 }
 
-/// Iterates the length-delimited `SnapshotRecord`s of a snapshot body.
-struct SnapshotRecords<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> SnapshotRecords<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        SnapshotRecords { buf }
-    }
-}
-
-impl Iterator for SnapshotRecords<'_> {
-    type Item = Result<pb::SnapshotRecord, prost::DecodeError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if !self.buf.has_remaining() {
-            return None;
-        }
-        Some(pb::SnapshotRecord::decode_length_delimited(&mut self.buf))
-    }
-}
-
-/// Serialises every key-value pair, in key order, then the client sessions,
-/// as a snapshot body.
-fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -> Result<Vec<u8>, StorageError> {
-    use pb::snapshot_record::Record;
-    let mut body = Vec::new();
-    for kv in tree.scan_prefix([DATA_PREFIX]) {
-        let (k, v) = kv.map_err(sm_read_err)?;
-        let pair = pb::KeyValue {
-            key: Bytes::copy_from_slice(&k[1..]),
-            value: Bytes::copy_from_slice(&v),
-        };
-        let record = pb::SnapshotRecord {
-            record: Some(Record::Pair(pair)),
-        };
-        record.encode_length_delimited(&mut body).map_err(snap_err)?;
-    }
-    for session in sessions {
-        let record = pb::SnapshotRecord {
-            record: Some(Record::Session(session)),
-        };
-        record.encode_length_delimited(&mut body).map_err(snap_err)?;
-    }
-    Ok(body)
-}
-
-/// Writes `meta` then `body` to `path` durably: temporary file, fsync, rename,
-/// fsync of the directory.
-fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, body: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&convert::snapshot_meta_to_pb(meta).encode_length_delimited_to_vec())?;
-        f.write_all(body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn read_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut buf = bytes.as_slice();
-    let meta = pb::SnapshotMeta::decode_length_delimited(&mut buf)
-        .map_err(|e| e.to_string())
-        .and_then(|m| convert::snapshot_meta_from_pb(Some(m)).map_err(|e| e.to_string()))
-        .map_err(|e| format!("snapshot file {} is corrupt: {e}", path.display()))?;
-    let body = buf.to_vec();
-    if let Some(Err(e)) = SnapshotRecords::new(&body).find(|r| r.is_err()) {
-        return Err(format!("snapshot file {} is corrupt: {e}", path.display()));
-    }
-    Ok(Some((meta, body)))
-}
-
 /// Builds a snapshot from a copy of the state taken when the builder was made,
 /// so concurrent applies cannot tear it.
 pub struct SnapshotBuilder {
@@ -542,9 +362,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let body = std::mem::take(&mut self.body);
-        let path = self.dir.join(SNAPSHOT_FILE);
+        let path = snapshot_file::path_in(&self.dir);
         let (meta2, body) =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &meta, &body).map(|_| (meta, body)))
+            tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &body).map(|_| (meta, body)))
                 .await
                 .map_err(join_err)?
                 .map_err(snap_err)?;
@@ -648,7 +468,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Runs in openraft's state-machine task, between applies: the copy is consistent.
         let tree = self.tree.clone();
         let sessions = self.sessions.all_to_pb();
-        let body = match tokio::task::spawn_blocking(move || encode_body(&tree, sessions)).await {
+        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(&tree, sessions)).await {
             Ok(Ok(body)) => body,
             // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
@@ -672,13 +492,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let body = snapshot.into_inner();
-        if let Some(Err(e)) = SnapshotRecords::new(&body).find(|r| r.is_err()) {
+        if let Err(e) = snapshot_file::check_body(&body) {
             return Err(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)).into());
         }
         // File first: if we crash before the tree is updated, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
-        let body = tokio::task::spawn_blocking(move || write_snapshot_file(&path, &meta2, &body).map(|_| body))
+        let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
             .await
             .map_err(join_err)?
             .map_err(snap_err)?;
@@ -690,7 +510,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_path();
-        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+        let found = tokio::task::spawn_blocking(move || snapshot_file::read(&path))
             .await
             .map_err(join_err)?;
         match found {
@@ -708,6 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::store::data_dir;
+    use crate::store::keys::RESULTS_PER_RECORD;
     use crate::types::{Batch, WriteId};
     use openraft::CommittedLeaderId;
 
