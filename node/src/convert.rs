@@ -21,6 +21,25 @@ pub struct MalformedMessage(pub &'static str);
 
 type Result<T> = std::result::Result<T, MalformedMessage>;
 
+/// Stored bytes that are not an openraft value: not protobuf, or a message that is not
+/// a valid value ([`MalformedMessage`]). From disk, that is corruption.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Protobuf(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Malformed(#[from] MalformedMessage),
+}
+
+/// Decodes `bytes` as protobuf message `M`, then maps it with `from_pb` (one of the
+/// `*_from_pb` functions here).
+pub fn decode<M: prost::Message + Default, T>(
+    bytes: &[u8],
+    from_pb: impl FnOnce(M) -> Result<T>,
+) -> std::result::Result<T, DecodeError> {
+    Ok(from_pb(M::decode(bytes)?)?)
+}
+
 pub fn leader_id_to_pb(id: &LeaderId<NodeId>) -> pb::LeaderId {
     pb::LeaderId {
         term: id.term,

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::store::log_store::LogStoreOpenError;
+use crate::store::state_machine::StateMachineOpenError;
 use crate::store::{wal, LogStore, StateMachine};
 
 const IDENTITY_TREE: &str = "identity";
@@ -43,6 +45,13 @@ pub enum DataDirError {
     },
     #[error("data directory {dir} is corrupt: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
+    #[error("data directory {dir} is corrupt: {reason}")]
+    CorruptLog { dir: PathBuf, reason: LogStoreOpenError },
+    #[error("data directory {dir} is corrupt: {reason}")]
+    CorruptStateMachine {
+        dir: PathBuf,
+        reason: StateMachineOpenError,
+    },
 }
 
 /// An opened, checked data directory.
@@ -157,9 +166,16 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     if !wal_dir.is_dir() {
         return Err(corrupt(format!("its raft log directory {WAL_DIR} is missing")));
     }
-    let log_store = LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(corrupt)?;
+    let log_store =
+        LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(|reason| DataDirError::CorruptLog {
+            dir: dir.to_path_buf(),
+            reason,
+        })?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
-    let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
+    let state_machine = StateMachine::open(&db, dir).map_err(|reason| DataDirError::CorruptStateMachine {
+        dir: dir.to_path_buf(),
+        reason,
+    })?;
     Ok(DataDir {
         log_store,
         state_machine,

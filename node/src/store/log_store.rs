@@ -20,10 +20,9 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use prost::Message;
-use raftkv::raft_pb as pb;
 
 use crate::convert;
-use crate::store::wal::{Wal, WalReader};
+use crate::store::wal::{Wal, WalOpenError, WalReader};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -154,8 +153,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    let msg = pb::Entry::decode(bytes).map_err(read_err)?;
-    convert::entry_from_pb(msg).map_err(read_err)
+    convert::decode(bytes, convert::entry_from_pb).map_err(read_err)
 }
 
 fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageError> {
@@ -166,8 +164,33 @@ fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageE
 }
 
 fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
-    let msg = pb::LogId::decode(bytes).map_err(read_err)?;
-    convert::log_id_from_pb(msg).map_err(read_err)
+    convert::decode(bytes, convert::log_id_from_pb).map_err(read_err)
+}
+
+fn decode_vote(bytes: &[u8]) -> Result<Vote, convert::DecodeError> {
+    convert::decode(bytes, |v| convert::vote_from_pb(Some(v)))
+}
+
+/// Why the log store cannot be opened: its records in sled or the log's files are
+/// unreadable or damaged. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreOpenError {
+    #[error("cannot open the raft state: {0}")]
+    StateTree(sled::Error),
+    #[error(transparent)]
+    StateRead(sled::Error),
+    #[error("raft state record is corrupt: {0}")]
+    CorruptMarker(StorageError),
+    #[error("stored vote is corrupt: {0}")]
+    CorruptVote(convert::DecodeError),
+    #[error(transparent)]
+    Wal(#[from] WalOpenError),
+    #[error("cannot read the raft log: {0}")]
+    LogRead(std::io::Error),
+    #[error("raft log entry {index} is corrupt: {error}")]
+    CorruptEntry { index: u64, error: StorageError },
+    #[error("raft log entry stored at {index} says it is {claimed}")]
+    MisplacedEntry { index: u64, claimed: u64 },
 }
 
 impl LogStore {
@@ -178,16 +201,13 @@ impl LogStore {
         sled_file: std::fs::File,
         wal_dir: &std::path::Path,
         segment_bytes: u64,
-    ) -> Result<LogStore, String> {
-        let state = db
-            .open_tree("raft_state")
-            .map_err(|e| format!("cannot open the raft state: {e}"))?;
-        let stored = |key| read_log_id(&state, key).map_err(|e| format!("raft state record is corrupt: {e}"));
+    ) -> Result<LogStore, LogStoreOpenError> {
+        let state = db.open_tree("raft_state").map_err(LogStoreOpenError::StateTree)?;
+        let stored = |key| read_log_id(&state, key).map_err(LogStoreOpenError::CorruptMarker);
         stored(COMMITTED_KEY)?;
         let purged = stored(LAST_PURGED_KEY)?;
-        if let Some(v) = state.get(VOTE_KEY).map_err(|e| e.to_string())? {
-            let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
-            convert::vote_from_pb(Some(msg)).map_err(|e| format!("stored vote is corrupt: {e}"))?;
+        if let Some(v) = state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
+            decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?;
         }
         let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
         let store = LogStore {
@@ -218,7 +238,7 @@ impl LogStore {
 
     /// Decodes every entry once, so that a corrupt log refuses to start the node with a
     /// clear reason instead of failing inside openraft later.
-    fn verify(&self) -> Result<(), String> {
+    fn verify(&self) -> Result<(), LogStoreOpenError> {
         let Some((first, last)) = self.log.bounds() else {
             return Ok(());
         };
@@ -227,14 +247,14 @@ impl LogStore {
             let records = self
                 .log
                 .read(from, (from + CHUNK).min(last + 1))
-                .map_err(|e| format!("cannot read the raft log: {e}"))?;
+                .map_err(LogStoreOpenError::LogRead)?;
             for (index, bytes) in records {
-                let entry = decode_entry(&bytes).map_err(|e| format!("raft log entry {index} is corrupt: {e}"))?;
+                let entry = decode_entry(&bytes).map_err(|error| LogStoreOpenError::CorruptEntry { index, error })?;
                 if entry.log_id.index != index {
-                    return Err(format!(
-                        "raft log entry stored at {index} says it is {}",
-                        entry.log_id.index
-                    ));
+                    return Err(LogStoreOpenError::MisplacedEntry {
+                        index,
+                        claimed: entry.log_id.index,
+                    });
                 }
             }
         }
@@ -348,10 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let io_err =
             |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
         match self.state.get(VOTE_KEY).map_err(|e| io_err(&e))? {
-            Some(v) => {
-                let msg = pb::Vote::decode(v.as_ref()).map_err(|e| io_err(&e))?;
-                Ok(Some(convert::vote_from_pb(Some(msg)).map_err(|e| io_err(&e))?))
-            }
+            Some(v) => Ok(Some(decode_vote(&v).map_err(|e| io_err(&e))?)),
             None => Ok(None),
         }
     }

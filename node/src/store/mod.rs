@@ -15,4 +15,6 @@ pub mod state_machine;
 pub mod wal;
 
 pub use log_store::{CommitIndex, LogStore};
+pub use redo::RedoError;
+pub use snapshot_file::SnapshotFileError;
 pub use state_machine::{KvReader, StateMachine};

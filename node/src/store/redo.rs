@@ -62,15 +62,25 @@ pub(super) fn commit(tree: &sled::Tree, writes: Writes) -> Result<(), sled::Erro
     make_writes(tree, record.writes)
 }
 
+/// Why the latest apply cannot be finished at open. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum RedoError {
+    #[error(transparent)]
+    Read(sled::Error),
+    #[error("state machine's redo record is corrupt: {0}")]
+    Corrupt(prost::DecodeError),
+    #[error("cannot redo the latest apply: {0}")]
+    Write(sled::Error),
+}
+
 /// At open: makes the writes of the latest redo record again, since a crash may have cut
 /// them short.
-pub(super) fn finish_latest(tree: &sled::Tree) -> Result<(), String> {
-    let Some(redo) = tree.get(REDO_KEY).map_err(|e| e.to_string())? else {
+pub(super) fn finish_latest(tree: &sled::Tree) -> Result<(), RedoError> {
+    let Some(redo) = tree.get(REDO_KEY).map_err(RedoError::Read)? else {
         return Ok(());
     };
-    let redo =
-        pb::RedoRecord::decode(redo.as_ref()).map_err(|e| format!("state machine's redo record is corrupt: {e}"))?;
-    make_writes(tree, redo.writes).map_err(|e| format!("cannot redo the latest apply: {e}"))
+    let redo = pb::RedoRecord::decode(redo.as_ref()).map_err(RedoError::Corrupt)?;
+    make_writes(tree, redo.writes).map_err(RedoError::Write)
 }
 
 /// Makes `writes` in `tree` one by one.

@@ -98,19 +98,35 @@ pub(super) fn write(path: &Path, meta: &SnapshotMeta, body: &[u8]) -> std::io::R
     Ok(())
 }
 
+/// Why the snapshot file cannot be read. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("cannot read {path}: {error}")]
+    Unreadable { path: PathBuf, error: std::io::Error },
+    #[error("snapshot file {path} is corrupt: {error}")]
+    Corrupt { path: PathBuf, error: convert::DecodeError },
+}
+
 /// The snapshot in the file at `path`, checked, or `None` when there is no file.
-pub(super) fn read(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
+pub(super) fn read(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotFileError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(error) => {
+            return Err(SnapshotFileError::Unreadable {
+                path: path.to_path_buf(),
+                error,
+            })
+        }
+    };
+    let corrupt = |error: convert::DecodeError| SnapshotFileError::Corrupt {
+        path: path.to_path_buf(),
+        error,
     };
     let mut buf = bytes.as_slice();
-    let meta = pb::SnapshotMeta::decode_length_delimited(&mut buf)
-        .map_err(|e| e.to_string())
-        .and_then(|m| convert::snapshot_meta_from_pb(Some(m)).map_err(|e| e.to_string()))
-        .map_err(|e| format!("snapshot file {} is corrupt: {e}", path.display()))?;
+    let meta = pb::SnapshotMeta::decode_length_delimited(&mut buf).map_err(|e| corrupt(e.into()))?;
+    let meta = convert::snapshot_meta_from_pb(Some(meta)).map_err(|e| corrupt(e.into()))?;
     let body = buf.to_vec();
-    check_body(&body).map_err(|e| format!("snapshot file {} is corrupt: {e}", path.display()))?;
+    check_body(&body).map_err(|e| corrupt(e.into()))?;
     Ok(Some((meta, body)))
 }

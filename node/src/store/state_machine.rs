@@ -28,9 +28,9 @@ use crate::store::keys::{
     data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
     DATA_PREFIX, MEMBERSHIP_KEY, REDO_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
-use crate::store::redo::{self, Writes};
+use crate::store::redo::{self, RedoError, Writes};
 use crate::store::sessions::{Seen, Sessions};
-use crate::store::snapshot_file::{self, SnapshotRecords};
+use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
 use crate::types::{
     BatchResult, Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -143,6 +143,32 @@ impl KvReader {
     }
 }
 
+/// Why the state machine cannot be opened: its records are unreadable or damaged, or
+/// the snapshot a crash interrupted cannot be installed. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineOpenError {
+    #[error("cannot open the state machine: {0}")]
+    Tree(sled::Error),
+    #[error(transparent)]
+    Read(#[from] sled::Error),
+    #[error(transparent)]
+    Redo(#[from] RedoError),
+    #[error("state machine's applied marker is corrupt: {0}")]
+    CorruptApplied(convert::DecodeError),
+    #[error("state machine's membership record is corrupt: {0}")]
+    CorruptMembership(convert::DecodeError),
+    #[error("a client session record is corrupt: {0}")]
+    CorruptSession(prost::DecodeError),
+    #[error("a client session result record has a malformed key")]
+    MalformedResultKey,
+    #[error("a client session result record is corrupt: {0}")]
+    CorruptResults(prost::DecodeError),
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFileError),
+    #[error("cannot install the snapshot: {0}")]
+    Install(StorageError),
+}
+
 /// openraft's state machine on sled.
 pub struct StateMachine {
     db: sled::Db,
@@ -158,40 +184,30 @@ impl StateMachine {
     /// Opens the state machine in `dir` and makes it agree with the newest
     /// snapshot: if a crash came between writing a received snapshot and
     /// installing it, the install is finished here.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, String> {
-        let tree = db
-            .open_tree("state_machine")
-            .map_err(|e| format!("cannot open the state machine: {e}"))?;
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
+        use StateMachineOpenError as E;
+        let tree = db.open_tree("state_machine").map_err(E::Tree)?;
         // The latest apply may have been cut short by a crash: finish it.
         redo::finish_latest(&tree)?;
-        let applied = match tree.get(APPLIED_KEY).map_err(|e| e.to_string())? {
-            Some(v) => Some(
-                pb::LogId::decode(v.as_ref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| convert::log_id_from_pb(m).map_err(|e| e.to_string()))
-                    .map_err(|e| format!("state machine's applied marker is corrupt: {e}"))?,
-            ),
+        let applied = match tree.get(APPLIED_KEY)? {
+            Some(v) => Some(convert::decode(&v, convert::log_id_from_pb).map_err(E::CorruptApplied)?),
             None => None,
         };
-        let membership = match tree.get(MEMBERSHIP_KEY).map_err(|e| e.to_string())? {
-            Some(v) => pb::StoredMembership::decode(v.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|m| convert::stored_membership_from_pb(Some(m)).map_err(|e| e.to_string()))
-                .map_err(|e| format!("state machine's membership record is corrupt: {e}"))?,
+        let membership = match tree.get(MEMBERSHIP_KEY)? {
+            Some(v) => {
+                convert::decode(&v, |m| convert::stored_membership_from_pb(Some(m))).map_err(E::CorruptMembership)?
+            }
             None => StoredMembership::default(),
         };
         let mut sessions = Sessions::default();
         for kv in tree.scan_prefix([SESSION_PREFIX]) {
-            let (_, v) = kv.map_err(|e| e.to_string())?;
-            let session = pb::ClientSession::decode(v.as_ref())
-                .map_err(|e| format!("a client session record is corrupt: {e}"))?;
-            sessions.insert_pb(session);
+            let (_, v) = kv?;
+            sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
         }
         for kv in tree.scan_prefix([RESULT_PREFIX]) {
-            let (k, v) = kv.map_err(|e| e.to_string())?;
-            let client_id = result_client(&k).ok_or("a client session result record has a malformed key")?;
-            let record = pb::ClientSession::decode(v.as_ref())
-                .map_err(|e| format!("a client session result record is corrupt: {e}"))?;
+            let (k, v) = kv?;
+            let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
+            let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
             for result in record.results {
                 sessions.insert_result_pb(client_id, result);
             }
@@ -207,8 +223,7 @@ impl StateMachine {
         };
         if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
-                sm.install_into_tree(&meta, &body)
-                    .map_err(|e| format!("cannot install the snapshot: {e}"))?;
+                sm.install_into_tree(&meta, &body).map_err(E::Install)?;
             }
         }
         Ok(sm)

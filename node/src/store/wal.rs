@@ -45,6 +45,30 @@ const KEPT_BUFFER_BYTES: usize = 4 << 20;
 const SPARE: &str = "next-segment.tmp";
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// Why the log's files cannot be opened: the file system refused, or they are damaged.
+/// Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum WalOpenError {
+    #[error("{action} in {dir}: {error}")]
+    Io {
+        action: String,
+        dir: PathBuf,
+        error: io::Error,
+    },
+    /// A well-formed record where another belongs: stale records are always zeroed
+    /// (truncation, torn-tail repair), so this is damage, never a torn write.
+    #[error("raft log segment {segment} holds entry {found} at byte {offset} where {expected} belongs")]
+    OutOfOrder {
+        segment: String,
+        offset: usize,
+        found: u64,
+        expected: u64,
+    },
+    /// A bad record before the last segment (in the last one it is a torn write, repaired).
+    #[error("raft log segment {segment} is corrupt at byte {offset}")]
+    Corrupt { segment: String, offset: usize },
+}
+
 /// Where one record lives.
 #[derive(Clone, Copy, Debug)]
 struct Loc {
@@ -165,8 +189,12 @@ fn open_rw(path: &Path) -> io::Result<File> {
 impl Wal {
     /// Opens the log in `dir` (which must exist), recovering from a crash. Records
     /// at or below `purged` are skipped; the first one kept must follow it.
-    pub fn open(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> Result<Wal, String> {
-        let io_err = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
+    pub fn open(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> Result<Wal, WalOpenError> {
+        let io_err = |action: &str, error: io::Error| WalOpenError::Io {
+            action: action.to_string(),
+            dir: dir.to_path_buf(),
+            error,
+        };
         let _ = std::fs::remove_file(dir.join(SPARE));
         let mut seqs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_err("cannot list the raft log", e))? {
@@ -200,12 +228,13 @@ impl Wal {
                 let skipped = purged.is_some_and(|p| idx <= p);
                 if !skipped {
                     match index.next() {
-                        // Stale records are always zeroed (truncation, torn-tail repair), so a
-                        // well-formed record out of order is damage, never a torn write.
                         Some(expected) if expected != idx => {
-                            return Err(format!(
-                                "raft log segment {name} holds entry {idx} at byte {at} where {expected} belongs"
-                            ))
+                            return Err(WalOpenError::OutOfOrder {
+                                segment: name,
+                                offset: at,
+                                found: idx,
+                                expected,
+                            })
                         }
                         None => index.first = idx,
                         Some(_) => {}
@@ -219,7 +248,10 @@ impl Wal {
                 at += HEADER + payload.len();
             };
             if torn && !last {
-                return Err(format!("raft log segment {name} is corrupt at byte {at}"));
+                return Err(WalOpenError::Corrupt {
+                    segment: name,
+                    offset: at,
+                });
             }
             let file = open_rw(&path).map_err(|e| io_err(&format!("cannot open {name}"), e))?;
             if torn {
@@ -606,7 +638,7 @@ mod tests {
         encode_record(&mut stray, 9, &payload(9));
         file.write_all_at(&stray, end).unwrap();
         let before = std::fs::read(dir.path().join(segment_name(1))).unwrap();
-        let err = Wal::open(dir.path(), None, SMALL * 4).err().unwrap();
+        let err = Wal::open(dir.path(), None, SMALL * 4).err().unwrap().to_string();
         assert!(err.contains("entry 9") && err.contains("where 4 belongs"), "{err}");
         assert_eq!(std::fs::read(dir.path().join(segment_name(1))).unwrap(), before);
     }
@@ -620,7 +652,7 @@ mod tests {
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[HEADER + 3] ^= 0xff;
         std::fs::write(&first, &bytes).unwrap();
-        let err = Wal::open(dir.path(), None, SMALL).err().unwrap();
+        let err = Wal::open(dir.path(), None, SMALL).err().unwrap().to_string();
         assert!(err.contains("corrupt") && err.contains(&segment_name(1)), "{err}");
         assert_eq!(std::fs::read(&first).unwrap(), bytes);
     }
