@@ -80,7 +80,8 @@ const RECENT_ENTRIES: usize = 64;
 /// Invariant: the entries are consecutive and the last one is the log's last entry; so a
 /// range that starts among them is answered exactly as the log file would answer it. Every
 /// change to the log changes this first (a truncation or purge) or right after the write
-/// (an append), under the same rules.
+/// (an append), under the same rules. An append that does not follow the newest entry
+/// would break it, and is a bug (ours or openraft's): it panics.
 #[derive(Default)]
 struct RecentEntries {
     /// Each entry with its size in the log.
@@ -92,10 +93,13 @@ impl RecentEntries {
     fn appended(&mut self, entries: impl IntoIterator<Item = (Entry, usize)>) {
         for (entry, size) in entries {
             if let Some((last, _)) = self.entries.back() {
-                if last.log_id.index + 1 != entry.log_id.index {
-                    self.entries.clear();
-                    self.bytes = 0;
-                }
+                assert_eq!(
+                    entry.log_id.index,
+                    last.log_id.index + 1,
+                    "raft log entry {} appended after entry {}: a hole in the newest entries",
+                    entry.log_id.index,
+                    last.log_id.index
+                );
             }
             self.bytes += size;
             self.entries.push_back((entry, size));
@@ -295,15 +299,18 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the log writer, on a blocking thread.
+    /// Runs `f` on the log writer, on a blocking thread. A panic there (a broken invariant
+    /// of the log) goes on in the caller, not disguised as an I/O error.
     async fn with_wal<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Wal) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock")))
-            .await
-            .map_err(std::io::Error::other)?
+        match tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock"))).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
     }
 
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
@@ -400,16 +407,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, convert::entry_to_pb(e).encode_to_vec()))
             .collect();
         self.store_commit_marker()?;
-        // One write and one fdatasync for the whole batch; openraft is told only after it.
+        // Should the entries start inside the log, the log replaces the ones they overlap:
+        // forget those first, like a truncation.
+        if let Some(first) = entries.first() {
+            self.recent().truncated(first.log_id.index);
+        }
+        // One write and one fdatasync for all the entries; openraft is told only after it.
         let written = self
             .with_wal(move |wal| {
-                wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
-                Ok(records)
+                let written_from = wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
+                Ok((written_from, records))
             })
             .await;
-        if let Ok(records) = &written {
+        if let Ok((Some(written_from), records)) = &written {
+            // The log skips entries at or below its purge point; so does the copy.
             let sizes = records.iter().map(|(_, bytes)| bytes.len());
-            self.recent().appended(entries.into_iter().zip(sizes));
+            let kept = entries
+                .into_iter()
+                .zip(sizes)
+                .filter(|(e, _)| e.log_id.index >= *written_from);
+            self.recent().appended(kept);
         }
         let result = written
             .as_ref()
@@ -515,11 +532,9 @@ mod tests {
     }
 
     #[test]
-    fn an_append_that_does_not_follow_the_newest_entry_starts_afresh() {
+    #[should_panic(expected = "raft log entry 20 appended after entry 9")]
+    fn an_append_that_does_not_follow_the_newest_entry_is_a_bug() {
         let mut recent = kept(5, 10, 1);
         recent.appended([(entry(1, 20), 10)]);
-        assert_eq!(ids(recent.get(5, 10)), None);
-        assert_eq!(ids(recent.get(20, 21)), Some(vec![(1, 20)]));
-        assert_eq!(recent.bytes, 10);
     }
 }

@@ -27,6 +27,10 @@
 //! were never acknowledged. They are zeroed, with a warning. A bad record in
 //! any earlier segment, or a well-formed one out of order anywhere, is
 //! corruption, and the log refuses to open.
+//!
+//! Invariant: the records' indexes are consecutive. Damage found on disk is a
+//! refusal to open, with a one-line reason ([`WalOpenError`]); an append or a
+//! truncation that would break it is a bug in the caller, and panics.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -305,41 +309,48 @@ impl Wal {
     /// them only after that. They become the log's suffix: openraft truncates a
     /// conflicting suffix itself first, but should records start inside the log,
     /// the ones they overlap (and all after) are replaced, and records at or below
-    /// the purge point (already covered by a snapshot) are skipped.
-    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<()> {
-        let (purged_below, last) = {
+    /// the purge point (already covered by a snapshot) are skipped. Returns the index of
+    /// the first record written, if any.
+    ///
+    /// Panics, before writing anything, when the records are not consecutive or leave a
+    /// gap after the log's last record: the log would have a hole, which is a bug in
+    /// the caller (openraft appends only what follows its last entry), not a disk error.
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<Option<u64>> {
+        let (purged_below, next) = {
             let index = self.read_index();
-            (
-                index.anchored.then_some(index.first),
-                index.next().filter(|_| !index.locs.is_empty()).map(|n| n - 1),
-            )
+            (index.anchored.then_some(index.first), index.next())
         };
-        let mut records = records
+        let records: Vec<(u64, &[u8])> = records
             .into_iter()
             .skip_while(|(i, _)| purged_below.is_some_and(|first| *i < first))
-            .peekable();
-        if let Some(&(start, _)) = records.peek() {
-            if last.is_some_and(|last| start <= last) {
+            .collect();
+        let Some(&(start, _)) = records.first() else {
+            return Ok(None);
+        };
+        // Checked before anything changes: a hole is never written, nor is a truncation made for one.
+        for pair in records.windows(2) {
+            let (before, after) = (pair[0].0, pair[1].0);
+            assert_eq!(
+                after,
+                before + 1,
+                "raft log append of entry {after} after entry {before}: a hole in the log"
+            );
+        }
+        if let Some(next) = next {
+            assert!(
+                start <= next,
+                "raft log append of entry {start} where {next} was expected: a hole in the log"
+            );
+            if start < next {
                 self.truncate(start)?;
             }
         }
-        let mut next = self.read_index().next();
-        let first = next;
+        let first = self.read_index().next();
         self.buf.clear();
-        let mut lens = Vec::new();
+        let mut lens = Vec::with_capacity(records.len());
         for (index, payload) in records {
-            if next.is_some_and(|n| n != index) {
-                return Err(io::Error::other(format!(
-                    "raft log append of entry {index} where {} was expected",
-                    next.unwrap_or_default()
-                )));
-            }
-            next = Some(index + 1);
             encode_record(&mut self.buf, index, payload);
             lens.push(payload.len() as u32);
-        }
-        if lens.is_empty() {
-            return Ok(());
         }
         if self.offset > 0 && self.offset + self.buf.len() as u64 > self.segment_bytes {
             self.start_next_segment()?;
@@ -350,7 +361,7 @@ impl Wal {
 
         let mut index = self.write_index();
         if first.is_none() {
-            index.first = next.unwrap_or_default() - lens.len() as u64;
+            index.first = start;
         }
         let mut at = self.offset;
         for len in lens {
@@ -364,14 +375,14 @@ impl Wal {
         drop(index);
         self.offset = at;
         if self.buf.capacity() > KEPT_BUFFER_BYTES {
-            // A follower's catch-up batch can be tens of MiB; do not hold on to that.
+            // A follower's catch-up append can be tens of MiB; do not hold on to that.
             self.buf = Vec::new();
         }
         if self.spare.is_none() && self.offset > self.segment_bytes / 2 {
             let (path, bytes) = (self.dir.join(SPARE), self.segment_bytes);
             self.spare = Some(std::thread::spawn(move || create_zeroed(&path, bytes)));
         }
-        Ok(())
+        Ok(Some(start))
     }
 
     fn start_next_segment(&mut self) -> io::Result<()> {
@@ -398,15 +409,17 @@ impl Wal {
     }
 
     /// Removes the records from `from` on, durably.
+    ///
+    /// Panics when `from` is at or below the purge point: only entries that are not
+    /// committed are ever truncated, and only committed ones are purged.
     pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        let first = self.read_index().first;
+        assert!(
+            from >= first,
+            "cannot truncate the raft log at {from}: entries before {first} are purged"
+        );
         let shared = self.index.clone();
         let mut index = shared.write().expect("raft log index lock");
-        if from < index.first {
-            return Err(io::Error::other(format!(
-                "cannot truncate the raft log at {from}: entries before {} are purged",
-                index.first
-            )));
-        }
         let keep = (from - index.first) as usize;
         let Some(&cut) = index.locs.get(keep) else {
             return Ok(());
@@ -586,12 +599,18 @@ mod tests {
     }
 
     #[test]
-    fn an_append_out_of_order_is_refused_and_changes_nothing() {
+    fn an_append_out_of_order_panics_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
         append(&mut wal, 1..3);
         let p = payload(7);
-        assert!(wal.append([(7, p.as_slice())]).is_err(), "a gap");
+        let gap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wal.append([(7, p.as_slice())])));
+        assert!(gap.is_err(), "a gap");
+        assert_eq!(indexes(&wal), vec![1, 2]);
+        // Records that would replace entry 2 but leave a hole after it: entry 2 stays too.
+        let hole = [(2, p.as_slice()), (4, p.as_slice())];
+        let gap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wal.append(hole)));
+        assert!(gap.is_err(), "a gap inside the records");
         assert_eq!(indexes(&wal), vec![1, 2]);
     }
 
