@@ -25,7 +25,7 @@ use crate::kv_service::KvService;
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
-use crate::read_index::ReadIndexBatcher;
+use crate::read_index::ReadIndexRounds;
 use crate::store::{data_dir, CommitIndex, KvReader};
 use crate::types::{NodeId, Raft};
 
@@ -72,7 +72,7 @@ pub struct App {
     pub raft: Raft,
     pub reader: KvReader,
     pub proposer: Proposer,
-    pub read_index: ReadIndexBatcher,
+    pub read_index: ReadIndexRounds,
     pub commit_index: CommitIndex,
     /// Flips to true when the node begins to stop; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
@@ -131,7 +131,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         raft: raft.clone(),
         reader,
         proposer: Proposer::start(raft.clone()),
-        read_index: ReadIndexBatcher::start(raft.clone(), network),
+        read_index: ReadIndexRounds::start(raft.clone(), network),
         commit_index,
         shutdown,
     };

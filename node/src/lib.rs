@@ -2,7 +2,7 @@
 //!
 //! `app` wires the pieces: `store` (sled log and state machine), `network`
 //! and `raft_service` (Raft RPCs out and in), `proposer` (group commit),
-//! `read_index` (batched ReadIndex for linearizable reads),
+//! `read_index` (ReadIndex rounds for linearizable reads),
 //! `kv_service` and `cluster_service` (the public API). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.
 

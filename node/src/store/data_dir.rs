@@ -24,7 +24,7 @@ const FORMAT_VERSION: u64 = 3;
 const WAL_DIR: &str = "raft-log";
 /// sled's segment size. sled writes any item larger than a quarter of a segment to a
 /// separate "blob" file that it never fsyncs; with 8 MiB segments every value the state
-/// machine stores (at most one 1 MiB command, or a 1 MiB batch of them, plus framing)
+/// machine stores (at most one 1 MiB command, or a 1 MiB write group of them, plus framing)
 /// stays in the main file, which `LogStore` fsyncs before it purges log entries.
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
@@ -284,9 +284,9 @@ mod tests {
             .segment_size(SLED_SEGMENT_BYTES)
             .open()
             .unwrap();
-        // One command at the limits, and a full batch, with generous framing.
+        // One command at the limits, and a full write group, with generous framing.
         let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
-        let biggest = biggest.max(crate::proposer::MAX_BATCH_BYTES + 64 * 1024);
+        let biggest = biggest.max(crate::proposer::MAX_GROUP_BYTES + 64 * 1024);
         db.open_tree("state_machine")
             .unwrap()
             .insert(b"k", vec![7u8; biggest])

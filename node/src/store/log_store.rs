@@ -2,8 +2,8 @@
 //! the vote and the commit/purge markers in sled.
 //!
 //! Each entry is a protobuf `Entry` in one WAL record. Every append call (a
-//! leader's batch entry, or a follower's AppendEntries batch) costs one write
-//! and one fdatasync, before openraft is told it is durable. Tree `raft_state`
+//! leader's write group entry, or all the entries of a follower's AppendEntries)
+//! costs one write and one fdatasync, before openraft is told it is durable. Tree `raft_state`
 //! holds `vote`, `committed` and `last_purged`. The vote is made durable with
 //! a sled flush plus an fdatasync of sled's file (sled's own flush uses
 //! sync_file_range, which is not a durability barrier); the commit marker may

@@ -32,29 +32,29 @@ use crate::store::redo::{self, RedoError, Writes};
 use crate::store::sessions::{Seen, Sessions};
 use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
 use crate::types::{
-    BatchResult, Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    WriteGroupResults,
 };
 
 /// Writes result record `record` of `client_id` as `sessions` has it now, or removes it
 /// when none of its results are left.
-fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
+fn write_results(writes: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
     let results = sessions.results_pb(client_id, result_record_sequences(record));
     if results.is_empty() {
-        batch.remove(result_key(client_id, record));
+        writes.remove(result_key(client_id, record));
     } else {
         let stored = pb::ClientSession {
             client_id,
             results,
             ..Default::default()
         };
-        batch.insert(result_key(client_id, record), stored.encode_to_vec());
+        writes.insert(result_key(client_id, record), stored.encode_to_vec());
     }
 }
 
 /// Writes a whole session (from a snapshot) as the state machine
 /// stores it: its meta under `session_key`, its results in records under `result_key`.
-fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
+fn write_session(writes: &mut Writes, session: &pb::ClientSession) {
     let mut records: BTreeMap<u64, Vec<pb::SessionResult>> = BTreeMap::new();
     for r in &session.results {
         records.entry(result_record(r.sequence)).or_default().push(r.clone());
@@ -65,13 +65,13 @@ fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
             results,
             ..Default::default()
         };
-        batch.insert(result_key(session.client_id, record), stored.encode_to_vec());
+        writes.insert(result_key(session.client_id, record), stored.encode_to_vec());
     }
     let meta = pb::ClientSession {
         results: Vec::new(),
         ..session.clone()
     };
-    batch.insert(session_key(session.client_id), meta.encode_to_vec());
+    writes.insert(session_key(session.client_id), meta.encode_to_vec());
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -241,30 +241,30 @@ impl StateMachine {
     }
 
     /// Replaces all data with the snapshot's, and sets applied and membership,
-    /// in one atomic batch.
+    /// in one atomic sled batch.
     fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StorageError> {
-        let mut batch = Writes::default();
+        let mut writes = Writes::default();
         for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
                 let (k, _) = kv.map_err(sm_read_err)?;
-                batch.remove(k.to_vec());
+                writes.remove(k.to_vec());
             }
         }
         // The latest apply's redo record is older than the snapshot: never redo it over it.
-        batch.remove(REDO_KEY);
+        writes.remove(REDO_KEY);
         let mut sessions = Sessions::default();
         for record in SnapshotRecords::new(body) {
             match record.map_err(sm_read_err)?.record {
-                Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value),
+                Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
                 Some(pb::snapshot_record::Record::Session(session)) => {
-                    write_session(&mut batch, &session);
+                    write_session(&mut writes, &session);
                     sessions.insert_pb(session);
                 }
                 None => {}
             }
         }
-        set_markers(&mut batch, &meta.last_log_id, Some(&meta.last_membership));
-        let atomic = batch.into_sled_batch();
+        set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
+        let atomic = writes.into_sled_batch();
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.apply_batch(atomic).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
@@ -296,16 +296,16 @@ impl StateMachine {
         }
     }
 
-    /// Applies one operation to `batch`, reading through `written`.
+    /// Applies one operation to `writes`, reading through `written`.
     fn apply_op(
         &self,
         op: Op,
-        batch: &mut Writes,
+        writes: &mut Writes,
         written: &mut HashMap<Bytes, Option<Bytes>>,
     ) -> Result<CommandResult, StorageError> {
         Ok(match op {
             Op::Put { key, value } => {
-                batch.insert(data_key(&key), value.clone());
+                writes.insert(data_key(&key), value.clone());
                 written.insert(key, Some(value));
                 CommandResult::Put
             }
@@ -317,7 +317,7 @@ impl StateMachine {
                     Some(e) => current.as_ref() == Some(e),
                 };
                 if matches && existed {
-                    batch.remove(data_key(&key));
+                    writes.remove(data_key(&key));
                     written.insert(key, None);
                 }
                 let current = if matches { None } else { current };
@@ -330,7 +330,7 @@ impl StateMachine {
             Op::Cas { key, expect, new_value } => {
                 let current = self.current_value(&key, written)?;
                 if current == expect {
-                    batch.insert(data_key(&key), new_value.clone());
+                    writes.insert(data_key(&key), new_value.clone());
                     written.insert(key, Some(new_value));
                     CommandResult::Cas {
                         swapped: true,
@@ -347,12 +347,12 @@ impl StateMachine {
     }
 }
 
-fn set_markers(batch: &mut Writes, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
+fn set_markers(writes: &mut Writes, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
     if let Some(applied) = applied {
-        batch.insert(APPLIED_KEY, convert::log_id_to_pb(applied).encode_to_vec());
+        writes.insert(APPLIED_KEY, convert::log_id_to_pb(applied).encode_to_vec());
     }
     if let Some(m) = membership {
-        batch.insert(MEMBERSHIP_KEY, convert::stored_membership_to_pb(m).encode_to_vec());
+        writes.insert(MEMBERSHIP_KEY, convert::stored_membership_to_pb(m).encode_to_vec());
     }
 }
 
@@ -398,14 +398,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteGroupResults>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Writes::default();
+        let mut writes = Writes::default();
         // Values this call has written so far (None: deleted), so later
-        // commands see earlier ones before the batch reaches the tree.
+        // commands see earlier ones before their writes reach the tree.
         let mut written: HashMap<Bytes, Option<Bytes>> = HashMap::new();
         // (client, record) of each result record to rewrite; their clients' metas too.
         let mut touched_results: BTreeSet<(u64, u64)> = BTreeSet::new();
@@ -420,15 +420,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
             applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => results.push(BatchResult::default()),
+                EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    results.push(BatchResult::default());
+                    results.push(WriteGroupResults::default());
                 }
-                EntryPayload::Normal(cmds) => {
-                    let now_ms = cmds.proposed_at_ms;
-                    let mut out = Vec::with_capacity(cmds.commands.len());
-                    for Command { op, write_id } in cmds.commands {
+                EntryPayload::Normal(group) => {
+                    let now_ms = group.proposed_at_ms;
+                    let mut out = Vec::with_capacity(group.commands.len());
+                    for Command { op, write_id } in group.commands {
                         if let Some(id) = &write_id {
                             match self.sessions.check(id) {
                                 Seen::New => {}
@@ -442,7 +442,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                             }
                         }
-                        let result = self.apply_op(op, &mut batch, &mut written)?;
+                        let result = self.apply_op(op, &mut writes, &mut written)?;
                         if let Some(id) = write_id {
                             let pushed_out = self.sessions.record(id, now_ms, result.clone());
                             let records = |seq: u64| (id.client_id, result_record(seq));
@@ -454,24 +454,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     for (gone, sequences) in self.sessions.expire(now_ms) {
                         // Its records are removed with the others below: it has no results left.
                         touched_results.extend(sequences.into_iter().map(|seq| (gone, result_record(seq))));
-                        batch.remove(session_key(gone));
+                        writes.remove(session_key(gone));
                     }
-                    results.push(BatchResult { results: out });
+                    results.push(WriteGroupResults { results: out });
                 }
             }
         }
         let mut last_client = None;
         for (client_id, record) in touched_results {
-            write_results(&mut batch, &self.sessions, client_id, record);
+            write_results(&mut writes, &self.sessions, client_id, record);
             if last_client.replace(client_id) != Some(client_id) {
                 // A forgotten client has no meta any more: it was removed above.
                 if let Some(meta) = self.sessions.meta_pb(client_id) {
-                    batch.insert(session_key(client_id), meta.encode_to_vec());
+                    writes.insert(session_key(client_id), meta.encode_to_vec());
                 }
             }
         }
-        set_markers(&mut batch, &applied, membership.as_ref());
-        self.commit(batch).map_err(sm_write_err)?;
+        set_markers(&mut writes, &applied, membership.as_ref());
+        self.commit(writes).map_err(sm_write_err)?;
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
@@ -544,13 +544,13 @@ mod tests {
     use super::*;
     use crate::store::data_dir;
     use crate::store::keys::RESULTS_PER_RECORD;
-    use crate::types::{Batch, WriteId};
+    use crate::types::{WriteGroup, WriteId};
     use openraft::CommittedLeaderId;
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Batch {
+            payload: EntryPayload::Normal(WriteGroup {
                 proposed_at_ms: 1000 + index,
                 commands,
             }),
@@ -821,8 +821,8 @@ mod tests {
                 None,
             )],
         );
-        if let EntryPayload::Normal(batch) = &mut later.payload {
-            batch.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
+        if let EntryPayload::Normal(group) = &mut later.payload {
+            group.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
         }
         sm.apply([later]).await.unwrap();
         assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
