@@ -11,6 +11,7 @@ use std::sync::Arc;
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::raft_service::not_leader;
 use crate::types::{Command, CommandResult, LogId, Raft, WriteGroup};
@@ -55,11 +56,11 @@ fn now_ms() -> u64 {
 }
 
 impl Proposer {
-    /// Starts the task that gathers and proposes the groups; it ends when every
-    /// `Proposer` clone is dropped.
+    /// Starts the task that gathers and proposes the groups, in the current span (the
+    /// node's); it ends when every `Proposer` clone is dropped.
     pub fn start(raft: Raft) -> Proposer {
         let (queue, rx) = mpsc::channel(PROPOSAL_QUEUE_LEN);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx).in_current_span());
         Proposer { queue }
     }
 
@@ -141,18 +142,30 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         let size = replies.len();
         let proposed_at = std::time::Instant::now();
         let gathered_us = opened.elapsed().as_micros() as u64;
-        tokio::spawn(async move {
+        let answer = async move {
             let outcome = receiver.await;
             drop(permit);
+            // The term the group was committed in, when it was.
+            let term = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .map(|w| w.log_id.leader_id.term);
             tracing::debug!(
                 commands = size,
+                term,
                 gathered_us,
                 elapsed_us = proposed_at.elapsed().as_micros() as u64,
                 "write group answered"
             );
             match outcome {
                 Ok(Ok(written)) => {
-                    debug_assert_eq!(written.data.results.len(), replies.len());
+                    assert_eq!(
+                        written.data.results.len(),
+                        replies.len(),
+                        "write group {} applied with a result count unlike its command count",
+                        written.log_id
+                    );
                     for (result, reply) in written.data.results.into_iter().zip(replies) {
                         let _ = reply.send(Ok((result, written.log_id)));
                     }
@@ -169,7 +182,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(answer.in_current_span());
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
+use tracing::Instrument;
 
 use crate::network::Network;
 use crate::raft_service::{check_is_leader_error, not_leader, Leadership};
@@ -39,10 +40,11 @@ pub struct ReadIndexRounds {
 }
 
 impl ReadIndexRounds {
-    /// Starts the task that runs the rounds; it ends when every clone is dropped.
+    /// Starts the task that runs the rounds, in the current span (the node's); it ends
+    /// when every clone is dropped.
     pub fn start(raft: Raft, network: Network) -> ReadIndexRounds {
         let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
-        tokio::spawn(run(raft, network, rx));
+        tokio::spawn(run(raft, network, rx).in_current_span());
         ReadIndexRounds { queue }
     }
 

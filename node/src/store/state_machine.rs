@@ -178,6 +178,9 @@ pub struct StateMachine {
     membership: StoredMembership,
     sessions: Sessions,
     applying: ApplyLock,
+    /// The span current at open (the node's), for what it logs: openraft runs the state
+    /// machine in a task it spawns without one.
+    span: tracing::Span,
 }
 
 impl StateMachine {
@@ -220,6 +223,7 @@ impl StateMachine {
             membership,
             sessions,
             applying: ApplyLock::default(),
+            span: tracing::Span::current(),
         };
         if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
@@ -363,6 +367,7 @@ pub struct SnapshotBuilder {
     applied: Option<LogId>,
     membership: StoredMembership,
     body: Vec<u8>,
+    span: tracing::Span,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -383,7 +388,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(join_err)?
                 .map_err(snap_err)?;
-        tracing::info!(last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
+        tracing::info!(parent: &self.span, last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
         Ok(Snapshot {
             meta: meta2,
             snapshot: Box::new(Cursor::new(body)),
@@ -494,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied: self.applied,
             membership: self.membership.clone(),
             body,
+            span: self.span.clone(),
         }
     }
 
@@ -519,7 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(snap_err)?;
         self.install_into_tree(meta, &body)?;
         self.db.flush_async().await.map_err(sm_write_err)?;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
+        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
 

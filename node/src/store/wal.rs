@@ -115,6 +115,9 @@ pub struct Wal {
     /// The next segment, being zeroed in the background.
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     buf: Vec<u8>,
+    /// The span current at open (the node's), for what it logs: appends run on
+    /// blocking threads, which carry none.
+    span: tracing::Span,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -288,6 +291,7 @@ impl Wal {
             offset,
             spare: None,
             buf: Vec::new(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -391,7 +395,7 @@ impl Wal {
         let spare_ready = match self.spare.take().map(|h| h.join()) {
             Some(Ok(Ok(()))) => true,
             Some(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "could not prepare the next log segment ahead of time");
+                tracing::warn!(parent: &self.span, error = %e, "could not prepare the next log segment ahead of time");
                 false
             }
             Some(Err(_)) | None => false,
