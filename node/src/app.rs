@@ -165,7 +165,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
         // `tcp_nodelay` above does not apply to connections we accept ourselves: without
-        // this, Nagle's algorithm holds back small replies (trailers) for ~40 ms.
+        // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             stop.await;
             tracing::info!("stopping");

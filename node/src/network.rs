@@ -173,10 +173,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // A heartbeat: most often the one openraft 0.9 sends every follower as soon as
             // the commit index moves, woken on this thread just before the tasks that apply
             // the entry and answer its clients. Letting the work already queued run first
-            // answers those clients sooner, and the heartbeat leaves a moment later.
-            // Measured (BENCHMARKS.md): put at 1 client p50 1.34-1.44 -> 1.31-1.33 ms, at
-            // 64 clients ~+5 % ops/s; reads, whose leadership check waits on heartbeats,
-            // measured the same.
+            // answers those clients sooner, and the heartbeat leaves a moment later
+            // (BENCHMARKS.md, "Heartbeats after answers": puts faster, reads unchanged).
             tokio::task::yield_now().await;
         }
         let message = convert::append_entries_to_pb(&rpc);

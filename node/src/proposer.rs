@@ -24,7 +24,7 @@ pub const MAX_GROUP_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
 /// The longest a write group waits for more writes; only when recent groups were larger.
-/// Measured on 2 cores at 64 clients: 1 ms ~7.7k puts/s, 2 ms ~8.5k, 3 ms no better.
+/// 2 ms measured best (BENCHMARKS.md, "Batching for openraft 0.9").
 pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
 /// How many recent group sizes set the size a group waits to reach.
 const RECENT_GROUPS: usize = 8;

@@ -4,10 +4,10 @@
 //!
 //! Why not sled for the log: sled's flush hands its buffer to its own thread
 //! pool and only `sync_file_range`s it, so a durable append through sled cost
-//! one flush plus one `fdatasync` of a growing file, about 0.5 ms on the disk
-//! we measure on. Writing into a file whose blocks already exist leaves
-//! `fdatasync` no metadata to commit: about 0.12 ms there (a growing file
-//! 0.25 ms, a fallocated one 0.16 ms). The state machine stays in sled.
+//! one flush plus one `fdatasync` of a growing file. Writing into a file whose
+//! blocks already exist leaves `fdatasync` no metadata to commit, so it syncs
+//! fastest (BENCHMARKS.md, "The Raft log in its own files", has the figures).
+//! The state machine stays in sled.
 //!
 //! Layout: `<dir>/<seq as 16 hex digits>.wal`, each [`SEGMENT_BYTES`] of zeros
 //! when created. A record is
@@ -41,7 +41,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-/// Size of a segment file. Zeroing one takes ~15 ms of disk time, off the write path.
+/// Size of a segment file. The next one is zeroed ahead of time, off the write path.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
 const HEADER: usize = 16;
 /// The largest append buffer kept for the next append.
