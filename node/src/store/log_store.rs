@@ -2,14 +2,18 @@
 //! the vote and the commit/purge markers in sled.
 //!
 //! Each entry is a protobuf `Entry` in one WAL record. Every append call (a
-//! leader's write group entry, or all the entries of a follower's AppendEntries)
-//! costs one write and one fdatasync, before openraft is told it is durable. Tree `raft_state`
-//! holds `vote`, `committed` and `last_purged`. The vote is made durable with
-//! a sled flush plus an fdatasync of sled's file (sled's own flush uses
-//! sync_file_range, which is not a durability barrier); the commit marker may
-//! lag (sled writes it out in the background); `last_purged` is made durable
-//! before any segment is deleted. The newest entries are also kept in memory as
-//! appended ([`RecentEntries`]), for openraft's reads right after an append.
+//! leader's write group entry, or all the entries of a follower's
+//! AppendEntries) costs one write and one fdatasync, before openraft is told it
+//! is durable. Tree `raft_state` holds `vote`, `committed` and `last_purged`.
+//! The vote is made durable with a sled flush plus an fdatasync of sled's file
+//! (sled's own flush uses sync_file_range, which is not a durability barrier);
+//! the commit marker may lag (sled writes it out in the background);
+//! `last_purged` is made durable before any segment is deleted. The newest
+//! entries are also kept in memory as appended ([`RecentEntries`]), for
+//! openraft's reads right after an append.
+//!
+//! Invariant: the log has no holes; an append that would leave one panics
+//! (`Wal::append`, `RecentEntries::appended`).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
