@@ -1,6 +1,13 @@
 //! Wiring of one node: opens the data directory, starts openraft with our
 //! storage and network, bootstraps the initial cluster exactly once, serves
 //! the gRPC services on one port, and shuts all of it down in order.
+//!
+//! All of a node's work runs in its tracing span, `node{id=N}`, so every line it
+//! logs says whose it is. `tokio::spawn` does not carry a span: the tasks we spawn
+//! are instrumented with it, and openraft's core task takes it from `Raft::new`.
+//! Tasks openraft spawns without a span (state machine worker, replication) and
+//! blocking threads reach our code too: the storage and the network keep the span
+//! current when they were made and name it as the parent of the lines they log.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,13 +26,14 @@ use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+use tracing::Instrument;
 
 use crate::cluster_service::ClusterService;
 use crate::kv_service::KvService;
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
-use crate::read_index::ReadIndexBatcher;
+use crate::read_index::ReadIndexRounds;
 use crate::store::{data_dir, CommitIndex, KvReader};
 use crate::types::{NodeId, Raft};
 
@@ -72,14 +80,22 @@ pub struct App {
     pub raft: Raft,
     pub reader: KvReader,
     pub proposer: Proposer,
-    pub read_index: ReadIndexBatcher,
+    pub read_index: ReadIndexRounds,
     pub commit_index: CommitIndex,
     /// Flips to true when the node begins to stop; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// The node's span, for tasks spawned where it is not current (in request handlers:
+    /// tonic runs each connection in a task of its own, without it).
+    pub span: tracing::Span,
 }
 
-/// Runs the node until `stop` resolves, then stops gracefully.
+/// Runs the node until `stop` resolves, then stops gracefully, all of it in the node's span.
 pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = settings.id);
+    serve(settings, stop).instrument(span).await
+}
+
+async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = data_dir::open(&settings.data_dir, settings.id, &settings.cluster_identity())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -115,9 +131,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
             .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
             .collect();
         match raft.initialize(members).await {
-            Ok(()) => {
-                tracing::info!(node = settings.id, cluster = %settings.cluster_identity(), "bootstrapped the initial cluster")
-            }
+            Ok(()) => tracing::info!(cluster = %settings.cluster_identity(), "bootstrapped the initial cluster"),
             // A peer's leader reached us first: we are already part of the cluster.
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => return Err(anyhow::anyhow!("cannot bootstrap the cluster: {e}")),
@@ -131,14 +145,15 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         raft: raft.clone(),
         reader,
         proposer: Proposer::start(raft.clone()),
-        read_index: ReadIndexBatcher::start(raft.clone(), network),
+        read_index: ReadIndexRounds::start(raft.clone(), network),
         commit_index,
         shutdown,
+        span: tracing::Span::current(),
     };
-    tokio::spawn(log_leader_changes(settings.id, raft.clone()));
+    tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
 
     let kv = KvService::new(app.clone());
-    tracing::info!(node = settings.id, listen = %settings.listen, advertise = %settings.advertise, "serving");
+    tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving");
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
@@ -150,10 +165,10 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
         // `tcp_nodelay` above does not apply to connections we accept ourselves: without
-        // this, Nagle's algorithm holds back small replies (trailers) for ~40 ms.
+        // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             stop.await;
-            tracing::info!(node = settings.id, "stopping");
+            tracing::info!("stopping");
             let _ = shutdown_tx.send(true);
         });
     // Requests still in flight when the stop comes get SHUTDOWN_GRACE to finish; a request
@@ -170,14 +185,14 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::
         }
     };
     if let Err(e) = tokio::time::timeout(SHUTDOWN_GRACE, raft.shutdown()).await {
-        tracing::warn!(node = settings.id, "raft did not stop in time: {e}");
+        tracing::warn!("raft did not stop in time: {e}");
     }
     served.context("gRPC server failed")?;
-    tracing::info!(node = settings.id, "stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// One INFO line per leadership change, for a person to grep.
+/// One INFO line per leadership change, for a person to grep, with the new term.
 async fn log_leader_changes(id: NodeId, raft: Raft) {
     let mut metrics = raft.metrics();
     let mut last = None;
@@ -191,14 +206,13 @@ async fn log_leader_changes(id: NodeId, raft: Raft) {
         };
         if last.as_ref().map(|l: &(Option<u64>, Option<String>, u64)| (l.0, l.2)) != Some((now.0, now.2)) {
             match &now {
-                (Some(l), _, term) if *l == id => tracing::info!(node = id, term, "leader changed: this node leads"),
+                (Some(l), _, term) if *l == id => tracing::info!(term, "leader changed: this node leads"),
                 (Some(l), addr, term) => tracing::info!(
-                    node = id,
                     term,
                     "leader changed: node {l} at {} leads",
                     addr.as_deref().unwrap_or("?")
                 ),
-                (None, _, term) => tracing::info!(node = id, term, "leader changed: no leader"),
+                (None, _, term) => tracing::info!(term, "leader changed: no leader"),
             }
             last = Some(now);
         }

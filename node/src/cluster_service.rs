@@ -11,6 +11,7 @@ use raftkv::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::types::LogId;
@@ -100,7 +101,8 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let app = self.app.clone();
-        tokio::spawn(async move {
+        let span = app.span.clone();
+        let watch = async move {
             let mut metrics = app.raft.metrics();
             let mut shutdown = app.shutdown.clone();
             let mut shape_seen = shape(&metrics.borrow_and_update());
@@ -136,7 +138,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                     _ = tx.closed() => return,
                 }
             }
-        });
+        };
+        tokio::spawn(watch.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -9,8 +9,8 @@ use openraft::{BasicNode, CommittedLeaderId, EntryPayload, LeaderId};
 use raftkv::raft_pb as pb;
 
 use crate::types::{
-    Batch, Command, CommandResult, Entry, LogId, Membership, NodeId, Op, SnapshotMeta, StoredMembership, TypeConfig,
-    Vote, WriteId,
+    Command, CommandResult, Entry, LogId, Membership, NodeId, Op, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    WriteGroup, WriteId,
 };
 
 /// A message that does not describe a valid openraft value (a required field is
@@ -20,6 +20,25 @@ use crate::types::{
 pub struct MalformedMessage(pub &'static str);
 
 type Result<T> = std::result::Result<T, MalformedMessage>;
+
+/// Stored bytes that are not an openraft value: not protobuf, or a message that is not
+/// a valid value ([`MalformedMessage`]). From disk, that is corruption.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Protobuf(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Malformed(#[from] MalformedMessage),
+}
+
+/// Decodes `bytes` as protobuf message `M`, then maps it with `from_pb` (one of the
+/// `*_from_pb` functions here).
+pub fn decode<M: prost::Message + Default, T>(
+    bytes: &[u8],
+    from_pb: impl FnOnce(M) -> Result<T>,
+) -> std::result::Result<T, DecodeError> {
+    Ok(from_pb(M::decode(bytes)?)?)
+}
 
 pub fn leader_id_to_pb(id: &LeaderId<NodeId>) -> pb::LeaderId {
     pb::LeaderId {
@@ -203,9 +222,9 @@ pub fn command_result_from_pb(r: pb::CommandResult) -> CommandResult {
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(batch) => pb::entry::Payload::Normal(pb::CommandBatch {
-            commands: batch.commands.iter().map(command_to_pb).collect(),
-            proposed_at_ms: batch.proposed_at_ms,
+        EntryPayload::Normal(group) => pb::entry::Payload::Normal(pb::WriteGroup {
+            commands: group.commands.iter().map(command_to_pb).collect(),
+            proposed_at_ms: group.proposed_at_ms,
         }),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
@@ -219,9 +238,9 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry> {
     let log_id = log_id_from_pb(e.log_id.ok_or(MalformedMessage("entry log id"))?)?;
     let payload = match e.payload.ok_or(MalformedMessage("entry payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::<TypeConfig>::Blank,
-        pb::entry::Payload::Normal(b) => EntryPayload::Normal(Batch {
-            proposed_at_ms: b.proposed_at_ms,
-            commands: b.commands.into_iter().map(command_from_pb).collect::<Result<_>>()?,
+        pb::entry::Payload::Normal(group) => EntryPayload::Normal(WriteGroup {
+            proposed_at_ms: group.proposed_at_ms,
+            commands: group.commands.into_iter().map(command_from_pb).collect::<Result<_>>()?,
         }),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(Some(m))?),
     };
@@ -351,7 +370,7 @@ mod tests {
             },
             Entry {
                 log_id: log_id(2, 3, 2),
-                payload: EntryPayload::Normal(Batch {
+                payload: EntryPayload::Normal(WriteGroup {
                     proposed_at_ms: 1_700_000_000_000,
                     commands: vec![
                         Command {

@@ -1,8 +1,8 @@
 //! raftkv-node: one member of a raftkv cluster.
 //!
-//! `app` wires the pieces: `store` (sled log and state machine), `network`
-//! and `raft_service` (Raft RPCs out and in), `proposer` (group commit),
-//! `read_index` (batched ReadIndex for linearizable reads),
+//! `app` wires the pieces: `store` (the Raft log's files and the sled state
+//! machine), `network` and `raft_service` (Raft RPCs out and in), `proposer`
+//! (group commit), `read_index` (ReadIndex rounds for linearizable reads),
 //! `kv_service` and `cluster_service` (the public API). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.
 

@@ -37,7 +37,7 @@ pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Hands out Raft clients; channels are cached per address so a reconnecting
 /// replication stream reuses its HTTP/2 connection.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     reachability: Reachability,
@@ -47,17 +47,23 @@ pub struct Network {
 
 /// Whether each peer answered its last RPC, so that losing and regaining
 /// contact is logged once per change instead of once per retry.
-#[derive(Clone, Default)]
-struct Reachability(Arc<Mutex<HashMap<NodeId, bool>>>);
+#[derive(Clone)]
+struct Reachability {
+    seen: Arc<Mutex<HashMap<NodeId, bool>>>,
+    /// The node's span: openraft calls us from tasks it spawns without one.
+    span: tracing::Span,
+}
 
 impl Reachability {
     fn update(&self, target: NodeId, address: &str, result: Result<(), &str>) {
-        let mut seen = self.0.lock().expect("reachability map poisoned");
+        let mut seen = self.seen.lock().expect("reachability map poisoned");
         let was = seen.insert(target, result.is_ok());
         match (was, result) {
-            (Some(false), Ok(())) => tracing::info!(peer = target, "node {target} at {address} is reachable again"),
+            (Some(false), Ok(())) => {
+                tracing::info!(parent: &self.span, peer = target, "node {target} at {address} is reachable again")
+            }
             (None | Some(true), Err(e)) => {
-                tracing::warn!(peer = target, "cannot reach node {target} at {address}: {e}")
+                tracing::warn!(parent: &self.span, peer = target, "cannot reach node {target} at {address}: {e}")
             }
             _ => {}
         }
@@ -66,11 +72,16 @@ impl Reachability {
 
 impl Network {
     /// Connections to peers leave from `source_address` when given, else from
-    /// whatever address the OS picks.
+    /// whatever address the OS picks. What it logs carries the span current now (the
+    /// node's), whichever task openraft calls it from.
     pub fn new(source_address: Option<IpAddr>) -> Network {
         Network {
+            channels: Arc::default(),
+            reachability: Reachability {
+                seen: Arc::default(),
+                span: tracing::Span::current(),
+            },
             source_address,
-            ..Default::default()
         }
     }
 
@@ -162,10 +173,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // A heartbeat: most often the one openraft 0.9 sends every follower as soon as
             // the commit index moves, woken on this thread just before the tasks that apply
             // the entry and answer its clients. Letting the work already queued run first
-            // answers those clients sooner, and the heartbeat leaves a moment later.
-            // Measured (BENCHMARKS.md): put at 1 client p50 1.34-1.44 -> 1.31-1.33 ms, at
-            // 64 clients ~+5 % ops/s; reads, whose leadership check waits on heartbeats,
-            // measured the same.
+            // answers those clients sooner, and the heartbeat leaves a moment later
+            // (BENCHMARKS.md, "Heartbeats after answers": puts faster, reads unchanged).
             tokio::task::yield_now().await;
         }
         let message = convert::append_entries_to_pb(&rpc);
@@ -218,7 +227,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             });
             offset = end;
         }
-        tracing::info!(target = self.target, bytes = data.len(), "sending snapshot");
+        tracing::info!(parent: &self.reachability.span, peer = self.target, bytes = data.len(), "sending snapshot");
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         request.set_timeout(SNAPSHOT_TIMEOUT);
         let mut client = self.client::<RaftError<NodeId>>().map_err(|e| match e {

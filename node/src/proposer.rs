@@ -3,7 +3,7 @@
 //! openraft 0.9 appends (and fsyncs) each `client_write` as its own entry on
 //! the leader, so proposing client writes one by one would cost one fsync
 //! each. The proposer instead gathers the writes that arrive while earlier
-//! proposals are in flight and proposes them as one entry (a `Batch`), then
+//! proposals are in flight and proposes them as one entry (a `WriteGroup`), then
 //! hands each caller its own result.
 
 use std::sync::Arc;
@@ -11,23 +11,24 @@ use std::sync::Arc;
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::raft_service::not_leader;
-use crate::types::{Batch, Command, CommandResult, LogId, Raft};
+use crate::types::{Command, CommandResult, LogId, Raft, WriteGroup};
 
 /// Most commands in one log entry.
-pub const MAX_BATCH_COMMANDS: usize = 4096;
+pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// Most key+value bytes in one log entry; a single command may be larger (up to the
 /// key and value limits). Keeps every entry inline in sled's file (see `data_dir.rs`).
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
+pub const MAX_GROUP_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered.
 pub const MAX_PROPOSALS_IN_FLIGHT: usize = 1;
-/// The longest a batch waits for more writes; only when recent batches were larger.
-/// Measured on 2 cores at 64 clients: 1 ms ~7.7k puts/s, 2 ms ~8.5k, 3 ms no better.
+/// The longest a write group waits for more writes; only when recent groups were larger.
+/// 2 ms measured best (BENCHMARKS.md, "Batching for openraft 0.9").
 pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
-/// How many recent batch sizes set the size a batch waits to reach.
-const RECENT_BATCHES: usize = 8;
-/// Writes waiting to be batched; callers wait for room beyond this.
+/// How many recent group sizes set the size a group waits to reach.
+const RECENT_GROUPS: usize = 8;
+/// Writes waiting to join a group; callers wait for room beyond this.
 pub const PROPOSAL_QUEUE_LEN: usize = 16 * 1024;
 
 /// The outcome of a proposed command: its result and the entry it was applied in.
@@ -55,10 +56,11 @@ fn now_ms() -> u64 {
 }
 
 impl Proposer {
-    /// Starts the batching task; it ends when every `Proposer` clone is dropped.
+    /// Starts the task that gathers and proposes the groups, in the current span (the
+    /// node's); it ends when every `Proposer` clone is dropped.
     pub fn start(raft: Raft) -> Proposer {
         let (queue, rx) = mpsc::channel(PROPOSAL_QUEUE_LEN);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, rx).in_current_span());
         Proposer { queue }
     }
 
@@ -78,7 +80,7 @@ impl Proposer {
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
     let mut held_over: Option<Proposal> = None;
-    let mut recent_sizes = [0usize; RECENT_BATCHES];
+    let mut recent_sizes = [0usize; RECENT_GROUPS];
     let mut next_slot = 0;
     loop {
         let first = match held_over.take() {
@@ -88,20 +90,20 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 None => return,
             },
         };
-        // Wait for room first, so that everything arriving meanwhile joins this batch.
+        // Wait for room first, so that everything arriving meanwhile joins this group.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         let mut bytes = command_bytes(&first.command);
         let mut proposals = vec![first];
-        // Under load the clients answered by the last batch send their next writes a
+        // Under load the clients answered by the last group send their next writes a
         // moment after it completes; waiting briefly for them (never longer than
-        // MAX_LINGER, and only while the batch is smaller than recent ones) merges them
-        // into this batch instead of leaving them for the next round trip.
+        // MAX_LINGER, and only while the group is smaller than recent ones) merges them
+        // into this group instead of leaving them for the next round trip.
         let expected = recent_sizes.iter().copied().max().unwrap_or(1);
         let opened = tokio::time::Instant::now();
         let linger_until = opened + MAX_LINGER;
-        while proposals.len() < MAX_BATCH_COMMANDS {
+        while proposals.len() < MAX_GROUP_COMMANDS {
             let p = match rx.try_recv() {
                 Ok(p) => p,
                 Err(_) if proposals.len() >= expected => break,
@@ -111,8 +113,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 },
             };
             let size = command_bytes(&p.command);
-            if bytes + size > MAX_BATCH_BYTES {
-                // Too big for this batch: it opens the next one.
+            if bytes + size > MAX_GROUP_BYTES {
+                // Too big for this group: it opens the next one.
                 held_over = Some(p);
                 break;
             }
@@ -120,10 +122,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             proposals.push(p);
         }
         recent_sizes[next_slot] = proposals.len();
-        next_slot = (next_slot + 1) % RECENT_BATCHES;
+        next_slot = (next_slot + 1) % RECENT_GROUPS;
         let (commands, replies): (Vec<Command>, Vec<_>) = proposals.into_iter().map(|p| (p.command, p.reply)).unzip();
         let receiver = match raft
-            .client_write_ff(Batch {
+            .client_write_ff(WriteGroup {
                 proposed_at_ms: now_ms(),
                 commands,
             })
@@ -140,18 +142,30 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         let size = replies.len();
         let proposed_at = std::time::Instant::now();
         let gathered_us = opened.elapsed().as_micros() as u64;
-        tokio::spawn(async move {
+        let answer = async move {
             let outcome = receiver.await;
             drop(permit);
+            // The term the group was committed in, when it was.
+            let term = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .map(|w| w.log_id.leader_id.term);
             tracing::debug!(
                 commands = size,
+                term,
                 gathered_us,
                 elapsed_us = proposed_at.elapsed().as_micros() as u64,
-                "batch answered"
+                "write group answered"
             );
             match outcome {
                 Ok(Ok(written)) => {
-                    debug_assert_eq!(written.data.results.len(), replies.len());
+                    assert_eq!(
+                        written.data.results.len(),
+                        replies.len(),
+                        "write group {} applied with a result count unlike its command count",
+                        written.log_id
+                    );
                     for (result, reply) in written.data.results.into_iter().zip(replies) {
                         let _ = reply.send(Ok((result, written.log_id)));
                     }
@@ -168,7 +182,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(answer.in_current_span());
     }
 }
 

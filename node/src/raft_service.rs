@@ -9,16 +9,16 @@ use raftkv::raft_pb as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::read_index::ReadIndexBatcher;
+use crate::read_index::ReadIndexRounds;
 use crate::types::{NodeId, Raft, Snapshot};
 
 pub struct RaftService {
     raft: Raft,
-    read_index: ReadIndexBatcher,
+    read_index: ReadIndexRounds,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, read_index: ReadIndexBatcher) -> Self {
+    pub fn new(raft: Raft, read_index: ReadIndexRounds) -> Self {
         RaftService { raft, read_index }
     }
 }

@@ -1,5 +1,5 @@
-//! Batched ReadIndex: one leadership confirmation serves every linearizable
-//! read that arrived before it started.
+//! ReadIndex in rounds: one leadership confirmation (a round) serves every
+//! linearizable read that arrived before it started.
 //!
 //! Each `Raft::get_read_log_id()` on the leader is a round of heartbeats to a
 //! quorum, and on a follower one `Raft.ReadIndex` RPC to the leader. Under many
@@ -14,6 +14,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
+use tracing::Instrument;
 
 use crate::network::Network;
 use crate::raft_service::{check_is_leader_error, not_leader, Leadership};
@@ -32,17 +33,19 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// The log index a linearizable read must wait for (None: nothing to wait for).
 pub type ReadIndex = Result<Option<u64>, Status>;
 
+/// The queue of reads waiting for a round, and the task that runs the rounds.
 #[derive(Clone)]
-pub struct ReadIndexBatcher {
+pub struct ReadIndexRounds {
     queue: mpsc::Sender<oneshot::Sender<ReadIndex>>,
 }
 
-impl ReadIndexBatcher {
-    /// Starts the batching task; it ends when every clone is dropped.
-    pub fn start(raft: Raft, network: Network) -> ReadIndexBatcher {
+impl ReadIndexRounds {
+    /// Starts the task that runs the rounds, in the current span (the node's); it ends
+    /// when every clone is dropped.
+    pub fn start(raft: Raft, network: Network) -> ReadIndexRounds {
         let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
-        tokio::spawn(run(raft, network, rx));
-        ReadIndexBatcher { queue }
+        tokio::spawn(run(raft, network, rx).in_current_span());
+        ReadIndexRounds { queue }
     }
 
     /// A read index confirmed by a round that started after this call.

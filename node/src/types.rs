@@ -1,9 +1,10 @@
 //! The application types openraft is parameterised over: what a log entry
-//! carries (a batch of client commands) and what applying it returns.
+//! carries (a write group: client commands proposed together) and what applying
+//! it returns.
 //!
 //! One log entry holds every write that arrived while the previous proposal was
-//! in flight (group commit, see `proposer.rs`), so `D` is a batch and `R` holds
-//! one result per command, in order.
+//! in flight (group commit, see `proposer.rs`), so `D` is a [`WriteGroup`] and `R`
+//! holds one result per command, in order.
 
 use std::io::Cursor;
 
@@ -16,8 +17,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// raftkv's openraft type configuration.
     pub TypeConfig:
-        D = Batch,
-        R = BatchResult,
+        D = WriteGroup,
+        R = WriteGroupResults,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -64,7 +65,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Key and value bytes, for batch size limits.
+    /// Key and value bytes, for the size limit of a write group.
     pub fn payload_bytes(&self) -> usize {
         match self {
             Op::Put { key, value } => key.len() + value.len(),
@@ -81,9 +82,9 @@ pub struct Command {
     pub write_id: Option<WriteId>,
 }
 
-/// The writes proposed together as one log entry.
+/// The writes proposed together as one log entry (group commit).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch {
+pub struct WriteGroup {
     /// The proposing leader's wall clock (ms since the Unix epoch); only
     /// used to expire idle client sessions, the same way on every node.
     pub proposed_at_ms: u64,
@@ -108,9 +109,9 @@ pub enum CommandResult {
     Forgotten,
 }
 
-/// One result per command of the applied batch, in order. Empty for blank
+/// One result per command of the applied write group, in order. Empty for blank
 /// and membership entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResult {
+pub struct WriteGroupResults {
     pub results: Vec<CommandResult>,
 }

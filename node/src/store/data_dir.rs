@@ -7,24 +7,24 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::store::log_store::LogStoreOpenError;
+use crate::store::state_machine::StateMachineOpenError;
 use crate::store::{wal, LogStore, StateMachine};
 
 const IDENTITY_TREE: &str = "identity";
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_KEY: &[u8] = b"initial_cluster";
 const FORMAT_KEY: &[u8] = b"format";
-/// Bumped whenever the on-disk layout changes incompatibly.
+/// Bumped whenever the on-disk layout changes incompatibly; a directory of any other
+/// format is refused, never converted (no raftkv was released before format 3).
 /// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
-/// session's results each under a key of their own (`state_machine.rs`).
+/// session's results in records of their own beside its meta (`keys.rs`).
 const FORMAT_VERSION: u64 = 3;
-/// Older formats this version opens, rewriting them to [`FORMAT_VERSION`] as it does
-/// (an older raftkv then refuses the directory rather than misread it).
-const UPGRADABLE_FORMATS: [u64; 1] = [2];
 /// The Raft log's directory, inside the data directory.
 const WAL_DIR: &str = "raft-log";
 /// sled's segment size. sled writes any item larger than a quarter of a segment to a
 /// separate "blob" file that it never fsyncs; with 8 MiB segments every value the state
-/// machine stores (at most one 1 MiB command, or a 1 MiB batch of them, plus framing)
+/// machine stores (at most one 1 MiB command, or a 1 MiB write group of them, plus framing)
 /// stays in the main file, which `LogStore` fsyncs before it purges log entries.
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
@@ -45,6 +45,13 @@ pub enum DataDirError {
     },
     #[error("data directory {dir} is corrupt: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
+    #[error("data directory {dir} is corrupt: {reason}")]
+    CorruptLog { dir: PathBuf, reason: LogStoreOpenError },
+    #[error("data directory {dir} is corrupt: {reason}")]
+    CorruptStateMachine {
+        dir: PathBuf,
+        reason: StateMachineOpenError,
+    },
 }
 
 /// An opened, checked data directory.
@@ -87,7 +94,6 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         })?;
     let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
 
-    let mut upgrade_from = None;
     match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
         None => {
             // Only a directory we just created may be claimed; a sled database
@@ -134,10 +140,8 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
                 .as_deref()
                 .and_then(|f| <[u8; 8]>::try_from(f).ok())
                 .map(u64::from_be_bytes);
-            match format {
-                Some(FORMAT_VERSION) => {}
-                Some(old) if UPGRADABLE_FORMATS.contains(&old) => upgrade_from = Some(old),
-                _ => return Err(unusable("it was written by an incompatible raftkv version".to_string())),
+            if format != Some(FORMAT_VERSION) {
+                return Err(unusable("it was written by an incompatible raftkv version".to_string()));
             }
             let stored = identity
                 .get(CLUSTER_KEY)
@@ -162,17 +166,16 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     if !wal_dir.is_dir() {
         return Err(corrupt(format!("its raft log directory {WAL_DIR} is missing")));
     }
-    let log_store = LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(corrupt)?;
+    let log_store =
+        LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(|reason| DataDirError::CorruptLog {
+            dir: dir.to_path_buf(),
+            reason,
+        })?;
     let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
-    let state_machine = StateMachine::open(&db, dir).map_err(corrupt)?;
-    if let Some(old) = upgrade_from {
-        // `StateMachine::open` has rewritten what the old format stored differently.
-        identity
-            .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
-            .and_then(|_| db.flush())
-            .map_err(|e| unusable(format!("cannot upgrade it from format {old}: {e}")))?;
-        tracing::info!(dir = %dir.display(), from = old, to = FORMAT_VERSION, "data directory upgraded");
-    }
+    let state_machine = StateMachine::open(&db, dir).map_err(|reason| DataDirError::CorruptStateMachine {
+        dir: dir.to_path_buf(),
+        reason,
+    })?;
     Ok(DataDir {
         log_store,
         state_machine,
@@ -281,9 +284,9 @@ mod tests {
             .segment_size(SLED_SEGMENT_BYTES)
             .open()
             .unwrap();
-        // One command at the limits, and a full batch, with generous framing.
+        // One command at the limits, and a full write group, with generous framing.
         let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
-        let biggest = biggest.max(crate::proposer::MAX_BATCH_BYTES + 64 * 1024);
+        let biggest = biggest.max(crate::proposer::MAX_GROUP_BYTES + 64 * 1024);
         db.open_tree("state_machine")
             .unwrap()
             .insert(b"k", vec![7u8; biggest])

@@ -2,14 +2,18 @@
 //! the vote and the commit/purge markers in sled.
 //!
 //! Each entry is a protobuf `Entry` in one WAL record. Every append call (a
-//! leader's batch entry, or a follower's AppendEntries batch) costs one write
-//! and one fdatasync, before openraft is told it is durable. Tree `raft_state`
-//! holds `vote`, `committed` and `last_purged`. The vote is made durable with
-//! a sled flush plus an fdatasync of sled's file (sled's own flush uses
-//! sync_file_range, which is not a durability barrier); the commit marker may
-//! lag (sled writes it out in the background); `last_purged` is made durable
-//! before any segment is deleted. The newest entries are also kept in memory as
-//! appended ([`RecentEntries`]), for openraft's reads right after an append.
+//! leader's write group entry, or all the entries of a follower's
+//! AppendEntries) costs one write and one fdatasync, before openraft is told it
+//! is durable. Tree `raft_state` holds `vote`, `committed` and `last_purged`.
+//! The vote is made durable with a sled flush plus an fdatasync of sled's file
+//! (sled's own flush uses sync_file_range, which is not a durability barrier);
+//! the commit marker may lag (sled writes it out in the background);
+//! `last_purged` is made durable before any segment is deleted. The newest
+//! entries are also kept in memory as appended ([`RecentEntries`]), for
+//! openraft's reads right after an append.
+//!
+//! Invariant: the log has no holes; an append that would leave one panics
+//! (`Wal::append`, `RecentEntries::appended`).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -20,10 +24,9 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use prost::Message;
-use raftkv::raft_pb as pb;
 
 use crate::convert;
-use crate::store::wal::{Wal, WalReader};
+use crate::store::wal::{Wal, WalOpenError, WalReader};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -81,7 +84,8 @@ const RECENT_ENTRIES: usize = 64;
 /// Invariant: the entries are consecutive and the last one is the log's last entry; so a
 /// range that starts among them is answered exactly as the log file would answer it. Every
 /// change to the log changes this first (a truncation or purge) or right after the write
-/// (an append), under the same rules.
+/// (an append), under the same rules. An append that does not follow the newest entry
+/// would break it, and is a bug (ours or openraft's): it panics.
 #[derive(Default)]
 struct RecentEntries {
     /// Each entry with its size in the log.
@@ -93,10 +97,13 @@ impl RecentEntries {
     fn appended(&mut self, entries: impl IntoIterator<Item = (Entry, usize)>) {
         for (entry, size) in entries {
             if let Some((last, _)) = self.entries.back() {
-                if last.log_id.index + 1 != entry.log_id.index {
-                    self.entries.clear();
-                    self.bytes = 0;
-                }
+                assert_eq!(
+                    entry.log_id.index,
+                    last.log_id.index + 1,
+                    "raft log entry {} appended after entry {}: a hole in the newest entries",
+                    entry.log_id.index,
+                    last.log_id.index
+                );
             }
             self.bytes += size;
             self.entries.push_back((entry, size));
@@ -154,8 +161,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    let msg = pb::Entry::decode(bytes).map_err(read_err)?;
-    convert::entry_from_pb(msg).map_err(read_err)
+    convert::decode(bytes, convert::entry_from_pb).map_err(read_err)
 }
 
 fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageError> {
@@ -166,8 +172,33 @@ fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageE
 }
 
 fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
-    let msg = pb::LogId::decode(bytes).map_err(read_err)?;
-    convert::log_id_from_pb(msg).map_err(read_err)
+    convert::decode(bytes, convert::log_id_from_pb).map_err(read_err)
+}
+
+fn decode_vote(bytes: &[u8]) -> Result<Vote, convert::DecodeError> {
+    convert::decode(bytes, |v| convert::vote_from_pb(Some(v)))
+}
+
+/// Why the log store cannot be opened: its records in sled or the log's files are
+/// unreadable or damaged. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreOpenError {
+    #[error("cannot open the raft state: {0}")]
+    StateTree(sled::Error),
+    #[error(transparent)]
+    StateRead(sled::Error),
+    #[error("raft state record is corrupt: {0}")]
+    CorruptMarker(StorageError),
+    #[error("stored vote is corrupt: {0}")]
+    CorruptVote(convert::DecodeError),
+    #[error(transparent)]
+    Wal(#[from] WalOpenError),
+    #[error("cannot read the raft log: {0}")]
+    LogRead(std::io::Error),
+    #[error("raft log entry {index} is corrupt: {error}")]
+    CorruptEntry { index: u64, error: StorageError },
+    #[error("raft log entry stored at {index} says it is {claimed}")]
+    MisplacedEntry { index: u64, claimed: u64 },
 }
 
 impl LogStore {
@@ -178,16 +209,13 @@ impl LogStore {
         sled_file: std::fs::File,
         wal_dir: &std::path::Path,
         segment_bytes: u64,
-    ) -> Result<LogStore, String> {
-        let state = db
-            .open_tree("raft_state")
-            .map_err(|e| format!("cannot open the raft state: {e}"))?;
-        let stored = |key| read_log_id(&state, key).map_err(|e| format!("raft state record is corrupt: {e}"));
+    ) -> Result<LogStore, LogStoreOpenError> {
+        let state = db.open_tree("raft_state").map_err(LogStoreOpenError::StateTree)?;
+        let stored = |key| read_log_id(&state, key).map_err(LogStoreOpenError::CorruptMarker);
         stored(COMMITTED_KEY)?;
         let purged = stored(LAST_PURGED_KEY)?;
-        if let Some(v) = state.get(VOTE_KEY).map_err(|e| e.to_string())? {
-            let msg = pb::Vote::decode(v.as_ref()).map_err(|e| format!("stored vote is corrupt: {e}"))?;
-            convert::vote_from_pb(Some(msg)).map_err(|e| format!("stored vote is corrupt: {e}"))?;
+        if let Some(v) = state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
+            decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?;
         }
         let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
         let store = LogStore {
@@ -218,7 +246,7 @@ impl LogStore {
 
     /// Decodes every entry once, so that a corrupt log refuses to start the node with a
     /// clear reason instead of failing inside openraft later.
-    fn verify(&self) -> Result<(), String> {
+    fn verify(&self) -> Result<(), LogStoreOpenError> {
         let Some((first, last)) = self.log.bounds() else {
             return Ok(());
         };
@@ -227,14 +255,14 @@ impl LogStore {
             let records = self
                 .log
                 .read(from, (from + CHUNK).min(last + 1))
-                .map_err(|e| format!("cannot read the raft log: {e}"))?;
+                .map_err(LogStoreOpenError::LogRead)?;
             for (index, bytes) in records {
-                let entry = decode_entry(&bytes).map_err(|e| format!("raft log entry {index} is corrupt: {e}"))?;
+                let entry = decode_entry(&bytes).map_err(|error| LogStoreOpenError::CorruptEntry { index, error })?;
                 if entry.log_id.index != index {
-                    return Err(format!(
-                        "raft log entry stored at {index} says it is {}",
-                        entry.log_id.index
-                    ));
+                    return Err(LogStoreOpenError::MisplacedEntry {
+                        index,
+                        claimed: entry.log_id.index,
+                    });
                 }
             }
         }
@@ -275,15 +303,18 @@ impl LogStore {
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the log writer, on a blocking thread.
+    /// Runs `f` on the log writer, on a blocking thread. A panic there (a broken invariant
+    /// of the log) goes on in the caller, not disguised as an I/O error.
     async fn with_wal<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Wal) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock")))
-            .await
-            .map_err(std::io::Error::other)?
+        match tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock"))).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
     }
 
     fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
@@ -348,10 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let io_err =
             |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
         match self.state.get(VOTE_KEY).map_err(|e| io_err(&e))? {
-            Some(v) => {
-                let msg = pb::Vote::decode(v.as_ref()).map_err(|e| io_err(&e))?;
-                Ok(Some(convert::vote_from_pb(Some(msg)).map_err(|e| io_err(&e))?))
-            }
+            Some(v) => Ok(Some(decode_vote(&v).map_err(|e| io_err(&e))?)),
             None => Ok(None),
         }
     }
@@ -383,16 +411,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| (e.log_id.index, convert::entry_to_pb(e).encode_to_vec()))
             .collect();
         self.store_commit_marker()?;
-        // One write and one fdatasync for the whole batch; openraft is told only after it.
+        // Should the entries start inside the log, the log replaces the ones they overlap:
+        // forget those first, like a truncation.
+        if let Some(first) = entries.first() {
+            self.recent().truncated(first.log_id.index);
+        }
+        // One write and one fdatasync for all the entries; openraft is told only after it.
         let written = self
             .with_wal(move |wal| {
-                wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
-                Ok(records)
+                let written_from = wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
+                Ok((written_from, records))
             })
             .await;
-        if let Ok(records) = &written {
+        if let Ok((Some(written_from), records)) = &written {
+            // The log skips entries at or below its purge point; so does the copy.
             let sizes = records.iter().map(|(_, bytes)| bytes.len());
-            self.recent().appended(entries.into_iter().zip(sizes));
+            let kept = entries
+                .into_iter()
+                .zip(sizes)
+                .filter(|(e, _)| e.log_id.index >= *written_from);
+            self.recent().appended(kept);
         }
         let result = written
             .as_ref()
@@ -498,11 +536,9 @@ mod tests {
     }
 
     #[test]
-    fn an_append_that_does_not_follow_the_newest_entry_starts_afresh() {
+    #[should_panic(expected = "raft log entry 20 appended after entry 9")]
+    fn an_append_that_does_not_follow_the_newest_entry_is_a_bug() {
         let mut recent = kept(5, 10, 1);
         recent.appended([(entry(1, 20), 10)]);
-        assert_eq!(ids(recent.get(5, 10)), None);
-        assert_eq!(ids(recent.get(20, 21)), Some(vec![(1, 20)]));
-        assert_eq!(recent.bytes, 10);
     }
 }

@@ -1,13 +1,20 @@
 //! Durable storage for one node, in its data directory: the Raft log in its own
-//! segment files (`wal.rs`), a sled database holding the vote, the log's markers and
-//! the state machine, and the snapshot file. `data_dir.rs` decides whether a
-//! directory may be used at all.
+//! segment files (`wal.rs`, behind openraft's log storage in `log_store.rs`), a sled
+//! database holding the vote, the log's markers and the state machine
+//! (`state_machine.rs`: its key layout in `keys.rs`, its all-or-nothing applies in
+//! `redo.rs`, its client sessions in `sessions.rs`), and the snapshot file
+//! (`snapshot_file.rs`). `data_dir.rs` decides whether a directory may be used at all.
 
 pub mod data_dir;
+mod keys;
 pub mod log_store;
+mod redo;
 pub mod sessions;
+mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
 
 pub use log_store::{CommitIndex, LogStore};
+pub use redo::RedoError;
+pub use snapshot_file::SnapshotFileError;
 pub use state_machine::{KvReader, StateMachine};

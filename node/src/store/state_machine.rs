@@ -1,103 +1,60 @@
-//! The replicated key-value state, its snapshots, and the reads served from it.
+//! openraft's state machine on sled: applies committed entries, builds and installs
+//! snapshots, and serves the KV service's reads ([`KvReader`]).
 //!
-//! Tree `state_machine` holds user data under the prefix `d`, client sessions
-//! (exactly-once retries, see `sessions.rs`) under `s`, and the applied log id
-//! and membership under `m:`. Each `apply` call takes effect as a unit: its
-//! data, sessions and new applied log id go first into one redo record, then
-//! to their keys (see `StateMachine::commit`), so a crash never leaves data
-//! applied without the marker (or the reverse). Snapshots are one file,
-//! `snapshot.bin` in the data directory, written to a temporary name, fsynced
-//! and renamed, then installed into the tree in one sled batch.
+//! Tree `state_machine` holds user data, client sessions (exactly-once retries, see
+//! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
+//! Each `apply` call takes effect as a unit through one redo record (`redo.rs`), so a
+//! crash never leaves data applied without the applied marker (or the reverse).
+//! A snapshot is written to the snapshot file first (`snapshot_file.rs`), then
+//! installed into the tree in one sled batch; `StateMachine::open` finishes an install
+//! that a crash interrupted.
+//!
+//! Invariants: applied only moves forward (asserted); the sessions in memory are those
+//! stored in the tree; a scan page never shows part of an apply (the apply lock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
-use crate::store::sessions::{Seen, Sessions};
-use crate::types::{
-    BatchResult, Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+use crate::store::keys::{
+    data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
+    DATA_PREFIX, MEMBERSHIP_KEY, REDO_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
-
-const DATA_PREFIX: u8 = b'd';
-/// A client session without its results (`pb::ClientSession`; before format 3 it held
-/// the results too, see `migrate_sessions`).
-const SESSION_PREFIX: u8 = b's';
-/// The results of a client session's window, `RESULTS_PER_RECORD` sequence numbers to a
-/// record (a `pb::ClientSession` holding only results), under the client id and the
-/// sequence number divided by `RESULTS_PER_RECORD`. An apply rewrites only the records
-/// whose results it adds or pushes out, not the client's whole window (up to
-/// `RESULTS_PER_SESSION` results; one key per result measured slower still: a sled
-/// operation each).
-const RESULT_PREFIX: u8 = b'r';
-const RESULTS_PER_RECORD: u64 = 64;
-const APPLIED_KEY: &[u8] = b"m:applied";
-const MEMBERSHIP_KEY: &[u8] = b"m:membership";
-/// The writes of the latest apply (`pb::RedoRecord`).
-const REDO_KEY: &[u8] = b"m:redo";
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-
-fn data_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(DATA_PREFIX);
-    k.extend_from_slice(key);
-    k
-}
-
-fn session_key(client_id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(SESSION_PREFIX);
-    k.extend_from_slice(&client_id.to_be_bytes());
-    k
-}
-
-/// The number of the record that holds result `sequence` of a client.
-fn result_record(sequence: u64) -> u64 {
-    sequence / RESULTS_PER_RECORD
-}
-
-/// The key of result record `record` of client `client_id`.
-fn result_key(client_id: u64, record: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(RESULT_PREFIX);
-    k.extend_from_slice(&client_id.to_be_bytes());
-    k.extend_from_slice(&record.to_be_bytes());
-    k
-}
-
-/// The client id of a result record's key.
-fn result_client(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
+use crate::store::redo::{self, RedoError, Writes};
+use crate::store::sessions::{Seen, Sessions};
+use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
+use crate::types::{
+    Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    WriteGroupResults,
+};
 
 /// Writes result record `record` of `client_id` as `sessions` has it now, or removes it
 /// when none of its results are left.
-fn write_results(batch: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
-    let first = record * RESULTS_PER_RECORD;
-    let results = sessions.results_pb(client_id, first..first.saturating_add(RESULTS_PER_RECORD));
+fn write_results(writes: &mut Writes, sessions: &Sessions, client_id: u64, record: u64) {
+    let results = sessions.results_pb(client_id, result_record_sequences(record));
     if results.is_empty() {
-        batch.remove(result_key(client_id, record));
+        writes.remove(result_key(client_id, record));
     } else {
         let stored = pb::ClientSession {
             client_id,
             results,
             ..Default::default()
         };
-        batch.insert(result_key(client_id, record), stored.encode_to_vec());
+        writes.insert(result_key(client_id, record), stored.encode_to_vec());
     }
 }
 
-/// Writes a whole session (from a snapshot, or an older format) as the state machine
+/// Writes a whole session (from a snapshot) as the state machine
 /// stores it: its meta under `session_key`, its results in records under `result_key`.
-fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
+fn write_session(writes: &mut Writes, session: &pb::ClientSession) {
     let mut records: BTreeMap<u64, Vec<pb::SessionResult>> = BTreeMap::new();
     for r in &session.results {
         records.entry(result_record(r.sequence)).or_default().push(r.clone());
@@ -108,13 +65,13 @@ fn write_session(batch: &mut Writes, session: &pb::ClientSession) {
             results,
             ..Default::default()
         };
-        batch.insert(result_key(session.client_id, record), stored.encode_to_vec());
+        writes.insert(result_key(session.client_id, record), stored.encode_to_vec());
     }
     let meta = pb::ClientSession {
         results: Vec::new(),
         ..session.clone()
     };
-    batch.insert(session_key(session.client_id), meta.encode_to_vec());
+    writes.insert(session_key(session.client_id), meta.encode_to_vec());
 }
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -180,54 +137,36 @@ impl KvReader {
                 return Ok((pairs, true));
             }
             bytes += k.len() + v.len();
-            pairs.push((Bytes::copy_from_slice(&k[1..]), Bytes::copy_from_slice(&v)));
+            pairs.push((Bytes::copy_from_slice(user_key(&k)), Bytes::copy_from_slice(&v)));
         }
         Ok((pairs, false))
     }
 }
 
-/// The writes of one apply or snapshot install, in order.
-#[derive(Default)]
-struct Writes(Vec<pb::RedoWrite>);
-
-impl Writes {
-    /// Values are `Bytes` already (commands, encoded records): taken as they are, not copied.
-    fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: Some(value.into()),
-        });
-    }
-
-    fn remove(&mut self, key: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: None,
-        });
-    }
-
-    /// The same writes as one atomic sled batch.
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for w in self.0 {
-            match w.value {
-                Some(v) => batch.insert(w.key.as_ref(), v.as_ref()),
-                None => batch.remove(w.key.as_ref()),
-            }
-        }
-        batch
-    }
-}
-
-/// Makes `writes` in `tree` one by one (a redo record's: see `StateMachine::commit`).
-fn make_writes(tree: &sled::Tree, writes: Vec<pb::RedoWrite>) -> Result<(), sled::Error> {
-    for w in writes {
-        match w.value {
-            Some(v) => tree.insert(w.key.as_ref(), v.as_ref())?,
-            None => tree.remove(w.key.as_ref())?,
-        };
-    }
-    Ok(())
+/// Why the state machine cannot be opened: its records are unreadable or damaged, or
+/// the snapshot a crash interrupted cannot be installed. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineOpenError {
+    #[error("cannot open the state machine: {0}")]
+    Tree(sled::Error),
+    #[error(transparent)]
+    Read(#[from] sled::Error),
+    #[error(transparent)]
+    Redo(#[from] RedoError),
+    #[error("state machine's applied marker is corrupt: {0}")]
+    CorruptApplied(convert::DecodeError),
+    #[error("state machine's membership record is corrupt: {0}")]
+    CorruptMembership(convert::DecodeError),
+    #[error("a client session record is corrupt: {0}")]
+    CorruptSession(prost::DecodeError),
+    #[error("a client session result record has a malformed key")]
+    MalformedResultKey,
+    #[error("a client session result record is corrupt: {0}")]
+    CorruptResults(prost::DecodeError),
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFileError),
+    #[error("cannot install the snapshot: {0}")]
+    Install(StorageError),
 }
 
 /// openraft's state machine on sled.
@@ -239,72 +178,39 @@ pub struct StateMachine {
     membership: StoredMembership,
     sessions: Sessions,
     applying: ApplyLock,
-}
-
-/// Data directories of format 2 stored each client session whole (its results inside the
-/// session record), rewritten on every apply that touched the client. Rewrites such
-/// records in the current layout (see `RESULT_PREFIX`), in one atomic batch per client;
-/// a crash part way leaves the rest for the next start. Nothing to do for format 3.
-fn migrate_sessions(tree: &sled::Tree) -> Result<(), String> {
-    for kv in tree.scan_prefix([SESSION_PREFIX]) {
-        let (_, v) = kv.map_err(|e| e.to_string())?;
-        let session =
-            pb::ClientSession::decode(v.as_ref()).map_err(|e| format!("a client session record is corrupt: {e}"))?;
-        if session.results.is_empty() {
-            continue;
-        }
-        let mut writes = Writes::default();
-        write_session(&mut writes, &session);
-        tree.apply_batch(writes.into_batch())
-            .map_err(|e| format!("cannot rewrite a client session: {e}"))?;
-    }
-    Ok(())
+    /// The span current at open (the node's), for what it logs: openraft runs the state
+    /// machine in a task it spawns without one.
+    span: tracing::Span,
 }
 
 impl StateMachine {
     /// Opens the state machine in `dir` and makes it agree with the newest
     /// snapshot: if a crash came between writing a received snapshot and
     /// installing it, the install is finished here.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, String> {
-        let tree = db
-            .open_tree("state_machine")
-            .map_err(|e| format!("cannot open the state machine: {e}"))?;
-        if let Some(redo) = tree.get(REDO_KEY).map_err(|e| e.to_string())? {
-            // The latest apply may have been cut short by a crash: finish it. Its writes
-            // set final values, so making them again is harmless.
-            let redo = pb::RedoRecord::decode(redo.as_ref())
-                .map_err(|e| format!("state machine's redo record is corrupt: {e}"))?;
-            make_writes(&tree, redo.writes).map_err(|e| format!("cannot redo the latest apply: {e}"))?;
-        }
-        let applied = match tree.get(APPLIED_KEY).map_err(|e| e.to_string())? {
-            Some(v) => Some(
-                pb::LogId::decode(v.as_ref())
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| convert::log_id_from_pb(m).map_err(|e| e.to_string()))
-                    .map_err(|e| format!("state machine's applied marker is corrupt: {e}"))?,
-            ),
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
+        use StateMachineOpenError as E;
+        let tree = db.open_tree("state_machine").map_err(E::Tree)?;
+        // The latest apply may have been cut short by a crash: finish it.
+        redo::finish_latest(&tree)?;
+        let applied = match tree.get(APPLIED_KEY)? {
+            Some(v) => Some(convert::decode(&v, convert::log_id_from_pb).map_err(E::CorruptApplied)?),
             None => None,
         };
-        let membership = match tree.get(MEMBERSHIP_KEY).map_err(|e| e.to_string())? {
-            Some(v) => pb::StoredMembership::decode(v.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|m| convert::stored_membership_from_pb(Some(m)).map_err(|e| e.to_string()))
-                .map_err(|e| format!("state machine's membership record is corrupt: {e}"))?,
+        let membership = match tree.get(MEMBERSHIP_KEY)? {
+            Some(v) => {
+                convert::decode(&v, |m| convert::stored_membership_from_pb(Some(m))).map_err(E::CorruptMembership)?
+            }
             None => StoredMembership::default(),
         };
-        migrate_sessions(&tree)?;
         let mut sessions = Sessions::default();
         for kv in tree.scan_prefix([SESSION_PREFIX]) {
-            let (_, v) = kv.map_err(|e| e.to_string())?;
-            let session = pb::ClientSession::decode(v.as_ref())
-                .map_err(|e| format!("a client session record is corrupt: {e}"))?;
-            sessions.insert_pb(session);
+            let (_, v) = kv?;
+            sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
         }
         for kv in tree.scan_prefix([RESULT_PREFIX]) {
-            let (k, v) = kv.map_err(|e| e.to_string())?;
-            let client_id = result_client(&k).ok_or("a client session result record has a malformed key")?;
-            let record = pb::ClientSession::decode(v.as_ref())
-                .map_err(|e| format!("a client session result record is corrupt: {e}"))?;
+            let (k, v) = kv?;
+            let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
+            let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
             for result in record.results {
                 sessions.insert_result_pb(client_id, result);
             }
@@ -317,11 +223,11 @@ impl StateMachine {
             membership,
             sessions,
             applying: ApplyLock::default(),
+            span: tracing::Span::current(),
         };
-        if let Some((meta, body)) = read_snapshot_file(&sm.snapshot_path())? {
+        if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
-                sm.install_into_tree(&meta, &body)
-                    .map_err(|e| format!("cannot install the snapshot: {e}"))?;
+                sm.install_into_tree(&meta, &body).map_err(E::Install)?;
             }
         }
         Ok(sm)
@@ -335,34 +241,34 @@ impl StateMachine {
     }
 
     fn snapshot_path(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
+        snapshot_file::path_in(&self.dir)
     }
 
     /// Replaces all data with the snapshot's, and sets applied and membership,
-    /// in one atomic batch.
+    /// in one atomic sled batch.
     fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StorageError> {
-        let mut batch = Writes::default();
+        let mut writes = Writes::default();
         for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
                 let (k, _) = kv.map_err(sm_read_err)?;
-                batch.remove(k.to_vec());
+                writes.remove(k.to_vec());
             }
         }
         // The latest apply's redo record is older than the snapshot: never redo it over it.
-        batch.remove(REDO_KEY);
+        writes.remove(REDO_KEY);
         let mut sessions = Sessions::default();
         for record in SnapshotRecords::new(body) {
             match record.map_err(sm_read_err)?.record {
-                Some(pb::snapshot_record::Record::Pair(pair)) => batch.insert(data_key(&pair.key), pair.value),
+                Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
                 Some(pb::snapshot_record::Record::Session(session)) => {
-                    write_session(&mut batch, &session);
+                    write_session(&mut writes, &session);
                     sessions.insert_pb(session);
                 }
                 None => {}
             }
         }
-        set_markers(&mut batch, &meta.last_log_id, Some(&meta.last_membership));
-        let atomic = batch.into_batch();
+        set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
+        let atomic = writes.into_sled_batch();
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.tree.apply_batch(atomic).map_err(sm_write_err)?;
         self.applied = meta.last_log_id;
@@ -373,18 +279,10 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Makes one apply's writes take effect as a unit. Not with a sled batch: each one
-    /// makes sled write out and sync its log buffer twice, on its I/O threads (measured:
-    /// ~10 % of the CPU of a put-heavy run). Instead the writes go first into one redo
-    /// record under one key, then to their keys. sled recovers a prefix of its log, so
-    /// after a crash either the record is missing, and so are all the writes after it
-    /// (openraft re-applies the entries from the Raft log, as `applied` says), or it is
-    /// there and `open` redoes it. Readers see the writes in log order, as they happen.
+    /// Makes one apply's writes take effect as a unit (see `redo.rs`), under the apply lock.
     fn commit(&self, writes: Writes) -> Result<(), sled::Error> {
-        let record = pb::RedoRecord { writes: writes.0 };
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree.insert(REDO_KEY, record.encode_to_vec())?;
-        make_writes(&self.tree, record.writes)
+        redo::commit(&self.tree, writes)
     }
 
     fn current_value(
@@ -402,16 +300,16 @@ impl StateMachine {
         }
     }
 
-    /// Applies one operation to `batch`, reading through `written`.
+    /// Applies one operation to `writes`, reading through `written`.
     fn apply_op(
         &self,
         op: Op,
-        batch: &mut Writes,
+        writes: &mut Writes,
         written: &mut HashMap<Bytes, Option<Bytes>>,
     ) -> Result<CommandResult, StorageError> {
         Ok(match op {
             Op::Put { key, value } => {
-                batch.insert(data_key(&key), value.clone());
+                writes.insert(data_key(&key), value.clone());
                 written.insert(key, Some(value));
                 CommandResult::Put
             }
@@ -423,7 +321,7 @@ impl StateMachine {
                     Some(e) => current.as_ref() == Some(e),
                 };
                 if matches && existed {
-                    batch.remove(data_key(&key));
+                    writes.remove(data_key(&key));
                     written.insert(key, None);
                 }
                 let current = if matches { None } else { current };
@@ -436,7 +334,7 @@ impl StateMachine {
             Op::Cas { key, expect, new_value } => {
                 let current = self.current_value(&key, written)?;
                 if current == expect {
-                    batch.insert(data_key(&key), new_value.clone());
+                    writes.insert(data_key(&key), new_value.clone());
                     written.insert(key, Some(new_value));
                     CommandResult::Cas {
                         swapped: true,
@@ -453,94 +351,13 @@ impl StateMachine {
     }
 }
 
-fn set_markers(batch: &mut Writes, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
+fn set_markers(writes: &mut Writes, applied: &Option<LogId>, membership: Option<&StoredMembership>) {
     if let Some(applied) = applied {
-        batch.insert(APPLIED_KEY, convert::log_id_to_pb(applied).encode_to_vec());
+        writes.insert(APPLIED_KEY, convert::log_id_to_pb(applied).encode_to_vec());
     }
     if let Some(m) = membership {
-        batch.insert(MEMBERSHIP_KEY, convert::stored_membership_to_pb(m).encode_to_vec());
+        writes.insert(MEMBERSHIP_KEY, convert::stored_membership_to_pb(m).encode_to_vec());
     }
-}
-
-/// Iterates the length-delimited `SnapshotRecord`s of a snapshot body.
-struct SnapshotRecords<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> SnapshotRecords<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        SnapshotRecords { buf }
-    }
-}
-
-impl Iterator for SnapshotRecords<'_> {
-    type Item = Result<pb::SnapshotRecord, prost::DecodeError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        if !self.buf.has_remaining() {
-            return None;
-        }
-        Some(pb::SnapshotRecord::decode_length_delimited(&mut self.buf))
-    }
-}
-
-/// Serialises every key-value pair, in key order, then the client sessions,
-/// as a snapshot body.
-fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -> Result<Vec<u8>, StorageError> {
-    use pb::snapshot_record::Record;
-    let mut body = Vec::new();
-    for kv in tree.scan_prefix([DATA_PREFIX]) {
-        let (k, v) = kv.map_err(sm_read_err)?;
-        let pair = pb::KeyValue {
-            key: Bytes::copy_from_slice(&k[1..]),
-            value: Bytes::copy_from_slice(&v),
-        };
-        let record = pb::SnapshotRecord {
-            record: Some(Record::Pair(pair)),
-        };
-        record.encode_length_delimited(&mut body).map_err(snap_err)?;
-    }
-    for session in sessions {
-        let record = pb::SnapshotRecord {
-            record: Some(Record::Session(session)),
-        };
-        record.encode_length_delimited(&mut body).map_err(snap_err)?;
-    }
-    Ok(body)
-}
-
-/// Writes `meta` then `body` to `path` durably: temporary file, fsync, rename,
-/// fsync of the directory.
-fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, body: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&convert::snapshot_meta_to_pb(meta).encode_length_delimited_to_vec())?;
-        f.write_all(body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn read_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut buf = bytes.as_slice();
-    let meta = pb::SnapshotMeta::decode_length_delimited(&mut buf)
-        .map_err(|e| e.to_string())
-        .and_then(|m| convert::snapshot_meta_from_pb(Some(m)).map_err(|e| e.to_string()))
-        .map_err(|e| format!("snapshot file {} is corrupt: {e}", path.display()))?;
-    let body = buf.to_vec();
-    if let Some(Err(e)) = SnapshotRecords::new(&body).find(|r| r.is_err()) {
-        return Err(format!("snapshot file {} is corrupt: {e}", path.display()));
-    }
-    Ok(Some((meta, body)))
 }
 
 /// Builds a snapshot from a copy of the state taken when the builder was made,
@@ -550,6 +367,7 @@ pub struct SnapshotBuilder {
     applied: Option<LogId>,
     membership: StoredMembership,
     body: Vec<u8>,
+    span: tracing::Span,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -564,13 +382,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         let body = std::mem::take(&mut self.body);
-        let path = self.dir.join(SNAPSHOT_FILE);
+        let path = snapshot_file::path_in(&self.dir);
         let (meta2, body) =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&path, &meta, &body).map(|_| (meta, body)))
+            tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &body).map(|_| (meta, body)))
                 .await
                 .map_err(join_err)?
                 .map_err(snap_err)?;
-        tracing::info!(last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
+        tracing::info!(parent: &self.span, last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
         Ok(Snapshot {
             meta: meta2,
             snapshot: Box::new(Cursor::new(body)),
@@ -585,14 +403,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteGroupResults>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Writes::default();
+        let mut writes = Writes::default();
         // Values this call has written so far (None: deleted), so later
-        // commands see earlier ones before the batch reaches the tree.
+        // commands see earlier ones before their writes reach the tree.
         let mut written: HashMap<Bytes, Option<Bytes>> = HashMap::new();
         // (client, record) of each result record to rewrite; their clients' metas too.
         let mut touched_results: BTreeSet<(u64, u64)> = BTreeSet::new();
@@ -607,15 +425,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
             applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => results.push(BatchResult::default()),
+                EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    results.push(BatchResult::default());
+                    results.push(WriteGroupResults::default());
                 }
-                EntryPayload::Normal(cmds) => {
-                    let now_ms = cmds.proposed_at_ms;
-                    let mut out = Vec::with_capacity(cmds.commands.len());
-                    for Command { op, write_id } in cmds.commands {
+                EntryPayload::Normal(group) => {
+                    let now_ms = group.proposed_at_ms;
+                    let mut out = Vec::with_capacity(group.commands.len());
+                    for Command { op, write_id } in group.commands {
                         if let Some(id) = &write_id {
                             match self.sessions.check(id) {
                                 Seen::New => {}
@@ -629,7 +447,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                             }
                         }
-                        let result = self.apply_op(op, &mut batch, &mut written)?;
+                        let result = self.apply_op(op, &mut writes, &mut written)?;
                         if let Some(id) = write_id {
                             let pushed_out = self.sessions.record(id, now_ms, result.clone());
                             let records = |seq: u64| (id.client_id, result_record(seq));
@@ -641,24 +459,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     for (gone, sequences) in self.sessions.expire(now_ms) {
                         // Its records are removed with the others below: it has no results left.
                         touched_results.extend(sequences.into_iter().map(|seq| (gone, result_record(seq))));
-                        batch.remove(session_key(gone));
+                        writes.remove(session_key(gone));
                     }
-                    results.push(BatchResult { results: out });
+                    results.push(WriteGroupResults { results: out });
                 }
             }
         }
         let mut last_client = None;
         for (client_id, record) in touched_results {
-            write_results(&mut batch, &self.sessions, client_id, record);
+            write_results(&mut writes, &self.sessions, client_id, record);
             if last_client.replace(client_id) != Some(client_id) {
                 // A forgotten client has no meta any more: it was removed above.
                 if let Some(meta) = self.sessions.meta_pb(client_id) {
-                    batch.insert(session_key(client_id), meta.encode_to_vec());
+                    writes.insert(session_key(client_id), meta.encode_to_vec());
                 }
             }
         }
-        set_markers(&mut batch, &applied, membership.as_ref());
-        self.commit(batch).map_err(sm_write_err)?;
+        set_markers(&mut writes, &applied, membership.as_ref());
+        self.commit(writes).map_err(sm_write_err)?;
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
@@ -670,7 +488,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Runs in openraft's state-machine task, between applies: the copy is consistent.
         let tree = self.tree.clone();
         let sessions = self.sessions.all_to_pb();
-        let body = match tokio::task::spawn_blocking(move || encode_body(&tree, sessions)).await {
+        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(&tree, sessions)).await {
             Ok(Ok(body)) => body,
             // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
@@ -681,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied: self.applied,
             membership: self.membership.clone(),
             body,
+            span: self.span.clone(),
         }
     }
 
@@ -694,25 +513,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let body = snapshot.into_inner();
-        if let Some(Err(e)) = SnapshotRecords::new(&body).find(|r| r.is_err()) {
+        if let Err(e) = snapshot_file::check_body(&body) {
             return Err(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)).into());
         }
         // File first: if we crash before the tree is updated, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
-        let body = tokio::task::spawn_blocking(move || write_snapshot_file(&path, &meta2, &body).map(|_| body))
+        let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
             .await
             .map_err(join_err)?
             .map_err(snap_err)?;
         self.install_into_tree(meta, &body)?;
         self.db.flush_async().await.map_err(sm_write_err)?;
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
+        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_path();
-        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+        let found = tokio::task::spawn_blocking(move || snapshot_file::read(&path))
             .await
             .map_err(join_err)?;
         match found {
@@ -730,13 +549,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::store::data_dir;
-    use crate::types::{Batch, WriteId};
+    use crate::store::keys::RESULTS_PER_RECORD;
+    use crate::types::{WriteGroup, WriteId};
     use openraft::CommittedLeaderId;
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Batch {
+            payload: EntryPayload::Normal(WriteGroup {
                 proposed_at_ms: 1000 + index,
                 commands,
             }),
@@ -1007,48 +827,12 @@ mod tests {
                 None,
             )],
         );
-        if let EntryPayload::Normal(batch) = &mut later.payload {
-            batch.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
+        if let EntryPayload::Normal(group) = &mut later.payload {
+            group.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
         }
         sm.apply([later]).await.unwrap();
         assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
         assert!(sm.tree.get(session_key(42)).unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_format_2_session_record_is_rewritten_at_open_and_still_answers_retries() {
-        let dir = tempfile::tempdir().unwrap();
-        let cas = |v: &str| create_k(v, 1);
-        {
-            let mut sm = open(dir.path());
-            sm.apply([entry(1, vec![cas("a")])]).await.unwrap();
-            // What format 2 stored: the whole session under its key, no result keys.
-            let whole = sm.sessions.to_pb(42).unwrap();
-            assert_eq!(whole.results.len(), 1);
-            sm.tree.remove(result_key(42, result_record(1))).unwrap();
-            sm.tree.insert(session_key(42), whole.encode_to_vec()).unwrap();
-            sm.db
-                .open_tree("identity")
-                .unwrap()
-                .insert("format", &2u64.to_be_bytes())
-                .unwrap();
-            sm.db.flush().unwrap();
-        }
-        let mut sm = open(dir.path());
-        assert_eq!(stored_results(&sm, 42), vec![1]);
-        assert!(stored_meta(&sm, 42).results.is_empty());
-        let format = sm.db.open_tree("identity").unwrap().get("format").unwrap().unwrap();
-        assert_eq!(format.as_ref(), &3u64.to_be_bytes()[..]);
-        let r = sm.apply([entry(2, vec![cas("b")])]).await.unwrap();
-        assert_eq!(
-            r[0].results[0],
-            CommandResult::Cas {
-                swapped: true,
-                current: None
-            },
-            "the retry gets the first result"
-        );
-        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
 
     #[tokio::test]

@@ -4,10 +4,10 @@
 //!
 //! Why not sled for the log: sled's flush hands its buffer to its own thread
 //! pool and only `sync_file_range`s it, so a durable append through sled cost
-//! one flush plus one `fdatasync` of a growing file, about 0.5 ms on the disk
-//! we measure on. Writing into a file whose blocks already exist leaves
-//! `fdatasync` no metadata to commit: about 0.12 ms there (a growing file
-//! 0.25 ms, a fallocated one 0.16 ms). The state machine stays in sled.
+//! one flush plus one `fdatasync` of a growing file. Writing into a file whose
+//! blocks already exist leaves `fdatasync` no metadata to commit, so it syncs
+//! fastest (BENCHMARKS.md, "The Raft log in its own files", has the figures).
+//! The state machine stays in sled.
 //!
 //! Layout: `<dir>/<seq as 16 hex digits>.wal`, each [`SEGMENT_BYTES`] of zeros
 //! when created. A record is
@@ -27,6 +27,10 @@
 //! were never acknowledged. They are zeroed, with a warning. A bad record in
 //! any earlier segment, or a well-formed one out of order anywhere, is
 //! corruption, and the log refuses to open.
+//!
+//! Invariant: the records' indexes are consecutive. Damage found on disk is a
+//! refusal to open, with a one-line reason ([`WalOpenError`]); an append or a
+//! truncation that would break it is a bug in the caller, and panics.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -37,13 +41,37 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-/// Size of a segment file. Zeroing one takes ~15 ms of disk time, off the write path.
+/// Size of a segment file. The next one is zeroed ahead of time, off the write path.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
 const HEADER: usize = 16;
 /// The largest append buffer kept for the next append.
 const KEPT_BUFFER_BYTES: usize = 4 << 20;
 const SPARE: &str = "next-segment.tmp";
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Why the log's files cannot be opened: the file system refused, or they are damaged.
+/// Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum WalOpenError {
+    #[error("{action} in {dir}: {error}")]
+    Io {
+        action: String,
+        dir: PathBuf,
+        error: io::Error,
+    },
+    /// A well-formed record where another belongs: stale records are always zeroed
+    /// (truncation, torn-tail repair), so this is damage, never a torn write.
+    #[error("raft log segment {segment} holds entry {found} at byte {offset} where {expected} belongs")]
+    OutOfOrder {
+        segment: String,
+        offset: usize,
+        found: u64,
+        expected: u64,
+    },
+    /// A bad record before the last segment (in the last one it is a torn write, repaired).
+    #[error("raft log segment {segment} is corrupt at byte {offset}")]
+    Corrupt { segment: String, offset: usize },
+}
 
 /// Where one record lives.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +115,9 @@ pub struct Wal {
     /// The next segment, being zeroed in the background.
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     buf: Vec<u8>,
+    /// The span current at open (the node's), for what it logs: appends run on
+    /// blocking threads, which carry none.
+    span: tracing::Span,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -165,8 +196,12 @@ fn open_rw(path: &Path) -> io::Result<File> {
 impl Wal {
     /// Opens the log in `dir` (which must exist), recovering from a crash. Records
     /// at or below `purged` are skipped; the first one kept must follow it.
-    pub fn open(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> Result<Wal, String> {
-        let io_err = |what: &str, e: io::Error| format!("{what} in {}: {e}", dir.display());
+    pub fn open(dir: &Path, purged: Option<u64>, segment_bytes: u64) -> Result<Wal, WalOpenError> {
+        let io_err = |action: &str, error: io::Error| WalOpenError::Io {
+            action: action.to_string(),
+            dir: dir.to_path_buf(),
+            error,
+        };
         let _ = std::fs::remove_file(dir.join(SPARE));
         let mut seqs = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io_err("cannot list the raft log", e))? {
@@ -200,12 +235,13 @@ impl Wal {
                 let skipped = purged.is_some_and(|p| idx <= p);
                 if !skipped {
                     match index.next() {
-                        // Stale records are always zeroed (truncation, torn-tail repair), so a
-                        // well-formed record out of order is damage, never a torn write.
                         Some(expected) if expected != idx => {
-                            return Err(format!(
-                                "raft log segment {name} holds entry {idx} at byte {at} where {expected} belongs"
-                            ))
+                            return Err(WalOpenError::OutOfOrder {
+                                segment: name,
+                                offset: at,
+                                found: idx,
+                                expected,
+                            })
                         }
                         None => index.first = idx,
                         Some(_) => {}
@@ -219,7 +255,10 @@ impl Wal {
                 at += HEADER + payload.len();
             };
             if torn && !last {
-                return Err(format!("raft log segment {name} is corrupt at byte {at}"));
+                return Err(WalOpenError::Corrupt {
+                    segment: name,
+                    offset: at,
+                });
             }
             let file = open_rw(&path).map_err(|e| io_err(&format!("cannot open {name}"), e))?;
             if torn {
@@ -252,6 +291,7 @@ impl Wal {
             offset,
             spare: None,
             buf: Vec::new(),
+            span: tracing::Span::current(),
         })
     }
 
@@ -273,41 +313,48 @@ impl Wal {
     /// them only after that. They become the log's suffix: openraft truncates a
     /// conflicting suffix itself first, but should records start inside the log,
     /// the ones they overlap (and all after) are replaced, and records at or below
-    /// the purge point (already covered by a snapshot) are skipped.
-    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<()> {
-        let (purged_below, last) = {
+    /// the purge point (already covered by a snapshot) are skipped. Returns the index of
+    /// the first record written, if any.
+    ///
+    /// Panics, before writing anything, when the records are not consecutive or leave a
+    /// gap after the log's last record: the log would have a hole, which is a bug in
+    /// the caller (openraft appends only what follows its last entry), not a disk error.
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<Option<u64>> {
+        let (purged_below, next) = {
             let index = self.read_index();
-            (
-                index.anchored.then_some(index.first),
-                index.next().filter(|_| !index.locs.is_empty()).map(|n| n - 1),
-            )
+            (index.anchored.then_some(index.first), index.next())
         };
-        let mut records = records
+        let records: Vec<(u64, &[u8])> = records
             .into_iter()
             .skip_while(|(i, _)| purged_below.is_some_and(|first| *i < first))
-            .peekable();
-        if let Some(&(start, _)) = records.peek() {
-            if last.is_some_and(|last| start <= last) {
+            .collect();
+        let Some(&(start, _)) = records.first() else {
+            return Ok(None);
+        };
+        // Checked before anything changes: a hole is never written, nor is a truncation made for one.
+        for pair in records.windows(2) {
+            let (before, after) = (pair[0].0, pair[1].0);
+            assert_eq!(
+                after,
+                before + 1,
+                "raft log append of entry {after} after entry {before}: a hole in the log"
+            );
+        }
+        if let Some(next) = next {
+            assert!(
+                start <= next,
+                "raft log append of entry {start} where {next} was expected: a hole in the log"
+            );
+            if start < next {
                 self.truncate(start)?;
             }
         }
-        let mut next = self.read_index().next();
-        let first = next;
+        let first = self.read_index().next();
         self.buf.clear();
-        let mut lens = Vec::new();
+        let mut lens = Vec::with_capacity(records.len());
         for (index, payload) in records {
-            if next.is_some_and(|n| n != index) {
-                return Err(io::Error::other(format!(
-                    "raft log append of entry {index} where {} was expected",
-                    next.unwrap_or_default()
-                )));
-            }
-            next = Some(index + 1);
             encode_record(&mut self.buf, index, payload);
             lens.push(payload.len() as u32);
-        }
-        if lens.is_empty() {
-            return Ok(());
         }
         if self.offset > 0 && self.offset + self.buf.len() as u64 > self.segment_bytes {
             self.start_next_segment()?;
@@ -318,7 +365,7 @@ impl Wal {
 
         let mut index = self.write_index();
         if first.is_none() {
-            index.first = next.unwrap_or_default() - lens.len() as u64;
+            index.first = start;
         }
         let mut at = self.offset;
         for len in lens {
@@ -332,14 +379,14 @@ impl Wal {
         drop(index);
         self.offset = at;
         if self.buf.capacity() > KEPT_BUFFER_BYTES {
-            // A follower's catch-up batch can be tens of MiB; do not hold on to that.
+            // A follower's catch-up append can be tens of MiB; do not hold on to that.
             self.buf = Vec::new();
         }
         if self.spare.is_none() && self.offset > self.segment_bytes / 2 {
             let (path, bytes) = (self.dir.join(SPARE), self.segment_bytes);
             self.spare = Some(std::thread::spawn(move || create_zeroed(&path, bytes)));
         }
-        Ok(())
+        Ok(Some(start))
     }
 
     fn start_next_segment(&mut self) -> io::Result<()> {
@@ -348,7 +395,7 @@ impl Wal {
         let spare_ready = match self.spare.take().map(|h| h.join()) {
             Some(Ok(Ok(()))) => true,
             Some(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "could not prepare the next log segment ahead of time");
+                tracing::warn!(parent: &self.span, error = %e, "could not prepare the next log segment ahead of time");
                 false
             }
             Some(Err(_)) | None => false,
@@ -366,15 +413,17 @@ impl Wal {
     }
 
     /// Removes the records from `from` on, durably.
+    ///
+    /// Panics when `from` is at or below the purge point: only entries that are not
+    /// committed are ever truncated, and only committed ones are purged.
     pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        let first = self.read_index().first;
+        assert!(
+            from >= first,
+            "cannot truncate the raft log at {from}: entries before {first} are purged"
+        );
         let shared = self.index.clone();
         let mut index = shared.write().expect("raft log index lock");
-        if from < index.first {
-            return Err(io::Error::other(format!(
-                "cannot truncate the raft log at {from}: entries before {} are purged",
-                index.first
-            )));
-        }
         let keep = (from - index.first) as usize;
         let Some(&cut) = index.locs.get(keep) else {
             return Ok(());
@@ -554,12 +603,18 @@ mod tests {
     }
 
     #[test]
-    fn an_append_out_of_order_is_refused_and_changes_nothing() {
+    fn an_append_out_of_order_panics_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
         append(&mut wal, 1..3);
         let p = payload(7);
-        assert!(wal.append([(7, p.as_slice())]).is_err(), "a gap");
+        let gap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wal.append([(7, p.as_slice())])));
+        assert!(gap.is_err(), "a gap");
+        assert_eq!(indexes(&wal), vec![1, 2]);
+        // Records that would replace entry 2 but leave a hole after it: entry 2 stays too.
+        let hole = [(2, p.as_slice()), (4, p.as_slice())];
+        let gap = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wal.append(hole)));
+        assert!(gap.is_err(), "a gap inside the records");
         assert_eq!(indexes(&wal), vec![1, 2]);
     }
 
@@ -606,7 +661,7 @@ mod tests {
         encode_record(&mut stray, 9, &payload(9));
         file.write_all_at(&stray, end).unwrap();
         let before = std::fs::read(dir.path().join(segment_name(1))).unwrap();
-        let err = Wal::open(dir.path(), None, SMALL * 4).err().unwrap();
+        let err = Wal::open(dir.path(), None, SMALL * 4).err().unwrap().to_string();
         assert!(err.contains("entry 9") && err.contains("where 4 belongs"), "{err}");
         assert_eq!(std::fs::read(dir.path().join(segment_name(1))).unwrap(), before);
     }
@@ -620,7 +675,7 @@ mod tests {
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[HEADER + 3] ^= 0xff;
         std::fs::write(&first, &bytes).unwrap();
-        let err = Wal::open(dir.path(), None, SMALL).err().unwrap();
+        let err = Wal::open(dir.path(), None, SMALL).err().unwrap().to_string();
         assert!(err.contains("corrupt") && err.contains(&segment_name(1)), "{err}");
         assert_eq!(std::fs::read(&first).unwrap(), bytes);
     }
