@@ -12,8 +12,8 @@
 mod bench;
 mod bytes_as_text;
 mod cluster;
+mod election_watch;
 mod kv;
-mod leader_tracker;
 mod scan;
 mod status;
 
