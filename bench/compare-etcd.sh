@@ -3,10 +3,11 @@
 #
 # Starts a local 3-node etcd and a local 3-node raftkv cluster with its router (both with
 # their default, durable settings: every acknowledged write is fsynced), then runs the same
-# closed-loop workloads against each with `raftkv bench` (one load generator, one histogram
-# for both), alternating the two systems, and prints one table: ops/s, p50 and p99 of each
-# system, and the ratios. Machine facts (cores, CPU model, fsync latency of the disk the data
-# is on, load) are printed first. Everything it starts is stopped on exit.
+# closed-loop workloads against each with `raftkv-bench` (the load generator of `raftkv bench`,
+# with etcd's client too: one load generator, one histogram for both), alternating the two
+# systems, and prints one table: ops/s, p50 and p99 of each system, and the ratios. Machine
+# facts (cores, CPU model, fsync latency of the disk the data is on, load) are printed first.
+# Everything it starts is stopped on exit.
 #
 # Usage: bench/compare-etcd.sh
 # Environment (all optional):
@@ -30,6 +31,7 @@ READY_TIMEOUT_SECS=30
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 raftkv="$repo/target/release/raftkv"
+bench_bin="$repo/target/release/raftkv-bench"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 results=${BENCH_RESULTS:-"$repo/target/bench-results/compare-etcd-$stamp.jsonl"}
 
@@ -126,10 +128,11 @@ install_etcd
 etcd --version 2>/dev/null | grep -q "etcd Version: 3\.4\." || log "warning: this is not etcd 3.4: $(etcd --version | head -1)"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "building raftkv (release, with the etcd benchmark target)"
-    (cd "$repo" && cargo build --release --quiet -p raftkv-cli --features etcd -p raftkv-node -p raftkv-router)
+    log "building raftkv and raftkv-bench (release)"
+    (cd "$repo" && cargo build --release --quiet -p raftkv-cli -p raftkv-bench -p raftkv-node -p raftkv-router)
 fi
 [ -x "$raftkv" ] || die "no $raftkv: build it, or unset SKIP_BUILD"
+[ -x "$bench_bin" ] || die "no $bench_bin: build it (cargo build --release -p raftkv-bench), or unset SKIP_BUILD"
 
 if [ -n "${BENCH_DIR:-}" ]; then
     work=$BENCH_DIR
@@ -176,7 +179,7 @@ echo "- disk under the data: $(df -hT "$work" | awk 'NR == 2 { print $1 " (" $2 
 echo "- load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- etcd: $(etcd --version | head -1 | sed 's/etcd Version: //'), 3 members on $etcd_endpoints (leader $etcd_leader), default settings"
 echo "- raftkv: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' + uncommitted changes'), 3 nodes + router on $raftkv_endpoint"
-echo "- each run: ${BENCH_SECS} s measured after a 1 s warm-up, $BENCH_KEYS keys, $BENCH_VALUE_SIZE-byte values; load from one \`raftkv bench\` process (1 thread)"
+echo "- each run: ${BENCH_SECS} s measured after a 1 s warm-up, $BENCH_KEYS keys, $BENCH_VALUE_SIZE-byte values; load from one \`raftkv-bench\` process (1 thread)"
 echo "- etcd clients are spread over its 3 members (client i -> member i mod 3; a follower forwards writes to the leader); raftkv clients go through its router"
 echo "- raftkv's client library sends the requests of its tasks that are ready together as one call (etcd's client sends one call per request); the \"unbatched\" rows turn that off (\`--unbatched\`; etcd runs the same workload again)"
 echo
@@ -202,9 +205,9 @@ bench() {
     [ "$system" = etcd ] && endpoint=$etcd_endpoints
     local json
     # A run in which nothing succeeded exits non-zero but still reports (with its errors).
-    json=$("$raftkv" --endpoint "$endpoint" bench --target "$system" --output json \
+    json=$("$bench_bin" --endpoint "$endpoint" --target "$system" --output json \
         --duration "${BENCH_SECS}s" --warmup 1s --keys "$BENCH_KEYS" --value-size "$BENCH_VALUE_SIZE" "$@" 2>>"$work/bench.log") \
-        || [ -n "$json" ] || die "raftkv bench against $system failed: $(tail -1 "$work/bench.log")"
+        || [ -n "$json" ] || die "raftkv-bench against $system failed: $(tail -1 "$work/bench.log")"
     printf '%s\n' "$json" >>"$results"
     printf '%s' "$json"
 }

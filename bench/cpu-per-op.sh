@@ -5,7 +5,7 @@
 # For each round: starts a fresh cluster from the binaries in BIN_DIR, runs one closed-loop
 # `raftkv bench` workload against the router, and divides the CPU time the nodes and the router
 # used (user + system, from /proc) by the operations done. Comparing two builds: run it with
-# BIN_DIR pointing at each, alternating, a few rounds each (this machine's noise is ±15 %).
+# BIN_DIR pointing at each, alternating, a few rounds each: one run is noisy (BENCHMARKS.md).
 #
 # Usage: bench/cpu-per-op.sh [put|get|mixed]
 # Environment (all optional):

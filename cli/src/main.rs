@@ -12,8 +12,8 @@
 mod bench;
 mod bytes_as_text;
 mod cluster;
+mod election_watch;
 mod kv;
-mod leader_tracker;
 mod scan;
 mod status;
 
@@ -180,21 +180,20 @@ enum Command {
     )]
     Cluster(ClusterCommand),
 
-    /// Measure throughput and latency under a closed-loop load (raftkv, or etcd for comparison).
+    /// Measure throughput and latency under a closed-loop load.
     #[command(
         long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
             (closed loop) for a warm-up plus --duration, against --endpoint. For get and mixed, every key \
             is written first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
             from an HDR histogram); a live progress line is shown on a terminal.\n\
-            --target etcd drives an etcd v3 cluster with the identical workload (needs a raftkv built \
-            with `cargo build --release -p raftkv-cli --features etcd`).",
+            To drive an etcd v3 cluster with the identical workload, use the raftkv-bench binary \
+            (`cargo build --release -p raftkv-bench`; `raftkv-bench --target etcd`, same flags).",
         after_help = "Examples:\n  \
             raftkv bench --workload put --clients 64 --duration 10s\n  \
             raftkv bench --workload get --consistency stale --clients 64 --output json\n  \
-            raftkv bench --workload mixed --read-ratio 0.9 --clients 16 --keys 100000 --value-size 1024\n  \
-            raftkv bench --target etcd --endpoint 127.0.0.1:2379,127.0.0.1:2479 --workload put --clients 64"
+            raftkv bench --workload mixed --read-ratio 0.9 --clients 16 --keys 100000 --value-size 1024"
     )]
-    Bench(bench::BenchArgs),
+    Bench(raftkv_bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]

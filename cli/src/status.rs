@@ -14,7 +14,7 @@ use raftkv::client::{self, Client};
 use raftkv::pb;
 use serde::Serialize;
 
-use crate::leader_tracker::{leader_of, Leader, LeaderTracker};
+use crate::election_watch::{leader_in_poll, ElectionWatch, PolledLeader};
 use crate::CliError;
 
 /// How often `--watch` asks every member for its status. Short enough that an election
@@ -23,7 +23,7 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// The longest a member may take to answer one `--watch` probe before it is shown as
 /// unreachable (the `--timeout` flag applies when it is shorter).
 pub const WATCH_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Leader events kept on screen under the table in `--watch`.
+/// Election events kept on screen under the table in `--watch`.
 const WATCH_EVENTS_SHOWN: usize = 10;
 
 /// How `status` prints.
@@ -70,7 +70,7 @@ struct StatusJson<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSnapshot {
     pub rows: Vec<MemberRow>,
-    pub leader: Option<Leader>,
+    pub leader: Option<PolledLeader>,
     /// The membership as the answering members report it (empty if none answered).
     pub reported_members: Vec<Member>,
 }
@@ -147,7 +147,7 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
         .unwrap_or_default();
     ClusterSnapshot {
         rows,
-        leader: leader_of(&answered),
+        leader: leader_in_poll(&answered),
         reported_members,
     }
 }
@@ -256,7 +256,7 @@ fn print_flushed(text: &str) {
 async fn watch_status(endpoints: Vec<String>, timeout: Duration, format: OutputFormat) -> Result<(), CliError> {
     let client = Client::new(endpoints, timeout.min(WATCH_PROBE_TIMEOUT))?;
     let on_terminal = std::io::stdout().is_terminal();
-    let mut tracker = LeaderTracker::new();
+    let mut elections = ElectionWatch::new();
     let mut events: VecDeque<String> = VecDeque::new();
     let mut members: Vec<Member> = Vec::new();
     let mut endpoint_error: Option<String>;
@@ -300,7 +300,7 @@ async fn watch_status(endpoints: Vec<String>, timeout: Duration, format: OutputF
         if !snapshot.reported_members.is_empty() && endpoint_error.is_some() {
             members = snapshot.reported_members.clone();
         }
-        let event = tracker.observe(snapshot.leader, Instant::now());
+        let event = elections.record_poll(snapshot.leader, Instant::now());
         let event_line = event.map(|event| format!("{} {event}", time_of_day()));
         let rows_changed = last_rows.as_ref() != Some(&snapshot.rows);
 

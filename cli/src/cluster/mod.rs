@@ -28,7 +28,7 @@ use self::children::{describe_exit, ChildProcess, Lifetime, Role};
 use self::console::{ConsoleCommand, Target};
 use self::layout::{state_file_in, ClusterLayout};
 use self::state_file::{ClusterState, RecordedNode, RecordedProcess};
-use crate::leader_tracker::{LeaderEvent, LeaderTracker};
+use crate::election_watch::{ElectionEvent, ElectionWatch};
 use crate::status::{self, time_of_day, Member};
 use crate::CliError;
 
@@ -99,7 +99,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let mut cluster = LocalCluster::start(layout, lifetime)?;
     let probe_client = Client::new(vec![cluster.layout.router_address()], status::WATCH_PROBE_TIMEOUT)?;
     let members = cluster.members();
-    let mut tracker = LeaderTracker::vacant_since(started_at.into_std());
+    let mut elections = ElectionWatch::vacant_since(started_at.into_std());
     println!(
         "starting {} nodes and a router in {} (logs: node-N.log, router.log)",
         members.len(),
@@ -110,7 +110,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         &mut cluster,
         &probe_client,
         &members,
-        &mut tracker,
+        &mut elections,
         args.ready_timeout,
         &mut signals,
     )
@@ -141,7 +141,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         Lifetime::Supervised => {
             println!("{}", console::HELP);
             println!("Ctrl-C stops the cluster.");
-            let outcome = supervise(&mut cluster, &probe_client, &members, &mut tracker, &mut signals).await;
+            let outcome = supervise(&mut cluster, &probe_client, &members, &mut elections, &mut signals).await;
             cluster.stop_all().await?;
             outcome.map_err(CliError::Failed)
         }
@@ -278,7 +278,7 @@ struct LocalCluster {
 
 /// How the wait for the first leader ended.
 enum Startup {
-    Ready(LeaderEvent),
+    Ready(ElectionEvent),
     Interrupted(&'static str),
 }
 
@@ -423,7 +423,7 @@ async fn wait_until_ready(
     cluster: &mut LocalCluster,
     client: &Client,
     members: &[Member],
-    tracker: &mut LeaderTracker,
+    elections: &mut ElectionWatch,
     ready_timeout: Duration,
     signals: &mut ShutdownSignals,
 ) -> anyhow::Result<Startup> {
@@ -446,23 +446,23 @@ async fn wait_until_ready(
             );
         }
         let snapshot = status::probe(client, members).await;
-        if let Some(event) = tracker.observe(snapshot.leader, std::time::Instant::now()) {
+        if let Some(event) = elections.record_poll(snapshot.leader, std::time::Instant::now()) {
             if matches!(
                 event,
-                LeaderEvent::Elected { .. } | LeaderEvent::Replaced { .. } | LeaderEvent::Found(_)
+                ElectionEvent::Elected { .. } | ElectionEvent::Replaced { .. } | ElectionEvent::Found(_)
             ) {
                 election = Some(event);
             }
         }
         let router_answers = client.status_of(&cluster.layout.router_address()).await.is_ok();
-        if let (Some(_), true) = (tracker.leader(), router_answers) {
+        if let (Some(_), true) = (elections.leader(), router_answers) {
             let event = election
                 .take()
                 .ok_or_else(|| anyhow!("a leader was seen without an election event"))?;
             return Ok(Startup::Ready(event));
         }
         if Instant::now() >= deadline {
-            let what = if tracker.leader().is_none() {
+            let what = if elections.leader().is_none() {
                 "no leader was elected"
             } else {
                 "the router did not answer"
@@ -476,7 +476,7 @@ async fn wait_until_ready(
     }
 }
 
-fn print_endpoints(cluster: &mut LocalCluster, election: &LeaderEvent) {
+fn print_endpoints(cluster: &mut LocalCluster, election: &ElectionEvent) {
     println!("raftkv cluster is up: {election}");
     let layout = cluster.layout.clone();
     for (role, child) in cluster.children.iter_mut() {
@@ -501,7 +501,7 @@ async fn supervise(
     cluster: &mut LocalCluster,
     client: &Client,
     members: &[Member],
-    tracker: &mut LeaderTracker,
+    elections: &mut ElectionWatch,
     signals: &mut ShutdownSignals,
 ) -> anyhow::Result<()> {
     let mut input = console::read_stdin_lines().context("cannot read standard input")?;
@@ -523,7 +523,7 @@ async fn supervise(
                     Err(message) => println!("{message}"),
                     Ok(None) => {}
                     Ok(Some(ConsoleCommand::Quit)) => return Ok(()),
-                    Ok(Some(command)) => run_console_command(cluster, client, members, tracker, command).await?,
+                    Ok(Some(command)) => run_console_command(cluster, client, members, elections, command).await?,
                 },
             },
             _ = ticks.tick() => {
@@ -532,7 +532,7 @@ async fn supervise(
                     cluster.save_state()?;
                 }
                 let snapshot = status::probe(client, members).await;
-                if let Some(event) = tracker.observe(snapshot.leader, std::time::Instant::now()) {
+                if let Some(event) = elections.record_poll(snapshot.leader, std::time::Instant::now()) {
                     println!("{} {event}", time_of_day());
                 }
             }
@@ -544,7 +544,7 @@ async fn run_console_command(
     cluster: &mut LocalCluster,
     client: &Client,
     members: &[Member],
-    tracker: &mut LeaderTracker,
+    elections: &mut ElectionWatch,
     command: ConsoleCommand,
 ) -> anyhow::Result<()> {
     match command {
@@ -567,7 +567,7 @@ async fn run_console_command(
             let Some(role) = resolve_target(cluster, client, members, target).await else {
                 return Ok(());
             };
-            let leader_before = tracker.leader();
+            let leader_before = elections.leader();
             let signalled = cluster.child_mut(role).filter(|child| child.exit_status().is_none());
             match signalled.and_then(|child| child.signal(signal).then_some(child.pid)) {
                 Some(pid) => {
@@ -575,7 +575,7 @@ async fn run_console_command(
                     // A leader killed here is gone this instant: timing the election from
                     // now rather than from the next poll makes its duration exact.
                     if signal == libc::SIGKILL && leader_before.map(|leader| Role::Node(leader.id)) == Some(role) {
-                        if let Some(event) = tracker.observe(None, std::time::Instant::now()) {
+                        if let Some(event) = elections.record_poll(None, std::time::Instant::now()) {
                             println!("{} {event}", time_of_day());
                         }
                     }

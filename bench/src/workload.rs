@@ -1,4 +1,4 @@
-//! What `raftkv bench` sends: the keyspace, the value, and the sequence of operations each
+//! What a benchmark sends: the keyspace, the value, and the sequence of operations each
 //! client issues.
 //!
 //! It exists so that every target (raftkv, etcd) gets exactly the same requests: the keys and

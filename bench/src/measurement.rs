@@ -1,4 +1,4 @@
-//! What `raftkv bench` records while it runs: a latency histogram, operation and error counts,
+//! What a benchmark records while it runs: a latency histogram, operation and error counts,
 //! and completions over time.
 //!
 //! It exists to keep recording cheap and bounded, whatever the number of clients: clients

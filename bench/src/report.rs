@@ -1,4 +1,4 @@
-//! The result of `raftkv bench`: what was run and what was measured, as text for a person or
+//! The result of a benchmark run: what was run and what was measured, as text for a person or
 //! as one JSON object for scripts (`--output json`).
 //!
 //! It exists so that every figure is computed once, here, and the two renderings cannot
@@ -12,9 +12,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 use serde::Serialize;
 
-use super::measurement::Recorder;
-use super::target::TargetKind;
-use super::workload::WorkloadKind;
+use crate::measurement::Recorder;
+use crate::target::TargetKind;
+use crate::workload::WorkloadKind;
 
 /// How the report is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +217,7 @@ pub fn shell_command_line(arguments: impl IntoIterator<Item = OsString>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::measurement::OperationKind;
+    use crate::measurement::OperationKind;
 
     fn example() -> Report {
         let mut recorder = Recorder::new(Duration::from_secs(2));

@@ -1,4 +1,4 @@
-//! The live progress line of `raftkv bench`: one line on stderr, rewritten in place, and only
+//! The live progress line of a benchmark: one line on stderr, rewritten in place, and only
 //! when stderr is a terminal (a script or a pipe gets just the final report).
 
 use std::io::{IsTerminal, Write};
