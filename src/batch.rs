@@ -1,6 +1,6 @@
 //! Many Kv requests in one `KvBatch.Batch` call: the shared rules (how big a batch may be,
 //! how an item's error travels inside a batch reply and comes out as the status its own Kv
-//! call would have had) and the [`Batcher`] that sends them.
+//! call would have had) and the [`KvBatcher`] that sends them.
 //!
 //! Under load most of the cost of a request, for the sender and for the server, was HTTP/2:
 //! a stream, its frames and a socket write per request. So the requests a process sends one
@@ -26,12 +26,12 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use crate::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::pb;
 use crate::pb::batch_item::Request as Item;
 use crate::pb::batch_item_result::Result as Answer;
 use crate::pb::kv_batch_client::KvBatchClient;
+use crate::wire::{DEFAULT_REQUEST_TIMEOUT, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 256;
@@ -77,6 +77,16 @@ pub fn item_bytes(item: &pb::BatchItem) -> usize {
 /// "the node's default").
 pub fn timeout_us(timeout: Duration) -> u64 {
     (timeout.as_micros() as u64).max(1)
+}
+
+/// The time an item that carries `timeout_us` may take, as its server reads it: the inverse of
+/// [`timeout_us`], at most [`MAX_ITEM_TIMEOUT`]; 0 is [`DEFAULT_REQUEST_TIMEOUT`], as for a
+/// call without a `grpc-timeout`.
+pub fn item_timeout(timeout_us: u64) -> Duration {
+    match timeout_us {
+        0 => DEFAULT_REQUEST_TIMEOUT,
+        us => Duration::from_micros(us).min(MAX_ITEM_TIMEOUT),
+    }
 }
 
 /// `status` as a batch reply carries it: code, message and leader hint.
@@ -134,7 +144,7 @@ batchable!(pb::DeleteRequest, pb::DeleteResponse, Delete);
 batchable!(pb::CompareAndSwapRequest, pb::CompareAndSwapResponse, CompareAndSwap);
 
 /// Serves a batch through `kv`'s own methods: each item side by side, as a Kv call with the
-/// item's timeout would be served (see [`serve_item_as_call`]). For servers whose batch items
+/// item's timeout would be served (see `serve_item_as_call`). For servers whose batch items
 /// need nothing their Kv calls do not do (the router; test fakes).
 pub async fn serve_as_calls<K: pb::kv_server::Kv>(
     kv: &K,
@@ -150,9 +160,7 @@ pub async fn serve_as_calls<K: pb::kv_server::Kv>(
 async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
     fn call<T>(message: T, timeout_us: u64) -> Request<T> {
         let mut request = Request::new(message);
-        if timeout_us > 0 {
-            request.set_timeout(Duration::from_micros(timeout_us).min(MAX_ITEM_TIMEOUT));
-        }
+        request.set_timeout(item_timeout(timeout_us));
         request
     }
     let us = item.timeout_us;
@@ -179,19 +187,19 @@ struct Queued {
 /// Sends requests to one server (a node or the router) in batches. Cheap to clone; the
 /// batching task ends when the last clone is dropped.
 #[derive(Clone, Debug)]
-pub struct Batcher {
+pub struct KvBatcher {
     queue: mpsc::UnboundedSender<Queued>,
 }
 
-impl Batcher {
+impl KvBatcher {
     /// Starts the batching task for the server behind `channel`. Must be called on a runtime.
-    pub fn start(channel: Channel) -> Batcher {
+    pub fn start(channel: Channel) -> KvBatcher {
         let (queue, queued) = mpsc::unbounded_channel();
         let client = KvBatchClient::new(channel)
             .max_encoding_message_size(MAX_BATCH_REQUEST_MESSAGE)
             .max_decoding_message_size(MAX_BATCH_RESPONSE_MESSAGE);
         tokio::spawn(run(client, queued));
-        Batcher { queue }
+        KvBatcher { queue }
     }
 
     /// Sends `request` in the next batch and waits for its own answer. The server gives it
@@ -294,7 +302,7 @@ fn fail_all(replies: Vec<oneshot::Sender<Result<Answer, Status>>>, status: Statu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{leader_hint, unavailable, LeaderHint};
+    use crate::wire::{leader_hint, unavailable, LeaderHint};
 
     #[test]
     fn an_error_with_a_leader_hint_comes_out_of_a_batch_as_it_went_in() {

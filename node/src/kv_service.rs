@@ -7,7 +7,7 @@
 //! the `Raft.ReadIndex` RPC, waits until it has applied that far, then reads
 //! locally. A follower that cannot reach the leader fails the read.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use raftkv::pb;
@@ -18,8 +18,6 @@ use crate::app::App;
 use crate::raft_service::Leadership;
 use crate::types::{Command, CommandResult, Op, WriteId};
 
-/// Used when a request carries no deadline of its own.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pairs a scan returns when the request asks for no particular number.
 pub const DEFAULT_SCAN_LIMIT: usize = 1000;
 /// Most pairs one scan returns.
@@ -110,13 +108,7 @@ impl KvService {
 }
 
 fn deadline_of<T>(request: &Request<T>) -> Instant {
-    let timeout = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(raftkv::client::parse_grpc_timeout)
-        .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    Instant::now() + timeout
+    Instant::now() + raftkv::wire::request_timeout(request.metadata())
 }
 
 fn check_key(key: &[u8]) -> Result<(), Status> {
@@ -208,11 +200,7 @@ impl KvService {
     async fn serve_item(&self, item: pb::BatchItem, arrived: Instant) -> pb::BatchItemResult {
         use pb::batch_item::Request as Item;
         use pb::batch_item_result::Result as Answer;
-        let timeout = match item.timeout_us {
-            0 => DEFAULT_REQUEST_TIMEOUT,
-            us => Duration::from_micros(us).min(batch::MAX_ITEM_TIMEOUT),
-        };
-        let deadline = arrived + timeout;
+        let deadline = arrived + batch::item_timeout(item.timeout_us);
         let answer = match item.request {
             Some(Item::Put(r)) => self.put_by(r, deadline).await.map(Answer::Put),
             Some(Item::Get(r)) => self.get_by(r, deadline).await.map(Answer::Get),

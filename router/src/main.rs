@@ -5,8 +5,6 @@
 //! deadline is read in [`deadline`].
 
 mod deadline;
-#[cfg(test)]
-mod fake_node;
 mod leader_tracker;
 mod service;
 
@@ -21,6 +19,7 @@ use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
+use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -34,8 +33,6 @@ use crate::service::{ClusterRouter, Forwarder, KvRouter};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long in-flight requests may take to finish once the router is told to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// HTTP/2 streams (concurrent requests) accepted on one client connection.
 const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How often idle client connections are probed, so dead clients' connections are closed.
