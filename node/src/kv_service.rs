@@ -112,7 +112,7 @@ fn deadline_of<T>(request: &Request<T>) -> Instant {
 }
 
 fn check_key(key: &[u8]) -> Result<(), Status> {
-    limits::check_key(key).map_err(Status::invalid_argument)
+    Ok(limits::check_key(key)?)
 }
 
 fn internal_read_error(e: sled::Error) -> Status {
@@ -123,7 +123,7 @@ impl KvService {
     async fn put_by(&self, request: pb::PutRequest, deadline: Instant) -> Result<pb::PutResponse, Status> {
         let pb::PutRequest { key, value, write_id } = request;
         check_key(&key)?;
-        limits::check_value(&value).map_err(Status::invalid_argument)?;
+        limits::check_value(&value)?;
         self.write(Op::Put { key, value }, write_id, deadline).await?;
         Ok(pb::PutResponse {
             header: Some(self.header()),
@@ -148,7 +148,7 @@ impl KvService {
         let pb::DeleteRequest { key, write_id, expect } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
-            limits::check_value(e).map_err(Status::invalid_argument)?;
+            limits::check_value(e)?;
         }
         let result = self.write(Op::Delete { key, expect }, write_id, deadline).await?;
         let CommandResult::Delete {
@@ -180,9 +180,9 @@ impl KvService {
         } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
-            limits::check_value(e).map_err(Status::invalid_argument)?;
+            limits::check_value(e)?;
         }
-        limits::check_value(&new_value).map_err(Status::invalid_argument)?;
+        limits::check_value(&new_value)?;
         let result = self
             .write(Op::Cas { key, expect, new_value }, write_id, deadline)
             .await?;

@@ -6,6 +6,7 @@ use std::borrow::Borrow;
 
 use tonic::{Code, Status};
 
+use crate::limits::LimitError;
 use crate::wire::{is_timeout, leader_hint, source_chain, LeaderHint};
 
 /// Why a call failed, by what the caller can do about it.
@@ -56,6 +57,14 @@ impl Error {
 impl From<Status> for Error {
     fn from(status: Status) -> Error {
         Error::from_status(status)
+    }
+}
+
+/// A key or value over the limits is refused before anything is sent, in the words the node
+/// would use.
+impl From<LimitError> for Error {
+    fn from(error: LimitError) -> Error {
+        Error::InvalidArgument(error.to_string())
     }
 }
 

@@ -169,8 +169,8 @@ impl Client {
 
     /// Writes `value` under `key`.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<pb::PutResponse, Error> {
-        limits::check_key(&key).map_err(Error::InvalidArgument)?;
-        limits::check_value(&value).map_err(Error::InvalidArgument)?;
+        limits::check_key(&key)?;
+        limits::check_value(&value)?;
         let request = pb::PutRequest {
             key,
             value,
@@ -186,7 +186,7 @@ impl Client {
 
     /// Reads `key`; [`Error::NotFound`] when it does not exist.
     pub async fn get(&self, key: Bytes, consistency: pb::Consistency) -> Result<pb::GetResponse, Error> {
-        limits::check_key(&key).map_err(Error::InvalidArgument)?;
+        limits::check_key(&key)?;
         let request = pb::GetRequest {
             key,
             consistency: consistency as i32,
@@ -207,12 +207,12 @@ impl Client {
     /// Deletes `key` only if its value is `expect`; the answer says whether it did, and what it
     /// found when it did not.
     pub async fn delete_if(&self, key: Bytes, expect: Bytes) -> Result<pb::DeleteResponse, Error> {
-        limits::check_value(&expect).map_err(Error::InvalidArgument)?;
+        limits::check_value(&expect)?;
         self.delete_with(key, Some(expect)).await
     }
 
     async fn delete_with(&self, key: Bytes, expect: Option<Bytes>) -> Result<pb::DeleteResponse, Error> {
-        limits::check_key(&key).map_err(Error::InvalidArgument)?;
+        limits::check_key(&key)?;
         let request = pb::DeleteRequest {
             key,
             write_id: Some(self.next_write_id()),
@@ -234,11 +234,11 @@ impl Client {
         expect: Option<Bytes>,
         new_value: Bytes,
     ) -> Result<pb::CompareAndSwapResponse, Error> {
-        limits::check_key(&key).map_err(Error::InvalidArgument)?;
+        limits::check_key(&key)?;
         if let Some(expect) = &expect {
-            limits::check_value(expect).map_err(Error::InvalidArgument)?;
+            limits::check_value(expect)?;
         }
-        limits::check_value(&new_value).map_err(Error::InvalidArgument)?;
+        limits::check_value(&new_value)?;
         let request = pb::CompareAndSwapRequest {
             key,
             expect,
@@ -264,7 +264,7 @@ impl Client {
         consistency: pb::Consistency,
     ) -> Result<pb::ScanResponse, Error> {
         if !prefix.is_empty() {
-            limits::check_key(&prefix).map_err(Error::InvalidArgument)?;
+            limits::check_key(&prefix)?;
         }
         let request = pb::ScanRequest {
             prefix,
