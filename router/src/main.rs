@@ -28,8 +28,8 @@ use crate::leader_tracker::{LeaderTracker, Node};
 use crate::service::{ClusterRouter, Forwarder, KvRouter};
 
 /// mimalloc instead of glibc's malloc: hyper, h2 and tonic allocate and free several small
-/// objects per forwarded request. Measured: ~4 % less CPU per put (BENCHMARKS.md). The nodes
-/// measured no difference and keep the system allocator.
+/// objects per forwarded request, and it costs the router less CPU per put (BENCHMARKS.md).
+/// The nodes measured no difference and keep the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
