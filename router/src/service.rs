@@ -209,7 +209,7 @@ fn pass_through(status: Status) -> Status {
 /// The answer when the deadline came first: UNAVAILABLE when there was nobody to ask,
 /// DEADLINE_EXCEEDED when the nodes were asked but did not answer in time.
 fn give_up(route: Route, deadline: &RequestDeadline, view: &ClusterView, last_failure: Option<String>) -> Status {
-    let within = retry::shown(deadline.timeout);
+    let within = retry::format_timeout(deadline.timeout);
     let last = last_failure
         .map(|failure| format!("; last error: {failure}"))
         .unwrap_or_default();

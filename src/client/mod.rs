@@ -306,7 +306,7 @@ impl Client {
         Err(Error::Unavailable {
             message: format!(
                 "no endpoint answered within {}: {}",
-                retry::shown(self.shared.timeout),
+                retry::format_timeout(self.shared.timeout),
                 last_error.unwrap_or_else(|| "no attempt was made".to_string())
             ),
             leader: None,
@@ -417,7 +417,7 @@ impl Client {
             let pause = backoff.next_pause();
             tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
         }
-        let within = retry::shown(self.shared.timeout);
+        let within = retry::format_timeout(self.shared.timeout);
         Err(Error::Timeout(match last_error {
             Some(error) => format!("no answer within {within}; last error: {error}"),
             None => format!("no answer within {within}"),
@@ -433,6 +433,9 @@ async fn status_once(channel: Channel, deadline: Instant) -> Result<pb::NodeStat
     match tokio::time::timeout_at(deadline, ClusterClient::new(channel).status(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
         Ok(Err(status)) => Err(Error::from_status(status)),
-        Err(_elapsed) => Err(Error::Timeout(format!("no answer within {}", retry::shown(time_left)))),
+        Err(_elapsed) => Err(Error::Timeout(format!(
+            "no answer within {}",
+            retry::format_timeout(time_left)
+        ))),
     }
 }

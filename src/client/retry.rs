@@ -105,7 +105,7 @@ impl Default for Backoff {
 
 /// A request's timeout as the messages of a caller that gave up show it: to the millisecond,
 /// e.g. "300ms" or "2s 500ms".
-pub fn shown(timeout: Duration) -> humantime::FormattedDuration {
+pub fn format_timeout(timeout: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64))
 }
 
