@@ -1,4 +1,17 @@
-//! raftkv's generated gRPC API and the one client library.
+//! raftkv's generated gRPC API and the one client library, with what the client, the router
+//! and the node share:
+//!
+//! - [`pb`] and [`raft_pb`]: the generated public API and internal Raft RPCs;
+//! - [`client`]: the client library (connections, retries, deadlines, write ids) used by the
+//!   CLI, the router and the tests;
+//! - [`wire`]: the rules the client, the router and the node all follow on the wire (leader
+//!   hints, request deadlines, transport-error classes, the shutdown grace);
+//! - [`batch`]: the `KvBatch` call's limits, how an item's error travels in it, and the
+//!   `KvBatcher` that sends it;
+//! - [`limits`]: the key and value size limits;
+//! - [`runtime`]: the async runtime the node and the router run on;
+//! - [`usage`]: one-line usage errors shared by the binaries;
+//! - `testing` (feature `test-support`): a fake node for the client's and the router's tests.
 
 /// The public API (`proto/raftkv.proto`): the Kv and Cluster services and their messages.
 pub mod pb {
@@ -22,13 +35,11 @@ pub mod raft_pb {
     tonic::include_proto!("raftkv.raft.v1");
 }
 
-/// The `KvBatch` call's limits and how an item's error travels in it.
 pub mod batch;
-/// The client library (leader hints, retries, deadlines) used by the CLI, the router and the tests.
 pub mod client;
-/// The key and value size limits, shared by the nodes and the clients.
 pub mod limits;
-/// The async runtime the node and the router run on.
 pub mod runtime;
-/// One-line usage errors shared by the binaries.
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod usage;
+pub mod wire;

@@ -5,8 +5,7 @@
 /// which runs a task woken by another (such as an HTTP/2 connection woken by each
 /// reply) right away. Woken tasks queue behind the ones already ready, so a
 /// connection writes the replies of a whole burst of requests in one `writev`
-/// instead of one or more per reply: measured on the router at 64 clients, ~2.7
-/// `writev`s per forwarded put before.
+/// instead of one or more per reply (BENCHMARKS.md has the measurement).
 pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

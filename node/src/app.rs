@@ -14,7 +14,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use openraft::error::{InitializeError, RaftError};
@@ -24,6 +23,7 @@ use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
+use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
@@ -36,9 +36,6 @@ use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
 use crate::store::{data_dir, CommitIndex, KvReader};
 use crate::types::{NodeId, Raft};
-
-/// How long a graceful stop waits for in-flight requests before giving up on them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a node needs to start, already validated.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 //! the `Raft.ReadIndex` RPC, waits until it has applied that far, then reads
 //! locally. A follower that cannot reach the leader fails the read.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use raftkv::pb;
@@ -18,8 +18,6 @@ use crate::app::App;
 use crate::raft_service::Leadership;
 use crate::types::{Command, CommandResult, Op, WriteId};
 
-/// Used when a request carries no deadline of its own.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pairs a scan returns when the request asks for no particular number.
 pub const DEFAULT_SCAN_LIMIT: usize = 1000;
 /// Most pairs one scan returns.
@@ -110,17 +108,11 @@ impl KvService {
 }
 
 fn deadline_of<T>(request: &Request<T>) -> Instant {
-    let timeout = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(raftkv::client::parse_grpc_timeout)
-        .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    Instant::now() + timeout
+    Instant::now() + raftkv::wire::request_timeout(request.metadata())
 }
 
 fn check_key(key: &[u8]) -> Result<(), Status> {
-    limits::check_key(key).map_err(Status::invalid_argument)
+    Ok(limits::check_key(key)?)
 }
 
 fn internal_read_error(e: sled::Error) -> Status {
@@ -131,7 +123,7 @@ impl KvService {
     async fn put_by(&self, request: pb::PutRequest, deadline: Instant) -> Result<pb::PutResponse, Status> {
         let pb::PutRequest { key, value, write_id } = request;
         check_key(&key)?;
-        limits::check_value(&value).map_err(Status::invalid_argument)?;
+        limits::check_value(&value)?;
         self.write(Op::Put { key, value }, write_id, deadline).await?;
         Ok(pb::PutResponse {
             header: Some(self.header()),
@@ -156,7 +148,7 @@ impl KvService {
         let pb::DeleteRequest { key, write_id, expect } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
-            limits::check_value(e).map_err(Status::invalid_argument)?;
+            limits::check_value(e)?;
         }
         let result = self.write(Op::Delete { key, expect }, write_id, deadline).await?;
         let CommandResult::Delete {
@@ -188,9 +180,9 @@ impl KvService {
         } = request;
         check_key(&key)?;
         if let Some(e) = &expect {
-            limits::check_value(e).map_err(Status::invalid_argument)?;
+            limits::check_value(e)?;
         }
-        limits::check_value(&new_value).map_err(Status::invalid_argument)?;
+        limits::check_value(&new_value)?;
         let result = self
             .write(Op::Cas { key, expect, new_value }, write_id, deadline)
             .await?;
@@ -208,11 +200,7 @@ impl KvService {
     async fn serve_item(&self, item: pb::BatchItem, arrived: Instant) -> pb::BatchItemResult {
         use pb::batch_item::Request as Item;
         use pb::batch_item_result::Result as Answer;
-        let timeout = match item.timeout_us {
-            0 => DEFAULT_REQUEST_TIMEOUT,
-            us => Duration::from_micros(us).min(batch::MAX_ITEM_TIMEOUT),
-        };
-        let deadline = arrived + timeout;
+        let deadline = arrived + batch::item_timeout(item.timeout_us);
         let answer = match item.request {
             Some(Item::Put(r)) => self.put_by(r, deadline).await.map(Answer::Put),
             Some(Item::Get(r)) => self.get_by(r, deadline).await.map(Answer::Get),

@@ -72,7 +72,7 @@ impl Leadership {
 /// Maps "not the leader" to UNAVAILABLE with the leader hint clients follow.
 pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::BasicNode>) -> Status {
     let hint = match (leader_id, leader_node) {
-        (Some(id), Some(node)) => Some(raftkv::client::LeaderHint {
+        (Some(id), Some(node)) => Some(raftkv::wire::LeaderHint {
             id,
             address: node.addr.clone(),
         }),
@@ -82,7 +82,7 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::Basi
         Some(h) => format!("not the leader; node {} at {} leads", h.id, h.address),
         None => "not the leader, and no leader is known (election in progress?)".to_string(),
     };
-    raftkv::client::unavailable(message, hint.as_ref())
+    raftkv::wire::unavailable(message, hint.as_ref())
 }
 
 /// Maps a failed leadership check (ReadIndex) to a status.

@@ -1,5 +1,7 @@
-//! How long the router may work on a request: the client's deadline from the gRPC
-//! `grpc-timeout` header, or [`DEFAULT_REQUEST_TIMEOUT`] when the client sent none.
+//! How long the router may work on a request: the client's deadline as every raftkv server
+//! reads it ([`raftkv::wire::request_timeout`]: the `grpc-timeout` header, or
+//! [`DEFAULT_REQUEST_TIMEOUT`](raftkv::wire::DEFAULT_REQUEST_TIMEOUT) when the client sent
+//! none), capped, less a margin to answer in.
 //!
 //! The router must answer a little *before* that deadline: tonic's server enforces the same
 //! header and would otherwise cut the request off with a bare CANCELLED ("Timeout
@@ -7,12 +9,9 @@
 
 use std::time::Duration;
 
-use raftkv::client::parse_grpc_timeout;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-/// The deadline of a request that carries no `grpc-timeout` header.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request is held, whatever deadline it asks for.
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound on the time kept back from a deadline to send the router's answer; it is a
@@ -31,12 +30,7 @@ pub struct RequestDeadline {
 impl RequestDeadline {
     /// The deadline of a request that arrived `now` with `metadata`.
     pub fn of(metadata: &MetadataMap, now: Instant) -> RequestDeadline {
-        let timeout = metadata
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
-            .min(MAX_REQUEST_TIMEOUT);
+        let timeout = raftkv::wire::request_timeout(metadata).min(MAX_REQUEST_TIMEOUT);
         let margin = (timeout / 10).min(MAX_ANSWER_MARGIN);
         RequestDeadline {
             timeout,
@@ -58,6 +52,7 @@ impl RequestDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftkv::wire::DEFAULT_REQUEST_TIMEOUT;
 
     #[test]
     fn what_tonic_sends_is_what_the_router_reads() {

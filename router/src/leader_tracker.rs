@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use raftkv::batch::Batcher;
-use raftkv::client::LeaderHint;
+use raftkv::batch::KvBatcher;
 use raftkv::pb;
 use raftkv::pb::cluster_client::ClusterClient;
+use raftkv::wire::LeaderHint;
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 
@@ -38,7 +38,7 @@ pub struct Node {
     /// The one HTTP/2 channel to it, shared by its status stream and every forwarded request.
     pub channel: Channel,
     /// Sends it the Kv requests that arrive together as one call, over `channel`.
-    pub batcher: Batcher,
+    pub batcher: KvBatcher,
 }
 
 impl Node {
@@ -46,7 +46,7 @@ impl Node {
     pub fn new(address: String, channel: Channel) -> Node {
         Node {
             address,
-            batcher: Batcher::start(channel.clone()),
+            batcher: KvBatcher::start(channel.clone()),
             channel,
         }
     }

@@ -5,8 +5,6 @@
 //! deadline is read in [`deadline`].
 
 mod deadline;
-#[cfg(test)]
-mod fake_node;
 mod leader_tracker;
 mod service;
 
@@ -21,6 +19,7 @@ use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
+use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -29,13 +28,11 @@ use crate::leader_tracker::{LeaderTracker, Node};
 use crate::service::{ClusterRouter, Forwarder, KvRouter};
 
 /// mimalloc instead of glibc's malloc: hyper, h2 and tonic allocate and free several small
-/// objects per forwarded request. Measured: ~4 % less CPU per put (BENCHMARKS.md). The nodes
-/// measured no difference and keep the system allocator.
+/// objects per forwarded request, and it costs the router less CPU per put (BENCHMARKS.md).
+/// The nodes measured no difference and keep the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long in-flight requests may take to finish once the router is told to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// HTTP/2 streams (concurrent requests) accepted on one client connection.
 const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How often idle client connections are probed, so dead clients' connections are closed.

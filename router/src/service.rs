@@ -5,11 +5,13 @@
 //! status requests to the leader or else any healthy node. When the view has no suitable
 //! node (the leader died and no new one is elected yet) the request waits on the view's
 //! watch channel and is sent the instant the tracker learns of one, until the request's
-//! deadline (see [`crate::deadline`]). A failed attempt is retried by the same rules:
+//! deadline (see [`crate::deadline`]). A failed attempt is retried by the rules the client
+//! library follows too ([`raftkv::client::retry`]), with the same caps and backoff; what the
+//! router adds is what it tells its tracker:
 //! - a broken connection takes the node out of the rotation, and the request is sent again
 //!   to where the new view points;
 //! - UNAVAILABLE from a node (not the leader, no leader, cannot serve now) is retried, after a
-//!   leader hint in it has been given to the tracker, or after a short jittered pause;
+//!   write's leader hint has been given to the tracker, or after a short jittered pause;
 //! - every other answer (NOT_FOUND, INVALID_ARGUMENT, ...) is passed back with its code and
 //!   message unchanged.
 //!
@@ -23,19 +25,17 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use raftkv::batch;
-use raftkv::client::{self, is_timeout, is_transport_error, leader_hint};
+use raftkv::client;
+use raftkv::client::retry::{self, Retry};
 use raftkv::pb;
 use raftkv::pb::cluster_client::ClusterClient;
 use raftkv::pb::kv_client::KvClient;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::deadline::RequestDeadline;
 use crate::leader_tracker::{ClusterView, LeaderTracker, Node};
-
-/// Upper bound on the attempts for one request, whatever its deadline.
-pub const MAX_ATTEMPTS_PER_REQUEST: usize = 200;
 
 /// Which node a request may be served by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +52,7 @@ enum Route {
 /// passes to the next node when a read that picked it comes back. So the reads that arrive
 /// together (picked before any of them is answered) go to one node as one batch, which
 /// confirms them all with one ReadIndex round, while consecutive bursts, and reads one at a
-/// time, go to the nodes in turn. Measured at 64 clients: linearizable gets 27.2k -> 34.5k
-/// ops/s against turning for every read.
+/// time, go to the nodes in turn (more reads per second than a turn per read: BENCHMARKS.md).
 #[derive(Default)]
 struct ReadTurns {
     turn: AtomicUsize,
@@ -144,9 +143,9 @@ impl Forwarder {
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let mut views = self.tracker.subscribe();
-        let mut pauses = client::retry_backoff();
+        let mut backoff = retry::Backoff::new();
         let mut last_failure: Option<String> = None;
-        for _ in 0..MAX_ATTEMPTS_PER_REQUEST {
+        for _ in 0..retry::MAX_ATTEMPTS_PER_REQUEST {
             if deadline.passed() {
                 break;
             }
@@ -167,38 +166,26 @@ impl Forwarder {
                 Err(_elapsed) => break,
             };
             let address = &self.tracker.nodes()[node].address;
-            if is_timeout(&status) {
-                last_failure = Some(format!("{address} did not answer in time"));
-                break;
-            }
             let failure = client::Error::from_status(&status).to_string();
-            if is_transport_error(&status) {
-                // The connection broke, possibly after the node received the request. A write
-                // is sent again to the (new) leader all the same: every write forwarded carries
-                // a write id (the client's, or one the router adds), so the state machine
-                // applies it at most once and answers the retry with the first result.
-                self.tracker.report_unreachable(node, &failure);
-            } else if status.code() == Code::Aborted {
-                // The leader lost its leadership with the write in flight; the next leader
-                // decides its outcome and answers the retry (same write id).
-                if let Some(hint) = leader_hint(&status) {
-                    self.tracker.report_hint(&hint);
+            // Every write forwarded carries a write id (the client's, or one the router adds),
+            // so sending it again is safe whatever happened to the attempt.
+            match retry::decide(&status, address) {
+                Retry::GiveUp => {
+                    last_failure = Some(format!("{address} did not answer in time"));
+                    break;
                 }
-            } else if status.code() == Code::Unavailable {
-                // Refused before it reached a leader (the node contract): safe to send again.
+                Retry::Final => return Err(pass_through(status)),
+                // The node is down or cut off: out of the rotation until its stream is back.
+                Retry::ServerUnreachable => self.tracker.report_unreachable(node, &failure),
                 // Only a write's refusal is about leadership; a read's hint may be stale.
-                if route == Route::Leader {
-                    if let Some(hint) = leader_hint(&status) {
-                        self.tracker.report_hint(&hint);
-                    }
-                }
-            } else {
-                return Err(pass_through(status));
+                Retry::FollowHint(hint) if route == Route::Leader => self.tracker.report_hint(&hint),
+                // Sent again to where the tracker's view points.
+                Retry::FollowHint(_) | Retry::LeadershipLost | Retry::SamePlace => {}
             }
             tracing::debug!(%address, ?route, %failure, "attempt failed; retrying");
             last_failure = Some(format!("{address}: {failure}"));
             // A changed view (a hint taken, a node gone) wakes this at once; otherwise pause.
-            let pause = pauses.next().unwrap_or(client::RETRY_MAX_DELAY);
+            let pause = backoff.next_pause();
             let until = deadline.answer_by.min(Instant::now() + pause);
             self.wait_for_view_change(&mut views, until).await?;
         }
@@ -222,7 +209,7 @@ fn pass_through(status: Status) -> Status {
 /// The answer when the deadline came first: UNAVAILABLE when there was nobody to ask,
 /// DEADLINE_EXCEEDED when the nodes were asked but did not answer in time.
 fn give_up(route: Route, deadline: &RequestDeadline, view: &ClusterView, last_failure: Option<String>) -> Status {
-    let within = humantime::format_duration(round_to_millis(deadline.timeout));
+    let within = retry::format_timeout(deadline.timeout);
     let last = last_failure
         .map(|failure| format!("; last error: {failure}"))
         .unwrap_or_default();
@@ -233,10 +220,6 @@ fn give_up(route: Route, deadline: &RequestDeadline, view: &ClusterView, last_fa
         }
         _ => Status::deadline_exceeded(format!("no answer within {within}{last}")),
     }
-}
-
-fn round_to_millis(duration: Duration) -> Duration {
-    Duration::from_millis(duration.as_millis() as u64)
 }
 
 /// The Kv service: writes to the leader, reads spread over the healthy nodes.
@@ -383,11 +366,12 @@ impl pb::cluster_server::Cluster for ClusterRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_node::{FakeNode, Writes};
     use pb::cluster_server::Cluster;
     use pb::kv_server::Kv;
     use pb::Role::{Follower, Leader as Leads};
+    use raftkv::testing::{FakeNode, Writes};
     use std::collections::BTreeSet;
+    use tonic::Code;
 
     /// The router's services over fake nodes, without its gRPC server in front.
     struct Router {

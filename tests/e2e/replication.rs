@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftkv::client::{self, Error};
 use raftkv::pb::{self, Consistency};
+use raftkv::wire;
 use tonic::Code;
 
 use crate::common::{key, value, ClusterOptions, TestCluster};
@@ -288,16 +289,16 @@ async fn follower_serves_linearizable_reads_and_refuses_writes_with_a_leader_hin
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     let metadata = refused.metadata();
     let leader_id = metadata
-        .get(client::LEADER_ID_METADATA)
+        .get(wire::LEADER_ID_METADATA)
         .and_then(|value| value.to_str().ok());
     let leader_address = metadata
-        .get(client::LEADER_ADDR_METADATA)
+        .get(wire::LEADER_ADDR_METADATA)
         .and_then(|value| value.to_str().ok());
     assert_eq!(leader_id, Some(leader.to_string().as_str()), "{refused:?}");
     assert_eq!(leader_address, Some(cluster.address(leader)), "{refused:?}");
     assert_eq!(
-        client::leader_hint(&refused),
-        Some(client::LeaderHint {
+        wire::leader_hint(&refused),
+        Some(wire::LeaderHint {
             id: leader,
             address: cluster.address(leader).to_string()
         })
@@ -405,8 +406,8 @@ async fn a_batch_answers_each_item_as_its_own_call_would() {
     let refused = item_failure(&results[0]);
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(
-        client::leader_hint(&refused),
-        Some(client::LeaderHint {
+        wire::leader_hint(&refused),
+        Some(wire::LeaderHint {
             id: leader,
             address: cluster.address(leader).to_string()
         })

@@ -1,6 +1,6 @@
 //! Many Kv requests in one `KvBatch.Batch` call: the shared rules (how big a batch may be,
 //! how an item's error travels inside a batch reply and comes out as the status its own Kv
-//! call would have had) and the [`Batcher`] that sends them.
+//! call would have had) and the [`KvBatcher`] that sends them.
 //!
 //! Under load most of the cost of a request, for the sender and for the server, was HTTP/2:
 //! a stream, its frames and a socket write per request. So the requests a process sends one
@@ -18,20 +18,19 @@
 //! items with that status. Servers (every node and the router) serve each item as its own
 //! call would be served.
 
-use std::future::Future;
+mod kv_batcher;
+
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Status};
 
-use crate::client::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+pub use self::kv_batcher::KvBatcher;
 use crate::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use crate::pb;
 use crate::pb::batch_item::Request as Item;
 use crate::pb::batch_item_result::Result as Answer;
-use crate::pb::kv_batch_client::KvBatchClient;
+use crate::wire::{DEFAULT_REQUEST_TIMEOUT, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 
 /// Most items in one batch.
 pub const MAX_BATCH_ITEMS: usize = 256;
@@ -77,6 +76,16 @@ pub fn item_bytes(item: &pb::BatchItem) -> usize {
 /// "the node's default").
 pub fn timeout_us(timeout: Duration) -> u64 {
     (timeout.as_micros() as u64).max(1)
+}
+
+/// The time an item that carries `timeout_us` may take, as its server reads it: the inverse of
+/// [`timeout_us`], at most [`MAX_ITEM_TIMEOUT`]; 0 is [`DEFAULT_REQUEST_TIMEOUT`], as for a
+/// call without a `grpc-timeout`.
+pub fn item_timeout(timeout_us: u64) -> Duration {
+    match timeout_us {
+        0 => DEFAULT_REQUEST_TIMEOUT,
+        us => Duration::from_micros(us).min(MAX_ITEM_TIMEOUT),
+    }
 }
 
 /// `status` as a batch reply carries it: code, message and leader hint.
@@ -134,7 +143,7 @@ batchable!(pb::DeleteRequest, pb::DeleteResponse, Delete);
 batchable!(pb::CompareAndSwapRequest, pb::CompareAndSwapResponse, CompareAndSwap);
 
 /// Serves a batch through `kv`'s own methods: each item side by side, as a Kv call with the
-/// item's timeout would be served (see [`serve_item_as_call`]). For servers whose batch items
+/// item's timeout would be served (see `serve_item_as_call`). For servers whose batch items
 /// need nothing their Kv calls do not do (the router; test fakes).
 pub async fn serve_as_calls<K: pb::kv_server::Kv>(
     kv: &K,
@@ -150,9 +159,7 @@ pub async fn serve_as_calls<K: pb::kv_server::Kv>(
 async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
     fn call<T>(message: T, timeout_us: u64) -> Request<T> {
         let mut request = Request::new(message);
-        if timeout_us > 0 {
-            request.set_timeout(Duration::from_micros(timeout_us).min(MAX_ITEM_TIMEOUT));
-        }
+        request.set_timeout(item_timeout(timeout_us));
         request
     }
     let us = item.timeout_us;
@@ -171,130 +178,10 @@ async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -
     }
 }
 
-struct Queued {
-    item: pb::BatchItem,
-    reply: oneshot::Sender<Result<Answer, Status>>,
-}
-
-/// Sends requests to one server (a node or the router) in batches. Cheap to clone; the
-/// batching task ends when the last clone is dropped.
-#[derive(Clone, Debug)]
-pub struct Batcher {
-    queue: mpsc::UnboundedSender<Queued>,
-}
-
-impl Batcher {
-    /// Starts the batching task for the server behind `channel`. Must be called on a runtime.
-    pub fn start(channel: Channel) -> Batcher {
-        let (queue, queued) = mpsc::unbounded_channel();
-        let client = KvBatchClient::new(channel)
-            .max_encoding_message_size(MAX_BATCH_REQUEST_MESSAGE)
-            .max_decoding_message_size(MAX_BATCH_RESPONSE_MESSAGE);
-        tokio::spawn(run(client, queued));
-        Batcher { queue }
-    }
-
-    /// Sends `request` in the next batch and waits for its own answer. The server gives it
-    /// `timeout`; the returned future does not borrow the batcher.
-    pub fn call<R: Batchable>(
-        &self,
-        request: R,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Response<R::Reply>, Status>> + Send + 'static
-    where
-        R::Reply: Send,
-    {
-        let (reply, answer) = oneshot::channel();
-        let item = pb::BatchItem {
-            timeout_us: timeout_us(timeout),
-            request: Some(request.into_item()),
-        };
-        let queued = self.queue.send(Queued { item, reply });
-        async move {
-            let stopped = || Status::unavailable("shutting down: requests are no longer sent");
-            queued.map_err(|_| stopped())?;
-            let answer = answer.await.map_err(|_| stopped())??;
-            R::reply_from(answer)
-                .map(Response::new)
-                .ok_or_else(|| Status::internal("the server answered a batched request with the wrong kind of reply"))
-        }
-    }
-}
-
-/// Takes what is queued, up to the batch limits, sends it without waiting, and repeats.
-/// Requests of different classes go in separate batches (see [`class`]).
-async fn run(client: KvBatchClient<Channel>, mut queued: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(first) = queued.recv().await {
-        let mut bytes = item_bytes(&first.item);
-        let mut taken = 1;
-        let mut batches: [Vec<Queued>; CLASSES] = Default::default();
-        batches[class(&first.item)].push(first);
-        while taken < MAX_BATCH_ITEMS && bytes < BATCH_REQUEST_BYTES {
-            let Ok(next) = queued.try_recv() else { break };
-            bytes += item_bytes(&next.item);
-            taken += 1;
-            batches[class(&next.item)].push(next);
-        }
-        for items in batches.into_iter().filter(|items| !items.is_empty()) {
-            tokio::spawn(send(client.clone(), items));
-        }
-    }
-}
-
-/// How many classes of requests [`class`] tells apart.
-const CLASSES: usize = 3;
-
-/// Which requests may share a batch. A batch is answered when its slowest item is, so
-/// requests that take different paths through the server go in separate batches: writes (a
-/// Raft round on the leader), linearizable reads (a leadership round) and stale reads
-/// (answered at once). Each still waits for no more than the others of its kind.
-fn class(item: &pb::BatchItem) -> usize {
-    match &item.request {
-        Some(Item::Get(get)) if get.consistency == pb::Consistency::Stale as i32 => 2,
-        Some(Item::Get(_)) => 1,
-        _ => 0,
-    }
-}
-
-/// Sends one batch and hands each item its answer.
-async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
-    let longest = queued.iter().map(|q| q.item.timeout_us).max().unwrap_or(1);
-    let (items, replies): (Vec<_>, Vec<_>) = queued.into_iter().map(|q| (q.item, q.reply)).unzip();
-    let mut request = Request::new(pb::BatchRequest { items });
-    request.set_timeout(Duration::from_micros(longest));
-    let results = match client.batch(request).await {
-        Ok(response) => response.into_inner().results,
-        Err(status) => return fail_all(replies, status),
-    };
-    if results.len() != replies.len() {
-        let status = Status::internal(format!(
-            "the server answered a batch of {} requests with {} results",
-            replies.len(),
-            results.len()
-        ));
-        return fail_all(replies, status);
-    }
-    for (result, reply) in results.into_iter().zip(replies) {
-        let answer = match result.result {
-            Some(Answer::Error(error)) => Err(item_status(error)),
-            Some(answer) => Ok(answer),
-            None => Err(Status::internal("the server left a batched request unanswered")),
-        };
-        let _ = reply.send(answer);
-    }
-}
-
-/// Gives every item of a batch the same failure.
-fn fail_all(replies: Vec<oneshot::Sender<Result<Answer, Status>>>, status: Status) {
-    for reply in replies {
-        let _ = reply.send(Err(status.clone()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{leader_hint, unavailable, LeaderHint};
+    use crate::wire::{leader_hint, unavailable, LeaderHint};
 
     #[test]
     fn an_error_with_a_leader_hint_comes_out_of_a_batch_as_it_went_in() {

@@ -1,7 +1,11 @@
-//! A stand-in for a raftkv node in the router's tests: it serves Kv and Cluster on a real
-//! loopback port, its status is set by the test and pushed to WatchStatus subscribers, and it
-//! can be killed (every connection dropped at once, as with kill -9) and started again on the
-//! same port.
+//! A stand-in for a raftkv node: it serves Kv, KvBatch and Cluster on a real loopback port,
+//! with behaviour the test sets (what it does with writes, the status it reports and pushes
+//! to WatchStatus subscribers), counts what it served, and can be killed (every connection
+//! dropped at once, as with kill -9) and started again on the same port.
+//!
+//! Its answers, by key: "missing" is NOT_FOUND ("no such key"), "bad" is INVALID_ARGUMENT
+//! ("key is bad"); a get of any other key returns the node's id as the value. Every answer's
+//! header names the node.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,25 +13,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use raftkv::client::{unavailable, LeaderHint};
-use raftkv::pb;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
 use tonic::{Request, Response, Status};
 
-/// What the fake does with a write.
+use crate::pb;
+use crate::wire::{unavailable, LeaderHint};
+
+/// What the fake does with a write (put, delete, compare-and-swap).
 #[derive(Clone, Debug)]
 pub enum Writes {
     /// Accepts it.
     Accept,
     /// Refuses it with UNAVAILABLE, with this hint.
     Refuse(Option<LeaderHint>),
+    /// Accepts it, but answers only once this is notified (one notification per write).
+    Hold(Arc<Notify>),
 }
 
 struct Behaviour {
     id: u64,
     status: watch::Sender<pb::NodeStatus>,
     writes: Mutex<Writes>,
+    /// Puts accepted.
+    puts: AtomicUsize,
     /// KvBatch calls served, and the items in them.
     batches: AtomicUsize,
     batched_items: AtomicUsize,
@@ -35,13 +44,15 @@ struct Behaviour {
 
 /// One fake node; killed when dropped.
 pub struct FakeNode {
+    /// Where it listens, HOST:PORT.
     pub address: String,
     behaviour: Arc<Behaviour>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl FakeNode {
-    /// Starts a fake node with id `id` on a free loopback port, as a follower knowing no leader.
+    /// Starts a fake node with id `id` on a free loopback port, as a follower knowing no
+    /// leader, accepting writes.
     pub fn start(id: u64) -> FakeNode {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
@@ -55,6 +66,7 @@ impl FakeNode {
             id,
             status: watch::Sender::new(status),
             writes: Mutex::new(Writes::Accept),
+            puts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             batched_items: AtomicUsize::new(0),
         });
@@ -118,6 +130,11 @@ impl FakeNode {
         *self.behaviour.writes.lock().unwrap() = writes;
     }
 
+    /// How many puts it has accepted.
+    pub fn puts(&self) -> usize {
+        self.behaviour.puts.load(Ordering::SeqCst)
+    }
+
     /// How many KvBatch calls it has served, and how many items they held.
     pub fn batches(&self) -> (usize, usize) {
         (
@@ -152,26 +169,42 @@ impl FakeService {
         })
     }
 
-    fn check_write(&self) -> Result<(), Status> {
-        match &*self.0.writes.lock().unwrap() {
+    /// Refuses the key "bad", as a node refuses a key over the limits.
+    fn check_key(key: &[u8]) -> Result<(), Status> {
+        match key {
+            b"bad" => Err(Status::invalid_argument("key is bad")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies [`Writes`] to a write: waits for it to be let through, or refuses it.
+    async fn check_write(&self) -> Result<(), Status> {
+        let writes = self.0.writes.lock().unwrap().clone();
+        match writes {
             Writes::Accept => Ok(()),
             Writes::Refuse(hint) => Err(unavailable("not the leader", hint.as_ref())),
+            Writes::Hold(release) => {
+                release.notified().await;
+                Ok(())
+            }
         }
     }
 }
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for FakeService {
-    async fn put(&self, _: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.check_write()?;
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        assert!(request.metadata().get("grpc-timeout").is_some(), "the deadline is sent");
+        FakeService::check_key(&request.get_ref().key)?;
+        self.check_write().await?;
+        self.0.puts.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(pb::PutResponse { header: self.header() }))
     }
 
-    /// "missing" is not found, "bad" is invalid; any other key's value is the node's id.
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        FakeService::check_key(&request.get_ref().key)?;
         match &request.get_ref().key[..] {
             b"missing" => Err(Status::not_found("no such key")),
-            b"bad" => Err(Status::invalid_argument("key is bad")),
             _ => Ok(Response::new(pb::GetResponse {
                 value: self.0.id.to_string().into(),
                 header: self.header(),
@@ -179,8 +212,9 @@ impl pb::kv_server::Kv for FakeService {
         }
     }
 
-    async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.check_write()?;
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        FakeService::check_key(&request.get_ref().key)?;
+        self.check_write().await?;
         Ok(Response::new(pb::DeleteResponse {
             existed: true,
             deleted: true,
@@ -191,9 +225,10 @@ impl pb::kv_server::Kv for FakeService {
 
     async fn compare_and_swap(
         &self,
-        _: Request<pb::CompareAndSwapRequest>,
+        request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        self.check_write()?;
+        FakeService::check_key(&request.get_ref().key)?;
+        self.check_write().await?;
         Ok(Response::new(pb::CompareAndSwapResponse {
             swapped: true,
             current: None,
@@ -217,7 +252,7 @@ impl pb::kv_batch_server::KvBatch for FakeService {
         let items = request.into_inner().items;
         self.0.batches.fetch_add(1, Ordering::SeqCst);
         self.0.batched_items.fetch_add(items.len(), Ordering::SeqCst);
-        raftkv::batch::serve_as_calls(self, items).await.map(Response::new)
+        crate::batch::serve_as_calls(self, items).await.map(Response::new)
     }
 }
 

@@ -1,0 +1,25 @@
+//! The rules every raftkv process follows on the wire, whichever side it is on: the client
+//! library, the router and the node each read and write them here, so that they cannot drift
+//! apart.
+//!
+//! - [`leader_hint()`]/[`unavailable`]: how "not me, ask the leader there" travels in an
+//!   UNAVAILABLE status;
+//! - [`request_timeout`]: how long a request may take, read from its `grpc-timeout` header;
+//! - [`is_timeout`], [`is_transport_error`], [`is_connect_error`]: which failures were made by
+//!   this side's transport rather than answered by the server;
+//! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish.
+
+mod deadline;
+mod leader_hint;
+mod transport_error;
+
+use std::time::Duration;
+
+pub use self::deadline::{request_timeout, DEFAULT_REQUEST_TIMEOUT};
+pub use self::leader_hint::{leader_hint, unavailable, LeaderHint, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+pub(crate) use self::transport_error::source_chain;
+pub use self::transport_error::{is_connect_error, is_timeout, is_transport_error};
+
+/// How long a node or the router, told to stop, lets the requests in flight finish before it
+/// stops anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
