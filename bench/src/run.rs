@@ -239,6 +239,7 @@ async fn run_client<T: Target>(
 fn process_cpu_time() -> Duration {
     // SAFETY: getrusage only writes into the struct we pass, which is zero-initialised plain data.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, exclusively borrowed rusage for getrusage to fill.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return Duration::ZERO;
     }

@@ -218,6 +218,7 @@ pub fn time_of_day() -> String {
     let seconds = now.as_secs() as libc::time_t;
     // SAFETY: localtime_r only writes the `tm` it is given; a zeroed `tm` is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals; localtime_r is the thread-safe variant.
     let converted = unsafe { !libc::localtime_r(&seconds, &mut tm).is_null() };
     let (hours, minutes, secs) = if converted {
         (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)

@@ -6,10 +6,6 @@
 //! `kv_service` and `cluster_service` (the public API). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.
 
-// tonic::Status and openraft's StorageError are large error types, and they are the errors
-// the gRPC and storage APIs are defined with: boxing them would only add allocations.
-#![allow(clippy::result_large_err)]
-
 pub mod app;
 pub mod cluster_service;
 pub mod convert;

@@ -2,8 +2,6 @@
 //! state machine: it checks the contract openraft relies on (log state, vote,
 //! append/truncate/purge, apply, snapshots) case by case.
 
-#![allow(clippy::result_large_err)] // openraft's StorageError is what the suite returns.
-
 use openraft::testing::{StoreBuilder, Suite};
 use raftkv_node::store::{data_dir, LogStore, StateMachine};
 use raftkv_node::types::{StorageError, TypeConfig};
