@@ -1,9 +1,13 @@
 //! Command-line parsing outcomes shared by the binaries (`raftkv`,
 //! `raftkv-node`, `raftkv-router`): help and version as clap renders them
 //! (exit 0), and a usage error as one readable line on stderr (exit 2) where
-//! clap would print several lines with a usage block.
+//! clap would print several lines with a usage block. Also the flag values more than one
+//! binary takes: a positive duration, and how fresh a read must be.
 
 use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::pb;
 
 /// Parses the command line, or prints what clap has to say and returns the exit code:
 /// 0 after `--help`/`--version`, 2 after a usage error (help shown for a missing
@@ -38,8 +42,56 @@ pub fn one_line(rendered: &str) -> String {
     format!("{line} (try --help)")
 }
 
+/// Parses a duration flag (`300ms`, `2s`) that must be more than zero.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".to_string());
+    }
+    Ok(duration)
+}
+
+/// How fresh a read must be, as the `--consistency` flag of `raftkv get`, `scan` and `bench`
+/// takes it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Observes every write acknowledged before the read started.
+    Linearizable,
+    /// Answered from the serving node's local state; may be stale.
+    Stale,
+}
+
+impl ReadConsistency {
+    /// The flag's value, as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Stale => "stale",
+        }
+    }
+}
+
+impl From<ReadConsistency> for pb::Consistency {
+    fn from(consistency: ReadConsistency) -> Self {
+        match consistency {
+            ReadConsistency::Linearizable => pb::Consistency::Linearizable,
+            ReadConsistency::Stale => pb::Consistency::Stale,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_must_be_positive_and_readable() {
+        assert_eq!(parse_positive_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("soon").is_err());
+    }
+
     #[test]
     fn a_multi_line_clap_error_becomes_one_line() {
         let rendered = "error: unrecognized subcommand 'frobnicate'\n\nUsage: raftkv <COMMAND>\n\nFor more information, try '--help'.\n";

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use raftkv::limits::MAX_VALUE_BYTES;
+use raftkv::usage::{parse_positive_duration, ReadConsistency};
 
 use crate::report::ReportFormat;
 use crate::target::TargetKind;
@@ -73,49 +74,12 @@ pub struct BenchArgs {
     pub threads: u16,
 }
 
-/// How fresh the benchmark's gets must be.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadConsistency {
-    /// Observes every write acknowledged before the read started.
-    Linearizable,
-    /// Answered from the serving node's local state; may be stale.
-    Stale,
-}
-
-impl ReadConsistency {
-    /// The name the report gives it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReadConsistency::Linearizable => "linearizable",
-            ReadConsistency::Stale => "stale",
-        }
-    }
-}
-
-impl From<ReadConsistency> for raftkv::pb::Consistency {
-    fn from(consistency: ReadConsistency) -> Self {
-        match consistency {
-            ReadConsistency::Linearizable => raftkv::pb::Consistency::Linearizable,
-            ReadConsistency::Stale => raftkv::pb::Consistency::Stale,
-        }
-    }
-}
-
 /// Parses a share between 0 and 1 (`0.9`).
 fn parse_ratio(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
         _ => Err("must be a number from 0 to 1, e.g. 0.9".to_string()),
     }
-}
-
-/// Parses a humantime duration (`300ms`, `2s`, `1m`) that is more than zero.
-pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
-    if duration.is_zero() {
-        return Err("must be more than zero".to_string());
-    }
-    Ok(duration)
 }
 
 /// Parses the measured duration: more than zero and at most [`MAX_DURATION`].

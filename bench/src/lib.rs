@@ -29,9 +29,7 @@ mod run;
 mod target;
 mod workload;
 
-pub use args::{
-    parse_positive_duration, BenchArgs, ReadConsistency, MAX_CLIENTS, MAX_CONNECTIONS, MAX_DURATION, MAX_THREADS,
-};
+pub use args::{BenchArgs, MAX_CLIENTS, MAX_CONNECTIONS, MAX_DURATION, MAX_THREADS};
 pub use error::{BenchError, OperationError};
 pub use report::{Report, ReportFormat};
 pub use run::{run, run_against_raftkv};

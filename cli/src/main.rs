@@ -22,8 +22,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use raftkv::client;
+use raftkv::usage::{parse_positive_duration, ReadConsistency};
 
 /// Exit code: the command did what was asked.
 const EXIT_SUCCESS: u8 = 0;
@@ -215,8 +216,8 @@ struct GetArgs {
     #[arg(value_parser = clap::value_parser!(OsString))]
     key: OsString,
     /// linearizable: see every write acknowledged before the read; stale: the node's local state, at once.
-    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-    consistency: ConsistencyArg,
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    consistency: ReadConsistency,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = kv::GetOutput::Raw)]
     output: kv::GetOutput,
@@ -235,15 +236,6 @@ struct DeleteArgs {
         allow_hyphen_values = true
     )]
     expect: Option<OsString>,
-}
-
-/// How fresh a read must be.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ConsistencyArg {
-    /// Observes every write acknowledged before the read started.
-    Linearizable,
-    /// Answered from the serving node's local state; may be stale.
-    Stale,
 }
 
 #[derive(Args, Debug)]
@@ -337,14 +329,6 @@ impl From<anyhow::Error> for CliError {
 }
 
 /// Parses a humantime duration (`300ms`, `2s`, `1m`) that is more than zero.
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 300ms, 2s)"))?;
-    if duration.is_zero() {
-        return Err("must be more than zero".to_string());
-    }
-    Ok(duration)
-}
-
 fn main() -> ExitCode {
     // Help and version are printed as clap renders them; a usage error is one line, exit 2.
     let cli: Cli = match raftkv::usage::parse_or_exit() {
@@ -390,15 +374,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-impl From<ConsistencyArg> for raftkv::pb::Consistency {
-    fn from(consistency: ConsistencyArg) -> Self {
-        match consistency {
-            ConsistencyArg::Linearizable => raftkv::pb::Consistency::Linearizable,
-            ConsistencyArg::Stale => raftkv::pb::Consistency::Stale,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,14 +382,6 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations_must_be_positive_and_readable() {
-        assert_eq!(parse_positive_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_positive_duration("2s"), Ok(Duration::from_secs(2)));
-        assert!(parse_positive_duration("0s").is_err());
-        assert!(parse_positive_duration("soon").is_err());
     }
 
     #[test]

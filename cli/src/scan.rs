@@ -20,7 +20,9 @@ use serde::Serialize;
 
 use crate::bytes_as_text::{escape, JsonBytes};
 use crate::kv::{os_bytes, write_json, write_stdout, ServedBy};
-use crate::{CliError, ConsistencyArg};
+use raftkv::usage::ReadConsistency;
+
+use crate::CliError;
 
 /// Pairs shown when no `--limit` is given.
 pub const DEFAULT_LIMIT_PAIRS: u32 = 100;
@@ -53,8 +55,8 @@ pub struct ScanArgs {
     )]
     limit: u32,
     /// linearizable: see every write acknowledged before the scan; stale: the node's local state, at once.
-    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-    consistency: ConsistencyArg,
+    #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
+    consistency: ReadConsistency,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = ScanOutput::Table)]
     output: ScanOutput,

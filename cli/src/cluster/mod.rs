@@ -59,7 +59,7 @@ pub struct UpArgs {
     #[arg(long)]
     detach: bool,
     /// How long to wait for the router and an elected leader.
-    #[arg(long, default_value = "30s", value_parser = crate::parse_positive_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = raftkv::usage::parse_positive_duration, value_name = "DURATION")]
     ready_timeout: Duration,
 }
 
@@ -69,7 +69,7 @@ pub struct DownArgs {
     #[arg(long, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
     data_dir: PathBuf,
     /// How long the processes get to stop gracefully before they are killed.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_positive_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = raftkv::usage::parse_positive_duration, value_name = "DURATION")]
     stop_timeout: Duration,
 }
 

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftkv_bench::{one_line, parse_positive_duration, BenchArgs, BenchError, TargetKind};
+use raftkv::usage::parse_positive_duration;
+use raftkv_bench::{one_line, BenchArgs, BenchError, TargetKind};
 
 use etcd::EtcdTarget;
 
