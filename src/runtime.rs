@@ -1,4 +1,5 @@
-//! The async runtime of the node and the router.
+//! The process set-up the node and the router share: the async runtime, and what a panic
+//! does.
 
 /// Builds the runtime for `worker_threads` threads. One thread means tokio's
 /// current-thread scheduler: unlike the multi-thread one it has no "LIFO slot",
@@ -15,4 +16,18 @@ pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> 
             .enable_all()
             .build()
     }
+}
+
+/// Makes any panic, on any thread, end the process (after the usual panic message) instead
+/// of ending only the task or thread it happened in. A panic here is a broken invariant (a
+/// gap in the log, an apply out of order): a node that kept serving without its Raft task
+/// would answer every request with an error, or worse limp on; stopping loudly lets a
+/// supervisor restart it from its durable state. Call it first thing in `main`.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("error: internal error (a bug): the process stops");
+        std::process::abort();
+    }));
 }

@@ -147,6 +147,7 @@ async fn stop_signal() {
 }
 
 fn main() -> ExitCode {
+    raftkv::runtime::abort_on_panic();
     let flags: Flags = match raftkv::usage::parse_or_exit() {
         Ok(flags) => flags,
         Err(code) => return code,

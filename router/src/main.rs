@@ -86,6 +86,7 @@ fn parse_listen_address(text: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    raftkv::runtime::abort_on_panic();
     let args: Args = match raftkv::usage::parse_or_exit() {
         Ok(args) => args,
         Err(code) => return code,
