@@ -93,6 +93,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(node_status(&self.app)))
     }
 
+    async fn transfer_leader(
+        &self,
+        _request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        // Lands with openraft 0.10's Trigger::transfer_leader (issue 12).
+        Err(Status::unimplemented("leader transfer is not available yet"))
+    }
+
     type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
 
     async fn watch_status(

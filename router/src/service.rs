@@ -361,6 +361,21 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         let stream: StatusStream = Box::pin(response.into_inner().take_until(stopped));
         Ok(Response::new(stream))
     }
+
+    /// Goes to the leader, as a write does: only the leader can hand leadership over.
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::Leader, deadline, request, |node, request, time_left| {
+                let channel = node.channel.clone();
+                async move { ClusterClient::new(channel).transfer_leader(timed(request, time_left)).await }
+            })
+            .await
+    }
 }
 
 #[cfg(test)]

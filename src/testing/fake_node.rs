@@ -268,4 +268,18 @@ impl pb::cluster_server::Cluster for FakeService {
         let statuses = WatchStream::new(self.0.status.subscribe()).map(Ok);
         Ok(Response::new(Box::pin(statuses)))
     }
+
+    /// Changes nothing: answers that `to` leads now, with this fake's address, so a test sees
+    /// which node the request reached.
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let status = self.0.status.borrow().clone();
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leader_id: request.into_inner().to.unwrap_or(status.id),
+            leader_address: status.address,
+            term: status.term + 1,
+        }))
+    }
 }
