@@ -59,6 +59,9 @@ pub enum ReadConsistency {
     Linearizable,
     /// Answered from the serving node's local state; may be stale.
     Stale,
+    /// Linearizable while the nodes' clocks run at about the same rate: the leader vouches
+    /// for its leadership from its lease instead of a round of heartbeats.
+    Lease,
 }
 
 impl ReadConsistency {
@@ -67,6 +70,7 @@ impl ReadConsistency {
         match self {
             ReadConsistency::Linearizable => "linearizable",
             ReadConsistency::Stale => "stale",
+            ReadConsistency::Lease => "lease",
         }
     }
 }
@@ -76,6 +80,7 @@ impl From<ReadConsistency> for pb::Consistency {
         match consistency {
             ReadConsistency::Linearizable => pb::Consistency::Linearizable,
             ReadConsistency::Stale => pb::Consistency::Stale,
+            ReadConsistency::Lease => pb::Consistency::Lease,
         }
     }
 }

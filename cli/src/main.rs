@@ -14,6 +14,7 @@ mod bytes_as_text;
 mod cluster;
 mod election_watch;
 mod kv;
+mod leader;
 mod scan;
 mod status;
 
@@ -172,6 +173,10 @@ enum Command {
     )]
     Status(StatusArgs),
 
+    /// Move leadership to another node.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+
     /// Start or stop a local cluster of raftkv-node processes and a raftkv-router.
     #[command(
         subcommand,
@@ -215,7 +220,7 @@ struct GetArgs {
     /// The key.
     #[arg(value_parser = clap::value_parser!(OsString))]
     key: OsString,
-    /// linearizable: see every write acknowledged before the read; stale: the node's local state, at once.
+    /// How fresh the read must be (lease: linearizable without a quorum round, assuming the nodes' clocks run at about the same rate).
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
     consistency: ReadConsistency,
     /// Output format.
@@ -249,6 +254,29 @@ struct StatusArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum LeaderCommand {
+    /// Hand leadership to another node and wait until it serves.
+    #[command(
+        long_about = "Hand leadership to another voter: node --to ID, or when --to is left out the voter \
+            whose log is most up to date. Waits until the new leader serves linearizable reads, then prints \
+            who it is (exit code 0). Exit code 3 if that did not happen within --timeout; 2 if ID is not \
+            a voter. Use it before stopping the leader's machine: a stopped leader also hands over by \
+            itself (on SIGTERM), but a transfer first makes the stop a non-event.",
+        after_help = "Examples:\n  \
+            raftkv leader transfer\n  \
+            raftkv leader transfer --to 3 --timeout 10s"
+    )]
+    Transfer(TransferArgs),
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// The node to hand leadership to [default: the most up-to-date voter].
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    to: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Start N local nodes and a router, wait for a leader, then supervise them.
     #[command(
@@ -256,8 +284,8 @@ enum ClusterCommand {
             and a raftkv-router on 127.0.0.1:BASE, wait until a leader is elected, and print the endpoints \
             and pids. Children log to DIR/node-i.log and DIR/router.log. Running it again reuses the data.\n\n\
             In the foreground it reports leader changes and reads commands from standard input: \
-            `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, `status`, \
-            `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
+            `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, \
+            `transfer [N]` (hand leadership over), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
             With --detach the processes keep running after this command exits; \
             `raftkv cluster down` stops them.",
         after_help = "Examples:\n  \
@@ -328,7 +356,6 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
-/// Parses a humantime duration (`300ms`, `2s`, `1m`) that is more than zero.
 fn main() -> ExitCode {
     // Help and version are printed as clap renders them; a usage error is one line, exit 2.
     let cli: Cli = match raftkv::usage::parse_or_exit() {
@@ -368,6 +395,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cas(args) => kv::cas(&connect()?, args).await,
         Command::Scan(args) => scan::run(&connect()?, args).await,
         Command::Status(args) => status::run(endpoints, cli.timeout, args.output, args.watch).await,
+        Command::Leader(LeaderCommand::Transfer(args)) => leader::transfer(&connect()?, args.to).await,
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,
         Command::Bench(args) => bench::run(endpoints, cli.timeout, args).await,

@@ -54,7 +54,7 @@ pub struct ScanArgs {
         value_parser = clap::value_parser!(u32).range(1..=MAX_LIMIT_PAIRS as i64)
     )]
     limit: u32,
-    /// linearizable: see every write acknowledged before the scan; stale: the node's local state, at once.
+    /// How fresh the scan must be (lease: linearizable without a quorum round, assuming the nodes' clocks run at about the same rate).
     #[arg(long, value_enum, default_value_t = ReadConsistency::Linearizable)]
     consistency: ReadConsistency,
     /// Output format.

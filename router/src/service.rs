@@ -372,7 +372,11 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         self.forwarder
             .forward(Route::Leader, deadline, request, |node, request, time_left| {
                 let channel = node.channel.clone();
-                async move { ClusterClient::new(channel).transfer_leader(timed(request, time_left)).await }
+                async move {
+                    ClusterClient::new(channel)
+                        .transfer_leader(timed(request, time_left))
+                        .await
+                }
             })
             .await
     }
@@ -683,6 +687,18 @@ mod tests {
         assert_eq!(stream.next().await.unwrap().unwrap().id, 3);
         nodes[2].set_status(Leads, 3, Some(&nodes[2]));
         assert_eq!(stream.next().await.unwrap().unwrap().term, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_transfer_is_sent_to_the_leader() {
+        let nodes = cluster_led_by(2, 3);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(2) && view.healthy.len() == 3).await;
+        let request = with_timeout(pb::TransferLeaderRequest { to: Some(3) }, Duration::from_secs(5));
+        let moved = router.cluster.transfer_leader(request).await.unwrap().into_inner();
+        // The fake names the node the request reached in the address it answers with.
+        assert_eq!(moved.leader_address, nodes[1].address);
+        assert_eq!(moved.leader_id, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,6 +281,21 @@ impl Client {
         .await
     }
 
+    /// Hands leadership to node `to`, or (None) to the voter whose log is most up to date, and
+    /// answers who leads once the old leader has seen the new one elected. Sent to the leader
+    /// like a write (a router forwards it there). Asking for the node that already leads
+    /// succeeds at once.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<pb::TransferLeaderResponse, Error> {
+        let request = pb::TransferLeaderRequest { to };
+        self.call(move |connection, time_left| {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(time_left);
+            let channel = connection.channel.clone();
+            async move { ClusterClient::new(channel).transfer_leader(request).await }
+        })
+        .await
+    }
+
     /// Status of the node at `address` (any HOST:PORT, need not be one of the endpoints).
     /// One attempt, bounded by the client's timeout: a node that does not answer is reported
     /// as such rather than waited for.

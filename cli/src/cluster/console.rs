@@ -27,6 +27,8 @@ pub enum ConsoleCommand {
     Stop(Target),
     /// Start a stopped process again with the same flags.
     Restart(Target),
+    /// Hand leadership to this node, or to the most up-to-date voter.
+    Transfer(Option<u64>),
     Status,
     Help,
     Quit,
@@ -37,6 +39,7 @@ pub const HELP: &str = "commands:
   kill N|leader|router     SIGKILL the process (a crash)
   stop N|leader|router     SIGTERM the process (graceful stop)
   restart N|router         start a stopped process again with the same flags
+  transfer [N]             hand leadership to node N (default: the most up-to-date voter)
   status                   show every node's status
   help                     show this
   quit                     stop the whole cluster and exit (as Ctrl-C does)";
@@ -50,9 +53,19 @@ pub fn parse(line: &str) -> Result<Option<ConsoleCommand>, String> {
         ["stop", target] => ConsoleCommand::Stop(parse_target(target)?),
         ["restart", "leader"] => return Err("the leader is running; restart takes a node id or `router`".to_string()),
         ["restart", target] => ConsoleCommand::Restart(parse_target(target)?),
+        ["transfer"] => ConsoleCommand::Transfer(None),
+        ["transfer", id] => match id.parse::<u64>() {
+            Ok(id) => ConsoleCommand::Transfer(Some(id)),
+            Err(_) => {
+                return Err(format!(
+                    "`{id}` is not a node id; `transfer` takes a node id or nothing"
+                ))
+            }
+        },
         ["status"] => ConsoleCommand::Status,
         ["help"] | ["?"] => ConsoleCommand::Help,
         ["quit"] | ["exit"] => ConsoleCommand::Quit,
+        ["transfer", ..] => return Err("`transfer` takes a node id or nothing".to_string()),
         [verb @ ("kill" | "stop" | "restart"), ..] => {
             return Err(format!("`{verb}` takes one target: a node id, `leader` or `router`"))
         }
@@ -106,6 +119,8 @@ mod tests {
         assert_eq!(parse("  kill 2 "), Ok(Some(ConsoleCommand::Kill(Target::Node(2)))));
         assert_eq!(parse("stop router"), Ok(Some(ConsoleCommand::Stop(Target::Router))));
         assert_eq!(parse("restart 3"), Ok(Some(ConsoleCommand::Restart(Target::Node(3)))));
+        assert_eq!(parse("transfer"), Ok(Some(ConsoleCommand::Transfer(None))));
+        assert_eq!(parse("transfer 3"), Ok(Some(ConsoleCommand::Transfer(Some(3)))));
         assert_eq!(parse("status"), Ok(Some(ConsoleCommand::Status)));
         assert_eq!(parse("quit"), Ok(Some(ConsoleCommand::Quit)));
         assert_eq!(parse(""), Ok(None));
@@ -113,7 +128,15 @@ mod tests {
 
     #[test]
     fn mistakes_get_a_one_line_explanation() {
-        for wrong in ["kill", "kill 1 2", "kill two", "restart leader", "dance"] {
+        for wrong in [
+            "kill",
+            "kill 1 2",
+            "kill two",
+            "restart leader",
+            "transfer two",
+            "transfer 1 2",
+            "dance",
+        ] {
             let error = parse(wrong).unwrap_err();
             assert!(!error.contains('\n'), "{error}");
         }

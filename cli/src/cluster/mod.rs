@@ -559,6 +559,16 @@ async fn run_console_command(
         }
         ConsoleCommand::Help => println!("{}", console::HELP),
         ConsoleCommand::Quit => {}
+        ConsoleCommand::Transfer(to) => match client.transfer_leader(to).await {
+            // The election watch reports the change itself at its next poll.
+            Ok(moved) => println!(
+                "{} handed leadership to node {} (term {})",
+                time_of_day(),
+                moved.leader_id,
+                moved.term
+            ),
+            Err(error) => println!("leader transfer failed: {error}"),
+        },
         ConsoleCommand::Kill(target) | ConsoleCommand::Stop(target) => {
             let (signal, verb) = match command {
                 ConsoleCommand::Kill(_) => (libc::SIGKILL, "killed"),
