@@ -18,3 +18,4 @@ mod jepsen;
 mod local_cluster;
 mod partition;
 mod replication;
+mod silent_leader;

@@ -80,6 +80,7 @@ impl FaultyNetwork {
                     advertise: proxy.to_string(),
                     listen: listen.to_string(),
                     source: Some(listen.ip()),
+                    netns: None,
                 };
                 (*id, placed)
             })

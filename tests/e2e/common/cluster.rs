@@ -44,6 +44,8 @@ pub struct NodeAddresses {
     pub listen: String,
     /// The local address the node's connections to peers leave from.
     pub source: Option<std::net::IpAddr>,
+    /// The network namespace the node runs in (`ip netns exec`), when not the test's own.
+    pub netns: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -79,6 +81,7 @@ struct NodeProcess {
     /// What the node listens on (the same as `address` unless a proxy sits in front).
     listen: String,
     source: Option<std::net::IpAddr>,
+    netns: Option<String>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -139,6 +142,7 @@ impl TestCluster {
                         .map(|p| p.listen.clone())
                         .unwrap_or_else(|| address.clone()),
                     source: placed.as_ref().and_then(|p| p.source),
+                    netns: placed.as_ref().and_then(|p| p.netns.clone()),
                     address,
                     data_dir: root.path().join(format!("node-{id}")),
                     log: root.path().join(format!("node-{id}.log")),
@@ -514,7 +518,17 @@ impl TestCluster {
     fn spawn_node(&mut self, id: u64) {
         let args = self.node_args(id);
         let node = self.nodes.get_mut(&id).expect("a known node");
-        node.child = Some(spawn_logged(&binary("raftkv-node"), &args, &node.log));
+        let child = match &node.netns {
+            // `ip netns exec` execs the node in the namespace: the child is the node itself.
+            Some(netns) => {
+                let mut wrapped = vec!["netns".to_string(), "exec".to_string(), netns.clone()];
+                wrapped.push(binary("raftkv-node").display().to_string());
+                wrapped.extend(args);
+                spawn_logged(Path::new("ip"), &wrapped, &node.log)
+            }
+            None => spawn_logged(&binary("raftkv-node"), &args, &node.log),
+        };
+        node.child = Some(child);
         node.paused = false;
     }
 
