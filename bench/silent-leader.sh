@@ -193,11 +193,12 @@ commit_index() { # NODE
   status_json "10.77.0.$1:7001" | jq -r --argjson id "$1" '.nodes[] | select(.id == $id) | .commit_index // 0' 2>/dev/null || echo 0
 }
 
-# Prints "MS NODE TERM" for every line of the node logs LOG... saying "this node leads".
+# Prints "MS NODE TERM" for every line of the node logs LOG... saying "this node leads" (a
+# node's lines carry its id in their span, node{id=N}).
 leads_lines() { # LOG...
   local ts node term
   grep -h 'leader changed: this node leads' "$@" 2>/dev/null \
-    | sed -E 's/^([^ ]+) .* node=([0-9]+) term=([0-9]+).*/\1 \2 \3/' \
+    | sed -nE 's/^([^ ]+) .*node\{id=([0-9]+)\}.* term=([0-9]+).*/\1 \2 \3/p' \
     | while read -r ts node term; do echo "$(ts_ms "$ts") $node $term"; done | sort -n
 }
 
