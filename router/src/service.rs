@@ -10,6 +10,10 @@
 //! router adds is what it tells its tracker:
 //! - a broken connection takes the node out of the rotation, and the request is sent again
 //!   to where the new view points;
+//! - an attempt still waiting on a node is given up when the view says the request belongs
+//!   elsewhere (a write: another leader, of a higher term; a read: its node is no longer
+//!   healthy), and the request is sent again there: a silent node (host down, link cut)
+//!   resets no connection, so nothing else would end the attempt before HTTP/2 keepalive;
 //! - UNAVAILABLE from a node (not the leader, no leader, cannot serve now) is retried, after a
 //!   write's leader hint has been given to the tracker, or after a short jittered pause;
 //! - every other answer (NOT_FOUND, INVALID_ARGUMENT, ...) is passed back with its code and
@@ -156,16 +160,30 @@ impl Forwarder {
                 continue;
             };
             let attempt = call(&self.tracker.nodes()[node], request.clone(), deadline.time_left());
-            let answer = tokio::time::timeout_at(deadline.answer_by, attempt).await;
+            // A node that went silent (host down, link cut) resets nothing, so its attempt
+            // would end only at HTTP/2 keepalive's verdict or the deadline. When the view says
+            // the request belongs elsewhere now, it is sent there without waiting for that.
+            let answer = tokio::select! {
+                biased;
+                answer = attempt => Some(answer),
+                () = until_outdated(route, node, &view, &mut views) => None,
+                () = tokio::time::sleep_until(deadline.answer_by) => break,
+            };
             if route == Route::AnyHealthy {
                 self.reads.read_answered();
             }
-            let status = match answer {
-                Ok(Ok(response)) => return Ok(Response::new(response.into_inner())),
-                Ok(Err(status)) => status,
-                Err(_elapsed) => break,
-            };
             let address = &self.tracker.nodes()[node].address;
+            let status = match answer {
+                Some(Ok(response)) => return Ok(Response::new(response.into_inner())),
+                Some(Err(status)) => status,
+                None => {
+                    // Safe for a write too: it carries a write id, so if the abandoned attempt
+                    // was applied after all, the retry is answered with its first result.
+                    tracing::debug!(%address, ?route, "the view moved on while an attempt waited; sending it again");
+                    last_failure = Some(format!("{address}: no answer before the view moved on"));
+                    continue;
+                }
+            };
             let failure = client::Error::from_status(&status).to_string();
             // Every write forwarded carries a write id (the client's, or one the router adds),
             // so sending it again is safe whatever happened to the attempt.
@@ -191,6 +209,38 @@ impl Forwarder {
         }
         let view = views.borrow().clone();
         Err(give_up(route, &deadline, &view, last_failure))
+    }
+}
+
+/// Resolves when `views` shows that an attempt sent to `node` by `sent_by` no longer belongs
+/// there (see [`outdated`]); never resolves otherwise.
+async fn until_outdated(route: Route, node: usize, sent_by: &ClusterView, views: &mut watch::Receiver<ClusterView>) {
+    loop {
+        if views.changed().await.is_err() {
+            // The tracker is gone (the router is stopping): nothing will outdate it any more.
+            return std::future::pending().await;
+        }
+        if outdated(route, node, sent_by, &views.borrow_and_update()) {
+            return;
+        }
+    }
+}
+
+/// Whether an attempt on `route` sent to `node` by the view `sent_by` should be given up for
+/// the view `now`:
+/// - a write when `now` names another leader of a higher term: the node it went to has been
+///   deposed (and may be silent), and only the new leader can serve it. A view with no
+///   leader is no reason: the node may still answer, and there is nowhere better to go;
+/// - a read (or a status request) when its node has left the healthy nodes.
+fn outdated(route: Route, node: usize, sent_by: &ClusterView, now: &ClusterView) -> bool {
+    match route {
+        Route::Leader => {
+            let sent_in_term = sent_by.leader.as_ref().map_or(0, |leader| leader.term);
+            now.leader
+                .as_ref()
+                .is_some_and(|leader| leader.node != node && leader.term > sent_in_term)
+        }
+        Route::AnyHealthy | Route::PreferLeader => !now.healthy.contains(&node),
     }
 }
 
@@ -387,7 +437,7 @@ mod tests {
     use super::*;
     use pb::cluster_server::Cluster;
     use pb::kv_server::Kv;
-    use pb::Role::{Follower, Leader as Leads};
+    use pb::Role::{Follower, Leader as Leads, Shutdown};
     use raftkv::testing::{FakeNode, Writes};
     use std::collections::BTreeSet;
     use tonic::Code;
@@ -642,6 +692,61 @@ mod tests {
             2
         );
         assert_eq!(leader_id(&router.tracker.subscribe().borrow()), Some(2));
+    }
+
+    #[test]
+    fn a_write_is_sent_again_only_for_a_newer_leader_and_a_read_when_its_node_leaves() {
+        use crate::leader_tracker::Leader;
+        let view = |leader: Option<(usize, u64)>, healthy: &[usize]| ClusterView {
+            leader: leader.map(|(node, term)| Leader {
+                node,
+                id: node as u64 + 1,
+                term,
+            }),
+            healthy: healthy.to_vec(),
+        };
+        let sent_by = view(Some((0, 5)), &[0, 1, 2]);
+        assert!(outdated(Route::Leader, 0, &sent_by, &view(Some((1, 6)), &[0, 1, 2])));
+        // No leader known: the node may still answer, and there is nowhere better to go.
+        assert!(!outdated(Route::Leader, 0, &sent_by, &view(None, &[1, 2])));
+        // The same node in a newer term, or another node named in the same term (a hint).
+        assert!(!outdated(Route::Leader, 0, &sent_by, &view(Some((0, 6)), &[0, 1, 2])));
+        assert!(!outdated(Route::Leader, 0, &sent_by, &view(Some((1, 5)), &[0, 1, 2])));
+        assert!(outdated(Route::AnyHealthy, 2, &sent_by, &view(Some((0, 5)), &[0, 1])));
+        assert!(!outdated(Route::AnyHealthy, 2, &sent_by, &view(Some((1, 6)), &[1, 2])));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_waiting_on_a_leader_that_went_silent_goes_to_the_leader_elected_after_it() {
+        let nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
+        nodes[0].stop_answering();
+        let write = tokio::spawn({
+            let router = Arc::clone(&router);
+            async move { router.kv.put(put(Duration::from_secs(5))).await }
+        });
+        nodes[0].until_unanswered(1).await;
+        // Nodes 2 and 3 elect node 2; node 1 still says it leads, in the older term.
+        nodes[1].set_status(Leads, 2, Some(&nodes[1]));
+        nodes[2].set_status(Follower, 2, Some(&nodes[1]));
+        assert_eq!(served_by(write.await.unwrap(), |r| r.header), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_waiting_on_a_node_that_left_the_healthy_nodes_is_served_by_another() {
+        let nodes = [FakeNode::start(1), FakeNode::start(2)];
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 2).await;
+        // The router's first read goes to the first healthy node: node 1.
+        nodes[0].stop_answering();
+        let read = tokio::spawn({
+            let router = Arc::clone(&router);
+            async move { router.kv.get(get("k")).await }
+        });
+        nodes[0].until_unanswered(1).await;
+        nodes[0].set_status(Shutdown, 1, None);
+        assert_eq!(served_by(read.await.unwrap(), |r| r.header), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,10 @@
 //! A stand-in for a raftkv node: it serves Kv, KvBatch and Cluster on a real loopback port,
 //! with behaviour the test sets (what it does with writes, the status it reports and pushes
 //! to WatchStatus subscribers), counts what it served, and can be killed (every connection
-//! dropped at once, as with kill -9) and started again on the same port.
+//! dropped at once, as with kill -9) and started again on the same port, or stop answering
+//! requests with its connections left open (a host cut off from the network, as far as its
+//! requests go: nothing is reset, and HTTP/2 pings are still answered, so no keepalive ends
+//! the calls waiting on it).
 //!
 //! Its answers, by key: "missing" is NOT_FOUND ("no such key"), "bad" is INVALID_ARGUMENT
 //! ("key is bad"); a get of any other key returns the node's id as the value. Every answer's
@@ -9,8 +12,9 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{watch, Notify};
@@ -40,6 +44,10 @@ struct Behaviour {
     /// KvBatch calls served, and the items in them.
     batches: AtomicUsize,
     batched_items: AtomicUsize,
+    /// Whether requests are answered; when not, each waits for good.
+    answering: AtomicBool,
+    /// Requests waiting for good because it stopped answering.
+    unanswered: watch::Sender<usize>,
 }
 
 /// One fake node; killed when dropped.
@@ -69,6 +77,8 @@ impl FakeNode {
             puts: AtomicUsize::new(0),
             batches: AtomicUsize::new(0),
             batched_items: AtomicUsize::new(0),
+            answering: AtomicBool::new(true),
+            unanswered: watch::Sender::new(0),
         });
         let mut node = FakeNode {
             address: address.to_string(),
@@ -130,6 +140,21 @@ impl FakeNode {
         *self.behaviour.writes.lock().unwrap() = writes;
     }
 
+    /// From now on every request it receives (Kv, KvBatch, Cluster) waits for good, its
+    /// connection left open. The status streams already open go on.
+    pub fn stop_answering(&self) {
+        self.behaviour.answering.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits (at most 5 s) until `requests` requests wait unanswered since [`Self::stop_answering`].
+    pub async fn until_unanswered(&self, requests: usize) {
+        let mut unanswered = self.behaviour.unanswered.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), unanswered.wait_for(|count| *count >= requests))
+            .await
+            .unwrap_or_else(|_| panic!("{requests} requests reach fake node {} within 5 s", self.behaviour.id))
+            .unwrap();
+    }
+
     /// How many puts it has accepted.
     pub fn puts(&self) -> usize {
         self.behaviour.puts.load(Ordering::SeqCst)
@@ -162,6 +187,15 @@ impl Drop for FakeNode {
 struct FakeService(Arc<Behaviour>);
 
 impl FakeService {
+    /// Returns at once while the fake answers; otherwise never (see [`FakeNode::stop_answering`]).
+    async fn answer_if_answering(&self) {
+        if self.0.answering.load(Ordering::SeqCst) {
+            return;
+        }
+        self.0.unanswered.send_modify(|count| *count += 1);
+        std::future::pending::<()>().await;
+    }
+
     fn header(&self) -> Option<pb::ReplyHeader> {
         Some(pb::ReplyHeader {
             node_id: self.0.id,
@@ -194,6 +228,7 @@ impl FakeService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for FakeService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.answer_if_answering().await;
         assert!(request.metadata().get("grpc-timeout").is_some(), "the deadline is sent");
         FakeService::check_key(&request.get_ref().key)?;
         self.check_write().await?;
@@ -202,6 +237,7 @@ impl pb::kv_server::Kv for FakeService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.answer_if_answering().await;
         FakeService::check_key(&request.get_ref().key)?;
         match &request.get_ref().key[..] {
             b"missing" => Err(Status::not_found("no such key")),
@@ -213,6 +249,7 @@ impl pb::kv_server::Kv for FakeService {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.answer_if_answering().await;
         FakeService::check_key(&request.get_ref().key)?;
         self.check_write().await?;
         Ok(Response::new(pb::DeleteResponse {
@@ -227,6 +264,7 @@ impl pb::kv_server::Kv for FakeService {
         &self,
         request: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        self.answer_if_answering().await;
         FakeService::check_key(&request.get_ref().key)?;
         self.check_write().await?;
         Ok(Response::new(pb::CompareAndSwapResponse {
@@ -237,6 +275,7 @@ impl pb::kv_server::Kv for FakeService {
     }
 
     async fn scan(&self, _: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        self.answer_if_answering().await;
         Ok(Response::new(pb::ScanResponse {
             pairs: vec![],
             more: false,
@@ -249,6 +288,7 @@ impl pb::kv_server::Kv for FakeService {
 #[tonic::async_trait]
 impl pb::kv_batch_server::KvBatch for FakeService {
     async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchResponse>, Status> {
+        self.answer_if_answering().await;
         let items = request.into_inner().items;
         self.0.batches.fetch_add(1, Ordering::SeqCst);
         self.0.batched_items.fetch_add(items.len(), Ordering::SeqCst);
@@ -259,12 +299,14 @@ impl pb::kv_batch_server::KvBatch for FakeService {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for FakeService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        self.answer_if_answering().await;
         Ok(Response::new(self.0.status.borrow().clone()))
     }
 
     type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
 
     async fn watch_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<Self::WatchStatusStream>, Status> {
+        self.answer_if_answering().await;
         let statuses = WatchStream::new(self.0.status.subscribe()).map(Ok);
         Ok(Response::new(Box::pin(statuses)))
     }
@@ -275,6 +317,7 @@ impl pb::cluster_server::Cluster for FakeService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.answer_if_answering().await;
         let status = self.0.status.borrow().clone();
         Ok(Response::new(pb::TransferLeaderResponse {
             leader_id: request.into_inner().to.unwrap_or(status.id),
