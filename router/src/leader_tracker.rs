@@ -95,19 +95,28 @@ pub struct ClusterView {
 ///
 /// - Only reachable nodes count; an unreachable node's last word may be long outdated.
 /// - Each node that leads, or follows a known leader, claims "node L leads in term T".
-///   The claim of the highest term wins: a deposed leader that has not noticed yet loses to
-///   the one its followers elected after it. Within a term the leader's own claim is taken
-///   over its followers' (they agree in Raft; this only makes ties deterministic).
+///   Only claims of the highest term a reachable node reports count: a node in a higher term
+///   means term T's leader has been deposed or soon will be, whether or not a newer leader is
+///   known yet (a silent old leader's last status says "leader" until its stream is found
+///   dead, and must not win back once the survivors are between leaders). So a deposed leader
+///   that has not noticed yet loses to the one its followers elected after it. Within a term
+///   the leader's own claim is taken over its followers' (they agree in Raft; this only makes
+///   ties deterministic).
 /// - A leader hint wins over the statuses as long as none of them has a higher term than the
 ///   router knew when the hint came.
 /// - The winner must be one of the router's nodes and reachable; otherwise no leader is
 ///   known, and writes wait for the next status rather than going to a dead node.
 pub fn choose_leader(observations: &[NodeObservation], hint: Option<&HintClaim>) -> Option<Leader> {
+    let reachable_statuses = || {
+        observations
+            .iter()
+            .filter(|observation| observation.reachable)
+            .filter_map(|observation| observation.status.as_ref())
+    };
+    let highest_reachable_term = reachable_statuses().map(|status| status.term).max().unwrap_or(0);
     // (term, claimed by the leader itself, leader id)
-    let best_claim = observations
-        .iter()
-        .filter(|observation| observation.reachable)
-        .filter_map(|observation| observation.status.as_ref())
+    let best_claim = reachable_statuses()
+        .filter(|status| status.term == highest_reachable_term)
         .filter_map(|status| {
             if status.role == pb::Role::Leader as i32 {
                 Some((status.term, true, status.id))
@@ -427,6 +436,25 @@ mod tests {
             seen(3, Follower, 6, None),
         ];
         assert_eq!(choose_leader(&elected, None), leader(1, 2, 6));
+    }
+
+    #[test]
+    fn a_reachable_leader_of_an_older_term_is_no_leader_while_the_others_are_between_leaders() {
+        // Node 1 led in term 6 and went silent; its stream is not known dead yet. Node 2 led in
+        // term 7 and stepped down; the survivors now campaign in term 8.
+        let nodes = [
+            seen(1, Leads, 6, Some(1)),
+            seen(2, Candidate, 8, None),
+            seen(3, Follower, 8, None),
+        ];
+        assert_eq!(choose_leader(&nodes, None), None);
+        // Followers of the old term still naming node 1 change nothing.
+        let nodes = [
+            seen(1, Leads, 6, Some(1)),
+            seen(2, Follower, 6, Some(1)),
+            seen(3, Candidate, 8, None),
+        ];
+        assert_eq!(choose_leader(&nodes, None), None);
     }
 
     #[test]
