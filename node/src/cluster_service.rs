@@ -1,6 +1,8 @@
 //! The public `Cluster` service: this node's status, once or as a stream that
 //! pushes every change of role, term, leader or membership at once (the
-//! router learns of a new leader this way, without polling).
+//! router learns of a new leader this way, without polling), and the status
+//! every [`WATCH_STATUS_INTERVAL`] even when nothing changed (the router takes
+//! a stream that falls silent for a node that did).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -16,8 +18,9 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::types::LogId;
 
-/// While only indexes move, a watcher gets at most one update per this interval.
-pub const WATCH_INDEX_INTERVAL: Duration = Duration::from_millis(100);
+/// A watcher gets the status at least once per this interval, changed or not, and while
+/// only indexes move, at most once.
+pub const WATCH_STATUS_INTERVAL: Duration = Duration::from_millis(raftkv::wire::STATUS_PUSH_INTERVAL_MS);
 
 pub struct ClusterService {
     app: App,
@@ -118,7 +121,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
             }
-            let mut tick = tokio::time::interval(WATCH_INDEX_INTERVAL);
+            let mut tick = tokio::time::interval(WATCH_STATUS_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -136,11 +139,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                         }
                     }
                     _ = tick.tick() => {
+                        // Sent even unchanged: a subscriber tells a live node from a silent
+                        // one by these.
                         let now = node_status(&app);
-                        if now != last {
-                            if tx.send(Ok(now.clone())).await.is_err() { return; }
-                            last = now;
-                        }
+                        if tx.send(Ok(now.clone())).await.is_err() { return; }
+                        last = now;
                     }
                     _ = shutdown.changed() => return,
                     _ = tx.closed() => return,

@@ -3,10 +3,21 @@
 //!
 //! The knowledge is pushed, not polled: one task per node holds a `Cluster.WatchStatus`
 //! stream open on that node's one channel and reports every status it receives. A stream
-//! that breaks marks its node unreachable at once (a killed node's connection is reset, and
-//! HTTP/2 keepalive catches a silent one), and the task resubscribes with jittered backoff
-//! until the node answers again. Leader hints in the errors of forwarded requests are a
-//! second, faster source.
+//! that breaks marks its node unreachable at once (a killed node's connection is reset), and
+//! so does one that has sent nothing for [`SILENT_STREAM_LIMIT_MS`]: a node pushes its status
+//! every [`STATUS_PUSH_INTERVAL_MS`] changed or not, and a host that went silent (power or
+//! link lost) resets nothing. The task then resubscribes with jittered backoff until the node
+//! answers again. Leader hints in the errors of forwarded requests are a second, faster
+//! source.
+//!
+//! HTTP/2 keepalive ([`raftkv::client::KEEPALIVE_INTERVAL`] and `KEEPALIVE_TIMEOUT`, shared
+//! by every raftkv channel) stays the backstop that closes a silent node's connection; the
+//! router's channels keep it as it is rather than a shorter one. Once the stream's silence
+//! has taken the node out of the view, nothing new is sent there and the requests waiting on
+//! it are sent elsewhere (`Forwarder::forward`), so a faster verdict would buy little; but a
+//! wrong one costs more: closing the connection fails every request in flight on it, where a
+//! stream wrongly found silent only holds new requests until the next status, and on a small
+//! machine a busy node can be late with a ping.
 //!
 //! From these observations the pure function [`choose_leader`] decides who leads; the result
 //! is published on a `tokio::sync::watch` channel as a [`ClusterView`], so that requests
@@ -20,7 +31,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use raftkv::batch::KvBatcher;
 use raftkv::pb;
 use raftkv::pb::cluster_client::ClusterClient;
-use raftkv::wire::LeaderHint;
+use raftkv::wire::{LeaderHint, STATUS_PUSH_INTERVAL_MS};
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 
@@ -29,6 +40,10 @@ pub const RESUBSCRIBE_MIN_DELAY: Duration = Duration::from_millis(20);
 /// The longest pause between two attempts to resubscribe: also the longest time a node that
 /// came back stays out of the rotation.
 pub const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// A node whose status stream has sent nothing for this long (ms) is taken for unreachable:
+/// three pushes missed, so that one push late on a busy node is not taken for silence.
+pub const SILENT_STREAM_LIMIT_MS: u64 = 3 * STATUS_PUSH_INTERVAL_MS;
 
 /// One node the router forwards to, with its one long-lived channel.
 #[derive(Debug)]
@@ -55,7 +70,8 @@ impl Node {
 /// What the router last heard from one node.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeObservation {
-    /// Whether its status stream is open and has delivered a status.
+    /// Whether its status stream is open and has delivered a status, the last one less than
+    /// [`SILENT_STREAM_LIMIT_MS`] ago.
     pub reachable: bool,
     /// Its last status; kept while it is unreachable, to remember its node id.
     pub status: Option<pb::NodeStatus>,
@@ -322,21 +338,29 @@ impl LeaderTracker {
         }
     }
 
-    /// Subscribes once and reports statuses until the stream ends; returns why it ended.
+    /// Subscribes once and reports statuses until the stream ends or falls silent for
+    /// [`SILENT_STREAM_LIMIT_MS`]; returns why it ended.
     async fn read_status_stream(&self, node: usize, channel: Channel, pauses: &mut ExponentialBackoff) -> String {
-        let mut stream = match ClusterClient::new(channel).watch_status(pb::StatusRequest {}).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => return raftkv::client::Error::from_status(status).to_string(),
+        let silence_limit = Duration::from_millis(SILENT_STREAM_LIMIT_MS);
+        let silent = || format!("its status stream was silent for {SILENT_STREAM_LIMIT_MS} ms");
+        let mut cluster = ClusterClient::new(channel);
+        // A silent node does not answer the subscription either.
+        let subscribed = tokio::time::timeout(silence_limit, cluster.watch_status(pb::StatusRequest {}));
+        let mut stream = match subscribed.await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return raftkv::client::Error::from_status(status).to_string(),
+            Err(_silent) => return silent(),
         };
         loop {
             tokio::select! {
-                message = stream.message() => match message {
-                    Ok(Some(status)) => {
+                message = tokio::time::timeout(silence_limit, stream.message()) => match message {
+                    Ok(Ok(Some(status))) => {
                         *pauses = resubscribe_backoff();
                         self.observe_status(node, status);
                     }
-                    Ok(None) => return "its status stream ended".to_string(),
-                    Err(status) => return raftkv::client::Error::from_status(status).to_string(),
+                    Ok(Ok(None)) => return "its status stream ended".to_string(),
+                    Ok(Err(status)) => return raftkv::client::Error::from_status(status).to_string(),
+                    Err(_silent) => return silent(),
                 },
                 _ = self.resubscribe[node].notified() => return "a request to it failed".to_string(),
             }

@@ -507,6 +507,15 @@ mod tests {
         )
     }
 
+    /// A put through `router` with `timeout`, running on its own.
+    fn spawn_put(
+        router: &Arc<Router>,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<Response<pb::PutResponse>, Status>> {
+        let router = Arc::clone(router);
+        tokio::spawn(async move { router.kv.put(put(timeout)).await })
+    }
+
     fn get(key: &'static str) -> Request<pb::GetRequest> {
         with_timeout(
             pb::GetRequest {
@@ -655,10 +664,7 @@ mod tests {
 
         nodes[0].kill();
         until(&router, |view| view.leader.is_none()).await;
-        let held = tokio::spawn({
-            let router = Arc::clone(&router);
-            async move { router.kv.put(put(Duration::from_secs(5))).await }
-        });
+        let held = spawn_put(&router, Duration::from_secs(5));
         nodes[1].set_status(Follower, 2, Some(&nodes[2]));
         nodes[2].set_status(Leads, 2, Some(&nodes[2]));
         assert_eq!(served_by(held.await.unwrap(), |r| r.header), 3);
@@ -722,10 +728,7 @@ mod tests {
         let router = router(&nodes);
         until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
         nodes[0].stop_answering();
-        let write = tokio::spawn({
-            let router = Arc::clone(&router);
-            async move { router.kv.put(put(Duration::from_secs(5))).await }
-        });
+        let write = spawn_put(&router, Duration::from_secs(5));
         nodes[0].until_unanswered(1).await;
         // Nodes 2 and 3 elect node 2; node 1 still says it leads, in the older term.
         nodes[1].set_status(Leads, 2, Some(&nodes[1]));
@@ -747,6 +750,31 @@ mod tests {
         nodes[0].until_unanswered(1).await;
         nodes[0].set_status(Shutdown, 1, None);
         assert_eq!(served_by(read.await.unwrap(), |r| r.header), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_whose_status_stream_falls_silent_leaves_the_healthy_nodes_though_its_connection_stays_open() {
+        let nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| view.healthy.len() == 3).await;
+        nodes[1].go_silent();
+        until(&router, |view| view.healthy == [0, 2]).await;
+        assert_eq!(readers(&router, 4).await, BTreeSet::from([1, 3]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_in_flight_when_the_leader_falls_silent_is_served_by_the_leader_elected_next() {
+        let nodes = cluster_led_by(1, 1);
+        let router = router(&nodes);
+        until(&router, |view| leader_id(view) == Some(1) && view.healthy.len() == 3).await;
+        nodes[0].go_silent();
+        let write = spawn_put(&router, Duration::from_secs(5));
+        nodes[0].until_unanswered(1).await;
+        // The followers still name node 1: only its silence tells that it is gone.
+        until(&router, |view| view.leader.is_none()).await;
+        nodes[1].set_status(Follower, 2, Some(&nodes[2]));
+        nodes[2].set_status(Leads, 2, Some(&nodes[2]));
+        assert_eq!(served_by(write.await.unwrap(), |r| r.header), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,7 +819,18 @@ mod tests {
             .into_inner();
         assert_eq!(stream.next().await.unwrap().unwrap().id, 3);
         nodes[2].set_status(Leads, 3, Some(&nodes[2]));
-        assert_eq!(stream.next().await.unwrap().unwrap().term, 3);
+        // Statuses that change nothing may come first: the node pushes one every 100 ms.
+        let relayed_change = async {
+            while let Some(status) = stream.next().await {
+                if status.unwrap().term == 3 {
+                    return;
+                }
+            }
+            panic!("the relayed stream ended before the change");
+        };
+        tokio::time::timeout(Duration::from_secs(5), relayed_change)
+            .await
+            .expect("the change is relayed within 5 s");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -811,10 +850,7 @@ mod tests {
         let nodes = [FakeNode::start(1)];
         let router = router(&nodes);
         until(&router, |view| view.healthy.len() == 1).await;
-        let held = tokio::spawn({
-            let router = Arc::clone(&router);
-            async move { router.kv.put(put(Duration::from_secs(30))).await }
-        });
+        let held = spawn_put(&router, Duration::from_secs(30));
         router.stop.send(true).unwrap();
         let status = held.await.unwrap().unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);

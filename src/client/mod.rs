@@ -329,8 +329,9 @@ impl Client {
     }
 
     /// The stream of status changes of the node at `address` (Cluster.WatchStatus): its
-    /// status now, then one whenever it changes. No deadline: it lasts until the node stops
-    /// or the stream is dropped.
+    /// status now, then one whenever it changes, and one every
+    /// [`STATUS_PUSH_INTERVAL_MS`](crate::wire::STATUS_PUSH_INTERVAL_MS) changed or not. No
+    /// deadline: it lasts until the node stops or the stream is dropped.
     pub async fn watch_status_of(&self, address: &str) -> Result<tonic::Streaming<pb::NodeStatus>, Error> {
         let channel = self.channel_for(address)?;
         let response = ClusterClient::new(channel)

@@ -1,10 +1,11 @@
 //! A stand-in for a raftkv node: it serves Kv, KvBatch and Cluster on a real loopback port,
 //! with behaviour the test sets (what it does with writes, the status it reports and pushes
-//! to WatchStatus subscribers), counts what it served, and can be killed (every connection
-//! dropped at once, as with kill -9) and started again on the same port, or stop answering
-//! requests with its connections left open (a host cut off from the network, as far as its
-//! requests go: nothing is reset, and HTTP/2 pings are still answered, so no keepalive ends
-//! the calls waiting on it).
+//! to WatchStatus subscribers, on every change and every
+//! [`STATUS_PUSH_INTERVAL_MS`](crate::wire::STATUS_PUSH_INTERVAL_MS) as a node does), counts
+//! what it served, and can be killed (every connection dropped at once, as with kill -9) and
+//! started again on the same port, or stop answering requests with its connections left open,
+//! its status streams too if need be (a host cut off from the network: nothing is reset, and
+//! HTTP/2 pings are still answered, so no keepalive ends the calls waiting on it).
 //!
 //! Its answers, by key: "missing" is NOT_FOUND ("no such key"), "bad" is INVALID_ARGUMENT
 //! ("key is bad"); a get of any other key returns the node's id as the value. Every answer's
@@ -16,13 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::{TcpListenerStream, WatchStream};
+use futures::Stream;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
 use crate::pb;
-use crate::wire::{unavailable, LeaderHint};
+use crate::wire::{unavailable, LeaderHint, STATUS_PUSH_INTERVAL_MS};
 
 /// What the fake does with a write (put, delete, compare-and-swap).
 #[derive(Clone, Debug)]
@@ -48,6 +49,8 @@ struct Behaviour {
     answering: AtomicBool,
     /// Requests waiting for good because it stopped answering.
     unanswered: watch::Sender<usize>,
+    /// Whether its status streams have stopped sending.
+    streams_silent: AtomicBool,
 }
 
 /// One fake node; killed when dropped.
@@ -79,6 +82,7 @@ impl FakeNode {
             batched_items: AtomicUsize::new(0),
             answering: AtomicBool::new(true),
             unanswered: watch::Sender::new(0),
+            streams_silent: AtomicBool::new(false),
         });
         let mut node = FakeNode {
             address: address.to_string(),
@@ -144,6 +148,13 @@ impl FakeNode {
     /// connection left open. The status streams already open go on.
     pub fn stop_answering(&self) {
         self.behaviour.answering.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops answering (see [`Self::stop_answering`]) and its open status streams send
+    /// nothing more: a node whose host lost its network, as seen from the other side.
+    pub fn go_silent(&self) {
+        self.stop_answering();
+        self.behaviour.streams_silent.store(true, Ordering::SeqCst);
     }
 
     /// Waits (at most 5 s) until `requests` requests wait unanswered since [`Self::stop_answering`].
@@ -307,8 +318,28 @@ impl pb::cluster_server::Cluster for FakeService {
 
     async fn watch_status(&self, _: Request<pb::StatusRequest>) -> Result<Response<Self::WatchStatusStream>, Status> {
         self.answer_if_answering().await;
-        let statuses = WatchStream::new(self.0.status.subscribe()).map(Ok);
-        Ok(Response::new(Box::pin(statuses)))
+        let (statuses, sent) = mpsc::channel(16);
+        let behaviour = Arc::clone(&self.0);
+        // On the fake's runtime: killing the fake ends it.
+        tokio::spawn(async move {
+            let mut status = behaviour.status.subscribe();
+            let mut every = tokio::time::interval(Duration::from_millis(STATUS_PUSH_INTERVAL_MS));
+            loop {
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    _ = every.tick() => {}
+                    () = statuses.closed() => return,
+                }
+                if behaviour.streams_silent.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let now = status.borrow_and_update().clone();
+                if statuses.send(Ok(now)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(sent))))
     }
 
     /// Changes nothing: answers that `to` leads now, with this fake's address, so a test sees

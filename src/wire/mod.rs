@@ -7,7 +7,8 @@
 //! - [`request_timeout`]: how long a request may take, read from its `grpc-timeout` header;
 //! - [`is_timeout`], [`is_transport_error`], [`is_connect_error`]: which failures were made by
 //!   this side's transport rather than answered by the server;
-//! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish.
+//! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish;
+//! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not.
 
 mod deadline;
 mod leader_hint;
@@ -23,3 +24,10 @@ pub use self::transport_error::{is_connect_error, is_timeout, is_transport_error
 /// How long a node or the router, told to stop, lets the requests in flight finish before it
 /// stops anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A node's `WatchStatus` stream sends its status at least this often (ms), changed or not,
+/// and while only its indexes move, at most this often. The pushes that change nothing are
+/// what lets a subscriber (the router) tell a node gone silent (host down, link cut: no
+/// connection is reset) from a quiet one, in a few of these intervals rather than at HTTP/2
+/// keepalive's verdict.
+pub const STATUS_PUSH_INTERVAL_MS: u64 = 100;

@@ -56,6 +56,16 @@ async fn killed_leader_is_replaced_and_writes_resume_through_the_router() {
     }
 }
 
+/// Node `id`'s status stream (Cluster.WatchStatus), straight from the node.
+async fn watch_status(cluster: &TestCluster, id: u64) -> tonic::Streaming<pb::NodeStatus> {
+    let channel = client::channel(cluster.address(id)).expect("a node channel");
+    ClusterClient::new(channel)
+        .watch_status(pb::StatusRequest {})
+        .await
+        .expect("watch_status")
+        .into_inner()
+}
+
 /// What the router relies on to find a new leader without polling: a node's status stream
 /// reports the new leader, also when writes had moved its indexes many times before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,12 +73,7 @@ async fn a_status_stream_reports_the_new_leader_when_the_leader_dies() {
     let mut cluster = TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
     let old_leader = cluster.leader().await;
     let watched = cluster.follower().await;
-    let channel = client::channel(cluster.address(watched)).expect("a node channel");
-    let mut stream = ClusterClient::new(channel)
-        .watch_status(pb::StatusRequest {})
-        .await
-        .expect("watch_status")
-        .into_inner();
+    let mut stream = watch_status(&cluster, watched).await;
     let first = stream.message().await.expect("first status").expect("a status");
     assert_eq!(first.leader_id, Some(old_leader));
 
@@ -98,6 +103,23 @@ async fn a_status_stream_reports_the_new_leader_when_the_leader_dies() {
         "new leader {new_leader} reported in term {term}, not after {}",
         first.term
     );
+}
+
+/// What the router tells a silent node by: a node's status stream speaks at least every
+/// `STATUS_PUSH_INTERVAL_MS` while nothing changes, so one that stays silent means the node is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_stream_speaks_while_nothing_changes() {
+    let cluster = TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
+    let leader = cluster.leader().await;
+    let mut stream = watch_status(&cluster, leader).await;
+    // Nothing is written: only the pushes that change nothing can come.
+    for _ in 0..6 {
+        tokio::time::timeout(Duration::from_secs(2), stream.message())
+            .await
+            .expect("a status within 2 s, though nothing changed")
+            .expect("status stream")
+            .expect("the stream goes on");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
