@@ -412,13 +412,26 @@ impl pb::cluster_server::Cluster for ClusterRouter {
         Ok(Response::new(stream))
     }
 
-    /// Goes to the leader, as a write does: only the leader can hand leadership over.
+    /// Goes to the leader, as a write does: only the leader can hand leadership over. The
+    /// request carries the term of the leader it is meant for, so that sending it again to
+    /// the next leader (the view moved on, or the answer was lost) does not move leadership
+    /// a second time.
     async fn transfer_leader(
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         let deadline = RequestDeadline::of(request.metadata(), Instant::now());
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        if request.term.is_none() {
+            request.term = self
+                .forwarder
+                .tracker
+                .subscribe()
+                .borrow()
+                .leader
+                .as_ref()
+                .map(|leader| leader.term);
+        }
         self.forwarder
             .forward(Route::Leader, deadline, request, |node, request, time_left| {
                 let channel = node.channel.clone();
@@ -838,7 +851,13 @@ mod tests {
         let nodes = cluster_led_by(2, 3);
         let router = router(&nodes);
         until(&router, |view| leader_id(view) == Some(2) && view.healthy.len() == 3).await;
-        let request = with_timeout(pb::TransferLeaderRequest { to: Some(3) }, Duration::from_secs(5));
+        let request = with_timeout(
+            pb::TransferLeaderRequest {
+                to: Some(3),
+                term: None,
+            },
+            Duration::from_secs(5),
+        );
         let moved = router.cluster.transfer_leader(request).await.unwrap().into_inner();
         // The fake names the node the request reached in the address it answers with.
         assert_eq!(moved.leader_address, nodes[1].address);

@@ -286,7 +286,7 @@ impl Client {
     /// like a write (a router forwards it there). Asking for the node that already leads
     /// succeeds at once.
     pub async fn transfer_leader(&self, to: Option<u64>) -> Result<pb::TransferLeaderResponse, Error> {
-        let request = pb::TransferLeaderRequest { to };
+        let request = pb::TransferLeaderRequest { to, term: None };
         self.call(move |connection, time_left| {
             let mut request = tonic::Request::new(request);
             request.set_timeout(time_left);
