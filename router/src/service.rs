@@ -862,6 +862,8 @@ mod tests {
         // The fake names the node the request reached in the address it answers with.
         assert_eq!(moved.leader_address, nodes[1].address);
         assert_eq!(moved.leader_id, 3);
+        // The router named the term of the leadership to end (3): the fake answers the next.
+        assert_eq!(moved.term, 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

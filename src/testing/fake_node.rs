@@ -342,18 +342,20 @@ impl pb::cluster_server::Cluster for FakeService {
         Ok(Response::new(Box::pin(ReceiverStream::new(sent))))
     }
 
-    /// Changes nothing: answers that `to` leads now, with this fake's address, so a test sees
-    /// which node the request reached.
+    /// Changes nothing: answers that `to` leads now, with this fake's address (so a test sees
+    /// which node the request reached), in the term after the one the request named (0 when
+    /// it named none).
     async fn transfer_leader(
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
         self.answer_if_answering().await;
         let status = self.0.status.borrow().clone();
+        let request = request.into_inner();
         Ok(Response::new(pb::TransferLeaderResponse {
-            leader_id: request.into_inner().to.unwrap_or(status.id),
+            leader_id: request.to.unwrap_or(status.id),
             leader_address: status.address,
-            term: status.term + 1,
+            term: request.term.map_or(0, |term| term + 1),
         }))
     }
 }
