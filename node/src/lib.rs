@@ -6,8 +6,8 @@
 //! `kv_service` and `cluster_service` (the public API). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.
 
-// tonic::Status and openraft's StorageError are large error types, and they are the errors
-// the gRPC and storage APIs are defined with: boxing them would only add allocations.
+// tonic::Status is a large error type, and it is the error the gRPC API is defined with:
+// boxing it would only add allocations.
 #![allow(clippy::result_large_err)]
 
 pub mod app;

@@ -6,52 +6,37 @@
 //! AppendEntries) costs one write and one fdatasync, before openraft is told it
 //! is durable. Tree `raft_state` holds `vote`, `committed` and `last_purged`.
 //! The vote is made durable with a sled flush plus an fdatasync of sled's file
-//! (sled's own flush uses sync_file_range, which is not a durability barrier);
+//! (sled's own flush uses sync_file_range, which is not a durability barrier),
+//! and kept in memory too: every replication read asks for it;
 //! the commit marker may lag (sled writes it out in the background);
 //! `last_purged` is made durable before any segment is deleted. The newest
 //! entries are also kept in memory as appended ([`RecentEntries`]), for
 //! openraft's reads right after an append.
+//!
+//! Errors are `io::Error`, as openraft's storage traits want them; openraft stops the node
+//! for good on any of them, so they are returned only for real I/O failures.
 //!
 //! Invariant: the log has no holes; an append that would leave one panics
 //! (`Wal::append`, `RecentEntries::appended`).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
 use prost::Message;
 
 use crate::convert;
+use crate::store::sled_err;
 use crate::store::wal::{Wal, WalOpenError, WalReader};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
-
-/// `u64::MAX` stands for "nothing committed yet" in [`CommitIndex`].
-const NO_INDEX: u64 = u64::MAX;
-
-/// The commit index as last saved by openraft, shared with the status API
-/// (openraft 0.9's metrics do not carry it).
-#[derive(Clone, Debug)]
-pub struct CommitIndex(Arc<AtomicU64>);
-
-impl CommitIndex {
-    pub fn get(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
-            NO_INDEX => None,
-            i => Some(i),
-        }
-    }
-    fn set(&self, id: &Option<LogId>) {
-        self.0.store(id.map(|l| l.index).unwrap_or(NO_INDEX), Ordering::Relaxed);
-    }
-}
 
 /// openraft's log storage. Cheap to clone: clones share the log and the trees.
 #[derive(Clone)]
@@ -63,7 +48,8 @@ pub struct LogStore {
     wal: Arc<std::sync::Mutex<Wal>>,
     log: WalReader,
     state: sled::Tree,
-    commit_index: CommitIndex,
+    /// The vote last made durable (what `read_vote` answers without reading sled).
+    vote: Arc<std::sync::Mutex<Option<Vote>>>,
     /// The committed log id openraft last saved, and the one last written to sled
     /// (see `save_committed`).
     committed: Arc<std::sync::Mutex<(Option<LogId>, Option<LogId>)>>,
@@ -152,27 +138,28 @@ impl RecentEntries {
     }
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+/// Stored bytes that do not decode: corruption, as an I/O error.
+fn corrupt(what: &str, e: convert::DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what} is corrupt: {e}"))
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+fn decode_entry(bytes: &[u8]) -> Result<Entry, convert::DecodeError> {
+    convert::decode(bytes, convert::entry_from_pb)
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    convert::decode(bytes, convert::entry_from_pb).map_err(read_err)
+fn read_entry(bytes: &[u8]) -> io::Result<Entry> {
+    decode_entry(bytes).map_err(|e| corrupt("a raft log entry", e))
 }
 
-fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageError> {
-    match state.get(key).map_err(read_err)? {
-        Some(v) => Ok(Some(decode_log_id(&v)?)),
+fn read_log_id(state: &sled::Tree, key: &[u8]) -> io::Result<Option<LogId>> {
+    match state.get(key).map_err(sled_err)? {
+        Some(v) => Ok(Some(decode_log_id(&v).map_err(|e| corrupt("a raft state record", e))?)),
         None => Ok(None),
     }
 }
 
-fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
-    convert::decode(bytes, convert::log_id_from_pb).map_err(read_err)
+fn decode_log_id(bytes: &[u8]) -> Result<LogId, convert::DecodeError> {
+    convert::decode(bytes, convert::log_id_from_pb)
 }
 
 fn decode_vote(bytes: &[u8]) -> Result<Vote, convert::DecodeError> {
@@ -188,7 +175,7 @@ pub enum LogStoreOpenError {
     #[error(transparent)]
     StateRead(sled::Error),
     #[error("raft state record is corrupt: {0}")]
-    CorruptMarker(StorageError),
+    CorruptMarker(convert::DecodeError),
     #[error("stored vote is corrupt: {0}")]
     CorruptVote(convert::DecodeError),
     #[error(transparent)]
@@ -196,7 +183,7 @@ pub enum LogStoreOpenError {
     #[error("cannot read the raft log: {0}")]
     LogRead(std::io::Error),
     #[error("raft log entry {index} is corrupt: {error}")]
-    CorruptEntry { index: u64, error: StorageError },
+    CorruptEntry { index: u64, error: convert::DecodeError },
     #[error("raft log entry stored at {index} says it is {claimed}")]
     MisplacedEntry { index: u64, claimed: u64 },
 }
@@ -211,12 +198,16 @@ impl LogStore {
         segment_bytes: u64,
     ) -> Result<LogStore, LogStoreOpenError> {
         let state = db.open_tree("raft_state").map_err(LogStoreOpenError::StateTree)?;
-        let stored = |key| read_log_id(&state, key).map_err(LogStoreOpenError::CorruptMarker);
+        let stored = |key| match state.get(key).map_err(LogStoreOpenError::StateRead)? {
+            Some(v) => decode_log_id(&v).map(Some).map_err(LogStoreOpenError::CorruptMarker),
+            None => Ok(None),
+        };
         stored(COMMITTED_KEY)?;
         let purged = stored(LAST_PURGED_KEY)?;
-        if let Some(v) = state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
-            decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?;
-        }
+        let vote = match state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
+            Some(v) => Some(decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?),
+            None => None,
+        };
         let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
         let store = LogStore {
             db: db.clone(),
@@ -224,16 +215,12 @@ impl LogStore {
             log: wal.reader(),
             wal: Arc::new(std::sync::Mutex::new(wal)),
             state,
-            commit_index: CommitIndex(Arc::new(AtomicU64::new(NO_INDEX))),
+            vote: Arc::new(std::sync::Mutex::new(vote)),
             committed: Arc::new(std::sync::Mutex::new((None, None))),
             recent: Arc::default(),
         };
         store.verify()?;
         Ok(store)
-    }
-
-    pub fn commit_index(&self) -> CommitIndex {
-        self.commit_index.clone()
     }
 
     /// True when nothing was ever written: no vote and no log. Only such a
@@ -270,7 +257,7 @@ impl LogStore {
     }
 
     /// Writes the commit index openraft last saved, if it moved since the last write.
-    fn store_commit_marker(&self) -> Result<(), StorageError> {
+    fn store_commit_marker(&self) -> io::Result<()> {
         let mut committed = self.committed.lock().expect("commit marker lock");
         let (latest, stored) = *committed;
         if latest == stored {
@@ -279,7 +266,7 @@ impl LogStore {
         if let Some(id) = &latest {
             self.state
                 .insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec())
-                .map_err(write_err)?;
+                .map_err(sled_err)?;
         }
         committed.1 = latest;
         Ok(())
@@ -287,16 +274,15 @@ impl LogStore {
 
     /// Makes everything written to sled so far durable: sled's flush writes its
     /// buffers, fdatasync makes them survive a power loss.
-    async fn flush_sled(&self) -> Result<(), sled::Error> {
+    async fn flush_sled(&self) -> io::Result<()> {
         let db = self.db.clone();
         let file = self.sled_file.clone();
         tokio::task::spawn_blocking(move || {
-            db.flush()?;
-            file.sync_data()?;
-            Ok(())
+            db.flush().map_err(sled_err)?;
+            file.sync_data()
         })
         .await
-        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
+        .map_err(io::Error::other)?
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -307,22 +293,22 @@ impl LogStore {
     /// of the log) goes on in the caller, not disguised as an I/O error.
     async fn with_wal<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Wal) -> std::io::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
+        f: impl FnOnce(&mut Wal) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         let wal = self.wal.clone();
         match tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock"))).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(std::io::Error::other(e)),
+            Err(e) => Err(io::Error::other(e)),
         }
     }
 
-    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
         if let Some(entries) = self.recent().get(from, to) {
             return Ok(entries);
         }
-        let records = self.log.read(from, to).map_err(read_err)?;
-        records.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
+        let records = self.log.read(from, to)?;
+        records.iter().map(|(_, bytes)| read_entry(bytes)).collect()
     }
 }
 
@@ -330,7 +316,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> io::Result<Vec<Entry>> {
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -343,17 +329,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         self.entries(from, to)
     }
+
+    /// From memory: every replication read asks for it (openraft checks, before and after
+    /// reading entries for a follower, that the leadership they belong to still holds).
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(*self.vote.lock().expect("vote lock"))
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id = read_log_id(&self.state, LAST_PURGED_KEY)?;
         let last = match self.log.bounds() {
             Some((_, last)) => match self.entries(last, last + 1)?.pop() {
                 Some(entry) => Some(entry.log_id),
-                None => return Err(read_err(std::io::Error::other("the last raft log entry vanished"))),
+                None => return Err(io::Error::other("the last raft log entry vanished")),
             },
             None => last_purged_log_id,
         };
@@ -367,40 +359,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let bytes = convert::vote_to_pb(vote).encode_to_vec();
-        let io_err = |e: sled::Error| -> StorageError { StorageIOError::write_vote(AnyError::new(&e)).into() };
-        self.state.insert(VOTE_KEY, bytes).map_err(io_err)?;
-        self.flush_sled().await.map_err(io_err)?;
+        self.state.insert(VOTE_KEY, bytes).map_err(sled_err)?;
+        self.flush_sled().await?;
+        *self.vote.lock().expect("vote lock") = Some(*vote);
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let io_err =
-            |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
-        match self.state.get(VOTE_KEY).map_err(|e| io_err(&e))? {
-            Some(v) => Ok(Some(decode_vote(&v).map_err(|e| io_err(&e))?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Only remembered here; `append` writes it to sled (unflushed: sled writes it out
         // in the background) with the next entries. A stored commit index that lags is
         // safe: a restarted node re-learns the rest from the leader.
-        self.commit_index.set(&committed);
         self.committed.lock().expect("commit marker lock").0 = committed;
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
         let committed = read_log_id(&self.state, COMMITTED_KEY)?;
         *self.committed.lock().expect("commit marker lock") = (committed, committed);
-        self.commit_index.set(&committed);
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -435,44 +416,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = written
             .as_ref()
             .map(|_| ())
-            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
-        callback.log_io_completed(result);
-        written.map_err(write_err)?;
-        Ok(())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.io_completed(result);
+        written.map(|_| ())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Remove [log_id.index, ..): entries that conflict with the leader's log.
-        self.recent().truncated(log_id.index);
-        self.with_wal(move |wal| wal.truncate(log_id.index))
-            .await
-            .map_err(write_err)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        // Keep [.., last_log_id]; remove the entries after it, which conflict with the leader's log.
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.recent().truncated(from);
+        self.with_wal(move |wal| wal.truncate(from)).await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // The state machine lives in sled, which is flushed only now and then: one flush
         // makes its applied state (which covers these entries) durable together with the
         // new purge marker, before any entry disappears, so a restart never needs a
         // purged entry and knows where the log starts.
         self.state
             .insert(LAST_PURGED_KEY, convert::log_id_to_pb(&log_id).encode_to_vec())
-            .map_err(write_err)?;
-        self.flush_sled().await.map_err(write_err)?;
+            .map_err(sled_err)?;
+        self.flush_sled().await?;
         self.recent().purged(log_id.index);
-        self.with_wal(move |wal| wal.purge(log_id.index))
-            .await
-            .map_err(write_err)
+        self.with_wal(move |wal| wal.purge(log_id.index)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::types::{EntryPayload, LeaderId};
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            log_id: LogId::new(LeaderId { term, node_id: 1 }, index),
             payload: EntryPayload::Blank,
         }
     }

@@ -14,7 +14,16 @@ mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
 
-pub use log_store::{CommitIndex, LogStore};
+pub use log_store::LogStore;
 pub use redo::RedoError;
 pub use snapshot_file::SnapshotFileError;
 pub use state_machine::{KvReader, StateMachine};
+
+/// A sled failure as the I/O error openraft's storage traits return (openraft stops the
+/// node on any of them).
+pub(crate) fn sled_err(e: sled::Error) -> std::io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => std::io::Error::other(other),
+    }
+}
