@@ -88,11 +88,21 @@ pub struct App {
 
 /// Runs the node until `stop` resolves, then stops gracefully, all of it in the node's span.
 pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let span = tracing::info_span!("node", id = settings.id);
-    serve(settings, stop).instrument(span).await
+    run_with(settings, stop, |_| {}).await
 }
 
-async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// [`run`], handing `serving` the node's handles once it listens (tests drive openraft
+/// through them).
+pub async fn run_with(
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+    serving: impl FnOnce(App),
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = settings.id);
+    serve(settings, stop, serving).instrument(span).await
+}
+
+async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
     let dir = data_dir::open(&settings.data_dir, settings.id, &settings.cluster_identity())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -117,6 +127,10 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
         // applies out in the background, the commit marker lags), so such a leader could
         // serve reads from a state older than what it acknowledged. An election costs little.
         enable_leader_restore: Some(false),
+        // A node that cannot win an election (cut off, restarted, behind) first asks whether
+        // it would win, and raises its term only then: coming back, it does not unseat a
+        // healthy leader with a higher term.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("invalid raft settings")?);
@@ -155,6 +169,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
 
     let kv = KvService::new(app.clone());
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving");
+    serving(app.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))

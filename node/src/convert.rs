@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::BasicNode;
 use raftkv::raft_pb as pb;
 
@@ -335,6 +338,53 @@ pub fn vote_response_from_pb(r: pb::VoteResponse) -> Result<VoteResponse<TypeCon
     })
 }
 
+pub fn transfer_leader_request_to_pb(r: &TransferLeaderRequest<TypeConfig>) -> pb::TransferLeaderRequest {
+    pb::TransferLeaderRequest {
+        from_leader: Some(vote_to_pb(r.from_leader())),
+        to_node_id: *r.to_node_id(),
+        last_log_id: r.last_log_id().map(log_id_to_pb),
+    }
+}
+
+pub fn transfer_leader_request_from_pb(r: pb::TransferLeaderRequest) -> Result<TransferLeaderRequest<TypeConfig>> {
+    Ok(TransferLeaderRequest::new(
+        vote_from_pb(r.from_leader)?,
+        r.to_node_id,
+        opt_log_id_from_pb(r.last_log_id)?,
+    ))
+}
+
+pub fn transfer_leader_response_to_pb(r: &TransferLeaderResponse<TypeConfig>) -> pb::TransferLeaderResponse {
+    use pb::transfer_leader_response::Result as P;
+    let result = match r {
+        Ok(()) => P::Ok(pb::Empty {}),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => P::VoteChanged(pb::VoteMismatch {
+            expected: Some(vote_to_pb(expected)),
+            actual: Some(vote_to_pb(actual)),
+        }),
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => P::LogNotFlushed(pb::LogNotFlushed {
+            expected: opt_log_id_to_pb(expected),
+            actual: opt_log_id_to_pb(actual),
+        }),
+    };
+    pb::TransferLeaderResponse { result: Some(result) }
+}
+
+pub fn transfer_leader_response_from_pb(r: pb::TransferLeaderResponse) -> Result<TransferLeaderResponse<TypeConfig>> {
+    use pb::transfer_leader_response::Result as P;
+    Ok(match r.result.ok_or(MalformedMessage("transfer leader response"))? {
+        P::Ok(_) => Ok(()),
+        P::VoteChanged(v) => Err(TransferLeaderError::VoteChanged {
+            expected: vote_from_pb(v.expected)?,
+            actual: vote_from_pb(v.actual)?,
+        }),
+        P::LogNotFlushed(l) => Err(TransferLeaderError::LogNotFlushed {
+            expected: opt_log_id_from_pb(l.expected)?,
+            actual: opt_log_id_from_pb(l.actual)?,
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +487,36 @@ mod tests {
             CommandResult::Forgotten,
         ] {
             assert_eq!(command_result_from_pb(command_result_to_pb(&r)), r);
+        }
+    }
+
+    #[test]
+    fn transfer_leader_messages_survive_a_round_trip() {
+        let request = TransferLeaderRequest::new(Vote::new_committed(4, 1), 3, Some(log_id(4, 1, 17)));
+        let back = transfer_leader_request_from_pb(transfer_leader_request_to_pb(&request)).unwrap();
+        assert_eq!(back, request);
+        let vote_request = VoteRequest {
+            vote: Vote::new(5, 3),
+            last_log_id: Some(log_id(4, 1, 17)),
+            leadership_transfer: true,
+        };
+        assert_eq!(
+            vote_request_from_pb(vote_request_to_pb(&vote_request)).unwrap(),
+            vote_request
+        );
+        for response in [
+            Ok(()),
+            Err(TransferLeaderError::VoteChanged {
+                expected: Vote::new_committed(4, 1),
+                actual: Vote::new(5, 2),
+            }),
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: Some(log_id(4, 1, 17)),
+                actual: None,
+            }),
+        ] {
+            let back = transfer_leader_response_from_pb(transfer_leader_response_to_pb(&response)).unwrap();
+            assert_eq!(back, response);
         }
     }
 

@@ -16,7 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
 use raftkv::raft_pb as pb;
@@ -156,6 +159,26 @@ impl PeerConnection {
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
+
+    /// One unary Raft RPC: `message` sent by `send` with openraft's deadline, the peer's
+    /// reachability noted, the reply decoded by `decode`.
+    async fn unary<M, R, T, Sent>(
+        &self,
+        message: M,
+        option: &RPCOption,
+        send: impl FnOnce(RaftClient<Channel>, tonic::Request<M>) -> Sent,
+        decode: impl FnOnce(R) -> Result<T, convert::MalformedMessage>,
+    ) -> Result<T, RpcError>
+    where
+        Sent: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let reply = send(self.client()?, request).await;
+        self.observe(&reply);
+        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        decode(reply.into_inner()).map_err(malformed)
+    }
 }
 
 fn malformed(e: convert::MalformedMessage) -> RpcError {
@@ -199,12 +222,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         if cut {
             message.entries.truncate(fit);
         }
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.append_entries(request).await;
-        self.observe(&reply);
-        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
-        let response = convert::append_response_from_pb(reply.into_inner()).map_err(malformed)?;
+        let send = |mut client: RaftClient<Channel>, request| async move { client.append_entries(request).await };
+        let response = self
+            .unary(message, &option, send, convert::append_response_from_pb)
+            .await?;
         Ok(match response {
             // The follower took the entries sent, which end before the ones left out.
             AppendEntriesResponse::Success if cut => {
@@ -219,12 +240,32 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let mut request = tonic::Request::new(convert::vote_request_to_pb(&rpc));
-        request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.vote(request).await;
-        self.observe(&reply);
-        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
-        convert::vote_response_from_pb(reply.into_inner()).map_err(malformed)
+        let send = |mut client: RaftClient<Channel>, request| async move { client.vote(request).await };
+        let message = convert::vote_request_to_pb(&rpc);
+        self.unary(message, &option, send, convert::vote_response_from_pb).await
+    }
+
+    /// An error here (the peer is unreachable, say) is not a grant: a node cut off from the
+    /// others gets no quorum of pre-votes and does not raise its term.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftClient<Channel>, request| async move { client.pre_vote(request).await };
+        let message = convert::vote_request_to_pb(&rpc);
+        self.unary(message, &option, send, convert::vote_response_from_pb).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftClient<Channel>, request| async move { client.transfer_leader(request).await };
+        let message = convert::transfer_leader_request_to_pb(&req);
+        self.unary(message, &option, send, convert::transfer_leader_response_from_pb)
+            .await
     }
 
     async fn full_snapshot(

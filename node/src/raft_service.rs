@@ -1,6 +1,6 @@
 //! Incoming Raft traffic: the tonic `Raft` service that hands peers'
-//! AppendEntries, Vote and snapshot streams to openraft, and answers
-//! followers' ReadIndex requests when this node leads.
+//! AppendEntries, Vote, PreVote, TransferLeader and snapshot streams to openraft,
+//! and answers followers' ReadIndex requests when this node leads.
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
@@ -113,6 +113,21 @@ impl pb::raft_server::Raft for RaftService {
         let rpc = convert::vote_request_from_pb(request.into_inner()).map_err(bad_request)?;
         let reply = self.raft.vote(rpc).await.map_err(stopped)?;
         Ok(Response::new(convert::vote_response_to_pb(&reply)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let rpc = convert::vote_request_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.pre_vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::vote_response_to_pb(&reply)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let req = convert::transfer_leader_request_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.handle_transfer_leader(req).await.map_err(stopped)?;
+        Ok(Response::new(convert::transfer_leader_response_to_pb(&reply)))
     }
 
     async fn install_snapshot(

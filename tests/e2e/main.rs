@@ -17,4 +17,5 @@ mod input_validation;
 mod jepsen;
 mod local_cluster;
 mod partition;
+mod pre_vote;
 mod replication;
