@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use openraft::error::{InitializeError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
@@ -34,7 +35,7 @@ use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
-use crate::store::{data_dir, CommitIndex, KvReader};
+use crate::store::{data_dir, KvReader};
 use crate::types::{NodeId, Raft};
 
 /// Everything a node needs to start, already validated.
@@ -78,7 +79,6 @@ pub struct App {
     pub reader: KvReader,
     pub proposer: Proposer,
     pub read_index: ReadIndexRounds,
-    pub commit_index: CommitIndex,
     /// Flips to true when the node begins to stop; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     /// The node's span, for tasks spawned where it is not current (in request handlers:
@@ -88,11 +88,21 @@ pub struct App {
 
 /// Runs the node until `stop` resolves, then stops gracefully, all of it in the node's span.
 pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let span = tracing::info_span!("node", id = settings.id);
-    serve(settings, stop).instrument(span).await
+    run_with(settings, stop, |_| {}).await
 }
 
-async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// [`run`], handing `serving` the node's handles once it listens (tests drive openraft
+/// through them).
+pub async fn run_with(
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+    serving: impl FnOnce(App),
+) -> anyhow::Result<()> {
+    let span = tracing::info_span!("node", id = settings.id);
+    serve(settings, stop, serving).instrument(span).await
+}
+
+async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
     let dir = data_dir::open(&settings.data_dir, settings.id, &settings.cluster_identity())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -100,8 +110,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
 
     let config = openraft::Config {
         cluster_name: "raftkv".to_string(),
-        // openraft also uses this as the timeout of every AppendEntries and of each
-        // leadership check of a linearizable read.
+        // openraft also uses this as the timeout of every AppendEntries (replication and
+        // heartbeats).
         heartbeat_interval: settings.heartbeat_interval_ms,
         election_timeout_min: settings.election_timeout_min_ms,
         election_timeout_max: settings.election_timeout_max_ms,
@@ -111,11 +121,20 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
         // snapshot interval, or a small interval would never purge).
         purge_batch_size: settings.snapshot_after_logs.clamp(1, 256),
         install_snapshot_timeout: 10_000,
+        // A leader restarted quickly would otherwise resume leading without an election.
+        // openraft warns that this is unsafe unless the state machine is durable when apply
+        // returns or the commit index is saved synchronously; neither holds here (sled writes
+        // applies out in the background, the commit marker lags), so such a leader could
+        // serve reads from a state older than what it acknowledged. An election costs little.
+        enable_leader_restore: Some(false),
+        // A node that cannot win an election (cut off, restarted, behind) first asks whether
+        // it would win, and raises its term only then: coming back, it does not unseat a
+        // healthy leader with a higher term.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("invalid raft settings")?);
     let network = Network::new(settings.source_address);
-    let commit_index = dir.log_store.commit_index();
     let reader = dir.state_machine.reader();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
         .await
@@ -143,7 +162,6 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
         reader,
         proposer: Proposer::start(raft.clone()),
         read_index: ReadIndexRounds::start(raft.clone(), network),
-        commit_index,
         shutdown,
         span: tracing::Span::current(),
     };
@@ -151,6 +169,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>) -> anyhow::Re
 
     let kv = KvService::new(app.clone());
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving");
+    serving(app.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use openraft::{BasicNode, RaftMetrics, ServerState};
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
 use raftkv::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::types::LogId;
+use crate::types::{LogId, RaftMetrics};
 
 /// A watcher gets the status at least once per this interval, changed or not, and while
 /// only indexes move, at most once.
@@ -35,7 +36,7 @@ impl ClusterService {
 /// This node's status as the API reports it.
 pub fn node_status(app: &App) -> pb::NodeStatus {
     let metrics = app.raft.metrics();
-    let m = metrics.borrow();
+    let m = metrics.borrow_watched();
     let membership = m.membership_config.membership();
     let is_voter = membership.voter_ids().any(|id| id == app.id);
     let role = match m.state {
@@ -68,7 +69,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         leader_id: m.current_leader,
         leader_address,
         last_log_index: m.last_log_index,
-        commit_index: app.commit_index.get(),
+        commit_index: m.local_committed.map(|l| l.index),
         applied_index: m.last_applied.map(|l| l.index),
         members,
         pid: std::process::id(),
@@ -81,7 +82,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
 /// membership), term, leader and members (membership).
 type Shape = (ServerState, u64, Option<u64>, Option<LogId>);
 
-fn shape(m: &RaftMetrics<u64, BasicNode>) -> Shape {
+fn shape(m: &RaftMetrics) -> Shape {
     (m.state, m.current_term, m.current_leader, *m.membership_config.log_id())
 }
 

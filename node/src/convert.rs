@@ -5,12 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::{BasicNode, CommittedLeaderId, EntryPayload, LeaderId};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
 use raftkv::raft_pb as pb;
 
 use crate::types::{
-    Command, CommandResult, Entry, LogId, Membership, NodeId, Op, SnapshotMeta, StoredMembership, TypeConfig, Vote,
-    WriteGroup, WriteId,
+    Command, CommandResult, Entry, EntryPayload, LeaderId, LogId, Membership, NodeId, Op, SnapshotMeta,
+    StoredMembership, TypeConfig, Vote, WriteGroup, WriteId,
 };
 
 /// A message that does not describe a valid openraft value (a required field is
@@ -40,16 +44,19 @@ pub fn decode<M: prost::Message + Default, T>(
     Ok(from_pb(M::decode(bytes)?)?)
 }
 
-pub fn leader_id_to_pb(id: &LeaderId<NodeId>) -> pb::LeaderId {
+pub fn leader_id_to_pb(id: &LeaderId) -> pb::LeaderId {
     pb::LeaderId {
         term: id.term,
         node_id: id.node_id,
     }
 }
 
-pub fn leader_id_from_pb(id: Option<pb::LeaderId>) -> Result<LeaderId<NodeId>> {
+pub fn leader_id_from_pb(id: Option<pb::LeaderId>) -> Result<LeaderId> {
     let id = id.ok_or(MalformedMessage("leader id"))?;
-    Ok(LeaderId::new(id.term, id.node_id))
+    Ok(LeaderId {
+        term: id.term,
+        node_id: id.node_id,
+    })
 }
 
 pub fn vote_to_pb(v: &Vote) -> pb::Vote {
@@ -61,11 +68,9 @@ pub fn vote_to_pb(v: &Vote) -> pb::Vote {
 
 pub fn vote_from_pb(v: Option<pb::Vote>) -> Result<Vote> {
     let v = v.ok_or(MalformedMessage("vote"))?;
-    let leader_id = leader_id_from_pb(v.leader_id)?;
-    Ok(if v.committed {
-        Vote::new_committed(leader_id.term, leader_id.node_id)
-    } else {
-        Vote::new(leader_id.term, leader_id.node_id)
+    Ok(Vote {
+        leader_id: leader_id_from_pb(v.leader_id)?,
+        committed: v.committed,
     })
 }
 
@@ -81,8 +86,7 @@ pub fn opt_log_id_to_pb(id: &Option<LogId>) -> Option<pb::LogId> {
 }
 
 pub fn log_id_from_pb(id: pb::LogId) -> Result<LogId> {
-    let leader: CommittedLeaderId<NodeId> = leader_id_from_pb(id.leader_id)?;
-    Ok(LogId::new(leader, id.index))
+    Ok(LogId::new(leader_id_from_pb(id.leader_id)?, id.index))
 }
 
 pub fn opt_log_id_from_pb(id: Option<pb::LogId>) -> Result<Option<LogId>> {
@@ -106,11 +110,8 @@ pub fn membership_from_pb(m: Option<pb::Membership>) -> Result<Membership> {
     let m = m.ok_or(MalformedMessage("membership"))?;
     let configs: Vec<BTreeSet<NodeId>> = m.configs.into_iter().map(|s| s.ids.into_iter().collect()).collect();
     let nodes: BTreeMap<NodeId, BasicNode> = m.nodes.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-    // Every voter must have an address, or openraft would panic later.
-    if configs.iter().flatten().any(|id| !nodes.contains_key(id)) {
-        return Err(MalformedMessage("membership (voter without address)"));
-    }
-    Ok(Membership::new(configs, nodes))
+    // openraft refuses a voter without an address (it would panic later) and an empty voter set.
+    Membership::new(configs, nodes).map_err(|_| MalformedMessage("membership (voter without address)"))
 }
 
 pub fn stored_membership_to_pb(m: &StoredMembership) -> pb::StoredMembership {
@@ -237,7 +238,7 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry> {
     let log_id = log_id_from_pb(e.log_id.ok_or(MalformedMessage("entry log id"))?)?;
     let payload = match e.payload.ok_or(MalformedMessage("entry payload"))? {
-        pb::entry::Payload::Blank(_) => EntryPayload::<TypeConfig>::Blank,
+        pb::entry::Payload::Blank(_) => EntryPayload::Blank,
         pb::entry::Payload::Normal(group) => EntryPayload::Normal(WriteGroup {
             proposed_at_ms: group.proposed_at_ms,
             commands: group.commands.into_iter().map(command_from_pb).collect::<Result<_>>()?,
@@ -251,7 +252,6 @@ pub fn snapshot_meta_to_pb(m: &SnapshotMeta) -> pb::SnapshotMeta {
     pb::SnapshotMeta {
         last_log_id: opt_log_id_to_pb(&m.last_log_id),
         last_membership: Some(stored_membership_to_pb(&m.last_membership)),
-        snapshot_id: m.snapshot_id.clone(),
     }
 }
 
@@ -260,11 +260,10 @@ pub fn snapshot_meta_from_pb(m: Option<pb::SnapshotMeta>) -> Result<SnapshotMeta
     Ok(SnapshotMeta {
         last_log_id: opt_log_id_from_pb(m.last_log_id)?,
         last_membership: stored_membership_from_pb(m.last_membership)?,
-        snapshot_id: m.snapshot_id,
     })
 }
 
-pub fn append_entries_to_pb(r: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+pub fn append_entries_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&r.vote)),
         prev_log_id: opt_log_id_to_pb(&r.prev_log_id),
@@ -273,8 +272,8 @@ pub fn append_entries_to_pb(r: &openraft::raft::AppendEntriesRequest<TypeConfig>
     }
 }
 
-pub fn append_entries_from_pb(r: pb::AppendEntriesRequest) -> Result<openraft::raft::AppendEntriesRequest<TypeConfig>> {
-    Ok(openraft::raft::AppendEntriesRequest {
+pub fn append_entries_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntriesRequest<TypeConfig>> {
+    Ok(AppendEntriesRequest {
         vote: vote_from_pb(r.vote)?,
         prev_log_id: opt_log_id_from_pb(r.prev_log_id)?,
         entries: r.entries.into_iter().map(entry_from_pb).collect::<Result<_>>()?,
@@ -282,9 +281,9 @@ pub fn append_entries_from_pb(r: pb::AppendEntriesRequest) -> Result<openraft::r
     })
 }
 
-pub fn append_response_to_pb(r: &openraft::raft::AppendEntriesResponse<NodeId>) -> pb::AppendEntriesResponse {
-    use openraft::raft::AppendEntriesResponse as R;
+pub fn append_response_to_pb(r: &AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
     use pb::append_entries_response::Result as P;
+    use AppendEntriesResponse as R;
     let result = match r {
         R::Success => P::Success(pb::Empty {}),
         R::PartialSuccess(m) => P::PartialSuccess(pb::PartialSuccess {
@@ -296,9 +295,9 @@ pub fn append_response_to_pb(r: &openraft::raft::AppendEntriesResponse<NodeId>) 
     pb::AppendEntriesResponse { result: Some(result) }
 }
 
-pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> Result<openraft::raft::AppendEntriesResponse<NodeId>> {
-    use openraft::raft::AppendEntriesResponse as R;
+pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> Result<AppendEntriesResponse<TypeConfig>> {
     use pb::append_entries_response::Result as P;
+    use AppendEntriesResponse as R;
     Ok(match r.result.ok_or(MalformedMessage("append entries response"))? {
         P::Success(_) => R::Success,
         P::PartialSuccess(p) => R::PartialSuccess(opt_log_id_from_pb(p.matching)?),
@@ -307,21 +306,23 @@ pub fn append_response_from_pb(r: pb::AppendEntriesResponse) -> Result<openraft:
     })
 }
 
-pub fn vote_request_to_pb(r: &openraft::raft::VoteRequest<NodeId>) -> pb::VoteRequest {
+pub fn vote_request_to_pb(r: &VoteRequest<TypeConfig>) -> pb::VoteRequest {
     pb::VoteRequest {
         vote: Some(vote_to_pb(&r.vote)),
         last_log_id: opt_log_id_to_pb(&r.last_log_id),
+        leadership_transfer: r.leadership_transfer,
     }
 }
 
-pub fn vote_request_from_pb(r: pb::VoteRequest) -> Result<openraft::raft::VoteRequest<NodeId>> {
-    Ok(openraft::raft::VoteRequest {
+pub fn vote_request_from_pb(r: pb::VoteRequest) -> Result<VoteRequest<TypeConfig>> {
+    Ok(VoteRequest {
         vote: vote_from_pb(r.vote)?,
         last_log_id: opt_log_id_from_pb(r.last_log_id)?,
+        leadership_transfer: r.leadership_transfer,
     })
 }
 
-pub fn vote_response_to_pb(r: &openraft::raft::VoteResponse<NodeId>) -> pb::VoteResponse {
+pub fn vote_response_to_pb(r: &VoteResponse<TypeConfig>) -> pb::VoteResponse {
     pb::VoteResponse {
         vote: Some(vote_to_pb(&r.vote)),
         vote_granted: r.vote_granted,
@@ -329,11 +330,58 @@ pub fn vote_response_to_pb(r: &openraft::raft::VoteResponse<NodeId>) -> pb::Vote
     }
 }
 
-pub fn vote_response_from_pb(r: pb::VoteResponse) -> Result<openraft::raft::VoteResponse<NodeId>> {
-    Ok(openraft::raft::VoteResponse {
+pub fn vote_response_from_pb(r: pb::VoteResponse) -> Result<VoteResponse<TypeConfig>> {
+    Ok(VoteResponse {
         vote: vote_from_pb(r.vote)?,
         vote_granted: r.vote_granted,
         last_log_id: opt_log_id_from_pb(r.last_log_id)?,
+    })
+}
+
+pub fn transfer_leader_request_to_pb(r: &TransferLeaderRequest<TypeConfig>) -> pb::TransferLeaderRequest {
+    pb::TransferLeaderRequest {
+        from_leader: Some(vote_to_pb(r.from_leader())),
+        to_node_id: *r.to_node_id(),
+        last_log_id: r.last_log_id().map(log_id_to_pb),
+    }
+}
+
+pub fn transfer_leader_request_from_pb(r: pb::TransferLeaderRequest) -> Result<TransferLeaderRequest<TypeConfig>> {
+    Ok(TransferLeaderRequest::new(
+        vote_from_pb(r.from_leader)?,
+        r.to_node_id,
+        opt_log_id_from_pb(r.last_log_id)?,
+    ))
+}
+
+pub fn transfer_leader_response_to_pb(r: &TransferLeaderResponse<TypeConfig>) -> pb::TransferLeaderResponse {
+    use pb::transfer_leader_response::Result as P;
+    let result = match r {
+        Ok(()) => P::Ok(pb::Empty {}),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => P::VoteChanged(pb::VoteMismatch {
+            expected: Some(vote_to_pb(expected)),
+            actual: Some(vote_to_pb(actual)),
+        }),
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => P::LogNotFlushed(pb::LogNotFlushed {
+            expected: opt_log_id_to_pb(expected),
+            actual: opt_log_id_to_pb(actual),
+        }),
+    };
+    pb::TransferLeaderResponse { result: Some(result) }
+}
+
+pub fn transfer_leader_response_from_pb(r: pb::TransferLeaderResponse) -> Result<TransferLeaderResponse<TypeConfig>> {
+    use pb::transfer_leader_response::Result as P;
+    Ok(match r.result.ok_or(MalformedMessage("transfer leader response"))? {
+        P::Ok(_) => Ok(()),
+        P::VoteChanged(v) => Err(TransferLeaderError::VoteChanged {
+            expected: vote_from_pb(v.expected)?,
+            actual: vote_from_pb(v.actual)?,
+        }),
+        P::LogNotFlushed(l) => Err(TransferLeaderError::LogNotFlushed {
+            expected: opt_log_id_from_pb(l.expected)?,
+            actual: opt_log_id_from_pb(l.actual)?,
+        }),
     })
 }
 
@@ -343,7 +391,7 @@ mod tests {
     use bytes::Bytes;
 
     fn log_id(term: u64, node: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(term, node), index)
+        LogId::new(LeaderId { term, node_id: node }, index)
     }
 
     #[test]
@@ -358,7 +406,7 @@ mod tests {
                 )
             })
             .collect();
-        let membership = Membership::new(vec![[1, 2, 3].into_iter().collect()], nodes);
+        let membership = Membership::new(vec![[1, 2, 3].into_iter().collect()], nodes).unwrap();
         let entries = vec![
             Entry {
                 log_id: log_id(1, 1, 0),
@@ -439,6 +487,36 @@ mod tests {
             CommandResult::Forgotten,
         ] {
             assert_eq!(command_result_from_pb(command_result_to_pb(&r)), r);
+        }
+    }
+
+    #[test]
+    fn transfer_leader_messages_survive_a_round_trip() {
+        let request = TransferLeaderRequest::new(Vote::new_committed(4, 1), 3, Some(log_id(4, 1, 17)));
+        let back = transfer_leader_request_from_pb(transfer_leader_request_to_pb(&request)).unwrap();
+        assert_eq!(back, request);
+        let vote_request = VoteRequest {
+            vote: Vote::new(5, 3),
+            last_log_id: Some(log_id(4, 1, 17)),
+            leadership_transfer: true,
+        };
+        assert_eq!(
+            vote_request_from_pb(vote_request_to_pb(&vote_request)).unwrap(),
+            vote_request
+        );
+        for response in [
+            Ok(()),
+            Err(TransferLeaderError::VoteChanged {
+                expected: Vote::new_committed(4, 1),
+                actual: Vote::new(5, 2),
+            }),
+            Err(TransferLeaderError::LogNotFlushed {
+                expected: Some(log_id(4, 1, 17)),
+                actual: None,
+            }),
+        ] {
+            let back = transfer_leader_response_from_pb(transfer_leader_response_to_pb(&response)).unwrap();
+            assert_eq!(back, response);
         }
     }
 

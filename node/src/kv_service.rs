@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
 use raftkv::pb;
 use raftkv::{batch, limits};
 use tonic::{Request, Response, Status};
@@ -41,7 +42,7 @@ impl KvService {
             .app
             .raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .last_applied
             .map(|l| l.index)
             .unwrap_or(0);

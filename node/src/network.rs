@@ -1,9 +1,11 @@
-//! Outgoing Raft traffic: openraft's `RaftNetwork` over our tonic `Raft`
+//! Outgoing Raft traffic: openraft's `RaftNetworkV2` over our tonic `Raft`
 //! service, one long-lived HTTP/2 channel per peer address.
 //!
-//! Snapshots go as one client-streaming call: a header chunk, then the data in
-//! `SNAPSHOT_CHUNK_BYTES` pieces, bounded by `SNAPSHOT_TIMEOUT` and cancelled
-//! when openraft closes the replication stream.
+//! An AppendEntries larger than `MAX_APPEND_ENTRIES_BYTES` sends the entries that fit
+//! and reports a partial success, and openraft goes on from there. Snapshots go as one
+//! client-streaming call: a header chunk, then the data in `SNAPSHOT_CHUNK_BYTES`
+//! pieces, bounded by `SNAPSHOT_TIMEOUT` and cancelled when openraft closes the
+//! replication stream.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,23 +14,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{
-    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
-};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{BasicNode, OptionalSend, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
 use raftkv::raft_pb as pb;
 use raftkv::raft_pb::raft_client::RaftClient;
 use tonic::transport::Channel;
 
 use crate::convert;
-use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// The largest gRPC message a node sends or accepts on the Raft port.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
-/// An AppendEntries above this size is split (openraft retries with fewer entries).
+/// An AppendEntries above this size sends only the entries that fit (at least one) and
+/// reports a partial success; openraft sends the rest next.
 pub const MAX_APPEND_ENTRIES_BYTES: usize = 16 << 20;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,11 +133,9 @@ pub struct PeerConnection {
 #[error("{0}")]
 struct TransportError(String);
 
-fn rpc_error<E: std::error::Error>(
-    target: NodeId,
-    address: &str,
-    status: tonic::Status,
-) -> RPCError<NodeId, BasicNode, E> {
+type RpcError = RPCError<TypeConfig>;
+
+fn rpc_error(target: NodeId, address: &str, status: tonic::Status) -> RpcError {
     let err = TransportError(format!("node {target} at {address}: {}", status.message()));
     match status.code() {
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
@@ -152,55 +154,118 @@ impl PeerConnection {
         }
     }
 
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<NodeId, BasicNode, E>> {
+    fn client(&self) -> Result<RaftClient<Channel>, RpcError> {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
+
+    /// One unary Raft RPC: `message` sent by `send` with openraft's deadline, the peer's
+    /// reachability noted, the reply decoded by `decode`.
+    async fn unary<M, R, T, Sent>(
+        &self,
+        message: M,
+        option: &RPCOption,
+        send: impl FnOnce(RaftClient<Channel>, tonic::Request<M>) -> Sent,
+        decode: impl FnOnce(R) -> Result<T, convert::MalformedMessage>,
+    ) -> Result<T, RpcError>
+    where
+        Sent: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let reply = send(self.client()?, request).await;
+        self.observe(&reply);
+        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
+        decode(reply.into_inner()).map_err(malformed)
+    }
 }
 
-fn malformed<E: std::error::Error>(e: convert::MalformedMessage) -> RPCError<NodeId, BasicNode, E> {
+fn malformed(e: convert::MalformedMessage) -> RpcError {
     RPCError::Network(NetworkError::new(&e))
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+/// How many of `entries`, from the first, fit in one AppendEntries of at most
+/// `MAX_APPEND_ENTRIES_BYTES` (always at least one).
+fn entries_that_fit(entries: &[pb::Entry]) -> usize {
+    let mut bytes = 0;
+    for (n, entry) in entries.iter().enumerate() {
+        let len = entry.encoded_len();
+        // The entry's tag and length prefix in the request (a few bytes).
+        bytes += len + prost::length_delimiter_len(len) + 1;
+        if n > 0 && bytes > MAX_APPEND_ENTRIES_BYTES {
+            return n;
+        }
+    }
+    entries.len()
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
         if rpc.entries.is_empty() {
-            // A heartbeat: most often the one openraft 0.9 sends every follower as soon as
-            // the commit index moves, woken on this thread just before the tasks that apply
-            // the entry and answer its clients. Letting the work already queued run first
-            // answers those clients sooner, and the heartbeat leaves a moment later
+            // An empty AppendEntries: most often the one that tells a follower the commit index
+            // moved, sent as soon as it moves, woken on this thread just before the tasks that
+            // apply the entry and answer its clients. Letting the work already queued run first
+            // answers those clients sooner, and this leaves a moment later
             // (BENCHMARKS.md, "Heartbeats after answers": puts faster, reads unchanged).
             tokio::task::yield_now().await;
         }
-        let message = convert::append_entries_to_pb(&rpc);
-        if rpc.entries.len() > 1 && message.encoded_len() > MAX_APPEND_ENTRIES_BYTES {
-            let fewer = (rpc.entries.len() / 2).max(1) as u64;
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
+        let mut message = convert::append_entries_to_pb(&rpc);
+        let fit = entries_that_fit(&message.entries);
+        let cut = fit < message.entries.len();
+        if cut {
+            message.entries.truncate(fit);
         }
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.append_entries(request).await;
-        self.observe(&reply);
-        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
-        convert::append_response_from_pb(reply.into_inner()).map_err(malformed)
+        let send = |mut client: RaftClient<Channel>, request| async move { client.append_entries(request).await };
+        let response = self
+            .unary(message, &option, send, convert::append_response_from_pb)
+            .await?;
+        Ok(match response {
+            // The follower took the entries sent, which end before the ones left out.
+            AppendEntriesResponse::Success if cut => {
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[fit - 1].log_id))
+            }
+            other => other,
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let mut request = tonic::Request::new(convert::vote_request_to_pb(&rpc));
-        request.set_timeout(option.hard_ttl());
-        let reply = self.client()?.vote(request).await;
-        self.observe(&reply);
-        let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
-        convert::vote_response_from_pb(reply.into_inner()).map_err(malformed)
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftClient<Channel>, request| async move { client.vote(request).await };
+        let message = convert::vote_request_to_pb(&rpc);
+        self.unary(message, &option, send, convert::vote_response_from_pb).await
+    }
+
+    /// An error here (the peer is unreachable, say) is not a grant: a node cut off from the
+    /// others gets no quorum of pre-votes and does not raise its term.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftClient<Channel>, request| async move { client.pre_vote(request).await };
+        let message = convert::vote_request_to_pb(&rpc);
+        self.unary(message, &option, send, convert::vote_response_from_pb).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftClient<Channel>, request| async move { client.transfer_leader(request).await };
+        let message = convert::transfer_leader_request_to_pb(&req);
+        self.unary(message, &option, send, convert::transfer_leader_response_from_pb)
+            .await
     }
 
     async fn full_snapshot(
@@ -209,7 +274,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = Bytes::from(snapshot.snapshot.into_inner());
         let header = pb::SnapshotHeader {
             vote: Some(convert::vote_to_pb(&vote)),
@@ -230,10 +295,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         tracing::info!(parent: &self.reachability.span, peer = self.target, bytes = data.len(), "sending snapshot");
         let mut request = tonic::Request::new(tokio_stream::iter(chunks));
         request.set_timeout(SNAPSHOT_TIMEOUT);
-        let mut client = self.client::<RaftError<NodeId>>().map_err(|e| match e {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::new(&other)),
-        })?;
+        let mut client = self.client()?;
         let reply = tokio::select! {
             reply = client.install_snapshot(request) => reply,
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -256,7 +318,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         Ok(SnapshotResponse { vote })
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF)))
     }
 }

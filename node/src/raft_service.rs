@@ -1,16 +1,15 @@
 //! Incoming Raft traffic: the tonic `Raft` service that hands peers'
-//! AppendEntries, Vote and snapshot streams to openraft, and answers
-//! followers' ReadIndex requests when this node leads.
+//! AppendEntries, Vote, PreVote, TransferLeader and snapshot streams to openraft,
+//! and answers followers' ReadIndex requests when this node leads.
 
-use std::io::Cursor;
-
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{LinearizableReadError, RaftError};
 use raftkv::raft_pb as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::read_index::ReadIndexRounds;
-use crate::types::{NodeId, Raft, Snapshot};
+use crate::types::{NodeId, Raft, Snapshot, SnapshotData, TypeConfig};
 
 pub struct RaftService {
     raft: Raft,
@@ -41,7 +40,7 @@ pub struct Leadership {
 impl Leadership {
     pub fn of(raft: &Raft) -> Leadership {
         let metrics = raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
         let leader = m.current_leader.and_then(|id| {
             m.membership_config
                 .membership()
@@ -57,7 +56,7 @@ impl Leadership {
     /// Ok when this node leads, else UNAVAILABLE naming the leader if known. On the leader
     /// (every write) it only reads the role: nothing is copied.
     pub fn require_leader(raft: &Raft) -> Result<(), Status> {
-        if raft.metrics().borrow().state.is_leader() {
+        if raft.is_leader() {
             return Ok(());
         }
         let Leadership { is_leader, leader } = Leadership::of(raft);
@@ -86,10 +85,12 @@ pub fn not_leader(leader_id: Option<NodeId>, leader_node: Option<&openraft::Basi
 }
 
 /// Maps a failed leadership check (ReadIndex) to a status.
-pub fn check_is_leader_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>) -> Status {
+pub fn linearizable_read_error(e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Status {
     match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(f.leader_id, f.leader_node.as_ref()),
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Status::unavailable(format!(
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => {
+            not_leader(f.leader_id, f.leader_node.as_ref())
+        }
+        RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => Status::unavailable(format!(
             "the leader cannot reach a quorum: only nodes {:?} answered",
             q.got.iter().collect::<Vec<_>>()
         )),
@@ -112,6 +113,21 @@ impl pb::raft_server::Raft for RaftService {
         let rpc = convert::vote_request_from_pb(request.into_inner()).map_err(bad_request)?;
         let reply = self.raft.vote(rpc).await.map_err(stopped)?;
         Ok(Response::new(convert::vote_response_to_pb(&reply)))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        let rpc = convert::vote_request_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.pre_vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::vote_response_to_pb(&reply)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let req = convert::transfer_leader_request_from_pb(request.into_inner()).map_err(bad_request)?;
+        let reply = self.raft.handle_transfer_leader(req).await.map_err(stopped)?;
+        Ok(Response::new(convert::transfer_leader_response_to_pb(&reply)))
     }
 
     async fn install_snapshot(
@@ -146,7 +162,7 @@ impl pb::raft_server::Raft for RaftService {
         }
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: SnapshotData::new(data),
         };
         let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
         Ok(Response::new(pb::InstallSnapshotResponse {

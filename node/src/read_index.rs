@@ -1,8 +1,9 @@
 //! ReadIndex in rounds: one leadership confirmation (a round) serves every
 //! linearizable read that arrived before it started.
 //!
-//! Each `Raft::get_read_log_id()` on the leader is a round of heartbeats to a
-//! quorum, and on a follower one `Raft.ReadIndex` RPC to the leader. Under many
+//! Each `Raft::get_read_log_id(ReadPolicy::ReadIndex)` on the leader waits for a
+//! quorum to answer an AppendEntries (a heartbeat, or replication) sent after it
+//! began, and on a follower a round is one `Raft.ReadIndex` RPC to the leader. Under many
 //! concurrent reads that is one round per read. Here reads queue up; a task
 //! takes every read queued so far, runs one round, and answers them all with
 //! its read index. A read that arrives while a round is running waits for the
@@ -11,13 +12,14 @@
 
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
 use tracing::Instrument;
 
 use crate::network::Network;
-use crate::raft_service::{check_is_leader_error, not_leader, Leadership};
+use crate::raft_service::{linearizable_read_error, not_leader, Leadership};
 use crate::types::Raft;
 
 /// Reads waiting for the next round; callers wait for room beyond this.
@@ -83,15 +85,16 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
 async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
     let Leadership { is_leader, leader } = Leadership::of(raft);
     if is_leader {
-        // openraft gives each leadership check one heartbeat interval; when the heartbeats
-        // were merely slow (QuorumNotEnough) the check is repeated, within READ_ROUND_TIMEOUT.
+        // openraft waits up to its leader lease (the maximum election timeout) for a quorum
+        // to answer; when the answers were merely slow (QuorumNotEnough) the check is
+        // repeated, within READ_ROUND_TIMEOUT.
         loop {
-            match raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => return Ok(read_log_id.map(|l| l.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+            match raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+                Ok((read_log_id, _)) => return Ok(Some(read_log_id.index())),
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
                     tokio::time::sleep(RETRY_PAUSE).await
                 }
-                Err(e) => return Err(check_is_leader_error(e)),
+                Err(e) => return Err(linearizable_read_error(e)),
             }
         }
     }

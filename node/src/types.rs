@@ -6,46 +6,53 @@
 //! in flight (group commit, see `proposer.rs`), so `D` is a [`WriteGroup`] and `R`
 //! holds one result per command, in order.
 
+use std::fmt;
 use std::io::Cursor;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use openraft::type_config::alias;
 
 /// Node ids are 1-based; 0 is never a valid id.
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// raftkv's openraft type configuration.
+    /// raftkv's openraft type configuration. Every type left out is openraft's default: terms
+    /// are u64, a leader id is (term, node id) and a vote is (leader id, committed) — the same
+    /// fields as in openraft 0.9, so our protobuf encodings of them (`convert.rs`) are unchanged.
     pub TypeConfig:
         D = WriteGroup,
         R = WriteGroupResults,
         NodeId = NodeId,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
+/// What a snapshot's data is while it is built, sent, received and installed: the whole body
+/// in memory. The one place that names it (the state machine, its snapshot builder and the
+/// network must agree on it).
+pub type SnapshotData = Cursor<Vec<u8>>;
+
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+pub type LeaderId = alias::LeaderIdOf<TypeConfig>;
+pub type LogId = alias::LogIdOf<TypeConfig>;
+pub type Vote = alias::VoteOf<TypeConfig>;
+pub type Entry = alias::EntryOf<TypeConfig>;
+pub type EntryPayload = alias::PayloadOf<TypeConfig>;
 pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
 /// Names one write of one client, for exactly-once retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WriteId {
     pub client_id: u64,
     pub sequence: u64,
 }
 
 /// What a write does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Put {
         key: Bytes,
@@ -76,14 +83,14 @@ impl Op {
 }
 
 /// One client write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     pub op: Op,
     pub write_id: Option<WriteId>,
 }
 
 /// The writes proposed together as one log entry (group commit).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteGroup {
     /// The proposing leader's wall clock (ms since the Unix epoch); only
     /// used to expire idle client sessions, the same way on every node.
@@ -91,8 +98,20 @@ pub struct WriteGroup {
     pub commands: Vec<Command>,
 }
 
+/// openraft logs entries by their payload's `Display`: a summary, never the keys and values.
+impl fmt::Display for WriteGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write group of {} commands proposed at {} ms",
+            self.commands.len(),
+            self.proposed_at_ms
+        )
+    }
+}
+
 /// The outcome of applying one command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandResult {
     Put,
     Delete {
@@ -111,7 +130,7 @@ pub enum CommandResult {
 
 /// One result per command of the applied write group, in order. Empty for blank
 /// and membership entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteGroupResults {
     pub results: Vec<CommandResult>,
 }

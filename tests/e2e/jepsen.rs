@@ -26,7 +26,7 @@ use raftkv_checker::{Budget, History, Op, OpResult, Operation, Outcome};
 use tokio::time::Instant;
 
 use crate::common::{ClusterOptions, TestCluster};
-use crate::nemesis::FaultyNetwork;
+use crate::nemesis::{own_subnet, test_runtime, FaultyNetwork};
 
 /// How long the clients run unless `RAFTKV_SOAK_SECS` says otherwise.
 const DEFAULT_RUN_SECS: u64 = 30;
@@ -229,18 +229,10 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         });
     eprintln!("jepsen: seed {seed} (RAFTKV_JEPSEN_SEED={seed} replays the schedule), {run_secs} s of load");
 
-    // Each test process gets its own 127.a.b.0/24 so parallel runs never share addresses.
-    let pid = std::process::id();
-    let subnet = ((pid % 200 + 20) as u8, ((pid / 200) % 250) as u8);
-    let net = FaultyNetwork::start(3, subnet);
+    let net = FaultyNetwork::start(3, own_subnet(0));
     let addresses = net.node_addresses();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    test_runtime().block_on(async move {
         let options = ClusterOptions {
             addresses: Some(addresses),
             node_args: vec!["--snapshot-after-logs".into(), "500".into()],

@@ -17,5 +17,6 @@ mod input_validation;
 mod jepsen;
 mod local_cluster;
 mod partition;
+mod pre_vote;
 mod replication;
 mod silent_leader;

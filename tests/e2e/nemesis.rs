@@ -87,6 +87,14 @@ impl FaultyNetwork {
             .collect()
     }
 
+    /// A cluster of these nodes behind the proxies, without a router.
+    pub fn cluster_options(&self) -> crate::common::ClusterOptions {
+        crate::common::ClusterOptions {
+            addresses: Some(self.node_addresses()),
+            ..crate::common::ClusterOptions::default().without_router()
+        }
+    }
+
     /// Cuts every link between `node` and the other nodes.
     pub fn isolate(&self, node: u64) {
         let others: Vec<u64> = self.nodes.iter().map(|n| n.0).filter(|id| *id != node).collect();
@@ -117,6 +125,24 @@ impl Drop for FaultyNetwork {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A loopback subnet, 127.a.b.0/24, of this test process's own (parallel test runs never
+/// share addresses); `scenario` keeps the proxied scenarios of one process apart: the
+/// Jepsen test 0, the partition test 3, the pre-vote test 6.
+pub fn own_subnet(scenario: u8) -> (u8, u8) {
+    let pid = std::process::id();
+    ((pid % 200 + 20) as u8, ((pid / 200) % 250) as u8 + scenario)
+}
+
+/// The runtime a proxied test drives its cluster from. Such a test is a plain `#[test]`:
+/// the proxies run a runtime of their own, which cannot start inside another.
+pub fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
 }
 
 /// Node `id`'s loopback address in `subnet`.

@@ -9,27 +9,14 @@ use bytes::Bytes;
 use raftkv::pb::{self, Consistency};
 use tonic::Code;
 
-use crate::common::{ClusterOptions, TestCluster};
-use crate::nemesis::FaultyNetwork;
+use crate::common::TestCluster;
+use crate::nemesis::{own_subnet, test_runtime, FaultyNetwork};
 
 #[test]
 fn an_isolated_follower_refuses_linearizable_reads_but_serves_stale_ones() {
-    let pid = std::process::id();
-    // A subnet of its own, distinct from the Jepsen test's.
-    let subnet = ((pid % 200 + 20) as u8, ((pid / 200) % 250 + 3) as u8);
-    let net = FaultyNetwork::start(3, subnet);
-    let addresses = net.node_addresses();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let options = ClusterOptions {
-            addresses: Some(addresses),
-            ..ClusterOptions::default().without_router()
-        };
-        let cluster = TestCluster::start_with(options).await;
+    let net = FaultyNetwork::start(3, own_subnet(3));
+    test_runtime().block_on(async {
+        let cluster = TestCluster::start_with(net.cluster_options()).await;
         let leader = cluster.leader().await;
         let follower = cluster.follower().await;
         let key = Bytes::from_static(b"partitioned");

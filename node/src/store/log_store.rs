@@ -1,178 +1,79 @@
 //! openraft's log storage: the entries in our own write-ahead log (`wal.rs`),
 //! the vote and the commit/purge markers in sled.
 //!
-//! Each entry is a protobuf `Entry` in one WAL record. Every append call (a
-//! leader's write group entry, or all the entries of a follower's
-//! AppendEntries) costs one write and one fdatasync, before openraft is told it
-//! is durable. Tree `raft_state` holds `vote`, `committed` and `last_purged`.
-//! The vote is made durable with a sled flush plus an fdatasync of sled's file
-//! (sled's own flush uses sync_file_range, which is not a durability barrier);
-//! the commit marker may lag (sled writes it out in the background);
-//! `last_purged` is made durable before any segment is deleted. The newest
-//! entries are also kept in memory as appended ([`RecentEntries`]), for
-//! openraft's reads right after an append.
+//! Each entry is a protobuf `Entry` in one WAL record. An append returns as soon as its
+//! entries are in the log's in-memory tail ([`RecentEntries`]), readable at once; the
+//! writer thread (`wal_writer.rs`) writes them, and makes every append queued meanwhile
+//! durable with one fdatasync, before openraft is told through the append's callback.
+//! Saving the vote, truncating and purging queue behind the appends before them and
+//! are durable when they return. Tree `raft_state` in sled holds `vote`, `committed`
+//! and `last_purged`. The vote is made durable with a sled flush plus an fdatasync of
+//! sled's file (sled's own flush uses sync_file_range, which is not a durability
+//! barrier), and kept in memory too: every replication read asks for it; the commit
+//! marker may lag (sled writes it out in the background); `last_purged` is made durable
+//! before any segment is deleted.
 //!
-//! Invariant: the log has no holes; an append that would leave one panics
-//! (`Wal::append`, `RecentEntries::appended`).
+//! Errors are `io::Error`, as openraft's storage traits want them; openraft stops the node
+//! for good on any of them, so they are returned only for real I/O failures.
+//!
+//! Invariants: the log has no holes, and every entry it holds is either durable in its
+//! files or in the tail; an append that would leave a hole panics (`LogStore::append`,
+//! `RecentEntries::appended`, `Wal::write`).
 
-use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
 use prost::Message;
 
 use crate::convert;
+use crate::store::recent_entries::RecentEntries;
+use crate::store::sled_err;
 use crate::store::wal::{Wal, WalOpenError, WalReader};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::store::wal_writer::{
+    CommitMarker, Flushed, RaftState, Records, WalWriter, COMMITTED_KEY, LAST_PURGED_KEY, VOTE_KEY,
+};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
-const VOTE_KEY: &[u8] = b"vote";
-const COMMITTED_KEY: &[u8] = b"committed";
-const LAST_PURGED_KEY: &[u8] = b"last_purged";
-
-/// `u64::MAX` stands for "nothing committed yet" in [`CommitIndex`].
-const NO_INDEX: u64 = u64::MAX;
-
-/// The commit index as last saved by openraft, shared with the status API
-/// (openraft 0.9's metrics do not carry it).
-#[derive(Clone, Debug)]
-pub struct CommitIndex(Arc<AtomicU64>);
-
-impl CommitIndex {
-    pub fn get(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
-            NO_INDEX => None,
-            i => Some(i),
-        }
-    }
-    fn set(&self, id: &Option<LogId>) {
-        self.0.store(id.map(|l| l.index).unwrap_or(NO_INDEX), Ordering::Relaxed);
-    }
-}
-
-/// openraft's log storage. Cheap to clone: clones share the log and the trees.
+/// openraft's log storage. Cheap to clone: clones share the log, its writer and the tail.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    /// sled's data file, to fdatasync after sled's flush.
-    sled_file: Arc<std::fs::File>,
-    /// Appends, truncation and purges: one at a time, off the async runtime.
-    wal: Arc<std::sync::Mutex<Wal>>,
+    /// Every write to the log and the durable Raft state, in order, off the async runtime.
+    writer: WalWriter,
     log: WalReader,
     state: sled::Tree,
-    commit_index: CommitIndex,
-    /// The committed log id openraft last saved, and the one last written to sled
-    /// (see `save_committed`).
-    committed: Arc<std::sync::Mutex<(Option<LogId>, Option<LogId>)>>,
-    /// The newest entries, kept as appended: see [`RecentEntries`].
+    /// The vote last made durable (what `read_vote` answers without reading sled).
+    vote: Arc<std::sync::Mutex<Option<Vote>>>,
+    committed: Arc<CommitMarker>,
+    /// The log's tail in memory: see [`RecentEntries`].
     recent: Arc<std::sync::Mutex<RecentEntries>>,
 }
 
-/// Most bytes (as encoded in the log) of entries [`RecentEntries`] keeps.
-const RECENT_ENTRIES_BYTES: usize = 4 << 20;
-/// Most entries [`RecentEntries`] keeps.
-const RECENT_ENTRIES: usize = 64;
-
-/// The newest entries of the log, as they were appended. openraft reads every entry back
-/// right after it is appended: on the leader once per follower to replicate it and once to
-/// apply it, on a follower once to apply it. Served from here, those reads are clones
-/// (which share the keys and values) instead of a read of the log file and a decode each.
-///
-/// Invariant: the entries are consecutive and the last one is the log's last entry; so a
-/// range that starts among them is answered exactly as the log file would answer it. Every
-/// change to the log changes this first (a truncation or purge) or right after the write
-/// (an append), under the same rules. An append that does not follow the newest entry
-/// would break it, and is a bug (ours or openraft's): it panics.
-#[derive(Default)]
-struct RecentEntries {
-    /// Each entry with its size in the log.
-    entries: VecDeque<(Entry, usize)>,
-    bytes: usize,
+/// Stored bytes that do not decode: corruption, as an I/O error.
+fn corrupt(what: &str, e: convert::DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what} is corrupt: {e}"))
 }
 
-impl RecentEntries {
-    fn appended(&mut self, entries: impl IntoIterator<Item = (Entry, usize)>) {
-        for (entry, size) in entries {
-            if let Some((last, _)) = self.entries.back() {
-                assert_eq!(
-                    entry.log_id.index,
-                    last.log_id.index + 1,
-                    "raft log entry {} appended after entry {}: a hole in the newest entries",
-                    entry.log_id.index,
-                    last.log_id.index
-                );
-            }
-            self.bytes += size;
-            self.entries.push_back((entry, size));
-        }
-        while self.bytes > RECENT_ENTRIES_BYTES || self.entries.len() > RECENT_ENTRIES {
-            self.pop_front();
-        }
-    }
-
-    /// Forgets the entries from index `from` on.
-    fn truncated(&mut self, from: u64) {
-        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= from) {
-            let (_, size) = self.entries.pop_back().expect("checked above");
-            self.bytes -= size;
-        }
-    }
-
-    /// Forgets the entries up to index `upto`, included.
-    fn purged(&mut self, upto: u64) {
-        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= upto) {
-            self.pop_front();
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((_, size)) = self.entries.pop_front() {
-            self.bytes -= size;
-        }
-    }
-
-    /// The entries in `[from, to)`, if `from` is one of those kept (the log holds nothing
-    /// after the last one, so `to` may reach past it); `None` means: read the log file.
-    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
-        let first = self.entries.front()?.0.log_id.index;
-        let last = self.entries.back()?.0.log_id.index;
-        if from < first || from > last || to <= from {
-            return None;
-        }
-        let end = to.min(last + 1);
-        Some(
-            self.entries
-                .range((from - first) as usize..(end - first) as usize)
-                .map(|(entry, _)| entry.clone())
-                .collect(),
-        )
-    }
+fn decode_entry(bytes: &[u8]) -> Result<Entry, convert::DecodeError> {
+    convert::decode(bytes, convert::entry_from_pb)
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+fn read_entry(bytes: &[u8]) -> io::Result<Entry> {
+    decode_entry(bytes).map_err(|e| corrupt("a raft log entry", e))
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    convert::decode(bytes, convert::entry_from_pb).map_err(read_err)
-}
-
-fn read_log_id(state: &sled::Tree, key: &[u8]) -> Result<Option<LogId>, StorageError> {
-    match state.get(key).map_err(read_err)? {
-        Some(v) => Ok(Some(decode_log_id(&v)?)),
+fn read_log_id(state: &sled::Tree, key: &[u8]) -> io::Result<Option<LogId>> {
+    match state.get(key).map_err(sled_err)? {
+        Some(v) => Ok(Some(decode_log_id(&v).map_err(|e| corrupt("a raft state record", e))?)),
         None => Ok(None),
     }
 }
 
-fn decode_log_id(bytes: &[u8]) -> Result<LogId, StorageError> {
-    convert::decode(bytes, convert::log_id_from_pb).map_err(read_err)
+fn decode_log_id(bytes: &[u8]) -> Result<LogId, convert::DecodeError> {
+    convert::decode(bytes, convert::log_id_from_pb)
 }
 
 fn decode_vote(bytes: &[u8]) -> Result<Vote, convert::DecodeError> {
@@ -188,7 +89,7 @@ pub enum LogStoreOpenError {
     #[error(transparent)]
     StateRead(sled::Error),
     #[error("raft state record is corrupt: {0}")]
-    CorruptMarker(StorageError),
+    CorruptMarker(convert::DecodeError),
     #[error("stored vote is corrupt: {0}")]
     CorruptVote(convert::DecodeError),
     #[error(transparent)]
@@ -196,14 +97,17 @@ pub enum LogStoreOpenError {
     #[error("cannot read the raft log: {0}")]
     LogRead(std::io::Error),
     #[error("raft log entry {index} is corrupt: {error}")]
-    CorruptEntry { index: u64, error: StorageError },
+    CorruptEntry { index: u64, error: convert::DecodeError },
     #[error("raft log entry stored at {index} says it is {claimed}")]
     MisplacedEntry { index: u64, claimed: u64 },
+    #[error("cannot start the raft log's writer thread: {0}")]
+    Writer(io::Error),
 }
 
 impl LogStore {
     /// Opens the log in `wal_dir` (recovering it after a crash) and the markers in `db`,
-    /// and checks that every stored record decodes. Errors are one line.
+    /// checks that every stored record decodes, and starts the log's writer thread.
+    /// Errors are one line.
     pub fn open(
         db: &sled::Db,
         sled_file: std::fs::File,
@@ -211,29 +115,34 @@ impl LogStore {
         segment_bytes: u64,
     ) -> Result<LogStore, LogStoreOpenError> {
         let state = db.open_tree("raft_state").map_err(LogStoreOpenError::StateTree)?;
-        let stored = |key| read_log_id(&state, key).map_err(LogStoreOpenError::CorruptMarker);
+        let stored = |key| match state.get(key).map_err(LogStoreOpenError::StateRead)? {
+            Some(v) => decode_log_id(&v).map(Some).map_err(LogStoreOpenError::CorruptMarker),
+            None => Ok(None),
+        };
         stored(COMMITTED_KEY)?;
         let purged = stored(LAST_PURGED_KEY)?;
-        if let Some(v) = state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
-            decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?;
-        }
+        let vote = match state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
+            Some(v) => Some(decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?),
+            None => None,
+        };
         let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
-        let store = LogStore {
+        let log = wal.reader();
+        verify(&log)?;
+        let committed = Arc::new(CommitMarker::default());
+        let raft_state = RaftState {
             db: db.clone(),
             sled_file: Arc::new(sled_file),
-            log: wal.reader(),
-            wal: Arc::new(std::sync::Mutex::new(wal)),
-            state,
-            commit_index: CommitIndex(Arc::new(AtomicU64::new(NO_INDEX))),
-            committed: Arc::new(std::sync::Mutex::new((None, None))),
-            recent: Arc::default(),
+            tree: state.clone(),
         };
-        store.verify()?;
-        Ok(store)
-    }
-
-    pub fn commit_index(&self) -> CommitIndex {
-        self.commit_index.clone()
+        let writer = WalWriter::start(wal, raft_state, committed.clone()).map_err(LogStoreOpenError::Writer)?;
+        Ok(LogStore {
+            writer,
+            log,
+            state,
+            vote: Arc::new(std::sync::Mutex::new(vote)),
+            committed,
+            recent: Arc::default(),
+        })
     }
 
     /// True when nothing was ever written: no vote and no log. Only such a
@@ -241,96 +150,78 @@ impl LogStore {
     pub fn is_pristine(&self) -> Result<bool, sled::Error> {
         Ok(self.state.get(VOTE_KEY)?.is_none()
             && self.log.bounds().is_none()
+            && self.recent().last_log_id().is_none()
             && self.state.get(LAST_PURGED_KEY)?.is_none())
-    }
-
-    /// Decodes every entry once, so that a corrupt log refuses to start the node with a
-    /// clear reason instead of failing inside openraft later.
-    fn verify(&self) -> Result<(), LogStoreOpenError> {
-        let Some((first, last)) = self.log.bounds() else {
-            return Ok(());
-        };
-        const CHUNK: u64 = 256;
-        for from in (first..=last).step_by(CHUNK as usize) {
-            let records = self
-                .log
-                .read(from, (from + CHUNK).min(last + 1))
-                .map_err(LogStoreOpenError::LogRead)?;
-            for (index, bytes) in records {
-                let entry = decode_entry(&bytes).map_err(|error| LogStoreOpenError::CorruptEntry { index, error })?;
-                if entry.log_id.index != index {
-                    return Err(LogStoreOpenError::MisplacedEntry {
-                        index,
-                        claimed: entry.log_id.index,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the commit index openraft last saved, if it moved since the last write.
-    fn store_commit_marker(&self) -> Result<(), StorageError> {
-        let mut committed = self.committed.lock().expect("commit marker lock");
-        let (latest, stored) = *committed;
-        if latest == stored {
-            return Ok(());
-        }
-        if let Some(id) = &latest {
-            self.state
-                .insert(COMMITTED_KEY, convert::log_id_to_pb(id).encode_to_vec())
-                .map_err(write_err)?;
-        }
-        committed.1 = latest;
-        Ok(())
-    }
-
-    /// Makes everything written to sled so far durable: sled's flush writes its
-    /// buffers, fdatasync makes them survive a power loss.
-    async fn flush_sled(&self) -> Result<(), sled::Error> {
-        let db = self.db.clone();
-        let file = self.sled_file.clone();
-        tokio::task::spawn_blocking(move || {
-            db.flush()?;
-            file.sync_data()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the log writer, on a blocking thread. A panic there (a broken invariant
-    /// of the log) goes on in the caller, not disguised as an I/O error.
-    async fn with_wal<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Wal) -> std::io::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        let wal = self.wal.clone();
-        match tokio::task::spawn_blocking(move || f(&mut wal.lock().expect("raft log writer lock"))).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(std::io::Error::other(e)),
+    /// The entries in `[from, to)` that the log holds: from the tail where it has them, the
+    /// older ones (all durable) from the log's files.
+    fn entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+        if from >= to {
+            return Ok(Vec::new());
         }
+        let (tail, end) = {
+            let recent = self.recent();
+            if let Some(entries) = recent.get(from, to) {
+                return Ok(entries);
+            }
+            match recent.first_index() {
+                // The range starts before the tail: the files have what comes before it.
+                Some(first) if from < first => (recent.get(first, to).unwrap_or_default(), first.min(to)),
+                _ => (Vec::new(), to),
+            }
+        };
+        let records = self.log.read(from, end)?;
+        let mut entries: Vec<Entry> = records
+            .iter()
+            .map(|(_, bytes)| read_entry(bytes))
+            .collect::<io::Result<_>>()?;
+        // The files' part ends right before the tail (or is empty: purged), unless a
+        // truncation ran meanwhile: then only the part without a gap is the answer.
+        let follows = match (entries.last(), tail.first()) {
+            (Some(last), Some(next)) => last.log_id.index + 1 == next.log_id.index,
+            _ => true,
+        };
+        if follows {
+            entries.extend(tail);
+        }
+        Ok(entries)
     }
+}
 
-    fn entries(&self, from: u64, to: u64) -> Result<Vec<Entry>, StorageError> {
-        if let Some(entries) = self.recent().get(from, to) {
-            return Ok(entries);
+/// Decodes every entry once, so that a corrupt log refuses to start the node with a
+/// clear reason instead of failing inside openraft later.
+fn verify(log: &WalReader) -> Result<(), LogStoreOpenError> {
+    let Some((first, last)) = log.bounds() else {
+        return Ok(());
+    };
+    const CHUNK: u64 = 256;
+    for from in (first..=last).step_by(CHUNK as usize) {
+        let records = log
+            .read(from, (from + CHUNK).min(last + 1))
+            .map_err(LogStoreOpenError::LogRead)?;
+        for (index, bytes) in records {
+            let entry = decode_entry(&bytes).map_err(|error| LogStoreOpenError::CorruptEntry { index, error })?;
+            if entry.log_id.index != index {
+                return Err(LogStoreOpenError::MisplacedEntry {
+                    index,
+                    claimed: entry.log_id.index,
+                });
+            }
         }
-        let records = self.log.read(from, to).map_err(read_err)?;
-        records.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
     }
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> io::Result<Vec<Entry>> {
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -343,19 +234,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         self.entries(from, to)
     }
+
+    /// From memory: every replication read asks for it (openraft checks, before and after
+    /// reading entries for a follower, that the leadership they belong to still holds).
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        Ok(*self.vote.lock().expect("vote lock"))
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id = read_log_id(&self.state, LAST_PURGED_KEY)?;
-        let last = match self.log.bounds() {
-            Some((_, last)) => match self.entries(last, last + 1)?.pop() {
+        let tail_last = self.recent().last_log_id();
+        let last = match (tail_last, self.log.bounds()) {
+            (Some(last), _) => Some(last),
+            (None, Some((_, last))) => match self.entries(last, last + 1)?.pop() {
                 Some(entry) => Some(entry.log_id),
-                None => return Err(read_err(std::io::Error::other("the last raft log entry vanished"))),
+                None => return Err(io::Error::other("the last raft log entry vanished")),
             },
-            None => last_purged_log_id,
+            (None, None) => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,
@@ -367,178 +266,222 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let bytes = convert::vote_to_pb(vote).encode_to_vec();
-        let io_err = |e: sled::Error| -> StorageError { StorageIOError::write_vote(AnyError::new(&e)).into() };
-        self.state.insert(VOTE_KEY, bytes).map_err(io_err)?;
-        self.flush_sled().await.map_err(io_err)?;
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.writer.save_vote(convert::vote_to_pb(vote).encode_to_vec()).await?;
+        *self.vote.lock().expect("vote lock") = Some(*vote);
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let io_err =
-            |e: &dyn std::error::Error| -> StorageError { StorageIOError::read_vote(AnyError::error(e)).into() };
-        match self.state.get(VOTE_KEY).map_err(|e| io_err(&e))? {
-            Some(v) => Ok(Some(decode_vote(&v).map_err(|e| io_err(&e))?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only remembered here; `append` writes it to sled (unflushed: sled writes it out
-        // in the background) with the next entries. A stored commit index that lags is
-        // safe: a restarted node re-learns the rest from the leader.
-        self.commit_index.set(&committed);
-        self.committed.lock().expect("commit marker lock").0 = committed;
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Only remembered here; the writer stores it in sled after a later sync of the log
+        // (see `CommitMarker`).
+        self.committed.saved(committed);
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
         let committed = read_log_id(&self.state, COMMITTED_KEY)?;
-        *self.committed.lock().expect("commit marker lock") = (committed, committed);
-        self.commit_index.set(&committed);
+        self.committed.loaded(committed);
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    /// Returns once the entries are in the tail (readable); the writer thread makes them
+    /// durable and then calls `callback`.
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let records: Vec<(u64, Vec<u8>)> = entries
+        // Entries at or below the purge point are covered by a snapshot: the log skips them.
+        let kept_from = self.log.first_unpurged();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| kept_from.is_none_or(|first| e.log_id.index >= first))
+            .collect();
+        let records: Records = entries
             .iter()
             .map(|e| (e.log_id.index, convert::entry_to_pb(e).encode_to_vec()))
             .collect();
-        self.store_commit_marker()?;
-        // Should the entries start inside the log, the log replaces the ones they overlap:
-        // forget those first, like a truncation.
-        if let Some(first) = entries.first() {
-            self.recent().truncated(first.log_id.index);
-        }
-        // One write and one fdatasync for all the entries; openraft is told only after it.
-        let written = self
-            .with_wal(move |wal| {
-                let written_from = wal.append(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
-                Ok((written_from, records))
-            })
-            .await;
-        if let Ok((Some(written_from), records)) = &written {
-            // The log skips entries at or below its purge point; so does the copy.
-            let sizes = records.iter().map(|(_, bytes)| bytes.len());
-            let kept = entries
-                .into_iter()
-                .zip(sizes)
-                .filter(|(e, _)| e.log_id.index >= *written_from);
-            self.recent().appended(kept);
-        }
-        let result = written
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
-        callback.log_io_completed(result);
-        written.map_err(write_err)?;
-        Ok(())
+        let sizes: Vec<usize> = records.iter().map(|(_, bytes)| bytes.len()).collect();
+        let append = {
+            let mut recent = self.recent();
+            if let Some(first) = entries.first() {
+                let next = match recent.last_log_id() {
+                    Some(last) => Some(last.index + 1),
+                    None => self.log.next_index(),
+                };
+                if let Some(next) = next {
+                    assert!(
+                        first.log_id.index <= next,
+                        "raft log append of entry {} where {next} was expected: a hole in the log",
+                        first.log_id.index
+                    );
+                }
+                // Should the entries start inside the log, the log replaces the ones they
+                // overlap: forget those first, like a truncation.
+                recent.truncated(first.log_id.index);
+            }
+            recent.appended(entries.into_iter().zip(sizes))
+        };
+        let recent = self.recent.clone();
+        let flushed = Flushed {
+            callback,
+            on_durable: Box::new(move || recent.lock().unwrap_or_else(|p| p.into_inner()).durable(append)),
+        };
+        self.writer.append(records, flushed)
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Remove [log_id.index, ..): entries that conflict with the leader's log.
-        self.recent().truncated(log_id.index);
-        self.with_wal(move |wal| wal.truncate(log_id.index))
-            .await
-            .map_err(write_err)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        // Keep [.., last_log_id]; remove the entries after it, which conflict with the leader's log.
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.recent().truncated(from);
+        self.writer.truncate(from).await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The state machine lives in sled, which is flushed only now and then: one flush
-        // makes its applied state (which covers these entries) durable together with the
-        // new purge marker, before any entry disappears, so a restart never needs a
-        // purged entry and knows where the log starts.
-        self.state
-            .insert(LAST_PURGED_KEY, convert::log_id_to_pb(&log_id).encode_to_vec())
-            .map_err(write_err)?;
-        self.flush_sled().await.map_err(write_err)?;
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.recent().purged(log_id.index);
-        self.with_wal(move |wal| wal.purge(log_id.index))
-            .await
-            .map_err(write_err)
+        self.writer.purge(log_id).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::store::data_dir;
+    use crate::store::testing::blank_entry as entry;
+    use openraft::type_config::TypeConfigExt;
 
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Blank,
+    fn open(dir: &std::path::Path) -> LogStore {
+        match data_dir::open_when_released(dir, 1, "1=127.0.0.1:1") {
+            Ok(d) => d.log_store,
+            Err(e) => panic!("{e}"),
         }
     }
 
-    fn kept(from: u64, to: u64, term: u64) -> RecentEntries {
-        let mut recent = RecentEntries::default();
-        recent.appended((from..to).map(|i| (entry(term, i), 10)));
-        recent
+    /// A callback for an append, and where its outcome arrives.
+    fn callback() -> (IOFlushed<TypeConfig>, tokio::sync::oneshot::Receiver<io::Result<()>>) {
+        let (tx, rx) = TypeConfig::oneshot();
+        (IOFlushed::signal(tx), rx)
     }
 
-    fn ids(entries: Option<Vec<Entry>>) -> Option<Vec<(u64, u64)>> {
-        entries.map(|es| es.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect())
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
     }
 
-    #[test]
-    fn serves_ranges_that_start_among_the_newest_entries_and_nothing_else() {
-        let recent = kept(5, 10, 1);
-        assert_eq!(ids(recent.get(5, 7)), Some(vec![(1, 5), (1, 6)]));
-        // The log ends at 9: a range reaching past it ends there too.
-        assert_eq!(ids(recent.get(8, u64::MAX)), Some(vec![(1, 8), (1, 9)]));
-        // Older entries, entries not written yet and empty ranges are the log file's to answer.
-        assert_eq!(ids(recent.get(4, 7)), None);
-        assert_eq!(ids(recent.get(10, 11)), None);
-        assert_eq!(ids(recent.get(6, 6)), None);
-        assert_eq!(ids(RecentEntries::default().get(0, 1)), None);
+    #[tokio::test]
+    async fn an_entry_appended_and_not_yet_durable_is_readable_and_its_callback_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let held = store.writer.hold();
+        let (flushed, mut outcome) = callback();
+        store.append((0..3).map(|i| entry(1, i)), flushed).await.unwrap();
+        assert_eq!(indexes(&store.try_get_log_entries(0..10).await.unwrap()), vec![0, 1, 2]);
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_log_id.map(|id| id.index),
+            Some(2)
+        );
+        assert!(store.log.bounds().is_none(), "the log's files do not have them yet");
+        assert!(outcome.try_recv().is_err(), "not durable, not reported");
+        drop(held);
+        outcome.await.unwrap().unwrap();
+        assert_eq!(store.log.bounds(), Some((0, 2)));
     }
 
-    #[test]
-    fn a_truncation_and_the_appends_after_it_replace_the_conflicting_entries() {
-        let mut recent = kept(5, 10, 1);
-        recent.truncated(7);
-        assert_eq!(ids(recent.get(5, 100)), Some(vec![(1, 5), (1, 6)]));
-        recent.appended([(entry(2, 7), 10)]);
-        assert_eq!(ids(recent.get(6, 100)), Some(vec![(1, 6), (2, 7)]));
-        recent.truncated(0);
-        assert_eq!(ids(recent.get(5, 100)), None);
+    #[tokio::test]
+    async fn a_truncation_after_an_append_waits_until_the_append_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let held = store.writer.hold();
+        let (flushed, mut outcome) = callback();
+        store.append((0..5).map(|i| entry(1, i)), flushed).await.unwrap();
+        let truncate = {
+            let mut store = store.clone();
+            tokio::spawn(async move { store.truncate_after(Some(entry(1, 1).log_id)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!truncate.is_finished(), "the truncation waits behind the append");
+        // The log as openraft sees it changes at once.
+        assert_eq!(indexes(&store.try_get_log_entries(0..10).await.unwrap()), vec![0, 1]);
+        drop(held);
+        truncate.await.unwrap().unwrap();
+        assert!(
+            matches!(outcome.try_recv(), Ok(Ok(()))),
+            "the append was durable and reported before the truncation returned"
+        );
+        assert_eq!(store.log.bounds(), Some((0, 1)));
+        // Entries appended again after the truncation are the log's, durable once reported.
+        let (flushed, outcome) = callback();
+        store.append((2..4).map(|i| entry(2, i)), flushed).await.unwrap();
+        outcome.await.unwrap().unwrap();
+        let terms: Vec<u64> = store
+            .try_get_log_entries(0..10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(terms, vec![1, 1, 2, 2]);
+        drop(store);
+        let mut reopened = open(dir.path());
+        assert_eq!(
+            indexes(&reopened.try_get_log_entries(0..10).await.unwrap()),
+            vec![0, 1, 2, 3]
+        );
     }
 
-    #[test]
-    fn a_purge_forgets_the_purged_entries() {
-        let mut recent = kept(5, 10, 1);
-        recent.purged(6);
-        assert_eq!(ids(recent.get(6, 8)), None);
-        assert_eq!(ids(recent.get(7, 8)), Some(vec![(1, 7)]));
-        recent.purged(9);
-        assert_eq!(recent.bytes, 0);
-        assert_eq!(ids(recent.get(9, 10)), None);
+    #[tokio::test]
+    async fn a_vote_saved_after_an_append_is_durable_after_it_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let held = store.writer.hold();
+        let (flushed, mut outcome) = callback();
+        store.append([entry(1, 0)], flushed).await.unwrap();
+        let vote = Vote::new(3, 2);
+        let save = {
+            let mut store = store.clone();
+            tokio::spawn(async move { store.save_vote(&vote).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!save.is_finished(), "the vote waits behind the append");
+        drop(held);
+        save.await.unwrap().unwrap();
+        assert!(matches!(outcome.try_recv(), Ok(Ok(()))));
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        drop(store);
+        assert_eq!(open(dir.path()).read_vote().await.unwrap(), Some(vote));
     }
 
-    #[test]
-    fn keeps_a_bounded_number_of_the_newest_entries() {
-        let recent = kept(0, RECENT_ENTRIES as u64 + 10, 1);
-        assert_eq!(recent.entries.len(), RECENT_ENTRIES);
-        assert_eq!(ids(recent.get(9, 10)), None);
-        assert_eq!(ids(recent.get(10, 11)), Some(vec![(1, 10)]));
-
-        let mut big = RecentEntries::default();
-        big.appended((0..3).map(|i| (entry(1, i), RECENT_ENTRIES_BYTES / 2)));
-        assert_eq!(ids(big.get(0, 3)), None);
-        assert_eq!(ids(big.get(1, 3)), Some(vec![(1, 1), (1, 2)]));
+    #[tokio::test]
+    async fn entries_read_across_the_files_and_the_tail_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let n = crate::store::recent_entries::RECENT_ENTRIES as u64 * 2;
+        for i in 0..n {
+            let (flushed, outcome) = callback();
+            store.append([entry(1, i)], flushed).await.unwrap();
+            outcome.await.unwrap().unwrap();
+        }
+        let held = store.writer.hold();
+        let (flushed, _outcome) = callback();
+        store.append((n..n + 3).map(|i| entry(1, i)), flushed).await.unwrap();
+        // The oldest come from the files, the newest (not durable yet) from the tail.
+        assert_eq!(
+            indexes(&store.try_get_log_entries(0..n + 10).await.unwrap()),
+            (0..n + 3).collect::<Vec<_>>()
+        );
+        assert_eq!(indexes(&store.try_get_log_entries(5..8).await.unwrap()), vec![5, 6, 7]);
+        drop(held);
     }
 
-    #[test]
-    #[should_panic(expected = "raft log entry 20 appended after entry 9")]
-    fn an_append_that_does_not_follow_the_newest_entry_is_a_bug() {
-        let mut recent = kept(5, 10, 1);
-        recent.appended([(entry(1, 20), 10)]);
+    #[tokio::test]
+    #[should_panic(expected = "raft log append of entry 9 where 3 was expected")]
+    async fn an_append_that_leaves_a_hole_is_a_bug() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let (flushed, outcome) = callback();
+        store.append((0..3).map(|i| entry(1, i)), flushed).await.unwrap();
+        outcome.await.unwrap().unwrap();
+        let (flushed, _) = callback();
+        store.append([entry(1, 9)], flushed).await.unwrap();
     }
 }

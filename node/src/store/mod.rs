@@ -8,13 +8,38 @@
 pub mod data_dir;
 mod keys;
 pub mod log_store;
+mod recent_entries;
 mod redo;
 pub mod sessions;
 mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
+mod wal_writer;
 
-pub use log_store::{CommitIndex, LogStore};
+pub use log_store::LogStore;
 pub use redo::RedoError;
 pub use snapshot_file::SnapshotFileError;
 pub use state_machine::{KvReader, StateMachine};
+
+/// A sled failure as the I/O error openraft's storage traits return (openraft stops the
+/// node on any of them).
+pub(crate) fn sled_err(e: sled::Error) -> std::io::Error {
+    match e {
+        sled::Error::Io(e) => e,
+        other => std::io::Error::other(other),
+    }
+}
+
+/// For the store's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::types::{Entry, EntryPayload, LeaderId, LogId};
+
+    /// A blank entry at `index`, proposed by node 1 in `term`.
+    pub(crate) fn blank_entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId { term, node_id: 1 }, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+}

@@ -13,13 +13,14 @@
 //! stored in the tree; a scan page never shows part of an apply (the apply lock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Cursor;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::OptionalSend;
 use prost::Message;
 use raftkv::raft_pb as pb;
 
@@ -30,10 +31,11 @@ use crate::store::keys::{
 };
 use crate::store::redo::{self, RedoError, Writes};
 use crate::store::sessions::{Seen, Sessions};
+use crate::store::sled_err;
 use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
 use crate::types::{
-    Command, CommandResult, Entry, LogId, Op, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-    WriteGroupResults,
+    Command, CommandResult, Entry, EntryPayload, LogId, Op, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
+    TypeConfig, WriteGroupResults,
 };
 
 /// Writes result record `record` of `client_id` as `sessions` has it now, or removes it
@@ -74,20 +76,8 @@ fn write_session(writes: &mut Writes, session: &pb::ClientSession) {
     writes.insert(session_key(session.client_id), meta.encode_to_vec());
 }
 
-fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_state_machine(AnyError::new(&e)).into()
-}
-
-fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
-}
-
-fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
-}
-
-fn join_err(e: tokio::task::JoinError) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::error(format!("storage task failed: {e}"))).into()
+fn join_err(e: tokio::task::JoinError) -> io::Error {
+    io::Error::other(format!("storage task failed: {e}"))
 }
 
 /// Read access to the state machine's data for the KV service. Reads see
@@ -166,7 +156,7 @@ pub enum StateMachineOpenError {
     #[error(transparent)]
     SnapshotFile(#[from] SnapshotFileError),
     #[error("cannot install the snapshot: {0}")]
-    Install(StorageError),
+    Install(io::Error),
 }
 
 /// openraft's state machine on sled.
@@ -246,11 +236,11 @@ impl StateMachine {
 
     /// Replaces all data with the snapshot's, and sets applied and membership,
     /// in one atomic sled batch.
-    fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> Result<(), StorageError> {
+    fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
         let mut writes = Writes::default();
         for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
             for kv in self.tree.scan_prefix([prefix]) {
-                let (k, _) = kv.map_err(sm_read_err)?;
+                let (k, _) = kv.map_err(sled_err)?;
                 writes.remove(k.to_vec());
             }
         }
@@ -258,7 +248,10 @@ impl StateMachine {
         writes.remove(REDO_KEY);
         let mut sessions = Sessions::default();
         for record in SnapshotRecords::new(body) {
-            match record.map_err(sm_read_err)?.record {
+            match record
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                .record
+            {
                 Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
                 Some(pb::snapshot_record::Record::Session(session)) => {
                     write_session(&mut writes, &session);
@@ -270,7 +263,7 @@ impl StateMachine {
         set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
         let atomic = writes.into_sled_batch();
         let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree.apply_batch(atomic).map_err(sm_write_err)?;
+        self.tree.apply_batch(atomic).map_err(sled_err)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.sessions = sessions;
@@ -285,17 +278,13 @@ impl StateMachine {
         redo::commit(&self.tree, writes)
     }
 
-    fn current_value(
-        &self,
-        key: &Bytes,
-        written: &HashMap<Bytes, Option<Bytes>>,
-    ) -> Result<Option<Bytes>, StorageError> {
+    fn current_value(&self, key: &Bytes, written: &HashMap<Bytes, Option<Bytes>>) -> io::Result<Option<Bytes>> {
         match written.get(key) {
             Some(v) => Ok(v.clone()),
             None => Ok(self
                 .tree
                 .get(data_key(key))
-                .map_err(sm_read_err)?
+                .map_err(sled_err)?
                 .map(|v| Bytes::copy_from_slice(&v))),
         }
     }
@@ -306,7 +295,7 @@ impl StateMachine {
         op: Op,
         writes: &mut Writes,
         written: &mut HashMap<Bytes, Option<Bytes>>,
-    ) -> Result<CommandResult, StorageError> {
+    ) -> io::Result<CommandResult> {
         Ok(match op {
             Op::Put { key, value } => {
                 writes.insert(data_key(&key), value.clone());
@@ -371,43 +360,32 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let snapshot_id = match &self.applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, std::process::id()),
-            None => format!("empty-{}", std::process::id()),
-        };
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let meta = SnapshotMeta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
-            snapshot_id,
         };
         let body = std::mem::take(&mut self.body);
         let path = snapshot_file::path_in(&self.dir);
-        let (meta2, body) =
+        let (meta, body) =
             tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &body).map(|_| (meta, body)))
                 .await
-                .map_err(join_err)?
-                .map_err(snap_err)?;
-        tracing::info!(parent: &self.span, last_log_id = ?meta2.last_log_id, bytes = body.len(), "snapshot built");
+                .map_err(join_err)??;
+        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot built");
         Ok(Snapshot {
-            meta: meta2,
-            snapshot: Box::new(Cursor::new(body)),
+            meta,
+            snapshot: SnapshotData::new(body),
         })
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.applied, self.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<WriteGroupResults>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
+impl StateMachine {
+    /// Applies committed entries as one unit (one redo record, see `redo.rs`) and returns
+    /// each entry's results, in order. Nothing is answered here: the caller answers the
+    /// clients once this returns, when every write is in the tree.
+    pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Vec<WriteGroupResults>> {
         let mut writes = Writes::default();
         // Values this call has written so far (None: deleted), so later
         // commands see earlier ones before their writes reach the tree.
@@ -476,12 +454,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         set_markers(&mut writes, &applied, membership.as_ref());
-        self.commit(writes).map_err(sm_write_err)?;
+        self.commit(writes).map_err(sled_err)?;
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
         }
         Ok(results)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    /// Takes every entry of the stream (openraft hands over a finite batch of committed
+    /// entries, all readable at once), applies them as one unit, and only then answers the
+    /// clients waiting on them: a response never leaves before its write is in the tree.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        let results = self.apply_entries(batch)?;
+        for (result, responder) in results.into_iter().zip(responders) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -503,33 +513,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
         let body = snapshot.into_inner();
         if let Err(e) = snapshot_file::check_body(&body) {
-            return Err(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)).into());
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("received snapshot up to {:?} is corrupt: {e}", meta.last_log_id),
+            ));
         }
         // File first: if we crash before the tree is updated, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
         let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
             .await
-            .map_err(join_err)?
-            .map_err(snap_err)?;
+            .map_err(join_err)??;
         self.install_into_tree(meta, &body)?;
-        self.db.flush_async().await.map_err(sm_write_err)?;
+        self.db.flush_async().await.map_err(sled_err)?;
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let path = self.snapshot_path();
         let found = tokio::task::spawn_blocking(move || snapshot_file::read(&path))
             .await
@@ -537,10 +541,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match found {
             Ok(Some((meta, body))) => Ok(Some(Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(body)),
+                snapshot: SnapshotData::new(body),
             })),
             Ok(None) => Ok(None),
-            Err(e) => Err(StorageIOError::read_snapshot(None, AnyError::error(e)).into()),
+            Err(e) => Err(io::Error::other(e)),
         }
     }
 }
@@ -550,12 +554,11 @@ mod tests {
     use super::*;
     use crate::store::data_dir;
     use crate::store::keys::RESULTS_PER_RECORD;
-    use crate::types::{WriteGroup, WriteId};
-    use openraft::CommittedLeaderId;
+    use crate::types::{LeaderId, WriteGroup, WriteId};
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
             payload: EntryPayload::Normal(WriteGroup {
                 proposed_at_ms: 1000 + index,
                 commands,
@@ -601,9 +604,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply([entry(1, vec![put("a", "1")])]).await.unwrap();
+        sm.apply_entries([entry(1, vec![put("a", "1")])]).unwrap();
         let before = sm.tree.get(APPLIED_KEY).unwrap().unwrap();
-        sm.apply([entry(2, vec![put("a", "2"), put("b", "2")])]).await.unwrap();
+        sm.apply_entries([entry(2, vec![put("a", "2"), put("b", "2")])])
+            .unwrap();
         // A crash right after entry 2's redo record reached sled, before any of its writes.
         sm.tree.insert(data_key(b"a"), "1").unwrap();
         sm.tree.remove(data_key(b"b")).unwrap();
@@ -622,7 +626,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply([entry(1, vec![put("a", "0"), put("b", "0")])]).await.unwrap();
+        sm.apply_entries([entry(1, vec![put("a", "0"), put("b", "0")])])
+            .unwrap();
         let reader = sm.reader();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scanner = {
@@ -642,7 +647,7 @@ mod tests {
         // reads a before an apply and b after it shows two different values.
         for i in 2..3000u64 {
             let v = i.to_string();
-            sm.apply([entry(i, vec![put("a", &v), put("b", &v)])]).await.unwrap();
+            sm.apply_entries([entry(i, vec![put("a", &v), put("b", &v)])]).unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(scanner.join().unwrap() > 0);
@@ -653,7 +658,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let r = sm
-            .apply([entry(
+            .apply_entries([entry(
                 1,
                 vec![
                     cmd(
@@ -689,7 +694,6 @@ mod tests {
                     ),
                 ],
             )])
-            .await
             .unwrap();
         assert_eq!(
             r[0].results,
@@ -723,8 +727,7 @@ mod tests {
             let mut sm = open(dir.path());
             let append = |v: &str| create_k(v, 1);
             let r = sm
-                .apply([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
-                .await
+                .apply_entries([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
                 .unwrap();
             assert_eq!(
                 r[1].results[0],
@@ -737,7 +740,7 @@ mod tests {
         }
         let mut sm = open(dir.path());
         let r = sm
-            .apply([entry(
+            .apply_entries([entry(
                 3,
                 vec![cmd(
                     Op::Put {
@@ -747,7 +750,6 @@ mod tests {
                     Some(1),
                 )],
             )])
-            .await
             .unwrap();
         assert_eq!(
             r[0].results[0],
@@ -790,8 +792,8 @@ mod tests {
                     Some(seq),
                 )
             };
-            sm.apply([entry(1, (1..=10).map(put).collect())]).await.unwrap();
-            sm.apply([entry(2, (11..=last).map(put).collect())]).await.unwrap();
+            sm.apply_entries([entry(1, (1..=10).map(put).collect())]).unwrap();
+            sm.apply_entries([entry(2, (11..=last).map(put).collect())]).unwrap();
             assert_eq!(stored_results(&sm, 42), (6..=last).collect::<Vec<u64>>());
             let meta = stored_meta(&sm, 42);
             assert!(meta.results.is_empty(), "the session record holds no results");
@@ -807,7 +809,7 @@ mod tests {
                 Some(seq),
             )
         };
-        let r = sm.apply([entry(3, vec![retry(last), retry(3)])]).await.unwrap();
+        let r = sm.apply_entries([entry(3, vec![retry(last), retry(3)])]).unwrap();
         assert_eq!(r[0].results, vec![CommandResult::Put, CommandResult::Forgotten]);
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b(&last.to_string())));
         let records = sm.tree.scan_prefix([RESULT_PREFIX]).count() as u64;
@@ -830,7 +832,7 @@ mod tests {
         if let EntryPayload::Normal(group) = &mut later.payload {
             group.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
         }
-        sm.apply([later]).await.unwrap();
+        sm.apply_entries([later]).unwrap();
         assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
         assert!(sm.tree.get(session_key(42)).unwrap().is_none());
     }
@@ -839,7 +841,7 @@ mod tests {
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
         let src_dir = tempfile::tempdir().unwrap();
         let mut src = open(src_dir.path());
-        src.apply([entry(
+        src.apply_entries([entry(
             1,
             vec![
                 cmd(
@@ -858,13 +860,12 @@ mod tests {
                 ),
             ],
         )])
-        .await
         .unwrap();
         let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
         let dst_dir = tempfile::tempdir().unwrap();
         let mut dst = open(dst_dir.path());
-        dst.apply([entry(
+        dst.apply_entries([entry(
             1,
             vec![cmd(
                 Op::Put {
@@ -874,7 +875,6 @@ mod tests {
                 None,
             )],
         )])
-        .await
         .unwrap();
         dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
         assert_eq!(
@@ -882,7 +882,7 @@ mod tests {
             vec![(b("x"), b("1")), (b("y"), b("2"))]
         );
         let r = dst
-            .apply([entry(
+            .apply_entries([entry(
                 2,
                 vec![cmd(
                     Op::Put {
@@ -892,7 +892,6 @@ mod tests {
                     Some(7),
                 )],
             )])
-            .await
             .unwrap();
         assert_eq!(r[0].results[0], CommandResult::Put);
         assert_eq!(
@@ -919,7 +918,7 @@ mod tests {
                 )
             })
             .collect();
-        sm.apply([entry(1, puts)]).await.unwrap();
+        sm.apply_entries([entry(1, puts)]).unwrap();
         let r = sm.reader();
         let (page, more) = r.scan(b"a/", b"", 2, usize::MAX).unwrap();
         assert_eq!(

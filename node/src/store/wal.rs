@@ -1,6 +1,8 @@
 //! The Raft log's files: a write-ahead log of checksummed records with
 //! consecutive indexes, in segment files that are filled with zeros before
-//! they are used. One append is one `pwrite` plus one `fdatasync`.
+//! they are used. An append is one `pwrite` ([`Wal::write`]); one `fdatasync`
+//! ([`Wal::sync`]) makes every record written before it durable, so the appends
+//! queued meanwhile share it (see `wal_writer.rs`).
 //!
 //! Why not sled for the log: sled's flush hands its buffer to its own thread
 //! pool and only `sync_file_range`s it, so a durable append through sled cost
@@ -24,7 +26,9 @@
 //! Recovery reads every segment. A bad record (short, or a wrong checksum) in
 //! the last segment is taken as a write torn by a crash: an append
 //! is acknowledged only after its fdatasync, so the records of a torn append
-//! were never acknowledged. They are zeroed, with a warning. A bad record in
+//! were never acknowledged. They are zeroed, with a warning, and so is anything
+//! after the last segment's records (a later write that reached the disk when an
+//! earlier one did not). A bad record in
 //! any earlier segment, or a well-formed one out of order anywhere, is
 //! corruption, and the log refuses to open.
 //!
@@ -115,6 +119,14 @@ pub struct Wal {
     /// The next segment, being zeroed in the background.
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     buf: Vec<u8>,
+    /// Records written to the active segment and not yet synced, and the index of the
+    /// first of them; readers do not see them.
+    unsynced: Vec<Loc>,
+    unsynced_first: u64,
+    #[cfg(test)]
+    fail_next_sync: bool,
+    #[cfg(test)]
+    syncs: Arc<std::sync::atomic::AtomicUsize>,
     /// The span current at open (the node's), for what it logs: appends run on
     /// blocking threads, which carry none.
     span: tracing::Span,
@@ -260,6 +272,11 @@ impl Wal {
                     offset: at,
                 });
             }
+            // Records are written before the fdatasync that acknowledges them, and a crash
+            // may have kept a later one of them but lost an earlier: bytes after the end of
+            // the last segment's records were never acknowledged either. Left there, a later
+            // record could reappear behind newer ones.
+            let torn = torn || (last && data[at..].iter().any(|b| *b != 0));
             let file = open_rw(&path).map_err(|e| io_err(&format!("cannot open {name}"), e))?;
             if torn {
                 tracing::warn!(
@@ -291,6 +308,12 @@ impl Wal {
             offset,
             spare: None,
             buf: Vec::new(),
+            unsynced: Vec::new(),
+            unsynced_first: 0,
+            #[cfg(test)]
+            fail_next_sync: false,
+            #[cfg(test)]
+            syncs: Arc::default(),
             span: tracing::Span::current(),
         })
     }
@@ -309,21 +332,27 @@ impl Wal {
         self.index.write().expect("raft log index lock")
     }
 
-    /// Appends records with consecutive indexes and makes them durable; readers see
-    /// them only after that. They become the log's suffix: openraft truncates a
-    /// conflicting suffix itself first, but should records start inside the log,
-    /// the ones they overlap (and all after) are replaced, and records at or below
-    /// the purge point (already covered by a snapshot) are skipped. Returns the index of
-    /// the first record written, if any.
+    /// Appends records with consecutive indexes and makes them durable: [`Wal::write`]
+    /// then [`Wal::sync`]. Returns the index of the first record written, if any.
+    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<Option<u64>> {
+        let written = self.write(records)?;
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// Writes records with consecutive indexes after the log's last one, without making
+    /// them durable: that is [`Wal::sync`]'s job, and readers see them only after it. They
+    /// become the log's suffix: openraft truncates a conflicting suffix itself first, but
+    /// should records start inside the log, the ones they overlap (and all after) are
+    /// replaced, and records at or below the purge point (already covered by a snapshot)
+    /// are skipped. Returns the index of the first record written, if any.
     ///
     /// Panics, before writing anything, when the records are not consecutive or leave a
     /// gap after the log's last record: the log would have a hole, which is a bug in
     /// the caller (openraft appends only what follows its last entry), not a disk error.
-    pub fn append<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<Option<u64>> {
-        let (purged_below, next) = {
-            let index = self.read_index();
-            (index.anchored.then_some(index.first), index.next())
-        };
+    pub fn write<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<Option<u64>> {
+        let purged_below = self.reader().first_unpurged();
+        let next = self.next_index();
         let records: Vec<(u64, &[u8])> = records
             .into_iter()
             .skip_while(|(i, _)| purged_below.is_some_and(|first| *i < first))
@@ -349,7 +378,6 @@ impl Wal {
                 self.truncate(start)?;
             }
         }
-        let first = self.read_index().next();
         self.buf.clear();
         let mut lens = Vec::with_capacity(records.len());
         for (index, payload) in records {
@@ -357,26 +385,26 @@ impl Wal {
             lens.push(payload.len() as u32);
         }
         if self.offset > 0 && self.offset + self.buf.len() as u64 > self.segment_bytes {
+            // What is written and not yet synced lies in the active segment: sync it before
+            // moving on, so that one sync (of the active segment) always covers the unsynced.
+            self.sync()?;
             self.start_next_segment()?;
         }
         let file = self.read_index().files[&self.active].clone();
         file.write_all_at(&self.buf, self.offset)?;
-        file.sync_data()?;
 
-        let mut index = self.write_index();
-        if first.is_none() {
-            index.first = start;
+        if self.unsynced.is_empty() {
+            self.unsynced_first = start;
         }
         let mut at = self.offset;
         for len in lens {
-            index.locs.push_back(Loc {
+            self.unsynced.push(Loc {
                 seq: self.active,
                 offset: at,
                 len,
             });
             at += HEADER as u64 + len as u64;
         }
-        drop(index);
         self.offset = at;
         if self.buf.capacity() > KEPT_BUFFER_BYTES {
             // A follower's catch-up append can be tens of MiB; do not hold on to that.
@@ -387,6 +415,51 @@ impl Wal {
             self.spare = Some(std::thread::spawn(move || create_zeroed(&path, bytes)));
         }
         Ok(Some(start))
+    }
+
+    /// Makes every record written so far durable with one fdatasync of the active segment,
+    /// then shows them to readers.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        let file = self.read_index().files[&self.active].clone();
+        file.sync_data()?;
+        #[cfg(test)]
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let synced = std::mem::take(&mut self.unsynced);
+        let mut index = self.write_index();
+        if index.next().is_none() {
+            index.first = self.unsynced_first;
+        }
+        index.locs.extend(synced);
+        Ok(())
+    }
+
+    /// The index the next record must have (None: any, for a log that never held or
+    /// purged anything), counting records written and not yet synced.
+    fn next_index(&self) -> Option<u64> {
+        if self.unsynced.is_empty() {
+            self.read_index().next()
+        } else {
+            Some(self.unsynced_first + self.unsynced.len() as u64)
+        }
+    }
+
+    /// For tests: the next [`Wal::sync`] fails as an fdatasync would, without syncing.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&mut self) {
+        self.fail_next_sync = true;
+    }
+
+    /// For tests: counts the fdatasyncs that made records durable.
+    #[cfg(test)]
+    pub(crate) fn sync_count(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.syncs.clone()
     }
 
     fn start_next_segment(&mut self) -> io::Result<()> {
@@ -417,6 +490,7 @@ impl Wal {
     /// Panics when `from` is at or below the purge point: only entries that are not
     /// committed are ever truncated, and only committed ones are purged.
     pub fn truncate(&mut self, from: u64) -> io::Result<()> {
+        self.sync()?;
         let first = self.read_index().first;
         assert!(
             from >= first,
@@ -451,6 +525,7 @@ impl Wal {
     /// record; the next append then follows `upto`) and deletes the segments that
     /// hold nothing else. The caller stores `upto` durably first, for recovery.
     pub fn purge(&mut self, upto: u64) -> io::Result<()> {
+        self.sync()?;
         let mut index = self.write_index();
         let drop_count = (upto + 1).saturating_sub(index.first).min(index.locs.len() as u64);
         index.locs.drain(..drop_count as usize);
@@ -471,7 +546,20 @@ impl WalReader {
         self.index.read().expect("raft log index lock")
     }
 
-    /// The lowest and highest index held, if any.
+    /// The first index not purged, once anything was purged (records below it are
+    /// covered by a snapshot and never written again).
+    pub fn first_unpurged(&self) -> Option<u64> {
+        let index = self.index();
+        index.anchored.then_some(index.first)
+    }
+
+    /// The index the next durable record will have (None: any, for a log that never held
+    /// or purged anything).
+    pub fn next_index(&self) -> Option<u64> {
+        self.index().next()
+    }
+
+    /// The lowest and highest index held durably, if any.
     pub fn bounds(&self) -> Option<(u64, u64)> {
         let index = self.index();
         (!index.locs.is_empty()).then(|| (index.first, index.first + index.locs.len() as u64 - 1))
@@ -650,6 +738,43 @@ mod tests {
         assert_eq!(
             indexes(&Wal::open(dir.path(), None, SMALL * 4).unwrap()),
             vec![1, 2, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn records_written_are_seen_only_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL).unwrap();
+        append(&mut wal, 1..3);
+        let payloads: Vec<(u64, Vec<u8>)> = (3..6).map(|i| (i, payload(i))).collect();
+        wal.write(payloads.iter().map(|(i, p)| (*i, p.as_slice()))).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2]);
+        // The next write follows the unsynced ones.
+        let more = payload(6);
+        wal.write([(6, more.as_slice())]).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(indexes(&wal), (1..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_that_outlived_an_earlier_lost_one_is_zeroed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, end) = three_records_then_closed(dir.path());
+        // Records 4 and 5 written, a crash before their fdatasync: 4's bytes were lost, 5's
+        // reached the disk.
+        let mut four = Vec::new();
+        encode_record(&mut four, 4, &payload(4));
+        let mut five = Vec::new();
+        encode_record(&mut five, 5, &payload(5));
+        file.write_all_at(&five, end + four.len() as u64).unwrap();
+        let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
+        assert_eq!(indexes(&wal), vec![1, 2, 3]);
+        // Entry 4 again, the same size: without the zeroing, the old 5 would follow it.
+        append(&mut wal, 4..5);
+        drop(wal);
+        assert_eq!(
+            indexes(&Wal::open(dir.path(), None, SMALL * 4).unwrap()),
+            vec![1, 2, 3, 4]
         );
     }
 
