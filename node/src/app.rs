@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
@@ -30,6 +31,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use crate::cluster_service::ClusterService;
+use crate::handover::{self, HandOverError};
 use crate::kv_service::KvService;
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
@@ -37,6 +39,14 @@ use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
 use crate::store::{data_dir, KvReader};
 use crate::types::{NodeId, Raft};
+
+/// How long a leader asked to stop tries to hand leadership over before it stops anyway, in
+/// election timeouts: a transfer takes a few round trips and one election, well within one,
+/// and when the whole cluster stops together (the target too) the wait must stay short.
+pub const HANDOVER_ON_STOP_ELECTION_TIMEOUTS: u32 = 4;
+/// The least time a stopping leader gives the handover, for a machine too busy to run one
+/// within a few election timeouts.
+pub const HANDOVER_ON_STOP_MIN: Duration = Duration::from_secs(1);
 
 /// Everything a node needs to start, already validated.
 #[derive(Debug, Clone)]
@@ -182,10 +192,17 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         )
         // `tcp_nodelay` above does not apply to connections we accept ourselves: without
         // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-            stop.await;
-            tracing::info!("stopping");
-            let _ = shutdown_tx.send(true);
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
+            let raft = raft.clone();
+            let handover_timeout = (Duration::from_millis(settings.election_timeout_max_ms)
+                * HANDOVER_ON_STOP_ELECTION_TIMEOUTS)
+                .max(HANDOVER_ON_STOP_MIN);
+            async move {
+                stop.await;
+                hand_over_before_stopping(&raft, handover_timeout).await;
+                tracing::info!("stopping");
+                let _ = shutdown_tx.send(true);
+            }
         });
     // Requests still in flight when the stop comes get SHUTDOWN_GRACE to finish; a request
     // waiting for a quorum that is gone must not keep the node from stopping.
@@ -206,6 +223,25 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     served.context("gRPC server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A leader asked to stop first hands leadership to the most up-to-date voter, still serving
+/// meanwhile (writes it refuses during the transfer name the new leader, and the writes it
+/// took are committed by it): a rolling restart then costs one transfer, not an election
+/// timeout plus an election. Past `within` it stops anyway.
+async fn hand_over_before_stopping(raft: &Raft, within: Duration) {
+    if !raft.is_leader() {
+        return;
+    }
+    match handover::hand_over(raft, None, within).await {
+        Ok(new_leader) => tracing::info!(
+            to = new_leader.id,
+            term = new_leader.term,
+            "handed leadership over before stopping"
+        ),
+        Err(HandOverError::NoOtherVoter | HandOverError::NotLeader(_)) => {}
+        Err(error) => tracing::warn!(%error, "could not hand leadership over before stopping"),
+    }
 }
 
 /// One INFO line per leadership change, for a person to grep, with the new term.

@@ -17,7 +17,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::handover;
 use crate::types::{LogId, RaftMetrics};
+
+/// The most a transfer request's answer keeps back from the caller's deadline.
+const TRANSFER_ANSWER_MARGIN: Duration = Duration::from_millis(50);
 
 /// A watcher gets the status at least once per this interval, changed or not, and while
 /// only indexes move, at most once.
@@ -97,12 +101,28 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(node_status(&self.app)))
     }
 
+    /// Hands leadership over (see `handover.rs`) and answers once another node leads, within
+    /// the request's deadline. A request meant for a leadership that has already ended (its
+    /// term is older than this node's) moves nothing: it is answered with who leads now.
     async fn transfer_leader(
         &self,
-        _request: Request<pb::TransferLeaderRequest>,
+        request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        // Lands with openraft 0.10's Trigger::transfer_leader (issue 12).
-        Err(Status::unimplemented("leader transfer is not available yet"))
+        // Answer before the caller's deadline, so that it gets this node's reason rather than
+        // its own transport's timeout.
+        let timeout = raftkv::wire::request_timeout(request.metadata());
+        let within = timeout - (timeout / 10).min(TRANSFER_ANSWER_MARGIN);
+        let pb::TransferLeaderRequest { to, term } = request.into_inner();
+        let current_term = self.app.raft.metrics().borrow_watched().current_term;
+        let new_leader = match term {
+            Some(term) if term < current_term => handover::leader_after(&self.app.raft, term, within).await?,
+            _ => handover::hand_over(&self.app.raft, to, within).await?,
+        };
+        Ok(Response::new(pb::TransferLeaderResponse {
+            leader_id: new_leader.id,
+            leader_address: new_leader.address,
+            term: new_leader.term,
+        }))
     }
 
     type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cluster_service;
 pub mod convert;
+pub mod handover;
 pub mod kv_service;
 pub mod network;
 pub mod proposer;

@@ -155,6 +155,41 @@ async fn sigterm_stops_a_node_gracefully() {
     assert!(exit.success(), "node {follower} exited with {exit} after SIGTERM");
 }
 
+/// A leader asked to stop hands leadership over first: by the time its process has exited,
+/// another node already leads in a newer term (after a kill -9 the survivors would still be
+/// waiting out their election timeout, naming the dead leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
+    let mut cluster = TestCluster::start_with(common::ClusterOptions::default().without_router()).await;
+    let client = cluster.nodes_client();
+    client.put(key("handover", 0), value("handover", 0)).await.expect("put");
+    let old_leader = cluster.leader().await;
+    let old_term = cluster.status(old_leader).await.expect("the leader's status").term;
+
+    let exit = cluster.stop(old_leader).await;
+    assert!(exit.success(), "node {old_leader} exited with {exit} after SIGTERM");
+    let mut leading_now = Vec::new();
+    for id in cluster.live_ids() {
+        let status = cluster.status(id).await.expect("a survivor's status");
+        if status.role() == pb::Role::Leader && status.term > old_term {
+            leading_now.push(id);
+        }
+    }
+    assert_eq!(
+        leading_now.len(),
+        1,
+        "right after node {old_leader} exited, one survivor leads in a term after {old_term}"
+    );
+    let log = std::fs::read_to_string(cluster.log_path(old_leader)).expect("the node's log");
+    assert!(log.contains("handed leadership over before stopping"), "{log}");
+
+    let got = client
+        .get(key("handover", 0), Consistency::Linearizable)
+        .await
+        .expect("get after the handover");
+    assert_eq!(got.value, value("handover", 0));
+}
+
 /// One acknowledged write of the background writer.
 struct Ack {
     started: Instant,

@@ -1,5 +1,5 @@
 //! A user's first steps, with the real `raftkv` binary: `cluster up --detach`
-//! starts three nodes and a router, put/get/status work through the router,
+//! starts three nodes and a router, put/get/status and `leader transfer` work through the router,
 //! `cluster down` stops everything, and a second `cluster up` on the same data
 //! directory finds the data again.
 
@@ -94,6 +94,42 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
             .iter()
             .all(|n| n["reachable"] == true && n["pid"].as_u64().is_some()),
         "{status}"
+    );
+
+    // Leadership moves on request, to a chosen node or to the most up-to-date one; the
+    // command returns once the new leader serves.
+    let leader_of = |status: &serde_json::Value| {
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["role"] == "leader"))
+            .and_then(|n| n["id"].as_u64())
+    };
+    let before = leader_of(&status).expect("a leader");
+    let target = if before == 1 { 2 } else { 1 };
+    let run = raftkv(&[
+        "--endpoint",
+        &endpoint,
+        "leader",
+        "transfer",
+        "--to",
+        &target.to_string(),
+    ])
+    .await;
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.starts_with(&format!("node {target} at ")), "{run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "put", "greeting", "hello"]).await;
+    assert!(run.status.success(), "a write after the transfer: {run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "leader", "transfer"]).await;
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        !run.stdout.starts_with(&format!("node {target} at ")),
+        "it moved: {run:?}"
+    );
+    let run = raftkv(&["--endpoint", &endpoint, "leader", "transfer", "--to", "9"]).await;
+    assert_eq!(run.status.code(), Some(2), "an unknown node is a usage error: {run:?}");
+    assert!(
+        run.stderr.contains("not a voter") && run.stderr.lines().count() == 1,
+        "{run:?}"
     );
 
     // A second `up` on a running cluster's directory refuses instead of starting another.
