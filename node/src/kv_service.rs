@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::App;
 use crate::raft_service::Leadership;
+use crate::read_index::ReadKind;
 use crate::types::{Command, CommandResult, Op, WriteId};
 
 /// Pairs a scan returns when the request asks for no particular number.
@@ -80,17 +81,20 @@ impl KvService {
 
     /// Waits for the read barrier `consistency` asks for, within the deadline.
     async fn before_read(&self, consistency: i32, deadline: Instant) -> Result<(), Status> {
-        if pb::Consistency::try_from(consistency) == Ok(pb::Consistency::Stale) {
-            return Ok(());
-        }
-        tokio::time::timeout_at(deadline.into(), self.read_barrier(deadline))
+        let kind = match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Stale) => return Ok(()),
+            Ok(pb::Consistency::Lease) => ReadKind::Lease,
+            // An unknown value gets the strongest guarantee.
+            Ok(pb::Consistency::Linearizable) | Err(_) => ReadKind::Quorum,
+        };
+        tokio::time::timeout_at(deadline.into(), self.read_barrier(kind, deadline))
             .await
             .map_err(|_| Status::deadline_exceeded("the read could not be confirmed in time"))?
     }
 
     /// Waits until a read at this moment would be linearizable here.
-    async fn read_barrier(&self, deadline: Instant) -> Result<(), Status> {
-        let read_index = self.app.read_index.read_index().await?;
+    async fn read_barrier(&self, kind: ReadKind, deadline: Instant) -> Result<(), Status> {
+        let read_index = self.app.read_index.read_index(kind).await?;
         let Some(index) = read_index else { return Ok(()) };
         let left = deadline.saturating_duration_since(Instant::now());
         self.app

@@ -8,7 +8,7 @@ use raftkv::raft_pb as pb;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::read_index::ReadIndexRounds;
+use crate::read_index::{ReadIndexRounds, ReadKind};
 use crate::types::{NodeId, Raft, Snapshot, SnapshotData, TypeConfig};
 
 pub struct RaftService {
@@ -172,12 +172,17 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn read_index(
         &self,
-        _request: Request<pb::ReadIndexRequest>,
+        request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         // Only the leader answers (a follower would have to ask someone else), and its
         // followers' requests share rounds with its own reads.
         Leadership::require_leader(&self.raft)?;
-        let read_index = self.read_index.read_index().await?;
+        let kind = if request.into_inner().lease {
+            ReadKind::Lease
+        } else {
+            ReadKind::Quorum
+        };
+        let read_index = self.read_index.read_index(kind).await?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
     }
 }

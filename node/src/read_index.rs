@@ -1,6 +1,14 @@
 //! ReadIndex in rounds: one leadership confirmation (a round) serves every
 //! linearizable read that arrived before it started.
 //!
+//! A round confirms leadership one of two ways ([`ReadKind`]): with a quorum
+//! (ReadIndex, the default), or from the leader's lease (`lease` reads: the leader
+//! vouches for itself when a quorum acknowledged it within the lease, one election
+//! timeout, so no round trip is needed; this assumes the nodes' clocks advance at
+//! about the same rate, since a follower keeps its own lease by its own clock). A
+//! lease that has run out falls back to a quorum round, so a lease read is never
+//! refused for it.
+//!
 //! Each `Raft::get_read_log_id(ReadPolicy::ReadIndex)` on the leader waits for a
 //! quorum to answer an AppendEntries (a heartbeat, or replication) sent after it
 //! began, and on a follower a round is one `Raft.ReadIndex` RPC to the leader. Under many
@@ -35,25 +43,46 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// The log index a linearizable read must wait for (None: nothing to wait for).
 pub type ReadIndex = Result<Option<u64>, Status>;
 
-/// The queue of reads waiting for a round, and the task that runs the rounds.
+/// How a round confirms the leadership behind a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadKind {
+    /// A quorum acknowledges the leader after the read arrived (ReadIndex).
+    Quorum,
+    /// The leader's lease vouches for it; a quorum round when the lease has run out.
+    Lease,
+}
+
+/// The queues of reads waiting for a round, one per [`ReadKind`], and the tasks that run
+/// the rounds.
 #[derive(Clone)]
 pub struct ReadIndexRounds {
-    queue: mpsc::Sender<oneshot::Sender<ReadIndex>>,
+    quorum: mpsc::Sender<oneshot::Sender<ReadIndex>>,
+    lease: mpsc::Sender<oneshot::Sender<ReadIndex>>,
 }
 
 impl ReadIndexRounds {
-    /// Starts the task that runs the rounds, in the current span (the node's); it ends
+    /// Starts the tasks that run the rounds, in the current span (the node's); they end
     /// when every clone is dropped.
     pub fn start(raft: Raft, network: Network) -> ReadIndexRounds {
-        let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
-        tokio::spawn(run(raft, network, rx).in_current_span());
-        ReadIndexRounds { queue }
+        let queue = |kind| {
+            let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
+            tokio::spawn(run(raft.clone(), network.clone(), kind, rx).in_current_span());
+            queue
+        };
+        ReadIndexRounds {
+            quorum: queue(ReadKind::Quorum),
+            lease: queue(ReadKind::Lease),
+        }
     }
 
-    /// A read index confirmed by a round that started after this call.
-    pub async fn read_index(&self) -> ReadIndex {
+    /// A read index confirmed, the way `kind` says, by a round that started after this call.
+    pub async fn read_index(&self, kind: ReadKind) -> ReadIndex {
+        let queue = match kind {
+            ReadKind::Quorum => &self.quorum,
+            ReadKind::Lease => &self.lease,
+        };
         let (reply, answer) = oneshot::channel();
-        self.queue
+        queue
             .send(reply)
             .await
             .map_err(|_| Status::unavailable("node is shutting down"))?;
@@ -63,13 +92,13 @@ impl ReadIndexRounds {
     }
 }
 
-async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sender<ReadIndex>>) {
+async fn run(raft: Raft, network: Network, kind: ReadKind, mut rx: mpsc::Receiver<oneshot::Sender<ReadIndex>>) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network)).await {
+        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network, kind)).await {
             Ok(r) => r,
             Err(_) => Err(Status::unavailable(
                 "could not confirm leadership with a quorum in time",
@@ -82,9 +111,17 @@ async fn run(raft: Raft, network: Network, mut rx: mpsc::Receiver<oneshot::Sende
 }
 
 /// One leadership confirmation: locally when this node leads, else by asking the leader.
-async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
+async fn one_round(raft: &Raft, network: &Network, kind: ReadKind) -> ReadIndex {
     let Leadership { is_leader, leader } = Leadership::of(raft);
     if is_leader {
+        if kind == ReadKind::Lease {
+            match raft.get_read_log_id(ReadPolicy::LeaseRead).await {
+                Ok((read_log_id, _)) => return Ok(Some(read_log_id.index())),
+                // The lease ran out (no quorum acknowledged the leader lately): ask a quorum.
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
+                Err(e) => return Err(linearizable_read_error(e)),
+            }
+        }
         // openraft waits up to its leader lease (the maximum election timeout) for a quorum
         // to answer; when the answers were merely slow (QuorumNotEnough) the check is
         // repeated, within READ_ROUND_TIMEOUT.
@@ -104,7 +141,9 @@ async fn one_round(raft: &Raft, network: &Network) -> ReadIndex {
     let mut client = network
         .client(&address)
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {});
+    let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {
+        lease: kind == ReadKind::Lease,
+    });
     request.set_timeout(READ_ROUND_TIMEOUT);
     let reply = client.read_index(request).await.map_err(|s| match s.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {

@@ -1,7 +1,7 @@
-//! A Jepsen-style test: concurrent clients read, write, compare-and-swap and
-//! delete a few keys — through the router and directly against nodes — while a
-//! nemesis kills the leader, pauses nodes, kills random nodes and partitions a
-//! node from its peers. Every operation's invocation, completion and outcome is
+//! A Jepsen-style test: concurrent clients read (linearizable and lease reads),
+//! write, compare-and-swap and delete a few keys — through the router and directly
+//! against nodes — while a nemesis kills the leader, pauses nodes, kills random
+//! nodes, partitions a node from its peers and hands leadership to another node. Every operation's invocation, completion and outcome is
 //! recorded, and the history is checked for linearizability (the `raftkv-checker`
 //! crate, `checker/`).
 //!
@@ -64,13 +64,15 @@ enum Fault {
     PauseNode,
     KillRandomNode,
     PartitionNode,
+    TransferLeader,
 }
 
-const FAULTS: [Fault; 4] = [
+const FAULTS: [Fault; 5] = [
     Fault::KillLeader,
     Fault::PauseNode,
     Fault::KillRandomNode,
     Fault::PartitionNode,
+    Fault::TransferLeader,
 ];
 
 fn key_name(i: u64) -> Vec<u8> {
@@ -86,8 +88,14 @@ async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<At
         let key = key_name(k);
         match rng.below(10) {
             0..=3 => {
+                // Lease reads must be just as linearizable, as long as clocks run alike.
+                let consistency = if rng.below(2) == 0 {
+                    Consistency::Linearizable
+                } else {
+                    Consistency::Lease
+                };
                 let pending = history.invoke(id, key.clone(), Op::Read);
-                let outcome = match client.get(Bytes::from(key.clone()), Consistency::Linearizable).await {
+                let outcome = match client.get(Bytes::from(key.clone()), consistency).await {
                     Ok(reply) => Outcome::Ok(OpResult::Read(Some(reply.value.to_vec()))),
                     Err(Error::NotFound) => Outcome::Ok(OpResult::Read(None)),
                     Err(Error::InvalidArgument(e)) => panic!("a valid read was refused: {e}"),
@@ -206,6 +214,16 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
                 "the partition of node {target} held back no traffic: the fault was not really injected"
             );
             format!("partition node {target} from its peers ({held} transfers held back)")
+        }
+        Fault::TransferLeader => {
+            // Mid-load, as an operator would before maintenance: writes in flight on the old
+            // leader are committed by the new one or refused with its name.
+            let transfer = cluster.nodes_client().transfer_leader(None).await;
+            tokio::time::sleep(FAULT_SECS).await;
+            match transfer {
+                Ok(moved) => format!("hand leadership from node {leader:?} to node {}", moved.leader_id),
+                Err(error) => format!("hand leadership over from node {leader:?}: failed ({error})"),
+            }
         }
     };
     eprintln!("nemesis: {what}");
