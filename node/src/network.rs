@@ -1,8 +1,13 @@
 //! Outgoing Raft traffic: openraft's `RaftNetworkV2` over our tonic `Raft`
-//! service, one long-lived HTTP/2 channel per peer address.
+//! service, with long-lived HTTP/2 connections to each peer: one for replication,
+//! votes and transfers, one for heartbeats, one for snapshots ([`Lane`]). A heartbeat
+//! must not queue behind megabytes of entries or of a snapshot in the same TCP
+//! connection: a follower that stops hearing from its leader stands for election.
 //!
 //! An AppendEntries larger than `MAX_APPEND_ENTRIES_BYTES` sends the entries that fit
-//! and reports a partial success, and openraft goes on from there. Snapshots go as one
+//! and reports a partial success, and openraft goes on from there. openraft gives every
+//! AppendEntries one heartbeat interval; one that carries entries gets the time its
+//! bytes need on a slow link too (`append_timeout`). Snapshots go as one
 //! client-streaming call: a header chunk, then the data in `SNAPSHOT_CHUNK_BYTES`
 //! pieces, bounded by `SNAPSHOT_TIMEOUT` and cancelled when openraft closes the
 //! replication stream.
@@ -32,18 +37,36 @@ use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 /// The largest gRPC message a node sends or accepts on the Raft port.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 << 20;
 /// An AppendEntries above this size sends only the entries that fit (at least one) and
-/// reports a partial success; openraft sends the rest next.
-pub const MAX_APPEND_ENTRIES_BYTES: usize = 16 << 20;
+/// reports a partial success; openraft sends the rest next. Small enough that a follower
+/// catching up acknowledges progress often.
+pub const MAX_APPEND_ENTRIES_BYTES: usize = 4 << 20;
+/// The least time an AppendEntries that carries entries is given, whatever openraft's
+/// (heartbeat-length) deadline: the follower writes them to disk before it answers.
+pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_millis(500);
+/// The slowest link an AppendEntries' deadline allows for, in bytes per second: its bytes
+/// at this rate are added to [`APPEND_TIMEOUT_FLOOR`].
+pub const APPEND_MIN_BYTES_PER_SEC: u64 = 8 << 20;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long openraft waits before retrying a peer it could not reach.
 pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Hands out Raft clients; channels are cached per address so a reconnecting
-/// replication stream reuses its HTTP/2 connection.
+/// Which connection to a peer a kind of traffic uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Replication, votes, leader transfers, ReadIndex.
+    Replication,
+    /// Heartbeats, which must get through while the other lanes carry megabytes.
+    Heartbeat,
+    /// Snapshots, which may take long.
+    Snapshot,
+}
+
+/// Hands out Raft clients; channels are cached per address and [`Lane`], so a
+/// reconnecting replication stream reuses its HTTP/2 connection.
 #[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
     reachability: Reachability,
     /// The local address outgoing connections are bound to, when set.
     source_address: Option<IpAddr>,
@@ -89,16 +112,16 @@ impl Network {
         }
     }
 
-    /// A Raft client for the node at `address`.
-    pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, raftkv::client::Error> {
+    /// A Raft client for the node at `address`, on the connection of `lane`.
+    pub fn client(&self, address: &str, lane: Lane) -> Result<RaftClient<Channel>, raftkv::client::Error> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
-        let channel = match channels.get(address) {
+        let channel = match channels.get(&(address.to_string(), lane)) {
             Some(c) => c.clone(),
             None => {
                 let c = raftkv::client::endpoint(address)?
                     .local_address(self.source_address)
                     .connect_lazy();
-                channels.insert(address.to_string(), c.clone());
+                channels.insert((address.to_string(), lane), c.clone());
                 c
             }
         };
@@ -108,16 +131,30 @@ impl Network {
     }
 }
 
+impl Network {
+    fn peer(&self, target: NodeId, node: &BasicNode, lane: Lane) -> PeerConnection {
+        PeerConnection {
+            target,
+            address: node.addr.clone(),
+            client: self.client(&node.addr, lane).map_err(|e| e.to_string()),
+            reachability: self.reachability.clone(),
+        }
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection {
-            target,
-            address: node.addr.clone(),
-            client: self.client(&node.addr).map_err(|e| e.to_string()),
-            reachability: self.reachability.clone(),
-        }
+        self.peer(target, node, Lane::Replication)
+    }
+
+    async fn new_heartbeat_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        self.peer(target, node, Lane::Heartbeat)
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        self.peer(target, node, Lane::Snapshot)
     }
 }
 
@@ -160,12 +197,12 @@ impl PeerConnection {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
     }
 
-    /// One unary Raft RPC: `message` sent by `send` with openraft's deadline, the peer's
+    /// One unary Raft RPC: `message` sent by `send` within `timeout`, the peer's
     /// reachability noted, the reply decoded by `decode`.
     async fn unary<M, R, T, Sent>(
         &self,
         message: M,
-        option: &RPCOption,
+        timeout: Duration,
         send: impl FnOnce(RaftClient<Channel>, tonic::Request<M>) -> Sent,
         decode: impl FnOnce(R) -> Result<T, convert::MalformedMessage>,
     ) -> Result<T, RpcError>
@@ -173,7 +210,7 @@ impl PeerConnection {
         Sent: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(timeout);
         let reply = send(self.client()?, request).await;
         self.observe(&reply);
         let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
@@ -183,6 +220,17 @@ impl PeerConnection {
 
 fn malformed(e: convert::MalformedMessage) -> RpcError {
     RPCError::Network(NetworkError::new(&e))
+}
+
+/// The deadline of an AppendEntries of `bytes` that openraft gave `deadline`: that for a
+/// heartbeat; for entries at least [`APPEND_TIMEOUT_FLOOR`] plus their bytes at
+/// [`APPEND_MIN_BYTES_PER_SEC`].
+fn append_timeout(deadline: Duration, entries: usize, bytes: usize) -> Duration {
+    if entries == 0 {
+        return deadline;
+    }
+    let transfer = Duration::from_micros(bytes as u64 * 1_000_000 / APPEND_MIN_BYTES_PER_SEC);
+    deadline.max(APPEND_TIMEOUT_FLOOR + transfer)
 }
 
 /// How many of `entries`, from the first, fit in one AppendEntries of at most
@@ -222,9 +270,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         if cut {
             message.entries.truncate(fit);
         }
+        let timeout = append_timeout(option.hard_ttl(), message.entries.len(), message.encoded_len());
         let send = |mut client: RaftClient<Channel>, request| async move { client.append_entries(request).await };
         let response = self
-            .unary(message, &option, send, convert::append_response_from_pb)
+            .unary(message, timeout, send, convert::append_response_from_pb)
             .await?;
         Ok(match response {
             // The follower took the entries sent, which end before the ones left out.
@@ -242,7 +291,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         let send = |mut client: RaftClient<Channel>, request| async move { client.vote(request).await };
         let message = convert::vote_request_to_pb(&rpc);
-        self.unary(message, &option, send, convert::vote_response_from_pb).await
+        self.unary(message, option.hard_ttl(), send, convert::vote_response_from_pb)
+            .await
     }
 
     /// An error here (the peer is unreachable, say) is not a grant: a node cut off from the
@@ -254,7 +304,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         let send = |mut client: RaftClient<Channel>, request| async move { client.pre_vote(request).await };
         let message = convert::vote_request_to_pb(&rpc);
-        self.unary(message, &option, send, convert::vote_response_from_pb).await
+        self.unary(message, option.hard_ttl(), send, convert::vote_response_from_pb)
+            .await
     }
 
     async fn transfer_leader(
@@ -264,8 +315,13 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
         let send = |mut client: RaftClient<Channel>, request| async move { client.transfer_leader(request).await };
         let message = convert::transfer_leader_request_to_pb(&req);
-        self.unary(message, &option, send, convert::transfer_leader_response_from_pb)
-            .await
+        self.unary(
+            message,
+            option.hard_ttl(),
+            send,
+            convert::transfer_leader_response_from_pb,
+        )
+        .await
     }
 
     async fn full_snapshot(
@@ -320,5 +376,31 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 
     fn backoff(&self) -> Option<Backoff> {
         Some(Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_keeps_openraft_s_deadline_and_entries_get_the_time_their_bytes_need() {
+        let heartbeat = Duration::from_millis(25);
+        assert_eq!(append_timeout(heartbeat, 0, 64), heartbeat);
+        assert_eq!(append_timeout(heartbeat, 1, 0), APPEND_TIMEOUT_FLOOR);
+        let full = append_timeout(heartbeat, 100, MAX_APPEND_ENTRIES_BYTES);
+        assert_eq!(full, APPEND_TIMEOUT_FLOOR + Duration::from_millis(500));
+        // A longer deadline from openraft is kept.
+        assert_eq!(append_timeout(Duration::from_secs(5), 1, 100), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn heartbeats_replication_and_snapshots_travel_on_connections_of_their_own() {
+        let network = Network::new(None);
+        for lane in [Lane::Replication, Lane::Heartbeat, Lane::Snapshot, Lane::Heartbeat] {
+            network.client("127.0.0.1:7001", lane).unwrap();
+        }
+        network.client("127.0.0.1:7002", Lane::Replication).unwrap();
+        assert_eq!(network.channels.lock().unwrap().len(), 4);
     }
 }

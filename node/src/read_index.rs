@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status};
 use tracing::Instrument;
 
-use crate::network::Network;
+use crate::network::{Lane, Network};
 use crate::raft_service::{linearizable_read_error, not_leader, Leadership};
 use crate::types::Raft;
 
@@ -139,7 +139,7 @@ async fn one_round(raft: &Raft, network: &Network, kind: ReadKind) -> ReadIndex 
         return Err(not_leader(None, None));
     };
     let mut client = network
-        .client(&address)
+        .client(&address, Lane::Replication)
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {
         lease: kind == ReadKind::Lease,
