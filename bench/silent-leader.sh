@@ -8,7 +8,8 @@
 #   silent: cut off with `ip link set eth0 down` in its namespace. It keeps running but answers
 #           nothing; its peers and the router get no RST or FIN (a host that lost power or its
 #           network), or
-#   kill:   killed with kill -9 (the kernel closes its sockets: every peer learns at once).
+#   kill:   killed with kill -9 (the kernel closes its sockets: every peer learns at once), or
+#   term:   stopped with SIGTERM, as in a rolling restart: it hands leadership over first.
 # Each run starts a fresh cluster (new data directories) and prints, in ms from the cut:
 #   first    a survivor logs "leader changed: this node leads" (phase a: the election)
 #   served   the last such line: the leader that went on to serve (later than `first` when the
@@ -21,11 +22,12 @@
 #
 # Usage (as root; it builds nothing: run `cargo build --release` first, it runs
 # target/release/{raftkv,raftkv-node,raftkv-router}, or those in $BIN_DIR):
-#   bench/silent-leader.sh [--runs N] [--mode silent|kill|both] [--clients N] [--duration SECS]
+#   bench/silent-leader.sh [--runs N] [--mode silent|kill|term|both|all] [--clients N] [--duration SECS]
 #                          [--cut-after SECS] [--rust-log FILTER] [--router-rust-log FILTER]
 #                          [--keep DIR] [--router-port PORT] [--ss-at MS]
 # Examples:
 #   bench/silent-leader.sh --runs 5                      # 5 silent runs, then 5 kill -9 runs
+#   bench/silent-leader.sh --runs 10 --mode term         # 10 graceful stops of the leader
 #   bench/silent-leader.sh --runs 1 --mode silent --keep /tmp/sl --ss-at 1500 \
 #       --rust-log info,openraft=info --router-rust-log info,raftkv_router=debug
 #
@@ -63,8 +65,9 @@ done
 [[ -z $ss_at || $ss_at =~ ^[0-9]+$ ]] || { echo "error: --ss-at is a number of ms" >&2; exit 2; }
 [[ $duration =~ ^[0-9]+$ && $cut_after =~ ^[0-9]+$ ]] || { echo "error: --duration and --cut-after are whole seconds" >&2; exit 2; }
 ((duration - cut_after >= 5)) || { echo "error: leave at least 5 s of the window after the cut" >&2; exit 2; }
-case $mode in silent) modes=(silent) ;; kill) modes=(kill) ;; both) modes=(silent kill) ;;
-  *) echo "error: --mode is silent, kill or both" >&2; exit 2 ;; esac
+case $mode in silent) modes=(silent) ;; kill) modes=(kill) ;; term) modes=(term) ;; both) modes=(silent kill) ;;
+  all) modes=(silent kill term) ;;
+  *) echo "error: --mode is silent, kill, term, both or all" >&2; exit 2 ;; esac
 ((EUID == 0)) || { echo "error: run as root (it creates network namespaces)" >&2; exit 2; }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -245,7 +248,7 @@ run_once() { # MODE RUN
   if [[ $mode == silent ]]; then
     ip -n "$(ns_of "$leader")" link set eth0 down
   else
-    kill -9 "${node_pid[leader]}"
+    kill "-$([[ $mode == term ]] && echo TERM || echo KILL)" "${node_pid[leader]}"
     { wait "${node_pid[leader]}"; } 2>/dev/null || true
     unset "pids[${node_pid[leader]}]"
     node_pid[leader]=""
@@ -289,7 +292,7 @@ run_once() { # MODE RUN
   read -r s_ms s_node s_term <<<"$settled"
   local f=$((f_ms - t_cut)) e=$((s_ms - t_cut)) r=${routed:+$((routed - t_cut))} d=${dead:+$((dead - t_cut))}
   printf '%-6s run %d/%d: node %d %s. First new leader after %d ms (node %d, term %d); the leader that served after %d ms (node %d, term %d); router routed to it after %s ms, declared node %d dead after %s ms; longest write stall %d ms (%d puts, %d errors)\n' \
-    "$mode" "$run" "$runs" "$leader" "$([[ $mode == silent ]] && echo "cut off" || echo "killed")" \
+    "$mode" "$run" "$runs" "$leader" "$(case $mode in silent) echo "cut off" ;; term) echo "stopped" ;; *) echo "killed" ;; esac)" \
     "$f" "$f_node" "$f_term" "$e" "$s_node" "$s_term" "${r:--}" "$leader" "${d:--}" "$stall" "$ops" "$errors"
   if ((stall >= (duration - cut_after) * 1000 - 500)); then
     echo "       (the stall lasted to the end of the window: it was at least this long; raise --duration)"

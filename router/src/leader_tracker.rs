@@ -119,7 +119,7 @@ pub struct ClusterView {
 ///   the leader's own claim is taken over its followers' (they agree in Raft; this only makes
 ///   ties deterministic).
 /// - A leader hint wins over the statuses as long as none of them has a higher term than the
-///   router knew when the hint came.
+///   router knew when the hint came, and the hinted node is reachable.
 /// - The winner must be one of the router's nodes and reachable; otherwise no leader is
 ///   known, and writes wait for the next status rather than going to a dead node.
 pub fn choose_leader(observations: &[NodeObservation], hint: Option<&HintClaim>) -> Option<Leader> {
@@ -142,6 +142,18 @@ pub fn choose_leader(observations: &[NodeObservation], hint: Option<&HintClaim>)
         })
         .max_by_key(|&(term, self_claim, leader_id)| (term, self_claim, std::cmp::Reverse(leader_id)));
 
+    // A hint naming a node the router cannot reach is of no use, and must not hide a leader
+    // the statuses name (a stale hint taken during a handover named the old, stopping leader).
+    let hinted_node_reachable = |hint: &&HintClaim| {
+        observations.iter().any(|observation| {
+            observation.reachable
+                && observation
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.id == hint.leader_id)
+        })
+    };
+    let hint = hint.filter(hinted_node_reachable);
     let (term, leader_id) = match (best_claim, hint) {
         (Some((term, _, _)), Some(hint)) if hint.known_term >= term => (hint.known_term, hint.leader_id),
         (None, Some(hint)) => (hint.known_term, hint.leader_id),
@@ -531,6 +543,22 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_hint_naming_an_unreachable_node_does_not_hide_the_leader_the_statuses_name() {
+        // During a handover a write drew a hint naming the old leader (node 3), which then
+        // stopped; node 1 leads in the term the router knew when the hint came.
+        let nodes = [
+            seen(1, Leads, 2, Some(1)),
+            seen(2, Follower, 2, Some(1)),
+            unreachable(seen(3, Follower, 2, Some(1))),
+        ];
+        let hint = HintClaim {
+            leader_id: 3,
+            known_term: 2,
+        };
+        assert_eq!(choose_leader(&nodes, Some(&hint)), leader(0, 1, 2));
     }
 
     #[test]
