@@ -19,11 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{Backoff, RPCOption};
+use openraft::network::{stream_append_sequential, Backoff, RPCOption};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
@@ -135,6 +137,7 @@ impl Network {
     fn peer(&self, target: NodeId, node: &BasicNode, lane: Lane) -> PeerConnection {
         PeerConnection {
             target,
+            lane,
             address: node.addr.clone(),
             client: self.client(&node.addr, lane).map_err(|e| e.to_string()),
             reachability: self.reachability.clone(),
@@ -161,6 +164,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The connection to one peer, as openraft's replication and election use it.
 pub struct PeerConnection {
     target: NodeId,
+    lane: Lane,
     address: String,
     client: Result<RaftClient<Channel>, String>,
     reachability: Reachability,
@@ -233,6 +237,38 @@ fn append_timeout(deadline: Duration, entries: usize, bytes: usize) -> Duration 
     deadline.max(APPEND_TIMEOUT_FLOOR + transfer)
 }
 
+/// `request` as AppendEntries of at most `MAX_APPEND_ENTRIES_BYTES` each (at least one
+/// entry each; one request when it has no entries), each following the one before: the
+/// entry before a piece's entries is the last entry of the piece before.
+fn split_append(request: &AppendEntriesRequest<TypeConfig>) -> Vec<pb::AppendEntriesRequest> {
+    let pb::AppendEntriesRequest {
+        vote,
+        mut entries,
+        leader_commit,
+        ..
+    } = convert::append_entries_to_pb(request);
+    let mut pieces = Vec::new();
+    let mut prev_log_id = request.prev_log_id;
+    // The index in `request.entries` of the next piece's first entry.
+    let mut first = 0;
+    loop {
+        let fit = entries_that_fit(&entries);
+        let rest = entries.split_off(fit);
+        pieces.push(pb::AppendEntriesRequest {
+            vote,
+            prev_log_id: convert::opt_log_id_to_pb(&prev_log_id),
+            entries,
+            leader_commit,
+        });
+        if rest.is_empty() {
+            return pieces;
+        }
+        first += fit;
+        prev_log_id = Some(request.entries[first - 1].log_id);
+        entries = rest;
+    }
+}
+
 /// How many of `entries`, from the first, fit in one AppendEntries of at most
 /// `MAX_APPEND_ENTRIES_BYTES` (always at least one).
 fn entries_that_fit(entries: &[pb::Entry]) -> usize {
@@ -250,6 +286,60 @@ fn entries_that_fit(entries: &[pb::Entry]) -> usize {
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
+
+    /// Pipelined replication over one StreamAppend call: openraft's requests go out as it
+    /// makes them, each as one or more AppendEntries of at most `MAX_APPEND_ENTRIES_BYTES`,
+    /// and the follower's answers come back in order, folded into one per request. The call
+    /// has no deadline of its own (it lasts as long as openraft keeps replicating); a peer
+    /// that stops answering is found by the connection's keepalive. Heartbeats are single
+    /// requests with openraft's deadline: they stay unary calls.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RpcError>>, RpcError>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if self.lane == Lane::Heartbeat {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let mut client = self.client()?;
+            // How many AppendEntries each of openraft's requests became, in order.
+            let (pieces_of, pieces) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let outgoing = input.flat_map(move |request| {
+                let split = split_append(&request);
+                let _ = pieces_of.send(split.len());
+                futures::stream::iter(split)
+            });
+            let reply = client.stream_append(tonic::Request::new(outgoing)).await;
+            self.observe(&reply);
+            let (target, address) = (self.target, self.address.clone());
+            let answers = reply.map_err(|s| rpc_error(target, &address, s))?.into_inner();
+            let results = futures::stream::unfold((answers, pieces), move |(mut answers, mut pieces)| {
+                let address = address.clone();
+                async move {
+                    let count = pieces.recv().await?;
+                    let mut matched = None;
+                    for _ in 0..count {
+                        let answer = match answers.message().await {
+                            Ok(Some(answer)) => convert::stream_append_result_from_pb(answer).map_err(malformed),
+                            Ok(None) => return None,
+                            Err(status) => Err(rpc_error(target, &address, status)),
+                        };
+                        match answer {
+                            Ok(Ok(log_id)) => matched = Some(Ok(log_id)),
+                            // A conflict or a higher vote ends the stream on the follower's side.
+                            other => return Some((other, (answers, pieces))),
+                        }
+                    }
+                    matched.map(|result| (Ok(result), (answers, pieces)))
+                }
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -392,6 +482,55 @@ mod tests {
         assert_eq!(full, APPEND_TIMEOUT_FLOOR + Duration::from_millis(500));
         // A longer deadline from openraft is kept.
         assert_eq!(append_timeout(Duration::from_secs(5), 1, 100), Duration::from_secs(5));
+    }
+
+    /// An entry whose encoding is about `bytes` long, at `index`.
+    fn entry_of(index: u64, bytes: usize) -> crate::types::Entry {
+        use crate::types::{Command, EntryPayload, LeaderId, LogId, Op, WriteGroup};
+        let command = Command {
+            op: Op::Put {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from(vec![0u8; bytes]),
+            },
+            write_id: None,
+        };
+        crate::types::Entry {
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Normal(WriteGroup {
+                proposed_at_ms: 0,
+                commands: vec![command],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_large_append_goes_as_pieces_that_each_follow_the_one_before() {
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: crate::types::Vote::new_committed(1, 1),
+            prev_log_id: Some(entry_of(9, 0).log_id),
+            entries: (10..20)
+                .map(|index| entry_of(index, MAX_APPEND_ENTRIES_BYTES / 4))
+                .collect(),
+            leader_commit: Some(entry_of(9, 0).log_id),
+        };
+        let pieces = split_append(&request);
+        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+        let mut expected_prev = 9;
+        for piece in &pieces {
+            assert!(piece.encoded_len() <= MAX_APPEND_ENTRIES_BYTES + 1024);
+            assert_eq!(piece.prev_log_id.as_ref().map(|id| id.index), Some(expected_prev));
+            assert_eq!(piece.leader_commit, pieces[0].leader_commit);
+            let indexes: Vec<u64> = piece.entries.iter().map(|e| e.log_id.as_ref().unwrap().index).collect();
+            assert_eq!(indexes.first(), Some(&(expected_prev + 1)));
+            expected_prev = *indexes.last().unwrap();
+        }
+        assert_eq!(expected_prev, 19, "every entry is sent once, in order");
+        // A heartbeat is one piece with no entries.
+        let heartbeat = AppendEntriesRequest::<TypeConfig> {
+            entries: Vec::new(),
+            ..request
+        };
+        assert_eq!(split_append(&heartbeat).len(), 1);
     }
 
     #[tokio::test]

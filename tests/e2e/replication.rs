@@ -344,6 +344,13 @@ async fn a_batch_answers_each_item_as_its_own_call_would() {
     let cluster = TestCluster::start_with(ClusterOptions::default().without_router()).await;
     let leader = cluster.leader().await;
     let follower = cluster.follower().await;
+    // The raw batch below is not retried: make sure the new leader serves first (it refuses
+    // writes until a quorum has acknowledged it, which a busy machine can delay).
+    cluster
+        .node_client(leader)
+        .put(key("batched-warm-up", 0), Bytes::from_static(b"1"))
+        .await
+        .expect("the leader serves");
     let put = |key: Bytes, value: &'static [u8]| {
         item(Item::Put(pb::PutRequest {
             key,
