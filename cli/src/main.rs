@@ -162,7 +162,9 @@ enum Command {
     /// Show every cluster member's role, term, leader and log indexes.
     #[command(
         long_about = "Show the cluster's status: one row per member with its id, address, role, term, \
-            the leader it knows, last log / commit / applied index, pid, and whether it answered.\n\
+            the leader it knows, last log / commit / applied index, pid, and whether it answered \
+            (--output json also has the index of its latest snapshot and of the last log entry it \
+            purged).\n\
             The endpoint is asked for the membership, then every member is asked directly.\n\
             --watch keeps refreshing and prints a line when the leader is lost and when a new one is \
             elected, with the election's duration.",
