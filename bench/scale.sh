@@ -153,6 +153,7 @@ unset RUST_LOG
 declare -A pids=() # every process started, so cleanup stops exactly those
 node_pid=()        # node id -> pid of the current cluster
 router_pid=""
+router_dir=""
 probe_stop=""      # the stop file of a running probe loop
 if [[ -n $keep ]]; then
   [[ ! -e $keep/baseline && ! -e $keep/scale ]] || usage_error "--keep $keep holds an earlier run (baseline/, scale/); name a new directory"
@@ -187,7 +188,18 @@ fi
 # --- small helpers -----------------------------------------------------------------------------
 now_ms() { date +%s%3N; }
 sleep_ms() { (($1 > 0)) && sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))" || true; }
-step() { echo "[$(date +%T)] $*" >&2; }
+# Announces the next step; a router that has exited since the last one is started again (the
+# steps measure the nodes), and the notes say so.
+step() {
+  echo "[$(date +%T)] $*" >&2
+  if [[ -n $router_pid ]] && ! alive "$router_pid"; then
+    local status=0
+    { wait "$router_pid"; } 2>/dev/null || status=$?
+    unset "pids[$router_pid]"
+    note "the router had exited (status $status; its last log line: $(tail -1 "$router_dir/router.log" | cut -c1-160)); started again before: ${*%%:*}"
+    start_router "$router_dir"
+  fi
+}
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 seconds() { awk -v ms="$1" 'BEGIN { printf "%.1f", ms / 1000 }'; }
 alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
@@ -207,6 +219,7 @@ start_node() { # DIR ID
 }
 
 start_router() { # DIR
+  router_dir=$1
   "$bin/raftkv-router" --listen "$router" --nodes "$(node_address 1),$(node_address 2),$(node_address 3)" \
     >/dev/null 2>>"$1/router.log" &
   router_pid=$!
@@ -255,11 +268,24 @@ stop_cluster() {
   fi
 }
 
-status_json() { "$bin/raftkv" --endpoint "$router" --timeout 2s status --output json 2>/dev/null || true; }
+# The cluster's status, asked of the nodes themselves (not the router: a node's state is
+# measured even when the router is down).
+status_json() { "$bin/raftkv" --endpoint "$(node_address 1),$(node_address 2),$(node_address 3)" --timeout 2s status --output json 2>/dev/null || true; }
 
 # FIELD of node ID in a status JSON, or nothing.
 field_of() { # JSON ID FIELD
   jq -r --argjson id "$2" ".nodes[] | select(.id == \$id and .reachable) | .$3 // empty" <<<"$1" 2>/dev/null || true
+}
+
+# The terms of nodes ID... in a status JSON: "3, 3" ("?" for a node that did not answer).
+terms_of() { # JSON ID...
+  local json=$1 id term out=""
+  shift
+  for id in "$@"; do
+    term=$(field_of "$json" "$id" term)
+    out+="${out:+, }${term:-?}"
+  done
+  echo "$out"
 }
 
 # "ID TERM COMMIT PURGED" of the one leader the reachable nodes name, or nothing.
@@ -286,6 +312,11 @@ wait_for_leader() { # SECONDS
     sleep 0.2
   done
   return 1
+}
+
+# Every node's role in a status JSON: "node 1 leader, node 2 follower, node 3 unreachable".
+roles_of() { # JSON
+  jq -r '[.nodes[] | "node \(.id) \(if .reachable then .role else "unreachable" end)"] | join(", ")' <<<"$1" 2>/dev/null || echo "no status"
 }
 
 # A follower's id (the highest), from a status JSON.
@@ -492,7 +523,7 @@ step "restart: a follower holding the data stopped and started; time to a linear
 json=$(status_json)
 restarted=$(follower_of "$json")
 if [[ -z $restarted ]]; then
-  row "restart of a node holding the data" "not measured: no follower answered" "≤ 10 s"
+  row "restart of a node holding the data" "not measured: no follower ($(roles_of "$json"))" "≤ 10 s"
 else
   stop_node "$restarted" TERM
   stopped=$stopped_how
@@ -518,12 +549,12 @@ json=$(status_json)
 lagging=$(follower_of "$json")
 caught_up=""
 if [[ -z $lagging ]]; then
-  row "catch-up of a follower behind a compacted log" "not measured: no follower answered" ""
+  row "catch-up of a follower behind a compacted log" "not measured: no follower ($(roles_of "$json"))" ""
 else
   healthy=()
   for id in "${members[@]}"; do ((id == lagging)) || healthy+=("$id"); done
-  terms_before="$(field_of "$json" "${healthy[0]}" term), $(field_of "$json" "${healthy[1]}" term)"
-  lagging_term_before=$(field_of "$json" "$lagging" term)
+  terms_before=$(terms_of "$json" "${healthy[@]}")
+  lagging_term_before=$(terms_of "$json" "$lagging")
   leave_behind "$lagging" "$dir" catch-up
   json=$(status_json)
   read -r leader_id leader_term target leader_purged <<<"$(leader_of "$json")"
@@ -551,7 +582,7 @@ else
   probed_until=$(now_ms)
   stop_probes
   json=$(status_json)
-  terms_after="$(field_of "$json" "${healthy[0]}" term), $(field_of "$json" "${healthy[1]}" term)"
+  terms_after=$(terms_of "$json" "${healthy[@]}")
   read -r puts failed gap slowest <<<"$(probe_summary "$dir/catch-up-probes.txt" "$start" "$probed_until")"
   peaks=()
   for id in "${members[@]}"; do peaks+=("node $id: $(peak_mb "${node_pid[id]}") MB"); done
@@ -566,7 +597,7 @@ else
     "$gap ms without an acknowledged put; slowest acknowledged put $slowest ms" "≤ 1 s"
   row "failed writes during the catch-up ($PROBE_TIMEOUT_S s timeout)" "$failed of $puts" "0"
   row "leader changes during the catch-up" \
-    "$((leader_changes < 0 ? 0 : leader_changes)) seen (leaders: ${leaders:-none answered}); healthy nodes' term $terms_before → $terms_after; node $lagging's term $lagging_term_before → $(field_of "$json" "$lagging" term)" "none"
+    "$(((leader_changes < 0)) && echo "unknown: no leader answered" || echo "$leader_changes seen (leaders: $leaders)"); healthy nodes' term $terms_before → $terms_after; node $lagging's term $lagging_term_before → $(terms_of "$json" "$lagging")" "none"
   row "peak node RSS by the end of the catch-up (node $lagging: since its restart)" "$(IFS=';'; echo "${peaks[*]}" | sed 's/;/; /g')" "≤ 256 MB"
 fi
 
@@ -603,13 +634,13 @@ while (($(now_ms) < deadline)); do
   fi
   sleep 0.1
 done
+what="full-cluster restart with node ${lagging:-?} lagging (start → a put through the router succeeds)"
+[[ -n $lagging ]] || what="full-cluster restart, no node left lagging (no follower to leave behind) (start → a put through the router succeeds)"
 if [[ -n $served ]]; then
   json=$(status_json)
-  row "full-cluster restart with node ${lagging:-?} lagging (start → a put through the router succeeds)" \
-    "$(seconds "$served") s (node ${lagging:-?} then at applied index $(field_of "$json" "${lagging:-0}" applied_index), the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
+  row "$what" "$(seconds "$served") s (node ${lagging:-?} then at applied index $(field_of "$json" "${lagging:-0}" applied_index), the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
 else
-  row "full-cluster restart with node ${lagging:-?} lagging (start → a put through the router succeeds)" \
-    "**no put succeeded within $FULL_RESTART_TIMEOUT_S s**" "≤ 10 s"
+  row "$what" "**no put succeeded within $FULL_RESTART_TIMEOUT_S s** ($(roles_of "$(status_json)"))" "≤ 10 s"
 fi
 
 # --- the table ---------------------------------------------------------------------------------------
