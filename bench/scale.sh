@@ -18,7 +18,8 @@
 #              the router every 200 ms (3 s timeout each): time until its applied index reaches
 #              the leader's commit index of the moment it restarted (and the data size over that
 #              time, in MB/s), the longest time without an acknowledged probe put, failed probe
-#              puts, leader changes seen, and the healthy nodes' term before and after;
+#              puts, leader changes seen, and the healthy nodes' term at the kill, at the restart
+#              and at the end;
 #   full restart  with one node lagging (the follower of catch-up if it did not catch up;
 #              otherwise another one, killed and left behind as above): all three stopped
 #              (SIGTERM) and started together; time until a put through the router succeeds.
@@ -190,8 +191,10 @@ now_ms() { date +%s%3N; }
 sleep_ms() { (($1 > 0)) && sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))" || true; }
 # Announces the next step; a router that has exited since the last one is started again (the
 # steps measure the nodes), and the notes say so.
+step_names=() step_started=()
 step() {
   echo "[$(date +%T)] $*" >&2
+  step_names+=("${*%%:*}") step_started+=("$(now_ms)")
   if [[ -n $router_pid ]] && ! alive "$router_pid"; then
     local status=0
     { wait "$router_pid"; } 2>/dev/null || status=$?
@@ -557,6 +560,7 @@ else
   lagging_term_before=$(terms_of "$json" "$lagging")
   leave_behind "$lagging" "$dir" catch-up
   json=$(status_json)
+  terms_at_restart=$(terms_of "$json" "${healthy[@]}")
   read -r leader_id leader_term target leader_purged <<<"$(leader_of "$json")"
   if ((${behind_purged:-0} <= ${behind_applied:-0})); then
     note "catch-up: the leader's log was not purged past the follower's applied index $behind_applied (purged: $behind_purged) after $behind s + $behind_rounds × 5 s of puts: it may catch up from the log, not from a snapshot"
@@ -596,8 +600,10 @@ else
   row "longest write stall through the router during the catch-up (probe put every $PROBE_INTERVAL_MS ms)" \
     "$gap ms without an acknowledged put; slowest acknowledged put $slowest ms" "≤ 1 s"
   row "failed writes during the catch-up ($PROBE_TIMEOUT_S s timeout)" "$failed of $puts" "0"
-  row "leader changes during the catch-up" \
-    "$(((leader_changes < 0)) && echo "unknown: no leader answered" || echo "$leader_changes seen (leaders: $leaders)"); healthy nodes' term $terms_before → $terms_after; node $lagging's term $lagging_term_before → $(terms_of "$json" "$lagging")" "none"
+  row "leader changes during the catch-up (status polled every $POLL_INTERVAL_MS ms)" \
+    "$(((leader_changes < 0)) && echo "unknown: no leader answered" || echo "$leader_changes seen (leaders: $leaders)")" "none"
+  row "healthy nodes' term: at the kill → at the restart → caught up (or the deadline)" \
+    "$terms_before → $terms_at_restart → $terms_after (node $lagging: $lagging_term_before → $(terms_of "$json" "$lagging"))" "no change"
   row "peak node RSS by the end of the catch-up (node $lagging: since its restart)" "$(IFS=';'; echo "${peaks[*]}" | sed 's/;/; /g')" "≤ 256 MB"
 fi
 
@@ -641,6 +647,23 @@ if [[ -n $served ]]; then
   row "$what" "$(seconds "$served") s (node ${lagging:-?} then at applied index $(field_of "$json" "${lagging:-0}" applied_index), the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
 else
   row "$what" "**no put succeeded within $FULL_RESTART_TIMEOUT_S s** ($(roles_of "$(status_json)"))" "≤ 10 s"
+fi
+
+# --- elections, from the nodes' logs -------------------------------------------------------------------
+# Every "this node leads" line of the loaded cluster's nodes, with the step it fell in.
+elections=()
+while read -r stamp id term; do
+  at=$(date -d "$stamp" +%s%3N) in="before the first step"
+  for i in "${!step_started[@]}"; do ((at >= step_started[i])) && in=${step_names[i]}; done
+  elections+=("$(date -d "$stamp" +%T) node $id (term $term, $in)")
+done < <(grep -h 'leader changed: this node leads' "$dir"/node-*.log 2>/dev/null |
+  sed -nE 's/^([^ ]+) .*node\{id=([0-9]+)\}.* term=([0-9]+).*/\1 \2 \3/p' | sort | tail -n +2)
+if ((${#elections[@]} == 0)); then
+  note "elections after the first one (nodes' logs): none"
+elif ((${#elections[@]} <= 12)); then
+  note "elections after the first one (nodes' logs): $(IFS=';'; echo "${elections[*]}" | sed 's/;/; /g')"
+else
+  note "elections after the first one (nodes' logs): ${#elections[@]}, the first and last: ${elections[0]}; ${elections[-1]}"
 fi
 
 # --- the table ---------------------------------------------------------------------------------------
