@@ -491,6 +491,8 @@ stop_cluster
 dir=$work/scale
 step "load: a fresh cluster; fill of $keys keys ($logical_mb MB) at $clients clients"
 start_cluster "$dir"
+# Elections until here are the cluster's start (a second one is common while the last node starts).
+step_names[-1]="cluster start" step_names+=("load") step_started+=("$(now_ms)")
 fill=$(bench --live "$dir/fill.json" --workload fill --clients "$clients" --keys "$keys" --value-size "$value_size")
 [[ -n $fill ]] || die "the fill failed (its error is above; logs in $dir)"
 read -r mb_per_s keys_per_s written_mb fill_s p50 p99 stall errors < <(jq -r \
