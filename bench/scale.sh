@@ -646,7 +646,8 @@ what="full-cluster restart with node ${lagging:-?} lagging (start → a put thro
 [[ -n $lagging ]] || what="full-cluster restart, no node left lagging (no follower to leave behind) (start → a put through the router succeeds)"
 if [[ -n $served ]]; then
   json=$(status_json)
-  row "$what" "$(seconds "$served") s (node ${lagging:-?} then at applied index $(field_of "$json" "${lagging:-0}" applied_index), the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
+  applied=$(field_of "$json" "${lagging:-0}" applied_index)
+  row "$what" "$(seconds "$served") s (node ${lagging:-?} then ${applied:+at applied index $applied}${applied:-did not answer its status}; the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
 else
   row "$what" "**no put succeeded within $FULL_RESTART_TIMEOUT_S s** ($(roles_of "$(status_json)"))" "≤ 10 s"
 fi
