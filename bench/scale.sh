@@ -647,7 +647,8 @@ what="full-cluster restart with node ${lagging:-?} lagging (start → a put thro
 if [[ -n $served ]]; then
   json=$(status_json)
   applied=$(field_of "$json" "${lagging:-0}" applied_index)
-  row "$what" "$(seconds "$served") s (node ${lagging:-?} then ${applied:+at applied index $applied}${applied:-did not answer its status}; the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
+  [[ -n $applied ]] && applied="at applied index $applied" || applied="did not answer its status"
+  row "$what" "$(seconds "$served") s (node ${lagging:-?} then $applied; the leader at commit index $(leader_of "$json" | awk '{ print $3 }'))" "≤ 10 s"
 else
   row "$what" "**no put succeeded within $FULL_RESTART_TIMEOUT_S s** ($(roles_of "$(status_json)"))" "≤ 10 s"
 fi
