@@ -11,7 +11,7 @@ use raftkv::usage::{parse_positive_duration, ReadConsistency};
 
 use crate::report::ReportFormat;
 use crate::target::TargetKind;
-use crate::workload::{WorkloadKind, MAX_KEYS};
+use crate::workload::{FillOrder, WorkloadKind, MAX_KEYS};
 
 /// The most concurrent clients one benchmark runs.
 pub const MAX_CLIENTS: u32 = 10_000;
@@ -25,7 +25,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3_600);
 /// The flags of a benchmark run.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Which operations to send: put, get, or mixed (gets and puts, see --read-ratio).
+    /// Which operations to send: put, get, mixed (gets and puts, see --read-ratio), or fill
+    /// (write every key once, then stop).
     #[arg(long, value_enum)]
     pub workload: WorkloadKind,
     /// Share of gets in the mixed workload, 0 to 1.
@@ -45,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1s", value_parser = parse_warmup, value_name = "DURATION")]
     pub warmup: Duration,
     /// Size of the keyspace: keys bench/00000000, bench/00000001, ...; each operation picks one
-    /// uniformly at random.
+    /// uniformly at random (a fill writes each once).
     #[arg(long, default_value_t = 10_000, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
     pub keys: u64,
@@ -68,6 +69,14 @@ pub struct BenchArgs {
     /// instead of letting the client library batch the requests that are ready together.
     #[arg(long)]
     pub unbatched: bool,
+    /// Order in which a fill writes the keys: random (a fixed pseudo-random permutation, as an
+    /// application's writes land) or sequential (in key order, the easy case for a storage engine).
+    #[arg(long, value_enum, default_value_t = FillOrder::Random)]
+    pub fill_order: FillOrder,
+    /// Do not write every key before a get or mixed run: the keyspace is there already (from a
+    /// fill, or an earlier run, with the same --keys and --value-size).
+    #[arg(long)]
+    pub no_preload: bool,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
@@ -131,6 +140,34 @@ mod tests {
         assert_eq!(args.target, TargetKind::Raftkv);
         assert_eq!(args.connections, 1);
         assert_eq!(args.threads, 1);
+        assert_eq!(args.fill_order, FillOrder::Random);
+        assert!(!args.no_preload);
+    }
+
+    #[test]
+    fn a_scale_run_fills_the_keyspace_then_reads_it_without_writing_it_again() {
+        let fill = parse(&[
+            "--workload",
+            "fill",
+            "--keys",
+            "4000000",
+            "--value-size",
+            "256",
+            "--clients",
+            "64",
+            "--fill-order",
+            "sequential",
+        ])
+        .unwrap();
+        assert_eq!(fill.workload, WorkloadKind::Fill);
+        assert_eq!((fill.keys, fill.value_size, fill.clients), (4_000_000, 256, 64));
+        assert_eq!(fill.fill_order, FillOrder::Sequential);
+
+        let gets = parse(&["--workload", "get", "--keys", "4000000", "--no-preload"]).unwrap();
+        assert!(gets.no_preload);
+        assert!(parse(&["--workload", "fill", "--keys", &MAX_KEYS.to_string()]).is_ok());
+        assert!(parse(&["--workload", "fill", "--keys", &(MAX_KEYS + 1).to_string()]).is_err());
+        assert!(parse(&["--workload", "fill", "--fill-order", "backwards"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,19 @@ pub enum OperationError {
     NoAnswer(Duration),
 }
 
+/// A key that a fill or a preload could not write: every attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing key {key} failed {attempts} times in a row")]
+pub struct KeyNotWritten {
+    /// The key, as text (benchmark keys are).
+    pub key: String,
+    /// Attempts made, all failed.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[source]
+    pub error: OperationError,
+}
+
 /// Why a benchmark could not run to its report, or why its report is a failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -47,9 +60,12 @@ pub enum BenchError {
     /// A client task panicked.
     #[error("a benchmark client failed")]
     Client(#[source] tokio::task::JoinError),
-    /// A put of the preload failed: reads of missing keys would measure nothing.
+    /// A key of the preload could not be written: reads of missing keys would measure nothing.
     #[error("preloading the keyspace failed")]
-    Preload(#[source] OperationError),
+    Preload(#[source] KeyNotWritten),
+    /// A key of the fill could not be written; the fill stopped.
+    #[error("the fill stopped")]
+    Fill(#[source] KeyNotWritten),
     /// The run finished, but not one operation succeeded (its report is printed all the same).
     #[error("no operation succeeded ({errors} failed)")]
     NothingSucceeded {

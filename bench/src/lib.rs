@@ -6,10 +6,16 @@
 //! (the CLI) runs against raftkv; this crate's `raftkv-bench` binary runs the same against
 //! raftkv or etcd (bench/compare-etcd.sh), so that etcd's client stays out of the user-facing
 //! CLI, as etcd keeps its own benchmark tool apart from etcdctl. How a run goes:
-//! 1. for workloads that read, the keyspace is written first (bounded concurrency);
+//! 1. for workloads that read, the keyspace is written first (bounded concurrency), unless
+//!    `--no-preload` says it is there already;
 //! 2. `--clients` tasks each keep exactly one request in flight (closed loop) for the warm-up
 //!    plus `--duration`; only operations completing inside the measured window are recorded;
 //! 3. the recorders are merged and printed as a report (text or one JSON object).
+//!
+//! A fill (`--workload fill`) instead writes every key of the keyspace exactly once, its
+//! `--clients` taking the next key of one shared sequence, and reports the whole fill: how a
+//! scale run loads its data (millions of keys; they are named as they are written, so the load
+//! generator's memory does not grow with the keyspace).
 //!
 //! Connections: by default all clients share one connection (one HTTP/2 connection per
 //! endpoint, requests multiplexed), which is how an application would use raftkv and which
@@ -30,8 +36,8 @@ mod target;
 mod workload;
 
 pub use args::{BenchArgs, MAX_CLIENTS, MAX_CONNECTIONS, MAX_DURATION, MAX_THREADS};
-pub use error::{BenchError, OperationError};
+pub use error::{BenchError, KeyNotWritten, OperationError};
 pub use report::{Report, ReportFormat};
 pub use run::{run, run_against_raftkv};
 pub use target::{one_line, RaftkvTarget, Target, TargetKind};
-pub use workload::{WorkloadKind, KEY_PREFIX, MAX_KEYS};
+pub use workload::{FillOrder, WorkloadKind, KEY_BYTES, KEY_PREFIX, MAX_KEYS};

@@ -37,14 +37,19 @@ pub struct Recorder {
     writes: u64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
-    /// Successful operations completed in each [`TICK`] of the window.
+    /// Ticks of [`TICK`] in the window.
+    window_ticks: usize,
+    /// Successful operations completed in each [`TICK`] of the window, up to the last tick
+    /// with a completion (the rest of the window had none): grown as operations complete, so
+    /// that a window sized for the longest run costs memory only for the time it lasts.
     completions_per_tick: Vec<u64>,
 }
 
 impl Recorder {
-    /// An empty recorder for a measured window of `window`.
+    /// An empty recorder for a measured window of `window`; completions after it count in its
+    /// last tick.
     pub fn new(window: Duration) -> Recorder {
-        let ticks = window.as_nanos().div_ceil(TICK.as_nanos()).max(1) as usize;
+        let window_ticks = window.as_nanos().div_ceil(TICK.as_nanos()).max(1) as usize;
         Recorder {
             latency_micros: Histogram::new_with_bounds(1, HIGHEST_LATENCY_MICROS, SIGNIFICANT_DIGITS)
                 .expect("the histogram bounds are valid constants"),
@@ -52,7 +57,8 @@ impl Recorder {
             writes: 0,
             errors: 0,
             error_kinds: BTreeMap::new(),
-            completions_per_tick: vec![0; ticks],
+            window_ticks,
+            completions_per_tick: Vec::new(),
         }
     }
 
@@ -66,8 +72,16 @@ impl Recorder {
             OperationKind::Write => self.writes += 1,
         }
         let tick = (at.as_nanos() / TICK.as_nanos()) as usize;
-        let last = self.completions_per_tick.len() - 1;
-        self.completions_per_tick[tick.min(last)] += 1;
+        self.count_completions(tick, 1);
+    }
+
+    /// Adds `count` completions to tick `tick` (the window's last tick when it is past it).
+    fn count_completions(&mut self, tick: usize, count: u64) {
+        let tick = tick.min(self.window_ticks - 1);
+        if tick >= self.completions_per_tick.len() {
+            self.completions_per_tick.resize(tick + 1, 0);
+        }
+        self.completions_per_tick[tick] += count;
     }
 
     /// Records a failed operation and why it failed (one line).
@@ -90,7 +104,9 @@ impl Recorder {
         *self.error_kinds.entry(kind.to_string()).or_default() += count;
     }
 
-    /// Adds `other`'s measurements (of the same window) to these.
+    /// Adds `other`'s measurements to these; those past the end of this window count in its
+    /// last tick (a fill's clients record into windows as long as the longest run, and are
+    /// merged into one as long as the fill took).
     pub fn merge(&mut self, other: &Recorder) {
         self.latency_micros
             .add(&other.latency_micros)
@@ -101,8 +117,10 @@ impl Recorder {
         for (message, &count) in &other.error_kinds {
             self.count_error_kind(message, count);
         }
-        for (mine, theirs) in self.completions_per_tick.iter_mut().zip(&other.completions_per_tick) {
-            *mine += theirs;
+        for (tick, &completions) in other.completions_per_tick.iter().enumerate() {
+            if completions > 0 {
+                self.count_completions(tick, completions);
+            }
         }
     }
 
@@ -162,7 +180,8 @@ impl Recorder {
     pub fn longest_stall(&self) -> Duration {
         let mut longest = 0u32;
         let mut current = 0u32;
-        for &completions in &self.completions_per_tick {
+        for tick in 0..self.window_ticks {
+            let completions = self.completions_per_tick.get(tick).copied().unwrap_or(0);
             current = if completions == 0 { current + 1 } else { 0 };
             longest = longest.max(current);
         }
@@ -172,9 +191,11 @@ impl Recorder {
     /// Successful operations in each whole or partial second of the window.
     pub fn operations_per_second(&self) -> Vec<u64> {
         let ticks_per_second = (Duration::from_secs(1).as_nanos() / TICK.as_nanos()) as usize;
-        self.completions_per_tick
-            .chunks(ticks_per_second)
-            .map(|second| second.iter().sum())
+        (0..self.window_ticks.div_ceil(ticks_per_second))
+            .map(|second| {
+                let ticks = second * ticks_per_second..((second + 1) * ticks_per_second).min(self.window_ticks);
+                ticks.filter_map(|tick| self.completions_per_tick.get(tick)).sum()
+            })
             .collect()
     }
 }
@@ -289,6 +310,20 @@ mod tests {
         }
         // Nothing completed from 30 ms to 300 ms, and from 320 ms to 990 ms.
         assert_eq!(recorder.longest_stall(), ms(670));
+    }
+
+    #[test]
+    fn a_long_window_costs_memory_only_for_the_time_used_and_merges_into_a_short_one() {
+        let mut shard = Recorder::new(Duration::from_secs(3_600));
+        shard.record_success(OperationKind::Write, ms(1), ms(1_250));
+        assert_eq!(shard.completions_per_tick.len(), 126);
+        let mut fill = Recorder::new(ms(1_300));
+        fill.merge(&shard);
+        let mut late = Recorder::new(Duration::from_secs(3_600));
+        late.record_success(OperationKind::Write, ms(1), ms(1_400));
+        fill.merge(&late);
+        assert_eq!(fill.operations_per_second(), vec![0, 2]);
+        assert_eq!(fill.longest_stall(), ms(1_250));
     }
 
     #[test]

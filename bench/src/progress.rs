@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -98,5 +99,75 @@ impl ProgressLine {
             ));
         }
         self.clear();
+    }
+
+    /// Redraws the progress of a write of a whole keyspace (a fill or a preload) every
+    /// [`REFRESH_INTERVAL`], until the task running it is aborted: keys written of `total`, MB
+    /// of keys and values written, the rate, errors, and the time left at that rate.
+    pub async fn follow_fill(
+        self,
+        what: &'static str,
+        counters: Arc<Counters>,
+        total: u64,
+        bytes_per_key: u64,
+        start: Instant,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let mut ticks = tokio::time::interval(REFRESH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (written, failed) = counters.read();
+            self.show(&fill_line(what, written, failed, total, bytes_per_key, start.elapsed()));
+        }
+    }
+}
+
+/// The progress line of a keyspace write: `what` has written `written` of `total` keys of
+/// `bytes_per_key` bytes each in `elapsed`, and `failed` puts failed.
+fn fill_line(what: &str, written: u64, failed: u64, total: u64, bytes_per_key: u64, elapsed: Duration) -> String {
+    let megabytes = |keys: u64| (keys * bytes_per_key) as f64 / 1e6;
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    let keys_per_second = written as f64 / seconds;
+    let left = if written == 0 {
+        "?".to_string()
+    } else {
+        let seconds_left = (total.saturating_sub(written) as f64 / keys_per_second).round() as u64;
+        humantime::format_duration(Duration::from_secs(seconds_left)).to_string()
+    };
+    format!(
+        "{:>6.1}s  {what}: {written}/{total} keys ({:.1}%), {:.1}/{:.1} MB, {:.1} MB/s ({:.0} keys/s), {failed} errors, {left} left",
+        elapsed.as_secs_f64(),
+        written as f64 * 100.0 / total.max(1) as f64,
+        megabytes(written),
+        megabytes(total),
+        megabytes(written) / seconds,
+        keys_per_second,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_line_says_keys_megabytes_rate_and_time_left() {
+        let line = fill_line("fill", 1_000_000, 3, 4_000_000, 270, Duration::from_secs(10));
+        assert_eq!(
+            line,
+            "  10.0s  fill: 1000000/4000000 keys (25.0%), 270.0/1080.0 MB, 27.0 MB/s (100000 keys/s), 3 errors, 30s left"
+        );
+    }
+
+    #[test]
+    fn a_fill_line_before_the_first_write_has_no_estimate() {
+        let line = fill_line("preloading the keyspace", 0, 0, 10, 270, Duration::ZERO);
+        assert!(
+            line.contains("preloading the keyspace: 0/10 keys (0.0%), 0.0/0.0 MB"),
+            "{line}"
+        );
+        assert!(line.ends_with("? left"), "{line}");
     }
 }

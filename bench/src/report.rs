@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::measurement::Recorder;
 use crate::target::TargetKind;
-use crate::workload::WorkloadKind;
+use crate::workload::{WorkloadKind, KEY_BYTES};
 
 /// How the report is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +43,13 @@ pub struct RunDescription {
     pub threads: u16,
     pub keys: u64,
     pub value_size: u64,
+    /// 0 for a fill, which records every write.
     pub warmup_s: f64,
+    /// `random` or `sequential`, for the `fill` workload only.
+    pub fill_order: Option<&'static str>,
+    /// Whether every key was written before the measured run (get and mixed, unless
+    /// `--no-preload`).
+    pub preloaded: bool,
     /// The exact command line, quoted for a POSIX shell.
     pub command: String,
 }
@@ -53,7 +59,7 @@ pub struct RunDescription {
 pub struct Report {
     #[serde(flatten)]
     pub run: RunDescription,
-    /// The measured window (after the warm-up), in seconds.
+    /// The measured window (after the warm-up), in seconds; for a fill, the time it took.
     pub duration_s: f64,
     /// Successful operations in the window.
     pub ops: u64,
@@ -65,6 +71,10 @@ pub struct Report {
     pub error_kinds: BTreeMap<String, u64>,
     /// Successful operations per second of the window.
     pub ops_per_sec: f64,
+    /// Megabytes (10^6 bytes) of keys and values the successful puts wrote.
+    pub written_mb: f64,
+    /// `written_mb` per second of the window.
+    pub written_mb_per_sec: f64,
     /// Latency percentiles of the successful operations, in milliseconds.
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -86,6 +96,7 @@ impl Report {
     /// process used `cpu_time` of CPU.
     pub fn new(run: RunDescription, recorder: &Recorder, measured: Duration, cpu_time: Duration) -> Report {
         let seconds = measured.as_secs_f64().max(f64::MIN_POSITIVE);
+        let written_mb = recorder.writes() as f64 * (KEY_BYTES as u64 + run.value_size) as f64 / 1e6;
         Report {
             run,
             duration_s: round(measured.as_secs_f64(), 3),
@@ -95,6 +106,8 @@ impl Report {
             errors: recorder.errors(),
             error_kinds: recorder.error_kinds().clone(),
             ops_per_sec: round(recorder.operations() as f64 / seconds, 1),
+            written_mb: round(written_mb, 6),
+            written_mb_per_sec: round(written_mb / seconds, 3),
             p50_ms: round(recorder.latency_ms_at(0.50), 3),
             p90_ms: round(recorder.latency_ms_at(0.90), 3),
             p99_ms: round(recorder.latency_ms_at(0.99), 3),
@@ -129,7 +142,22 @@ impl Report {
                 format!("mixed ({:.0}% {consistency} gets, the rest puts)", ratio * 100.0)
             }
             (WorkloadKind::Get, Some(consistency), _) => format!("get ({consistency})"),
+            (WorkloadKind::Fill, _, _) => format!("fill ({} order)", run.fill_order.unwrap_or("random")),
             (workload, _, _) => format!("{workload:?}").to_lowercase(),
+        };
+        let timing = if run.workload == WorkloadKind::Fill {
+            format!("all written in {} s", self.duration_s)
+        } else {
+            format!(
+                "{} s measured after a {} s warm-up{}",
+                self.duration_s,
+                run.warmup_s,
+                if run.workload.reads() && !run.preloaded {
+                    " (keyspace not preloaded)"
+                } else {
+                    ""
+                }
+            )
         };
         let target = format!("{:?}", run.target).to_lowercase();
         let _ = writeln!(
@@ -139,7 +167,7 @@ impl Report {
         );
         let _ = writeln!(
             text,
-            "  {} {} on {} {}{}, {} keys, {}-byte values, {} s measured after a {} s warm-up",
+            "  {} {} on {} {}{}, {} keys, {}-byte values, {timing}",
             run.clients,
             plural(run.clients as u64, "client", "clients"),
             run.connections,
@@ -147,8 +175,6 @@ impl Report {
             if run.batched { " (requests batched)" } else { "" },
             run.keys,
             run.value_size,
-            self.duration_s,
-            run.warmup_s,
         );
         let _ = writeln!(text, "  command: {}", run.command);
         let _ = writeln!(
@@ -164,6 +190,13 @@ impl Report {
             "latency (ms):  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
             self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.mean_ms
         );
+        if self.writes > 0 {
+            let _ = writeln!(
+                text,
+                "written:       {:.1} MB of keys and values, {:.1} MB/s",
+                self.written_mb, self.written_mb_per_sec
+            );
+        }
         let _ = writeln!(
             text,
             "longest stall: {} ms; load generator CPU: {:.2} of a core",
@@ -243,6 +276,8 @@ mod tests {
             keys: 10_000,
             value_size: 256,
             warmup_s: 1.0,
+            fill_order: None,
+            preloaded: false,
             command: "raftkv bench --workload put --clients 64".to_string(),
         };
         Report::new(run, &recorder, Duration::from_secs(2), Duration::from_millis(500))
@@ -271,6 +306,10 @@ mod tests {
             "endpoints",
             "error_kinds",
             "ops_per_second",
+            "written_mb",
+            "written_mb_per_sec",
+            "fill_order",
+            "preloaded",
         ] {
             assert!(object.contains_key(field), "missing {field} in {json}");
         }
@@ -286,6 +325,61 @@ mod tests {
         assert_eq!(value["load_generator_cpu_cores"], 0.25);
         assert_eq!(value["consistency"], serde_json::Value::Null);
         assert_eq!(value["error_kinds"]["timed out: no answer within 5s"], 1);
+        // 5 puts of a 14-byte key and a 256-byte value, over 2 s.
+        assert_eq!(value["written_mb"], 0.00135);
+        assert_eq!(value["written_mb_per_sec"], 0.001);
+        assert_eq!(value["fill_order"], serde_json::Value::Null);
+        assert_eq!(value["preloaded"], false);
+    }
+
+    #[test]
+    fn a_fill_reports_how_long_it_took_and_what_it_wrote() {
+        let mut recorder = Recorder::new(Duration::from_secs(4));
+        for at in 0..4_000u64 {
+            recorder.record_success(
+                OperationKind::Write,
+                Duration::from_millis(2),
+                Duration::from_millis(at),
+            );
+        }
+        let mut run = example().run;
+        run.workload = WorkloadKind::Fill;
+        run.keys = 4_000;
+        run.warmup_s = 0.0;
+        run.fill_order = Some("random");
+        let report = Report::new(run, &recorder, Duration::from_secs(4), Duration::from_secs(1));
+        let text = report.to_text();
+        assert!(
+            text.starts_with("raftkv bench: fill (random order) against raftkv at 127.0.0.1:7000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("4000 keys, 256-byte values, all written in 4 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("throughput:    1000.0 ops/s (4000 ops, 0 errors)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("written:       1.1 MB of keys and values, 0.3 MB/s"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["workload"], "fill");
+        assert_eq!(json["fill_order"], "random");
+        assert_eq!(json["written_mb"], 1.08);
+        assert_eq!(json["written_mb_per_sec"], 0.27);
+    }
+
+    #[test]
+    fn a_read_run_over_a_keyspace_written_before_says_so() {
+        let mut report = example();
+        report.run.workload = WorkloadKind::Get;
+        report.run.consistency = Some("linearizable");
+        assert!(report.to_text().contains("warm-up (keyspace not preloaded)"));
+        report.run.preloaded = true;
+        assert!(!report.to_text().contains("not preloaded"));
     }
 
     #[test]

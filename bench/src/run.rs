@@ -1,24 +1,24 @@
 //! The run of a benchmark: preload, the closed-loop clients, the measured window, and the
-//! report at the end.
+//! report at the end; or a fill, which writes every key once and reports how fast it went.
 //!
 //! It exists so that both binaries run exactly the same loop, whatever the target: this module
 //! is generic over [`Target`], and the load generator gets a Tokio runtime of its own, sized by
 //! `--threads`, on a thread of its own, whatever runtime its caller has.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use raftkv::client;
 use tokio::time::Instant;
 
 use crate::args::BenchArgs;
-use crate::error::{BenchError, OperationError};
+use crate::error::{BenchError, KeyNotWritten, OperationError};
 use crate::measurement::{OperationKind, Recorder};
 use crate::progress::{Counters, ProgressLine};
 use crate::report::{self, Report, RunDescription};
 use crate::target::{self, one_line, RaftkvTarget, Target, TargetKind};
-use crate::workload::{Operation, Workload, WorkloadKind};
+use crate::workload::{key_name, FillOrder, FillSequence, Operation, Workload, WorkloadKind};
 
 /// Recorders the clients record into; bounded so that memory does not grow with the clients.
 const RECORDER_SHARDS: usize = 16;
@@ -26,6 +26,12 @@ const RECORDER_SHARDS: usize = 16;
 const PRELOAD_CONCURRENCY: usize = 64;
 /// Pause after a failed operation, so a refused connection does not become a busy loop.
 const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(10);
+/// Puts of one key a fill or preload makes before it gives up (a put is idempotent: a retry of
+/// one whose outcome is unknown writes the same value again).
+const ATTEMPTS_PER_KEY: u32 = 10;
+/// The longest fill whose completions timeline (ops per second, longest stall) is kept whole;
+/// later completions count in its last tick. Memory grows only with the time a fill takes.
+const FILL_TIMELINE: Duration = Duration::from_secs(24 * 3_600);
 
 /// Runs the benchmark against raftkv at `endpoints` (each request may take up to `timeout`,
 /// retries included) and prints its report: what `raftkv bench` does.
@@ -98,16 +104,15 @@ async fn benchmark<T: Target>(
         .map_err(BenchError::Endpoints)?;
     let progress = ProgressLine::on_stderr();
 
-    if args.workload.reads() {
+    if args.workload == WorkloadKind::Fill {
+        return fill(endpoints, args, command, &connections, workload, progress).await;
+    }
+    if args.workload.reads() && !args.no_preload {
         preload(&connections, &workload, progress).await?;
     }
 
     let clients = args.clients as usize;
-    let recorders: Arc<Vec<Mutex<Recorder>>> = Arc::new(
-        (0..clients.min(RECORDER_SHARDS))
-            .map(|_| Mutex::new(Recorder::new(args.duration)))
-            .collect(),
-    );
+    let recorders = shard_recorders(clients, args.duration);
     let counters = Arc::new(Counters::default());
     let start = Instant::now();
     let window = MeasuredWindow {
@@ -140,11 +145,41 @@ async fn benchmark<T: Target>(
     }
     let cpu_time = cpu_in_window.await.unwrap_or_default();
 
-    let mut merged = Recorder::new(args.duration);
-    for recorder in recorders.iter() {
-        merged.merge(&recorder.lock().unwrap_or_else(|poison| poison.into_inner()));
-    }
-    let run = RunDescription {
+    let merged = merge(&recorders, args.duration);
+    let run = describe(endpoints, &args, command);
+    Ok(Report::new(run, &merged, args.duration, cpu_time))
+}
+
+/// A fill: `--clients` clients write every key of the keyspace once, in `--fill-order`, and
+/// the report covers the whole fill (no warm-up: every write counts).
+async fn fill<T: Target>(
+    endpoints: Vec<String>,
+    args: BenchArgs,
+    command: String,
+    connections: &[T],
+    workload: Arc<Workload>,
+    progress: ProgressLine,
+) -> Result<Report, BenchError> {
+    let cpu_before = process_cpu_time();
+    let write = Arc::new(KeyspaceWrite::new(
+        workload,
+        args.fill_order,
+        shard_recorders(args.clients as usize, FILL_TIMELINE),
+    ));
+    write
+        .run(connections, args.clients as usize, "fill", progress, BenchError::Fill)
+        .await?;
+    let elapsed = write.start.elapsed();
+    let cpu_time = process_cpu_time().saturating_sub(cpu_before);
+    let merged = merge(&write.recorders, elapsed);
+    let run = describe(endpoints, &args, command);
+    Ok(Report::new(run, &merged, elapsed, cpu_time))
+}
+
+/// What was run, for the report.
+fn describe(endpoints: Vec<String>, args: &BenchArgs, command: String) -> RunDescription {
+    let fill = args.workload == WorkloadKind::Fill;
+    RunDescription {
         target: args.target,
         endpoints,
         workload: args.workload,
@@ -156,10 +191,29 @@ async fn benchmark<T: Target>(
         threads: args.threads,
         keys: args.keys,
         value_size: args.value_size,
-        warmup_s: args.warmup.as_secs_f64(),
+        warmup_s: if fill { 0.0 } else { args.warmup.as_secs_f64() },
+        fill_order: fill.then_some(args.fill_order.name()),
+        preloaded: args.workload.reads() && !args.no_preload,
         command,
-    };
-    Ok(Report::new(run, &merged, args.duration, cpu_time))
+    }
+}
+
+/// Recorders for `clients` clients to share, each with a window of `window`.
+fn shard_recorders(clients: usize, window: Duration) -> Arc<Vec<Mutex<Recorder>>> {
+    Arc::new(
+        (0..clients.clamp(1, RECORDER_SHARDS))
+            .map(|_| Mutex::new(Recorder::new(window)))
+            .collect(),
+    )
+}
+
+/// The shards' measurements together, over a window of `window`.
+fn merge(recorders: &[Mutex<Recorder>], window: Duration) -> Recorder {
+    let mut merged = Recorder::new(window);
+    for recorder in recorders {
+        merged.merge(&recorder.lock().unwrap_or_else(|poison| poison.into_inner()));
+    }
+    merged
 }
 
 /// When operations count: those that complete in `from..to`.
@@ -169,29 +223,142 @@ struct MeasuredWindow {
     to: Instant,
 }
 
-/// Writes every key of the keyspace once, [`PRELOAD_CONCURRENCY`] at a time, so that gets
-/// find values. Any failure stops the benchmark: reads of missing keys would measure nothing.
-async fn preload<T: Target>(connections: &[T], workload: &Workload, progress: ProgressLine) -> Result<(), BenchError> {
-    let total = workload.keys().len();
-    let mut puts = futures::stream::iter(workload.keys().iter().enumerate())
-        .map(|(index, key)| {
-            let operation = Operation::Put {
-                key: key.clone(),
-                value: workload.value().clone(),
-            };
-            target::execute(&connections[index % connections.len()], operation, index, 0)
-        })
-        .buffer_unordered(PRELOAD_CONCURRENCY);
-    let mut written = 0;
-    while let Some(outcome) = puts.next().await {
-        outcome.map_err(BenchError::Preload)?;
-        written += 1;
-        if written % 1_000 == 0 || written == total {
-            progress.show(&format!("preloading the keyspace: {written}/{total} keys"));
+/// Writes every key of the keyspace once, in key order, [`PRELOAD_CONCURRENCY`] at a time, so
+/// that gets find values. A key that cannot be written stops the benchmark: reads of missing
+/// keys would measure nothing.
+async fn preload<T: Target>(
+    connections: &[T],
+    workload: &Arc<Workload>,
+    progress: ProgressLine,
+) -> Result<(), BenchError> {
+    // Nothing of the preload is reported: one small recorder takes its measurements.
+    let write = Arc::new(KeyspaceWrite::new(
+        workload.clone(),
+        FillOrder::Sequential,
+        shard_recorders(1, Duration::from_secs(1)),
+    ));
+    write
+        .run(
+            connections,
+            PRELOAD_CONCURRENCY,
+            "preloading the keyspace",
+            progress,
+            BenchError::Preload,
+        )
+        .await
+}
+
+/// One write of every key of a keyspace (a fill, or a preload), shared by its clients: the
+/// order of the writes, the next one to take, whether a client gave up (then the others stop
+/// too), and where the puts are recorded and counted.
+struct KeyspaceWrite {
+    workload: Arc<Workload>,
+    sequence: FillSequence,
+    next_position: AtomicU64,
+    stopped: AtomicBool,
+    recorders: Arc<Vec<Mutex<Recorder>>>,
+    counters: Arc<Counters>,
+    /// When the write began: completion times are counted from here.
+    start: Instant,
+}
+
+impl KeyspaceWrite {
+    /// A write of `workload`'s keyspace in `order`, recorded into `recorders`; it begins now.
+    fn new(workload: Arc<Workload>, order: FillOrder, recorders: Arc<Vec<Mutex<Recorder>>>) -> KeyspaceWrite {
+        KeyspaceWrite {
+            sequence: FillSequence::new(workload.keys(), order),
+            workload,
+            next_position: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            recorders,
+            counters: Arc::new(Counters::default()),
+            start: Instant::now(),
         }
     }
-    progress.clear();
-    Ok(())
+
+    /// Writes every key once, `clients` puts in flight, with `what` on the progress line. A
+    /// failed put is recorded and retried, up to [`ATTEMPTS_PER_KEY`] times; a key that still
+    /// fails stops every client, and is the error (as `failed` makes it).
+    async fn run<T: Target>(
+        self: &Arc<Self>,
+        connections: &[T],
+        clients: usize,
+        what: &'static str,
+        progress: ProgressLine,
+        failed: fn(KeyNotWritten) -> BenchError,
+    ) -> Result<(), BenchError> {
+        let progress_task = tokio::spawn(progress.follow_fill(
+            what,
+            self.counters.clone(),
+            self.sequence.len(),
+            self.workload.bytes_per_put(),
+            self.start,
+        ));
+        let tasks: Vec<_> = (0..clients)
+            .map(|client| {
+                let connection = connections[client % connections.len()].clone();
+                tokio::spawn(self.clone().client(client, connection))
+            })
+            .collect();
+        let mut outcome = Ok(());
+        for task in tasks {
+            let finished = match task.await {
+                Ok(written) => written.map_err(failed),
+                Err(panicked) => Err(BenchError::Client(panicked)),
+            };
+            outcome = outcome.and(finished);
+        }
+        progress_task.abort();
+        progress.clear();
+        outcome
+    }
+
+    /// One client: takes the next key of the sequence and writes it, until none is left.
+    async fn client<T: Target>(self: Arc<Self>, client: usize, connection: T) -> Result<(), KeyNotWritten> {
+        let recorder = &self.recorders[client % self.recorders.len()];
+        while !self.stopped.load(Ordering::Relaxed) {
+            let position = self.next_position.fetch_add(1, Ordering::Relaxed);
+            if position >= self.sequence.len() {
+                break;
+            }
+            let key = key_name(self.sequence.key_number(position));
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let operation = Operation::Put {
+                    key: key.clone(),
+                    value: self.workload.value().clone(),
+                };
+                let started = Instant::now();
+                let outcome = target::execute(&connection, operation, client, 0).await;
+                let finished = Instant::now();
+                self.counters.count(outcome.is_ok());
+                let error = {
+                    let mut recorder = recorder.lock().unwrap_or_else(|poison| poison.into_inner());
+                    match outcome {
+                        Ok(()) => {
+                            recorder.record_success(OperationKind::Write, finished - started, finished - self.start);
+                            break;
+                        }
+                        Err(error) => {
+                            recorder.record_error(&tallied_message(&error));
+                            error
+                        }
+                    }
+                };
+                if attempts >= ATTEMPTS_PER_KEY {
+                    self.stopped.store(true, Ordering::Relaxed);
+                    return Err(KeyNotWritten {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        attempts,
+                        error,
+                    });
+                }
+                tokio::time::sleep(PAUSE_AFTER_ERROR).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One closed-loop client: sends its operations one at a time until the window ends, and
@@ -254,7 +421,141 @@ fn tallied_message(error: &OperationError) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use bytes::Bytes;
+    use raftkv::pb::Consistency;
+    use raftkv::usage::ReadConsistency;
+
     use super::*;
+    use crate::report::ReportFormat;
+
+    /// An in-memory target that counts the puts of every key, and fails the puts `fails` says.
+    #[derive(Clone)]
+    struct FakeStore {
+        puts: Arc<Mutex<HashMap<Bytes, u32>>>,
+        calls: Arc<AtomicU64>,
+        fails: fn(call: u64, key: &[u8]) -> bool,
+    }
+
+    impl FakeStore {
+        fn new(fails: fn(u64, &[u8]) -> bool) -> FakeStore {
+            FakeStore {
+                puts: Arc::default(),
+                calls: Arc::default(),
+                fails,
+            }
+        }
+
+        fn puts(&self) -> HashMap<Bytes, u32> {
+            self.puts.lock().unwrap().clone()
+        }
+    }
+
+    impl Target for FakeStore {
+        async fn put(&self, _client: usize, key: Bytes, _value: Bytes) -> Result<(), OperationError> {
+            let call = self.calls.fetch_add(1, Ordering::Relaxed);
+            if (self.fails)(call, &key) {
+                return Err(OperationError::NoAnswer(Duration::from_millis(1)));
+            }
+            *self.puts.lock().unwrap().entry(key).or_default() += 1;
+            Ok(())
+        }
+
+        async fn get(&self, _client: usize, key: Bytes, _consistency: Consistency) -> Result<Bytes, OperationError> {
+            match self.puts.lock().unwrap().get(&key) {
+                Some(_) => Ok(Bytes::from(vec![b'v'; 8])),
+                None => Err(OperationError::NoAnswer(Duration::from_millis(1))),
+            }
+        }
+    }
+
+    fn args(workload: WorkloadKind, keys: u64) -> BenchArgs {
+        BenchArgs {
+            workload,
+            read_ratio: 0.9,
+            consistency: ReadConsistency::Linearizable,
+            clients: 8,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            keys,
+            value_size: 8,
+            output: ReportFormat::Json,
+            target: TargetKind::Raftkv,
+            connections: 2,
+            unbatched: false,
+            fill_order: FillOrder::Random,
+            no_preload: false,
+            threads: 1,
+        }
+    }
+
+    async fn run_on(store: &FakeStore, args: BenchArgs) -> Result<Report, BenchError> {
+        let store = store.clone();
+        benchmark(vec!["fake:1".to_string()], args, "test".to_string(), move || {
+            Ok(store.clone())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_fill_writes_every_key_exactly_once_and_reports_it() {
+        let store = FakeStore::new(|_, _| false);
+        let report = run_on(&store, args(WorkloadKind::Fill, 1_000)).await.unwrap();
+        let puts = store.puts();
+        assert_eq!(puts.len(), 1_000);
+        assert!(puts.values().all(|&count| count == 1));
+        assert!((0..1_000).all(|index| puts.contains_key(&key_name(index))));
+        assert_eq!((report.ops, report.writes, report.errors), (1_000, 1_000, 0));
+        assert_eq!(report.written_mb, 1_000.0 * (14.0 + 8.0) / 1e6);
+        assert_eq!(report.run.fill_order, Some("random"));
+        assert_eq!(report.run.warmup_s, 0.0);
+        assert!(!report.run.preloaded);
+    }
+
+    #[tokio::test]
+    async fn a_fill_retries_a_failed_put_and_counts_the_failure() {
+        // Every seventh call fails: each key is still written once.
+        let store = FakeStore::new(|call, _| call % 7 == 3);
+        let report = run_on(&store, args(WorkloadKind::Fill, 500)).await.unwrap();
+        assert_eq!(store.puts().len(), 500);
+        assert_eq!(report.writes, 500);
+        assert!(report.errors >= 500 / 7, "{} errors", report.errors);
+        assert_eq!(report.error_kinds.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_that_cannot_be_written_stops_the_fill_and_is_named() {
+        let store = FakeStore::new(|_, key| key == b"bench/00000042");
+        let error = run_on(&store, args(WorkloadKind::Fill, 100_000)).await.unwrap_err();
+        let BenchError::Fill(KeyNotWritten { key, attempts, .. }) = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!((key.as_str(), *attempts), ("bench/00000042", ATTEMPTS_PER_KEY));
+        // The other clients stopped too, long before the end of the keyspace.
+        assert!(store.puts().len() < 100_000);
+    }
+
+    #[tokio::test]
+    async fn gets_without_preload_read_the_keyspace_as_it_is() {
+        let store = FakeStore::new(|_, _| false);
+        run_on(&store, args(WorkloadKind::Fill, 200)).await.unwrap();
+        let mut gets = args(WorkloadKind::Get, 200);
+        gets.no_preload = true;
+        gets.value_size = 8;
+        let report = run_on(&store, gets).await.unwrap();
+        assert!(store.puts().values().all(|&count| count == 1), "nothing written again");
+        assert!(report.reads > 0);
+        assert_eq!(report.errors, 0);
+        assert!(!report.run.preloaded);
+
+        let preloaded = run_on(&store, args(WorkloadKind::Get, 200)).await.unwrap();
+        assert!(
+            store.puts().values().all(|&count| count == 2),
+            "every key written again"
+        );
+        assert!(preloaded.run.preloaded);
+    }
 
     #[test]
     fn process_cpu_time_never_goes_backwards() {

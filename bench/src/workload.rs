@@ -3,7 +3,9 @@
 //!
 //! It exists so that every target (raftkv, etcd) gets exactly the same requests: the keys and
 //! the operation sequence come from a seeded generator per client, so two runs with the same
-//! flags send the same keys in the same order whatever they talk to.
+//! flags send the same keys in the same order whatever they talk to. Keys are named from their
+//! number when an operation is made, not built up front, so that the load generator's memory
+//! does not grow with the keyspace (a scale run writes millions of keys).
 
 use bytes::Bytes;
 use clap::ValueEnum;
@@ -13,8 +15,11 @@ use raftkv::pb::Consistency;
 pub const KEY_PREFIX: &str = "bench/";
 /// Digits of the key number: keys sort in numeric order and all have the same length.
 const KEY_DIGITS: usize = 8;
-/// The largest keyspace: every key is built up front (about 50 bytes of memory each).
-pub const MAX_KEYS: u64 = 10_000_000;
+/// Bytes of every benchmark key (`bench/00000042`).
+pub const KEY_BYTES: usize = KEY_PREFIX.len() + KEY_DIGITS;
+/// The largest keyspace: every key number has [`KEY_DIGITS`] digits (25.6 GB of keys and values
+/// at 256-byte values).
+pub const MAX_KEYS: u64 = 10u64.pow(KEY_DIGITS as u32);
 
 /// Which operations a benchmark issues.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -26,12 +31,36 @@ pub enum WorkloadKind {
     Get,
     /// Reads and writes of random keys, `--read-ratio` of them reads (the keyspace is written first).
     Mixed,
+    /// Writes every key of the keyspace exactly once (in --fill-order), as fast as the clients
+    /// go, and ends when all are written (--duration and --warmup do not apply).
+    Fill,
 }
 
 impl WorkloadKind {
     /// Whether the workload reads, so the keyspace must exist before it starts.
     pub fn reads(self) -> bool {
         matches!(self, WorkloadKind::Get | WorkloadKind::Mixed)
+    }
+}
+
+/// The order in which a fill writes the keyspace.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillOrder {
+    /// A fixed pseudo-random permutation of the keys: every write lands somewhere else in the
+    /// keyspace, as an application's writes would (the harder case for a storage engine).
+    Random,
+    /// Key 0, 1, 2, ...: appends at the end of the keyspace (the easy case for a storage engine).
+    Sequential,
+}
+
+impl FillOrder {
+    /// The name the flag and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FillOrder::Random => "random",
+            FillOrder::Sequential => "sequential",
+        }
     }
 }
 
@@ -44,14 +73,14 @@ pub enum Operation {
     Get { key: Bytes, consistency: Consistency },
 }
 
-/// The requests of one benchmark, shared by all clients: the keys (built once, so that a
-/// request copies no key or value bytes) and the mix of operations.
+/// The requests of one benchmark, shared by all clients: the keyspace, the value (built once,
+/// so that a request copies no value bytes) and the mix of operations.
 #[derive(Debug)]
 pub struct Workload {
     kind: WorkloadKind,
     read_ratio: f64,
     consistency: Consistency,
-    keys: Vec<Bytes>,
+    keys: u64,
     value: Bytes,
 }
 
@@ -70,14 +99,14 @@ impl Workload {
             kind,
             read_ratio: read_ratio.clamp(0.0, 1.0),
             consistency,
-            keys: (0..keys).map(key_name).collect(),
+            keys,
             value: value_of_size(value_size),
         }
     }
 
-    /// Every key of the keyspace, in order (what a preload writes).
-    pub fn keys(&self) -> &[Bytes] {
-        &self.keys
+    /// How many keys the keyspace has: keys number 0 to `keys() - 1`.
+    pub fn keys(&self) -> u64 {
+        self.keys
     }
 
     /// The value every put writes.
@@ -85,8 +114,14 @@ impl Workload {
         &self.value
     }
 
+    /// Bytes one put writes: its key and its value.
+    pub fn bytes_per_put(&self) -> u64 {
+        (KEY_BYTES + self.value.len()) as u64
+    }
+
     /// The operation sequence of client number `client`: the same for the same client number
-    /// and workload, different between clients.
+    /// and workload, different between clients. A fill has none of its own: its clients share
+    /// one [`FillSequence`].
     pub fn operations(&self, client: u64) -> Operations<'_> {
         Operations {
             workload: self,
@@ -106,9 +141,9 @@ impl Iterator for Operations<'_> {
 
     fn next(&mut self) -> Option<Operation> {
         let workload = self.workload;
-        let key = workload.keys[self.random.below(workload.keys.len() as u64) as usize].clone();
+        let key = key_name(self.random.below(workload.keys));
         let read = match workload.kind {
-            WorkloadKind::Put => false,
+            WorkloadKind::Put | WorkloadKind::Fill => false,
             WorkloadKind::Get => true,
             WorkloadKind::Mixed => self.random.unit() < workload.read_ratio,
         };
@@ -126,9 +161,100 @@ impl Iterator for Operations<'_> {
     }
 }
 
+/// The order in which a fill writes every key of a keyspace once: the key number of the
+/// `position`-th write, for positions 0 to keys - 1.
+#[derive(Clone, Debug)]
+pub struct FillSequence {
+    keys: u64,
+    shuffle: Option<Permutation>,
+}
+
+impl FillSequence {
+    /// The writes of a fill of `keys` keys in `order`.
+    pub fn new(keys: u64, order: FillOrder) -> FillSequence {
+        FillSequence {
+            keys,
+            shuffle: (order == FillOrder::Random).then(|| Permutation::new(keys)),
+        }
+    }
+
+    /// How many writes the fill makes: one per key.
+    pub fn len(&self) -> u64 {
+        self.keys
+    }
+
+    /// The key number written at `position` (below [`FillSequence::len`]).
+    pub fn key_number(&self, position: u64) -> u64 {
+        assert!(position < self.keys, "fill position {position} of {}", self.keys);
+        match &self.shuffle {
+            Some(permutation) => permutation.apply(position),
+            None => position,
+        }
+    }
+}
+
+/// A fixed pseudo-random permutation of 0..n that needs no memory: a 4-round Feistel network
+/// over the smallest even number of bits that holds n, walked until it lands below n ("cycle
+/// walking", fewer than 4 steps on average). Being a bijection, it visits every number once.
+#[derive(Clone, Debug)]
+struct Permutation {
+    n: u64,
+    half_bits: u32,
+    half_mask: u64,
+}
+
+/// Keys of the Feistel rounds: fixed, so every run writes in the same order.
+const FEISTEL_ROUND_KEYS: [u64; 4] = [
+    0x243F_6A88_85A3_08D3,
+    0x1319_8A2E_0370_7344,
+    0xA409_3822_299F_31D0,
+    0x082E_FA98_EC4E_6C89,
+];
+
+impl Permutation {
+    fn new(n: u64) -> Permutation {
+        assert!(n >= 1);
+        let bits = (u64::BITS - (n - 1).leading_zeros()).max(2);
+        let half_bits = bits.div_ceil(2);
+        Permutation {
+            n,
+            half_bits,
+            half_mask: (1u64 << half_bits) - 1,
+        }
+    }
+
+    fn apply(&self, index: u64) -> u64 {
+        debug_assert!(index < self.n);
+        let mut value = index;
+        loop {
+            value = self.feistel(value);
+            if value < self.n {
+                return value;
+            }
+        }
+    }
+
+    fn feistel(&self, value: u64) -> u64 {
+        let (mut left, mut right) = (value >> self.half_bits, value & self.half_mask);
+        for round_key in FEISTEL_ROUND_KEYS {
+            let mixed = SplitMix64::new(right ^ round_key).next_u64() & self.half_mask;
+            (left, right) = (right, left ^ mixed);
+        }
+        (left << self.half_bits) | right
+    }
+}
+
 /// The name of key number `index`: `bench/00000042`.
 pub fn key_name(index: u64) -> Bytes {
-    Bytes::from(format!("{KEY_PREFIX}{index:0width$}", width = KEY_DIGITS))
+    debug_assert!(index < MAX_KEYS);
+    let mut name = [b'0'; KEY_BYTES];
+    name[..KEY_PREFIX.len()].copy_from_slice(KEY_PREFIX.as_bytes());
+    let mut rest = index;
+    for digit in name[KEY_PREFIX.len()..].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    Bytes::copy_from_slice(&name)
 }
 
 /// A value of `size` printable bytes (a repeating alphabet, so it is readable in a debugger and
@@ -234,7 +360,66 @@ mod tests {
             seen.insert(key);
         }
         assert_eq!(seen.len(), 50);
-        assert!(seen.iter().all(|key| workload.keys().contains(key)));
+        let keyspace: std::collections::BTreeSet<Bytes> = (0..workload.keys()).map(key_name).collect();
+        assert_eq!(seen, keyspace);
+    }
+
+    #[test]
+    fn key_names_are_built_digit_by_digit_like_the_formatted_number() {
+        for index in [0, 7, 42, 12_345_678, MAX_KEYS - 1] {
+            assert_eq!(
+                key_name(index),
+                Bytes::from(format!("{KEY_PREFIX}{index:08}")),
+                "key {index}"
+            );
+        }
+        assert_eq!(key_name(MAX_KEYS - 1).len(), KEY_BYTES);
+    }
+
+    #[test]
+    fn a_fill_writes_every_key_exactly_once_in_either_order() {
+        for keys in [1, 2, 3, 4, 5, 15, 16, 17, 1_000, 4_097, 65_536] {
+            for order in [FillOrder::Random, FillOrder::Sequential] {
+                let fill = FillSequence::new(keys, order);
+                assert_eq!(fill.len(), keys);
+                let mut seen = vec![false; keys as usize];
+                for position in 0..keys {
+                    let key = fill.key_number(position);
+                    assert!(key < keys, "{order:?}, {keys} keys: position {position} gave key {key}");
+                    assert!(!seen[key as usize], "{order:?}, {keys} keys: key {key} written twice");
+                    seen[key as usize] = true;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_sequential_fill_goes_in_key_order_and_a_random_one_scatters() {
+        let sequential = FillSequence::new(10_000, FillOrder::Sequential);
+        assert!((0..10_000).all(|position| sequential.key_number(position) == position));
+
+        let random = FillSequence::new(10_000, FillOrder::Random);
+        let first: Vec<u64> = (0..1_000).map(|position| random.key_number(position)).collect();
+        // Not in order, and the first tenth of the writes reaches every tenth of the keyspace.
+        assert!(first.windows(2).filter(|pair| pair[0] < pair[1]).count() < 600);
+        let mut tenths = [0u32; 10];
+        for key in &first {
+            tenths[(*key / 1_000) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&count| (50..=150).contains(&count)), "{tenths:?}");
+        // The same order every run.
+        assert_eq!(
+            first,
+            (0..1_000)
+                .map(|position| FillSequence::new(10_000, FillOrder::Random).key_number(position))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_put_writes_its_key_and_its_value() {
+        let workload = Workload::new(WorkloadKind::Fill, 0.9, Consistency::Linearizable, 10, 256);
+        assert_eq!(workload.bytes_per_put(), 14 + 256);
     }
 
     #[test]

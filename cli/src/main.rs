@@ -162,7 +162,9 @@ enum Command {
     /// Show every cluster member's role, term, leader and log indexes.
     #[command(
         long_about = "Show the cluster's status: one row per member with its id, address, role, term, \
-            the leader it knows, last log / commit / applied index, pid, and whether it answered.\n\
+            the leader it knows, last log / commit / applied index, pid, and whether it answered \
+            (--output json also has the index of its latest snapshot and of the last log entry it \
+            purged).\n\
             The endpoint is asked for the membership, then every member is asked directly.\n\
             --watch keeps refreshing and prints a line when the leader is lost and when a new one is \
             elected, with the election's duration.",
@@ -190,14 +192,18 @@ enum Command {
     #[command(
         long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
             (closed loop) for a warm-up plus --duration, against --endpoint. For get and mixed, every key \
-            is written first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
-            from an HDR histogram); a live progress line is shown on a terminal.\n\
+            is written first (--no-preload: it is there already). --workload fill writes every key of \
+            --keys once (a scale run's data: --keys 4000000 --value-size 256 is about 1 GB) and ends \
+            when all are written. Prints throughput, errors, latency percentiles (p50/p90/p99/p99.9/max, \
+            from an HDR histogram) and MB written; a live progress line is shown on a terminal.\n\
             To drive an etcd v3 cluster with the identical workload, use the raftkv-bench binary \
             (`cargo build --release -p raftkv-bench`; `raftkv-bench --target etcd`, same flags).",
         after_help = "Examples:\n  \
             raftkv bench --workload put --clients 64 --duration 10s\n  \
             raftkv bench --workload get --consistency stale --clients 64 --output json\n  \
-            raftkv bench --workload mixed --read-ratio 0.9 --clients 16 --keys 100000 --value-size 1024"
+            raftkv bench --workload mixed --read-ratio 0.9 --clients 16 --keys 100000 --value-size 1024\n  \
+            raftkv bench --workload fill --keys 4000000 --clients 64 && \
+            raftkv bench --workload get --keys 4000000 --no-preload --clients 64"
     )]
     Bench(raftkv_bench::BenchArgs),
 }

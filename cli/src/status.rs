@@ -54,6 +54,11 @@ pub struct MemberRow {
     pub last_log_index: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last log index its latest snapshot covers (JSON only).
+    pub snapshot_index: Option<u64>,
+    /// The last log index it has purged: entries up to here can reach a follower only in a
+    /// snapshot (JSON only).
+    pub purged_index: Option<u64>,
     pub reachable: bool,
     pub pid: Option<u32>,
     /// Why the member did not answer.
@@ -118,6 +123,8 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
                     last_log_index: status.last_log_index,
                     commit_index: status.commit_index,
                     applied_index: status.applied_index,
+                    snapshot_index: status.snapshot_index,
+                    purged_index: status.purged_index,
                     reachable: true,
                     pid: (status.pid != 0).then_some(status.pid),
                     error: None,
@@ -133,6 +140,8 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
                 last_log_index: None,
                 commit_index: None,
                 applied_index: None,
+                snapshot_index: None,
+                purged_index: None,
                 reachable: false,
                 pid: None,
                 error: Some(error.to_string()),
@@ -368,6 +377,8 @@ mod tests {
             last_log_index: Some(9),
             commit_index: Some(9),
             applied_index: Some(9),
+            snapshot_index: Some(5),
+            purged_index: None,
             reachable: true,
             pid: Some(1234),
             error: None,
@@ -381,7 +392,7 @@ mod tests {
             json,
             serde_json::json!({"nodes":[{"id":1,"address":"127.0.0.1:7001","role":"leader","term":3,
                 "leader_id":1,"last_log_index":9,"commit_index":9,"applied_index":9,
-                "reachable":true,"pid":1234}]})
+                "snapshot_index":5,"purged_index":null,"reachable":true,"pid":1234}]})
         );
     }
 
@@ -396,6 +407,8 @@ mod tests {
             last_log_index: None,
             commit_index: None,
             applied_index: None,
+            snapshot_index: None,
+            purged_index: None,
             reachable: false,
             pid: None,
             error: Some("timed out: no answer within 500ms".to_string()),

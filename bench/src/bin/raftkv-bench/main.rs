@@ -31,8 +31,10 @@ const EXIT_FAILED: u8 = 3;
     about = "Closed-loop load generator for raftkv, and for etcd v3 under the identical workload",
     long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
         (closed loop) for a warm-up plus --duration, against --endpoint. For get and mixed, every key \
-        is written first. Prints throughput, errors and latency percentiles (p50/p90/p99/p99.9/max, \
-        from an HDR histogram); a live progress line is shown on a terminal.\n\
+        is written first (--no-preload: it is there already). --workload fill writes every key of \
+        --keys once (a scale run's data: --keys 4000000 --value-size 256 is about 1 GB) and ends \
+        when all are written. Prints throughput, errors, latency percentiles (p50/p90/p99/p99.9/max, \
+        from an HDR histogram) and MB written; a live progress line is shown on a terminal.\n\
         The same load generator as `raftkv bench`; this binary also drives an etcd v3 cluster \
         (--target etcd), for comparisons (bench/compare-etcd.sh).\n\
         Exit codes: 0 success, 2 usage error, 3 the benchmark failed or no operation succeeded.",
