@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use raftkv::raft_pb as pb;
 
+use crate::store::engine::{self, EngineError, EngineKind, EngineOptions};
 use crate::store::log_store::LogStoreOpenError;
 use crate::store::state_file::{self, StateFileError};
 use crate::store::state_machine::StateMachineOpenError;
@@ -34,13 +35,8 @@ const FORMAT_3_DATABASE: &str = "db";
 /// What a directory that is claimed may already hold: the skeleton of a claim a crash
 /// cut short (empty, see [`claim`]), and a file system's own directory at a mount point.
 const CLAIMABLE: [&str; 4] = [WAL_DIR, SM_DIR, "identity.tmp", "lost+found"];
-/// The state machine's engine: sled, until the engine can be chosen.
-const ENGINE: &str = "sled";
-/// sled's segment size. sled writes any item larger than a quarter of a segment to a
-/// separate "blob" file that it never fsyncs; with 8 MiB segments every value the state
-/// machine stores (at most one 1 MiB command, or a 1 MiB write group of them, plus framing)
-/// stays in the main file, which `LogStore` fsyncs before it purges log entries.
-pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// sled's default cache (sled's own default).
+const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
 /// Why a data directory cannot be used. Each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +88,16 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
+    // sled, until the engine can be chosen.
+    let options = EngineOptions {
+        kind: EngineKind::Sled,
+        cache_bytes: DEFAULT_CACHE_BYTES,
+    };
     let expected = pb::DataDirIdentity {
         format: FORMAT_VERSION,
         node_id,
         initial_cluster: cluster.to_string(),
-        engine: ENGINE.to_string(),
+        engine: options.kind.name().to_string(),
     };
     match read_identity(dir)? {
         None => claim(dir, &expected)?,
@@ -111,29 +112,13 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         }
     }
     let sm_was_empty = is_empty_dir(&sm_dir).map_err(|e| unusable(format!("cannot list {SM_DIR}: {e}")))?;
-    let db = sled::Config::new()
-        .path(&sm_dir)
-        .segment_size(SLED_SEGMENT_BYTES)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                unusable("another process is using it".to_string())
-            }
-            sled::Error::Corruption { at, .. } => corrupt(match at {
-                Some(offset) => format!("the database files hold corrupted data (at {offset})"),
-                None => "the database files hold corrupted data".to_string(),
-            }),
-            other => unusable(other.to_string()),
-        })?;
-    // sled "flushes" with sync_file_range, which neither flushes the device's write cache nor
-    // the file's metadata; the log store's purges fsync sled's file themselves.
-    let sled_file =
-        std::fs::File::open(sm_dir.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
-    let persist_db = db.clone();
-    let persist_state_machine = Box::new(move || {
-        persist_db.flush().map_err(crate::store::sled_err)?;
-        sled_file.sync_data()
-    });
+    let engine = engine::open(&sm_dir, &options).map_err(|e| match e {
+        EngineError::Locked => unusable(e.to_string()),
+        EngineError::Io(e) => unusable(format!("cannot open its state machine: {e}")),
+        other => corrupt(other.to_string()),
+    })?;
+    let persisted = engine.clone();
+    let persist_state_machine = Box::new(move || Ok(persisted.persist()?));
     let log_store = LogStore::open(&wal_dir, wal::SEGMENT_BYTES, persist_state_machine).map_err(|reason| {
         DataDirError::CorruptLog {
             dir: dir.to_path_buf(),
@@ -148,7 +133,7 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
             "its state machine ({SM_DIR}) is empty but its raft log is not"
         )));
     }
-    let state_machine = StateMachine::open(&db, dir).map_err(|reason| DataDirError::CorruptStateMachine {
+    let state_machine = StateMachine::open(engine, dir).map_err(|reason| DataDirError::CorruptStateMachine {
         dir: dir.to_path_buf(),
         reason,
     })?;
@@ -397,35 +382,6 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_state_machine_value_stays_in_sleds_fsynced_file_not_a_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let opened = open_when_released(dir.path(), 1, CLUSTER).unwrap();
-        drop(opened);
-        let db = sled::Config::new()
-            .path(dir.path().join(SM_DIR))
-            .segment_size(SLED_SEGMENT_BYTES)
-            .open()
-            .unwrap();
-        // One command at the limits, and a full write group, with generous framing.
-        let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
-        let biggest = biggest.max(crate::proposer::MAX_GROUP_BYTES + 64 * 1024);
-        db.open_tree("state_machine")
-            .unwrap()
-            .insert(b"k", vec![7u8; biggest])
-            .unwrap();
-        db.flush().unwrap();
-        let blobs = match std::fs::read_dir(dir.path().join(SM_DIR).join("blobs")) {
-            Ok(entries) => entries.count(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => panic!("{e}"),
-        };
-        assert_eq!(
-            blobs, 0,
-            "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs"
-        );
-    }
-
-    #[test]
     fn a_missing_raft_log_is_refused_not_recreated() {
         let dir = tempfile::tempdir().unwrap();
         drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
@@ -442,7 +398,7 @@ mod tests {
     fn garbage_in_the_database_is_refused_without_touching_it() {
         let dir = tempfile::tempdir().unwrap();
         drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
-        let conf = dir.path().join(SM_DIR).join("conf");
+        let conf = dir.path().join(SM_DIR).join("sled").join("conf");
         std::fs::write(&conf, b"not a sled config").unwrap();
         let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");

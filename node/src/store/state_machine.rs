@@ -1,19 +1,20 @@
-//! openraft's state machine on sled: applies committed entries, builds and installs
-//! snapshots, and serves the KV service's reads ([`KvReader`]).
+//! openraft's state machine: applies committed entries, builds and installs snapshots,
+//! and serves the KV service's reads ([`KvReader`]), on a storage engine (`engine/`).
 //!
-//! Tree `state_machine` holds user data, client sessions (exactly-once retries, see
+//! The engine holds user data, client sessions (exactly-once retries, see
 //! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
-//! Each `apply` call takes effect as a unit through one redo record (`redo.rs`), so a
-//! crash never leaves data applied without the applied marker (or the reverse).
-//! A snapshot is written to the snapshot file first (`snapshot_file.rs`), then
-//! installed into the tree in one sled batch; `StateMachine::open` finishes an install
-//! that a crash interrupted.
+//! Each `apply` call takes effect as a unit (one engine apply), so a crash never
+//! leaves data applied without the applied marker (or the reverse). A snapshot is
+//! written to the snapshot file first (`snapshot_file.rs`), then installed into the
+//! engine's next generation, which becomes current whole; `StateMachine::open` finishes
+//! an install that a crash interrupted.
 //!
 //! Invariants: applied only moves forward (asserted); the sessions in memory are those
-//! stored in the tree; a scan page never shows part of an apply (the apply lock).
+//! stored in the engine; a scan page never shows part of an apply (it reads a view).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,13 +26,12 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::engine::{Engine, EngineError, Writes};
 use crate::store::keys::{
     data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
-    DATA_PREFIX, MEMBERSHIP_KEY, REDO_KEY, RESULT_PREFIX, SESSION_PREFIX,
+    MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
-use crate::store::redo::{self, RedoError, Writes};
 use crate::store::sessions::{Seen, Sessions};
-use crate::store::sled_err;
 use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
 use crate::types::{
     Command, CommandResult, Entry, EntryPayload, LogId, Op, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -80,46 +80,45 @@ fn join_err(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("storage task failed: {e}"))
 }
 
+/// How much of a snapshot an install hands the engine at a time.
+const INSTALL_PART_BYTES: usize = 4 << 20;
+
 /// Read access to the state machine's data for the KV service. Reads see
 /// every entry applied so far; whether that is recent enough is the caller's
 /// business (see `kv_service.rs`).
 #[derive(Clone)]
 pub struct KvReader {
-    tree: sled::Tree,
-    applying: ApplyLock,
+    engine: Arc<dyn Engine>,
 }
 
-/// Held for writing while an apply's (or a snapshot install's) writes go to the tree, and
-/// for reading while a scan page iterates it: applies write key by key, and a page must
-/// show the state between two applies, not part of one.
-type ApplyLock = Arc<std::sync::RwLock<()>>;
-
 impl KvReader {
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, sled::Error> {
-        Ok(self.tree.get(data_key(key))?.map(|v| Bytes::copy_from_slice(&v)))
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        self.engine.get(&data_key(key))
     }
 
     /// Up to `limit` pairs (and about `max_bytes` of keys and values, but at
     /// least one pair) whose key starts with `prefix` and sorts after
-    /// `start_after`, in key order, and whether more follow.
+    /// `start_after`, in key order, and whether more follow. A page is read from one
+    /// view: it shows the state between two applies, never part of one.
     pub fn scan(
         &self,
         prefix: &[u8],
         start_after: &[u8],
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<(Bytes, Bytes)>, bool), sled::Error> {
-        let from = if start_after.is_empty() || start_after < prefix {
-            std::ops::Bound::Included(data_key(prefix))
-        } else {
-            std::ops::Bound::Excluded(data_key(start_after))
-        };
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), EngineError> {
         let full_prefix = data_key(prefix);
-        let _page = self.applying.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let after = data_key(start_after);
+        let from = if start_after.is_empty() || start_after < prefix {
+            Bound::Included(full_prefix.as_slice())
+        } else {
+            Bound::Excluded(after.as_slice())
+        };
+        let view = self.engine.view();
         let mut pairs = Vec::new();
         let mut bytes = 0;
-        for kv in self.tree.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)) {
-            let (k, v) = kv?;
+        for pair in view.range(from) {
+            let (k, v) = pair?;
             if !k.starts_with(&full_prefix) {
                 break;
             }
@@ -127,7 +126,7 @@ impl KvReader {
                 return Ok((pairs, true));
             }
             bytes += k.len() + v.len();
-            pairs.push((Bytes::copy_from_slice(user_key(&k)), Bytes::copy_from_slice(&v)));
+            pairs.push((user_key(&k), v));
         }
         Ok((pairs, false))
     }
@@ -137,12 +136,8 @@ impl KvReader {
 /// the snapshot a crash interrupted cannot be installed. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum StateMachineOpenError {
-    #[error("cannot open the state machine: {0}")]
-    Tree(sled::Error),
     #[error(transparent)]
-    Read(#[from] sled::Error),
-    #[error(transparent)]
-    Redo(#[from] RedoError),
+    Engine(#[from] EngineError),
     #[error("state machine's applied marker is corrupt: {0}")]
     CorruptApplied(convert::DecodeError),
     #[error("state machine's membership record is corrupt: {0}")]
@@ -159,65 +154,61 @@ pub enum StateMachineOpenError {
     Install(io::Error),
 }
 
-/// openraft's state machine on sled.
+/// openraft's state machine.
 pub struct StateMachine {
-    db: sled::Db,
-    tree: sled::Tree,
+    engine: Arc<dyn Engine>,
     dir: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
-    applying: ApplyLock,
     /// The span current at open (the node's), for what it logs: openraft runs the state
     /// machine in a task it spawns without one.
     span: tracing::Span,
 }
 
 impl StateMachine {
-    /// Opens the state machine in `dir` and makes it agree with the newest
-    /// snapshot: if a crash came between writing a received snapshot and
-    /// installing it, the install is finished here.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
+    /// Opens the state machine kept in `engine`, for data directory `dir`, and makes it
+    /// agree with the newest snapshot: if a crash came between writing a received
+    /// snapshot and installing it, the install is finished here.
+    pub fn open(engine: Arc<dyn Engine>, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
         use StateMachineOpenError as E;
-        let tree = db.open_tree("state_machine").map_err(E::Tree)?;
-        // The latest apply may have been cut short by a crash: finish it.
-        redo::finish_latest(&tree)?;
-        let applied = match tree.get(APPLIED_KEY)? {
+        let applied = match engine.get(APPLIED_KEY)? {
             Some(v) => Some(convert::decode(&v, convert::log_id_from_pb).map_err(E::CorruptApplied)?),
             None => None,
         };
-        let membership = match tree.get(MEMBERSHIP_KEY)? {
+        let membership = match engine.get(MEMBERSHIP_KEY)? {
             Some(v) => {
                 convert::decode(&v, |m| convert::stored_membership_from_pb(Some(m))).map_err(E::CorruptMembership)?
             }
             None => StoredMembership::default(),
         };
         let mut sessions = Sessions::default();
-        for kv in tree.scan_prefix([SESSION_PREFIX]) {
-            let (_, v) = kv?;
-            sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
-        }
-        for kv in tree.scan_prefix([RESULT_PREFIX]) {
-            let (k, v) = kv?;
-            let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
-            let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
-            for result in record.results {
-                sessions.insert_result_pb(client_id, result);
+        {
+            let view = engine.view();
+            for pair in view.prefix(&[SESSION_PREFIX]) {
+                let (_, v) = pair?;
+                sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
+            }
+            for pair in view.prefix(&[RESULT_PREFIX]) {
+                let (k, v) = pair?;
+                let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
+                let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
+                for result in record.results {
+                    sessions.insert_result_pb(client_id, result);
+                }
             }
         }
         let mut sm = StateMachine {
-            db: db.clone(),
-            tree,
+            engine,
             dir: dir.to_path_buf(),
             applied,
             membership,
             sessions,
-            applying: ApplyLock::default(),
             span: tracing::Span::current(),
         };
         if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
-                sm.install_into_tree(&meta, &body).map_err(E::Install)?;
+                sm.install(&meta, &body).map_err(E::Install)?;
             }
         }
         Ok(sm)
@@ -225,8 +216,7 @@ impl StateMachine {
 
     pub fn reader(&self) -> KvReader {
         KvReader {
-            tree: self.tree.clone(),
-            applying: self.applying.clone(),
+            engine: self.engine.clone(),
         }
     }
 
@@ -234,18 +224,11 @@ impl StateMachine {
         snapshot_file::path_in(&self.dir)
     }
 
-    /// Replaces all data with the snapshot's, and sets applied and membership,
-    /// in one atomic sled batch.
-    fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
+    /// Replaces all data with the snapshot's, and sets applied and membership: fills the
+    /// engine's next generation, a part at a time, and makes it current whole.
+    fn install(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
+        let mut install = self.engine.start_install()?;
         let mut writes = Writes::default();
-        for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
-            for kv in self.tree.scan_prefix([prefix]) {
-                let (k, _) = kv.map_err(sled_err)?;
-                writes.remove(k.to_vec());
-            }
-        }
-        // The latest apply's redo record is older than the snapshot: never redo it over it.
-        writes.remove(REDO_KEY);
         let mut sessions = Sessions::default();
         for record in SnapshotRecords::new(body) {
             match record
@@ -259,11 +242,13 @@ impl StateMachine {
                 }
                 None => {}
             }
+            if writes.bytes() >= INSTALL_PART_BYTES {
+                install.apply(std::mem::take(&mut writes))?;
+            }
         }
         set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
-        let atomic = writes.into_sled_batch();
-        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree.apply_batch(atomic).map_err(sled_err)?;
+        install.apply(writes)?;
+        install.commit()?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.sessions = sessions;
@@ -272,20 +257,10 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Makes one apply's writes take effect as a unit (see `redo.rs`), under the apply lock.
-    fn commit(&self, writes: Writes) -> Result<(), sled::Error> {
-        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        redo::commit(&self.tree, writes)
-    }
-
     fn current_value(&self, key: &Bytes, written: &HashMap<Bytes, Option<Bytes>>) -> io::Result<Option<Bytes>> {
         match written.get(key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self
-                .tree
-                .get(data_key(key))
-                .map_err(sled_err)?
-                .map(|v| Bytes::copy_from_slice(&v))),
+            None => Ok(self.engine.get(&data_key(key))?),
         }
     }
 
@@ -382,7 +357,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl StateMachine {
-    /// Applies committed entries as one unit (one redo record, see `redo.rs`) and returns
+    /// Applies committed entries as one unit (one engine apply) and returns
     /// each entry's results, in order. Nothing is answered here: the caller answers the
     /// clients once this returns, when every write is in the tree.
     pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Vec<WriteGroupResults>> {
@@ -454,7 +429,7 @@ impl StateMachine {
             }
         }
         set_markers(&mut writes, &applied, membership.as_ref());
-        self.commit(writes).map_err(sled_err)?;
+        self.engine.apply(writes)?;
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
@@ -495,10 +470,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Runs in openraft's state-machine task, between applies: the copy is consistent.
-        let tree = self.tree.clone();
+        // Runs in openraft's state-machine task, between applies: the view and the sessions
+        // are of the same point.
+        let view = self.engine.view();
         let sessions = self.sessions.all_to_pb();
-        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(&tree, sessions)).await {
+        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(view.as_ref(), sessions)).await
+        {
             Ok(Ok(body)) => body,
             // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
@@ -521,14 +498,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 format!("received snapshot up to {:?} is corrupt: {e}", meta.last_log_id),
             ));
         }
-        // File first: if we crash before the tree is updated, `open` finishes the install.
+        // File first: if we crash before the engine has it, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
         let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
             .await
             .map_err(join_err)??;
-        self.install_into_tree(meta, &body)?;
-        self.db.flush_async().await.map_err(sled_err)?;
+        self.install(meta, &body)?;
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
@@ -597,28 +573,6 @@ mod tests {
             Ok(d) => d.state_machine,
             Err(e) => panic!("{e}"),
         }
-    }
-
-    #[tokio::test]
-    async fn an_apply_cut_short_by_a_crash_is_finished_at_startup() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = open(dir.path());
-        let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply_entries([entry(1, vec![put("a", "1")])]).unwrap();
-        let before = sm.tree.get(APPLIED_KEY).unwrap().unwrap();
-        sm.apply_entries([entry(2, vec![put("a", "2"), put("b", "2")])])
-            .unwrap();
-        // A crash right after entry 2's redo record reached sled, before any of its writes.
-        sm.tree.insert(data_key(b"a"), "1").unwrap();
-        sm.tree.remove(data_key(b"b")).unwrap();
-        sm.tree.insert(APPLIED_KEY, before).unwrap();
-        sm.db.flush().unwrap();
-        drop(sm);
-
-        let sm = open(dir.path());
-        assert_eq!(sm.applied.map(|l| l.index), Some(2));
-        assert_eq!(sm.reader().get(b"a").unwrap(), Some(b("2")));
-        assert_eq!(sm.reader().get(b"b").unwrap(), Some(b("2")));
     }
 
     #[tokio::test]
@@ -764,15 +718,20 @@ mod tests {
     fn stored_results(sm: &StateMachine, client_id: u64) -> Vec<u64> {
         let mut prefix = vec![RESULT_PREFIX];
         prefix.extend_from_slice(&client_id.to_be_bytes());
-        sm.tree
-            .scan_prefix(prefix)
+        sm.engine
+            .view()
+            .prefix(&prefix)
             .flat_map(|kv| pb::ClientSession::decode(kv.unwrap().1.as_ref()).unwrap().results)
             .map(|r| r.sequence)
             .collect()
     }
 
     fn stored_meta(sm: &StateMachine, client_id: u64) -> pb::ClientSession {
-        let v = sm.tree.get(session_key(client_id)).unwrap().expect("a session record");
+        let v = sm
+            .engine
+            .get(&session_key(client_id))
+            .unwrap()
+            .expect("a session record");
         pb::ClientSession::decode(v.as_ref()).unwrap()
     }
 
@@ -812,7 +771,7 @@ mod tests {
         let r = sm.apply_entries([entry(3, vec![retry(last), retry(3)])]).unwrap();
         assert_eq!(r[0].results, vec![CommandResult::Put, CommandResult::Forgotten]);
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b(&last.to_string())));
-        let records = sm.tree.scan_prefix([RESULT_PREFIX]).count() as u64;
+        let records = sm.engine.view().prefix(&[RESULT_PREFIX]).count() as u64;
         assert!(
             records <= RESULTS_PER_SESSION / RESULTS_PER_RECORD + 1,
             "{records} records"
@@ -833,8 +792,8 @@ mod tests {
             group.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
         }
         sm.apply_entries([later]).unwrap();
-        assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
-        assert!(sm.tree.get(session_key(42)).unwrap().is_none());
+        assert_eq!(sm.engine.view().prefix(&[RESULT_PREFIX]).count(), 0);
+        assert!(sm.engine.get(&session_key(42)).unwrap().is_none());
     }
 
     #[tokio::test]
