@@ -35,8 +35,6 @@ const FORMAT_3_DATABASE: &str = "db";
 /// What a directory that is claimed may already hold: the skeleton of a claim a crash
 /// cut short (empty, see [`claim`]), and a file system's own directory at a mount point.
 const CLAIMABLE: [&str; 4] = [WAL_DIR, SM_DIR, "identity.tmp", "lost+found"];
-/// sled's default cache (sled's own default).
-const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
 /// Why a data directory cannot be used. Each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +50,14 @@ pub enum DataDirError {
         dir: PathBuf,
         found: String,
         expected: String,
+    },
+    #[error(
+        "data directory {dir} was created with engine {found}, not {expected}; start it with --engine {found} (a directory keeps the engine it was created with)"
+    )]
+    OtherEngine {
+        dir: PathBuf,
+        found: String,
+        expected: EngineKind,
     },
     #[error("data directory {dir} is corrupt: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
@@ -76,8 +82,9 @@ pub struct DataDir {
 }
 
 /// Opens `dir` for node `node_id` of the cluster described by `cluster`
-/// (a canonical string of the initial members and addresses).
-pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+/// (a canonical string of the initial members and addresses), with its state machine in
+/// the engine `options` names (a new directory records it; an existing one must have it).
+pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) -> Result<DataDir, DataDirError> {
     let unusable = |reason: String| DataDirError::Unusable {
         dir: dir.to_path_buf(),
         reason,
@@ -88,11 +95,6 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
-    // sled, until the engine can be chosen.
-    let options = EngineOptions {
-        kind: EngineKind::Sled,
-        cache_bytes: DEFAULT_CACHE_BYTES,
-    };
     let expected = pb::DataDirIdentity {
         format: FORMAT_VERSION,
         node_id,
@@ -112,7 +114,7 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
         }
     }
     let sm_was_empty = is_empty_dir(&sm_dir).map_err(|e| unusable(format!("cannot list {SM_DIR}: {e}")))?;
-    let engine = engine::open(&sm_dir, &options).map_err(|e| match e {
+    let engine = engine::open(&sm_dir, options).map_err(|e| match e {
         EngineError::Locked => unusable(e.to_string()),
         EngineError::Io(e) => unusable(format!("cannot open its state machine: {e}")),
         other => corrupt(other.to_string()),
@@ -217,6 +219,13 @@ fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDi
             expected: expected.initial_cluster.clone(),
         });
     }
+    if found.engine != expected.engine {
+        return Err(DataDirError::OtherEngine {
+            dir: dir.to_path_buf(),
+            found: found.engine.clone(),
+            expected: EngineKind::from_name(&expected.engine).expect("we name engines we know"),
+        });
+    }
     Ok(())
 }
 
@@ -224,13 +233,28 @@ fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
     Ok(std::fs::read_dir(path)?.next().is_none())
 }
 
-/// For tests: [`open`], waiting (up to a deadline) while sled's background threads of
-/// an instance this process just dropped still hold the directory's lock.
+/// For tests: [`open`] on the default engine, waiting (up to a deadline) while an engine
+/// this process just dropped still holds the directory's lock.
 #[cfg(test)]
 pub(crate) fn open_when_released(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+    open_with_engine_when_released(dir, node_id, cluster, EngineKind::default())
+}
+
+/// For tests: [`open_when_released`] with engine `kind`.
+#[cfg(test)]
+pub(crate) fn open_with_engine_when_released(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+    kind: EngineKind,
+) -> Result<DataDir, DataDirError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let options = EngineOptions {
+        kind,
+        cache_bytes: 8 << 20,
+    };
     loop {
-        match open(dir, node_id, cluster) {
+        match open(dir, node_id, cluster, &options) {
             Err(DataDirError::Unusable { reason, .. })
                 if reason.contains("another process") && std::time::Instant::now() < deadline =>
             {
@@ -395,13 +419,46 @@ mod tests {
     }
 
     #[test]
-    fn garbage_in_the_database_is_refused_without_touching_it() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
-        let conf = dir.path().join(SM_DIR).join("sled").join("conf");
-        std::fs::write(&conf, b"not a sled config").unwrap();
-        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
-        assert_eq!(std::fs::read(&conf).unwrap(), b"not a sled config");
+    fn garbage_in_the_engines_files_is_refused_without_touching_it() {
+        // A file each engine reads first when it opens.
+        for (kind, file) in [(EngineKind::Sled, "conf"), (EngineKind::Fjall, "version")] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(open_with_engine_when_released(dir.path(), 1, CLUSTER, kind).unwrap());
+            let garbage = dir.path().join(SM_DIR).join(kind.name()).join(file);
+            std::fs::write(&garbage, b"not what the engine wrote").unwrap();
+            let err = open_with_engine_when_released(dir.path(), 1, CLUSTER, kind)
+                .err()
+                .unwrap();
+            let err = err.to_string();
+            assert!(
+                err.contains(&dir.path().display().to_string()) && !err.contains('\n'),
+                "{kind}: {err}"
+            );
+            assert_eq!(std::fs::read(&garbage).unwrap(), b"not what the engine wrote");
+        }
+    }
+
+    #[test]
+    fn a_directory_of_another_engine_is_refused_and_says_which() {
+        for (made, asked) in [
+            (EngineKind::Sled, EngineKind::Fjall),
+            (EngineKind::Fjall, EngineKind::Sled),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(open_with_engine_when_released(dir.path(), 1, CLUSTER, made).unwrap());
+            let err = open_with_engine_when_released(dir.path(), 1, CLUSTER, asked)
+                .err()
+                .unwrap();
+            assert!(matches!(err, DataDirError::OtherEngine { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!("start it with --engine {made}")),
+                "{err}"
+            );
+            assert!(
+                !dir.path().join(SM_DIR).join(asked.name()).exists(),
+                "nothing of {asked} was made"
+            );
+            assert!(open_with_engine_when_released(dir.path(), 1, CLUSTER, made).is_ok());
+        }
     }
 }

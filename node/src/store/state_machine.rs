@@ -224,36 +224,56 @@ impl StateMachine {
         snapshot_file::path_in(&self.dir)
     }
 
-    /// Replaces all data with the snapshot's, and sets applied and membership: fills the
-    /// engine's next generation, a part at a time, and makes it current whole.
+    /// Replaces all data with the snapshot's, and sets applied and membership.
     fn install(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
-        let mut install = self.engine.start_install()?;
-        let mut writes = Writes::default();
-        let mut sessions = Sessions::default();
-        for record in SnapshotRecords::new(body) {
-            match record
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-                .record
-            {
-                Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
-                Some(pb::snapshot_record::Record::Session(session)) => {
-                    write_session(&mut writes, &session);
-                    sessions.insert_pb(session);
-                }
-                None => {}
-            }
-            if writes.bytes() >= INSTALL_PART_BYTES {
-                install.apply(std::mem::take(&mut writes))?;
-            }
-        }
-        set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
-        install.apply(writes)?;
-        install.commit()?;
+        let sessions = install_into(self.engine.as_ref(), meta, body)?;
+        self.installed(meta, sessions);
+        Ok(())
+    }
+
+    /// What the state machine keeps in memory, once `meta`'s snapshot is installed.
+    fn installed(&mut self, meta: &SnapshotMeta, sessions: Sessions) {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.sessions = sessions;
-        Ok(())
     }
+}
+
+/// Fills `engine`'s next generation with the snapshot `body` (a part at a time), applied
+/// and membership from `meta`, and makes it current whole. Returns the snapshot's sessions.
+/// Blocks on disk I/O.
+fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, body: &[u8]) -> io::Result<Sessions> {
+    let mut install = engine.start_install()?;
+    let mut writes = Writes::default();
+    let mut sessions = Sessions::default();
+    for record in SnapshotRecords::new(body) {
+        match record
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            .record
+        {
+            Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
+            Some(pb::snapshot_record::Record::Session(session)) => {
+                write_session(&mut writes, &session);
+                sessions.insert_pb(session);
+            }
+            None => {}
+        }
+        if writes.bytes() >= INSTALL_PART_BYTES {
+            install.apply(std::mem::take(&mut writes))?;
+        }
+    }
+    set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
+    install.apply(writes)?;
+    install.commit()?;
+    Ok(sessions)
+}
+
+/// One apply's writes and results, worked out and not yet made.
+struct Prepared {
+    writes: Writes,
+    results: Vec<WriteGroupResults>,
+    applied: Option<LogId>,
+    membership: Option<StoredMembership>,
 }
 
 impl StateMachine {
@@ -359,8 +379,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl StateMachine {
     /// Applies committed entries as one unit (one engine apply) and returns
     /// each entry's results, in order. Nothing is answered here: the caller answers the
-    /// clients once this returns, when every write is in the tree.
+    /// clients once this returns, when every write is in the engine.
     pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Vec<WriteGroupResults>> {
+        let prepared = self.prepare(entries)?;
+        self.engine.apply(prepared.writes)?;
+        Ok(self.applied_up_to(prepared.applied, prepared.membership, prepared.results))
+    }
+
+    /// Works out what applying `entries` writes and answers (the client sessions in
+    /// memory move on with it); the caller makes the writes, then calls `applied_up_to`.
+    fn prepare(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Prepared> {
         let mut writes = Writes::default();
         // Values this call has written so far (None: deleted), so later
         // commands see earlier ones before their writes reach the tree.
@@ -429,12 +457,26 @@ impl StateMachine {
             }
         }
         set_markers(&mut writes, &applied, membership.as_ref());
-        self.engine.apply(writes)?;
+        Ok(Prepared {
+            writes,
+            results,
+            applied,
+            membership,
+        })
+    }
+
+    /// Records that the engine holds every write up to `applied`; returns `results`.
+    fn applied_up_to(
+        &mut self,
+        applied: Option<LogId>,
+        membership: Option<StoredMembership>,
+        results: Vec<WriteGroupResults>,
+    ) -> Vec<WriteGroupResults> {
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
         }
-        Ok(results)
+        results
     }
 }
 
@@ -448,7 +490,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// Takes every entry of the stream (openraft hands over a finite batch of committed
     /// entries, all readable at once), applies them as one unit, and only then answers the
-    /// clients waiting on them: a response never leaves before its write is in the tree.
+    /// clients waiting on them: a response never leaves before its write is in the engine.
+    /// The engine's write runs on a blocking thread: an engine may stall a write (fjall
+    /// does while its memtables wait to be flushed), and the runtime serves heartbeats.
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
@@ -460,7 +504,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry);
             responders.push(responder);
         }
-        let results = self.apply_entries(batch)?;
+        let Prepared {
+            writes,
+            results,
+            applied,
+            membership,
+        } = self.prepare(batch)?;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.apply(writes))
+            .await
+            .map_err(join_err)??;
+        let results = self.applied_up_to(applied, membership, results);
         for (result, responder) in results.into_iter().zip(responders) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -501,10 +555,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // File first: if we crash before the engine has it, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
-        let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
-            .await
-            .map_err(join_err)??;
-        self.install(meta, &body)?;
+        let engine = self.engine.clone();
+        // Off the runtime: the install writes the whole snapshot into the engine.
+        let (body, sessions) = tokio::task::spawn_blocking(move || {
+            snapshot_file::write(&path, &meta2, &body)?;
+            let sessions = install_into(engine.as_ref(), &meta2, &body)?;
+            Ok::<_, io::Error>((body, sessions))
+        })
+        .await
+        .map_err(join_err)??;
+        self.installed(meta, sessions);
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
@@ -529,6 +589,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::store::data_dir;
+    use crate::store::engine::EngineKind;
     use crate::store::keys::RESULTS_PER_RECORD;
     use crate::types::{LeaderId, WriteGroup, WriteId};
 
@@ -569,7 +630,11 @@ mod tests {
     }
 
     fn open(dir: &Path) -> StateMachine {
-        match data_dir::open_when_released(dir, 1, "1=127.0.0.1:1") {
+        open_on(dir, EngineKind::default())
+    }
+
+    fn open_on(dir: &Path, kind: EngineKind) -> StateMachine {
+        match data_dir::open_with_engine_when_released(dir, 1, "1=127.0.0.1:1", kind) {
             Ok(d) => d.state_machine,
             Err(e) => panic!("{e}"),
         }
@@ -577,34 +642,36 @@ mod tests {
 
     #[tokio::test]
     async fn a_scan_page_never_shows_part_of_an_apply() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = open(dir.path());
-        let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply_entries([entry(1, vec![put("a", "0"), put("b", "0")])])
-            .unwrap();
-        let reader = sm.reader();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let scanner = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut pages = 0u64;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (pairs, _) = reader.scan(b"", b"", 10, 1 << 20).unwrap();
-                    assert_eq!(pairs.len(), 2);
-                    assert_eq!(pairs[0].1, pairs[1].1, "a page showed half of an apply: {pairs:?}");
-                    pages += 1;
-                }
-                pages
-            })
-        };
-        // Each apply writes a then b; a scan reads a then b. Without the lock a page that
-        // reads a before an apply and b after it shows two different values.
-        for i in 2..3000u64 {
-            let v = i.to_string();
-            sm.apply_entries([entry(i, vec![put("a", &v), put("b", &v)])]).unwrap();
+        for kind in EngineKind::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = open_on(dir.path(), kind);
+            let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
+            sm.apply_entries([entry(1, vec![put("a", "0"), put("b", "0")])])
+                .unwrap();
+            let reader = sm.reader();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scanner = {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut pages = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (pairs, _) = reader.scan(b"", b"", 10, 1 << 20).unwrap();
+                        assert_eq!(pairs.len(), 2);
+                        assert_eq!(pairs[0].1, pairs[1].1, "a page showed half of an apply: {pairs:?}");
+                        pages += 1;
+                    }
+                    pages
+                })
+            };
+            // Each apply writes a then b; a scan reads a then b. Without the lock a page that
+            // reads a before an apply and b after it shows two different values.
+            for i in 2..3000u64 {
+                let v = i.to_string();
+                sm.apply_entries([entry(i, vec![put("a", &v), put("b", &v)])]).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(scanner.join().unwrap() > 0);
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(scanner.join().unwrap() > 0);
     }
 
     #[tokio::test]
@@ -676,43 +743,45 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_write_is_applied_once_even_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut sm = open(dir.path());
-            let append = |v: &str| create_k(v, 1);
+        for kind in EngineKind::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut sm = open_on(dir.path(), kind);
+                let append = |v: &str| create_k(v, 1);
+                let r = sm
+                    .apply_entries([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
+                    .unwrap();
+                assert_eq!(
+                    r[1].results[0],
+                    CommandResult::Cas {
+                        swapped: true,
+                        current: None
+                    },
+                    "the retry gets the first result"
+                );
+            }
+            let mut sm = open_on(dir.path(), kind);
             let r = sm
-                .apply_entries([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
+                .apply_entries([entry(
+                    3,
+                    vec![cmd(
+                        Op::Put {
+                            key: b("k"),
+                            value: b("c"),
+                        },
+                        Some(1),
+                    )],
+                )])
                 .unwrap();
             assert_eq!(
-                r[1].results[0],
+                r[0].results[0],
                 CommandResult::Cas {
                     swapped: true,
                     current: None
-                },
-                "the retry gets the first result"
+                }
             );
+            assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
         }
-        let mut sm = open(dir.path());
-        let r = sm
-            .apply_entries([entry(
-                3,
-                vec![cmd(
-                    Op::Put {
-                        key: b("k"),
-                        value: b("c"),
-                    },
-                    Some(1),
-                )],
-            )])
-            .unwrap();
-        assert_eq!(
-            r[0].results[0],
-            CommandResult::Cas {
-                swapped: true,
-                current: None
-            }
-        );
-        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
 
     fn stored_results(sm: &StateMachine, client_id: u64) -> Vec<u64> {
@@ -798,67 +867,69 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
-        let src_dir = tempfile::tempdir().unwrap();
-        let mut src = open(src_dir.path());
-        src.apply_entries([entry(
-            1,
-            vec![
-                cmd(
-                    Op::Put {
-                        key: b("x"),
-                        value: b("1"),
-                    },
-                    Some(7),
-                ),
-                cmd(
-                    Op::Put {
-                        key: b("y"),
-                        value: b("2"),
-                    },
-                    None,
-                ),
-            ],
-        )])
-        .unwrap();
-        let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let mut src = open_on(src_dir.path(), kind);
+            src.apply_entries([entry(
+                1,
+                vec![
+                    cmd(
+                        Op::Put {
+                            key: b("x"),
+                            value: b("1"),
+                        },
+                        Some(7),
+                    ),
+                    cmd(
+                        Op::Put {
+                            key: b("y"),
+                            value: b("2"),
+                        },
+                        None,
+                    ),
+                ],
+            )])
+            .unwrap();
+            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
-        let dst_dir = tempfile::tempdir().unwrap();
-        let mut dst = open(dst_dir.path());
-        dst.apply_entries([entry(
-            1,
-            vec![cmd(
-                Op::Put {
-                    key: b("stale"),
-                    value: b("z"),
-                },
-                None,
-            )],
-        )])
-        .unwrap();
-        dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        assert_eq!(
-            dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
-            vec![(b("x"), b("1")), (b("y"), b("2"))]
-        );
-        let r = dst
-            .apply_entries([entry(
-                2,
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = open_on(dst_dir.path(), kind);
+            dst.apply_entries([entry(
+                1,
                 vec![cmd(
                     Op::Put {
-                        key: b("x"),
-                        value: b("again"),
+                        key: b("stale"),
+                        value: b("z"),
                     },
-                    Some(7),
+                    None,
                 )],
             )])
             .unwrap();
-        assert_eq!(r[0].results[0], CommandResult::Put);
-        assert_eq!(
-            dst.reader().get(b"x").unwrap(),
-            Some(b("1")),
-            "the retried write was not applied twice"
-        );
-        assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            assert_eq!(
+                dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
+                vec![(b("x"), b("1")), (b("y"), b("2"))]
+            );
+            let r = dst
+                .apply_entries([entry(
+                    2,
+                    vec![cmd(
+                        Op::Put {
+                            key: b("x"),
+                            value: b("again"),
+                        },
+                        Some(7),
+                    )],
+                )])
+                .unwrap();
+            assert_eq!(r[0].results[0], CommandResult::Put);
+            assert_eq!(
+                dst.reader().get(b"x").unwrap(),
+                Some(b("1")),
+                "the retried write was not applied twice"
+            );
+            assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The state machine's storage engine, behind one small trait ([`Engine`]): what the
-//! state machine needs of a key-value store and no more. `sled.rs` is sled (the engine
-//! raftkv started with).
+//! state machine needs of a key-value store and no more. `fjall.rs` is fjall, an LSM
+//! tree with bounded memory (the default); `sled.rs` is sled (the engine raftkv started
+//! with, whose memory is not bounded).
 //!
 //! An engine holds the state machine's keys (`keys.rs`) in its directory, `sm/` in the
 //! data directory: its own files in `sm/<engine>/`, and `sm/current`, a state file
@@ -14,6 +15,7 @@
 //! apply is atomic but not synced; [`Engine::persist`] makes it durable before the log
 //! is purged.
 
+pub mod fjall;
 pub mod sled;
 
 mod gate;
@@ -32,19 +34,39 @@ use crate::store::state_file::{self, StateFileError};
 pub use redo::RedoError;
 
 /// The engines a node can keep its state machine in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
+    #[default]
+    Fjall,
     Sled,
 }
 
 impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Fjall, EngineKind::Sled];
+
     /// The name flags, the data directory's identity and `sm/<name>/` use.
     pub fn name(self) -> &'static str {
         match self {
+            EngineKind::Fjall => "fjall",
             EngineKind::Sled => "sled",
         }
     }
+
+    /// The engine named `name`.
+    pub fn from_name(name: &str) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|kind| kind.name() == name)
+    }
 }
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The engine's cache unless told otherwise (`--cache-mb`), in MiB: with fjall's other
+/// limits (`fjall.rs`) it keeps a node well under 256 MB of RSS.
+pub const DEFAULT_CACHE_MB: u64 = 64;
 
 /// How to open an engine.
 #[derive(Debug, Clone)]
@@ -52,6 +74,15 @@ pub struct EngineOptions {
     pub kind: EngineKind,
     /// The engine's cache, in bytes.
     pub cache_bytes: u64,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            kind: EngineKind::default(),
+            cache_bytes: DEFAULT_CACHE_MB << 20,
+        }
+    }
 }
 
 /// Why an engine failed. Each message is one line.
@@ -188,6 +219,7 @@ pub fn open(sm_dir: &Path, options: &EngineOptions) -> Result<Arc<dyn Engine>, E
     let current = Generations::open(sm_dir)?;
     let files = sm_dir.join(options.kind.name());
     match options.kind {
+        EngineKind::Fjall => Ok(Arc::new(fjall::FjallEngine::open(&files, options, current)?)),
         EngineKind::Sled => Ok(Arc::new(sled::SledEngine::open(&files, options, current)?)),
     }
 }
@@ -273,23 +305,25 @@ pub(crate) fn open_when_released(sm_dir: &Path, kind: EngineKind) -> Arc<dyn Eng
     }
 }
 
+/// For tests: the writes of `pairs` (`None`: remove the key).
+#[cfg(test)]
+pub(crate) fn writes(pairs: &[(&str, Option<&str>)]) -> Writes {
+    let mut w = Writes::default();
+    for (k, v) in pairs {
+        match v {
+            Some(v) => w.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec()),
+            None => w.remove(k.as_bytes().to_vec()),
+        }
+    }
+    w
+}
+
 /// The contract every engine keeps, checked on each.
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const KINDS: [EngineKind; 1] = [EngineKind::Sled];
-
-    fn writes(pairs: &[(&str, Option<&str>)]) -> Writes {
-        let mut w = Writes::default();
-        for (k, v) in pairs {
-            match v {
-                Some(v) => w.insert(k.as_bytes().to_vec(), v.as_bytes().to_vec()),
-                None => w.remove(k.as_bytes().to_vec()),
-            }
-        }
-        w
-    }
+    const KINDS: [EngineKind; 2] = EngineKind::ALL;
 
     fn get(engine: &dyn Engine, key: &str) -> Option<String> {
         engine
