@@ -37,6 +37,7 @@ use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
+use crate::store::engine::EngineOptions;
 use crate::store::{data_dir, KvReader};
 use crate::types::{NodeId, Raft};
 
@@ -66,6 +67,8 @@ pub struct Settings {
     pub keep_logs_after_snapshot: u64,
     /// Local address for connections to peers (None: the OS picks).
     pub source_address: Option<std::net::IpAddr>,
+    /// The state machine's engine and its cache.
+    pub engine: EngineOptions,
 }
 
 impl Settings {
@@ -113,7 +116,12 @@ pub async fn run_with(
 }
 
 async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
-    let dir = data_dir::open(&settings.data_dir, settings.id, &settings.cluster_identity())?;
+    let dir = data_dir::open(
+        &settings.data_dir,
+        settings.id,
+        &settings.cluster_identity(),
+        &settings.engine,
+    )?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -133,8 +141,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         install_snapshot_timeout: 10_000,
         // A leader restarted quickly would otherwise resume leading without an election.
         // openraft warns that this is unsafe unless the state machine is durable when apply
-        // returns or the commit index is saved synchronously; neither holds here (sled writes
-        // applies out in the background, the commit marker lags), so such a leader could
+        // returns or the commit index is saved synchronously; neither holds here (the engine
+        // writes applies out in the background, the commit marker lags), so such a leader could
         // serve reads from a state older than what it acknowledged. An election costs little.
         enable_leader_restore: Some(false),
         // A node that cannot win an election (cut off, restarted, behind) first asks whether

@@ -120,7 +120,7 @@ fn check_key(key: &[u8]) -> Result<(), Status> {
     Ok(limits::check_key(key)?)
 }
 
-fn internal_read_error(e: sled::Error) -> Status {
+fn internal_read_error(e: crate::store::EngineError) -> Status {
     Status::internal(format!("cannot read the state machine: {e}"))
 }
 

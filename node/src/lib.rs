@@ -1,7 +1,7 @@
 //! raftkv-node: one member of a raftkv cluster.
 //!
-//! `app` wires the pieces: `store` (the Raft log's files and the sled state
-//! machine), `network` and `raft_service` (Raft RPCs out and in), `proposer`
+//! `app` wires the pieces: `store` (the Raft log's files and the state
+//! machine on fjall or sled), `network` and `raft_service` (Raft RPCs out and in), `proposer`
 //! (group commit), `read_index` (ReadIndex rounds for linearizable reads),
 //! `kv_service` and `cluster_service` (the public API). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.

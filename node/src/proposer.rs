@@ -20,7 +20,7 @@ use crate::types::{Command, CommandResult, LogId, Raft, TypeConfig, WriteGroup};
 /// Most commands in one log entry.
 pub const MAX_GROUP_COMMANDS: usize = 4096;
 /// Most key+value bytes in one log entry; a single command may be larger (up to the
-/// key and value limits). Keeps every entry inline in sled's file (see `data_dir.rs`).
+/// key and value limits). Keeps every entry inline in sled's file (see `store/engine/sled.rs`).
 pub const MAX_GROUP_BYTES: usize = 1 << 20;
 /// Proposals handed to openraft and not yet answered. One: even with the leader's append
 /// no longer waiting for its fdatasync, 2 or 4 groups in flight measured no faster at 64

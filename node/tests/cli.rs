@@ -10,6 +10,8 @@ fn node(args: &[&str]) -> std::process::Output {
         .env_remove("RAFTKV_LISTEN")
         .env_remove("RAFTKV_DATA_DIR")
         .env_remove("RAFTKV_INITIAL_CLUSTER")
+        .env_remove("RAFTKV_ENGINE")
+        .env_remove("RAFTKV_CACHE_MB")
         .output()
         .expect("run raftkv-node")
 }
@@ -20,6 +22,9 @@ fn help_explains_the_command_with_an_example() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Example") && help.contains("--initial-cluster"), "{help}");
+    // The choice of engine says what sled's memory costs.
+    assert!(help.contains("--engine") && help.contains("--cache-mb"), "{help}");
+    assert!(help.contains("12 GB of RSS for 0.5 GB"), "{help}");
 }
 
 #[test]
@@ -76,6 +81,18 @@ fn malformed_flags_are_one_line_usage_errors() {
             data,
             "--initial-cluster",
             "1=a:1,1=b:2",
+        ],
+        vec![
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            "1=127.0.0.1:1",
+            "--engine",
+            "rocksdb",
         ],
     ] {
         let out = node(&args);

@@ -78,6 +78,7 @@ impl Nodes {
                 snapshot_after_logs: 5000,
                 keep_logs_after_snapshot: 1000,
                 source_address: None,
+                engine: Default::default(),
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let (serving, app) = oneshot::channel();

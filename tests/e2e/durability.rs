@@ -109,17 +109,7 @@ async fn a_node_refuses_a_data_dir_of_another_node() {
         "--initial-cluster",
         cluster.initial_cluster(),
     ];
-    let run = common::run_to_end(&common::binary("raftkv-node"), &args, Duration::from_secs(10)).await;
-    assert!(
-        !run.status.success(),
-        "raftkv-node started on another node's data dir: {run:?}"
-    );
-    let message = run.stderr.trim();
-    assert_eq!(
-        message.lines().count(),
-        1,
-        "one line expected on stderr, got:\n{message}"
-    );
+    let message = common::node_refusal(&args).await;
     assert!(
         message.contains(&data_dir),
         "the message names the directory {data_dir}: {message}"

@@ -11,6 +11,7 @@ mod common;
 mod nemesis;
 
 mod durability;
+mod engines;
 mod exactly_once;
 mod failover;
 mod input_validation;

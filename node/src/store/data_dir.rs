@@ -7,26 +7,34 @@
 
 use std::path::{Path, PathBuf};
 
+use prost::Message;
+use raftkv::raft_pb as pb;
+
+use crate::store::engine::{self, EngineError, EngineKind, EngineOptions};
 use crate::store::log_store::LogStoreOpenError;
+use crate::store::state_file::{self, StateFileError};
 use crate::store::state_machine::StateMachineOpenError;
 use crate::store::{wal, LogStore, StateMachine};
 
-const IDENTITY_TREE: &str = "identity";
-const NODE_ID_KEY: &[u8] = b"node_id";
-const CLUSTER_KEY: &[u8] = b"initial_cluster";
-const FORMAT_KEY: &[u8] = b"format";
 /// Bumped whenever the on-disk layout changes incompatibly; a directory of any other
-/// format is refused, never converted (no raftkv was released before format 3).
+/// format is refused, never converted (no raftkv was released before format 4).
 /// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
-/// session's results in records of their own beside its meta (`keys.rs`).
-const FORMAT_VERSION: u64 = 3;
-/// The Raft log's directory, inside the data directory.
+/// session's results in records of their own beside its meta (`keys.rs`). 4: the
+/// identity, the vote and the log's markers in small files of their own
+/// (`state_file.rs`), the state machine alone in `sm/`.
+const FORMAT_VERSION: u64 = 4;
+/// What the directory belongs to (`pb::DataDirIdentity` in a state file).
+const IDENTITY_FILE: &str = "identity";
+/// The Raft log's directory, inside the data directory, with the vote and the log's
+/// markers beside its segments (`raft_state.rs`).
 const WAL_DIR: &str = "raft-log";
-/// sled's segment size. sled writes any item larger than a quarter of a segment to a
-/// separate "blob" file that it never fsyncs; with 8 MiB segments every value the state
-/// machine stores (at most one 1 MiB command, or a 1 MiB write group of them, plus framing)
-/// stays in the main file, which `LogStore` fsyncs before it purges log entries.
-pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+/// The state machine's directory, inside the data directory.
+const SM_DIR: &str = "sm";
+/// Before format 4 everything lived in one sled database, here.
+const FORMAT_3_DATABASE: &str = "db";
+/// What a directory that is claimed may already hold: the skeleton of a claim a crash
+/// cut short (empty, see [`claim`]), and a file system's own directory at a mount point.
+const CLAIMABLE: [&str; 4] = [WAL_DIR, SM_DIR, "identity.tmp", "lost+found"];
 
 /// Why a data directory cannot be used. Each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +51,18 @@ pub enum DataDirError {
         found: String,
         expected: String,
     },
+    #[error(
+        "data directory {dir} was created with engine {found}, not {expected}; start it with --engine {found} (a directory keeps the engine it was created with)"
+    )]
+    OtherEngine {
+        dir: PathBuf,
+        found: String,
+        expected: EngineKind,
+    },
     #[error("data directory {dir} is corrupt: {reason}")]
     Corrupt { dir: PathBuf, reason: String },
+    #[error("cannot use data directory {dir}: {error}")]
+    Identity { dir: PathBuf, error: StateFileError },
     #[error("data directory {dir} is corrupt: {reason}")]
     CorruptLog { dir: PathBuf, reason: LogStoreOpenError },
     #[error("data directory {dir} is corrupt: {reason}")]
@@ -64,8 +82,9 @@ pub struct DataDir {
 }
 
 /// Opens `dir` for node `node_id` of the cluster described by `cluster`
-/// (a canonical string of the initial members and addresses).
-pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+/// (a canonical string of the initial members and addresses), with its state machine in
+/// the engine `options` names (a new directory records it; an existing one must have it).
+pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) -> Result<DataDir, DataDirError> {
     let unusable = |reason: String| DataDirError::Unusable {
         dir: dir.to_path_buf(),
         reason,
@@ -76,103 +95,47 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
-    let db_path = dir.join("db");
-    let fresh = !db_path.exists();
-    let db = sled::Config::new()
-        .path(&db_path)
-        .segment_size(SLED_SEGMENT_BYTES)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                unusable("another process is using it".to_string())
-            }
-            sled::Error::Corruption { at, .. } => corrupt(match at {
-                Some(offset) => format!("the database files hold corrupted data (at {offset})"),
-                None => "the database files hold corrupted data".to_string(),
-            }),
-            other => unusable(other.to_string()),
-        })?;
-    let identity = db.open_tree(IDENTITY_TREE).map_err(|e| corrupt(e.to_string()))?;
-
-    match identity.get(NODE_ID_KEY).map_err(|e| corrupt(e.to_string()))? {
-        None => {
-            // Only a directory we just created may be claimed; a sled database
-            // without our identity is not ours to adopt.
-            let has_other_state = db.tree_names().iter().any(|n| {
-                n.as_ref() != b"__sled__default"
-                    && n.as_ref() != IDENTITY_TREE.as_bytes()
-                    && db.open_tree(n).map(|t| !t.is_empty()).unwrap_or(true)
-            });
-            if !fresh && has_other_state {
-                return Err(corrupt("it holds data but no node identity".to_string()));
-            }
-            // The log's directory exists before the identity that says it must.
-            std::fs::create_dir_all(dir.join(WAL_DIR))
-                .and_then(|_| std::fs::File::open(dir)?.sync_all())
-                .map_err(|e| unusable(format!("cannot create the raft log directory: {e}")))?;
-            identity
-                .insert(NODE_ID_KEY, &node_id.to_be_bytes())
-                .map_err(|e| unusable(e.to_string()))?;
-            identity
-                .insert(CLUSTER_KEY, cluster.as_bytes())
-                .map_err(|e| unusable(e.to_string()))?;
-            identity
-                .insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
-                .map_err(|e| unusable(e.to_string()))?;
-            db.flush().map_err(|e| unusable(e.to_string()))?;
-        }
-        Some(found) => {
-            let found = u64::from_be_bytes(
-                found
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("malformed node id record".to_string()))?,
-            );
-            if found != node_id {
-                return Err(DataDirError::OtherNode {
-                    dir: dir.to_path_buf(),
-                    found,
-                    expected: node_id,
-                });
-            }
-            let format = identity.get(FORMAT_KEY).map_err(|e| corrupt(e.to_string()))?;
-            let format = format
-                .as_deref()
-                .and_then(|f| <[u8; 8]>::try_from(f).ok())
-                .map(u64::from_be_bytes);
-            if format != Some(FORMAT_VERSION) {
-                return Err(unusable("it was written by an incompatible raftkv version".to_string()));
-            }
-            let stored = identity
-                .get(CLUSTER_KEY)
-                .map_err(|e| corrupt(e.to_string()))?
-                .unwrap_or_default();
-            let stored = String::from_utf8_lossy(&stored).to_string();
-            if stored != cluster {
-                return Err(DataDirError::OtherCluster {
-                    dir: dir.to_path_buf(),
-                    found: stored,
-                    expected: cluster.to_string(),
-                });
-            }
-        }
+    let expected = pb::DataDirIdentity {
+        format: FORMAT_VERSION,
+        node_id,
+        initial_cluster: cluster.to_string(),
+        engine: options.kind.name().to_string(),
+    };
+    match read_identity(dir)? {
+        None => claim(dir, &expected)?,
+        Some(found) => check_identity(dir, &found, &expected)?,
     }
 
-    // sled "flushes" with sync_file_range, which neither flushes the device's write cache nor
-    // the file's metadata; the log store fsyncs sled's file itself through this handle.
-    let sled_file =
-        std::fs::File::open(db_path.join("db")).map_err(|e| unusable(format!("cannot open sled's file: {e}")))?;
     let wal_dir = dir.join(WAL_DIR);
-    if !wal_dir.is_dir() {
-        return Err(corrupt(format!("its raft log directory {WAL_DIR} is missing")));
+    let sm_dir = dir.join(SM_DIR);
+    for needed in [WAL_DIR, SM_DIR] {
+        if !dir.join(needed).is_dir() {
+            return Err(corrupt(format!("its directory {needed} is missing")));
+        }
     }
-    let log_store =
-        LogStore::open(&db, sled_file, &wal_dir, wal::SEGMENT_BYTES).map_err(|reason| DataDirError::CorruptLog {
+    let sm_was_empty = is_empty_dir(&sm_dir).map_err(|e| unusable(format!("cannot list {SM_DIR}: {e}")))?;
+    let engine = engine::open(&sm_dir, options).map_err(|e| match e {
+        EngineError::Locked => unusable(e.to_string()),
+        EngineError::Io(e) => unusable(format!("cannot open its state machine: {e}")),
+        other => corrupt(other.to_string()),
+    })?;
+    let persisted = engine.clone();
+    let persist_state_machine = Box::new(move || Ok(persisted.persist()?));
+    let log_store = LogStore::open(&wal_dir, wal::SEGMENT_BYTES, persist_state_machine).map_err(|reason| {
+        DataDirError::CorruptLog {
             dir: dir.to_path_buf(),
             reason,
-        })?;
-    let pristine = log_store.is_pristine().map_err(|e| corrupt(e.to_string()))?;
-    let state_machine = StateMachine::open(&db, dir).map_err(|reason| DataDirError::CorruptStateMachine {
+        }
+    })?;
+    let pristine = log_store.is_pristine();
+    if sm_was_empty && !pristine {
+        // Nothing may silently start the state machine over while the log says it held
+        // state: the node would answer from an empty store.
+        return Err(corrupt(format!(
+            "its state machine ({SM_DIR}) is empty but its raft log is not"
+        )));
+    }
+    let state_machine = StateMachine::open(engine, dir).map_err(|reason| DataDirError::CorruptStateMachine {
         dir: dir.to_path_buf(),
         reason,
     })?;
@@ -183,13 +146,115 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirE
     })
 }
 
-/// For tests: [`open`], waiting (up to a deadline) while sled's background threads of
-/// an instance this process just dropped still hold the directory's lock.
+/// The identity stored in `dir`, if it has one.
+fn read_identity(dir: &Path) -> Result<Option<pb::DataDirIdentity>, DataDirError> {
+    let read = state_file::read(&dir.join(IDENTITY_FILE)).map_err(|error| DataDirError::Identity {
+        dir: dir.to_path_buf(),
+        error,
+    });
+    let Some(bytes) = read? else {
+        return Ok(None);
+    };
+    pb::DataDirIdentity::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| DataDirError::Corrupt {
+            dir: dir.to_path_buf(),
+            reason: format!("its identity record does not decode: {e}"),
+        })
+}
+
+/// Claims a directory without an identity for `identity`: only one that holds nothing
+/// (at most the empty skeleton of a claim a crash cut short). The skeleton is made first
+/// and the identity written last, durably, so a directory with an identity has both.
+fn claim(dir: &Path, identity: &pb::DataDirIdentity) -> Result<(), DataDirError> {
+    let unusable = |reason: String| DataDirError::Unusable {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| unusable(format!("cannot list it: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| unusable(format!("cannot list it: {e}")))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == FORMAT_3_DATABASE {
+            return Err(unusable("it was written by an incompatible raftkv version".to_string()));
+        }
+        let skeleton = [WAL_DIR, SM_DIR].contains(&name.as_ref());
+        let claimable = CLAIMABLE.contains(&name.as_ref())
+            && (!skeleton || is_empty_dir(&entry.path()).map_err(|e| unusable(format!("cannot list {name}: {e}")))?);
+        if !claimable {
+            return Err(DataDirError::Corrupt {
+                dir: dir.to_path_buf(),
+                reason: format!("it holds data ({name}) but no node identity"),
+            });
+        }
+    }
+    for sub in [WAL_DIR, SM_DIR] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| unusable(format!("cannot create {sub}: {e}")))?;
+    }
+    state_file::sync_parent(&dir.join(WAL_DIR))
+        .and_then(|_| state_file::replace(&dir.join(IDENTITY_FILE), &identity.encode_to_vec()))
+        .map_err(|e| unusable(format!("cannot write its identity: {e}")))
+}
+
+/// Refuses a directory whose identity is not `expected`.
+fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDirIdentity) -> Result<(), DataDirError> {
+    if found.format != expected.format {
+        return Err(DataDirError::Unusable {
+            dir: dir.to_path_buf(),
+            reason: "it was written by an incompatible raftkv version".to_string(),
+        });
+    }
+    if found.node_id != expected.node_id {
+        return Err(DataDirError::OtherNode {
+            dir: dir.to_path_buf(),
+            found: found.node_id,
+            expected: expected.node_id,
+        });
+    }
+    if found.initial_cluster != expected.initial_cluster {
+        return Err(DataDirError::OtherCluster {
+            dir: dir.to_path_buf(),
+            found: found.initial_cluster.clone(),
+            expected: expected.initial_cluster.clone(),
+        });
+    }
+    if found.engine != expected.engine {
+        return Err(DataDirError::OtherEngine {
+            dir: dir.to_path_buf(),
+            found: found.engine.clone(),
+            expected: EngineKind::from_name(&expected.engine).expect("we name engines we know"),
+        });
+    }
+    Ok(())
+}
+
+fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
+    Ok(std::fs::read_dir(path)?.next().is_none())
+}
+
+/// For tests: [`open`] on the default engine, waiting (up to a deadline) while an engine
+/// this process just dropped still holds the directory's lock.
 #[cfg(test)]
 pub(crate) fn open_when_released(dir: &Path, node_id: u64, cluster: &str) -> Result<DataDir, DataDirError> {
+    open_with_engine_when_released(dir, node_id, cluster, EngineKind::default())
+}
+
+/// For tests: [`open_when_released`] with engine `kind`.
+#[cfg(test)]
+pub(crate) fn open_with_engine_when_released(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+    kind: EngineKind,
+) -> Result<DataDir, DataDirError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let options = EngineOptions {
+        kind,
+        cache_bytes: 8 << 20,
+    };
     loop {
-        match open(dir, node_id, cluster) {
+        match open(dir, node_id, cluster, &options) {
             Err(DataDirError::Unusable { reason, .. })
                 if reason.contains("another process") && std::time::Instant::now() < deadline =>
             {
@@ -205,6 +270,21 @@ mod tests {
     use super::*;
 
     const CLUSTER: &str = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+
+    fn rewrite_identity(dir: &Path, change: impl FnOnce(&mut pb::DataDirIdentity)) {
+        let mut identity = read_identity(dir).unwrap().expect("an identity");
+        change(&mut identity);
+        state_file::replace(&dir.join(IDENTITY_FILE), &identity.encode_to_vec()).unwrap();
+    }
+
+    fn save_a_vote(d: &mut DataDir) {
+        use openraft::storage::RaftLogStorage;
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(d.log_store.save_vote(&crate::types::Vote::new(1, 1)))
+            .unwrap();
+    }
 
     #[test]
     fn a_directory_of_another_node_is_refused() {
@@ -228,33 +308,68 @@ mod tests {
     fn a_directory_of_an_unknown_format_is_refused_and_left_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
-        {
-            // The directory's own sled, as a newer raftkv would have left it.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            let db = loop {
-                match sled::Config::new()
-                    .path(dir.path().join("db"))
-                    .segment_size(SLED_SEGMENT_BYTES)
-                    .open()
-                {
-                    Ok(db) => break db,
-                    Err(_) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            };
-            let identity = db.open_tree(IDENTITY_TREE).unwrap();
-            identity
-                .insert(FORMAT_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
-                .unwrap();
-            db.flush().unwrap();
-        }
+        rewrite_identity(dir.path(), |identity| identity.format = FORMAT_VERSION + 1);
+        let before = std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap();
         let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(err.to_string().contains("incompatible raftkv version"), "{err}");
         // Refusing changed nothing: the same answer again.
         let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(err.to_string().contains("incompatible raftkv version"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_format_3_directory_is_refused_as_another_version_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        // Format 3 kept everything in one sled database, `db`.
+        std::fs::create_dir(dir.path().join(FORMAT_3_DATABASE)).unwrap();
+        std::fs::write(dir.path().join(FORMAT_3_DATABASE).join("conf"), b"sled").unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains("incompatible raftkv version"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(FORMAT_3_DATABASE)]);
+    }
+
+    #[test]
+    fn a_directory_holding_data_but_no_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(
+            err.to_string().contains("holds data (notes.txt) but no node identity"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        std::fs::remove_file(dir.path().join(IDENTITY_FILE)).unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains("but no node identity"), "{err}");
+    }
+
+    #[test]
+    fn a_claim_a_crash_cut_short_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in [WAL_DIR, SM_DIR] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("identity.tmp"), b"half").unwrap();
+        assert!(open_when_released(dir.path(), 1, CLUSTER).unwrap().pristine);
+    }
+
+    #[test]
+    fn a_damaged_identity_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        let path = dir.path().join(IDENTITY_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap().to_string();
+        assert!(err.contains("identity is corrupt") && !err.contains('\n'), "{err}");
     }
 
     #[test]
@@ -266,37 +381,28 @@ mod tests {
     }
 
     #[test]
-    fn reopening_the_same_node_works_and_is_not_pristine_after_a_vote() {
+    fn a_directory_is_pristine_until_its_first_vote() {
         let dir = tempfile::tempdir().unwrap();
         let d = open_when_released(dir.path(), 1, CLUSTER).unwrap();
         assert!(d.pristine);
         drop(d);
-        assert!(open_when_released(dir.path(), 1, CLUSTER).is_ok());
+        let mut d = open_when_released(dir.path(), 1, CLUSTER).unwrap();
+        assert!(d.pristine, "nothing happened yet");
+        save_a_vote(&mut d);
+        drop(d);
+        assert!(!open_when_released(dir.path(), 1, CLUSTER).unwrap().pristine);
     }
 
     #[test]
-    fn the_largest_state_machine_value_stays_in_sleds_fsynced_file_not_a_blob() {
+    fn an_emptied_state_machine_beside_a_raft_log_is_refused_not_started_over() {
         let dir = tempfile::tempdir().unwrap();
-        let opened = open_when_released(dir.path(), 1, CLUSTER).unwrap();
-        drop(opened);
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .segment_size(SLED_SEGMENT_BYTES)
-            .open()
-            .unwrap();
-        // One command at the limits, and a full write group, with generous framing.
-        let biggest = raftkv::limits::MAX_VALUE_BYTES + raftkv::limits::MAX_KEY_BYTES + 64 * 1024;
-        let biggest = biggest.max(crate::proposer::MAX_GROUP_BYTES + 64 * 1024);
-        db.open_tree("state_machine")
-            .unwrap()
-            .insert(b"k", vec![7u8; biggest])
-            .unwrap();
-        db.flush().unwrap();
-        let blobs = std::fs::read_dir(dir.path().join("db").join("blobs")).unwrap().count();
-        assert_eq!(
-            blobs, 0,
-            "sled wrote a {biggest}-byte entry to a blob file, which it never fsyncs"
-        );
+        let mut d = open_when_released(dir.path(), 1, CLUSTER).unwrap();
+        save_a_vote(&mut d);
+        drop(d);
+        std::fs::remove_dir_all(dir.path().join(SM_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join(SM_DIR)).unwrap();
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
+        assert!(err.to_string().contains("is empty but its raft log is not"), "{err}");
     }
 
     #[test]
@@ -313,13 +419,46 @@ mod tests {
     }
 
     #[test]
-    fn garbage_in_the_database_is_refused_without_touching_it() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
-        let conf = dir.path().join("db").join("conf");
-        std::fs::write(&conf, b"not a sled config").unwrap();
-        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
-        assert_eq!(std::fs::read(&conf).unwrap(), b"not a sled config");
+    fn garbage_in_the_engines_files_is_refused_without_touching_it() {
+        // A file each engine reads first when it opens.
+        for (kind, file) in [(EngineKind::Sled, "conf"), (EngineKind::Fjall, "version")] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(open_with_engine_when_released(dir.path(), 1, CLUSTER, kind).unwrap());
+            let garbage = dir.path().join(SM_DIR).join(kind.name()).join(file);
+            std::fs::write(&garbage, b"not what the engine wrote").unwrap();
+            let err = open_with_engine_when_released(dir.path(), 1, CLUSTER, kind)
+                .err()
+                .unwrap();
+            let err = err.to_string();
+            assert!(
+                err.contains(&dir.path().display().to_string()) && !err.contains('\n'),
+                "{kind}: {err}"
+            );
+            assert_eq!(std::fs::read(&garbage).unwrap(), b"not what the engine wrote");
+        }
+    }
+
+    #[test]
+    fn a_directory_of_another_engine_is_refused_and_says_which() {
+        for (made, asked) in [
+            (EngineKind::Sled, EngineKind::Fjall),
+            (EngineKind::Fjall, EngineKind::Sled),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(open_with_engine_when_released(dir.path(), 1, CLUSTER, made).unwrap());
+            let err = open_with_engine_when_released(dir.path(), 1, CLUSTER, asked)
+                .err()
+                .unwrap();
+            assert!(matches!(err, DataDirError::OtherEngine { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!("start it with --engine {made}")),
+                "{err}"
+            );
+            assert!(
+                !dir.path().join(SM_DIR).join(asked.name()).exists(),
+                "nothing of {asked} was made"
+            );
+            assert!(open_with_engine_when_released(dir.path(), 1, CLUSTER, made).is_ok());
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! Where the state machine keeps what, in sled tree `state_machine`: the one place
-//! that decides its keys, so that the state machine, its redo record and its
-//! snapshots agree on them.
+//! Where the state machine keeps what, in its engine's key space: the one place that
+//! decides its keys, so that the state machine, its engines and its snapshots agree on
+//! them.
 //!
 //! - `d` + user key: a user's value, as written.
 //! - `s` + client id (8 bytes, big-endian): a client session's meta, a
@@ -9,7 +9,7 @@
 //!   [`RESULTS_PER_RECORD`] consecutive sequence numbers of a client, a
 //!   `pb::ClientSession` holding only results.
 //! - `m:applied`, `m:membership`: the applied log id and the membership, as
-//!   protobuf; `m:redo`: the writes of the latest apply (`redo.rs`).
+//!   protobuf; `m:redo`: the writes of the latest apply (sled only: `engine/redo.rs`).
 //!
 //! Invariants: the prefixes are distinct single bytes, so a prefix scan sees one
 //! kind of record; big-endian numbers sort as numbers, so a client's records
@@ -40,9 +40,9 @@ pub(super) fn data_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The user's key of a key stored under [`DATA_PREFIX`].
-pub(super) fn user_key(stored: &[u8]) -> &[u8] {
-    &stored[1..]
+/// The user's key of a key stored under [`DATA_PREFIX`] (sharing its bytes).
+pub(super) fn user_key(stored: &bytes::Bytes) -> bytes::Bytes {
+    stored.slice(1..)
 }
 
 /// The key of a client session's meta.

@@ -1,17 +1,14 @@
 //! openraft's log storage: the entries in our own write-ahead log (`wal.rs`),
-//! the vote and the commit/purge markers in sled.
+//! the vote and the commit/purge markers in small files beside it (`raft_state.rs`).
 //!
 //! Each entry is a protobuf `Entry` in one WAL record. An append returns as soon as its
 //! entries are in the log's in-memory tail ([`RecentEntries`]), readable at once; the
 //! writer thread (`wal_writer.rs`) writes them, and makes every append queued meanwhile
 //! durable with one fdatasync, before openraft is told through the append's callback.
 //! Saving the vote, truncating and purging queue behind the appends before them and
-//! are durable when they return. Tree `raft_state` in sled holds `vote`, `committed`
-//! and `last_purged`. The vote is made durable with a sled flush plus an fdatasync of
-//! sled's file (sled's own flush uses sync_file_range, which is not a durability
-//! barrier), and kept in memory too: every replication read asks for it; the commit
-//! marker may lag (sled writes it out in the background); `last_purged` is made durable
-//! before any segment is deleted.
+//! are durable when they return. The vote is kept in memory too: every replication read
+//! asks for it; the commit marker may lag; the purge point is made durable, after the
+//! state machine, before any segment is deleted.
 //!
 //! Errors are `io::Error`, as openraft's storage traits want them; openraft stops the node
 //! for good on any of them, so they are returned only for real I/O failures.
@@ -30,12 +27,10 @@ use openraft::OptionalSend;
 use prost::Message;
 
 use crate::convert;
+use crate::store::raft_state::RaftStateFiles;
 use crate::store::recent_entries::RecentEntries;
-use crate::store::sled_err;
 use crate::store::wal::{Wal, WalOpenError, WalReader};
-use crate::store::wal_writer::{
-    CommitMarker, Flushed, RaftState, Records, WalWriter, COMMITTED_KEY, LAST_PURGED_KEY, VOTE_KEY,
-};
+use crate::store::wal_writer::{CommitMarker, Flushed, PersistStateMachine, RaftState, Records, WalWriter};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// openraft's log storage. Cheap to clone: clones share the log, its writer and the tail.
@@ -44,9 +39,10 @@ pub struct LogStore {
     /// Every write to the log and the durable Raft state, in order, off the async runtime.
     writer: WalWriter,
     log: WalReader,
-    state: sled::Tree,
-    /// The vote last made durable (what `read_vote` answers without reading sled).
+    /// The vote last made durable (what `read_vote` answers without reading its file).
     vote: Arc<std::sync::Mutex<Option<Vote>>>,
+    /// The purge point last made durable.
+    purged: Arc<std::sync::Mutex<Option<LogId>>>,
     committed: Arc<CommitMarker>,
     /// The log's tail in memory: see [`RecentEntries`].
     recent: Arc<std::sync::Mutex<RecentEntries>>,
@@ -65,33 +61,12 @@ fn read_entry(bytes: &[u8]) -> io::Result<Entry> {
     decode_entry(bytes).map_err(|e| corrupt("a raft log entry", e))
 }
 
-fn read_log_id(state: &sled::Tree, key: &[u8]) -> io::Result<Option<LogId>> {
-    match state.get(key).map_err(sled_err)? {
-        Some(v) => Ok(Some(decode_log_id(&v).map_err(|e| corrupt("a raft state record", e))?)),
-        None => Ok(None),
-    }
-}
-
-fn decode_log_id(bytes: &[u8]) -> Result<LogId, convert::DecodeError> {
-    convert::decode(bytes, convert::log_id_from_pb)
-}
-
-fn decode_vote(bytes: &[u8]) -> Result<Vote, convert::DecodeError> {
-    convert::decode(bytes, |v| convert::vote_from_pb(Some(v)))
-}
-
-/// Why the log store cannot be opened: its records in sled or the log's files are
+/// Why the log store cannot be opened: its state files or the log's files are
 /// unreadable or damaged. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreOpenError {
-    #[error("cannot open the raft state: {0}")]
-    StateTree(sled::Error),
     #[error(transparent)]
-    StateRead(sled::Error),
-    #[error("raft state record is corrupt: {0}")]
-    CorruptMarker(convert::DecodeError),
-    #[error("stored vote is corrupt: {0}")]
-    CorruptVote(convert::DecodeError),
+    State(#[from] crate::store::RaftStateError),
     #[error(transparent)]
     Wal(#[from] WalOpenError),
     #[error("cannot read the raft log: {0}")]
@@ -105,41 +80,30 @@ pub enum LogStoreOpenError {
 }
 
 impl LogStore {
-    /// Opens the log in `wal_dir` (recovering it after a crash) and the markers in `db`,
-    /// checks that every stored record decodes, and starts the log's writer thread.
-    /// Errors are one line.
+    /// Opens the log in `wal_dir` (recovering it after a crash) and the state files beside
+    /// it, checks that every stored record decodes, and starts the log's writer thread.
+    /// `persist_state_machine` is called before every purge. Errors are one line.
     pub fn open(
-        db: &sled::Db,
-        sled_file: std::fs::File,
         wal_dir: &std::path::Path,
         segment_bytes: u64,
+        persist_state_machine: PersistStateMachine,
     ) -> Result<LogStore, LogStoreOpenError> {
-        let state = db.open_tree("raft_state").map_err(LogStoreOpenError::StateTree)?;
-        let stored = |key| match state.get(key).map_err(LogStoreOpenError::StateRead)? {
-            Some(v) => decode_log_id(&v).map(Some).map_err(LogStoreOpenError::CorruptMarker),
-            None => Ok(None),
-        };
-        stored(COMMITTED_KEY)?;
-        let purged = stored(LAST_PURGED_KEY)?;
-        let vote = match state.get(VOTE_KEY).map_err(LogStoreOpenError::StateRead)? {
-            Some(v) => Some(decode_vote(&v).map_err(LogStoreOpenError::CorruptVote)?),
-            None => None,
-        };
-        let wal = Wal::open(wal_dir, purged.map(|p| p.index), segment_bytes)?;
+        let (files, stored) = RaftStateFiles::open(wal_dir)?;
+        let wal = Wal::open(wal_dir, stored.purged.map(|p| p.index), segment_bytes)?;
         let log = wal.reader();
         verify(&log)?;
         let committed = Arc::new(CommitMarker::default());
+        committed.loaded(stored.committed);
         let raft_state = RaftState {
-            db: db.clone(),
-            sled_file: Arc::new(sled_file),
-            tree: state.clone(),
+            files,
+            persist_state_machine,
         };
         let writer = WalWriter::start(wal, raft_state, committed.clone()).map_err(LogStoreOpenError::Writer)?;
         Ok(LogStore {
             writer,
             log,
-            state,
-            vote: Arc::new(std::sync::Mutex::new(vote)),
+            vote: Arc::new(std::sync::Mutex::new(stored.vote)),
+            purged: Arc::new(std::sync::Mutex::new(stored.purged)),
             committed,
             recent: Arc::default(),
         })
@@ -147,11 +111,11 @@ impl LogStore {
 
     /// True when nothing was ever written: no vote and no log. Only such a
     /// store may be bootstrapped with the initial cluster.
-    pub fn is_pristine(&self) -> Result<bool, sled::Error> {
-        Ok(self.state.get(VOTE_KEY)?.is_none()
+    pub fn is_pristine(&self) -> bool {
+        self.vote.lock().expect("vote lock").is_none()
             && self.log.bounds().is_none()
             && self.recent().last_log_id().is_none()
-            && self.state.get(LAST_PURGED_KEY)?.is_none())
+            && self.purged.lock().expect("purge point lock").is_none()
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -246,7 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id = read_log_id(&self.state, LAST_PURGED_KEY)?;
+        let last_purged_log_id = *self.purged.lock().expect("purge point lock");
         let tail_last = self.recent().last_log_id();
         let last = match (tail_last, self.log.bounds()) {
             (Some(last), _) => Some(last),
@@ -267,22 +231,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
-        self.writer.save_vote(convert::vote_to_pb(vote).encode_to_vec()).await?;
+        self.writer.save_vote(*vote).await?;
         *self.vote.lock().expect("vote lock") = Some(*vote);
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Only remembered here; the writer stores it in sled after a later sync of the log
-        // (see `CommitMarker`).
+        // Only remembered here; the writer stores it in its file after a later sync of the
+        // log (see `CommitMarker`).
         self.committed.saved(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        let committed = read_log_id(&self.state, COMMITTED_KEY)?;
-        self.committed.loaded(committed);
-        Ok(committed)
+        // What was saved last; at startup, what the file held.
+        Ok(self.committed.latest())
     }
 
     /// Returns once the entries are in the tail (readable); the writer thread makes them
@@ -340,7 +303,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.recent().purged(log_id.index);
-        self.writer.purge(log_id).await
+        self.writer.purge(log_id).await?;
+        *self.purged.lock().expect("purge point lock") = Some(log_id);
+        Ok(())
     }
 }
 

@@ -1,34 +1,30 @@
 //! Durable storage for one node, in its data directory: the Raft log in its own
-//! segment files (`wal.rs`, behind openraft's log storage in `log_store.rs`), a sled
-//! database holding the vote, the log's markers and the state machine
-//! (`state_machine.rs`: its key layout in `keys.rs`, its all-or-nothing applies in
-//! `redo.rs`, its client sessions in `sessions.rs`), and the snapshot file
-//! (`snapshot_file.rs`). `data_dir.rs` decides whether a directory may be used at all.
+//! segment files (`wal.rs`, behind openraft's log storage in `log_store.rs`) with the
+//! vote and the log's markers beside them (`raft_state.rs`), the state machine
+//! (`state_machine.rs`: its key layout in `keys.rs`, its client sessions in
+//! `sessions.rs`) in a storage engine (`engine/`), and the snapshot file
+//! (`snapshot_file.rs`). `data_dir.rs` decides whether a directory may be
+//! used at all; `state_file.rs` is how every small checksummed file is kept.
 
 pub mod data_dir;
+pub mod engine;
 mod keys;
 pub mod log_store;
+mod raft_state;
 mod recent_entries;
-mod redo;
 pub mod sessions;
 mod snapshot_file;
+mod state_file;
 pub mod state_machine;
 pub mod wal;
 mod wal_writer;
 
+pub use engine::{EngineError, EngineKind, RedoError};
 pub use log_store::LogStore;
-pub use redo::RedoError;
+pub use raft_state::RaftStateError;
 pub use snapshot_file::SnapshotFileError;
+pub use state_file::StateFileError;
 pub use state_machine::{KvReader, StateMachine};
-
-/// A sled failure as the I/O error openraft's storage traits return (openraft stops the
-/// node on any of them).
-pub(crate) fn sled_err(e: sled::Error) -> std::io::Error {
-    match e {
-        sled::Error::Io(e) => e,
-        other => std::io::Error::other(other),
-    }
-}
 
 /// For the store's unit tests.
 #[cfg(test)]

@@ -14,11 +14,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::engine::{EngineError, View};
 use crate::store::keys::{user_key, DATA_PREFIX};
 use crate::types::SnapshotMeta;
 
@@ -58,9 +59,9 @@ pub(super) fn check_body(body: &[u8]) -> Result<(), prost::DecodeError> {
     }
 }
 
-/// Serialises every key-value pair of the state machine's `tree`, in key order, then the
-/// client `sessions`, as a snapshot body.
-pub(super) fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -> Result<Vec<u8>, sled::Error> {
+/// Serialises every key-value pair `view` shows, in key order, then the client
+/// `sessions`, as a snapshot body.
+pub(super) fn encode_body(view: &dyn View, sessions: Vec<pb::ClientSession>) -> Result<Vec<u8>, EngineError> {
     use pb::snapshot_record::Record;
     let mut body = Vec::new();
     let mut append = |record: Record| {
@@ -68,11 +69,11 @@ pub(super) fn encode_body(tree: &sled::Tree, sessions: Vec<pb::ClientSession>) -
             .encode_length_delimited(&mut body)
             .expect("a Vec has room for any message")
     };
-    for kv in tree.scan_prefix([DATA_PREFIX]) {
-        let (k, v) = kv?;
+    for pair in view.prefix(&[DATA_PREFIX]) {
+        let (k, value) = pair?;
         append(Record::Pair(pb::KeyValue {
-            key: Bytes::copy_from_slice(user_key(&k)),
-            value: Bytes::copy_from_slice(&v),
+            key: user_key(&k),
+            value,
         }));
     }
     for session in sessions {

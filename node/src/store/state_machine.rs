@@ -1,19 +1,20 @@
-//! openraft's state machine on sled: applies committed entries, builds and installs
-//! snapshots, and serves the KV service's reads ([`KvReader`]).
+//! openraft's state machine: applies committed entries, builds and installs snapshots,
+//! and serves the KV service's reads ([`KvReader`]), on a storage engine (`engine/`).
 //!
-//! Tree `state_machine` holds user data, client sessions (exactly-once retries, see
+//! The engine holds user data, client sessions (exactly-once retries, see
 //! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
-//! Each `apply` call takes effect as a unit through one redo record (`redo.rs`), so a
-//! crash never leaves data applied without the applied marker (or the reverse).
-//! A snapshot is written to the snapshot file first (`snapshot_file.rs`), then
-//! installed into the tree in one sled batch; `StateMachine::open` finishes an install
-//! that a crash interrupted.
+//! Each `apply` call takes effect as a unit (one engine apply), so a crash never
+//! leaves data applied without the applied marker (or the reverse). A snapshot is
+//! written to the snapshot file first (`snapshot_file.rs`), then installed into the
+//! engine's next generation, which becomes current whole; `StateMachine::open` finishes
+//! an install that a crash interrupted.
 //!
 //! Invariants: applied only moves forward (asserted); the sessions in memory are those
-//! stored in the tree; a scan page never shows part of an apply (the apply lock).
+//! stored in the engine; a scan page never shows part of an apply (it reads a view).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,13 +26,12 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::store::engine::{Engine, EngineError, Writes};
 use crate::store::keys::{
     data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
-    DATA_PREFIX, MEMBERSHIP_KEY, REDO_KEY, RESULT_PREFIX, SESSION_PREFIX,
+    MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
-use crate::store::redo::{self, RedoError, Writes};
 use crate::store::sessions::{Seen, Sessions};
-use crate::store::sled_err;
 use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
 use crate::types::{
     Command, CommandResult, Entry, EntryPayload, LogId, Op, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -80,46 +80,45 @@ fn join_err(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("storage task failed: {e}"))
 }
 
+/// How much of a snapshot an install hands the engine at a time.
+const INSTALL_PART_BYTES: usize = 4 << 20;
+
 /// Read access to the state machine's data for the KV service. Reads see
 /// every entry applied so far; whether that is recent enough is the caller's
 /// business (see `kv_service.rs`).
 #[derive(Clone)]
 pub struct KvReader {
-    tree: sled::Tree,
-    applying: ApplyLock,
+    engine: Arc<dyn Engine>,
 }
 
-/// Held for writing while an apply's (or a snapshot install's) writes go to the tree, and
-/// for reading while a scan page iterates it: applies write key by key, and a page must
-/// show the state between two applies, not part of one.
-type ApplyLock = Arc<std::sync::RwLock<()>>;
-
 impl KvReader {
-    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, sled::Error> {
-        Ok(self.tree.get(data_key(key))?.map(|v| Bytes::copy_from_slice(&v)))
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        self.engine.get(&data_key(key))
     }
 
     /// Up to `limit` pairs (and about `max_bytes` of keys and values, but at
     /// least one pair) whose key starts with `prefix` and sorts after
-    /// `start_after`, in key order, and whether more follow.
+    /// `start_after`, in key order, and whether more follow. A page is read from one
+    /// view: it shows the state between two applies, never part of one.
     pub fn scan(
         &self,
         prefix: &[u8],
         start_after: &[u8],
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<(Bytes, Bytes)>, bool), sled::Error> {
-        let from = if start_after.is_empty() || start_after < prefix {
-            std::ops::Bound::Included(data_key(prefix))
-        } else {
-            std::ops::Bound::Excluded(data_key(start_after))
-        };
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), EngineError> {
         let full_prefix = data_key(prefix);
-        let _page = self.applying.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let after = data_key(start_after);
+        let from = if start_after.is_empty() || start_after < prefix {
+            Bound::Included(full_prefix.as_slice())
+        } else {
+            Bound::Excluded(after.as_slice())
+        };
+        let view = self.engine.view();
         let mut pairs = Vec::new();
         let mut bytes = 0;
-        for kv in self.tree.range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded)) {
-            let (k, v) = kv?;
+        for pair in view.range(from) {
+            let (k, v) = pair?;
             if !k.starts_with(&full_prefix) {
                 break;
             }
@@ -127,7 +126,7 @@ impl KvReader {
                 return Ok((pairs, true));
             }
             bytes += k.len() + v.len();
-            pairs.push((Bytes::copy_from_slice(user_key(&k)), Bytes::copy_from_slice(&v)));
+            pairs.push((user_key(&k), v));
         }
         Ok((pairs, false))
     }
@@ -137,12 +136,8 @@ impl KvReader {
 /// the snapshot a crash interrupted cannot be installed. Each message is one line.
 #[derive(Debug, thiserror::Error)]
 pub enum StateMachineOpenError {
-    #[error("cannot open the state machine: {0}")]
-    Tree(sled::Error),
     #[error(transparent)]
-    Read(#[from] sled::Error),
-    #[error(transparent)]
-    Redo(#[from] RedoError),
+    Engine(#[from] EngineError),
     #[error("state machine's applied marker is corrupt: {0}")]
     CorruptApplied(convert::DecodeError),
     #[error("state machine's membership record is corrupt: {0}")]
@@ -159,65 +154,61 @@ pub enum StateMachineOpenError {
     Install(io::Error),
 }
 
-/// openraft's state machine on sled.
+/// openraft's state machine.
 pub struct StateMachine {
-    db: sled::Db,
-    tree: sled::Tree,
+    engine: Arc<dyn Engine>,
     dir: PathBuf,
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
-    applying: ApplyLock,
     /// The span current at open (the node's), for what it logs: openraft runs the state
     /// machine in a task it spawns without one.
     span: tracing::Span,
 }
 
 impl StateMachine {
-    /// Opens the state machine in `dir` and makes it agree with the newest
-    /// snapshot: if a crash came between writing a received snapshot and
-    /// installing it, the install is finished here.
-    pub fn open(db: &sled::Db, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
+    /// Opens the state machine kept in `engine`, for data directory `dir`, and makes it
+    /// agree with the newest snapshot: if a crash came between writing a received
+    /// snapshot and installing it, the install is finished here.
+    pub fn open(engine: Arc<dyn Engine>, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
         use StateMachineOpenError as E;
-        let tree = db.open_tree("state_machine").map_err(E::Tree)?;
-        // The latest apply may have been cut short by a crash: finish it.
-        redo::finish_latest(&tree)?;
-        let applied = match tree.get(APPLIED_KEY)? {
+        let applied = match engine.get(APPLIED_KEY)? {
             Some(v) => Some(convert::decode(&v, convert::log_id_from_pb).map_err(E::CorruptApplied)?),
             None => None,
         };
-        let membership = match tree.get(MEMBERSHIP_KEY)? {
+        let membership = match engine.get(MEMBERSHIP_KEY)? {
             Some(v) => {
                 convert::decode(&v, |m| convert::stored_membership_from_pb(Some(m))).map_err(E::CorruptMembership)?
             }
             None => StoredMembership::default(),
         };
         let mut sessions = Sessions::default();
-        for kv in tree.scan_prefix([SESSION_PREFIX]) {
-            let (_, v) = kv?;
-            sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
-        }
-        for kv in tree.scan_prefix([RESULT_PREFIX]) {
-            let (k, v) = kv?;
-            let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
-            let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
-            for result in record.results {
-                sessions.insert_result_pb(client_id, result);
+        {
+            let view = engine.view();
+            for pair in view.prefix(&[SESSION_PREFIX]) {
+                let (_, v) = pair?;
+                sessions.insert_pb(pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptSession)?);
+            }
+            for pair in view.prefix(&[RESULT_PREFIX]) {
+                let (k, v) = pair?;
+                let client_id = result_client(&k).ok_or(E::MalformedResultKey)?;
+                let record = pb::ClientSession::decode(v.as_ref()).map_err(E::CorruptResults)?;
+                for result in record.results {
+                    sessions.insert_result_pb(client_id, result);
+                }
             }
         }
         let mut sm = StateMachine {
-            db: db.clone(),
-            tree,
+            engine,
             dir: dir.to_path_buf(),
             applied,
             membership,
             sessions,
-            applying: ApplyLock::default(),
             span: tracing::Span::current(),
         };
         if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
             if meta.last_log_id > sm.applied {
-                sm.install_into_tree(&meta, &body).map_err(E::Install)?;
+                sm.install(&meta, &body).map_err(E::Install)?;
             }
         }
         Ok(sm)
@@ -225,8 +216,7 @@ impl StateMachine {
 
     pub fn reader(&self) -> KvReader {
         KvReader {
-            tree: self.tree.clone(),
-            applying: self.applying.clone(),
+            engine: self.engine.clone(),
         }
     }
 
@@ -234,58 +224,63 @@ impl StateMachine {
         snapshot_file::path_in(&self.dir)
     }
 
-    /// Replaces all data with the snapshot's, and sets applied and membership,
-    /// in one atomic sled batch.
-    fn install_into_tree(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
-        let mut writes = Writes::default();
-        for prefix in [DATA_PREFIX, SESSION_PREFIX, RESULT_PREFIX] {
-            for kv in self.tree.scan_prefix([prefix]) {
-                let (k, _) = kv.map_err(sled_err)?;
-                writes.remove(k.to_vec());
-            }
-        }
-        // The latest apply's redo record is older than the snapshot: never redo it over it.
-        writes.remove(REDO_KEY);
-        let mut sessions = Sessions::default();
-        for record in SnapshotRecords::new(body) {
-            match record
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-                .record
-            {
-                Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
-                Some(pb::snapshot_record::Record::Session(session)) => {
-                    write_session(&mut writes, &session);
-                    sessions.insert_pb(session);
-                }
-                None => {}
-            }
-        }
-        set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
-        let atomic = writes.into_sled_batch();
-        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.tree.apply_batch(atomic).map_err(sled_err)?;
+    /// Replaces all data with the snapshot's, and sets applied and membership.
+    fn install(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
+        let sessions = install_into(self.engine.as_ref(), meta, body)?;
+        self.installed(meta, sessions);
+        Ok(())
+    }
+
+    /// What the state machine keeps in memory, once `meta`'s snapshot is installed.
+    fn installed(&mut self, meta: &SnapshotMeta, sessions: Sessions) {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.sessions = sessions;
-        Ok(())
     }
 }
 
-impl StateMachine {
-    /// Makes one apply's writes take effect as a unit (see `redo.rs`), under the apply lock.
-    fn commit(&self, writes: Writes) -> Result<(), sled::Error> {
-        let _applying = self.applying.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        redo::commit(&self.tree, writes)
+/// Fills `engine`'s next generation with the snapshot `body` (a part at a time), applied
+/// and membership from `meta`, and makes it current whole. Returns the snapshot's sessions.
+/// Blocks on disk I/O.
+fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, body: &[u8]) -> io::Result<Sessions> {
+    let mut install = engine.start_install()?;
+    let mut writes = Writes::default();
+    let mut sessions = Sessions::default();
+    for record in SnapshotRecords::new(body) {
+        match record
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            .record
+        {
+            Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
+            Some(pb::snapshot_record::Record::Session(session)) => {
+                write_session(&mut writes, &session);
+                sessions.insert_pb(session);
+            }
+            None => {}
+        }
+        if writes.bytes() >= INSTALL_PART_BYTES {
+            install.apply(std::mem::take(&mut writes))?;
+        }
     }
+    set_markers(&mut writes, &meta.last_log_id, Some(&meta.last_membership));
+    install.apply(writes)?;
+    install.commit()?;
+    Ok(sessions)
+}
 
+/// One apply's writes and results, worked out and not yet made.
+struct Prepared {
+    writes: Writes,
+    results: Vec<WriteGroupResults>,
+    applied: Option<LogId>,
+    membership: Option<StoredMembership>,
+}
+
+impl StateMachine {
     fn current_value(&self, key: &Bytes, written: &HashMap<Bytes, Option<Bytes>>) -> io::Result<Option<Bytes>> {
         match written.get(key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self
-                .tree
-                .get(data_key(key))
-                .map_err(sled_err)?
-                .map(|v| Bytes::copy_from_slice(&v))),
+            None => Ok(self.engine.get(&data_key(key))?),
         }
     }
 
@@ -382,10 +377,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl StateMachine {
-    /// Applies committed entries as one unit (one redo record, see `redo.rs`) and returns
+    /// Applies committed entries as one unit (one engine apply) and returns
     /// each entry's results, in order. Nothing is answered here: the caller answers the
-    /// clients once this returns, when every write is in the tree.
+    /// clients once this returns, when every write is in the engine.
     pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Vec<WriteGroupResults>> {
+        let prepared = self.prepare(entries)?;
+        self.engine.apply(prepared.writes)?;
+        Ok(self.applied_up_to(prepared.applied, prepared.membership, prepared.results))
+    }
+
+    /// Works out what applying `entries` writes and answers (the client sessions in
+    /// memory move on with it); the caller makes the writes, then calls `applied_up_to`.
+    fn prepare(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Prepared> {
         let mut writes = Writes::default();
         // Values this call has written so far (None: deleted), so later
         // commands see earlier ones before their writes reach the tree.
@@ -454,12 +457,26 @@ impl StateMachine {
             }
         }
         set_markers(&mut writes, &applied, membership.as_ref());
-        self.commit(writes).map_err(sled_err)?;
+        Ok(Prepared {
+            writes,
+            results,
+            applied,
+            membership,
+        })
+    }
+
+    /// Records that the engine holds every write up to `applied`; returns `results`.
+    fn applied_up_to(
+        &mut self,
+        applied: Option<LogId>,
+        membership: Option<StoredMembership>,
+        results: Vec<WriteGroupResults>,
+    ) -> Vec<WriteGroupResults> {
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
         }
-        Ok(results)
+        results
     }
 }
 
@@ -473,7 +490,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     /// Takes every entry of the stream (openraft hands over a finite batch of committed
     /// entries, all readable at once), applies them as one unit, and only then answers the
-    /// clients waiting on them: a response never leaves before its write is in the tree.
+    /// clients waiting on them: a response never leaves before its write is in the engine.
+    /// The engine's write runs on a blocking thread: an engine may stall a write (fjall
+    /// does while its memtables wait to be flushed), and the runtime serves heartbeats.
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
@@ -485,7 +504,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.push(entry);
             responders.push(responder);
         }
-        let results = self.apply_entries(batch)?;
+        let Prepared {
+            writes,
+            results,
+            applied,
+            membership,
+        } = self.prepare(batch)?;
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.apply(writes))
+            .await
+            .map_err(join_err)??;
+        let results = self.applied_up_to(applied, membership, results);
         for (result, responder) in results.into_iter().zip(responders) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -495,10 +524,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Runs in openraft's state-machine task, between applies: the copy is consistent.
-        let tree = self.tree.clone();
+        // Runs in openraft's state-machine task, between applies: the view and the sessions
+        // are of the same point.
+        let view = self.engine.view();
         let sessions = self.sessions.all_to_pb();
-        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(&tree, sessions)).await {
+        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(view.as_ref(), sessions)).await
+        {
             Ok(Ok(body)) => body,
             // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
             Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
@@ -521,14 +552,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 format!("received snapshot up to {:?} is corrupt: {e}", meta.last_log_id),
             ));
         }
-        // File first: if we crash before the tree is updated, `open` finishes the install.
+        // File first: if we crash before the engine has it, `open` finishes the install.
         let path = self.snapshot_path();
         let meta2 = meta.clone();
-        let body = tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta2, &body).map(|_| body))
-            .await
-            .map_err(join_err)??;
-        self.install_into_tree(meta, &body)?;
-        self.db.flush_async().await.map_err(sled_err)?;
+        let engine = self.engine.clone();
+        // Off the runtime: the install writes the whole snapshot into the engine.
+        let (body, sessions) = tokio::task::spawn_blocking(move || {
+            snapshot_file::write(&path, &meta2, &body)?;
+            let sessions = install_into(engine.as_ref(), &meta2, &body)?;
+            Ok::<_, io::Error>((body, sessions))
+        })
+        .await
+        .map_err(join_err)??;
+        self.installed(meta, sessions);
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
         Ok(())
     }
@@ -553,6 +589,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::store::data_dir;
+    use crate::store::engine::EngineKind;
     use crate::store::keys::RESULTS_PER_RECORD;
     use crate::types::{LeaderId, WriteGroup, WriteId};
 
@@ -593,64 +630,48 @@ mod tests {
     }
 
     fn open(dir: &Path) -> StateMachine {
-        match data_dir::open_when_released(dir, 1, "1=127.0.0.1:1") {
+        open_on(dir, EngineKind::default())
+    }
+
+    fn open_on(dir: &Path, kind: EngineKind) -> StateMachine {
+        match data_dir::open_with_engine_when_released(dir, 1, "1=127.0.0.1:1", kind) {
             Ok(d) => d.state_machine,
             Err(e) => panic!("{e}"),
         }
     }
 
     #[tokio::test]
-    async fn an_apply_cut_short_by_a_crash_is_finished_at_startup() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = open(dir.path());
-        let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply_entries([entry(1, vec![put("a", "1")])]).unwrap();
-        let before = sm.tree.get(APPLIED_KEY).unwrap().unwrap();
-        sm.apply_entries([entry(2, vec![put("a", "2"), put("b", "2")])])
-            .unwrap();
-        // A crash right after entry 2's redo record reached sled, before any of its writes.
-        sm.tree.insert(data_key(b"a"), "1").unwrap();
-        sm.tree.remove(data_key(b"b")).unwrap();
-        sm.tree.insert(APPLIED_KEY, before).unwrap();
-        sm.db.flush().unwrap();
-        drop(sm);
-
-        let sm = open(dir.path());
-        assert_eq!(sm.applied.map(|l| l.index), Some(2));
-        assert_eq!(sm.reader().get(b"a").unwrap(), Some(b("2")));
-        assert_eq!(sm.reader().get(b"b").unwrap(), Some(b("2")));
-    }
-
-    #[tokio::test]
     async fn a_scan_page_never_shows_part_of_an_apply() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut sm = open(dir.path());
-        let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
-        sm.apply_entries([entry(1, vec![put("a", "0"), put("b", "0")])])
-            .unwrap();
-        let reader = sm.reader();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let scanner = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut pages = 0u64;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (pairs, _) = reader.scan(b"", b"", 10, 1 << 20).unwrap();
-                    assert_eq!(pairs.len(), 2);
-                    assert_eq!(pairs[0].1, pairs[1].1, "a page showed half of an apply: {pairs:?}");
-                    pages += 1;
-                }
-                pages
-            })
-        };
-        // Each apply writes a then b; a scan reads a then b. Without the lock a page that
-        // reads a before an apply and b after it shows two different values.
-        for i in 2..3000u64 {
-            let v = i.to_string();
-            sm.apply_entries([entry(i, vec![put("a", &v), put("b", &v)])]).unwrap();
+        for kind in EngineKind::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sm = open_on(dir.path(), kind);
+            let put = |k: &str, v: &str| cmd(Op::Put { key: b(k), value: b(v) }, None);
+            sm.apply_entries([entry(1, vec![put("a", "0"), put("b", "0")])])
+                .unwrap();
+            let reader = sm.reader();
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scanner = {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let mut pages = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (pairs, _) = reader.scan(b"", b"", 10, 1 << 20).unwrap();
+                        assert_eq!(pairs.len(), 2);
+                        assert_eq!(pairs[0].1, pairs[1].1, "a page showed half of an apply: {pairs:?}");
+                        pages += 1;
+                    }
+                    pages
+                })
+            };
+            // Each apply writes a then b; a scan reads a then b. Without the lock a page that
+            // reads a before an apply and b after it shows two different values.
+            for i in 2..3000u64 {
+                let v = i.to_string();
+                sm.apply_entries([entry(i, vec![put("a", &v), put("b", &v)])]).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(scanner.join().unwrap() > 0);
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(scanner.join().unwrap() > 0);
     }
 
     #[tokio::test]
@@ -722,57 +743,64 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_write_is_applied_once_even_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut sm = open(dir.path());
-            let append = |v: &str| create_k(v, 1);
+        for kind in EngineKind::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut sm = open_on(dir.path(), kind);
+                let append = |v: &str| create_k(v, 1);
+                let r = sm
+                    .apply_entries([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
+                    .unwrap();
+                assert_eq!(
+                    r[1].results[0],
+                    CommandResult::Cas {
+                        swapped: true,
+                        current: None
+                    },
+                    "the retry gets the first result"
+                );
+            }
+            let mut sm = open_on(dir.path(), kind);
             let r = sm
-                .apply_entries([entry(1, vec![append("a")]), entry(2, vec![append("b")])])
+                .apply_entries([entry(
+                    3,
+                    vec![cmd(
+                        Op::Put {
+                            key: b("k"),
+                            value: b("c"),
+                        },
+                        Some(1),
+                    )],
+                )])
                 .unwrap();
             assert_eq!(
-                r[1].results[0],
+                r[0].results[0],
                 CommandResult::Cas {
                     swapped: true,
                     current: None
-                },
-                "the retry gets the first result"
+                }
             );
+            assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
         }
-        let mut sm = open(dir.path());
-        let r = sm
-            .apply_entries([entry(
-                3,
-                vec![cmd(
-                    Op::Put {
-                        key: b("k"),
-                        value: b("c"),
-                    },
-                    Some(1),
-                )],
-            )])
-            .unwrap();
-        assert_eq!(
-            r[0].results[0],
-            CommandResult::Cas {
-                swapped: true,
-                current: None
-            }
-        );
-        assert_eq!(sm.reader().get(b"k").unwrap(), Some(b("a")));
     }
 
     fn stored_results(sm: &StateMachine, client_id: u64) -> Vec<u64> {
         let mut prefix = vec![RESULT_PREFIX];
         prefix.extend_from_slice(&client_id.to_be_bytes());
-        sm.tree
-            .scan_prefix(prefix)
+        sm.engine
+            .view()
+            .prefix(&prefix)
             .flat_map(|kv| pb::ClientSession::decode(kv.unwrap().1.as_ref()).unwrap().results)
             .map(|r| r.sequence)
             .collect()
     }
 
     fn stored_meta(sm: &StateMachine, client_id: u64) -> pb::ClientSession {
-        let v = sm.tree.get(session_key(client_id)).unwrap().expect("a session record");
+        let v = sm
+            .engine
+            .get(&session_key(client_id))
+            .unwrap()
+            .expect("a session record");
         pb::ClientSession::decode(v.as_ref()).unwrap()
     }
 
@@ -812,7 +840,7 @@ mod tests {
         let r = sm.apply_entries([entry(3, vec![retry(last), retry(3)])]).unwrap();
         assert_eq!(r[0].results, vec![CommandResult::Put, CommandResult::Forgotten]);
         assert_eq!(sm.reader().get(b"k").unwrap(), Some(b(&last.to_string())));
-        let records = sm.tree.scan_prefix([RESULT_PREFIX]).count() as u64;
+        let records = sm.engine.view().prefix(&[RESULT_PREFIX]).count() as u64;
         assert!(
             records <= RESULTS_PER_SESSION / RESULTS_PER_RECORD + 1,
             "{records} records"
@@ -833,73 +861,75 @@ mod tests {
             group.proposed_at_ms += crate::store::sessions::SESSION_TTL_MS + 1;
         }
         sm.apply_entries([later]).unwrap();
-        assert_eq!(sm.tree.scan_prefix([RESULT_PREFIX]).count(), 0);
-        assert!(sm.tree.get(session_key(42)).unwrap().is_none());
+        assert_eq!(sm.engine.view().prefix(&[RESULT_PREFIX]).count(), 0);
+        assert!(sm.engine.get(&session_key(42)).unwrap().is_none());
     }
 
     #[tokio::test]
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
-        let src_dir = tempfile::tempdir().unwrap();
-        let mut src = open(src_dir.path());
-        src.apply_entries([entry(
-            1,
-            vec![
-                cmd(
-                    Op::Put {
-                        key: b("x"),
-                        value: b("1"),
-                    },
-                    Some(7),
-                ),
-                cmd(
-                    Op::Put {
-                        key: b("y"),
-                        value: b("2"),
-                    },
-                    None,
-                ),
-            ],
-        )])
-        .unwrap();
-        let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let mut src = open_on(src_dir.path(), kind);
+            src.apply_entries([entry(
+                1,
+                vec![
+                    cmd(
+                        Op::Put {
+                            key: b("x"),
+                            value: b("1"),
+                        },
+                        Some(7),
+                    ),
+                    cmd(
+                        Op::Put {
+                            key: b("y"),
+                            value: b("2"),
+                        },
+                        None,
+                    ),
+                ],
+            )])
+            .unwrap();
+            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
-        let dst_dir = tempfile::tempdir().unwrap();
-        let mut dst = open(dst_dir.path());
-        dst.apply_entries([entry(
-            1,
-            vec![cmd(
-                Op::Put {
-                    key: b("stale"),
-                    value: b("z"),
-                },
-                None,
-            )],
-        )])
-        .unwrap();
-        dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
-        assert_eq!(
-            dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
-            vec![(b("x"), b("1")), (b("y"), b("2"))]
-        );
-        let r = dst
-            .apply_entries([entry(
-                2,
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = open_on(dst_dir.path(), kind);
+            dst.apply_entries([entry(
+                1,
                 vec![cmd(
                     Op::Put {
-                        key: b("x"),
-                        value: b("again"),
+                        key: b("stale"),
+                        value: b("z"),
                     },
-                    Some(7),
+                    None,
                 )],
             )])
             .unwrap();
-        assert_eq!(r[0].results[0], CommandResult::Put);
-        assert_eq!(
-            dst.reader().get(b"x").unwrap(),
-            Some(b("1")),
-            "the retried write was not applied twice"
-        );
-        assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            assert_eq!(
+                dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
+                vec![(b("x"), b("1")), (b("y"), b("2"))]
+            );
+            let r = dst
+                .apply_entries([entry(
+                    2,
+                    vec![cmd(
+                        Op::Put {
+                            key: b("x"),
+                            value: b("again"),
+                        },
+                        Some(7),
+                    )],
+                )])
+                .unwrap();
+            assert_eq!(r[0].results[0], CommandResult::Put);
+            assert_eq!(
+                dst.reader().get(b"x").unwrap(),
+                Some(b("1")),
+                "the retried write was not applied twice"
+            );
+            assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+        }
     }
 
     #[tokio::test]

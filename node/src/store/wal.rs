@@ -9,7 +9,7 @@
 //! one flush plus one `fdatasync` of a growing file. Writing into a file whose
 //! blocks already exist leaves `fdatasync` no metadata to commit, so it syncs
 //! fastest (BENCHMARKS.md, "The Raft log in its own files", has the figures).
-//! The state machine stays in sled.
+//! The state machine is in a storage engine of its own (`engine/`).
 //!
 //! Layout: `<dir>/<seq as 16 hex digits>.wal`, each [`SEGMENT_BYTES`] of zeros
 //! when created. A record is

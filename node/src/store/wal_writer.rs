@@ -1,6 +1,6 @@
 //! The Raft log's writer thread, `raftkv-wal`: every write to the log's files and to the
-//! durable Raft state in sled (vote, purge point, commit marker) goes through it, in the
-//! order it was asked for.
+//! durable Raft state beside them (vote, purge point, commit marker: `raft_state.rs`) goes
+//! through it, in the order it was asked for.
 //!
 //! It exists so that `LogStore::append` need not wait for the disk: the entries are
 //! handed over here and openraft hears through their `IOFlushed` callback once they are
@@ -21,42 +21,27 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::IOFlushed;
-use prost::Message;
 use tokio::sync::oneshot;
 
-use crate::convert;
-use crate::store::sled_err;
+use crate::store::raft_state::RaftStateFiles;
 use crate::store::wal::Wal;
-use crate::types::{LogId, TypeConfig};
+use crate::types::{LogId, TypeConfig, Vote};
 
 /// The name of the writer thread.
 const THREAD_NAME: &str = "raftkv-wal";
 
-/// Where the durable Raft state lives in sled, and the handles to make it durable.
+/// Makes everything the state machine applied so far durable: called before the log is
+/// purged, so that a restart never needs a purged entry.
+pub type PersistStateMachine = Box<dyn Fn() -> io::Result<()> + Send>;
+
+/// The durable Raft state the thread writes beside the log.
 pub(super) struct RaftState {
-    pub(super) db: sled::Db,
-    /// sled's data file, to fdatasync after sled's flush (sled's own flush only issues
-    /// `sync_file_range`, which is not a durability barrier).
-    pub(super) sled_file: Arc<std::fs::File>,
-    /// Tree `raft_state`.
-    pub(super) tree: sled::Tree,
+    pub(super) files: RaftStateFiles,
+    pub(super) persist_state_machine: PersistStateMachine,
 }
 
-pub(super) const VOTE_KEY: &[u8] = b"vote";
-pub(super) const COMMITTED_KEY: &[u8] = b"committed";
-pub(super) const LAST_PURGED_KEY: &[u8] = b"last_purged";
-
-impl RaftState {
-    /// Makes everything written to sled so far durable: sled's flush writes its
-    /// buffers, fdatasync makes them survive a power loss.
-    fn flush(&self) -> io::Result<()> {
-        self.db.flush().map_err(sled_err)?;
-        self.sled_file.sync_data()
-    }
-}
-
-/// The commit index openraft last saved, and the one last written to sled. It is written
-/// lazily (unflushed: sled writes it out in the background), after a sync of the log,
+/// The commit index openraft last saved, and the one last written to its file. It is written
+/// lazily (without a sync: see `raft_state.rs`), after a sync of the log,
 /// and never beyond the log's durable end: a restart re-applies the log up to it, so it
 /// must name an entry the log still holds. A stored commit index that lags is safe: a
 /// restarted node re-learns the rest from the leader.
@@ -75,7 +60,12 @@ impl CommitMarker {
         *self.ids.lock().expect("commit marker lock") = (committed, committed);
     }
 
-    /// Writes the latest commit index to sled if it moved and the log holds it durably.
+    /// The commit index last saved (or loaded at open).
+    pub(super) fn latest(&self) -> Option<LogId> {
+        self.ids.lock().expect("commit marker lock").0
+    }
+
+    /// Writes the latest commit index to its file if it moved and the log holds it durably.
     fn store(&self, state: &RaftState, durable_last: Option<u64>) -> io::Result<()> {
         let mut ids = self.ids.lock().expect("commit marker lock");
         let (latest, stored) = *ids;
@@ -83,10 +73,7 @@ impl CommitMarker {
         if latest == stored || durable_last.is_none_or(|last| id.index > last) {
             return Ok(());
         }
-        state
-            .tree
-            .insert(COMMITTED_KEY, convert::log_id_to_pb(&id).encode_to_vec())
-            .map_err(sled_err)?;
+        state.files.save_committed(&id)?;
         ids.1 = latest;
         Ok(())
     }
@@ -103,8 +90,8 @@ enum Op {
     Truncate { from: u64, done: Done },
     /// Store `upto` as the purge point durably, then forget the records up to it.
     Purge { upto: LogId, done: Done },
-    /// Store the (encoded) vote durably.
-    SaveVote { vote: Vec<u8>, done: Done },
+    /// Store the vote durably.
+    SaveVote { vote: Vote, done: Done },
     /// For tests: hold the thread until the sender is dropped.
     #[cfg(test)]
     Hold(std::sync::mpsc::Receiver<()>),
@@ -183,8 +170,8 @@ impl WalWriter {
         self.call(|done| Op::Purge { upto, done }).await
     }
 
-    /// Saves the encoded vote, after every append queued before; durable on return.
-    pub(super) async fn save_vote(&self, vote: Vec<u8>) -> io::Result<()> {
+    /// Saves the vote, after every append queued before; durable on return.
+    pub(super) async fn save_vote(&self, vote: Vote) -> io::Result<()> {
         self.call(|done| Op::SaveVote { vote, done }).await
     }
 
@@ -256,7 +243,7 @@ impl Thread {
                 t.wal.write(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
             }
             t.wal.sync()?;
-            // Best effort: a commit marker that lags is safe, and an error here is sled's,
+            // Best effort: a commit marker that lags is safe, and an error here is its file's,
             // not the log's.
             let durable_last = t.wal.reader().bounds().map(|(_, last)| last);
             if let Err(e) = t.marker.store(&t.state, durable_last) {
@@ -277,21 +264,17 @@ impl Thread {
     }
 
     fn purge(&mut self, upto: LogId) -> io::Result<()> {
-        // The state machine lives in sled, which is flushed only now and then: one flush
-        // makes its applied state (which covers these entries) durable together with the
-        // new purge marker, before any entry disappears, so a restart never needs a
-        // purged entry and knows where the log starts.
-        self.state
-            .tree
-            .insert(LAST_PURGED_KEY, convert::log_id_to_pb(&upto).encode_to_vec())
-            .map_err(sled_err)?;
-        self.state.flush()?;
+        // The state machine is made durable only now and then: its applied state (which
+        // covers these entries) is made durable first, then the new purge point, before
+        // any entry disappears, so a restart never needs a purged entry and knows where
+        // the log starts.
+        (self.state.persist_state_machine)()?;
+        self.state.files.save_purged(&upto)?;
         self.wal.purge(upto.index)
     }
 
-    fn save_vote(&mut self, vote: &[u8]) -> io::Result<()> {
-        self.state.tree.insert(VOTE_KEY, vote).map_err(sled_err)?;
-        self.state.flush()
+    fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.state.files.save_vote(vote)
     }
 
     /// Runs `f` unless the log failed before; an error or a panic in it fails the log for
@@ -328,16 +311,14 @@ mod tests {
 
     use crate::types::LeaderId;
 
-    /// A writer on a fresh log and a temporary sled, and the log's count of fdatasyncs.
+    /// A writer on a fresh log and its state files, and the log's count of fdatasyncs.
     fn writer(dir: &std::path::Path, prepare: impl FnOnce(&mut Wal)) -> (WalWriter, Arc<AtomicUsize>) {
         let mut wal = Wal::open(dir, None, 1 << 20).unwrap();
         prepare(&mut wal);
         let syncs = wal.sync_count();
-        let db = sled::Config::new().temporary(true).open().unwrap();
         let state = RaftState {
-            tree: db.open_tree("raft_state").unwrap(),
-            db,
-            sled_file: Arc::new(tempfile::tempfile().unwrap()),
+            files: RaftStateFiles::open(dir).unwrap().0,
+            persist_state_machine: Box::new(|| Ok(())),
         };
         let writer = WalWriter::start(wal, state, Arc::default()).unwrap();
         (writer, syncs)
@@ -397,7 +378,7 @@ mod tests {
         // The log is in an unknown state: nothing after it is written, and each says why.
         let later = append(&writer, 3, &told).await.unwrap().unwrap_err();
         assert!(later.to_string().contains("failed earlier"), "{later}");
-        let vote = writer.save_vote(b"vote".to_vec()).await.unwrap_err();
+        let vote = writer.save_vote(Vote::new(1, 1)).await.unwrap_err();
         assert!(vote.to_string().contains("failed earlier"), "{vote}");
         let purge = writer.purge(LogId::new(LeaderId { term: 1, node_id: 1 }, 0)).await;
         assert!(purge.is_err());

@@ -22,7 +22,7 @@ mod cluster;
 mod process;
 
 pub use cluster::{ClusterOptions, NodeAddresses, TestCluster};
-pub use process::{binary, free_port, run_to_end, Finished};
+pub use process::{binary, free_port, node_refusal, run_to_end, Finished};
 
 use std::future::Future;
 use std::time::Duration;

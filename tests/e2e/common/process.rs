@@ -46,6 +46,20 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// Runs `raftkv-node` with `args` where it must refuse to start: panics unless it exits with
+/// an error and one line on stderr; returns that line.
+pub async fn node_refusal(args: &[&str]) -> String {
+    let run = run_to_end(&binary("raftkv-node"), args, Duration::from_secs(10)).await;
+    assert!(!run.status.success(), "raftkv-node started with {args:?}: {run:?}");
+    let message = run.stderr.trim().to_string();
+    assert_eq!(
+        message.lines().count(),
+        1,
+        "one line expected on stderr, got:\n{message}"
+    );
+    message
+}
+
 /// Runs `program` with `args` to its end, with output captured. Panics (after killing it) when
 /// it is still running after `within`.
 pub async fn run_to_end(program: &Path, args: &[&str], within: Duration) -> Finished {

@@ -1,4 +1,4 @@
-//! The redo record: how the writes of one apply take effect as a unit without a
+//! The redo record: how the writes of one apply take effect as a unit in sled without a
 //! sled batch.
 //!
 //! A sled batch makes sled write out and sync its log buffer twice, waking its I/O
@@ -14,50 +14,18 @@
 //! Invariant: every write of a record sets a final value (an insert or a remove,
 //! never a read-modify-write), so making them a second time is harmless.
 
-use bytes::Bytes;
 use prost::Message;
 use raftkv::raft_pb as pb;
 
+use super::Writes;
 use crate::store::keys::REDO_KEY;
-
-/// The writes of one apply or snapshot install, in order.
-#[derive(Default)]
-pub(super) struct Writes(Vec<pb::RedoWrite>);
-
-impl Writes {
-    /// Values are `Bytes` already (commands, encoded records): taken as they are, not copied.
-    pub(super) fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: Some(value.into()),
-        });
-    }
-
-    pub(super) fn remove(&mut self, key: impl Into<Bytes>) {
-        self.0.push(pb::RedoWrite {
-            key: key.into(),
-            value: None,
-        });
-    }
-
-    /// The same writes as one atomic sled batch (a snapshot install's: rare, so its cost
-    /// does not matter, and it needs no redo record).
-    pub(super) fn into_sled_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for w in self.0 {
-            match w.value {
-                Some(v) => batch.insert(w.key.as_ref(), v.as_ref()),
-                None => batch.remove(w.key.as_ref()),
-            }
-        }
-        batch
-    }
-}
 
 /// Makes `writes` take effect in `tree` as a unit: the redo record first, then each write.
 /// Readers see the writes in order, as they happen.
 pub(super) fn commit(tree: &sled::Tree, writes: Writes) -> Result<(), sled::Error> {
-    let record = pb::RedoRecord { writes: writes.0 };
+    let record = pb::RedoRecord {
+        writes: writes.into_writes(),
+    };
     tree.insert(REDO_KEY, record.encode_to_vec())?;
     make_writes(tree, record.writes)
 }
