@@ -217,6 +217,13 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let mut stopping = app.shutdown.clone();
     let served = tokio::select! {
         served = server => served,
+        fatal = raft_core_stopped(raft.clone()) => {
+            // openraft stops its core on a storage failure it cannot recover from (a full
+            // disk, a failed fsync): a node whose Raft has stopped cannot serve anything, so
+            // it exits with the reason rather than linger as a process that answers UNAVAILABLE.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, raft.shutdown()).await;
+            return Err(anyhow::anyhow!("raft stopped: {fatal}"));
+        }
         _ = async {
             let _ = stopping.wait_for(|stop| *stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -249,6 +256,19 @@ async fn hand_over_before_stopping(raft: &Raft, within: Duration) {
         ),
         Err(HandOverError::NoOtherVoter | HandOverError::NotLeader(_)) => {}
         Err(error) => tracing::warn!(%error, "could not hand leadership over before stopping"),
+    }
+}
+
+/// Resolves when openraft's core has stopped on its own, with the reason it gave.
+async fn raft_core_stopped(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its core exited".to_string();
+        }
     }
 }
 
