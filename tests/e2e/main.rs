@@ -10,6 +10,7 @@
 mod common;
 mod nemesis;
 
+mod disk_full;
 mod durability;
 mod engines;
 mod exactly_once;

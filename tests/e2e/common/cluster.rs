@@ -236,6 +236,15 @@ impl TestCluster {
         self.node(id).child.is_some()
     }
 
+    /// How node `id` exited, if its process has ended on its own (it is then reaped and no
+    /// longer counts as running); `None` while it runs.
+    pub fn exit_status(&mut self, id: u64) -> Option<ExitStatus> {
+        let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));
+        let status = node.child.as_mut()?.try_wait().expect("cannot poll a node's process")?;
+        node.child = None;
+        Some(status)
+    }
+
     /// The ids of the nodes that have a process and are not paused.
     pub fn live_ids(&self) -> Vec<u64> {
         self.nodes
