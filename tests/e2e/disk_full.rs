@@ -130,8 +130,10 @@ async fn a_node_whose_disk_fills_up_stops_and_the_others_keep_serving() {
 /// Bytes in use on the file system holding `dir` (statvfs).
 fn fs_used_bytes(dir: &Path) -> u64 {
     let path = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("a path without NUL");
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0, "statvfs failed");
+    // SAFETY: statvfs writes into the struct we own; the path is a valid C string.
+    let result = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    assert_eq!(result, 0, "statvfs failed");
     (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 }
