@@ -9,6 +9,8 @@
 //! - [`batch`]: the `KvBatch` call's limits, how an item's error travels in it, and the
 //!   `KvBatcher` that sends it;
 //! - [`limits`]: the key and value size limits;
+//! - `metrics` (feature `metrics`): the /metrics and /health endpoint and the gRPC call
+//!   metrics the node and the router share;
 //! - [`runtime`]: the async runtime the node and the router run on;
 //! - [`usage`]: one-line usage errors shared by the binaries;
 //! - `testing` (feature `test-support`): a fake node for the client's and the router's tests.
@@ -38,6 +40,8 @@ pub mod raft_pb {
 pub mod batch;
 pub mod client;
 pub mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod runtime;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

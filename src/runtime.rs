@@ -18,6 +18,14 @@ pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> 
     }
 }
 
+/// The worker threads asked for, or else one per core of the machine (a node or a router on
+/// a machine of its own); one if the core count cannot be read.
+pub fn worker_threads_or_cores(asked: Option<u16>) -> usize {
+    asked
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()))
+}
+
 /// Makes any panic, on any thread, end the process (after the usual panic message) instead
 /// of ending only the task or thread it happened in. A panic here is a broken invariant (a
 /// gap in the log, an apply out of order): a node that kept serving without its Raft task

@@ -33,6 +33,7 @@ use tracing::Instrument;
 use crate::cluster_service::ClusterService;
 use crate::handover::{self, HandOverError};
 use crate::kv_service::KvService;
+use crate::metrics::NodeMetrics;
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub source_address: Option<std::net::IpAddr>,
     /// The state machine's engine and its cache.
     pub engine: EngineOptions,
+    /// Where `/metrics` and `/health` are served (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -125,6 +128,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let metrics_listener = crate::metrics::bind(settings.metrics_listen).await?;
 
     let config = openraft::Config {
         cluster_name: "raftkv".to_string(),
@@ -184,12 +188,21 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         span: tracing::Span::current(),
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
+    let (metrics, request_metrics) = NodeMetrics::new();
+    metrics.start(
+        metrics_listener,
+        settings.id,
+        raft.clone(),
+        settings.data_dir.clone(),
+        app.shutdown.clone(),
+    );
 
     let kv = KvService::new(app.clone());
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving");
     serving(app.clone());
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(request_metrics)
         .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))

@@ -71,11 +71,15 @@ struct Flags {
     /// does not bound sled's memory).
     #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = DEFAULT_CACHE_MB, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     cache_mb: u64,
-    /// Threads running the node's async work (Raft, gRPC). One suits a small machine shared
-    /// with other nodes (fewer thread hand-offs per request; storage I/O has threads of its
-    /// own); raise it on a machine of its own with more cores.
-    #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_threads: u16,
+    /// Threads running the node's async work (Raft, gRPC) [default: the machine's cores]. One
+    /// suits a small machine shared with other nodes (fewer thread hand-offs per request;
+    /// storage I/O has threads of its own), as `raftkv cluster up` does.
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
+    /// Serve Prometheus metrics at /metrics and a health check at /health on this HOST:PORT
+    /// (plain HTTP) [default: not served].
+    #[arg(long, env = "RAFTKV_METRICS_LISTEN", value_parser = parse_socket_addr)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +159,7 @@ fn settings(flags: Flags) -> Result<Settings, String> {
             kind: flags.engine,
             cache_bytes: flags.cache_mb << 20,
         },
+        metrics_listen: flags.metrics_listen,
     })
 }
 
@@ -185,7 +190,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let worker_threads = usize::from(flags.worker_threads);
+    let worker_threads = raftkv::runtime::worker_threads_or_cores(flags.worker_threads);
     let settings = match settings(flags) {
         Ok(s) => s,
         Err(e) => {

@@ -79,6 +79,7 @@ impl Nodes {
                 keep_logs_after_snapshot: 1000,
                 source_address: None,
                 engine: Default::default(),
+                metrics_listen: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let (serving, app) = oneshot::channel();

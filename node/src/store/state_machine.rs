@@ -352,6 +352,8 @@ pub struct SnapshotBuilder {
     membership: StoredMembership,
     body: Vec<u8>,
     span: tracing::Span,
+    /// When the state machine began to be read for this snapshot.
+    started: std::time::Instant,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -368,6 +370,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &body).map(|_| (meta, body)))
                 .await
                 .map_err(join_err)??;
+        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(self.started.elapsed().as_secs_f64());
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -526,6 +529,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // Runs in openraft's state-machine task, between applies: the view and the sessions
         // are of the same point.
+        let started = std::time::Instant::now();
         let view = self.engine.view();
         let sessions = self.sessions.all_to_pb();
         let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(view.as_ref(), sessions)).await
@@ -541,6 +545,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: self.membership.clone(),
             body,
             span: self.span.clone(),
+            started,
         }
     }
 

@@ -242,7 +242,9 @@ impl Thread {
             for records in &records {
                 t.wal.write(records.iter().map(|(i, bytes)| (*i, bytes.as_slice())))?;
             }
+            let syncing = std::time::Instant::now();
             t.wal.sync()?;
+            crate::metrics::WAL_FSYNC_SECONDS.observe(syncing.elapsed().as_secs_f64());
             // Best effort: a commit marker that lags is safe, and an error here is its file's,
             // not the log's.
             let durable_last = t.wal.reader().bounds().map(|(_, last)| last);

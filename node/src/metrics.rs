@@ -1,0 +1,338 @@
+//! What a node tells Prometheus (`--metrics-listen`): its Raft state, the WAL's fdatasync
+//! times, the last snapshot build's time and the data directory's size, next to the gRPC call
+//! metrics every server has ([`raftkv::metrics::RequestMetricsLayer`]); and when it calls
+//! itself healthy.
+//!
+//! The Raft gauges are copied from openraft's metrics watch by a task of their own, so the
+//! request path never touches them. The WAL thread and the snapshot builder cannot be handed a
+//! registry without threading it through the store, so their two metrics are process-wide
+//! statics that [`NodeMetrics::new`] registers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+use raftkv::metrics::{must_register, HealthCheck, NAMESPACE};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::types::{NodeId, Raft};
+
+/// A node calls itself healthy while its state machine is at most this many entries behind
+/// what it knows is committed: it then answers reads without a noticeable wait.
+pub const MAX_HEALTHY_APPLY_LAG_ENTRIES: u64 = 1000;
+/// How often the data directory's size is measured (a walk of its files, off the runtime).
+pub const STORAGE_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+/// fdatasync duration buckets, in seconds: 50 µs doubling up to about 1.6 s.
+const FSYNC_BUCKET_FIRST_SECONDS: f64 = 0.000_05;
+const FSYNC_BUCKET_COUNT: usize = 16;
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+/// How long each fdatasync of the Raft log took (observed by the WAL writer thread).
+pub static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "wal_fsync_duration_seconds",
+            "Time each fdatasync of the Raft log took.",
+        )
+        .namespace(NAMESPACE)
+        .buckets(
+            prometheus::exponential_buckets(FSYNC_BUCKET_FIRST_SECONDS, 2.0, FSYNC_BUCKET_COUNT)
+                .expect("valid buckets"),
+        ),
+    )
+    .expect("a valid metric definition")
+});
+
+/// How long building the last snapshot took, from reading the state machine to the file.
+pub static SNAPSHOT_LAST_BUILD_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+    Gauge::with_opts(opts(
+        "snapshot_last_build_seconds",
+        "Time the last snapshot build took, from reading the state machine to its file being written.",
+    ))
+    .expect("a valid metric definition")
+});
+
+/// The node's registry and the gauges only it sets.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub registry: Registry,
+    raft: RaftGauges,
+    storage_bytes: IntGauge,
+}
+
+#[derive(Clone)]
+struct RaftGauges {
+    term: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntCounter,
+    commit_index: IntGauge,
+    applied_index: IntGauge,
+    last_log_index: IntGauge,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::with_opts(opts(name, help)).expect("a valid metric definition");
+    must_register(registry, gauge.clone());
+    gauge
+}
+
+impl NodeMetrics {
+    /// A registry with every node metric in it, the gRPC call metrics included.
+    pub fn new() -> (NodeMetrics, raftkv::metrics::RequestMetricsLayer) {
+        let registry = Registry::new();
+        let leader_changes = IntCounter::with_opts(opts(
+            "raft_leader_changes_total",
+            "Times this node learnt of a new leader (a leader it did not know before).",
+        ))
+        .expect("a valid metric definition");
+        must_register(&registry, leader_changes.clone());
+        let raft = RaftGauges {
+            term: gauge(&registry, "raft_term", "The Raft term this node is in."),
+            is_leader: gauge(&registry, "raft_is_leader", "1 while this node is the leader, else 0."),
+            leader_changes,
+            commit_index: gauge(
+                &registry,
+                "raft_commit_index",
+                "The last log index this node knows is committed.",
+            ),
+            applied_index: gauge(
+                &registry,
+                "raft_applied_index",
+                "The last log index applied to the state machine.",
+            ),
+            last_log_index: gauge(
+                &registry,
+                "raft_last_log_index",
+                "The last index in this node's Raft log.",
+            ),
+        };
+        let storage_bytes = gauge(
+            &registry,
+            "storage_bytes",
+            "Size of the node's data directory (Raft log, state machine, snapshot), sampled periodically.",
+        );
+        must_register(&registry, WAL_FSYNC_SECONDS.clone());
+        must_register(&registry, SNAPSHOT_LAST_BUILD_SECONDS.clone());
+        let mut paths = raftkv::metrics::grpc_requests::PUBLIC_API_PATHS.to_vec();
+        paths.extend_from_slice(raftkv::metrics::grpc_requests::RAFT_PATHS);
+        let requests = raftkv::metrics::RequestMetricsLayer::new(&registry, &paths);
+        (
+            NodeMetrics {
+                registry,
+                raft,
+                storage_bytes,
+            },
+            requests,
+        )
+    }
+
+    /// Keeps the metrics current until the node stops, and serves them and the health check
+    /// on `listener` when there is one.
+    pub fn start(
+        self,
+        listener: Option<TcpListener>,
+        id: NodeId,
+        raft: Raft,
+        data_dir: PathBuf,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        if let Some(listener) = listener {
+            let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(metrics = %address, "serving /metrics and /health");
+            let mut stopping = shutdown.clone();
+            let stop = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let endpoint = raftkv::metrics::serve(listener, self.registry.clone(), health_check(raft.clone()), stop);
+            tokio::spawn(
+                async move {
+                    if let Err(error) = endpoint.await {
+                        tracing::warn!(%error, "the metrics endpoint failed");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        tokio::spawn(self.clone().sample_storage(data_dir, shutdown).in_current_span());
+        tokio::spawn(self.follow_raft(id, raft).in_current_span());
+    }
+
+    /// Copies openraft's metrics into the gauges at every change, until raft stops.
+    pub async fn follow_raft(self, id: NodeId, raft: Raft) {
+        let gauges = self.raft;
+        let mut metrics = raft.metrics();
+        let mut known_leader = None;
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                gauges.term.set(to_gauge(m.current_term));
+                gauges.is_leader.set(i64::from(m.current_leader == Some(id)));
+                if m.current_leader.is_some() && m.current_leader != known_leader {
+                    known_leader = m.current_leader;
+                    gauges.leader_changes.inc();
+                }
+                gauges
+                    .commit_index
+                    .set(to_gauge(m.local_committed.map_or(0, |l| l.index)));
+                gauges
+                    .applied_index
+                    .set(to_gauge(m.last_applied.map_or(0, |l| l.index)));
+                gauges.last_log_index.set(to_gauge(m.last_log_index.unwrap_or(0)));
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Measures the data directory's size every [`STORAGE_SAMPLE_INTERVAL`] until `stop`.
+    pub async fn sample_storage(self, data_dir: PathBuf, mut stop: watch::Receiver<bool>) {
+        loop {
+            let dir = data_dir.clone();
+            if let Ok(bytes) = tokio::task::spawn_blocking(move || directory_bytes(&dir)).await {
+                self.storage_bytes.set(to_gauge(bytes));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(STORAGE_SAMPLE_INTERVAL) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+fn to_gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The bytes of every file under `dir`; files that vanish while it walks (a segment purged, a
+/// compaction) are skipped.
+fn directory_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => directory_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Binds the metrics endpoint's address, if the node has one.
+pub async fn bind(address: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {address}: {error}"))?;
+    Ok(Some(listener))
+}
+
+/// Healthy while the node knows a leader and has applied within
+/// [`MAX_HEALTHY_APPLY_LAG_ENTRIES`] of what it knows is committed.
+pub fn health_check(raft: Raft) -> HealthCheck {
+    Arc::new(move || {
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.current_leader.is_none() {
+            return Err(format!("no leader known in term {}", m.current_term));
+        }
+        let committed = m.local_committed.map_or(0, |l| l.index);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let lag = committed.saturating_sub(applied);
+        if lag > MAX_HEALTHY_APPLY_LAG_ENTRIES {
+            return Err(format!(
+                "applied index {applied} is {lag} entries behind commit index {committed} (limit {MAX_HEALTHY_APPLY_LAG_ENTRIES})"
+            ));
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_and_types_every_node_metric() {
+        let (metrics, _requests) = NodeMetrics::new();
+        metrics.raft.leader_changes.inc();
+        WAL_FSYNC_SECONDS.observe(0.001);
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &metrics.registry.gather(), &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let families = parse_exposition(&text);
+        for (name, kind) in [
+            ("raftkv_raft_term", "gauge"),
+            ("raftkv_raft_is_leader", "gauge"),
+            ("raftkv_raft_leader_changes_total", "counter"),
+            ("raftkv_raft_commit_index", "gauge"),
+            ("raftkv_raft_applied_index", "gauge"),
+            ("raftkv_raft_last_log_index", "gauge"),
+            ("raftkv_wal_fsync_duration_seconds", "histogram"),
+            ("raftkv_snapshot_last_build_seconds", "gauge"),
+            ("raftkv_storage_bytes", "gauge"),
+        ] {
+            assert_eq!(families.get(name).map(String::as_str), Some(kind), "{name} in:\n{text}");
+        }
+        assert!(text.contains("raftkv_raft_leader_changes_total 1\n"), "{text}");
+        assert!(text.contains("raftkv_wal_fsync_duration_seconds_count "), "{text}");
+    }
+
+    /// Reads the text format strictly enough to catch a broken exposition: every sample
+    /// belongs to a family announced by a HELP and then a TYPE line, and its value is a number.
+    /// Returns each family's type.
+    fn parse_exposition(text: &str) -> std::collections::BTreeMap<String, String> {
+        let mut helped = std::collections::BTreeSet::new();
+        let mut types = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("a HELP line has a name and a text");
+                assert!(!help.trim().is_empty(), "{name} has an empty HELP");
+                helped.insert(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("a TYPE line has a name and a type");
+                assert!(helped.contains(name), "TYPE before HELP for {name}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                types.insert(name.to_string(), kind.to_string());
+            } else if !line.is_empty() {
+                let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{line}: the value is not a number"));
+                let name = series.split('{').next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix)
+                            .filter(|base| types.get(*base).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(types.contains_key(family), "{line}: no TYPE for {family}");
+                assert!(name.starts_with("raftkv_"), "{name} is outside the raftkv namespace");
+            }
+        }
+        types
+    }
+
+    #[test]
+    fn a_directory_s_size_is_the_sum_of_its_files_at_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), [0u8; 10]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), [0u8; 5]).unwrap();
+        assert_eq!(directory_bytes(dir.path()), 15);
+        assert_eq!(directory_bytes(&dir.path().join("missing")), 0);
+    }
+}
