@@ -6,6 +6,7 @@
 
 mod deadline;
 mod leader_tracker;
+mod metrics;
 mod service;
 
 use std::io::IsTerminal;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::leader_tracker::{LeaderTracker, Node};
+use crate::metrics::RouterMetrics;
 use crate::service::{ClusterRouter, Forwarder, KvRouter};
 
 /// mimalloc instead of glibc's malloc: hyper, h2 and tonic allocate and free several small
@@ -59,10 +61,15 @@ struct Args {
     #[arg(long, env = "RAFTKV_NODES", value_name = "HOST:PORT,...", required = true, value_delimiter = ',', value_parser = parse_address)]
     nodes: Vec<String>,
 
-    /// Threads serving requests. One suits a small machine shared with the nodes (fewer
-    /// thread hand-offs per request); raise it on a machine of its own with more cores.
-    #[arg(long, env = "RAFTKV_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_threads: u16,
+    /// Threads serving requests [default: the machine's cores]. One suits a small machine
+    /// shared with the nodes (fewer thread hand-offs per request), as `raftkv cluster up` does.
+    #[arg(long, env = "RAFTKV_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
+
+    /// Serve Prometheus metrics at /metrics and a health check at /health on this HOST:PORT
+    /// (plain HTTP; port 0: any free port, logged at startup) [default: not served].
+    #[arg(long, env = "RAFTKV_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen_address)]
+    metrics_listen: Option<String>,
 }
 
 fn parse_address(text: &str) -> Result<String, String> {
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match raftkv::runtime::build(usize::from(args.worker_threads)) {
+    let runtime = match raftkv::runtime::build(raftkv::runtime::worker_threads_or_cores(args.worker_threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -147,11 +154,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local_address = listener.local_addr().context("cannot read the listening address")?;
+    let metrics_listener = match &args.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {address}"))?,
+        ),
+        None => None,
+    };
 
     let (stop, shutdown) = watch::channel(false);
     let tracker = LeaderTracker::new(nodes);
     let trackers = tracker.start(shutdown.clone());
     let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown.clone());
+    let metrics = RouterMetrics::new(forwarder.held_requests());
+    metrics.start(&tracker);
+    if let Some(listener) = metrics_listener {
+        serve_metrics(listener, &metrics, &tracker, shutdown.clone());
+    }
 
     tracing::info!(
         "raftkv-router listening on {local_address}, forwarding to {}",
@@ -169,6 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+        .layer(metrics.requests.clone())
         .add_service(KvServer::from_arc(Arc::clone(&kv)))
         .add_service(KvBatchServer::from_arc(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterRouter::new(forwarder)))
@@ -192,6 +213,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("raftkv-router stopped");
     Ok(())
+}
+
+/// Serves `/metrics` and `/health` on `listener` until the router stops.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics: &RouterMetrics,
+    tracker: &Arc<LeaderTracker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!("serving /metrics and /health on {address}");
+    }
+    let endpoint = raftkv::metrics::serve(
+        listener,
+        metrics.registry.clone(),
+        metrics::health_check(Arc::clone(tracker)),
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        },
+    );
+    tokio::spawn(async move {
+        if let Err(error) = endpoint.await {
+            tracing::warn!("the metrics endpoint failed: {error}");
+        }
+    });
 }
 
 /// Resolves when SIGINT or SIGTERM arrives, with the signal's name.

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use prometheus::IntGauge;
 use raftkv::batch;
 use raftkv::client;
 use raftkv::client::retry::{self, Retry};
@@ -86,6 +87,24 @@ pub struct Forwarder {
     reads: ReadTurns,
     /// Turns true when the router stops: held requests give up at once.
     shutdown: watch::Receiver<bool>,
+    /// How many requests wait for a node to take them now (`raftkv_router_held_requests`).
+    held: IntGauge,
+}
+
+/// One request counted as held while this lives.
+struct Held<'a>(&'a IntGauge);
+
+impl<'a> Held<'a> {
+    fn new(gauge: &'a IntGauge) -> Held<'a> {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Forwarder {
@@ -95,7 +114,13 @@ impl Forwarder {
             tracker,
             reads: ReadTurns::default(),
             shutdown,
+            held: crate::metrics::held_requests_gauge(),
         })
+    }
+
+    /// The gauge of held requests, to register.
+    pub fn held_requests(&self) -> IntGauge {
+        self.held.clone()
     }
 
     /// The node a request on `route` goes to now, if any.
@@ -156,6 +181,7 @@ impl Forwarder {
             let view = views.borrow_and_update().clone();
             let Some(node) = self.pick(route, &view) else {
                 // Nobody to send it to yet: hold it until the tracker learns of someone.
+                let _held = Held::new(&self.held);
                 self.wait_for_view_change(&mut views, deadline.answer_by).await?;
                 continue;
             };
@@ -458,6 +484,7 @@ mod tests {
     /// The router's services over fake nodes, without its gRPC server in front.
     struct Router {
         tracker: Arc<LeaderTracker>,
+        held: IntGauge,
         kv: KvRouter,
         cluster: ClusterRouter,
         stop: watch::Sender<bool>,
@@ -474,6 +501,7 @@ mod tests {
         let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown);
         Arc::new(Router {
             tracker,
+            held: forwarder.held_requests(),
             kv: KvRouter::new(Arc::clone(&forwarder)),
             cluster: ClusterRouter::new(forwarder),
             stop,
@@ -678,9 +706,15 @@ mod tests {
         nodes[0].kill();
         until(&router, |view| view.leader.is_none()).await;
         let held = spawn_put(&router, Duration::from_secs(5));
+        let gauge_deadline = Instant::now() + Duration::from_secs(5);
+        while router.held.get() != 1 {
+            assert!(Instant::now() < gauge_deadline, "the held write is not counted as held");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         nodes[1].set_status(Follower, 2, Some(&nodes[2]));
         nodes[2].set_status(Leads, 2, Some(&nodes[2]));
         assert_eq!(served_by(held.await.unwrap(), |r| r.header), 3);
+        assert_eq!(router.held.get(), 0, "a write sent on is no longer held");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
