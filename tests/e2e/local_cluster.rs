@@ -16,6 +16,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 struct DetachedCluster {
     dir: PathBuf,
     base_port: u16,
+    /// What `cluster up` printed.
+    printed: String,
 }
 
 impl Drop for DetachedCluster {
@@ -27,14 +29,19 @@ impl Drop for DetachedCluster {
     }
 }
 
-/// A base port whose next three ports are free as well (router on base, nodes on base+1..3).
+/// A base port whose next three ports are free as well (router on base, nodes on base+1..3),
+/// and so are their metrics ports, 100 above them.
 fn free_port_block() -> u16 {
     for _ in 0..200 {
         let base = common::free_port();
-        if base > u16::MAX - 4 {
+        if base > u16::MAX - 104 {
             continue;
         }
-        if (1..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        let others = (1..=3).chain(100..=103);
+        if others
+            .into_iter()
+            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
             return base;
         }
     }
@@ -60,6 +67,7 @@ async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
     let cluster = DetachedCluster {
         dir: dir.to_path_buf(),
         base_port,
+        printed: run.stdout.clone(),
     };
     assert!(run.status.success(), "cluster up failed: {run:?}");
     cluster
@@ -82,6 +90,18 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
     );
     let run = raftkv(&["--endpoint", &endpoint, "get", "nothing-here"]).await;
     assert_eq!(run.status.code(), Some(1), "a missing key exits 1: {run:?}");
+
+    // Every process serves its metrics 100 ports above its own, and `cluster up` says where.
+    for offset in 0..=3 {
+        let metrics = format!("127.0.0.1:{}", cluster.base_port + 100 + offset);
+        assert!(
+            cluster.printed.contains(&format!("http://{metrics}/metrics")),
+            "{metrics} not printed:\n{}",
+            cluster.printed
+        );
+        let text = common::scrape::scrape(&metrics).await;
+        assert!(text.contains("# TYPE raftkv_requests_total counter"), "{text}");
+    }
 
     let run = raftkv(&["--endpoint", &endpoint, "status", "--output", "json"]).await;
     assert!(run.status.success(), "{run:?}");

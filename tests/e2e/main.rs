@@ -18,6 +18,7 @@ mod failover;
 mod input_validation;
 mod jepsen;
 mod local_cluster;
+mod metrics;
 mod partition;
 mod pre_vote;
 mod replication;

@@ -15,9 +15,15 @@ pub const NODE_BINARY: &str = "raftkv-node";
 pub const ROUTER_BINARY: &str = "raftkv-router";
 /// The host every local process listens on.
 const LISTEN_HOST: &str = "127.0.0.1";
+/// A process's metrics endpoint listens this far above its gRPC port (router 7100, node 1
+/// 7101, … for the default base port), leaving room for node ids up to 99.
+pub const METRICS_PORT_OFFSET: u16 = 100;
+/// Worker threads of each local process: they share one machine, where one thread each costs
+/// less in hand-offs than the one-per-core default a node or router alone gets.
+pub const LOCAL_WORKER_THREADS: u16 = 1;
 
 /// The shape of a local cluster: node i (1-based) on port base+i with data in DIR/node-i,
-/// the router on port base.
+/// the router on port base; each one's metrics [`METRICS_PORT_OFFSET`] above its port.
 #[derive(Clone, Debug)]
 pub struct ClusterLayout {
     data_dir: PathBuf,
@@ -36,9 +42,10 @@ impl ClusterLayout {
         if base_port == 0 {
             return Err("--base-port must be more than 0".to_string());
         }
-        if u32::from(base_port) + u32::from(node_count) > u32::from(u16::MAX) {
+        if u32::from(base_port) + u32::from(METRICS_PORT_OFFSET) + u32::from(node_count) > u32::from(u16::MAX) {
             return Err(format!(
-                "--base-port {base_port} leaves no room for {node_count} node ports above it (the highest port is 65535)"
+                "--base-port {base_port} leaves no room for {node_count} node ports and their metrics ports \
+                 (up to {METRICS_PORT_OFFSET} above them) below 65536"
             ));
         }
         Ok(ClusterLayout {
@@ -83,9 +90,23 @@ impl ClusterLayout {
         format!("{LISTEN_HOST}:{}", self.base_port)
     }
 
-    /// Every port the cluster listens on, the router's first.
+    /// Every port the cluster listens on, the router's first, then the metrics ports.
     pub fn ports(&self) -> Vec<u16> {
-        (0..=self.node_count).map(|offset| self.base_port + offset).collect()
+        let grpc = (0..=self.node_count).map(|offset| self.base_port + offset);
+        let metrics = grpc.clone().map(|port| port + METRICS_PORT_OFFSET);
+        grpc.chain(metrics).collect()
+    }
+
+    /// Where `role` serves `/metrics` and `/health`.
+    pub fn metrics_address_of(&self, role: Role) -> String {
+        let offset = match role {
+            Role::Router => 0,
+            Role::Node(id) => id,
+        };
+        format!(
+            "{LISTEN_HOST}:{}",
+            u64::from(self.base_port) + u64::from(METRICS_PORT_OFFSET) + offset
+        )
     }
 
     /// The address of `role`'s process.
@@ -132,6 +153,10 @@ impl ClusterLayout {
                 self.node_data_dir(id).into(),
                 "--initial-cluster".into(),
                 self.initial_cluster().into(),
+                "--worker-threads".into(),
+                LOCAL_WORKER_THREADS.to_string().into(),
+                "--metrics-listen".into(),
+                self.metrics_address_of(role).into(),
             ],
             Role::Router => vec![
                 "--listen".into(),
@@ -142,6 +167,10 @@ impl ClusterLayout {
                     .collect::<Vec<_>>()
                     .join(",")
                     .into(),
+                "--worker-threads".into(),
+                LOCAL_WORKER_THREADS.to_string().into(),
+                "--metrics-listen".into(),
+                self.metrics_address_of(role).into(),
             ],
         };
         let program = match role {
@@ -171,7 +200,7 @@ mod tests {
         let layout = ClusterLayout::new(PathBuf::from("/data"), 7000, 3).unwrap();
         assert_eq!(layout.router_address(), "127.0.0.1:7000");
         assert_eq!(layout.node_address(3), "127.0.0.1:7003");
-        assert_eq!(layout.ports(), [7000, 7001, 7002, 7003]);
+        assert_eq!(layout.ports(), [7000, 7001, 7002, 7003, 7100, 7101, 7102, 7103]);
         assert_eq!(
             layout.initial_cluster(),
             "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
@@ -188,7 +217,11 @@ mod tests {
                 "--data-dir",
                 "/data/node-2",
                 "--initial-cluster",
-                "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+                "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003",
+                "--worker-threads",
+                "1",
+                "--metrics-listen",
+                "127.0.0.1:7102"
             ]
         );
         assert_eq!(plan.log, PathBuf::from("/data/node-2.log"));
@@ -204,15 +237,19 @@ mod tests {
                 "--listen",
                 "127.0.0.1:7000",
                 "--nodes",
-                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+                "--worker-threads",
+                "1",
+                "--metrics-listen",
+                "127.0.0.1:7100"
             ]
         );
     }
 
     #[test]
     fn ports_past_65535_and_silly_node_counts_are_refused() {
-        assert!(ClusterLayout::new(PathBuf::from("d"), 65534, 3).is_err());
-        assert!(ClusterLayout::new(PathBuf::from("d"), 65532, 3).is_ok());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 65434, 3).is_err());
+        assert!(ClusterLayout::new(PathBuf::from("d"), 65432, 3).is_ok());
         assert!(ClusterLayout::new(PathBuf::from("d"), 7000, 0).is_err());
         assert!(ClusterLayout::new(PathBuf::from("d"), 7000, MAX_NODES + 1).is_err());
         assert!(ClusterLayout::new(PathBuf::from("d"), 0, 3).is_err());

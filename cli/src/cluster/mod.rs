@@ -485,7 +485,12 @@ fn print_endpoints(cluster: &mut LocalCluster, election: &ElectionEvent) {
         } else {
             "not running".to_string()
         };
-        println!("  {:<8} {:<16} {state}", role.to_string(), layout.address_of(*role));
+        let metrics = layout.metrics_address_of(*role);
+        println!(
+            "  {:<8} {:<16} {state:<12} http://{metrics}/metrics  http://{metrics}/health",
+            role.to_string(),
+            layout.address_of(*role),
+        );
     }
     let endpoint_flag = if layout.base_port() == 7000 {
         String::new()

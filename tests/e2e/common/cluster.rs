@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     /// Where each node listens and how it is reached, when not simply a free port on
     /// 127.0.0.1 (a test that puts a fault-injecting proxy in front of every node).
     pub addresses: Option<BTreeMap<u64, NodeAddresses>>,
+    /// Whether every process serves /metrics and /health (`--metrics-listen`, a free port each).
+    pub metrics: bool,
 }
 
 /// How one node is placed on the network.
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             router: true,
             node_args: Vec::new(),
             addresses: None,
+            metrics: false,
         }
     }
 }
@@ -63,6 +66,12 @@ impl ClusterOptions {
     /// Adds extra flags for every node.
     pub fn node_args(mut self, args: &[&str]) -> Self {
         self.node_args.extend(args.iter().map(|arg| arg.to_string()));
+        self
+    }
+
+    /// Has every process serve /metrics and /health on a port of its own.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -86,11 +95,15 @@ struct NodeProcess {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Where it serves /metrics and /health, if it does.
+    metrics: Option<String>,
 }
 
 /// The router, running or not.
 struct RouterProcess {
     address: String,
+    /// Where it serves /metrics and /health, if it does.
+    metrics: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -148,6 +161,7 @@ impl TestCluster {
                     log: root.path().join(format!("node-{id}.log")),
                     child: None,
                     paused: false,
+                    metrics: options.metrics.then(|| format!("127.0.0.1:{}", free_port())),
                 };
                 (id, node)
             })
@@ -159,6 +173,7 @@ impl TestCluster {
             .join(",");
         let router = RouterProcess {
             address: format!("127.0.0.1:{}", free_port()),
+            metrics: options.metrics.then(|| format!("127.0.0.1:{}", free_port())),
             log: root.path().join("router.log"),
             child: None,
         };
@@ -204,6 +219,19 @@ impl TestCluster {
     /// Every node's HOST:PORT, in id order.
     pub fn addresses(&self) -> Vec<String> {
         self.nodes.values().map(|node| node.address.clone()).collect()
+    }
+
+    /// Where node `id` serves /metrics and /health (the cluster was started `with_metrics`).
+    pub fn metrics_address(&self, id: u64) -> &str {
+        self.node(id)
+            .metrics
+            .as_deref()
+            .expect("a cluster started with metrics")
+    }
+
+    /// Where the router serves /metrics and /health (the cluster was started `with_metrics`).
+    pub fn router_metrics_address(&self) -> &str {
+        self.router.metrics.as_deref().expect("a cluster started with metrics")
     }
 
     /// The router's HOST:PORT (whether or not it runs).
@@ -438,12 +466,15 @@ impl TestCluster {
     /// Starts the router in front of every node and waits until it answers a status request.
     pub async fn start_router(&mut self) {
         assert!(self.router.child.is_none(), "the router already runs");
-        let args = vec![
+        let mut args = vec![
             "--listen".to_string(),
             self.router.address.clone(),
             "--nodes".to_string(),
             self.addresses().join(","),
         ];
+        if let Some(metrics) = &self.router.metrics {
+            args.extend(["--metrics-listen".to_string(), metrics.clone()]);
+        }
         let child = spawn_logged(&binary("raftkv-router"), &args, &self.router.log);
         self.router.child = Some(child);
         let address = self.router.address.clone();
@@ -519,6 +550,9 @@ impl TestCluster {
         ];
         if let Some(source) = node.source {
             args.extend(["--source-address".to_string(), source.to_string()]);
+        }
+        if let Some(metrics) = &node.metrics {
+            args.extend(["--metrics-listen".to_string(), metrics.clone()]);
         }
         args.extend(self.node_args.iter().cloned());
         args

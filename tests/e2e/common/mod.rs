@@ -15,11 +15,12 @@
 //! `cargo test --workspace` builds them, `cargo build --workspace` does too.
 //!
 //! `cluster` holds [`TestCluster`]; `process` runs and stops the processes and finds free
-//! ports for them; this file holds the limits the harness waits with and the small helpers
+//! ports for them; `scrape` reads a process's /metrics and /health; this file holds the limits the harness waits with and the small helpers
 //! every test uses.
 
 mod cluster;
 mod process;
+pub mod scrape;
 
 pub use cluster::{ClusterOptions, NodeAddresses, TestCluster};
 pub use process::{binary, free_port, node_refusal, run_to_end, Finished};
