@@ -13,7 +13,7 @@
 # Environment (all optional):
 #   BENCH_SECS=10          measured seconds per run (after a 1 s warm-up)
 #   BENCH_KEYS=10000       keyspace size;  BENCH_VALUE_SIZE=256  value bytes
-#   RAFTKV_BASE_PORT=17700 router on this port, node i on BASE+i
+#   RAFTKV_BASE_PORT=17700 router on this port, node i on BASE+i (their metrics 100 above)
 #   ETCD_BASE_PORT=23790   etcd member i: clients on BASE+i, peers on BASE+100+i
 #   BENCH_DIR=...          where the data and logs go (default: a new temporary directory,
 #                          removed at exit unless KEEP_BENCH_DIR=1)

@@ -215,7 +215,7 @@ members=(1 2 3)
 start_node() { # DIR ID
   local dir=$1 id=$2
   "$bin/raftkv-node" --id "$id" --listen "$(node_address "$id")" --data-dir "$dir/node-$id" \
-    --initial-cluster "$cluster" "${engine_flags[@]}" "${extra_node_flags[@]}" \
+    --initial-cluster "$cluster" --worker-threads 1 "${engine_flags[@]}" "${extra_node_flags[@]}" \
     >/dev/null 2>>"$dir/node-$id.log" &
   node_pid[id]=$!
   pids[$!]=1
@@ -223,7 +223,9 @@ start_node() { # DIR ID
 
 start_router() { # DIR
   router_dir=$1
+  # One worker thread each, as `cluster up` gives them: four processes share this machine.
   "$bin/raftkv-router" --listen "$router" --nodes "$(node_address 1),$(node_address 2),$(node_address 3)" \
+    --worker-threads 1 \
     >/dev/null 2>>"$1/router.log" &
   router_pid=$!
   pids[$!]=1

@@ -119,6 +119,7 @@ pub async fn run_with(
 }
 
 async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
+    let metrics_listener = crate::metrics::bind(settings.metrics_listen).await?;
     let dir = data_dir::open(
         &settings.data_dir,
         settings.id,
@@ -128,7 +129,6 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let metrics_listener = crate::metrics::bind(settings.metrics_listen).await?;
 
     let config = openraft::Config {
         cluster_name: "raftkv".to_string(),

@@ -14,6 +14,9 @@ Example (three nodes on one machine; run each in its own terminal):
   raftkv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node-1 \\
       --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 
+With --metrics-listen 127.0.0.1:7101, Prometheus scrapes http://127.0.0.1:7101/metrics and a
+load balancer checks http://127.0.0.1:7101/health (200 ok, or 503 and the reason).
+
 The initial cluster is used once, to bootstrap an empty data directory; a restarted
 node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.";
 

@@ -50,7 +50,7 @@ const MAX_NODES: usize = 64;
 #[command(
     name = "raftkv-router",
     version,
-    after_help = "Example:\n  raftkv-router --listen 127.0.0.1:7000 --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets how much. SIGINT/SIGTERM stop it gracefully."
+    after_help = "Example:\n  raftkv-router --listen 127.0.0.1:7000 --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \\\n      --metrics-listen 127.0.0.1:7100   # Prometheus: http://127.0.0.1:7100/metrics, health: /health\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets how much. SIGINT/SIGTERM stop it gracefully."
 )]
 struct Args {
     /// Address to serve clients on (port 0: any free port, logged at startup).
