@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::cluster_service::ClusterService;
 use crate::handover::{self, HandOverError};
 use crate::kv_service::KvService;
-use crate::metrics::NodeMetrics;
+use crate::metrics::{LeaderContact, NodeMetrics};
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
@@ -189,8 +189,15 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
     let (metrics, request_metrics) = NodeMetrics::new();
+    let leader_contact = LeaderContact::new();
+    let health = crate::metrics::health_check(
+        raft.clone(),
+        leader_contact.clone(),
+        Duration::from_millis(settings.election_timeout_max_ms),
+    );
     metrics.start(
         metrics_listener,
+        health,
         settings.id,
         raft.clone(),
         settings.data_dir.clone(),
@@ -207,7 +214,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone(), leader_contact))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )

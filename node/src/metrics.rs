@@ -10,8 +10,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
@@ -25,6 +26,11 @@ use crate::types::{NodeId, Raft};
 /// A node calls itself healthy while its state machine is at most this many entries behind
 /// what it knows is committed: it then answers reads without a noticeable wait.
 pub const MAX_HEALTHY_APPLY_LAG_ENTRIES: u64 = 1000;
+/// A node calls itself healthy only while it heard from the leader (a follower: the leader's
+/// AppendEntries; the leader: a quorum's acknowledgement) within this many of its longest
+/// election timeouts. openraft keeps naming the last leader on a follower cut off from the
+/// others (with pre-vote it never campaigns), so "a leader is known" alone would stay true.
+pub const LEADER_CONTACT_LIMIT_ELECTION_TIMEOUTS: u32 = 2;
 /// How often the data directory's size is measured (a walk of its files, off the runtime).
 pub const STORAGE_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 /// fdatasync duration buckets, in seconds: 50 µs doubling up to about 1.6 s.
@@ -139,6 +145,7 @@ impl NodeMetrics {
     pub fn start(
         self,
         listener: Option<TcpListener>,
+        health: HealthCheck,
         id: NodeId,
         raft: Raft,
         data_dir: PathBuf,
@@ -151,7 +158,7 @@ impl NodeMetrics {
             let stop = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
-            let endpoint = raftkv::metrics::serve(listener, self.registry.clone(), health_check(raft.clone()), stop);
+            let endpoint = raftkv::metrics::serve(listener, self.registry.clone(), health, stop);
             tokio::spawn(
                 async move {
                     if let Err(error) = endpoint.await {
@@ -239,16 +246,83 @@ pub async fn bind(address: Option<SocketAddr>) -> anyhow::Result<Option<TcpListe
     Ok(Some(listener))
 }
 
-/// Healthy while the node knows a leader and has applied within
-/// [`MAX_HEALTHY_APPLY_LAG_ENTRIES`] of what it knows is committed.
-pub fn health_check(raft: Raft) -> HealthCheck {
+/// When this node last heard from a leader of its term: every AppendEntries it accepts (not
+/// one from a deposed leader) is a word from the leader. Cheap to clone; one atomic store per
+/// message.
+#[derive(Clone)]
+pub struct LeaderContact {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last word, plus one; 0 for never.
+    last_heard_millis: Arc<AtomicU64>,
+}
+
+impl LeaderContact {
+    pub fn new() -> LeaderContact {
+        LeaderContact {
+            origin: Instant::now(),
+            last_heard_millis: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A leader's AppendEntries arrived.
+    pub fn heard(&self) {
+        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        self.last_heard_millis.store(millis, Ordering::Relaxed);
+    }
+
+    /// How long since the last word from a leader; None if none ever came.
+    pub fn silent_for(&self) -> Option<Duration> {
+        match self.last_heard_millis.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(self.origin.elapsed().saturating_sub(Duration::from_millis(millis - 1))),
+        }
+    }
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact::new()
+    }
+}
+
+/// Healthy while the node knows a leader it has heard from lately (within
+/// [`LEADER_CONTACT_LIMIT_ELECTION_TIMEOUTS`] of `election_timeout_max`) and has applied within
+/// [`MAX_HEALTHY_APPLY_LAG_ENTRIES`] of what it knows the cluster committed.
+pub fn health_check(raft: Raft, contact: LeaderContact, election_timeout_max: Duration) -> HealthCheck {
+    let contact_limit = election_timeout_max * LEADER_CONTACT_LIMIT_ELECTION_TIMEOUTS;
     Arc::new(move || {
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
-        if m.current_leader.is_none() {
+        let Some(leader) = m.current_leader else {
             return Err(format!("no leader known in term {}", m.current_term));
+        };
+        if leader == m.id {
+            if let Some(acked) = &m.last_quorum_acked {
+                let silence = openraft::Instant::elapsed(&**acked);
+                if silence > contact_limit {
+                    return Err(format!(
+                        "this node leads term {} but no quorum has acknowledged it for {} ms",
+                        m.current_term,
+                        silence.as_millis()
+                    ));
+                }
+            }
+        } else {
+            match contact.silent_for() {
+                Some(silence) if silence <= contact_limit => {}
+                Some(silence) => {
+                    return Err(format!(
+                        "no word from leader {leader} for {} ms (term {})",
+                        silence.as_millis(),
+                        m.current_term
+                    ))
+                }
+                None => return Err(format!("no word yet from leader {leader} (term {})", m.current_term)),
+            }
         }
-        let committed = m.local_committed.map_or(0, |l| l.index);
+        // What the leader reported committed, when this node has not received that far yet: a
+        // follower catching up is behind the cluster, not only behind its own log.
+        let committed = m.local_committed.max(m.cluster_committed).map_or(0, |l| l.index);
         let applied = m.last_applied.map_or(0, |l| l.index);
         let lag = committed.saturating_sub(applied);
         if lag > MAX_HEALTHY_APPLY_LAG_ENTRIES {
@@ -324,6 +398,15 @@ mod tests {
             }
         }
         types
+    }
+
+    #[test]
+    fn leader_contact_is_never_until_heard_then_a_silence_that_grows() {
+        let contact = LeaderContact::new();
+        assert_eq!(contact.silent_for(), None);
+        contact.heard();
+        let first = contact.silent_for().expect("heard once");
+        assert!(first < Duration::from_secs(60), "{first:?}");
     }
 
     #[test]

@@ -12,17 +12,24 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
+use crate::metrics::LeaderContact;
 use crate::read_index::{ReadIndexRounds, ReadKind};
 use crate::types::{NodeId, Raft, Snapshot, SnapshotData, TypeConfig};
 
 pub struct RaftService {
     raft: Raft,
     read_index: ReadIndexRounds,
+    /// Told of every AppendEntries a leader of the current term sends (the health check's).
+    leader_contact: LeaderContact,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, read_index: ReadIndexRounds) -> Self {
-        RaftService { raft, read_index }
+    pub fn new(raft: Raft, read_index: ReadIndexRounds, leader_contact: LeaderContact) -> Self {
+        RaftService {
+            raft,
+            read_index,
+            leader_contact,
+        }
     }
 }
 
@@ -110,6 +117,9 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let rpc = convert::append_entries_from_pb(request.into_inner()).map_err(bad_request)?;
         let reply = self.raft.append_entries(rpc).await.map_err(stopped)?;
+        if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.leader_contact.heard();
+        }
         Ok(Response::new(convert::append_response_to_pb(&reply)))
     }
 
@@ -140,11 +150,17 @@ impl pb::raft_server::Raft for RaftService {
         // After the last answer: why the stream ended early, if a request was malformed.
         let why_ended = futures::stream::once(async move { malformed.lock().expect("stream error lock").take() })
             .filter_map(|why| futures::future::ready(why.map(|why| Err(Status::invalid_argument(why)))));
+        let leader_contact = self.leader_contact.clone();
         let answers = self
             .raft
             .stream_append(requests)
-            .map(|answer| match answer {
-                Ok(result) => Ok(convert::stream_append_result_to_pb(&result)),
+            .map(move |answer| match answer {
+                Ok(result) => {
+                    if !matches!(result, Err(openraft::raft::StreamAppendError::HigherVote(_))) {
+                        leader_contact.heard();
+                    }
+                    Ok(convert::stream_append_result_to_pb(&result))
+                }
                 Err(fatal) => Err(stopped(fatal)),
             })
             .chain(why_ended);
