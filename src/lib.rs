@@ -12,6 +12,7 @@
 //! - `metrics` (feature `metrics`): the /metrics and /health endpoint and the gRPC call
 //!   metrics the node and the router share;
 //! - [`runtime`]: the async runtime the node and the router run on;
+//! - [`tls`]: TLS for every connection (certificates, the node rule, development certificates);
 //! - [`usage`]: one-line usage errors shared by the binaries;
 //! - `testing` (feature `test-support`): a fake node for the client's and the router's tests.
 
@@ -45,5 +46,6 @@ pub mod metrics;
 pub mod runtime;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod tls;
 pub mod usage;
 pub mod wire;

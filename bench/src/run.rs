@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkv::client;
+use raftkv::client::{self, ClientOptions};
+use raftkv::tls::ClientTls;
 use tokio::time::Instant;
 
 use crate::args::BenchArgs;
@@ -34,12 +35,21 @@ const ATTEMPTS_PER_KEY: u32 = 10;
 const FILL_TIMELINE: Duration = Duration::from_secs(24 * 3_600);
 
 /// Runs the benchmark against raftkv at `endpoints` (each request may take up to `timeout`,
-/// retries included) and prints its report: what `raftkv bench` does.
-pub async fn run_against_raftkv(endpoints: Vec<String>, timeout: Duration, args: BenchArgs) -> Result<(), BenchError> {
-    let batched = !args.unbatched;
+/// retries included; connections are TLS when `tls` is given) and prints its report: what
+/// `raftkv bench` does.
+pub async fn run_against_raftkv(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    tls: Option<ClientTls>,
+    args: BenchArgs,
+) -> Result<(), BenchError> {
+    let options = ClientOptions {
+        batching: !args.unbatched,
+        tls,
+    };
     let addresses = endpoints.clone();
     run(endpoints, args, move || {
-        RaftkvTarget::open(&addresses, timeout, batched)
+        RaftkvTarget::open(&addresses, timeout, options.clone())
     })
     .await
 }

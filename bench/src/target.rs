@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::ValueEnum;
-use raftkv::client::{self, Client};
+use raftkv::client::{self, Client, ClientOptions};
 use raftkv::pb::Consistency;
 
 use crate::error::OperationError;
@@ -49,15 +49,14 @@ pub struct RaftkvTarget {
 
 impl RaftkvTarget {
     /// A connection to `endpoints`; each request may take up to `timeout`. Connects lazily.
-    /// `batched`: whether the client library sends the requests that are ready together as one
-    /// call.
-    pub fn open(endpoints: &[String], timeout: Duration, batched: bool) -> Result<RaftkvTarget, client::Error> {
-        let client = if batched {
-            Client::new(endpoints.to_vec(), timeout)
-        } else {
-            Client::new_unbatched(endpoints.to_vec(), timeout)
-        };
-        client.map(|client| RaftkvTarget { client })
+    /// `options`: whether the client library sends the requests that are ready together as one
+    /// call, and whether it connects over TLS.
+    pub fn open(
+        endpoints: &[String],
+        timeout: Duration,
+        options: ClientOptions,
+    ) -> Result<RaftkvTarget, client::Error> {
+        Client::with_options(endpoints.to_vec(), timeout, options).map(|client| RaftkvTarget { client })
     }
 }
 

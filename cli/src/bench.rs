@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use raftkv::tls::ClientTls;
 use raftkv_bench::{BenchArgs, BenchError, TargetKind};
 
 use crate::CliError;
@@ -16,9 +17,14 @@ const ETCD_IS_IN_RAFTKV_BENCH: &str = "--target etcd is driven by the raftkv-ben
     cargo build --release -p raftkv-bench, then target/release/raftkv-bench --target etcd with the same flags";
 
 /// `raftkv bench`: runs the benchmark against raftkv at `endpoints` and prints its report.
-pub async fn run(endpoints: Vec<String>, timeout: Duration, args: BenchArgs) -> Result<(), CliError> {
+pub async fn run(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    tls: Option<ClientTls>,
+    args: BenchArgs,
+) -> Result<(), CliError> {
     check_target(args.target)?;
-    raftkv_bench::run_against_raftkv(endpoints, timeout, args)
+    raftkv_bench::run_against_raftkv(endpoints, timeout, tls, args)
         .await
         .map_err(|error| match error {
             BenchError::Endpoints(error) => CliError::Usage(error.to_string()),

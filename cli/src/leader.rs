@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv::client::{Client, Error};
+use raftkv::client::{Client, ClientOptions, Error};
 use raftkv::pb;
 use tokio::time::Instant;
 
@@ -29,7 +29,7 @@ const SERVING_CHECK_PAUSE: Duration = Duration::from_millis(20);
 pub async fn transfer(client: &Client, to: Option<u64>) -> Result<(), CliError> {
     let deadline = Instant::now() + client.timeout();
     let moved = client.transfer_leader(to).await?;
-    wait_until_serving(&moved.leader_address, deadline).await?;
+    wait_until_serving(client, &moved.leader_address, deadline).await?;
     println!(
         "node {} at {} leads (term {})",
         moved.leader_id, moved.leader_address, moved.term
@@ -38,7 +38,12 @@ pub async fn transfer(client: &Client, to: Option<u64>) -> Result<(), CliError> 
 }
 
 /// Returns once the node at `address` answers a linearizable read, or fails at `deadline`.
-async fn wait_until_serving(address: &str, deadline: Instant) -> Result<(), Error> {
+/// Asks it the way `client` talks to servers (TLS or not), one call at a time.
+async fn wait_until_serving(client: &Client, address: &str, deadline: Instant) -> Result<(), Error> {
+    let options = ClientOptions {
+        batching: false,
+        ..client.options()
+    };
     loop {
         let time_left = deadline.saturating_duration_since(Instant::now());
         if time_left.is_zero() {
@@ -46,7 +51,7 @@ async fn wait_until_serving(address: &str, deadline: Instant) -> Result<(), Erro
                 "node at {address} was elected but did not serve reads in time"
             )));
         }
-        let node = Client::new_unbatched(vec![address.to_string()], time_left)?;
+        let node = Client::with_options(vec![address.to_string()], time_left, options.clone())?;
         match node
             .get(Bytes::from_static(SERVING_CHECK_KEY), pb::Consistency::Linearizable)
             .await

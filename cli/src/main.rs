@@ -11,6 +11,7 @@
 
 mod bench;
 mod bytes_as_text;
+mod certs;
 mod cluster;
 mod election_watch;
 mod kv;
@@ -19,12 +20,13 @@ mod scan;
 mod status;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use raftkv::client;
+use raftkv::client::{self, ClientOptions};
+use raftkv::tls::ClientTls;
 use raftkv::usage::{parse_positive_duration, ReadConsistency};
 
 /// Exit code: the command did what was asked.
@@ -68,6 +70,32 @@ struct Cli {
     /// How long one command may wait for the cluster, retries included (e.g. 300ms, 2s).
     #[arg(long, global = true, default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
     timeout: Duration,
+
+    /// Connect over TLS, checking the servers' certificates against this CA certificate (PEM).
+    #[arg(long, global = true, env = "RAFTKV_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
+    /// This client's certificate (PEM), for servers that require one (mutual TLS); needs
+    /// --key and --cacert.
+    #[arg(
+        id = "client_cert",
+        long = "cert",
+        global = true,
+        env = "RAFTKV_CERT",
+        value_name = "FILE"
+    )]
+    cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    // Its own id: `key` is the positional argument of put/get/...
+    #[arg(
+        id = "client_key",
+        long = "key",
+        global = true,
+        env = "RAFTKV_KEY",
+        value_name = "FILE"
+    )]
+    key: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -188,6 +216,10 @@ enum Command {
     )]
     Cluster(ClusterCommand),
 
+    /// Make certificates for running a cluster with TLS.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+
     /// Measure throughput and latency under a closed-loop load.
     #[command(
         long_about = "Measure throughput and latency: --clients tasks each keep one request in flight \
@@ -283,6 +315,22 @@ struct TransferArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Write a development CA and node and client certificates.
+    #[command(
+        long_about = "Write a new development CA (ca.pem), a certificate for the nodes and the router \
+            (node.pem, node-key.pem: valid for --hosts, and named a node, so other nodes take its Raft \
+            messages) and one for clients (client.pem, client-key.pem) into DIR. Keys are written \
+            readable by you only (0600). Existing files are left alone unless --force. The CA's key \
+            is not kept: these certificates are for development and tests.",
+        after_help = "Examples:\n  \
+            raftkv certs create --dir certs\n  \
+            raftkv certs create --dir certs --hosts 10.0.0.1,10.0.0.2,10.0.0.3,node.example --force"
+    )]
+    Create(certs::CreateArgs),
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Start N local nodes and a router, wait for a leader, then supervise them.
     #[command(
@@ -293,10 +341,14 @@ enum ClusterCommand {
             `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, \
             `transfer [N]` (hand leadership over), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
             With --detach the processes keep running after this command exits; \
-            `raftkv cluster down` stops them.",
+            `raftkv cluster down` stops them.\n\n\
+            With --tls every connection is TLS with client certificates: a development CA and \
+            certificates are made in DIR/certs on the first run and reused after; the command prints \
+            the RAFTKV_CACERT, RAFTKV_CERT and RAFTKV_KEY settings that point the CLI at them.",
         after_help = "Examples:\n  \
             raftkv cluster up\n  \
             raftkv cluster up --nodes 5 --base-port 17300 --data-dir /tmp/raftkv\n  \
+            raftkv cluster up --tls\n  \
             raftkv cluster up --detach"
     )]
     Up(cluster::UpArgs),
@@ -392,20 +444,56 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let endpoints = cli.endpoint.clone();
-    let connect = || client::Client::new(endpoints.clone(), cli.timeout).map_err(CliError::from);
-    match cli.command {
+    let Cli {
+        endpoint: endpoints,
+        timeout,
+        cacert,
+        cert,
+        key,
+        command,
+    } = cli;
+    // Read only by the commands that connect: `certs` and `cluster` take no TLS flags.
+    let options = || -> Result<ClientOptions, CliError> {
+        Ok(ClientOptions {
+            tls: client_tls(cacert.as_deref(), cert.as_deref(), key.as_deref())?,
+            ..ClientOptions::default()
+        })
+    };
+    let connect = || client::Client::with_options(endpoints.clone(), timeout, options()?).map_err(CliError::from);
+    match command {
         Command::Put(args) => kv::put(&connect()?, args.key, args.value, args.file).await,
         Command::Get(args) => kv::get(&connect()?, args.key, args.consistency.into(), args.output).await,
         Command::Delete(args) => kv::delete(&connect()?, args.key, args.expect).await,
         Command::Cas(args) => kv::cas(&connect()?, args).await,
         Command::Scan(args) => scan::run(&connect()?, args).await,
-        Command::Status(args) => status::run(endpoints, cli.timeout, args.output, args.watch).await,
+        Command::Status(args) => status::run(endpoints, timeout, options()?, args.output, args.watch).await,
         Command::Leader(LeaderCommand::Transfer(args)) => leader::transfer(&connect()?, args.to).await,
+        Command::Certs(CertsCommand::Create(args)) => certs::create(args),
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,
-        Command::Bench(args) => bench::run(endpoints, cli.timeout, args).await,
+        Command::Bench(args) => bench::run(endpoints, timeout, options()?.tls, args).await,
     }
+}
+
+/// The TLS `--cacert`, `--cert` and `--key` ask for (None: plaintext), its files read.
+fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ClientTls>, CliError> {
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err(CliError::Usage("--cert needs --key (its private key)".to_string())),
+        (None, Some(_)) => return Err(CliError::Usage("--key needs --cert".to_string())),
+    };
+    let Some(ca) = ca else {
+        if identity.is_some() {
+            return Err(CliError::Usage(
+                "--cert needs --cacert (the CA that signed the servers' certificates)".to_string(),
+            ));
+        }
+        return Ok(None);
+    };
+    ClientTls::load(ca, identity)
+        .map(Some)
+        .map_err(|error| CliError::Usage(error.to_string()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use raftkv::client::{self, Client};
+use raftkv::client::{self, Client, ClientOptions};
 use raftkv::pb;
 use serde::Serialize;
 
@@ -239,11 +239,17 @@ pub fn time_of_day() -> String {
 }
 
 /// `raftkv status [--output table|json] [--watch]`.
-pub async fn run(endpoints: Vec<String>, timeout: Duration, format: OutputFormat, watch: bool) -> Result<(), CliError> {
+pub async fn run(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    options: ClientOptions,
+    format: OutputFormat,
+    watch: bool,
+) -> Result<(), CliError> {
     if watch {
-        return watch_status(endpoints, timeout, format).await;
+        return watch_status(endpoints, timeout, options, format).await;
     }
-    let client = Client::new(endpoints, timeout)?;
+    let client = Client::with_options(endpoints, timeout, options)?;
     let members = discover_members(&client).await?;
     let snapshot = probe(&client, &members).await;
     let text = match format {
@@ -263,8 +269,13 @@ fn print_flushed(text: &str) {
 /// `status --watch`: on a terminal the table is redrawn in place with the latest leader
 /// events under it; otherwise (piped) table output prints one line per leader event and JSON
 /// output one document per change, so that the output stays useful in a log.
-async fn watch_status(endpoints: Vec<String>, timeout: Duration, format: OutputFormat) -> Result<(), CliError> {
-    let client = Client::new(endpoints, timeout.min(WATCH_PROBE_TIMEOUT))?;
+async fn watch_status(
+    endpoints: Vec<String>,
+    timeout: Duration,
+    options: ClientOptions,
+    format: OutputFormat,
+) -> Result<(), CliError> {
+    let client = Client::with_options(endpoints, timeout.min(WATCH_PROBE_TIMEOUT), options)?;
     let on_terminal = std::io::stdout().is_terminal();
     let mut elections = ElectionWatch::new();
     let mut events: VecDeque<String> = VecDeque::new();

@@ -25,8 +25,10 @@ use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
+use raftkv::tls::{require_node_certificate, ServerTls};
 use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
@@ -72,6 +74,9 @@ pub struct Settings {
     pub engine: EngineOptions,
     /// Where `/metrics` and `/health` are served (None: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS for every connection in and out, clients' and peers' certificates required
+    /// (None: plaintext).
+    pub tls: Option<ServerTls>,
 }
 
 impl Settings {
@@ -156,7 +161,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("invalid raft settings")?);
-    let network = Network::new(settings.source_address);
+    let network = Network::new(settings.source_address, settings.tls.as_ref().map(ServerTls::client));
     let reader = dir.state_machine.reader();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
         .await
@@ -205,19 +210,32 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     );
 
     let kv = KvService::new(app.clone());
-    tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving");
+    let tls = if settings.tls.is_some() { "TLS" } else { "plaintext" };
+    tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving ({tls})");
     serving(app.clone());
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = &settings.tls {
+        server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
+    }
+    let raft_service = RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone(), leader_contact))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    // Over TLS, every client and peer has a certificate the CA signed; Raft messages are taken
+    // only from those that name a node (raftkv::tls::node_identity). In plaintext there is
+    // nothing to check.
+    let tls_enabled = settings.tls.is_some();
+    let raft_service = InterceptedService::new(raft_service, move |request: tonic::Request<()>| {
+        if tls_enabled {
+            require_node_certificate(&request)?;
+        }
+        Ok(request)
+    });
+    let server = server
         .layer(request_metrics)
         .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
         .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
-        .add_service(
-            RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone(), leader_contact))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
+        .add_service(raft_service)
         // `tcp_nodelay` above does not apply to connections we accept ourselves: without
         // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {

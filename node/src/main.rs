@@ -16,6 +16,8 @@ Example (three nodes on one machine; run each in its own terminal):
 
 With --metrics-listen 127.0.0.1:7101, Prometheus scrapes http://127.0.0.1:7101/metrics and a
 load balancer checks http://127.0.0.1:7101/health (200 ok, or 503 and the reason).
+With TLS (certificates from `raftkv certs create --dir certs`), add to every node:
+  --cert certs/node.pem --key certs/node-key.pem --ca certs/ca.pem
 
 The initial cluster is used once, to bootstrap an empty data directory; a restarted
 node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.";
@@ -83,6 +85,8 @@ struct Flags {
     /// (plain HTTP) [default: not served].
     #[arg(long, env = "RAFTKV_METRICS_LISTEN", value_parser = parse_socket_addr)]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: raftkv::tls::ServerTlsFlags,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +150,7 @@ fn settings(flags: Flags) -> Result<Settings, String> {
             members.len()
         )
     })?;
+    let tls = flags.tls.load().map_err(|error| error.to_string())?;
     Ok(Settings {
         id: flags.id,
         listen: flags.listen,
@@ -163,6 +168,7 @@ fn settings(flags: Flags) -> Result<Settings, String> {
             cache_bytes: flags.cache_mb << 20,
         },
         metrics_listen: flags.metrics_listen,
+        tls,
     })
 }
 

@@ -31,6 +31,7 @@ use openraft::{BasicNode, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
 use raftkv::raft_pb as pb;
 use raftkv::raft_pb::raft_client::RaftClient;
+use raftkv::tls::ClientTls;
 use tonic::transport::Channel;
 
 use crate::convert;
@@ -72,6 +73,9 @@ pub struct Network {
     reachability: Reachability,
     /// The local address outgoing connections are bound to, when set.
     source_address: Option<IpAddr>,
+    /// TLS for every connection to a peer (this node's certificate, which names a node, and
+    /// the CA), when the cluster runs TLS.
+    tls: Option<ClientTls>,
 }
 
 /// Whether each peer answered its last RPC, so that losing and regaining
@@ -101,9 +105,9 @@ impl Reachability {
 
 impl Network {
     /// Connections to peers leave from `source_address` when given, else from
-    /// whatever address the OS picks. What it logs carries the span current now (the
-    /// node's), whichever task openraft calls it from.
-    pub fn new(source_address: Option<IpAddr>) -> Network {
+    /// whatever address the OS picks, and are TLS when `tls` is given. What it logs carries
+    /// the span current now (the node's), whichever task openraft calls it from.
+    pub fn new(source_address: Option<IpAddr>, tls: Option<ClientTls>) -> Network {
         Network {
             channels: Arc::default(),
             reachability: Reachability {
@@ -111,6 +115,7 @@ impl Network {
                 span: tracing::Span::current(),
             },
             source_address,
+            tls,
         }
     }
 
@@ -120,7 +125,7 @@ impl Network {
         let channel = match channels.get(&(address.to_string(), lane)) {
             Some(c) => c.clone(),
             None => {
-                let c = raftkv::client::endpoint(address)?
+                let c = raftkv::client::endpoint(address, self.tls.as_ref())?
                     .local_address(self.source_address)
                     .connect_lazy();
                 channels.insert((address.to_string(), lane), c.clone());
@@ -535,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_replication_and_snapshots_travel_on_connections_of_their_own() {
-        let network = Network::new(None);
+        let network = Network::new(None, None);
         for lane in [Lane::Replication, Lane::Heartbeat, Lane::Snapshot, Lane::Heartbeat] {
             network.client("127.0.0.1:7001", lane).unwrap();
         }

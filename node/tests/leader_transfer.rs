@@ -80,6 +80,7 @@ impl Nodes {
                 source_address: None,
                 engine: Default::default(),
                 metrics_listen: None,
+                tls: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let (serving, app) = oneshot::channel();

@@ -20,6 +20,7 @@ use raftkv::batch;
 use raftkv::pb::cluster_server::ClusterServer;
 use raftkv::pb::kv_batch_server::KvBatchServer;
 use raftkv::pb::kv_server::KvServer;
+use raftkv::tls::ServerTls;
 use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -50,7 +51,7 @@ const MAX_NODES: usize = 64;
 #[command(
     name = "raftkv-router",
     version,
-    after_help = "Example:\n  raftkv-router --listen 127.0.0.1:7000 --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \\\n      --metrics-listen 127.0.0.1:7100   # Prometheus: http://127.0.0.1:7100/metrics, health: /health\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets how much. SIGINT/SIGTERM stop it gracefully."
+    after_help = "Example:\n  raftkv-router --listen 127.0.0.1:7000 --nodes 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 \\\n      --metrics-listen 127.0.0.1:7100   # Prometheus: http://127.0.0.1:7100/metrics, health: /health\n\nWith TLS, add --cert certs/node.pem --key certs/node-key.pem --ca certs/ca.pem (the nodes must run TLS too).\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) sets how much. SIGINT/SIGTERM stop it gracefully."
 )]
 struct Args {
     /// Address to serve clients on (port 0: any free port, logged at startup).
@@ -70,6 +71,9 @@ struct Args {
     /// (plain HTTP; port 0: any free port, logged at startup) [default: not served].
     #[arg(long, env = "RAFTKV_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen_address)]
     metrics_listen: Option<String>,
+
+    #[command(flatten)]
+    tls: raftkv::tls::ServerTlsFlags,
 }
 
 fn parse_address(text: &str) -> Result<String, String> {
@@ -102,6 +106,13 @@ fn main() -> ExitCode {
         eprintln!("error: {why} (try --help)");
         return ExitCode::from(2);
     }
+    let tls = match args.tls.load() {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -117,7 +128,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -141,12 +152,15 @@ fn check_nodes(nodes: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
+    // The router presents its own certificate to the nodes, and checks theirs against the CA.
+    let node_tls = tls.as_ref().map(ServerTls::client);
     let nodes = args
         .nodes
         .iter()
         .map(|address| {
-            let channel = raftkv::client::channel(address).with_context(|| format!("node {address}"))?;
+            let channel =
+                raftkv::client::channel(address, node_tls.as_ref()).with_context(|| format!("node {address}"))?;
             Ok(Node::new(address.clone(), channel))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -174,7 +188,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     tracing::info!(
-        "raftkv-router listening on {local_address}, forwarding to {}",
+        "raftkv-router listening on {local_address} ({}), forwarding to {}",
+        if tls.is_some() { "TLS" } else { "plaintext" },
         args.nodes.join(",")
     );
     tokio::spawn(async move {
@@ -185,7 +200,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let kv = Arc::new(KvRouter::new(Arc::clone(&forwarder)));
     let mut until_stopped = shutdown.clone();
-    let server = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
+    }
+    let server = server
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))

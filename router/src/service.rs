@@ -493,7 +493,7 @@ mod tests {
     fn router(nodes: &[FakeNode]) -> Arc<Router> {
         let nodes = nodes
             .iter()
-            .map(|node| Node::new(node.address.clone(), client::channel(&node.address).unwrap()))
+            .map(|node| Node::new(node.address.clone(), client::channel(&node.address, None).unwrap()))
             .collect();
         let tracker = LeaderTracker::new(nodes);
         let (stop, shutdown) = watch::channel(false);

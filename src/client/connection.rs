@@ -1,7 +1,8 @@
 //! How a raftkv process connects to another: one lazily connecting HTTP/2 [`channel`] per
 //! address, with the same settings everywhere (the client library's endpoints, the router's
-//! nodes, a node's peers), and the client library's [`Connection`] to one server: that
-//! channel and the [`KvBatcher`] that sends the client's Kv requests over it.
+//! nodes, a node's peers), plaintext or TLS ([`ClientTls`]), and the client library's
+//! [`Connection`] to one server: that channel and the [`KvBatcher`] that sends the client's
+//! Kv requests over it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tonic::Status;
 use super::Error;
 use crate::batch::{Batchable, KvBatcher};
 use crate::pb::kv_client::KvClient;
+use crate::tls::ClientTls;
 
 /// How long opening a TCP connection to a node may take before the attempt fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,19 +46,28 @@ pub fn check_address(address: &str) -> Result<(), Error> {
     }
 }
 
-/// A lazily connecting channel to HOST:PORT (plain HTTP/2): TCP_NODELAY, HTTP/2 keepalive
-/// every [`KEEPALIVE_INTERVAL`] even while idle, and a [`CONNECT_TIMEOUT`]. Nothing is
-/// connected until the first request, and a broken connection is re-opened by the next one.
-pub fn channel(address: &str) -> Result<Channel, Error> {
-    Ok(endpoint(address)?.connect_lazy())
+/// A lazily connecting channel to HOST:PORT: HTTP/2 in plaintext, or over TLS when `tls` is
+/// given (the server's certificate must name HOST); TCP_NODELAY, HTTP/2 keepalive every
+/// [`KEEPALIVE_INTERVAL`] even while idle, and a [`CONNECT_TIMEOUT`]. Nothing is connected
+/// until the first request, and a broken connection is re-opened by the next one.
+pub fn channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, Error> {
+    Ok(endpoint(address, tls)?.connect_lazy())
 }
 
 /// The endpoint [`channel`] connects to, for callers that need to adjust it (a node binds
 /// its outgoing connections to its own address, for example).
-pub fn endpoint(address: &str) -> Result<Endpoint, Error> {
+pub fn endpoint(address: &str, tls: Option<&ClientTls>) -> Result<Endpoint, Error> {
     check_address(address)?;
-    Ok(Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| Error::InvalidArgument(format!("address {address:?}: {error}")))?
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|error| Error::InvalidArgument(format!("address {address:?}: {error}")))?;
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.config())
+            .map_err(|error| Error::InvalidArgument(format!("TLS for {address}: {error}")))?,
+        None => endpoint,
+    };
+    Ok(endpoint
         .tcp_nodelay(true)
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -76,8 +87,8 @@ pub(super) struct Connection {
 
 impl Connection {
     /// A connection to `address`, with a batcher when `batching`; connects nothing yet.
-    pub(super) fn open(address: &str, batching: bool) -> Result<Connection, Error> {
-        let channel = channel(address)?;
+    pub(super) fn open(address: &str, batching: bool, tls: Option<&ClientTls>) -> Result<Connection, Error> {
+        let channel = channel(address, tls)?;
         Ok(Connection {
             batcher: batching.then(|| KvBatcher::start(channel.clone())),
             channel,

@@ -7,7 +7,7 @@ use std::borrow::Borrow;
 use tonic::{Code, Status};
 
 use crate::limits::LimitError;
-use crate::wire::{is_timeout, leader_hint, source_chain, LeaderHint};
+use crate::wire::{is_timeout, leader_hint, source_chain, tls_failure, LeaderHint};
 
 /// Why a call failed, by what the caller can do about it.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +30,10 @@ pub enum Error {
     /// The deadline passed (gRPC DEADLINE_EXCEEDED). For a write the outcome is unknown.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// TLS refused the connection: a certificate was refused (or missing), or only one side
+    /// speaks TLS. The server handled nothing; retrying cannot help.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Any other failure, as one line.
     #[error("{0}")]
     Other(String),
@@ -41,6 +45,9 @@ impl Error {
         let status = status.borrow();
         if is_timeout(status) {
             return Error::Timeout(describe(status));
+        }
+        if let Some(why) = tls_failure(status) {
+            return Error::Tls(why);
         }
         match status.code() {
             Code::NotFound => Error::NotFound,

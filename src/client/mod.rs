@@ -46,6 +46,8 @@ use crate::limits;
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::kv_client::KvClient;
+use crate::tls::ClientTls;
+use crate::wire::{is_connect_error, is_timeout, is_transport_error};
 
 /// Leader hints followed in a row without pausing; past this the client backs off, so two
 /// nodes with stale views pointing at each other cannot make it spin.
@@ -92,6 +94,28 @@ struct Shared {
     write_ids: WriteIds,
     /// Whether Kv requests go in batches (see [`Connection`]).
     batching: bool,
+    /// TLS for every connection, when the servers serve TLS.
+    tls: Option<ClientTls>,
+}
+
+/// How a [`Client`] talks to its servers, beyond where and how long.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Whether the Kv requests of tasks that are ready together go as one `KvBatch.Batch`
+    /// call (see [`Client::new`]); without, each is a call of its own.
+    pub batching: bool,
+    /// TLS for every connection (the servers' CA, and this client's certificate when they
+    /// ask for one); None: plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            batching: true,
+            tls: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -114,16 +138,23 @@ impl Client {
     /// own answer: under concurrency this costs the client, the router and the nodes far less
     /// than a call each (see BENCHMARKS.md).
     pub fn new(endpoints: Vec<String>, timeout: std::time::Duration) -> Result<Client, Error> {
-        Client::build(endpoints, timeout, true)
+        Client::with_options(endpoints, timeout, ClientOptions::default())
     }
 
     /// As [`Client::new`], but every Kv request is a call of its own, as it would be from
     /// separate processes.
     pub fn new_unbatched(endpoints: Vec<String>, timeout: std::time::Duration) -> Result<Client, Error> {
-        Client::build(endpoints, timeout, false)
+        let options = ClientOptions {
+            batching: false,
+            ..ClientOptions::default()
+        };
+        Client::with_options(endpoints, timeout, options)
     }
 
-    fn build(endpoints: Vec<String>, timeout: Duration, batching: bool) -> Result<Client, Error> {
+    /// As [`Client::new`], with `options` saying whether requests are batched and whether
+    /// connections are TLS.
+    pub fn with_options(endpoints: Vec<String>, timeout: Duration, options: ClientOptions) -> Result<Client, Error> {
+        let ClientOptions { batching, tls } = options;
         if endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoint given".to_string()));
         }
@@ -132,7 +163,7 @@ impl Client {
         }
         let mut connections = HashMap::new();
         for address in &endpoints {
-            connections.insert(address.clone(), Connection::open(address, batching)?);
+            connections.insert(address.clone(), Connection::open(address, batching, tls.as_ref())?);
         }
         let first = endpoints[0].clone();
         Ok(Client {
@@ -143,6 +174,7 @@ impl Client {
                 target: Mutex::new(first),
                 write_ids: WriteIds::default(),
                 batching,
+                tls,
             }),
         })
     }
@@ -165,6 +197,15 @@ impl Client {
     /// The bound on each call, retries included.
     pub fn timeout(&self) -> Duration {
         self.shared.timeout
+    }
+
+    /// What this client was made with, besides endpoints and timeout; a client made with
+    /// the same options talks to servers the same way.
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            batching: self.shared.batching,
+            tls: self.shared.tls.clone(),
+        }
     }
 
     /// Writes `value` under `key`.
@@ -302,7 +343,7 @@ impl Client {
     pub async fn status_of(&self, address: &str) -> Result<pb::NodeStatus, Error> {
         let channel = self.channel_for(address)?;
         let deadline = Instant::now() + self.shared.timeout;
-        status_once(channel, deadline).await
+        status_once(channel, deadline).await.map_err(StatusError::into_error)
     }
 
     /// Status from the first endpoint that answers.
@@ -315,7 +356,17 @@ impl Client {
             }
             match status_once(self.channel_for(address)?, deadline).await {
                 Ok(status) => return Ok(status),
-                Err(error) => last_error = Some(format!("{address}: {error}")),
+                Err(StatusError::Answered(status)) => {
+                    if let Some(error) = self.wants_tls(&status, address, deadline).await {
+                        return Err(error);
+                    }
+                    let error = Error::from_status(&status);
+                    if let Error::Tls(_) = error {
+                        return Err(error);
+                    }
+                    last_error = Some(format!("{address}: {error}"));
+                }
+                Err(StatusError::Late(error)) => last_error = Some(format!("{address}: {error}")),
             }
         }
         Err(Error::Unavailable {
@@ -356,7 +407,7 @@ impl Client {
         if let Some(connection) = connections.get(address) {
             return Ok(connection.clone());
         }
-        let new_connection = Connection::open(address, self.shared.batching)?;
+        let new_connection = Connection::open(address, self.shared.batching, self.shared.tls.as_ref())?;
         if connections.len() >= self.shared.endpoints.len() + MAX_CACHED_CONNECTIONS {
             let endpoints = &self.shared.endpoints;
             connections.retain(|cached, _| endpoints.contains(cached));
@@ -402,6 +453,8 @@ impl Client {
         let mut backoff = Backoff::new();
         let mut hint_hops = 0;
         let mut last_error: Option<Error> = None;
+        // Whether a server was asked if it wants TLS ([`Client::wants_tls`]); once per call.
+        let mut probed = false;
         for _ in 0..MAX_ATTEMPTS_PER_REQUEST {
             let now = Instant::now();
             if now >= deadline {
@@ -416,6 +469,12 @@ impl Client {
             };
             let step = next_step(&status, &address);
             tracing::debug!(%address, code = ?status.code(), message = status.message(), ?step, "attempt failed");
+            if step == NextStep::NextEndpoint && !probed {
+                probed = true;
+                if let Some(error) = self.wants_tls(&status, &address, deadline).await {
+                    return Err(error);
+                }
+            }
             match step {
                 NextStep::Fail(error) => return Err(error),
                 NextStep::FollowHint(leader) if hint_hops < MAX_HINT_HOPS_WITHOUT_PAUSE => {
@@ -441,17 +500,61 @@ impl Client {
     }
 }
 
+impl Client {
+    /// When this client's connection to `address` was cut without an answer, asks the server
+    /// with a TLS handshake whether TLS is why ([`crate::tls::probe`]: a TLS server closes a
+    /// plaintext connection without a word, and its refusal of a client's certificate can
+    /// lose the race with the closing connection), within [`CONNECT_TIMEOUT`] and
+    /// `deadline`. The error that says so, or None for any other failure.
+    async fn wants_tls(&self, status: &Status, address: &str, deadline: Instant) -> Option<Error> {
+        if !is_transport_error(status) || is_connect_error(status) || is_timeout(status) {
+            return None;
+        }
+        let within = deadline.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT);
+        if within.is_zero() {
+            return None;
+        }
+        match &self.shared.tls {
+            None => crate::tls::probe::speaks_tls(address, within).await.then(|| {
+                Error::Tls(format!(
+                    "{address} serves TLS and this client connects in plaintext (give it the servers' CA: --cacert)"
+                ))
+            }),
+            Some(tls) => crate::tls::probe::refused_by(address, tls, within)
+                .await
+                .map(|error| Error::Tls(crate::tls::probe::describe(&error))),
+        }
+    }
+}
+
+/// How one Cluster.Status call failed.
+enum StatusError {
+    /// It ended with this status (sent by the server, or made by the transport).
+    Answered(Status),
+    /// The deadline passed first.
+    Late(Error),
+}
+
+impl StatusError {
+    fn into_error(self) -> Error {
+        match self {
+            StatusError::Answered(status) => Error::from_status(status),
+            StatusError::Late(error) => error,
+        }
+    }
+}
+
 /// One Cluster.Status call that must be answered by `deadline`.
-async fn status_once(channel: Channel, deadline: Instant) -> Result<pb::NodeStatus, Error> {
+async fn status_once(channel: Channel, deadline: Instant) -> Result<pb::NodeStatus, StatusError> {
     let time_left = deadline.saturating_duration_since(Instant::now());
     let mut request = tonic::Request::new(pb::StatusRequest {});
     request.set_timeout(time_left);
     match tokio::time::timeout_at(deadline, ClusterClient::new(channel).status(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(Error::from_status(status)),
-        Err(_elapsed) => Err(Error::Timeout(format!(
+        Ok(Err(status)) => Err(StatusError::Answered(status)),
+        Err(_elapsed) => Err(StatusError::Late(Error::Timeout(format!(
             "no answer within {}",
             retry::format_timeout(time_left)
-        ))),
+        )))),
     }
 }

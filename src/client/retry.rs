@@ -13,7 +13,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tonic::{Code, Status};
 
-use crate::wire::{is_timeout, is_transport_error, leader_hint, LeaderHint};
+use crate::wire::{is_timeout, is_transport_error, leader_hint, tls_failure, LeaderHint};
 
 /// Upper bound on the attempts of one request, whatever its deadline.
 pub const MAX_ATTEMPTS_PER_REQUEST: usize = 200;
@@ -42,6 +42,7 @@ pub enum Retry {
     /// it to the same place.
     SamePlace,
     /// Any other answer (NOT_FOUND, INVALID_ARGUMENT, ...) is final: hand it back unchanged.
+    /// So is a TLS failure ([`crate::wire::tls_failure`]).
     Final,
 }
 
@@ -50,6 +51,11 @@ pub enum Retry {
 pub fn decide(status: &Status, tried: &str) -> Retry {
     if is_timeout(status) {
         return Retry::GiveUp;
+    }
+    // A certificate refused, or TLS on one side only: every server of the cluster would
+    // answer the same, and a misconfiguration is better reported at once than retried.
+    if tls_failure(status).is_some() {
+        return Retry::Final;
     }
     if is_transport_error(status) {
         return Retry::ServerUnreachable;

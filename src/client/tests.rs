@@ -91,7 +91,7 @@ mod against_fake_nodes {
     #[tokio::test]
     async fn refused_connection_is_a_connect_error_and_the_next_endpoint_is_tried() {
         let dead = closed_address().await;
-        let status = KvClient::new(channel(&dead).unwrap())
+        let status = KvClient::new(channel(&dead, None).unwrap())
             .put(pb::PutRequest {
                 key: Bytes::from_static(b"k"),
                 ..Default::default()

@@ -6,7 +6,8 @@
 //!   UNAVAILABLE status;
 //! - [`request_timeout`]: how long a request may take, read from its `grpc-timeout` header;
 //! - [`is_timeout`], [`is_transport_error`], [`is_connect_error`]: which failures were made by
-//!   this side's transport rather than answered by the server;
+//!   this side's transport rather than answered by the server, and [`tls_failure`]: which of
+//!   them are TLS refusing the connection;
 //! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish;
 //! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not.
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 pub use self::deadline::{request_timeout, DEFAULT_REQUEST_TIMEOUT};
 pub use self::leader_hint::{leader_hint, unavailable, LeaderHint, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 pub(crate) use self::transport_error::source_chain;
-pub use self::transport_error::{is_connect_error, is_timeout, is_transport_error};
+pub use self::transport_error::{is_connect_error, is_timeout, is_transport_error, tls_failure};
 
 /// How long a node or the router, told to stop, lets the requests in flight finish before it
 /// stops anyway.

@@ -25,13 +25,17 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// Environment variables the node and router read as flag defaults. They are removed from
 /// the children's environment, so a variable meant for something else (say RAFTKV_ADVERTISE
 /// in the user's shell) cannot change what the flags `cluster up` passes say.
-const CHILD_ENV_VARS_REMOVED: [&str; 6] = [
+const CHILD_ENV_VARS_REMOVED: [&str; 9] = [
     "RAFTKV_ID",
     "RAFTKV_LISTEN",
     "RAFTKV_DATA_DIR",
     "RAFTKV_INITIAL_CLUSTER",
     "RAFTKV_ADVERTISE",
     "RAFTKV_NODES",
+    // The CLI's own client certificate (RAFTKV_CERT, RAFTKV_KEY) must not become a node's.
+    "RAFTKV_CERT",
+    "RAFTKV_KEY",
+    "RAFTKV_CA",
 ];
 
 /// Whether children live and die with the CLI.

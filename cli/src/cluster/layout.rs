@@ -5,6 +5,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use raftkv::tls::dev_certs;
+
 use super::children::{LaunchPlan, Role};
 
 /// The most nodes `cluster up` starts (a local cluster is for trying things out).
@@ -21,6 +23,8 @@ pub const METRICS_PORT_OFFSET: u16 = 100;
 /// Worker threads of each local process: they share one machine, where one thread each costs
 /// less in hand-offs than the one-per-core default a node or router alone gets.
 pub const LOCAL_WORKER_THREADS: u16 = 1;
+/// Where in the data directory a TLS cluster keeps its certificates.
+pub const CERTS_DIR: &str = "certs";
 
 /// The shape of a local cluster: node i (1-based) on port base+i with data in DIR/node-i,
 /// the router on port base; each one's metrics [`METRICS_PORT_OFFSET`] above its port.
@@ -31,6 +35,9 @@ pub struct ClusterLayout {
     node_count: u16,
     node_program: PathBuf,
     router_program: PathBuf,
+    /// The directory of the certificates every process serves and connects with, when the
+    /// cluster runs TLS.
+    tls_dir: Option<PathBuf>,
 }
 
 impl ClusterLayout {
@@ -54,7 +61,19 @@ impl ClusterLayout {
             node_count,
             node_program: PathBuf::from(NODE_BINARY),
             router_program: PathBuf::from(ROUTER_BINARY),
+            tls_dir: None,
         })
+    }
+
+    /// Runs every process with TLS, with the certificates in DIR/certs.
+    pub fn with_tls(mut self) -> ClusterLayout {
+        self.tls_dir = Some(self.data_dir.join(CERTS_DIR));
+        self
+    }
+
+    /// The certificates' directory, when the cluster runs TLS.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
     }
 
     /// Uses these programs for the node and the router.
@@ -143,7 +162,7 @@ impl ClusterLayout {
 
     /// How to start `role`: the same flags every time.
     pub fn launch_plan(&self, role: Role) -> LaunchPlan {
-        let args: Vec<OsString> = match role {
+        let mut args: Vec<OsString> = match role {
             Role::Node(id) => vec![
                 "--id".into(),
                 id.to_string().into(),
@@ -173,6 +192,17 @@ impl ClusterLayout {
                 self.metrics_address_of(role).into(),
             ],
         };
+        if let Some(dir) = &self.tls_dir {
+            // Nodes and router share the node certificate: the router is part of the cluster.
+            for (flag, file) in [
+                ("--cert", dev_certs::NODE_CERT_FILE),
+                ("--key", dev_certs::NODE_KEY_FILE),
+                ("--ca", dev_certs::CA_FILE),
+            ] {
+                args.push(flag.into());
+                args.push(dir.join(file).into());
+            }
+        }
         let program = match role {
             Role::Node(_) => self.node_program.clone(),
             Role::Router => self.router_program.clone(),

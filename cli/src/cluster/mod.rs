@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use raftkv::client::Client;
+use raftkv::client::{Client, ClientOptions};
+use raftkv::tls::dev_certs::{self, DEV_CERT_FILES};
+use raftkv::tls::ClientTls;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
@@ -58,6 +60,10 @@ pub struct UpArgs {
     /// Leave the cluster running in the background and exit; `raftkv cluster down` stops it.
     #[arg(long)]
     detach: bool,
+    /// Run every connection with TLS (client certificates required): the certificates are
+    /// made in DIR/certs on the first run and reused after.
+    #[arg(long)]
+    tls: bool,
     /// How long to wait for the router and an elected leader.
     #[arg(long, default_value = "30s", value_parser = raftkv::usage::parse_positive_duration, value_name = "DURATION")]
     ready_timeout: Duration,
@@ -77,16 +83,23 @@ pub struct DownArgs {
 pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("cannot resolve the data directory {}", args.data_dir.display()))?;
-    let layout = ClusterLayout::new(data_dir, args.base_port, args.nodes)
+    let mut layout = ClusterLayout::new(data_dir, args.base_port, args.nodes)
         .map_err(CliError::Usage)?
         .with_programs(
             children::locate_binary(layout::NODE_BINARY),
             children::locate_binary(layout::ROUTER_BINARY),
         );
+    if args.tls {
+        layout = layout.with_tls();
+    }
     std::fs::create_dir_all(layout.data_dir())
         .with_context(|| format!("cannot create the data directory {}", layout.data_dir().display()))?;
     refuse_if_running(&layout)?;
     refuse_if_ports_taken(&layout)?;
+    let client_tls = match layout.tls_dir() {
+        Some(dir) => Some(tls_certificates(dir)?),
+        None => None,
+    };
 
     let lifetime = if args.detach {
         Lifetime::Detached
@@ -97,7 +110,15 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
     let mut signals = ShutdownSignals::new()?;
     let started_at = Instant::now();
     let mut cluster = LocalCluster::start(layout, lifetime)?;
-    let probe_client = Client::new(vec![cluster.layout.router_address()], status::WATCH_PROBE_TIMEOUT)?;
+    let options = ClientOptions {
+        tls: client_tls,
+        ..ClientOptions::default()
+    };
+    let probe_client = Client::with_options(
+        vec![cluster.layout.router_address()],
+        status::WATCH_PROBE_TIMEOUT,
+        options,
+    )?;
     let members = cluster.members();
     let mut elections = ElectionWatch::vacant_since(started_at.into_std());
     println!(
@@ -209,6 +230,35 @@ pub async fn down(args: DownArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The certificates of a TLS cluster in `dir`: made there on the first run, reused after.
+/// Returns what the CLI connects with (the CA and the client certificate).
+fn tls_certificates(dir: &std::path::Path) -> Result<ClientTls, CliError> {
+    let present: Vec<&str> = DEV_CERT_FILES
+        .into_iter()
+        .filter(|name| dir.join(name).exists())
+        .collect();
+    if present.is_empty() {
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        crate::certs::write(dir, &hosts, false)?;
+        println!("made a development CA and certificates in {}", dir.display());
+    } else if present.len() < DEV_CERT_FILES.len() {
+        return Err(CliError::Failed(anyhow!(
+            "{} holds only some of {}; remove it, or remake them with `raftkv certs create --dir {} --force`",
+            dir.display(),
+            DEV_CERT_FILES.join(", "),
+            dir.display()
+        )));
+    }
+    ClientTls::load(
+        &dir.join(dev_certs::CA_FILE),
+        Some((
+            &dir.join(dev_certs::CLIENT_CERT_FILE),
+            &dir.join(dev_certs::CLIENT_KEY_FILE),
+        )),
+    )
+    .map_err(|error| CliError::Failed(anyhow!(error)))
 }
 
 /// A `cluster up` in the same directory that still runs would fight this one over the data.
@@ -497,6 +547,14 @@ fn print_endpoints(cluster: &mut LocalCluster, election: &ElectionEvent) {
     } else {
         format!(" --endpoint {}", layout.router_address())
     };
+    if let Some(dir) = layout.tls_dir() {
+        println!(
+            "TLS: every connection needs a certificate; point the CLI at it with\n  export RAFTKV_CACERT={} RAFTKV_CERT={} RAFTKV_KEY={}",
+            dir.join(dev_certs::CA_FILE).display(),
+            dir.join(dev_certs::CLIENT_CERT_FILE).display(),
+            dir.join(dev_certs::CLIENT_KEY_FILE).display()
+        );
+    }
     println!("try: raftkv{endpoint_flag} put greeting hello && raftkv{endpoint_flag} get greeting");
 }
 

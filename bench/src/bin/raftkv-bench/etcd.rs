@@ -43,7 +43,7 @@ impl EtcdTarget {
         }
         let members = endpoints
             .iter()
-            .map(|address| client::endpoint(address).map(|endpoint| KvClient::new(endpoint.connect_lazy())))
+            .map(|address| client::endpoint(address, None).map(|endpoint| KvClient::new(endpoint.connect_lazy())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(EtcdTarget { members, timeout })
     }

@@ -90,7 +90,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         bench,
     } = cli;
     match bench.target {
-        TargetKind::Raftkv => raftkv_bench::run_against_raftkv(endpoints, timeout, bench).await,
+        TargetKind::Raftkv => raftkv_bench::run_against_raftkv(endpoints, timeout, None, bench).await,
         TargetKind::Etcd => {
             let addresses = endpoints.clone();
             raftkv_bench::run(endpoints, bench, move || EtcdTarget::open(&addresses, timeout)).await
