@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv::client;
 use raftkv::pb::{self, cluster_client::ClusterClient, Consistency};
 use tokio::time::Instant;
 
@@ -58,7 +57,7 @@ async fn killed_leader_is_replaced_and_writes_resume_through_the_router() {
 
 /// Node `id`'s status stream (Cluster.WatchStatus), straight from the node.
 async fn watch_status(cluster: &TestCluster, id: u64) -> tonic::Streaming<pb::NodeStatus> {
-    let channel = client::channel(cluster.address(id)).expect("a node channel");
+    let channel = cluster.channel(cluster.address(id));
     ClusterClient::new(channel)
         .watch_status(pb::StatusRequest {})
         .await

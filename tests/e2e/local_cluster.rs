@@ -1,9 +1,9 @@
 //! A user's first steps, with the real `raftkv` binary: `cluster up --detach`
 //! starts three nodes and a router, put/get/status and `leader transfer` work through the router,
 //! `cluster down` stops everything, and a second `cluster up` on the same data
-//! directory finds the data again.
+//! directory finds the data again; `cluster up --tls` does the same with TLS, making its
+//! certificates once.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,20 +32,8 @@ impl Drop for DetachedCluster {
 /// A base port whose next three ports are free as well (router on base, nodes on base+1..3),
 /// and so are their metrics ports, 100 above them.
 fn free_port_block() -> u16 {
-    for _ in 0..200 {
-        let base = common::free_port();
-        if base > u16::MAX - 104 {
-            continue;
-        }
-        let others = (1..=3).chain(100..=103);
-        if others
-            .into_iter()
-            .all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no block of four free ports");
+    // The whole span is claimed: base..=base+3 for gRPC, base+100..=base+103 for metrics.
+    common::free_port_block(104)
 }
 
 async fn raftkv(args: &[&str]) -> Finished {
@@ -53,8 +41,13 @@ async fn raftkv(args: &[&str]) -> Finished {
 }
 
 async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
+    up_with(dir, base_port, &[]).await.0
+}
+
+/// `cluster up --detach` with `extra` flags; the cluster and what `up` printed.
+async fn up_with(dir: &Path, base_port: u16, extra: &[&str]) -> (DetachedCluster, Finished) {
     let base = base_port.to_string();
-    let run = raftkv(&[
+    let mut args = vec![
         "cluster",
         "up",
         "--detach",
@@ -62,15 +55,16 @@ async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
         dir.to_str().unwrap(),
         "--base-port",
         &base,
-    ])
-    .await;
+    ];
+    args.extend_from_slice(extra);
+    let run = raftkv(&args).await;
     let cluster = DetachedCluster {
         dir: dir.to_path_buf(),
         base_port,
         printed: run.stdout.clone(),
     };
     assert!(run.status.success(), "cluster up failed: {run:?}");
-    cluster
+    (cluster, run)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,6 +178,60 @@ async fn cluster_up_serves_the_cli_and_a_second_run_keeps_the_data() {
     let cluster = up(&dir, base_port).await;
     let endpoint = format!("127.0.0.1:{}", cluster.base_port);
     let run = raftkv(&["--endpoint", &endpoint, "get", "greeting"]).await;
+    assert_eq!(
+        (run.status.code(), run.stdout.as_str()),
+        (Some(0), "hello\n"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_with_tls_makes_certificates_once_and_serves_the_cli_it_points_at_them() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("data");
+    let base_port = free_port_block();
+    let (cluster, run) = up_with(&dir, base_port, &["--tls"]).await;
+    let endpoint = format!("127.0.0.1:{}", cluster.base_port);
+    // `up` prints the settings that point the CLI at the certificates; take them from there.
+    let exports = run
+        .stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("export "))
+        .unwrap_or_else(|| panic!("no export line in {run:?}"));
+    let setting = |name: &str| {
+        exports
+            .split_whitespace()
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {exports}"))
+            .to_string()
+    };
+    let (ca, cert, key) = (setting("RAFTKV_CACERT"), setting("RAFTKV_CERT"), setting("RAFTKV_KEY"));
+    let tls = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let with_tls = |command: &[&'static str]| {
+        let mut args = vec!["--endpoint", endpoint.as_str()];
+        args.extend_from_slice(&tls);
+        args.extend_from_slice(command);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let args = with_tls(&["put", "greeting", "hello"]);
+    let run = raftkv(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(run.status.success(), "{run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "--timeout", "300ms", "get", "greeting"]).await;
+    assert_eq!(run.status.code(), Some(3), "plaintext is refused: {run:?}");
+    assert!(run.stderr.contains("serves TLS"), "{run:?}");
+    let ca_before = std::fs::read(&ca).unwrap();
+
+    let run = raftkv(&["cluster", "down", "--data-dir", dir.to_str().unwrap()]).await;
+    assert!(run.status.success(), "cluster down stops a TLS cluster: {run:?}");
+    drop(cluster);
+    let (_cluster, _) = up_with(&dir, base_port, &["--tls"]).await;
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        ca_before,
+        "the second up reuses the certificates"
+    );
+    let args = with_tls(&["get", "greeting"]);
+    let run = raftkv(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert_eq!(
         (run.status.code(), run.stdout.as_str()),
         (Some(0), "hello\n"),

@@ -23,3 +23,4 @@ mod partition;
 mod pre_vote;
 mod replication;
 mod silent_leader;
+mod tls;

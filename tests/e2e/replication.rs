@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv::client::{self, Error};
+use raftkv::client::Error;
 use raftkv::pb::{self, Consistency};
 use raftkv::wire;
 use tonic::Code;
@@ -319,7 +319,7 @@ async fn follower_serves_linearizable_reads_and_refuses_writes_with_a_leader_hin
 
 /// A raw KvBatch client for node `id` (what the router uses).
 fn raw_batch(cluster: &TestCluster, id: u64) -> pb::kv_batch_client::KvBatchClient<tonic::transport::Channel> {
-    pb::kv_batch_client::KvBatchClient::new(client::channel(cluster.address(id)).expect("a node channel"))
+    pb::kv_batch_client::KvBatchClient::new(cluster.channel(cluster.address(id)))
 }
 
 fn item(request: pb::batch_item::Request) -> pb::BatchItem {

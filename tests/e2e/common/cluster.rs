@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
-use raftkv::client::{self, Client};
+use raftkv::client::{self, Client, ClientOptions};
 use raftkv::pb::{self, kv_client::KvClient};
+use raftkv::tls::dev_certs::{self, DevCa, DevCertificates, Validity};
+use raftkv::tls::ClientTls;
 use tempfile::TempDir;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -35,6 +37,10 @@ pub struct ClusterOptions {
     pub addresses: Option<BTreeMap<u64, NodeAddresses>>,
     /// Whether every process serves /metrics and /health (`--metrics-listen`, a free port each).
     pub metrics: bool,
+    /// Whether every connection is TLS: a development CA of the cluster's own signs a node
+    /// certificate (for 127.0.0.1) that the nodes and the router serve with, and a client
+    /// certificate that the cluster's clients present.
+    pub tls: bool,
 }
 
 /// How one node is placed on the network.
@@ -58,6 +64,7 @@ impl Default for ClusterOptions {
             node_args: Vec::new(),
             addresses: None,
             metrics: false,
+            tls: false,
         }
     }
 }
@@ -79,6 +86,69 @@ impl ClusterOptions {
     pub fn without_router(mut self) -> Self {
         self.router = false;
         self
+    }
+
+    /// Runs every connection with TLS (see [`ClusterOptions::tls`]).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
+
+/// A TLS cluster's certificates: its CA (kept, to sign more in a test) and the files the
+/// processes and the CLI are given.
+pub struct ClusterTls {
+    /// The cluster's CA.
+    pub ca: DevCa,
+    /// Where ca.pem, node.pem, node-key.pem, client.pem and client-key.pem are.
+    pub dir: PathBuf,
+    /// What the cluster's clients connect with: the CA and the client certificate.
+    pub client: ClientTls,
+}
+
+impl ClusterTls {
+    fn create(dir: PathBuf) -> ClusterTls {
+        let validity = Validity::from_now(Duration::from_secs(24 * 3600));
+        let ca = DevCa::new("raftkv test CA", validity).expect("a CA");
+        DevCertificates::signed_by(&ca, &["127.0.0.1".to_string()], validity)
+            .expect("certificates")
+            .write(&dir, false)
+            .expect("certificates written");
+        let client = ClientTls::load(
+            &dir.join(dev_certs::CA_FILE),
+            Some((
+                &dir.join(dev_certs::CLIENT_CERT_FILE),
+                &dir.join(dev_certs::CLIENT_KEY_FILE),
+            )),
+        )
+        .expect("the client's TLS");
+        ClusterTls { ca, dir, client }
+    }
+
+    /// `--cert --key --ca` for a node or the router.
+    fn server_args(&self) -> Vec<String> {
+        self.file_flags([
+            ("--cert", dev_certs::NODE_CERT_FILE),
+            ("--key", dev_certs::NODE_KEY_FILE),
+            ("--ca", dev_certs::CA_FILE),
+        ])
+    }
+
+    /// `--cacert --cert --key` for the CLI.
+    pub fn cli_args(&self) -> Vec<String> {
+        self.file_flags([
+            ("--cacert", dev_certs::CA_FILE),
+            ("--cert", dev_certs::CLIENT_CERT_FILE),
+            ("--key", dev_certs::CLIENT_KEY_FILE),
+        ])
+    }
+
+    /// Each flag followed by the path of its file in the certificates' directory.
+    fn file_flags(&self, flags: [(&str, &str); 3]) -> Vec<String> {
+        flags
+            .into_iter()
+            .flat_map(|(flag, name)| [flag.to_string(), self.dir.join(name).display().to_string()])
+            .collect()
     }
 }
 
@@ -117,6 +187,8 @@ pub struct TestCluster {
     router: RouterProcess,
     initial_cluster: String,
     node_args: Vec<String>,
+    /// The certificates, when every connection is TLS.
+    tls: Option<ClusterTls>,
     /// Short-timeout client used only for status probes.
     probe: Client,
 }
@@ -177,13 +249,20 @@ impl TestCluster {
             log: root.path().join("router.log"),
             child: None,
         };
-        let probe = Client::new(vec![nodes[&1].address.clone()], STATUS_PROBE_TIMEOUT).expect("a status client");
+        let tls = options.tls.then(|| ClusterTls::create(root.path().join("certs")));
+        let client_options = ClientOptions {
+            tls: tls.as_ref().map(|tls| tls.client.clone()),
+            ..ClientOptions::default()
+        };
+        let probe = Client::with_options(vec![nodes[&1].address.clone()], STATUS_PROBE_TIMEOUT, client_options)
+            .expect("a status client");
         let mut cluster = TestCluster {
             root,
             nodes,
             router,
             initial_cluster,
             node_args: options.node_args,
+            tls,
             probe,
         };
         for id in cluster.ids() {
@@ -284,29 +363,54 @@ impl TestCluster {
 
     // ---- clients ----
 
+    /// The certificates, when the cluster runs TLS.
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// How the cluster's clients connect: TLS with the client certificate when the cluster
+    /// runs TLS.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            tls: self.tls.as_ref().map(|tls| tls.client.clone()),
+            ..ClientOptions::default()
+        }
+    }
+
     /// A client that goes through the router.
     pub fn client(&self) -> Client {
-        Client::new(vec![self.router.address.clone()], CLIENT_TIMEOUT).expect("a router client")
+        Client::with_options(vec![self.router.address.clone()], CLIENT_TIMEOUT, self.client_options())
+            .expect("a router client")
     }
 
     /// A client whose only endpoint is node `id` (it still follows leader hints).
     pub fn node_client(&self, id: u64) -> Client {
-        Client::new(vec![self.address(id).to_string()], CLIENT_TIMEOUT).expect("a node client")
+        Client::with_options(
+            vec![self.address(id).to_string()],
+            CLIENT_TIMEOUT,
+            self.client_options(),
+        )
+        .expect("a node client")
     }
 
     /// A client with every node as an endpoint and no router.
     pub fn nodes_client(&self) -> Client {
-        Client::new(self.addresses(), CLIENT_TIMEOUT).expect("a nodes client")
+        Client::with_options(self.addresses(), CLIENT_TIMEOUT, self.client_options()).expect("a nodes client")
+    }
+
+    /// A channel to `address` as the cluster's clients connect.
+    pub fn channel(&self, address: &str) -> Channel {
+        client::channel(address, self.tls.as_ref().map(|tls| &tls.client)).expect("a channel")
     }
 
     /// A raw gRPC Kv client for node `id`: no validation, no retries, no hint following.
     pub fn raw_kv(&self, id: u64) -> KvClient<Channel> {
-        KvClient::new(client::channel(self.address(id)).expect("a node channel"))
+        KvClient::new(self.channel(self.address(id)))
     }
 
     /// A raw gRPC Kv client for the router.
     pub fn raw_router_kv(&self) -> KvClient<Channel> {
-        KvClient::new(client::channel(&self.router.address).expect("a router channel"))
+        KvClient::new(self.channel(&self.router.address))
     }
 
     // ---- status ----
@@ -475,10 +579,12 @@ impl TestCluster {
         if let Some(metrics) = &self.router.metrics {
             args.extend(["--metrics-listen".to_string(), metrics.clone()]);
         }
+        args.extend(self.tls.iter().flat_map(ClusterTls::server_args));
         let child = spawn_logged(&binary("raftkv-router"), &args, &self.router.log);
         self.router.child = Some(child);
         let address = self.router.address.clone();
-        let router = Client::new(vec![address.clone()], STATUS_PROBE_TIMEOUT).expect("a router client");
+        let router = Client::with_options(vec![address.clone()], STATUS_PROBE_TIMEOUT, self.client_options())
+            .expect("a router client");
         let deadline = Instant::now() + PROCESS_READY_TIMEOUT;
         loop {
             if let Some(exit) = self
@@ -554,6 +660,7 @@ impl TestCluster {
         if let Some(metrics) = &node.metrics {
             args.extend(["--metrics-listen".to_string(), metrics.clone()]);
         }
+        args.extend(self.tls.iter().flat_map(ClusterTls::server_args));
         args.extend(self.node_args.iter().cloned());
         args
     }

@@ -23,7 +23,7 @@ mod process;
 pub mod scrape;
 
 pub use cluster::{ClusterOptions, NodeAddresses, TestCluster};
-pub use process::{binary, free_port, node_refusal, run_to_end, Finished};
+pub use process::{binary, free_port, free_port_block, node_refusal, run_to_end, Finished};
 
 use std::future::Future;
 use std::time::Duration;

@@ -97,11 +97,18 @@ pub async fn run_to_end(program: &Path, args: &[&str], within: Duration) -> Fini
 }
 
 /// A loopback port that is free now and that no other test of this process gets.
+pub fn free_port() -> u16 {
+    free_port_block(1)
+}
+
+/// The first of `count` consecutive loopback ports that are all free now and that no other
+/// test of this process gets (a whole block is claimed at once, so a test that derives ports
+/// from a base, as `cluster up --base-port` does, never shares them with another test).
 ///
 /// Ports come from [`PORT_RANGE`], starting at an offset derived from the process id so that
 /// test binaries running side by side rarely probe the same ports, and each is checked by
 /// binding it.
-pub fn free_port() -> u16 {
+pub fn free_port_block(count: u32) -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let span = PORT_RANGE.end - PORT_RANGE.start;
     let _ = NEXT.compare_exchange(
@@ -111,12 +118,16 @@ pub fn free_port() -> u16 {
         Ordering::SeqCst,
     );
     for _ in 0..span {
-        let port = (PORT_RANGE.start + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let offset = NEXT.fetch_add(count, Ordering::SeqCst) % span;
+        if offset + count > span {
+            continue;
+        }
+        let base = PORT_RANGE.start + offset;
+        if (base..base + count).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok()) {
+            return base as u16;
         }
     }
-    panic!("no free port in {PORT_RANGE:?}");
+    panic!("no block of {count} free ports in {PORT_RANGE:?}");
 }
 
 /// Starts `program` with stdout and stderr appended to `log`, after a line that says how.
