@@ -23,14 +23,23 @@
 //! background once the active one is half full. Truncation zeroes the
 //! truncated records, so an old record can never reappear behind newer ones.
 //!
-//! Recovery reads every segment. A bad record (short, or a wrong checksum) in
-//! the last segment is taken as a write torn by a crash: an append
-//! is acknowledged only after its fdatasync, so the records of a torn append
-//! were never acknowledged. They are zeroed, with a warning, and so is anything
-//! after the last segment's records (a later write that reached the disk when an
-//! earlier one did not). A bad record in
-//! any earlier segment, or a well-formed one out of order anywhere, is
-//! corruption, and the log refuses to open.
+//! Recovery reads every segment and tells a write torn by a crash from corruption.
+//! Only the records written since the last fdatasync can be torn, and they all lie at
+//! the end of the last segment (a segment is synced before the next one is started).
+//! After a crash, each [`DISK_BLOCK_BYTES`] block they were written to holds either
+//! their bytes or what was there before: zeros, since segments are zeroed before use
+//! and truncated or torn records are zeroed. So a bad record (short, or a wrong
+//! checksum) in the last segment is a torn write only when one of its blocks is still
+//! all zeros; its records, and everything after them, were never acknowledged (an
+//! append is acknowledged only after its fdatasync, which covers all written before
+//! it), and they are zeroed with a warning. The same holds for bytes after the last
+//! segment's records (a later block of the write reached the disk when an earlier one
+//! did not). Anything else is corruption and the log refuses to open, touching
+//! nothing: a bad record without a zero block (even the last one), a bad record in any
+//! earlier segment, or a well-formed one out of order anywhere. Acknowledged records
+//! are never zeroed, with one exception no check of the bytes can rule out: damage that
+//! leaves whole blocks of zeros looks like a torn write (a disk that returns zeros for a
+//! lost block; or a value that is itself a block of zeros, damaged elsewhere).
 //!
 //! Invariant: the records' indexes are consecutive. Damage found on disk is a
 //! refusal to open, with a one-line reason ([`WalOpenError`]); an append or a
@@ -51,6 +60,9 @@ const HEADER: usize = 16;
 /// The largest append buffer kept for the next append.
 const KEPT_BUFFER_BYTES: usize = 4 << 20;
 const SPARE: &str = "next-segment.tmp";
+/// The unit a disk writes whole (its sector): a write cut short by a crash leaves each
+/// aligned block of it either written or as it was.
+const DISK_BLOCK_BYTES: usize = 512;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Why the log's files cannot be opened: the file system refused, or they are damaged.
@@ -72,9 +84,14 @@ pub enum WalOpenError {
         found: u64,
         expected: u64,
     },
-    /// A bad record before the last segment (in the last one it is a torn write, repaired).
-    #[error("raft log segment {segment} is corrupt at byte {offset}")]
-    Corrupt { segment: String, offset: usize },
+    /// A bad record that no crash can have left: in a segment before the last, or in the
+    /// last one without the zero block a torn write leaves.
+    #[error("raft log segment {segment} is corrupt at byte {offset}: {why}; refusing to open it")]
+    Corrupt {
+        segment: String,
+        offset: usize,
+        why: &'static str,
+    },
 }
 
 /// Where one record lives.
@@ -180,6 +197,30 @@ fn parse(data: &[u8]) -> Parsed<'_> {
     }
 }
 
+/// Whether the bad record at `at` in a segment's `data` is what a write cut short by a
+/// crash leaves: one of the [`DISK_BLOCK_BYTES`] blocks it was written to is all zeros
+/// from the record's start (or the block's) to the block's end. Its extent is what its
+/// header says when that fits in the segment, else the header alone (a header cut short
+/// may say anything).
+fn cut_short(data: &[u8], at: usize) -> bool {
+    let declared_end = data
+        .get(at..at + 4)
+        .map(|len| at + HEADER + u32::from_le_bytes(len.try_into().unwrap()) as usize);
+    let end = match declared_end {
+        Some(end) if end <= data.len() => end,
+        _ => (at + HEADER).min(data.len()),
+    };
+    let mut block = at - at % DISK_BLOCK_BYTES;
+    while block < end {
+        let written = &data[block.max(at)..(block + DISK_BLOCK_BYTES).min(data.len())];
+        if written.iter().all(|b| *b == 0) {
+            return true;
+        }
+        block += DISK_BLOCK_BYTES;
+    }
+    false
+}
+
 fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     let mut at = from;
     while at < to {
@@ -270,6 +311,14 @@ impl Wal {
                 return Err(WalOpenError::Corrupt {
                     segment: name,
                     offset: at,
+                    why: "a damaged record before the last segment (only the last one is ever written unsynced)",
+                });
+            }
+            if torn && !cut_short(&data, at) {
+                return Err(WalOpenError::Corrupt {
+                    segment: name,
+                    offset: at,
+                    why: "a damaged record with no block left unwritten, so not a write torn by a crash",
                 });
             }
             // Records are written before the fdatasync that acknowledges them, and a crash
@@ -658,6 +707,42 @@ mod tests {
         (file, wal.offset)
     }
 
+    /// The first disk block boundary after `offset`.
+    fn block_boundary_after(offset: u64) -> u64 {
+        (offset / DISK_BLOCK_BYTES as u64 + 1) * DISK_BLOCK_BYTES as u64
+    }
+
+    /// A closed log holding entries 1..=40 in one segment: that segment's path and the end
+    /// of its records.
+    fn forty_records_in_one_segment(dir: &Path) -> (PathBuf, usize) {
+        let mut wal = Wal::open(dir, None, SMALL * 16).unwrap();
+        for start in (1..41).step_by(4) {
+            append(&mut wal, start..start + 4);
+        }
+        assert_eq!(segments(dir), 1);
+        (dir.join(segment_name(wal.active)), wal.offset as usize)
+    }
+
+    /// 64 bytes of damage at `offset`: none of them zero, as random damage rarely is.
+    fn damage(path: &Path, offset: usize) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mut state = offset as u64 | 1;
+        for byte in &mut bytes[offset..offset + 64] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = (state as u8) | 1;
+        }
+        std::fs::write(path, &bytes).unwrap();
+        bytes
+    }
+
+    /// Where tests damage the used part of a segment that ends at `end`: its start, a record
+    /// header, the middle, the last record and the very end.
+    fn damage_offsets(end: usize) -> [usize; 5] {
+        [0, 4, end / 2, end - 200, end - 64]
+    }
+
     fn indexes(wal: &Wal) -> Vec<u64> {
         let read = wal.reader().read(0, u64::MAX).unwrap();
         for (i, p) in &read {
@@ -724,10 +809,12 @@ mod tests {
     fn a_torn_last_write_is_cut_off_and_zeroed() {
         let dir = tempfile::tempdir().unwrap();
         let (file, end) = three_records_then_closed(dir.path());
-        // Half a record: a crash in the middle of the next append.
+        // A crash in the middle of the next append: its blocks up to a block boundary
+        // reached the disk, the rest did not.
         let mut torn = Vec::new();
-        encode_record(&mut torn, 4, &payload(4));
-        file.write_all_at(&torn[..torn.len() / 2], end).unwrap();
+        encode_record(&mut torn, 4, &[7u8; 2000]);
+        let cut = block_boundary_after(end + HEADER as u64) - end;
+        file.write_all_at(&torn[..cut as usize], end).unwrap();
         let mut wal = Wal::open(dir.path(), None, SMALL * 4).unwrap();
         assert_eq!(indexes(&wal), vec![1, 2, 3]);
         let mut rest = vec![1u8; torn.len()];
@@ -803,6 +890,91 @@ mod tests {
         let err = Wal::open(dir.path(), None, SMALL).err().unwrap().to_string();
         assert!(err.contains("corrupt") && err.contains(&segment_name(1)), "{err}");
         assert_eq!(std::fs::read(&first).unwrap(), bytes);
+    }
+
+    #[test]
+    fn damage_anywhere_in_the_last_segment_is_refused_untouched_not_taken_for_a_torn_write() {
+        for offset in damage_offsets(forty_records_in_one_segment(tempfile::tempdir().unwrap().path()).1) {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, _) = forty_records_in_one_segment(dir.path());
+            let damaged = damage(&path, offset);
+            let err = Wal::open(dir.path(), None, SMALL * 16).err().map(|e| e.to_string());
+            let err = err.unwrap_or_else(|| panic!("damage at byte {offset} was taken for a torn write"));
+            assert!(err.contains("corrupt") && err.contains("not a write torn"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                damaged,
+                "damage at {offset}: nothing is zeroed"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_anywhere_in_an_earlier_segment_is_refused_untouched() {
+        let first = |dir: &Path| dir.join(segment_name(1));
+        let probe = tempfile::tempdir().unwrap();
+        drop(forty_records_in_small_segments(probe.path()));
+        let used = Wal::open(probe.path(), None, SMALL)
+            .unwrap()
+            .read_index()
+            .locs
+            .iter()
+            .filter(|l| l.seq == 1)
+            .map(|l| l.offset as usize + HEADER + l.len as usize)
+            .max()
+            .unwrap();
+        for offset in damage_offsets(used) {
+            let dir = tempfile::tempdir().unwrap();
+            drop(forty_records_in_small_segments(dir.path()));
+            let damaged = damage(&first(dir.path()), offset);
+            let err = Wal::open(dir.path(), None, SMALL).err().unwrap().to_string();
+            assert!(
+                err.contains("corrupt") && err.contains("before the last segment"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(first(dir.path())).unwrap(), damaged, "damage at {offset}");
+        }
+    }
+
+    #[test]
+    fn a_last_append_with_any_block_unwritten_is_a_torn_write_even_with_whole_records_after() {
+        let mut append_bytes = Vec::new();
+        for i in 41..44 {
+            encode_record(&mut append_bytes, i, &[i as u8; 900]);
+        }
+        let probe = tempfile::tempdir().unwrap();
+        let end = forty_records_in_one_segment(probe.path()).1 as u64;
+        let append_end = end + append_bytes.len() as u64;
+        // Each block the last append reached, from its first whole one to its last one:
+        // the append reached the disk except for that block.
+        let mut unwritten = block_boundary_after(end + HEADER as u64);
+        let mut cases = 0;
+        while unwritten < append_end {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, end) = forty_records_in_one_segment(dir.path());
+            let file = open_rw(&path).unwrap();
+            file.write_all_at(&append_bytes, end as u64).unwrap();
+            write_zeros(&file, unwritten, (unwritten + DISK_BLOCK_BYTES as u64).min(append_end)).unwrap();
+            let wal = Wal::open(dir.path(), None, SMALL * 16)
+                .unwrap_or_else(|e| panic!("block at {unwritten} unwritten: {e}"));
+            // The append's records that lie wholly before the unwritten block are whole, and kept.
+            let record_bytes = (append_bytes.len() / 3) as u64;
+            let whole = (unwritten - end as u64) / record_bytes;
+            let read = wal.reader().read(0, u64::MAX).unwrap();
+            let got: Vec<u64> = read.iter().map(|(i, _)| *i).collect();
+            assert_eq!(got, (1..41 + whole).collect::<Vec<_>>(), "block at {unwritten}");
+            for (i, kept) in read {
+                let written = if i < 41 { payload(i) } else { vec![i as u8; 900] };
+                assert_eq!(kept.as_ref(), written.as_slice(), "entry {i}");
+            }
+            let kept_end = end + (whole * record_bytes) as usize;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(bytes[kept_end..].iter().all(|b| *b == 0), "the torn rest is zeroed");
+            unwritten += DISK_BLOCK_BYTES as u64;
+            cases += 1;
+        }
+        assert!(cases >= 4, "the append spans several blocks");
     }
 
     #[test]
