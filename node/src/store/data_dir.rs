@@ -139,6 +139,20 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
         dir: dir.to_path_buf(),
         reason,
     })?;
+    // The log is purged only once the state machine made every entry up to the purge
+    // point durable (`wal_writer.rs`), so a state machine behind it lost applies that the
+    // log no longer holds (an engine that rolled back at recovery, or damage): refused,
+    // never served. One behind the commit marker but not the purge point is a crash's
+    // ordinary lag: the log still holds what it needs, and openraft applies it again.
+    if let Some(purged) = log_store.purged_index() {
+        let applied = state_machine.applied_index();
+        if applied.is_none_or(|applied| applied < purged) {
+            let applied = applied.map_or("no entry".to_string(), |index| format!("entry {index}"));
+            return Err(corrupt(format!(
+                "its state machine ({SM_DIR}) has applied only up to {applied}, but the raft log was purged through entry {purged}, which it had applied: the state machine lost writes (rolled back or damaged)"
+            )));
+        }
+    }
     Ok(DataDir {
         log_store,
         state_machine,
@@ -403,6 +417,29 @@ mod tests {
         std::fs::create_dir(dir.path().join(SM_DIR)).unwrap();
         let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap();
         assert!(err.to_string().contains("is empty but its raft log is not"), "{err}");
+    }
+
+    #[test]
+    fn a_state_machine_behind_the_purged_log_is_refused_as_having_lost_writes() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = open_when_released(dir.path(), 1, CLUSTER).unwrap();
+        save_a_vote(&mut d);
+        // The log purged through entry 5, as after a snapshot, and a state machine that
+        // applied nothing: what an engine that rolled back at recovery would show.
+        let purged = crate::types::LogId::new(crate::types::LeaderId { term: 1, node_id: 1 }, 5);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(d.log_store.purge(purged))
+            .unwrap();
+        drop(d);
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap().to_string();
+        assert!(
+            err.contains("applied only up to no entry") && err.contains("purged through entry 5"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl LogStore {
             && self.purged.lock().expect("purge point lock").is_none()
     }
 
+    /// The index of the last entry purged from the log, if any: the state machine had made
+    /// every entry up to it durable before (see `wal_writer.rs`).
+    pub fn purged_index(&self) -> Option<u64> {
+        self.purged.lock().expect("purge point lock").map(|id| id.index)
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

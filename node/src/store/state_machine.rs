@@ -214,6 +214,11 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// The index of the last entry applied, if any.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied.map(|id| id.index)
+    }
+
     pub fn reader(&self) -> KvReader {
         KvReader {
             engine: self.engine.clone(),
