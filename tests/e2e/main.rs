@@ -16,6 +16,7 @@ mod engines;
 mod exactly_once;
 mod failover;
 mod input_validation;
+mod integrity;
 mod jepsen;
 mod local_cluster;
 mod metrics;

@@ -543,6 +543,37 @@ impl TestCluster {
         self.wait_until_node_answers(id).await;
     }
 
+    /// Starts node `id` again, as [`TestCluster::restart`], where it may refuse to start: waits
+    /// until it answers (`Ok`) or exits (`Err` with what it printed since it started).
+    pub async fn restart_or_refusal(&mut self, id: u64) -> Result<(), String> {
+        assert!(
+            !self.is_running(id),
+            "node {id} is still running; kill or stop it first"
+        );
+        self.spawn_node(id);
+        let deadline = Instant::now() + PROCESS_READY_TIMEOUT;
+        loop {
+            let node = self.nodes.get_mut(&id).expect("a known node");
+            if let Some(child) = node.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    node.child = None;
+                    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                    let since_start = log.rsplit_once("===== starting").map_or("", |(_, run)| run);
+                    let printed = since_start.split_once('\n').map_or("", |(_, printed)| printed);
+                    return Err(printed.trim().to_string());
+                }
+            }
+            if self.status(id).await.is_ok() {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} neither answered nor exited within {PROCESS_READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Freezes node `id` with SIGSTOP: it holds its connections but answers nothing.
     pub fn pause(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap_or_else(|| panic!("no node {id}"));

@@ -1,0 +1,224 @@
+//! End to end: a damaged data directory is refused or served whole, never served wrong.
+//! Every file of a stopped node's data directory (the Raft log's segments, its vote, purge
+//! point and commit marker, the identity, the snapshot, the state machine engine's files)
+//! gets 64 bytes of damage at the start, the middle and the end of its used part, one case at
+//! a time on a fresh copy; the node, started alone (the others stopped, so nothing can repair
+//! it or move the cluster on), then either refuses to start with one line, or starts, applies
+//! all it had applied, and answers every key from its own state with the value the cluster
+//! acknowledged. The test prints what each case did (`--nocapture` shows it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raftkv::pb::{self, Consistency};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::common::{self, key, value, ClusterOptions, TestCluster};
+
+/// Keys written before the damage, enough for snapshots and a purged log (see the flags).
+const KEYS: usize = 60;
+/// Bytes of damage in each case.
+const DAMAGE_BYTES: usize = 64;
+/// How long a node that started may take to apply what it had applied and answer a key.
+const SERVE_WITHIN: Duration = Duration::from_secs(30);
+/// The node whose directory is damaged.
+const DAMAGED: u64 = 3;
+
+/// Where in a file's used part the damage goes.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    Start,
+    Middle,
+    End,
+}
+
+/// What a node did with one damaged directory.
+#[derive(Debug)]
+enum Outcome {
+    /// It refused to start, printing this.
+    Refused(String),
+    /// It started and answered every key right.
+    Served,
+    /// It started and answered a key wrong, or not at all.
+    ServedWrong(String),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_of_a_data_dir_damaged_at_start_middle_and_end_is_refused_or_served_whole() {
+    let options = ClusterOptions::default().without_router().node_args(&[
+        "--snapshot-after-logs",
+        "20",
+        "--keep-logs-after-snapshot",
+        "5",
+    ]);
+    let mut cluster = TestCluster::start_with(options).await;
+    let client = cluster.nodes_client();
+    for i in 0..KEYS {
+        client
+            .put(key("integrity", i), value("integrity", i))
+            .await
+            .expect("put");
+    }
+    let leader = cluster.leader().await;
+    let applied = cluster.status(leader).await.expect("the leader's status").applied_index;
+    let applied = applied.expect("an applied index");
+    cluster.wait_for_applied(DAMAGED, applied, SERVE_WITHIN).await;
+    let applied = cluster.status(DAMAGED).await.expect("a status").applied_index.unwrap();
+    for id in cluster.ids() {
+        assert!(cluster.stop(id).await.success(), "node {id} stops");
+    }
+
+    let dir = cluster.data_dir(DAMAGED).to_path_buf();
+    let pristine = cluster.temp_dir().join("pristine");
+    copy_dir(&dir, &pristine);
+    let files = files_under(&pristine);
+    for needed in ["identity", "raft-log/vote", "raft-log/committed", "snapshot.bin"] {
+        assert!(files.iter().any(|f| f == Path::new(needed)), "{needed} in {files:?}");
+    }
+
+    let mut report = Vec::new();
+    for file in &files {
+        for place in [Place::Start, Place::Middle, Place::End] {
+            copy_dir(&pristine, &dir);
+            let offset = damage(&dir.join(file), place);
+            let outcome = match cluster.restart_or_refusal(DAMAGED).await {
+                Err(printed) => Outcome::Refused(printed),
+                Ok(()) => {
+                    let outcome = serves_every_key(&cluster, applied).await;
+                    cluster.stop(DAMAGED).await;
+                    outcome
+                }
+            };
+            report.push((file.display().to_string(), place, offset, outcome));
+        }
+    }
+
+    eprintln!("file\tplace\toffset\toutcome");
+    for (file, place, offset, outcome) in &report {
+        eprintln!("{file}\t{place:?}\t{offset}\t{outcome:?}");
+    }
+    let wrong: Vec<_> = report
+        .iter()
+        .filter(|(.., outcome)| match outcome {
+            Outcome::Refused(printed) => refusal_lines(printed) != 1,
+            Outcome::Served => false,
+            Outcome::ServedWrong(why) => !why.is_empty(),
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "served wrong, or refused with other than one line: {wrong:#?}"
+    );
+}
+
+/// The lines of what a refusing node printed other than the storage engine's own log lines
+/// (fjall logs at ERROR what it finds wrong before it returns the error that the node prints;
+/// they carry a timestamp): the refusal itself must be one line.
+fn refusal_lines(printed: &str) -> usize {
+    printed
+        .lines()
+        .filter(|line| !line.starts_with(|c: char| c.is_ascii_digit()))
+        .count()
+}
+
+/// Whether node [`DAMAGED`], alone, applies all it had `applied` and then answers every key
+/// with its value from its own state.
+async fn serves_every_key(cluster: &TestCluster, applied: u64) -> Outcome {
+    let deadline = Instant::now() + SERVE_WITHIN;
+    loop {
+        let at = cluster
+            .status(DAMAGED)
+            .await
+            .ok()
+            .and_then(|status| status.applied_index);
+        if at.is_some_and(|at| at >= applied) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Outcome::ServedWrong(format!("applied index {at:?} after {SERVE_WITHIN:?}, not {applied}"));
+        }
+        tokio::time::sleep(common::POLL_INTERVAL).await;
+    }
+    let kv = cluster.raw_kv(DAMAGED);
+    for i in 0..KEYS {
+        let request = pb::GetRequest {
+            key: key("integrity", i),
+            consistency: Consistency::Stale as i32,
+        };
+        let answer = common::wait_until(SERVE_WITHIN, "an answer from the damaged node", || {
+            let (mut kv, request) = (kv.clone(), request.clone());
+            async move {
+                match kv.get(request).await {
+                    Err(status) if status.code() == Code::Unavailable => None,
+                    answer => Some(answer),
+                }
+            }
+        })
+        .await;
+        match answer {
+            Ok(reply) if reply.get_ref().value == value("integrity", i) => {}
+            Ok(reply) => return Outcome::ServedWrong(format!("key {i}: {:?}", reply.get_ref().value)),
+            Err(status) => return Outcome::ServedWrong(format!("key {i}: {status}")),
+        }
+    }
+    Outcome::Served
+}
+
+/// Writes [`DAMAGE_BYTES`] of damage (every byte changed) into `path` at `place` of its used
+/// part (up to its last byte that is not zero: log segments and fjall's journal are files of
+/// zeros written from the start); returns the offset.
+fn damage(path: &Path, place: Place) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(bytes.len(), |last| last + 1);
+    let length = DAMAGE_BYTES.min(used);
+    let offset = match place {
+        Place::Start => 0,
+        Place::Middle => (used - length) / 2,
+        Place::End => used - length,
+    };
+    let mut state = (offset as u64) << 8 | used as u64 | 1;
+    for byte in &mut bytes[offset..offset + length] {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte ^= (state as u8) | 1;
+    }
+    std::fs::write(path, &bytes).unwrap();
+    offset
+}
+
+/// The files under `dir` that hold anything, relative to it, in order.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::metadata(&path).unwrap().len() > 0 {
+                files.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Makes `to` an exact copy of `from` (what was in `to` goes).
+fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
