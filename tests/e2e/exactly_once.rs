@@ -3,10 +3,12 @@
 //! even after every node restarted — takes effect once and is answered with its
 //! first result.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use raftkv::pb::{self, Consistency};
 
-use crate::common::TestCluster;
+use crate::common::{self, TestCluster};
 
 const CLIENT_ID: u64 = 0x5eed_cafe;
 
@@ -54,12 +56,20 @@ async fn a_retried_compare_and_swap_takes_effect_once_across_a_leader_kill() {
     // The leader dies; the client retries the same write (same write id) elsewhere.
     cluster.kill9(leader);
     let new_leader = cluster.new_leader_other_than(leader).await;
-    let retry = cluster
-        .raw_kv(new_leader)
-        .compare_and_swap(request.clone())
-        .await
-        .expect("retry")
-        .into_inner();
+    // A leader just elected refuses writes (UNAVAILABLE, nothing applied) until a quorum has
+    // acknowledged it; a client resends the same write then, as this does.
+    let retry = common::wait_until(Duration::from_secs(10), "the new leader answers the retry", || {
+        let mut kv = cluster.raw_kv(new_leader);
+        let request = request.clone();
+        async move {
+            match kv.compare_and_swap(request).await {
+                Ok(reply) => Some(reply.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => None,
+                Err(status) => panic!("retry: {status}"),
+            }
+        }
+    })
+    .await;
     assert!(
         retry.swapped,
         "the retry is answered with the first result, not a failed comparison"
