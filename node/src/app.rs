@@ -214,9 +214,14 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
         .add_service(ClusterServer::new(ClusterService::new(app.clone())))
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone(), leader_contact))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            RaftServer::new(RaftService::new(
+                raft.clone(),
+                app.read_index.clone(),
+                leader_contact,
+                &settings.data_dir,
+            ))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
         // `tcp_nodelay` above does not apply to connections we accept ourselves: without
         // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
