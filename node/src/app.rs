@@ -217,9 +217,14 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
     }
-    let raft_service = RaftServer::new(RaftService::new(raft.clone(), app.read_index.clone(), leader_contact))
-        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let raft_service = RaftServer::new(RaftService::new(
+        raft.clone(),
+        app.read_index.clone(),
+        leader_contact,
+        &settings.data_dir,
+    ))
+    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     // Over TLS, every client and peer has a certificate the CA signed; Raft messages are taken
     // only from those that name a node (raftkv::tls::node_identity). In plaintext there is
     // nothing to check.

@@ -8,9 +8,10 @@
 //! and reports a partial success, and openraft goes on from there. openraft gives every
 //! AppendEntries one heartbeat interval; one that carries entries gets the time its
 //! bytes need on a slow link too (`append_timeout`). Snapshots go as one
-//! client-streaming call: a header chunk, then the data in `SNAPSHOT_CHUNK_BYTES`
-//! pieces, bounded by `SNAPSHOT_TIMEOUT` and cancelled when openraft closes the
-//! replication stream.
+//! client-streaming call: a header chunk, then the snapshot file read in
+//! `SNAPSHOT_CHUNK_BYTES` pieces as the call takes them (its checksum checked as they go),
+//! given the time its size needs (`snapshot_timeout`) and cancelled when openraft closes
+//! the replication stream.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +36,7 @@ use raftkv::tls::ClientTls;
 use tonic::transport::Channel;
 
 use crate::convert;
+use crate::store::ChecksumCheck;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// The largest gRPC message a node sends or accepts on the Raft port.
@@ -49,8 +51,14 @@ pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_millis(500);
 /// The slowest link an AppendEntries' deadline allows for, in bytes per second: its bytes
 /// at this rate are added to [`APPEND_TIMEOUT_FLOOR`].
 pub const APPEND_MIN_BYTES_PER_SEC: u64 = 8 << 20;
-pub const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
-pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A snapshot file is read and sent in pieces of this size: what a transfer holds in memory.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// The least time a snapshot transfer is given: the follower installs the snapshot before
+/// it answers.
+pub const SNAPSHOT_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
+/// The slowest transfer and install a snapshot's deadline allows for, in bytes per second:
+/// its bytes at this rate are added to [`SNAPSHOT_TIMEOUT_FLOOR`].
+pub const SNAPSHOT_MIN_BYTES_PER_SEC: u64 = 4 << 20;
 /// How long openraft waits before retrying a peer it could not reach.
 pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -242,6 +250,65 @@ fn append_timeout(deadline: Duration, entries: usize, bytes: usize) -> Duration 
     deadline.max(APPEND_TIMEOUT_FLOOR + transfer)
 }
 
+/// The deadline of a snapshot transfer of `bytes`: [`SNAPSHOT_TIMEOUT_FLOOR`] plus its
+/// bytes at [`SNAPSHOT_MIN_BYTES_PER_SEC`].
+fn snapshot_timeout(bytes: u64) -> Duration {
+    SNAPSHOT_TIMEOUT_FLOOR + Duration::from_millis(bytes.saturating_mul(1000) / SNAPSHOT_MIN_BYTES_PER_SEC)
+}
+
+/// The data chunks of snapshot file `file`, read as the stream is polled, on blocking
+/// threads. The file's checksum is checked as it is read: a damaged file's last chunk is
+/// never sent (the receiver sees a transfer cut short and refuses it), and why is put in
+/// `damage`, as is a read that failed.
+fn snapshot_chunks(
+    file: SnapshotData,
+    damage: Arc<Mutex<Option<String>>>,
+) -> impl Stream<Item = pb::SnapshotChunk> + Send + 'static {
+    let len = file.len();
+    let state = (Arc::new(file), 0u64, ChecksumCheck::new(len));
+    futures::stream::unfold(Some(state), move |state| {
+        let damage = damage.clone();
+        async move {
+            let (file, offset, mut check) = state?;
+            if offset == len {
+                return None;
+            }
+            let n = (len - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+            let reader = file.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                reader.read_at(&mut buf, offset).map(|_| buf)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()));
+            let failed = |why: String| {
+                *damage.lock().expect("snapshot damage lock poisoned") =
+                    Some(format!("snapshot file {} {why}", file.path().display()));
+            };
+            let buf = match read {
+                Ok(buf) => buf,
+                Err(e) => {
+                    failed(format!("cannot be read: {e}"));
+                    return None;
+                }
+            };
+            check.update(&buf);
+            let offset = offset + n as u64;
+            if offset == len {
+                if let Err(why) = std::mem::replace(&mut check, ChecksumCheck::new(0)).finish() {
+                    failed(format!("is corrupt: {why}; it was not sent"));
+                    return None;
+                }
+            }
+            let chunk = pb::SnapshotChunk {
+                kind: Some(pb::snapshot_chunk::Kind::Data(Bytes::from(buf))),
+            };
+            Some((chunk, Some((file, offset, check))))
+        }
+    })
+}
+
 /// `request` as AppendEntries of at most `MAX_APPEND_ENTRIES_BYTES` each (at least one
 /// entry each; one request when it has no entries), each following the one before: the
 /// entry before a piece's entries is the last entry of the piece before.
@@ -419,6 +486,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         .await
     }
 
+    /// Streams the snapshot file to the peer on the snapshot lane, a chunk at a time.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -426,31 +494,30 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let data = Bytes::from(snapshot.snapshot.into_inner());
+        let bytes = snapshot.snapshot.len();
         let header = pb::SnapshotHeader {
             vote: Some(convert::vote_to_pb(&vote)),
             meta: Some(convert::snapshot_meta_to_pb(&snapshot.meta)),
-            data_len: data.len() as u64,
+            data_len: bytes,
         };
-        let mut chunks = vec![pb::SnapshotChunk {
+        let header = pb::SnapshotChunk {
             kind: Some(pb::snapshot_chunk::Kind::Header(header)),
-        }];
-        let mut offset = 0;
-        while offset < data.len() {
-            let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            chunks.push(pb::SnapshotChunk {
-                kind: Some(pb::snapshot_chunk::Kind::Data(data.slice(offset..end))),
-            });
-            offset = end;
-        }
-        tracing::info!(parent: &self.reachability.span, peer = self.target, bytes = data.len(), "sending snapshot");
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
-        request.set_timeout(SNAPSHOT_TIMEOUT);
+        };
+        let damage = Arc::new(Mutex::new(None));
+        let chunks =
+            futures::stream::once(async move { header }).chain(snapshot_chunks(snapshot.snapshot, damage.clone()));
+        tracing::info!(parent: &self.reachability.span, peer = self.target, bytes, "sending snapshot");
+        let mut request = tonic::Request::new(chunks);
+        request.set_timeout(snapshot_timeout(bytes));
         let mut client = self.client()?;
         let reply = tokio::select! {
             reply = client.install_snapshot(request) => reply,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
+        if let Some(why) = damage.lock().expect("snapshot damage lock poisoned").take() {
+            tracing::error!(parent: &self.reachability.span, peer = self.target, "{why}");
+            return Err(StreamingError::Network(NetworkError::new(&TransportError(why))));
+        }
         self.observe(&reply);
         let reply = reply.map_err(|s| {
             let err = TransportError(format!(
@@ -536,6 +603,71 @@ mod tests {
             ..request
         };
         assert_eq!(split_append(&heartbeat).len(), 1);
+    }
+
+    #[test]
+    fn a_snapshot_gets_the_time_its_size_needs() {
+        assert_eq!(snapshot_timeout(0), SNAPSHOT_TIMEOUT_FLOOR);
+        assert_eq!(
+            snapshot_timeout(100 * SNAPSHOT_MIN_BYTES_PER_SEC),
+            SNAPSHOT_TIMEOUT_FLOOR + Duration::from_secs(100)
+        );
+    }
+
+    /// The chunks `snapshot_chunks` sends of the snapshot file at `path`, and the damage it
+    /// reported.
+    async fn chunks_of(path: &std::path::Path) -> (Vec<u8>, Option<String>) {
+        let (_, file) = SnapshotData::open(path).unwrap().unwrap();
+        let damage = Arc::new(Mutex::new(None));
+        let chunks: Vec<pb::SnapshotChunk> = snapshot_chunks(file, damage.clone()).collect().await;
+        let mut sent = Vec::new();
+        for chunk in chunks {
+            match chunk.kind {
+                Some(pb::snapshot_chunk::Kind::Data(bytes)) => sent.extend_from_slice(&bytes),
+                other => panic!("a data chunk, not {other:?}"),
+            }
+        }
+        let damage = damage.lock().unwrap().take();
+        (sent, damage)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_sent_whole_and_a_damaged_one_is_not_sent_to_its_end() {
+        use crate::store::data_dir;
+        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::store::engine::EngineOptions::default();
+        let mut sm = data_dir::open(dir.path(), 1, "1=127.0.0.1:1", &options)
+            .unwrap()
+            .state_machine;
+        let puts = (0..20_000u64).map(|i| crate::types::Command {
+            op: crate::types::Op::Put {
+                key: Bytes::from(format!("key/{i:08}")),
+                value: Bytes::from(vec![b'v'; 90]),
+            },
+            write_id: None,
+        });
+        let mut entry = entry_of(1, 0);
+        if let crate::types::EntryPayload::Normal(group) = &mut entry.payload {
+            group.commands = puts.collect();
+        }
+        sm.apply_entries([entry]).unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let path = dir.path().join("snapshot.bin");
+        let whole = std::fs::read(&path).unwrap();
+        assert!(whole.len() > 2 * SNAPSHOT_CHUNK_BYTES, "{} bytes", whole.len());
+
+        let (sent, damage) = chunks_of(&path).await;
+        assert_eq!(damage, None);
+        assert!(sent == whole, "the file was not sent as it is");
+
+        let mut damaged = whole.clone();
+        damaged[whole.len() / 2] ^= 1;
+        std::fs::write(&path, &damaged).unwrap();
+        let (sent, damage) = chunks_of(&path).await;
+        let damage = damage.expect("the damage is reported");
+        assert!(damage.contains("checksum does not match"), "{damage}");
+        assert!(sent.len() < whole.len(), "a damaged file was sent whole");
     }
 
     #[tokio::test]

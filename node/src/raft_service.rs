@@ -5,6 +5,7 @@
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use raftkv::raft_pb as pb;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,22 +15,37 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::convert;
 use crate::metrics::LeaderContact;
 use crate::read_index::{ReadIndexRounds, ReadKind};
-use crate::types::{NodeId, Raft, Snapshot, SnapshotData, TypeConfig};
+use crate::store::IncomingSnapshot;
+use crate::types::{NodeId, Raft, Snapshot, TypeConfig};
 
 pub struct RaftService {
     raft: Raft,
     read_index: ReadIndexRounds,
     /// Told of every AppendEntries a leader of the current term sends (the health check's).
     leader_contact: LeaderContact,
+    /// Where a snapshot from the leader is received (`snapshot.incoming` in the data
+    /// directory), behind a lock: one transfer at a time writes it, until it is installed.
+    incoming_snapshot: Arc<tokio::sync::Mutex<PathBuf>>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, read_index: ReadIndexRounds, leader_contact: LeaderContact) -> Self {
+    /// `data_dir` is the node's: snapshots are received into it.
+    pub fn new(raft: Raft, read_index: ReadIndexRounds, leader_contact: LeaderContact, data_dir: &Path) -> Self {
         RaftService {
             raft,
             read_index,
             leader_contact,
+            incoming_snapshot: Arc::new(tokio::sync::Mutex::new(crate::store::incoming_path_in(data_dir))),
         }
+    }
+}
+
+/// Runs `work` (file I/O) on a blocking thread; a failure is INTERNAL, one line.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Status::internal(format!("cannot write the snapshot received: {e}"))),
+        Err(e) => Err(Status::internal(format!("snapshot receiving task failed: {e}"))),
     }
 }
 
@@ -188,6 +204,10 @@ impl pb::raft_server::Raft for RaftService {
         Ok(Response::new(convert::transfer_leader_response_to_pb(&reply)))
     }
 
+    /// Writes the snapshot file to `snapshot.incoming` as its chunks arrive (the memory
+    /// held is a chunk, whatever the snapshot's size), checks its length and checksum, then
+    /// hands it to openraft, which installs it. A transfer that breaks off leaves a file
+    /// the next transfer replaces from its start (there is no resuming from an offset).
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
@@ -199,30 +219,41 @@ impl pb::raft_server::Raft for RaftService {
         };
         let vote = convert::vote_from_pb(header.vote).map_err(bad_request)?;
         let meta = convert::snapshot_meta_from_pb(header.meta).map_err(bad_request)?;
-        let expected = usize::try_from(header.data_len).map_err(|_| Status::invalid_argument("snapshot too large"))?;
-        let mut data = Vec::with_capacity(expected);
+        let expected = header.data_len;
+        let path = self.incoming_snapshot.lock().await;
+        let into = path.clone();
+        let mut incoming = blocking(move || IncomingSnapshot::create(into, expected)).await?;
         while let Some(chunk) = stream.message().await? {
             match chunk.kind {
                 Some(pb::snapshot_chunk::Kind::Data(bytes)) => {
-                    if data.len() + bytes.len() > expected {
+                    if incoming.written() + bytes.len() as u64 > expected {
                         return Err(Status::invalid_argument("snapshot data longer than its header says"));
                     }
-                    data.extend_from_slice(&bytes);
+                    incoming = blocking(move || incoming.write(&bytes).map(|_| incoming)).await?;
                 }
                 _ => return Err(Status::invalid_argument("a snapshot stream has one header, then data")),
             }
         }
-        if data.len() != expected {
+        if incoming.written() != expected {
             return Err(Status::invalid_argument(format!(
                 "snapshot stream ended after {} of {expected} bytes",
-                data.len()
+                incoming.written()
             )));
         }
-        let snapshot = Snapshot {
-            meta,
-            snapshot: SnapshotData::new(data),
+        let (file_meta, file) = match tokio::task::spawn_blocking(move || incoming.finish()).await {
+            Ok(Ok(received)) => received,
+            Ok(Err(e)) => return Err(Status::data_loss(e.to_string())),
+            Err(e) => return Err(Status::internal(format!("snapshot receiving task failed: {e}"))),
         };
+        if file_meta != meta {
+            return Err(Status::invalid_argument(
+                "the snapshot's header and its file name different snapshots",
+            ));
+        }
+        let snapshot = Snapshot { meta, snapshot: file };
+        // Still holding the lock: no other transfer rewrites the file until it is installed.
         let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
+        drop(path);
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(convert::vote_to_pb(&reply.vote)),
         }))

@@ -7,7 +7,6 @@
 //! holds one result per command, in order.
 
 use std::fmt;
-use std::io::Cursor;
 
 use bytes::Bytes;
 use openraft::type_config::alias;
@@ -27,10 +26,10 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
 
-/// What a snapshot's data is while it is built, sent, received and installed: the whole body
-/// in memory. The one place that names it (the state machine, its snapshot builder and the
-/// network must agree on it).
-pub type SnapshotData = Cursor<Vec<u8>>;
+/// What a snapshot's data is while it is built, sent, received and installed: an open
+/// snapshot file (`store/snapshot_file.rs`), never the snapshot in memory. The one place
+/// that names it (the state machine, its snapshot builder and the network must agree on it).
+pub type SnapshotData = crate::store::SnapshotFile;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 pub type LeaderId = alias::LeaderIdOf<TypeConfig>;

@@ -10,6 +10,7 @@
 mod common;
 mod nemesis;
 
+mod catch_up;
 mod disk_full;
 mod durability;
 mod engines;

@@ -21,8 +21,9 @@ use crate::store::{wal, LogStore, StateMachine};
 /// 1: the Raft log in sled. 2: the Raft log in its own files (`wal.rs`). 3: a client
 /// session's results in records of their own beside its meta (`keys.rs`). 4: the
 /// identity, the vote and the log's markers in small files of their own
-/// (`state_file.rs`), the state machine alone in `sm/`.
-const FORMAT_VERSION: u64 = 4;
+/// (`state_file.rs`), the state machine alone in `sm/`. 5: the snapshot file with a magic
+/// and a checksummed trailer (`snapshot_file.rs`).
+const FORMAT_VERSION: u64 = 5;
 /// What the directory belongs to (`pb::DataDirIdentity` in a state file).
 const IDENTITY_FILE: &str = "identity";
 /// The Raft log's directory, inside the data directory, with the vote and the log's

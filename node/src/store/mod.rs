@@ -22,7 +22,7 @@ mod wal_writer;
 pub use engine::{EngineError, EngineKind, RedoError};
 pub use log_store::LogStore;
 pub use raft_state::RaftStateError;
-pub use snapshot_file::SnapshotFileError;
+pub use snapshot_file::{incoming_path_in, ChecksumCheck, IncomingSnapshot, SnapshotFile, SnapshotFileError};
 pub use state_file::StateFileError;
 pub use state_machine::{KvReader, StateMachine};
 

@@ -4,10 +4,12 @@
 //! The engine holds user data, client sessions (exactly-once retries, see
 //! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
 //! Each `apply` call takes effect as a unit (one engine apply), so a crash never
-//! leaves data applied without the applied marker (or the reverse). A snapshot is
-//! written to the snapshot file first (`snapshot_file.rs`), then installed into the
-//! engine's next generation, which becomes current whole; `StateMachine::open` finishes
-//! an install that a crash interrupted.
+//! leaves data applied without the applied marker (or the reverse). A snapshot is a file
+//! (`snapshot_file.rs`): built from a consistent view on a blocking thread, never in the
+//! apply path; installed by making the received file the node's snapshot first, then
+//! streaming its records into the engine's next generation, which becomes current whole
+//! (readers see the old state until then); `StateMachine::open` finishes an install that
+//! a crash interrupted.
 //!
 //! Invariants: applied only moves forward (asserted); the sessions in memory are those
 //! stored in the engine; a scan page never shows part of an apply (it reads a view).
@@ -26,13 +28,13 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
-use crate::store::engine::{Engine, EngineError, Writes};
+use crate::store::engine::{Engine, EngineError, View, Writes};
 use crate::store::keys::{
     data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
     MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
 use crate::store::sessions::{Seen, Sessions};
-use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
+use crate::store::snapshot_file::{self, PublishedSnapshot, SnapshotFile, SnapshotFileError};
 use crate::types::{
     Command, CommandResult, Entry, EntryPayload, LogId, Op, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig, WriteGroupResults,
@@ -152,12 +154,16 @@ pub enum StateMachineOpenError {
     SnapshotFile(#[from] SnapshotFileError),
     #[error("cannot install the snapshot: {0}")]
     Install(io::Error),
+    #[error("cannot clear away a snapshot a crash left unfinished: {0}")]
+    Leftovers(io::Error),
 }
 
 /// openraft's state machine.
 pub struct StateMachine {
     engine: Arc<dyn Engine>,
     dir: PathBuf,
+    /// Which snapshot `snapshot.bin` holds; shared with the builders.
+    published: PublishedSnapshot,
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
@@ -198,17 +204,21 @@ impl StateMachine {
                 }
             }
         }
+        snapshot_file::remove_leftovers(dir).map_err(E::Leftovers)?;
+        let snapshot = SnapshotFile::open(&snapshot_file::path_in(dir))?;
         let mut sm = StateMachine {
             engine,
             dir: dir.to_path_buf(),
+            published: PublishedSnapshot::new(snapshot.as_ref().and_then(|(meta, _)| meta.last_log_id)),
             applied,
             membership,
             sessions,
             span: tracing::Span::current(),
         };
-        if let Some((meta, body)) = snapshot_file::read(&sm.snapshot_path())? {
+        if let Some((meta, file)) = snapshot {
             if meta.last_log_id > sm.applied {
-                sm.install(&meta, &body).map_err(E::Install)?;
+                let sessions = install_into(sm.engine.as_ref(), &meta, &file).map_err(E::Install)?;
+                sm.installed(&meta, sessions);
             }
         }
         Ok(sm)
@@ -229,13 +239,6 @@ impl StateMachine {
         snapshot_file::path_in(&self.dir)
     }
 
-    /// Replaces all data with the snapshot's, and sets applied and membership.
-    fn install(&mut self, meta: &SnapshotMeta, body: &[u8]) -> io::Result<()> {
-        let sessions = install_into(self.engine.as_ref(), meta, body)?;
-        self.installed(meta, sessions);
-        Ok(())
-    }
-
     /// What the state machine keeps in memory, once `meta`'s snapshot is installed.
     fn installed(&mut self, meta: &SnapshotMeta, sessions: Sessions) {
         self.applied = meta.last_log_id;
@@ -244,18 +247,16 @@ impl StateMachine {
     }
 }
 
-/// Fills `engine`'s next generation with the snapshot `body` (a part at a time), applied
-/// and membership from `meta`, and makes it current whole. Returns the snapshot's sessions.
+/// Fills `engine`'s next generation with the records of snapshot file `snapshot` (a part
+/// at a time), applied and membership from `meta`, and makes it current whole, only if
+/// the whole file was read and its checksum matched. Returns the snapshot's sessions.
 /// Blocks on disk I/O.
-fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, body: &[u8]) -> io::Result<Sessions> {
+fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<Sessions> {
     let mut install = engine.start_install()?;
     let mut writes = Writes::default();
     let mut sessions = Sessions::default();
-    for record in SnapshotRecords::new(body) {
-        match record
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-            .record
-        {
+    for record in snapshot.records() {
+        match record?.record {
             Some(pb::snapshot_record::Record::Pair(pair)) => writes.insert(data_key(&pair.key), pair.value),
             Some(pb::snapshot_record::Record::Session(session)) => {
                 write_session(&mut writes, &session);
@@ -349,13 +350,19 @@ fn set_markers(writes: &mut Writes, applied: &Option<LogId>, membership: Option<
     }
 }
 
-/// Builds a snapshot from a copy of the state taken when the builder was made,
-/// so concurrent applies cannot tear it.
+/// What a snapshot is built from: a view of the state machine and its client sessions.
+type ViewToBuild = (Box<dyn View>, Vec<pb::ClientSession>);
+
+/// Builds a snapshot from a consistent view of the state machine taken when the builder
+/// was made (with the sessions and markers of the same point), so concurrent applies
+/// cannot tear it and need not wait for it (with fjall; sled's view holds applies back).
 pub struct SnapshotBuilder {
     dir: PathBuf,
-    applied: Option<LogId>,
-    membership: StoredMembership,
-    body: Vec<u8>,
+    published: PublishedSnapshot,
+    meta: SnapshotMeta,
+    /// The view and the sessions, until the snapshot is built (in a mutex: openraft wants
+    /// the builder `Sync`, and a view is only `Send`).
+    state: std::sync::Mutex<Option<ViewToBuild>>,
     span: tracing::Span,
     /// When the state machine began to be read for this snapshot.
     started: std::time::Instant,
@@ -364,22 +371,24 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
+    /// Scans the view into the snapshot file on a blocking thread.
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-        };
-        let body = std::mem::take(&mut self.body);
-        let path = snapshot_file::path_in(&self.dir);
-        let (meta, body) =
-            tokio::task::spawn_blocking(move || snapshot_file::write(&path, &meta, &body).map(|_| (meta, body)))
+        let (view, sessions) = self
+            .state
+            .get_mut()
+            .expect("snapshot builder lock poisoned")
+            .take()
+            .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
+        let (dir, published, meta) = (self.dir.clone(), self.published.clone(), self.meta.clone());
+        let file =
+            tokio::task::spawn_blocking(move || snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions))
                 .await
                 .map_err(join_err)??;
         crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(self.started.elapsed().as_secs_f64());
-        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot built");
+        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), "snapshot built");
         Ok(Snapshot {
-            meta,
-            snapshot: SnapshotData::new(body),
+            meta: self.meta.clone(),
+            snapshot: file,
         })
     }
 }
@@ -531,67 +540,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// Runs in openraft's state-machine task, between applies: takes the view, the
+    /// sessions and the markers of the same point and returns; the scan is the builder's.
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Runs in openraft's state-machine task, between applies: the view and the sessions
-        // are of the same point.
         let started = std::time::Instant::now();
-        let view = self.engine.view();
-        let sessions = self.sessions.all_to_pb();
-        let body = match tokio::task::spawn_blocking(move || snapshot_file::encode_body(view.as_ref(), sessions)).await
-        {
-            Ok(Ok(body)) => body,
-            // The builder trait cannot fail here; an empty body would be wrong, so stop loudly.
-            Ok(Err(e)) => panic!("cannot read the state machine to build a snapshot: {e}"),
-            Err(e) => panic!("snapshot encoding task failed: {e}"),
-        };
         SnapshotBuilder {
             dir: self.dir.clone(),
-            applied: self.applied,
-            membership: self.membership.clone(),
-            body,
+            published: self.published.clone(),
+            meta: SnapshotMeta {
+                last_log_id: self.applied,
+                last_membership: self.membership.clone(),
+            },
+            state: std::sync::Mutex::new(Some((self.engine.view(), self.sessions.all_to_pb()))),
             span: self.span.clone(),
             started,
         }
     }
 
+    /// Makes the received file the node's snapshot durably (so that `open` finishes the
+    /// install if a crash cuts it short), then streams its records into the engine's next
+    /// generation, which becomes current only if the whole file checked out. Off the
+    /// runtime: it reads and writes the whole snapshot.
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
-        let body = snapshot.into_inner();
-        if let Err(e) = snapshot_file::check_body(&body) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("received snapshot up to {:?} is corrupt: {e}", meta.last_log_id),
-            ));
-        }
-        // File first: if we crash before the engine has it, `open` finishes the install.
-        let path = self.snapshot_path();
-        let meta2 = meta.clone();
-        let engine = self.engine.clone();
-        // Off the runtime: the install writes the whole snapshot into the engine.
-        let (body, sessions) = tokio::task::spawn_blocking(move || {
-            snapshot_file::write(&path, &meta2, &body)?;
-            let sessions = install_into(engine.as_ref(), &meta2, &body)?;
-            Ok::<_, io::Error>((body, sessions))
+        let (dir, published, engine, meta2) = (
+            self.dir.clone(),
+            self.published.clone(),
+            self.engine.clone(),
+            meta.clone(),
+        );
+        let (bytes, sessions) = tokio::task::spawn_blocking(move || {
+            let file = snapshot_file::adopt(&dir, &published, &meta2, snapshot)?;
+            let sessions = install_into(engine.as_ref(), &meta2, &file)?;
+            Ok::<_, io::Error>((file.len(), sessions))
         })
         .await
-        .map_err(join_err)??;
+        .map_err(join_err)?
+        .inspect_err(|e| tracing::error!(parent: &self.span, last_log_id = ?meta.last_log_id, "cannot install the snapshot: {e}"))?;
         self.installed(meta, sessions);
-        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes = body.len(), "snapshot installed");
+        tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
     }
 
+    /// Opens the snapshot file and checks its framing; its checksum is checked as it is
+    /// sent and as it is received (reading it whole here would hold applies back).
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let path = self.snapshot_path();
-        let found = tokio::task::spawn_blocking(move || snapshot_file::read(&path))
+        let found = tokio::task::spawn_blocking(move || SnapshotFile::open(&path))
             .await
-            .map_err(join_err)?;
-        match found {
-            Ok(Some((meta, body))) => Ok(Some(Snapshot {
-                meta,
-                snapshot: SnapshotData::new(body),
-            })),
-            Ok(None) => Ok(None),
-            Err(e) => Err(io::Error::other(e)),
-        }
+            .map_err(join_err)?
+            .inspect_err(|e| tracing::error!(parent: &self.span, "{e}"))?;
+        Ok(found.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
 
@@ -903,18 +901,7 @@ mod tests {
             let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
             let dst_dir = tempfile::tempdir().unwrap();
-            let mut dst = open_on(dst_dir.path(), kind);
-            dst.apply_entries([entry(
-                1,
-                vec![cmd(
-                    Op::Put {
-                        key: b("stale"),
-                        value: b("z"),
-                    },
-                    None,
-                )],
-            )])
-            .unwrap();
+            let mut dst = stale_state_machine(dst_dir.path(), kind);
             dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
             assert_eq!(
                 dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
@@ -940,6 +927,233 @@ mod tests {
             );
             assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
         }
+    }
+
+    /// A state machine on `kind` in `dir` holding `keys` pairs (about 100 bytes each) and a
+    /// client session, its snapshot built (in `dir`'s snapshot file): the state machine and
+    /// the snapshot's meta.
+    async fn built_snapshot(dir: &Path, kind: EngineKind, keys: usize) -> (StateMachine, SnapshotMeta) {
+        let mut sm = open_on(dir, kind);
+        let put = |i: usize| {
+            let key = Bytes::from(format!("key/{i:08}"));
+            cmd(
+                Op::Put {
+                    key,
+                    value: Bytes::from(vec![b'v'; 90]),
+                },
+                None,
+            )
+        };
+        // Applies of at most 1,000 puts (sled takes minutes over one of 50,000).
+        let chunks: Vec<Vec<usize>> = (0..keys).collect::<Vec<_>>().chunks(1000).map(|c| c.to_vec()).collect();
+        let entries = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(n, chunk)| entry(1 + n as u64, chunk.into_iter().map(put).collect()));
+        sm.apply_entries(entries).unwrap();
+        let next = sm.applied.map_or(1, |id| id.index + 1);
+        sm.apply_entries([entry(next, vec![create_k("session", 7)])]).unwrap();
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        (sm, snapshot.meta)
+    }
+
+    /// A state machine in `dir` with one pair that no snapshot has, applied up to index 1.
+    fn stale_state_machine(dir: &Path, kind: EngineKind) -> StateMachine {
+        let mut sm = open_on(dir, kind);
+        sm.apply_entries([entry(
+            1,
+            vec![cmd(
+                Op::Put {
+                    key: b("stale"),
+                    value: b("z"),
+                },
+                None,
+            )],
+        )])
+        .unwrap();
+        sm
+    }
+
+    fn snapshot_file_of(dir: &Path) -> SnapshotFile {
+        SnapshotFile::open(&snapshot_file::path_in(dir))
+            .unwrap()
+            .expect("a snapshot file")
+            .1
+    }
+
+    /// Changes one byte of a value in the middle of the file at `path`: every record still
+    /// decodes, only the checksum tells.
+    fn damage(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2 + bytes[bytes.len() / 2..].iter().position(|&c| c == b'v').unwrap();
+        bytes[middle] = b'w';
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_of_many_parts_installs_everything_with_its_sessions_on_both_engines() {
+        // With fjall about 5 MB: more than one install part (INSTALL_PART_BYTES). sled takes
+        // minutes (in a debug build) to apply that much, and installs the same way.
+        for (kind, keys) in [(EngineKind::Fjall, 50_000), (EngineKind::Sled, 2_000)] {
+            let src_dir = tempfile::tempdir().unwrap();
+            let (_src, meta) = built_snapshot(src_dir.path(), kind, keys).await;
+            let file = snapshot_file_of(src_dir.path());
+            if kind == EngineKind::Fjall {
+                assert!(file.len() > INSTALL_PART_BYTES as u64, "{} bytes", file.len());
+            }
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = stale_state_machine(dst_dir.path(), kind);
+            dst.install_snapshot(&meta, file).await.unwrap();
+            let reader = dst.reader();
+            assert_eq!(
+                reader.get(b"stale").unwrap(),
+                None,
+                "the state before the snapshot is gone"
+            );
+            let (pairs, more) = reader.scan(b"key/", b"", keys + 1, usize::MAX).unwrap();
+            assert_eq!((pairs.len(), more), (keys, false));
+            assert_eq!(pairs[keys - 1].0, Bytes::from(format!("key/{:08}", keys - 1)));
+            assert_eq!(dst.applied_state().await.unwrap().0, meta.last_log_id);
+            // The session came along: a retry of its write gets its first result.
+            let next = meta.last_log_id.unwrap().index + 1;
+            let r = dst.apply_entries([entry(next, vec![create_k("again", 7)])]).unwrap();
+            assert_eq!(
+                r[0].results[0],
+                CommandResult::Cas {
+                    swapped: true,
+                    current: None
+                }
+            );
+            assert_eq!(reader.get(b"k").unwrap(), Some(b("session")));
+            // The installed file is now the node's snapshot, and it survives a restart.
+            drop((reader, dst));
+            let mut dst = open_on(dst_dir.path(), kind);
+            assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, meta);
+            assert_eq!(
+                dst.reader().get(b"key/00000000").unwrap(),
+                Some(Bytes::from(vec![b'v'; 90]))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_refused_and_changes_nothing() {
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let (_src, meta) = built_snapshot(src_dir.path(), kind, 2_000).await;
+            damage(&snapshot_file::path_in(src_dir.path()));
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = stale_state_machine(dst_dir.path(), kind);
+            let e = dst
+                .install_snapshot(&meta, snapshot_file_of(src_dir.path()))
+                .await
+                .expect_err("a damaged snapshot is not installed");
+            assert!(e.to_string().contains("checksum does not match"), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+            assert_eq!(
+                dst.reader().get(b"stale").unwrap(),
+                Some(b("z")),
+                "the old state is kept"
+            );
+            assert_eq!(dst.reader().get(b"key/00000000").unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_install_a_crash_interrupted_is_finished_at_open_and_a_damaged_one_refuses_to_start() {
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let (_src, meta) = built_snapshot(src_dir.path(), kind, 2_000).await;
+            let dst_dir = tempfile::tempdir().unwrap();
+            drop(stale_state_machine(dst_dir.path(), kind));
+            // The crash came after the received file became the node's snapshot, before the
+            // engine had it (and left half a transfer behind).
+            let target = snapshot_file::path_in(dst_dir.path());
+            std::fs::copy(snapshot_file::path_in(src_dir.path()), &target).unwrap();
+            std::fs::write(snapshot_file::incoming_path_in(dst_dir.path()), b"half a transfer").unwrap();
+            let mut dst = open_on(dst_dir.path(), kind);
+            assert_eq!(dst.applied_state().await.unwrap().0, meta.last_log_id);
+            assert_eq!(dst.reader().get(b"stale").unwrap(), None);
+            assert_eq!(
+                dst.reader().get(b"key/00001999").unwrap(),
+                Some(Bytes::from(vec![b'v'; 90]))
+            );
+            assert!(
+                !snapshot_file::incoming_path_in(dst_dir.path()).exists(),
+                "leftovers are removed"
+            );
+            drop(dst);
+
+            // The same, with the snapshot file damaged: the node refuses to start, with one line.
+            let dst_dir = tempfile::tempdir().unwrap();
+            drop(stale_state_machine(dst_dir.path(), kind));
+            let target = snapshot_file::path_in(dst_dir.path());
+            std::fs::copy(snapshot_file::path_in(src_dir.path()), &target).unwrap();
+            damage(&target);
+            let refusal = match data_dir::open_with_engine_when_released(dst_dir.path(), 1, "1=127.0.0.1:1", kind) {
+                Ok(_) => panic!("a damaged snapshot was installed"),
+                Err(e) => e.to_string(),
+            };
+            assert!(refusal.contains("checksum does not match"), "{refusal}");
+            assert!(!refusal.contains('\n'), "{refusal}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transfer_cut_short_or_damaged_is_refused_and_the_next_one_starts_the_file_again() {
+        use crate::store::IncomingSnapshot;
+        let src_dir = tempfile::tempdir().unwrap();
+        let (_src, meta) = built_snapshot(src_dir.path(), EngineKind::default(), 2_000).await;
+        let sent = std::fs::read(snapshot_file::path_in(src_dir.path())).unwrap();
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut dst = stale_state_machine(dst_dir.path(), EngineKind::default());
+        let incoming = snapshot_file::incoming_path_in(dst_dir.path());
+        let receive = |bytes: &[u8]| {
+            let mut receiving = IncomingSnapshot::create(incoming.clone(), sent.len() as u64).unwrap();
+            for chunk in bytes.chunks(4096) {
+                receiving.write(chunk).unwrap();
+            }
+            receiving
+        };
+        // A transfer that broke off half way leaves half a file.
+        drop(receive(&sent[..sent.len() / 2]));
+        assert_eq!(std::fs::metadata(&incoming).unwrap().len(), sent.len() as u64 / 2);
+        // One cut short is refused when it ends.
+        let e = receive(&sent[..sent.len() - 1]).finish().unwrap_err().to_string();
+        assert!(e.contains("bytes instead of"), "{e}");
+        // One damaged on the way is refused by its checksum.
+        let mut damaged = sent.clone();
+        damaged[sent.len() / 2] ^= 1;
+        let e = receive(&damaged).finish().unwrap_err().to_string();
+        assert!(e.contains("checksum does not match"), "{e}");
+        // The next whole transfer starts the file again, and installs.
+        let (received_meta, file) = receive(&sent).finish().unwrap();
+        assert_eq!(received_meta, meta);
+        assert_eq!(std::fs::read(&incoming).unwrap(), sent);
+        dst.install_snapshot(&meta, file).await.unwrap();
+        assert!(!incoming.exists(), "the received file became the node's snapshot");
+        assert_eq!(std::fs::read(snapshot_file::path_in(dst_dir.path())).unwrap(), sent);
+        assert_eq!(
+            dst.reader().get(b"key/00000042").unwrap(),
+            Some(Bytes::from(vec![b'v'; 90]))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_built_beside_an_install_does_not_replace_the_newer_one() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let (_src, meta) = built_snapshot(src_dir.path(), EngineKind::default(), 100).await;
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut dst = stale_state_machine(dst_dir.path(), EngineKind::default());
+        // The builder takes its view at index 1; the newer snapshot (index 2) is installed
+        // before it has written its file.
+        let mut builder = dst.get_snapshot_builder().await;
+        dst.install_snapshot(&meta, snapshot_file_of(src_dir.path()))
+            .await
+            .unwrap();
+        let built = builder.build_snapshot().await.unwrap();
+        assert!(built.meta.last_log_id < meta.last_log_id);
+        assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, meta);
     }
 
     #[tokio::test]
