@@ -469,6 +469,66 @@ impl pb::cluster_server::Cluster for ClusterRouter {
             })
             .await
     }
+
+    async fn member_list(
+        &self,
+        request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_list(request).await
+        })
+        .await
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_add(request).await
+        })
+        .await
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_promote(request).await
+        })
+        .await
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_remove(request).await
+        })
+        .await
+    }
+}
+
+impl ClusterRouter {
+    /// Forwards a membership request to the leader, as a write is: only the leader changes
+    /// the membership, and one that hands leadership over (removing itself) answers with the
+    /// new leader's hint, which the retry follows.
+    async fn to_leader<Q, A, F, Fut>(&self, request: Request<Q>, call: F) -> Result<Response<A>, Status>
+    where
+        Q: Clone,
+        F: Fn(ClusterClient<tonic::transport::Channel>, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<A>, Status>>,
+    {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::Leader, deadline, request, move |node, request, time_left| {
+                call(ClusterClient::new(node.channel.clone()), timed(request, time_left))
+            })
+            .await
+    }
 }
 
 #[cfg(test)]
