@@ -25,6 +25,10 @@ use crate::types::{LogId, RaftMetrics};
 
 /// The most a transfer request's answer keeps back from the caller's deadline.
 const TRANSFER_ANSWER_MARGIN: Duration = Duration::from_millis(50);
+/// The most a membership change's answer keeps back from the caller's deadline: its answer
+/// may be the one line saying what state a change that ran out of time left a node in, which
+/// must reach the caller (through a router) before it gives up on its own.
+const MEMBERSHIP_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// A watcher gets the status at least once per this interval, changed or not, and while
 /// only indexes move, at most once.
@@ -44,9 +48,9 @@ impl ClusterService {
 
 /// How long a request may work so that it answers before the caller's deadline: the caller
 /// then gets this node's reason rather than its own transport's timeout.
-fn answer_within(metadata: &tonic::metadata::MetadataMap) -> Duration {
+fn answer_within(metadata: &tonic::metadata::MetadataMap, margin: Duration) -> Duration {
     let timeout = raftkv::wire::request_timeout(metadata);
-    timeout - (timeout / 10).min(TRANSFER_ANSWER_MARGIN)
+    timeout - (timeout / 10).min(margin)
 }
 
 fn change_response(changed: membership::Changed) -> Response<pb::MemberChangeResponse> {
@@ -95,6 +99,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         pid: std::process::id(),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
+        membership_index: m.membership_config.log_id().map(|l| l.index),
     }
 }
 
@@ -124,7 +129,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let within = answer_within(request.metadata());
+        let within = answer_within(request.metadata(), TRANSFER_ANSWER_MARGIN);
         let pb::TransferLeaderRequest { to, term } = request.into_inner();
         let current_term = self.app.raft.metrics().borrow_watched().current_term;
         let new_leader = match term {
@@ -149,7 +154,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let within = answer_within(request.metadata());
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
         let pb::MemberAddRequest { id, address, learner } = request.into_inner();
         let changed = self.member_changes.add(id, address, learner, within).await?;
         Ok(change_response(changed))
@@ -159,7 +164,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let within = answer_within(request.metadata());
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
         let changed = self.member_changes.promote(request.into_inner().id, within).await?;
         Ok(change_response(changed))
     }
@@ -168,7 +173,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
-        let within = answer_within(request.metadata());
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
         let changed = self.member_changes.remove(request.into_inner().id, within).await?;
         Ok(change_response(changed))
     }

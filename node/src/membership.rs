@@ -26,6 +26,15 @@ use crate::types::{NodeId, Raft, RaftMetrics, TypeConfig};
 /// lost one other voter would stall.
 pub const PROMOTE_MAX_LAG_ENTRIES: u64 = 256;
 
+/// How long removing a voter waits for it to receive the membership that makes it a learner,
+/// before it is removed altogether (a dead node never does: it is removed all the same).
+pub const DEMOTED_RECEIVE_WAIT: Duration = Duration::from_secs(1);
+/// How often a node that has been a member asks the others whether it still is: a removed
+/// node does not hear of its removal from the leader, which stops replicating to it.
+pub const REMOVAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one of those questions may take.
+const REMOVAL_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Why a membership change was not made. Each message is one line a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -174,10 +183,7 @@ impl MemberChanges {
         let caught_up = self
             .raft
             .wait(Some(within))
-            .metrics(
-                |m| !m.state.is_leader() || behind(m, id).is_some_and(|b| b <= PROMOTE_MAX_LAG_ENTRIES),
-                "the learner caught up",
-            )
+            .metrics(|m| !m.state.is_leader() || caught_up(m, id), "the learner caught up")
             .await;
         match caught_up {
             Ok(m) if !m.state.is_leader() => return Err(MembershipError::NotLeader(not_leader_status(&m))),
@@ -229,13 +235,37 @@ impl MemberChanges {
                 }),
             )));
         }
-        let change = if is_voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        tracing::info!(node = id, voter = is_voter, "removing a member");
-        let removed = self.raft.change_membership(change, false).await.map_err(change_error)?;
+        if is_voter {
+            // A voter is made a learner first, and given a moment to receive that membership:
+            // a node removed outright never hears of it (the leader stops replicating to it), so
+            // it would stand for election again and again; a learner never does.
+            tracing::info!(node = id, "removing a voter: making it a learner first");
+            let demoted = self
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+                .await
+                .map_err(change_error)?;
+            let index = demoted.log_id.index;
+            let _ = self
+                .raft
+                .wait(Some(within.min(DEMOTED_RECEIVE_WAIT)))
+                .metrics(
+                    |m| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(&id))
+                            .is_some_and(|matched| matched.is_some_and(|l| l.index >= index))
+                    },
+                    "the removed voter has the membership that makes it a learner",
+                )
+                .await;
+        }
+        tracing::info!(node = id, "removing a member");
+        let removed = self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(change_error)?;
         Ok(self.changed(removed.log_id.index))
     }
 
@@ -259,15 +289,29 @@ impl MemberChanges {
     }
 }
 
-/// How many entries member `id` is behind the leader's last log entry, when this node leads
-/// and knows (a voter or learner it replicates to; the leader itself is 0 behind).
-pub fn behind(m: &RaftMetrics, id: NodeId) -> Option<u64> {
-    let last = m.last_log_index.unwrap_or(0);
+/// The index of the last log entry member `id` is known to hold, when this node leads and has
+/// heard from it (the leader holds its whole log).
+fn matched(m: &RaftMetrics, id: NodeId) -> Option<u64> {
     if id == m.id {
-        return Some(0);
+        return m.last_log_index;
     }
-    let matched = m.replication.as_ref()?.get(&id)?.as_ref().map_or(0, |l| l.index);
-    Some(last.saturating_sub(matched))
+    m.replication.as_ref()?.get(&id)?.as_ref().map(|l| l.index)
+}
+
+/// How many entries member `id` is behind the leader's last log entry, when this node leads
+/// (a member it has not heard from yet is behind by the whole log).
+pub fn behind(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+    if !m.state.is_leader() {
+        return None;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    Some(last.saturating_sub(matched(m, id).unwrap_or(0)))
+}
+
+/// Whether learner `id` is close enough to the leader to be made a voter: it has answered,
+/// and is at most [`PROMOTE_MAX_LAG_ENTRIES`] behind.
+fn caught_up(m: &RaftMetrics, id: NodeId) -> bool {
+    matched(m, id).is_some() && behind(m, id).is_some_and(|b| b <= PROMOTE_MAX_LAG_ENTRIES)
 }
 
 /// The members as the API shows them, with how far behind each is when this node leads.
@@ -279,7 +323,7 @@ pub fn members_of(m: &RaftMetrics) -> Vec<pb::Member> {
             id: *id,
             address: node.addr.clone(),
             voter: membership.voter_ids().any(|v| v == *id),
-            behind: if m.state.is_leader() { behind(m, *id) } else { None },
+            behind: behind(m, *id),
         })
         .collect()
 }
@@ -333,34 +377,85 @@ fn change_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> M
     }
 }
 
-/// Watches this node's view of the membership and, once the node has been a member and then
-/// sees a membership without itself, records that durably in its data directory (which is
-/// refused from then on) and says so once. It keeps running, idle, until it is stopped.
+/// Finds out that this node was removed from the cluster, records it durably in its data
+/// directory (which is refused from then on), says so once, and stops Raft here, so that a
+/// removed node (or one started again from a removed node's data) never stands for election.
+///
+/// A node sees its removal in its own log only if the leader replicated that far to it, which
+/// it need not; so, once it has been a member, it also asks the others every
+/// [`REMOVAL_CHECK_INTERVAL`] for their membership: one whose committed membership is newer
+/// than this node's and leaves it out settles the question.
 pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::PathBuf) {
-    let mut metrics = raft.metrics();
     let mut was_member = false;
-    loop {
-        let removed_at = {
+    let mut tick = tokio::time::interval(REMOVAL_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let removed_at = loop {
+        tick.tick().await;
+        let (own_view, peers) = {
+            let metrics = raft.metrics();
             let m = metrics.borrow_watched();
-            let is_member = m.membership_config.membership().get_node(&id).is_some();
+            if m.state == openraft::ServerState::Shutdown {
+                return;
+            }
+            let membership = m.membership_config.membership();
+            let is_member = membership.get_node(&id).is_some();
             was_member |= is_member;
-            match m.membership_config.log_id() {
-                Some(log_id) if was_member && !is_member => Some(log_id.index),
-                _ => None,
+            let own_index = m.membership_config.log_id().map_or(0, |l| l.index);
+            if was_member && !is_member {
+                break own_index;
             }
+            let peers: Vec<String> = membership
+                .nodes()
+                .filter(|(peer, _)| **peer != id)
+                .map(|(_, node)| node.addr.clone())
+                .collect();
+            (
+                own_index,
+                if was_member && !m.state.is_leader() {
+                    peers
+                } else {
+                    Vec::new()
+                },
+            )
         };
-        if let Some(index) = removed_at {
-            match crate::store::data_dir::record_removal(&data_dir, index) {
-                Ok(()) => tracing::warn!(
-                    index,
-                    "this node was removed from the cluster at log index {index}; its data directory cannot be used again"
-                ),
-                Err(error) => tracing::error!(%error, index, "this node was removed from the cluster but cannot record it"),
-            }
-            return;
+        if let Some(index) = removal_seen_by_peers(id, own_view, &peers).await {
+            break index;
         }
-        if metrics.changed().await.is_err() {
-            return;
+    };
+    match crate::store::data_dir::record_removal(&data_dir, removed_at) {
+        Ok(()) => tracing::warn!(
+            index = removed_at,
+            "this node was removed from the cluster at log index {removed_at}; stopping raft here (its data directory cannot be used again)"
+        ),
+        Err(error) => tracing::error!(%error, index = removed_at, "this node was removed from the cluster but cannot record it"),
+    }
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(%error, "raft did not stop cleanly");
+    }
+}
+
+/// The index of a committed membership newer than `own_index` that leaves node `id` out, as
+/// the first of `peers` that answers and knows one says.
+async fn removal_seen_by_peers(id: NodeId, own_index: u64, peers: &[String]) -> Option<u64> {
+    for address in peers {
+        let Ok(channel) = raftkv::client::channel(address) else {
+            continue;
+        };
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(REMOVAL_CHECK_TIMEOUT);
+        let status = tokio::time::timeout(
+            REMOVAL_CHECK_TIMEOUT,
+            pb::cluster_client::ClusterClient::new(channel).status(request),
+        )
+        .await;
+        let Ok(Ok(status)) = status else { continue };
+        let status = status.into_inner();
+        let (Some(index), Some(committed)) = (status.membership_index, status.commit_index) else {
+            continue;
+        };
+        if index > own_index && committed >= index && status.members.iter().all(|m| m.id != id) {
+            return Some(index);
         }
     }
+    None
 }

@@ -214,6 +214,9 @@ impl Forwarder {
             // Every write forwarded carries a write id (the client's, or one the router adds),
             // so sending it again is safe whatever happened to the attempt.
             match retry::decide(&status, address) {
+                // The node itself answered that time ran out: its reason (what state a
+                // membership change was left in, say) is the answer, as it gave it.
+                Retry::GiveUp if status.code() == tonic::Code::DeadlineExceeded => return Err(pass_through(status)),
                 Retry::GiveUp => {
                     last_failure = Some(format!("{address} did not answer in time"));
                     break;

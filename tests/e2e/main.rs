@@ -19,6 +19,7 @@ mod input_validation;
 mod integrity;
 mod jepsen;
 mod local_cluster;
+mod membership;
 mod metrics;
 mod partition;
 mod pre_vote;
