@@ -41,7 +41,7 @@ pub struct ClusterService {
 
 impl ClusterService {
     pub fn new(app: App) -> Self {
-        let member_changes = Arc::new(MemberChanges::new(app.raft.clone()));
+        let member_changes = Arc::new(MemberChanges::new(app.raft.clone(), app.reader.clone()));
         ClusterService { app, member_changes }
     }
 }

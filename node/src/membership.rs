@@ -19,6 +19,7 @@ use tonic::Status;
 
 use crate::handover::{self, HandOverError};
 use crate::raft_service::not_leader;
+use crate::store::KvReader;
 use crate::types::{NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// A learner is made a voter only once it is at most this many log entries behind the leader:
@@ -51,6 +52,10 @@ pub enum MembershipError {
         role: &'static str,
         address: String,
     },
+    #[error(
+        "node {id} was removed from the cluster at log index {index} and ids are never reused; start the node with an empty data dir and --join and add it under a new id"
+    )]
+    IdRetired { id: NodeId, index: u64 },
     #[error("address {address} is already used by node {id}")]
     AddressTaken { address: String, id: NodeId },
     #[error("another membership change is in progress ({0}); try again when it has finished")]
@@ -75,7 +80,9 @@ impl From<MembershipError> for Status {
             E::NotLeader(status) => status,
             E::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
             E::NoSuchMember(_) => Status::not_found(error.to_string()),
-            E::IdTaken { .. } | E::AddressTaken { .. } => Status::already_exists(error.to_string()),
+            E::IdTaken { .. } | E::IdRetired { .. } | E::AddressTaken { .. } => {
+                Status::already_exists(error.to_string())
+            }
             E::InProgress(_) | E::LastVoter(_) | E::Rejected(_) => Status::failed_precondition(error.to_string()),
             E::NotCaughtUp { .. } => Status::deadline_exceeded(error.to_string()),
             E::Stopped(_) => Status::unavailable(error.to_string()),
@@ -87,6 +94,8 @@ impl From<MembershipError> for Status {
 /// request while one runs is refused rather than queued, so its caller knows at once.
 pub struct MemberChanges {
     raft: Raft,
+    /// The state machine, which records every node ever removed.
+    reader: KvReader,
     /// What the change in progress does, for the refusal of another.
     busy: tokio::sync::Mutex<()>,
     current: std::sync::Mutex<String>,
@@ -99,9 +108,10 @@ pub struct Changed {
 }
 
 impl MemberChanges {
-    pub fn new(raft: Raft) -> MemberChanges {
+    pub fn new(raft: Raft, reader: KvReader) -> MemberChanges {
         MemberChanges {
             raft,
+            reader,
             busy: tokio::sync::Mutex::new(()),
             current: std::sync::Mutex::new(String::new()),
         }
@@ -120,7 +130,8 @@ impl MemberChanges {
 
     /// Adds node `id` at `address` as a learner and, unless `learner`, makes it a voter once
     /// it has caught up (within `within`). A learner already added at the same address (an
-    /// add that timed out before) is only promoted.
+    /// add that timed out before) is only promoted; a node that already is what was asked
+    /// (a retry whose first answer was lost) is answered with the membership as it is.
     pub async fn add(
         &self,
         id: NodeId,
@@ -136,13 +147,25 @@ impl MemberChanges {
         let deadline = tokio::time::Instant::now() + within;
         let m = leader_metrics(&self.raft)?;
         let membership = m.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|v| v == id);
         let already_learner = match membership.get_node(&id) {
-            Some(node) if membership.voter_ids().any(|v| v == id) || learner || node.addr != address => {
-                return Err(id_taken(&m, id));
+            Some(node) if node.addr != address => return Err(id_taken(&m, id)),
+            Some(_) if is_voter || learner => {
+                let index = m.membership_config.log_id().map_or(0, |l| l.index);
+                return Ok(self.changed(index));
             }
             Some(_) => true,
             None => false,
         };
+        match self.reader.removed_at(id) {
+            Ok(Some(index)) => return Err(MembershipError::IdRetired { id, index }),
+            Ok(None) => {}
+            Err(error) => {
+                return Err(MembershipError::Stopped(format!(
+                    "cannot read the state machine: {error}"
+                )))
+            }
+        }
         if let Some((other, _)) = membership
             .nodes()
             .find(|(other, node)| **other != id && node.addr == address)
@@ -213,7 +236,11 @@ impl MemberChanges {
         let m = leader_metrics(&self.raft)?;
         let membership = m.membership_config.membership();
         if membership.get_node(&id).is_none() {
-            return Err(MembershipError::NoSuchMember(id));
+            // Removed already: a retry whose first answer was lost.
+            return match self.reader.removed_at(id) {
+                Ok(Some(index)) => Ok(self.changed(index)),
+                _ => Err(MembershipError::NoSuchMember(id)),
+            };
         }
         let is_voter = membership.voter_ids().any(|v| v == id);
         if is_voter && membership.voter_ids().count() == 1 {

@@ -185,7 +185,8 @@ impl Forwarder {
                 self.wait_for_view_change(&mut views, deadline.answer_by).await?;
                 continue;
             };
-            let attempt = call(&self.tracker.nodes()[node], request.clone(), deadline.time_left());
+            let target = self.tracker.node(node);
+            let attempt = call(&target, request.clone(), deadline.time_left());
             // A node that went silent (host down, link cut) resets nothing, so its attempt
             // would end only at HTTP/2 keepalive's verdict or the deadline. When the view says
             // the request belongs elsewhere now, it is sent there without waiting for that.
@@ -198,7 +199,7 @@ impl Forwarder {
             if route == Route::AnyHealthy {
                 self.reads.read_answered();
             }
-            let address = &self.tracker.nodes()[node].address;
+            let address = &target.address;
             let status = match answer {
                 Some(Ok(response)) => return Ok(Response::new(response.into_inner())),
                 Some(Err(status)) => status,

@@ -57,9 +57,18 @@ async fn wait_caught_up(cluster: &TestCluster, id: u64) {
     cluster.wait_for_applied(id, committed, CHANGE_TIMEOUT).await;
 }
 
+/// The walkthrough of README's "Replacing a dead node", with snapshots taken often and the log
+/// purged behind them, so that the new node gets the state (the record that node 3 was
+/// removed included) from a snapshot rather than from the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_replaced_by_a_new_one_that_gets_every_key() {
-    let mut cluster = TestCluster::start(3).await;
+    let options = common::ClusterOptions::default().node_args(&[
+        "--snapshot-after-logs",
+        "10",
+        "--keep-logs-after-snapshot",
+        "0",
+    ]);
+    let mut cluster = TestCluster::start_with(options).await;
     let client = change_client(&cluster);
     write_keys(&client, "before", 200).await;
 
@@ -67,6 +76,8 @@ async fn a_killed_node_is_replaced_by_a_new_one_that_gets_every_key() {
     let removed = client.member_remove(3).await.expect("remove the dead node");
     assert!(removed.members.iter().all(|m| m.id != 3), "{removed:?}");
     cluster.forget(3);
+    // Moves the snapshots (and the purged log) past the removal.
+    write_keys(&client, "between", 50).await;
 
     let new = cluster.start_joining_node().await;
     assert_eq!(new, 4);
@@ -86,7 +97,28 @@ async fn a_killed_node_is_replaced_by_a_new_one_that_gets_every_key() {
     write_keys(&client, "after", 50).await;
     wait_caught_up(&cluster, new).await;
     assert_node_has_keys(&cluster, new, "before", 200).await;
+    assert_node_has_keys(&cluster, new, "between", 50).await;
     assert_node_has_keys(&cluster, new, "after", 50).await;
+
+    // Node 4 learnt from its snapshot that node 3 was removed: leading, it refuses the id.
+    client
+        .transfer_leader(Some(new))
+        .await
+        .expect("hand leadership to node 4");
+    // The router, given only nodes 1 to 3, learnt node 4 from the membership: it routes there.
+    let written = client
+        .put(key("led-by-4", 0), value("led-by-4", 0))
+        .await
+        .expect("a put while node 4 leads");
+    assert_eq!(written.header.map(|header| header.node_id), Some(new));
+    let again = format!("127.0.0.1:{}", common::free_port());
+    match cluster.node_client(new).member_add(3, &again, false).await {
+        Err(Error::Other(message)) => assert!(
+            message.starts_with("node 3 was removed from the cluster at log index") && message.contains("never reused"),
+            "{message}"
+        ),
+        other => panic!("expected the reused id to be refused, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use raftkv::raft_pb as pb;
 
 use crate::convert;
 use crate::store::engine::{EngineError, View};
-use crate::store::keys::{user_key, DATA_PREFIX};
+use crate::store::keys::{removed_member, user_key, DATA_PREFIX, REMOVED_MEMBER_PREFIX};
 use crate::types::SnapshotMeta;
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -78,6 +78,12 @@ pub(super) fn encode_body(view: &dyn View, sessions: Vec<pb::ClientSession>) -> 
     }
     for session in sessions {
         append(Record::Session(session));
+    }
+    for pair in view.prefix(&[REMOVED_MEMBER_PREFIX]) {
+        let (k, v) = pair?;
+        if let Some((id, log_index)) = removed_member(&k, &v) {
+            append(Record::RemovedMember(pb::RemovedMember { id, log_index }));
+        }
     }
     Ok(body)
 }

@@ -28,8 +28,8 @@ use raftkv::raft_pb as pb;
 use crate::convert;
 use crate::store::engine::{Engine, EngineError, Writes};
 use crate::store::keys::{
-    data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
-    MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
+    data_key, removed_member_key, result_client, result_key, result_record, result_record_sequences, session_key,
+    user_key, APPLIED_KEY, MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
 use crate::store::sessions::{Seen, Sessions};
 use crate::store::snapshot_file::{self, SnapshotFileError, SnapshotRecords};
@@ -94,6 +94,16 @@ pub struct KvReader {
 impl KvReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.engine.get(&data_key(key))
+    }
+
+    /// The log index of the membership that removed node `id`, if it was ever removed.
+    pub fn removed_at(&self, id: u64) -> Result<Option<u64>, EngineError> {
+        let key = removed_member_key(id);
+        Ok(self
+            .engine
+            .get(&key)?
+            .and_then(|value| crate::store::keys::removed_member(&key, &value))
+            .map(|(_, index)| index))
     }
 
     /// Up to `limit` pairs (and about `max_bytes` of keys and values, but at
@@ -261,6 +271,9 @@ fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, body: &[u8]) -> io::Re
                 write_session(&mut writes, &session);
                 sessions.insert_pb(session);
             }
+            Some(pb::snapshot_record::Record::RemovedMember(removed)) => {
+                writes.insert(removed_member_key(removed.id), removed.log_index.to_be_bytes().to_vec())
+            }
             None => {}
         }
         if writes.bytes() >= INSTALL_PART_BYTES {
@@ -416,6 +429,12 @@ impl StateMachine {
             match entry.payload {
                 EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
+                    // The nodes this membership leaves out are removed for good: their ids are
+                    // never used again.
+                    let before = membership.as_ref().unwrap_or(&self.membership).membership();
+                    for (id, _) in before.nodes().filter(|(id, _)| m.get_node(id).is_none()) {
+                        writes.insert(removed_member_key(*id), entry.log_id.index.to_be_bytes().to_vec());
+                    }
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     results.push(WriteGroupResults::default());
                 }
