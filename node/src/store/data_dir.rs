@@ -345,6 +345,30 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_directory_never_bootstraps_and_a_removed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 4, "").unwrap());
+        // A node that joined must not be restarted as the bootstrapper of a cluster of its own.
+        let err = open_when_released(dir.path(), 4, CLUSTER).err().unwrap();
+        assert!(matches!(err, DataDirError::Joined { .. }), "{err}");
+        drop(open_when_released(dir.path(), 4, "").unwrap());
+
+        record_removal(dir.path(), 17).unwrap();
+        let err = open_when_released(dir.path(), 4, "").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "node 4 was removed from the cluster at log index 17; to rejoin, start it with an empty data dir and --join and add it under a new id"
+        );
+    }
+
+    #[test]
+    fn a_node_of_the_initial_cluster_may_restart_with_join() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        drop(open_when_released(dir.path(), 1, "").unwrap());
+    }
+
+    #[test]
     fn a_directory_of_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());

@@ -894,6 +894,43 @@ mod tests {
         assert!(sm.engine.get(&session_key(42)).unwrap().is_none());
     }
 
+    fn membership_entry(index: u64, ids: &[u64]) -> Entry {
+        let nodes = ids
+            .iter()
+            .map(|id| (*id, openraft::BasicNode::new(format!("127.0.0.1:{id}"))))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let voters = vec![ids.iter().copied().collect()];
+        Entry {
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Membership(crate::types::Membership::new(voters, nodes).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_members_are_remembered_and_carried_in_snapshots() {
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let mut src = open_on(src_dir.path(), kind);
+            src.apply_entries([membership_entry(1, &[1, 2, 3]), membership_entry(2, &[1, 2])])
+                .unwrap();
+            src.apply_entries([membership_entry(3, &[1, 2, 4])]).unwrap();
+            let reader = src.reader();
+            assert_eq!(reader.removed_at(3).unwrap(), Some(2));
+            assert_eq!(reader.removed_at(2).unwrap(), None);
+            assert_eq!(reader.removed_at(4).unwrap(), None);
+            assert!(
+                reader.scan(b"", b"", 10, usize::MAX).unwrap().0.is_empty(),
+                "no user key"
+            );
+
+            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = open_on(dst_dir.path(), kind);
+            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            assert_eq!(dst.reader().removed_at(3).unwrap(), Some(2), "{kind:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
         for kind in EngineKind::ALL {
