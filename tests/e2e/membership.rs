@@ -280,3 +280,83 @@ async fn growing_to_five_and_shrinking_back_to_three_under_load_fails_no_write()
         assert_node_has_keys(&cluster, leader, &format!("load-{writer}"), count).await;
     }
 }
+
+/// `raftkv` with `args`, run to its end.
+async fn raftkv(args: &[&str]) -> common::Finished {
+    common::run_to_end(
+        &common::binary("raftkv"),
+        args,
+        CHANGE_TIMEOUT + Duration::from_secs(10),
+    )
+    .await
+}
+
+/// The `raftkv member` commands as a script uses them: output, progress and exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_commands_print_progress_and_exit_with_the_documented_codes() {
+    let mut cluster = TestCluster::start(3).await;
+    let endpoint = cluster.router_address().to_string();
+    let run = raftkv(&["--endpoint", &endpoint, "member", "list", "--output", "json"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let expected: Vec<String> = (1..=3)
+        .map(|id| {
+            format!(
+                "{{\"id\":{id},\"address\":\"{}\",\"role\":\"voter\"}}",
+                cluster.address(id)
+            )
+        })
+        .collect();
+    assert_eq!(run.stdout, format!("{{\"members\":[{}]}}\n", expected.join(",")));
+
+    let new = cluster.start_joining_node().await;
+    let address = cluster.address(new).to_string();
+    let run = raftkv(&[
+        "--endpoint",
+        &endpoint,
+        "--timeout",
+        "20s",
+        "member",
+        "add",
+        &new.to_string(),
+        &address,
+    ])
+    .await;
+    assert!(run.status.success(), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&format!("adding node {new} at {address} as a learner").as_str()),
+        "{run:?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("node {new} is a voter"))),
+        "{run:?}"
+    );
+    // `raftkv status` shows the new member and its role.
+    let run = raftkv(&["--endpoint", &endpoint, "status", "--output", "json"]).await;
+    assert!(run.status.success() && run.stdout.contains(&address), "{run:?}");
+
+    // A node that never answers: exit 3, one line saying it stays a learner.
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let run = raftkv(&["--endpoint", &endpoint, "--timeout", "2s", "member", "add", "8", &dead]).await;
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("it stays a learner"), "{run:?}");
+    let run = raftkv(&["--endpoint", &endpoint, "member", "list"]).await;
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("8 ") && l.contains("learner")),
+        "{run:?}"
+    );
+    let run = raftkv(&["--endpoint", &endpoint, "member", "remove", "8"]).await;
+    assert!(run.status.success(), "{run:?}");
+
+    let run = raftkv(&["--endpoint", &endpoint, "member", "remove", "9"]).await;
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    assert_eq!(run.stderr, "error: node 9 is not a member of the cluster\n");
+    let run = raftkv(&["--endpoint", &endpoint, "member", "add", "9", "no-port"]).await;
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    let run = raftkv(&["member", "add", "--help"]).await;
+    assert!(run.status.success() && run.stdout.contains("Examples:"), "{run:?}");
+}
