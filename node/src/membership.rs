@@ -292,7 +292,14 @@ impl MemberChanges {
             .raft
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
-            .map_err(change_error)?;
+            .map_err(|error| match change_error(error) {
+                // A retry goes to the leader, which finishes the removal.
+                not_leader @ MembershipError::NotLeader(_) => not_leader,
+                other if is_voter => MembershipError::Rejected(format!(
+                    "node {id} was made a learner but not removed ({other}); run `raftkv member remove {id}` again"
+                )),
+                other => other,
+            })?;
         Ok(self.changed(removed.log_id.index))
     }
 
@@ -414,6 +421,8 @@ fn change_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> M
 /// than this node's and leaves it out settles the question.
 pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::PathBuf) {
     let mut was_member = false;
+    // One channel per peer, kept: a question a second must not open a connection each time.
+    let mut channels = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(REMOVAL_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let removed_at = loop {
@@ -445,7 +454,7 @@ pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::Pat
                 },
             )
         };
-        if let Some(index) = removal_seen_by_peers(id, own_view, &peers).await {
+        if let Some(index) = removal_seen_by_peers(id, own_view, &peers, &mut channels).await {
             break index;
         }
     };
@@ -463,10 +472,19 @@ pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::Pat
 
 /// The index of a committed membership newer than `own_index` that leaves node `id` out, as
 /// the first of `peers` that answers and knows one says.
-async fn removal_seen_by_peers(id: NodeId, own_index: u64, peers: &[String]) -> Option<u64> {
+async fn removal_seen_by_peers(
+    id: NodeId,
+    own_index: u64,
+    peers: &[String],
+    channels: &mut std::collections::HashMap<String, tonic::transport::Channel>,
+) -> Option<u64> {
     for address in peers {
-        let Ok(channel) = raftkv::client::channel(address) else {
-            continue;
+        let channel = match channels.get(address) {
+            Some(channel) => channel.clone(),
+            None => match raftkv::client::channel(address) {
+                Ok(channel) => channels.entry(address.clone()).or_insert(channel).clone(),
+                Err(_) => continue,
+            },
         };
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(REMOVAL_CHECK_TIMEOUT);
