@@ -209,7 +209,14 @@ enum Command {
     Leader(LeaderCommand),
 
     /// List, add, promote or remove cluster members.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples (replacing dead node 3 with a new node 4):\n  \
+            raftkv member remove 3\n  \
+            raftkv-node --id 4 --listen 127.0.0.1:7004 --data-dir data/node-4 --join &\n  \
+            raftkv member add 4 127.0.0.1:7004\n  \
+            raftkv member list"
+    )]
     Member(MemberCommand),
 
     /// Start or stop a local cluster of raftkv-node processes and a raftkv-router.
