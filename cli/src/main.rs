@@ -429,7 +429,8 @@ enum ClusterCommand {
             and pids. Children log to DIR/node-i.log and DIR/router.log. Running it again reuses the data.\n\n\
             In the foreground it reports leader changes and reads commands from standard input: \
             `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, \
-            `transfer [N]` (hand leadership over), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
+            `transfer [N]` (hand leadership over), `add` (start a new node with --join and add it), \
+            `remove N` (remove node N and stop it), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
             With --detach the processes keep running after this command exits; \
             `raftkv cluster down` stops them.\n\n\
             With --tls every connection is TLS with client certificates: a development CA and \

@@ -360,3 +360,88 @@ async fn the_member_commands_print_progress_and_exit_with_the_documented_codes()
     let run = raftkv(&["member", "add", "--help"]).await;
     assert!(run.status.success() && run.stdout.contains("Examples:"), "{run:?}");
 }
+
+/// A foreground `raftkv cluster up`, its console fed through a pipe, its output in a file;
+/// killed (with its nodes, which die with it) if the test ends without `quit`.
+struct ConsoleCluster {
+    child: std::process::Child,
+    output: std::path::PathBuf,
+}
+
+impl ConsoleCluster {
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("a piped stdin");
+        writeln!(stdin, "{line}").expect("write to the console");
+    }
+
+    async fn wait_for_output(&self, text: &str) {
+        let what = format!("cluster up prints {text:?}");
+        wait_until(CHANGE_TIMEOUT * 2, &what, || {
+            let printed = std::fs::read_to_string(&self.output).unwrap_or_default();
+            async move { printed.contains(text).then_some(()) }
+        })
+        .await;
+    }
+}
+
+impl Drop for ConsoleCluster {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", std::fs::read_to_string(&self.output).unwrap_or_default());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_up_console_adds_and_removes_nodes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("data");
+    let output = scratch.path().join("console.out");
+    // The router, five node ports and their metrics ports, 100 above them.
+    let base = common::free_port_block(106);
+    let child = std::process::Command::new(common::binary("raftkv"))
+        .args([
+            "cluster",
+            "up",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--base-port",
+            &base.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cluster up");
+    let mut console = ConsoleCluster { child, output };
+    console.wait_for_output("try: raftkv").await;
+    let endpoint = format!("127.0.0.1:{base}");
+    let client = Client::new(vec![endpoint.clone()], CHANGE_TIMEOUT).unwrap();
+
+    console.type_line("add");
+    console.wait_for_output("node 4 added as a voter").await;
+    assert_eq!(members(&client).await, vec![(1, true), (2, true), (3, true), (4, true)]);
+
+    console.type_line("remove 1");
+    console.wait_for_output("node 1 removed").await;
+    assert_eq!(members(&client).await, vec![(2, true), (3, true), (4, true)]);
+    client
+        .put(key("after", 0), value("after", 0))
+        .await
+        .expect("a put after the changes");
+
+    console.type_line("quit");
+    let exited = wait_until(CHANGE_TIMEOUT, "cluster up exits", || {
+        let exited = console.child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    assert!(exited.success(), "cluster up exited with {exited}");
+    let printed = std::fs::read_to_string(&console.output).unwrap();
+    assert!(printed.contains("cluster stopped"), "{printed}");
+}
