@@ -562,9 +562,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Certs(CertsCommand::Create(args)) => certs::create(args),
         Command::Member(MemberCommand::List(args)) => member::list(&connect()?, args.output).await,
         Command::Member(MemberCommand::Add(args)) => {
-            member::add(&endpoints, cli.timeout, args.id, &args.address, args.learner).await
+            member::add(&endpoints, timeout, options()?, args.id, &args.address, args.learner).await
         }
-        Command::Member(MemberCommand::Promote(args)) => member::promote(&endpoints, cli.timeout, args.id).await,
+        Command::Member(MemberCommand::Promote(args)) => {
+            member::promote(&endpoints, timeout, options()?, args.id).await
+        }
         Command::Member(MemberCommand::Remove(args)) => member::remove(&connect()?, args.id).await,
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use raftkv::client::{Client, Error};
+use raftkv::client::{Client, ClientOptions, Error};
 use raftkv::pb;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -84,27 +84,33 @@ fn render(members: &[pb::Member], format: OutputFormat) -> String {
 pub async fn add(
     endpoints: &[String],
     timeout: Duration,
+    options: ClientOptions,
     id: u64,
     address: &str,
     learner: bool,
 ) -> Result<(), CliError> {
     let deadline = Instant::now() + timeout;
-    let client = Client::new(endpoints.to_vec(), timeout)?;
+    let client = Client::with_options(endpoints.to_vec(), timeout, options.clone())?;
     println!("adding node {id} at {address} as a learner");
     let added = client.member_add(id, address, true).await?;
     println!("node {id} is a learner (membership at log index {})", added.log_index);
     if learner {
         return Ok(());
     }
-    promote_with_progress(endpoints, deadline, id).await
+    promote_with_progress(endpoints, deadline, options, id).await
 }
 
 /// Makes learner `id` a voter once it has caught up, printing progress, within `timeout`.
-pub async fn promote(endpoints: &[String], timeout: Duration, id: u64) -> Result<(), CliError> {
-    promote_with_progress(endpoints, Instant::now() + timeout, id).await
+pub async fn promote(endpoints: &[String], timeout: Duration, options: ClientOptions, id: u64) -> Result<(), CliError> {
+    promote_with_progress(endpoints, Instant::now() + timeout, options, id).await
 }
 
-async fn promote_with_progress(endpoints: &[String], deadline: Instant, id: u64) -> Result<(), CliError> {
+async fn promote_with_progress(
+    endpoints: &[String],
+    deadline: Instant,
+    options: ClientOptions,
+    id: u64,
+) -> Result<(), CliError> {
     let time_left = deadline.saturating_duration_since(Instant::now());
     if time_left.is_zero() {
         return Err(Error::Timeout(format!(
@@ -112,7 +118,7 @@ async fn promote_with_progress(endpoints: &[String], deadline: Instant, id: u64)
         ))
         .into());
     }
-    let client = Client::new(endpoints.to_vec(), time_left)?;
+    let client = Client::with_options(endpoints.to_vec(), time_left, options)?;
     let promoted = client.member_promote(id);
     tokio::pin!(promoted);
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);

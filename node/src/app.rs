@@ -198,7 +198,13 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
     tokio::spawn(
-        crate::membership::record_own_removal(settings.id, raft.clone(), settings.data_dir.clone()).in_current_span(),
+        crate::membership::record_own_removal(
+            settings.id,
+            raft.clone(),
+            settings.data_dir.clone(),
+            settings.tls.as_ref().map(ServerTls::client),
+        )
+        .in_current_span(),
     );
     let (metrics, request_metrics) = NodeMetrics::new();
     let leader_contact = LeaderContact::new();

@@ -420,7 +420,12 @@ fn change_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> M
 /// it need not; so, once it has been a member, it also asks the others every
 /// [`REMOVAL_CHECK_INTERVAL`] for their membership: one whose committed membership is newer
 /// than this node's and leaves it out settles the question.
-pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::PathBuf) {
+pub async fn record_own_removal(
+    id: NodeId,
+    raft: Raft,
+    data_dir: std::path::PathBuf,
+    tls: Option<raftkv::tls::ClientTls>,
+) {
     let mut was_member = false;
     // One channel per peer, kept: a question a second must not open a connection each time.
     let mut channels = std::collections::HashMap::new();
@@ -455,7 +460,7 @@ pub async fn record_own_removal(id: NodeId, raft: Raft, data_dir: std::path::Pat
                 },
             )
         };
-        if let Some(index) = removal_seen_by_peers(id, own_view, &peers, &mut channels).await {
+        if let Some(index) = removal_seen_by_peers(id, own_view, &peers, tls.as_ref(), &mut channels).await {
             break index;
         }
     };
@@ -477,12 +482,13 @@ async fn removal_seen_by_peers(
     id: NodeId,
     own_index: u64,
     peers: &[String],
+    tls: Option<&raftkv::tls::ClientTls>,
     channels: &mut std::collections::HashMap<String, tonic::transport::Channel>,
 ) -> Option<u64> {
     for address in peers {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
-            None => match raftkv::client::channel(address) {
+            None => match raftkv::client::channel(address, tls) {
                 Ok(channel) => channels.entry(address.clone()).or_insert(channel).clone(),
                 Err(_) => continue,
             },

@@ -217,6 +217,8 @@ pub struct LeaderTracker {
     resubscribe: RwLock<Vec<Arc<Notify>>>,
     /// What ends the stream tasks, for the nodes learnt after [`LeaderTracker::start`].
     shutdown: OnceLock<watch::Receiver<bool>>,
+    /// How the router connects to the members it learns (as to its seeds): TLS or not.
+    member_tls: OnceLock<raftkv::tls::ClientTls>,
 }
 
 impl LeaderTracker {
@@ -232,7 +234,13 @@ impl LeaderTracker {
             resubscribe: RwLock::new((0..count).map(|_| Arc::new(Notify::new())).collect()),
             nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
             shutdown: OnceLock::new(),
+            member_tls: OnceLock::new(),
         })
+    }
+
+    /// Connects to the members learnt from the nodes with `tls`, as to the seeds.
+    pub fn connect_members_with(&self, tls: raftkv::tls::ClientTls) {
+        let _ = self.member_tls.set(tls);
     }
 
     /// Starts one status-stream task per node; they end when `shutdown` turns true.
@@ -271,7 +279,7 @@ impl LeaderTracker {
             if known_id || known_address {
                 continue;
             }
-            let channel = match raftkv::client::channel(&member.address) {
+            let channel = match raftkv::client::channel(&member.address, self.member_tls.get()) {
                 Ok(channel) => channel,
                 Err(error) => {
                     tracing::warn!("member {} has an address the router cannot use: {error}", member.id);

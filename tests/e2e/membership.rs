@@ -159,7 +159,7 @@ async fn the_leader_is_removed_and_its_data_dir_then_refuses_to_start() {
 async fn membership_refusals_have_their_code_and_one_line() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.leader().await;
-    let mut raw = ClusterClient::new(client::channel(cluster.address(leader)).expect("a channel"));
+    let mut raw = ClusterClient::new(client::channel(cluster.address(leader), None).expect("a channel"));
 
     let unknown = raw.member_remove(pb::MemberRemoveRequest { id: 9 }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");

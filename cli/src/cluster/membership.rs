@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use raftkv::client::Client;
+use raftkv::client::{Client, ClientOptions};
 use tokio::time::Instant;
 
 use super::children::Role;
@@ -37,7 +37,7 @@ pub(super) async fn add_node(cluster: &mut LocalCluster) {
         Err(error) => return println!("cannot start node {id}: {error:#}"),
     }
     let deadline = Instant::now() + ADD_TIMEOUT;
-    let Ok(node) = Client::new(vec![address.clone()], START_POLL * 4) else {
+    let Some(node) = client(cluster, &address, START_POLL * 4) else {
         return;
     };
     while node.status_of(&address).await.is_err() {
@@ -49,7 +49,7 @@ pub(super) async fn add_node(cluster: &mut LocalCluster) {
         }
         tokio::time::sleep(START_POLL).await;
     }
-    let Ok(client) = Client::new(vec![cluster.layout.router_address()], ADD_TIMEOUT) else {
+    let Some(client) = client(cluster, &cluster.layout.router_address(), ADD_TIMEOUT) else {
         return;
     };
     match client.member_add(id, &address, false).await {
@@ -67,7 +67,7 @@ pub(super) async fn remove_node(cluster: &mut LocalCluster, id: u64) {
     if !cluster.layout.has_node(id) {
         return println!("there is no node {id}");
     }
-    let Ok(client) = Client::new(vec![cluster.layout.router_address()], REMOVE_TIMEOUT) else {
+    let Some(client) = client(cluster, &cluster.layout.router_address(), REMOVE_TIMEOUT) else {
         return;
     };
     match client.member_remove(id).await {
@@ -86,5 +86,30 @@ pub(super) async fn remove_node(cluster: &mut LocalCluster, id: u64) {
     cluster.layout.remove_node(id);
     if let Err(error) = cluster.save_state() {
         println!("cannot update cluster.json: {error:#}");
+    }
+}
+
+/// A client of `address` that connects as the cluster's processes do (TLS with `--tls`).
+fn client(cluster: &LocalCluster, address: &str, timeout: Duration) -> Option<Client> {
+    let tls = match cluster.layout.tls_dir() {
+        Some(dir) => match super::tls_certificates(dir) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                println!("cannot read the cluster's certificates: {}", error.message());
+                return None;
+            }
+        },
+        None => None,
+    };
+    let options = ClientOptions {
+        tls,
+        ..ClientOptions::default()
+    };
+    match Client::with_options(vec![address.to_string()], timeout, options) {
+        Ok(client) => Some(client),
+        Err(error) => {
+            println!("cannot connect to {address}: {error}");
+            None
+        }
     }
 }
