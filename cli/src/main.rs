@@ -16,6 +16,7 @@ mod cluster;
 mod election_watch;
 mod kv;
 mod leader;
+mod member;
 mod scan;
 mod status;
 
@@ -207,6 +208,17 @@ enum Command {
     #[command(subcommand)]
     Leader(LeaderCommand),
 
+    /// List, add, promote or remove cluster members.
+    #[command(
+        subcommand,
+        after_help = "Examples (replacing dead node 3 with a new node 4):\n  \
+            raftkv member remove 3\n  \
+            raftkv-node --id 4 --listen 127.0.0.1:7004 --data-dir data/node-4 --join &\n  \
+            raftkv member add 4 127.0.0.1:7004\n  \
+            raftkv member list"
+    )]
+    Member(MemberCommand),
+
     /// Start or stop a local cluster of raftkv-node processes and a raftkv-router.
     #[command(
         subcommand,
@@ -331,6 +343,84 @@ enum CertsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum MemberCommand {
+    /// Show every member: id, address, voter or learner, and how far behind a learner is.
+    #[command(
+        long_about = "Show every member of the cluster, as the leader sees it: id, address, role (voter or \
+            learner) and, for a learner, how many log entries it is behind the leader.\n\
+            --output json prints {\"members\":[{\"id\":1,\"address\":\"127.0.0.1:7001\",\"role\":\"voter\"}]}, \
+            a learner with \"behind\":N.",
+        after_help = "Examples:\n  raftkv member list\n  raftkv member list --output json"
+    )]
+    List(MemberListArgs),
+
+    /// Add a node (started with `raftkv-node --join`) to the cluster.
+    #[command(
+        long_about = "Add node ID, listening at ADDRESS, to the cluster: first as a learner (it receives the \
+            log but does not vote), then, once it has caught up with the leader, as a voter (unless --learner). \
+            Prints progress while it catches up. Start the node first with `raftkv-node --id ID --join ...`.\n\
+            Exit code 3 if it did not finish within --timeout: the node then stays a learner \
+            (`raftkv member promote ID` later, or `raftkv member remove ID`). An id that is in use, or was \
+            used by a node removed earlier, is refused: ids are never reused.",
+        after_help = "Examples:\n  \
+            raftkv-node --id 4 --listen 127.0.0.1:7004 --data-dir data/node-4 --join &\n  \
+            raftkv member add 4 127.0.0.1:7004 --timeout 1m\n  \
+            raftkv member add 5 127.0.0.1:7005 --learner"
+    )]
+    Add(MemberAddArgs),
+
+    /// Make a learner a voter, once it has caught up.
+    #[command(
+        long_about = "Make learner ID a voter once it has caught up with the leader, printing progress \
+            meanwhile. Exit code 3 if that did not happen within --timeout (it stays a learner).",
+        after_help = "Example:\n  raftkv member promote 4 --timeout 1m"
+    )]
+    Promote(MemberIdArgs),
+
+    /// Remove a member (voter or learner) from the cluster.
+    #[command(
+        long_about = "Remove member ID from the cluster. Removing the leader works: leadership moves to \
+            another voter first. The removed node's process keeps running until you stop it, and its data \
+            directory can never join again (it refuses to start): to bring the machine back, start it with \
+            an empty data directory and --join, and add it under a new id.",
+        after_help = "Examples:\n  raftkv member remove 3\n  raftkv member list"
+    )]
+    Remove(MemberIdArgs),
+}
+
+#[derive(Args, Debug)]
+struct MemberListArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = status::OutputFormat::Table)]
+    output: status::OutputFormat,
+}
+
+#[derive(Args, Debug)]
+struct MemberAddArgs {
+    /// The new node's id (never used in this cluster before).
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+    /// The address the node listens at, HOST:PORT (its --advertise address).
+    #[arg(value_parser = parse_address)]
+    address: String,
+    /// Leave it a learner: it receives the log but does not vote.
+    #[arg(long)]
+    learner: bool,
+}
+
+#[derive(Args, Debug)]
+struct MemberIdArgs {
+    /// The member's id.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+}
+
+fn parse_address(s: &str) -> Result<String, String> {
+    client::check_address(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Start N local nodes and a router, wait for a leader, then supervise them.
     #[command(
@@ -339,7 +429,8 @@ enum ClusterCommand {
             and pids. Children log to DIR/node-i.log and DIR/router.log. Running it again reuses the data.\n\n\
             In the foreground it reports leader changes and reads commands from standard input: \
             `kill N|leader|router` (SIGKILL), `stop N|router` (SIGTERM), `restart N|router`, \
-            `transfer [N]` (hand leadership over), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
+            `transfer [N]` (hand leadership over), `add` (start a new node with --join and add it), \
+            `remove N` (remove node N and stop it), `status`, `help`, `quit`. Ctrl-C or quit stops everything cleanly.\n\n\
             With --detach the processes keep running after this command exits; \
             `raftkv cluster down` stops them.\n\n\
             With --tls every connection is TLS with client certificates: a development CA and \
@@ -469,6 +560,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status::run(endpoints, timeout, options()?, args.output, args.watch).await,
         Command::Leader(LeaderCommand::Transfer(args)) => leader::transfer(&connect()?, args.to).await,
         Command::Certs(CertsCommand::Create(args)) => certs::create(args),
+        Command::Member(MemberCommand::List(args)) => member::list(&connect()?, args.output).await,
+        Command::Member(MemberCommand::Add(args)) => {
+            member::add(&endpoints, timeout, options()?, args.id, &args.address, args.learner).await
+        }
+        Command::Member(MemberCommand::Promote(args)) => {
+            member::promote(&endpoints, timeout, options()?, args.id).await
+        }
+        Command::Member(MemberCommand::Remove(args)) => member::remove(&connect()?, args.id).await,
         Command::Cluster(ClusterCommand::Up(args)) => cluster::up(args).await,
         Command::Cluster(ClusterCommand::Down(args)) => cluster::down(args).await,
         Command::Bench(args) => bench::run(endpoints, timeout, options()?.tls, args).await,

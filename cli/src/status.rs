@@ -444,11 +444,13 @@ mod tests {
                     id: 3,
                     address: "c:3".to_string(),
                     voter: true,
+                    behind: None,
                 },
                 pb::Member {
                     id: 1,
                     address: "a:1".to_string(),
                     voter: true,
+                    behind: None,
                 },
             ],
             ..Default::default()

@@ -60,6 +60,8 @@ pub struct Settings {
     /// The address peers and clients use to reach this node.
     pub advertise: String,
     pub data_dir: PathBuf,
+    /// The members to bootstrap a pristine data directory with; empty for a node that joins a
+    /// running cluster (`--join`): it never bootstraps and waits to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -81,7 +83,7 @@ pub struct Settings {
 
 impl Settings {
     /// The initial cluster as one canonical string; it identifies the cluster
-    /// a data directory belongs to.
+    /// a data directory belongs to. Empty for a node that joins.
     pub fn cluster_identity(&self) -> String {
         self.initial_cluster
             .iter()
@@ -167,7 +169,9 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         .await
         .context("cannot start raft")?;
 
-    if dir.pristine {
+    if dir.pristine && settings.initial_cluster.is_empty() {
+        tracing::info!(advertise = %settings.advertise, "waiting to be added to a cluster (raftkv member add)");
+    } else if dir.pristine {
         let members: BTreeMap<NodeId, BasicNode> = settings
             .initial_cluster
             .iter()
@@ -193,6 +197,15 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         span: tracing::Span::current(),
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
+    tokio::spawn(
+        crate::membership::record_own_removal(
+            settings.id,
+            raft.clone(),
+            settings.data_dir.clone(),
+            settings.tls.as_ref().map(ServerTls::client),
+        )
+        .in_current_span(),
+    );
     let (metrics, request_metrics) = NodeMetrics::new();
     let leader_contact = LeaderContact::new();
     let health = crate::metrics::health_check(

@@ -2,9 +2,11 @@
 //! pushes every change of role, term, leader or membership at once (the
 //! router learns of a new leader this way, without polling), and the status
 //! every [`WATCH_STATUS_INTERVAL`] even when nothing changed (the router takes
-//! a stream that falls silent for a node that did).
+//! a stream that falls silent for a node that did). Leadership transfers and membership
+//! changes are served here too, by `handover.rs` and `membership.rs`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -18,10 +20,15 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::handover;
+use crate::membership::{self, MemberChanges};
 use crate::types::{LogId, RaftMetrics};
 
 /// The most a transfer request's answer keeps back from the caller's deadline.
 const TRANSFER_ANSWER_MARGIN: Duration = Duration::from_millis(50);
+/// The most a membership change's answer keeps back from the caller's deadline: its answer
+/// may be the one line saying what state a change that ran out of time left a node in, which
+/// must reach the caller (through a router) before it gives up on its own.
+const MEMBERSHIP_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// A watcher gets the status at least once per this interval, changed or not, and while
 /// only indexes move, at most once.
@@ -29,12 +36,28 @@ pub const WATCH_STATUS_INTERVAL: Duration = Duration::from_millis(raftkv::wire::
 
 pub struct ClusterService {
     app: App,
+    member_changes: Arc<MemberChanges>,
 }
 
 impl ClusterService {
     pub fn new(app: App) -> Self {
-        ClusterService { app }
+        let member_changes = Arc::new(MemberChanges::new(app.raft.clone(), app.reader.clone()));
+        ClusterService { app, member_changes }
     }
+}
+
+/// How long a request may work so that it answers before the caller's deadline: the caller
+/// then gets this node's reason rather than its own transport's timeout.
+fn answer_within(metadata: &tonic::metadata::MetadataMap, margin: Duration) -> Duration {
+    let timeout = raftkv::wire::request_timeout(metadata);
+    timeout - (timeout / 10).min(margin)
+}
+
+fn change_response(changed: membership::Changed) -> Response<pb::MemberChangeResponse> {
+    Response::new(pb::MemberChangeResponse {
+        members: changed.members,
+        log_index: changed.log_index,
+    })
 }
 
 /// This node's status as the API reports it.
@@ -51,14 +74,11 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         ServerState::Learner => pb::Role::Learner,
         ServerState::Shutdown => pb::Role::Shutdown,
     };
-    let voters: Vec<u64> = membership.voter_ids().collect();
-    let members = membership
-        .nodes()
-        .map(|(id, node)| pb::Member {
-            id: *id,
-            address: node.addr.clone(),
-            voter: voters.contains(id),
-        })
+    // How far behind each member is moves with every write: MemberList says it, the status
+    // (pushed on every change of shape) does not.
+    let members = membership::members_of(&m)
+        .into_iter()
+        .map(|member| pb::Member { behind: None, ..member })
         .collect();
     let leader_address = m
         .current_leader
@@ -79,6 +99,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         pid: std::process::id(),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
+        membership_index: m.membership_config.log_id().map(|l| l.index),
     }
 }
 
@@ -108,10 +129,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        // Answer before the caller's deadline, so that it gets this node's reason rather than
-        // its own transport's timeout.
-        let timeout = raftkv::wire::request_timeout(request.metadata());
-        let within = timeout - (timeout / 10).min(TRANSFER_ANSWER_MARGIN);
+        let within = answer_within(request.metadata(), TRANSFER_ANSWER_MARGIN);
         let pb::TransferLeaderRequest { to, term } = request.into_inner();
         let current_term = self.app.raft.metrics().borrow_watched().current_term;
         let new_leader = match term {
@@ -123,6 +141,41 @@ impl pb::cluster_server::Cluster for ClusterService {
             leader_address: new_leader.address,
             term: new_leader.term,
         }))
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        Ok(Response::new(self.member_changes.list()?))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
+        let pb::MemberAddRequest { id, address, learner } = request.into_inner();
+        let changed = self.member_changes.add(id, address, learner, within).await?;
+        Ok(change_response(changed))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
+        let changed = self.member_changes.promote(request.into_inner().id, within).await?;
+        Ok(change_response(changed))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        let within = answer_within(request.metadata(), MEMBERSHIP_ANSWER_MARGIN);
+        let changed = self.member_changes.remove(request.into_inner().id, within).await?;
+        Ok(change_response(changed))
     }
 
     type WatchStatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;

@@ -20,7 +20,11 @@ With TLS (certificates from `raftkv certs create --dir certs`), add to every nod
   --cert certs/node.pem --key certs/node-key.pem --ca certs/ca.pem
 
 The initial cluster is used once, to bootstrap an empty data directory; a restarted
-node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.";
+node keeps its data and never re-initialises. `raftkv cluster up` does all of this for you.
+
+Adding a node to a running cluster (it waits, empty, until the leader adds it):
+  raftkv-node --id 4 --listen 127.0.0.1:7004 --data-dir data/node-4 --join
+  raftkv member add 4 127.0.0.1:7004";
 
 /// A raftkv server node: one member of a Raft-replicated key-value store.
 ///
@@ -30,21 +34,27 @@ node keeps its data and never re-initialises. `raftkv cluster up` does all of th
 #[derive(Parser, Debug)]
 #[command(name = "raftkv-node", version, after_help = EXAMPLE)]
 struct Flags {
-    /// This node's id (a positive integer, one of those in --initial-cluster).
+    /// This node's id (a positive integer, one of those in --initial-cluster, or with --join one
+    /// never used in the cluster before).
     #[arg(long, env = "RAFTKV_ID", value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
     /// Address to listen on, HOST:PORT.
     #[arg(long, env = "RAFTKV_LISTEN", value_parser = parse_socket_addr)]
     listen: SocketAddr,
-    /// Address other nodes and clients use to reach this node [default: this node's address in --initial-cluster].
+    /// Address other nodes and clients use to reach this node [default: this node's address in
+    /// --initial-cluster; with --join, --listen unless it is a wildcard address].
     #[arg(long, env = "RAFTKV_ADVERTISE", value_parser = parse_host_port)]
     advertise: Option<String>,
     /// Directory for this node's data; created if missing.
     #[arg(long, env = "RAFTKV_DATA_DIR")]
     data_dir: PathBuf,
     /// Every initial member as ID=HOST:PORT, comma separated.
-    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_cluster)]
-    initial_cluster: InitialCluster,
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_cluster, required_unless_present = "join")]
+    initial_cluster: Option<InitialCluster>,
+    /// Join a running cluster instead of bootstrapping one: start with an empty data directory
+    /// and wait until the leader adds this node (`raftkv member add ID ADDRESS`).
+    #[arg(long, env = "RAFTKV_JOIN", conflicts_with = "initial_cluster")]
+    join: bool,
     /// Leader heartbeat interval in milliseconds; must be well below the election timeout.
     /// openraft also uses it as the timeout of each AppendEntries and of each leadership
     /// check behind a linearizable read, so too small a value fails them under load.
@@ -142,19 +152,38 @@ fn settings(flags: Flags) -> Result<Settings, String> {
             flags.heartbeat_ms, flags.election_timeout_ms
         ));
     }
-    let members = flags.initial_cluster.0;
-    let own = members.get(&flags.id).ok_or_else(|| {
-        format!(
-            "node {} is not in --initial-cluster ({} members)",
-            flags.id,
-            members.len()
-        )
-    })?;
+    let (members, advertise) = match flags.initial_cluster {
+        Some(InitialCluster(members)) => {
+            let own = members.get(&flags.id).ok_or_else(|| {
+                format!(
+                    "node {} is not in --initial-cluster ({} members)",
+                    flags.id,
+                    members.len()
+                )
+            })?;
+            let advertise = flags.advertise.unwrap_or_else(|| own.clone());
+            (members, advertise)
+        }
+        // Joining: no initial cluster (an empty one is what `Settings` calls joining).
+        None => {
+            let advertise = match flags.advertise {
+                Some(advertise) => advertise,
+                None if flags.listen.ip().is_unspecified() => {
+                    return Err(format!(
+                        "--join with --listen {} needs --advertise: the address the others reach this node at",
+                        flags.listen
+                    ))
+                }
+                None => flags.listen.to_string(),
+            };
+            (BTreeMap::new(), advertise)
+        }
+    };
     let tls = flags.tls.load().map_err(|error| error.to_string())?;
     Ok(Settings {
         id: flags.id,
         listen: flags.listen,
-        advertise: flags.advertise.unwrap_or_else(|| own.clone()),
+        advertise,
         data_dir: flags.data_dir,
         initial_cluster: members,
         heartbeat_interval_ms: flags.heartbeat_ms,

@@ -23,8 +23,13 @@
 //! is published on a `tokio::sync::watch` channel as a [`ClusterView`], so that requests
 //! waiting for a leader wake the instant one is known. The tracker owns no other state: a
 //! router that restarts learns everything again from the nodes.
+//!
+//! `--nodes` is only a seed list: every status carries the membership, and a member the
+//! router does not know yet (added with `raftkv member add`) is followed from then on, and
+//! routed to like the others. A removed node stops Raft (its status says `shutdown`) or is
+//! gone, so the view leaves it out; its index stays, unused (indexes never move).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -203,11 +208,17 @@ struct Observations {
 
 /// Follows every node's status stream and publishes the resulting [`ClusterView`].
 pub struct LeaderTracker {
-    nodes: Vec<Node>,
+    /// Append-only: the seeds, then the members learnt from the nodes' statuses. Locked after
+    /// `observations` when both are.
+    nodes: RwLock<Vec<Arc<Node>>>,
     observations: Mutex<Observations>,
     view: watch::Sender<ClusterView>,
     /// One per node: wakes its stream task to resubscribe when a request found the node dead.
-    resubscribe: Vec<Notify>,
+    resubscribe: RwLock<Vec<Arc<Notify>>>,
+    /// What ends the stream tasks, for the nodes learnt after [`LeaderTracker::start`].
+    shutdown: OnceLock<watch::Receiver<bool>>,
+    /// How the router connects to the members it learns (as to its seeds): TLS or not.
+    member_tls: OnceLock<raftkv::tls::ClientTls>,
 }
 
 impl LeaderTracker {
@@ -220,21 +231,74 @@ impl LeaderTracker {
                 hint: None,
             }),
             view: watch::Sender::new(ClusterView::default()),
-            resubscribe: (0..count).map(|_| Notify::new()).collect(),
-            nodes,
+            resubscribe: RwLock::new((0..count).map(|_| Arc::new(Notify::new())).collect()),
+            nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
+            shutdown: OnceLock::new(),
+            member_tls: OnceLock::new(),
         })
+    }
+
+    /// Connects to the members learnt from the nodes with `tls`, as to the seeds.
+    pub fn connect_members_with(&self, tls: raftkv::tls::ClientTls) {
+        let _ = self.member_tls.set(tls);
     }
 
     /// Starts one status-stream task per node; they end when `shutdown` turns true.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..self.nodes.len())
+        let _ = self.shutdown.set(shutdown.clone());
+        (0..self.node_count())
             .map(|node| tokio::spawn(Arc::clone(self).follow_node(node, shutdown.clone())))
             .collect()
     }
 
-    /// The nodes, in `--nodes` order.
-    pub fn nodes(&self) -> &[Node] {
-        &self.nodes
+    /// Node `index` (the seeds in `--nodes` order, then the members learnt since).
+    pub fn node(&self, index: usize) -> Arc<Node> {
+        Arc::clone(&self.nodes.read().unwrap_or_else(|poison| poison.into_inner())[index])
+    }
+
+    fn node_count(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|poison| poison.into_inner()).len()
+    }
+
+    fn resubscribe_of(&self, index: usize) -> Arc<Notify> {
+        Arc::clone(&self.resubscribe.read().unwrap_or_else(|poison| poison.into_inner())[index])
+    }
+
+    /// Follows the members `status` names that the router does not know yet (by id, or by
+    /// address for a node that has not answered yet).
+    fn learn_members(self: &Arc<Self>, status: &pb::NodeStatus) {
+        let Some(shutdown) = self.shutdown.get() else { return };
+        let mut observations = self.observations.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut nodes = self.nodes.write().unwrap_or_else(|poison| poison.into_inner());
+        for member in &status.members {
+            let known_id = observations
+                .nodes
+                .iter()
+                .any(|o| o.status.as_ref().is_some_and(|s| s.id == member.id));
+            let known_address = nodes.iter().any(|node| node.address == member.address);
+            if known_id || known_address {
+                continue;
+            }
+            let channel = match raftkv::client::channel(&member.address, self.member_tls.get()) {
+                Ok(channel) => channel,
+                Err(error) => {
+                    tracing::warn!("member {} has an address the router cannot use: {error}", member.id);
+                    continue;
+                }
+            };
+            tracing::info!(
+                "following node {} at {}, learnt from the membership",
+                member.id,
+                member.address
+            );
+            nodes.push(Arc::new(Node::new(member.address.clone(), channel)));
+            observations.nodes.push(NodeObservation::default());
+            self.resubscribe
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push(Arc::new(Notify::new()));
+            tokio::spawn(Arc::clone(self).follow_node(nodes.len() - 1, shutdown.clone()));
+        }
     }
 
     /// A receiver of the current view that is told of every change.
@@ -257,11 +321,11 @@ impl LeaderTracker {
     /// rotation now, and have its stream task resubscribe, which puts it back once it answers.
     pub fn report_unreachable(&self, node: usize, why: &str) {
         self.mark_unreachable(node, why);
-        self.resubscribe[node].notify_waiters();
+        self.resubscribe_of(node).notify_waiters();
     }
 
     fn mark_unreachable(&self, node: usize, why: &str) {
-        let address = &self.nodes[node].address;
+        let address = &self.node(node).address;
         self.update(|observations| {
             let observation = &mut observations.nodes[node];
             if observation.reachable {
@@ -275,8 +339,9 @@ impl LeaderTracker {
         });
     }
 
-    fn observe_status(&self, node: usize, status: pb::NodeStatus) {
-        let address = &self.nodes[node].address;
+    fn observe_status(self: &Arc<Self>, node: usize, status: pb::NodeStatus) {
+        self.learn_members(&status);
+        let address = &self.node(node).address;
         self.update(|observations| {
             let observation = &mut observations.nodes[node];
             if !observation.reachable {
@@ -320,7 +385,7 @@ impl LeaderTracker {
                     Some(leader) => tracing::info!(
                         "leader changed: node {} at {}, term {}",
                         leader.id,
-                        self.nodes[leader.node].address,
+                        self.node(leader.node).address,
                         leader.term
                     ),
                     None => tracing::warn!("no leader known; holding writes until one is"),
@@ -333,7 +398,8 @@ impl LeaderTracker {
 
     /// Keeps a WatchStatus stream open on `node` until shutdown, reporting what it says.
     async fn follow_node(self: Arc<Self>, node: usize, mut shutdown: watch::Receiver<bool>) {
-        let channel = self.nodes[node].channel.clone();
+        let channel = self.node(node).channel.clone();
+        let resubscribe = self.resubscribe_of(node);
         let mut pauses = resubscribe_backoff();
         while !*shutdown.borrow() {
             let why = tokio::select! {
@@ -344,7 +410,7 @@ impl LeaderTracker {
             let pause = pauses.next().unwrap_or(RESUBSCRIBE_MAX_DELAY);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.resubscribe[node].notified() => {}
+                _ = resubscribe.notified() => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -352,7 +418,13 @@ impl LeaderTracker {
 
     /// Subscribes once and reports statuses until the stream ends or falls silent for
     /// [`SILENT_STREAM_LIMIT_MS`]; returns why it ended.
-    async fn read_status_stream(&self, node: usize, channel: Channel, pauses: &mut ExponentialBackoff) -> String {
+    async fn read_status_stream(
+        self: &Arc<Self>,
+        node: usize,
+        channel: Channel,
+        pauses: &mut ExponentialBackoff,
+    ) -> String {
+        let resubscribe = self.resubscribe_of(node);
         let silence_limit = Duration::from_millis(SILENT_STREAM_LIMIT_MS);
         let silent = || format!("its status stream was silent for {SILENT_STREAM_LIMIT_MS} ms");
         let mut cluster = ClusterClient::new(channel);
@@ -374,7 +446,7 @@ impl LeaderTracker {
                     Ok(Err(status)) => return raftkv::client::Error::from_status(status).to_string(),
                     Err(_silent) => return silent(),
                 },
-                _ = self.resubscribe[node].notified() => return "a request to it failed".to_string(),
+                _ = resubscribe.notified() => return "a request to it failed".to_string(),
             }
         }
     }

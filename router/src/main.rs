@@ -179,6 +179,9 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
 
     let (stop, shutdown) = watch::channel(false);
     let tracker = LeaderTracker::new(nodes);
+    if let Some(node_tls) = node_tls {
+        tracker.connect_members_with(node_tls);
+    }
     let trackers = tracker.start(shutdown.clone());
     let forwarder = Forwarder::new(Arc::clone(&tracker), shutdown.clone());
     let metrics = RouterMetrics::new(forwarder.held_requests());

@@ -185,7 +185,8 @@ impl Forwarder {
                 self.wait_for_view_change(&mut views, deadline.answer_by).await?;
                 continue;
             };
-            let attempt = call(&self.tracker.nodes()[node], request.clone(), deadline.time_left());
+            let target = self.tracker.node(node);
+            let attempt = call(&target, request.clone(), deadline.time_left());
             // A node that went silent (host down, link cut) resets nothing, so its attempt
             // would end only at HTTP/2 keepalive's verdict or the deadline. When the view says
             // the request belongs elsewhere now, it is sent there without waiting for that.
@@ -198,7 +199,7 @@ impl Forwarder {
             if route == Route::AnyHealthy {
                 self.reads.read_answered();
             }
-            let address = &self.tracker.nodes()[node].address;
+            let address = &target.address;
             let status = match answer {
                 Some(Ok(response)) => return Ok(Response::new(response.into_inner())),
                 Some(Err(status)) => status,
@@ -214,6 +215,9 @@ impl Forwarder {
             // Every write forwarded carries a write id (the client's, or one the router adds),
             // so sending it again is safe whatever happened to the attempt.
             match retry::decide(&status, address) {
+                // The node itself answered that time ran out: its reason (what state a
+                // membership change was left in, say) is the answer, as it gave it.
+                Retry::GiveUp if status.code() == tonic::Code::DeadlineExceeded => return Err(pass_through(status)),
                 Retry::GiveUp => {
                     last_failure = Some(format!("{address} did not answer in time"));
                     break;
@@ -466,6 +470,66 @@ impl pb::cluster_server::Cluster for ClusterRouter {
                         .transfer_leader(timed(request, time_left))
                         .await
                 }
+            })
+            .await
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_list(request).await
+        })
+        .await
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_add(request).await
+        })
+        .await
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_promote(request).await
+        })
+        .await
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        self.to_leader(request, |mut cluster, request| async move {
+            cluster.member_remove(request).await
+        })
+        .await
+    }
+}
+
+impl ClusterRouter {
+    /// Forwards a membership request to the leader, as a write is: only the leader changes
+    /// the membership, and one that hands leadership over (removing itself) answers with the
+    /// new leader's hint, which the retry follows.
+    async fn to_leader<Q, A, F, Fut>(&self, request: Request<Q>, call: F) -> Result<Response<A>, Status>
+    where
+        Q: Clone,
+        F: Fn(ClusterClient<tonic::transport::Channel>, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<A>, Status>>,
+    {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        self.forwarder
+            .forward(Route::Leader, deadline, request, move |node, request, time_left| {
+                call(ClusterClient::new(node.channel.clone()), timed(request, time_left))
             })
             .await
     }

@@ -21,6 +21,7 @@
 
 mod connection;
 mod error;
+mod members;
 pub mod retry;
 #[cfg(test)]
 mod tests;

@@ -358,4 +358,32 @@ impl pb::cluster_server::Cluster for FakeService {
             term: request.term.map_or(0, |term| term + 1),
         }))
     }
+
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no membership changes"))
+    }
+
+    async fn member_add(
+        &self,
+        _request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no membership changes"))
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no membership changes"))
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+        Err(Status::unimplemented("a fake node has no membership changes"))
+    }
 }

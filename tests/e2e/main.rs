@@ -20,6 +20,7 @@ mod input_validation;
 mod integrity;
 mod jepsen;
 mod local_cluster;
+mod membership;
 mod metrics;
 mod partition;
 mod pre_vote;

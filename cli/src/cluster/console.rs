@@ -29,6 +29,10 @@ pub enum ConsoleCommand {
     Restart(Target),
     /// Hand leadership to this node, or to the most up-to-date voter.
     Transfer(Option<u64>),
+    /// Start a new node with `--join` and add it to the cluster.
+    Add,
+    /// Remove a node from the cluster and stop it.
+    Remove(u64),
     Status,
     Help,
     Quit,
@@ -40,6 +44,8 @@ pub const HELP: &str = "commands:
   stop N|leader|router     SIGTERM the process (graceful stop)
   restart N|router         start a stopped process again with the same flags
   transfer [N]             hand leadership to node N (default: the most up-to-date voter)
+  add                      start a new node (the next id, with --join) and add it to the cluster
+  remove N                 remove node N from the cluster and stop it (its data dir is then refused)
   status                   show every node's status
   help                     show this
   quit                     stop the whole cluster and exit (as Ctrl-C does)";
@@ -62,6 +68,13 @@ pub fn parse(line: &str) -> Result<Option<ConsoleCommand>, String> {
                 ))
             }
         },
+        ["add"] => ConsoleCommand::Add,
+        ["remove", id] => match id.parse::<u64>() {
+            Ok(id) => ConsoleCommand::Remove(id),
+            Err(_) => return Err(format!("`{id}` is not a node id; `remove` takes a node id")),
+        },
+        ["add", ..] => return Err("`add` takes nothing: the new node gets the next id".to_string()),
+        ["remove", ..] => return Err("`remove` takes one node id".to_string()),
         ["status"] => ConsoleCommand::Status,
         ["help"] | ["?"] => ConsoleCommand::Help,
         ["quit"] | ["exit"] => ConsoleCommand::Quit,
@@ -122,6 +135,8 @@ mod tests {
         assert_eq!(parse("transfer"), Ok(Some(ConsoleCommand::Transfer(None))));
         assert_eq!(parse("transfer 3"), Ok(Some(ConsoleCommand::Transfer(Some(3)))));
         assert_eq!(parse("status"), Ok(Some(ConsoleCommand::Status)));
+        assert_eq!(parse("add"), Ok(Some(ConsoleCommand::Add)));
+        assert_eq!(parse("remove 2"), Ok(Some(ConsoleCommand::Remove(2))));
         assert_eq!(parse("quit"), Ok(Some(ConsoleCommand::Quit)));
         assert_eq!(parse(""), Ok(None));
     }
@@ -135,6 +150,9 @@ mod tests {
             "restart leader",
             "transfer two",
             "transfer 1 2",
+            "add 4",
+            "remove",
+            "remove two",
             "dance",
         ] {
             let error = parse(wrong).unwrap_err();

@@ -26,13 +26,23 @@ pub const LOCAL_WORKER_THREADS: u16 = 1;
 /// Where in the data directory a TLS cluster keeps its certificates.
 pub const CERTS_DIR: &str = "certs";
 
+/// The most node ids a local cluster uses, added nodes included: their metrics ports must stay
+/// below the next process's ([`METRICS_PORT_OFFSET`]).
+pub const MAX_NODE_ID: u64 = 99;
+
 /// The shape of a local cluster: node i (1-based) on port base+i with data in DIR/node-i,
 /// the router on port base; each one's metrics [`METRICS_PORT_OFFSET`] above its port.
+/// The console's `add` and `remove` change which nodes it has: added nodes (ids after the
+/// initial ones) start with `--join`; the initial cluster stays what it was.
 #[derive(Clone, Debug)]
 pub struct ClusterLayout {
     data_dir: PathBuf,
     base_port: u16,
     node_count: u16,
+    /// Nodes added with the console's `add`, started with `--join`.
+    joined: Vec<u64>,
+    /// Nodes removed with the console's `remove`.
+    removed: Vec<u64>,
     node_program: PathBuf,
     router_program: PathBuf,
     /// The directory of the certificates every process serves and connects with, when the
@@ -59,6 +69,8 @@ impl ClusterLayout {
             data_dir,
             base_port,
             node_count,
+            joined: Vec::new(),
+            removed: Vec::new(),
             node_program: PathBuf::from(NODE_BINARY),
             router_program: PathBuf::from(ROUTER_BINARY),
             tls_dir: None,
@@ -91,17 +103,34 @@ impl ClusterLayout {
         self.base_port
     }
 
-    /// Node ids, 1..=N.
-    pub fn node_ids(&self) -> impl Iterator<Item = u64> {
-        1..=u64::from(self.node_count)
+    /// The ids of the nodes the cluster has now: 1..=N and the nodes added since, less the
+    /// removed ones.
+    pub fn node_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        (1..=u64::from(self.node_count))
+            .chain(self.joined.iter().copied())
+            .filter(|id| !self.removed.contains(id))
     }
 
     pub fn has_node(&self, id: u64) -> bool {
-        (1..=u64::from(self.node_count)).contains(&id)
+        self.node_ids().any(|node| node == id)
+    }
+
+    /// Takes the next node id for a node that joins, or says why there is none.
+    pub fn add_joined_node(&mut self) -> Result<u64, String> {
+        let id = self.joined.last().copied().unwrap_or(u64::from(self.node_count)) + 1;
+        if id > MAX_NODE_ID || u64::from(self.base_port) + u64::from(METRICS_PORT_OFFSET) + id > u64::from(u16::MAX) {
+            return Err(format!("no port left for node {id}"));
+        }
+        self.joined.push(id);
+        Ok(id)
+    }
+
+    /// Leaves node `id` out from now on (its data directory stays).
+    pub fn remove_node(&mut self, id: u64) {
+        self.removed.push(id);
     }
 
     pub fn node_address(&self, id: u64) -> String {
-        debug_assert!(self.has_node(id));
         format!("{LISTEN_HOST}:{}", u64::from(self.base_port) + id)
     }
 
@@ -154,7 +183,7 @@ impl ClusterLayout {
 
     /// `1=127.0.0.1:7001,2=127.0.0.1:7002,...`
     pub fn initial_cluster(&self) -> String {
-        self.node_ids()
+        (1..=u64::from(self.node_count))
             .map(|id| format!("{id}={}", self.node_address(id)))
             .collect::<Vec<_>>()
             .join(",")
@@ -170,13 +199,19 @@ impl ClusterLayout {
                 self.node_address(id).into(),
                 "--data-dir".into(),
                 self.node_data_dir(id).into(),
-                "--initial-cluster".into(),
-                self.initial_cluster().into(),
+            ]
+            .into_iter()
+            .chain(match self.joined.contains(&id) {
+                true => vec!["--join".into()],
+                false => vec!["--initial-cluster".into(), self.initial_cluster().into()],
+            })
+            .chain([
                 "--worker-threads".into(),
                 LOCAL_WORKER_THREADS.to_string().into(),
                 "--metrics-listen".into(),
                 self.metrics_address_of(role).into(),
-            ],
+            ])
+            .collect(),
             Role::Router => vec![
                 "--listen".into(),
                 self.router_address().into(),

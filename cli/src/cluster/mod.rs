@@ -11,6 +11,7 @@
 mod children;
 mod console;
 mod layout;
+mod membership;
 mod state_file;
 
 use std::collections::BTreeMap;
@@ -162,7 +163,7 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         Lifetime::Supervised => {
             println!("{}", console::HELP);
             println!("Ctrl-C stops the cluster.");
-            let outcome = supervise(&mut cluster, &probe_client, &members, &mut elections, &mut signals).await;
+            let outcome = supervise(&mut cluster, &probe_client, &mut elections, &mut signals).await;
             cluster.stop_all().await?;
             outcome.map_err(CliError::Failed)
         }
@@ -563,7 +564,6 @@ fn print_endpoints(cluster: &mut LocalCluster, election: &ElectionEvent) {
 async fn supervise(
     cluster: &mut LocalCluster,
     client: &Client,
-    members: &[Member],
     elections: &mut ElectionWatch,
     signals: &mut ShutdownSignals,
 ) -> anyhow::Result<()> {
@@ -586,7 +586,10 @@ async fn supervise(
                     Err(message) => println!("{message}"),
                     Ok(None) => {}
                     Ok(Some(ConsoleCommand::Quit)) => return Ok(()),
-                    Ok(Some(command)) => run_console_command(cluster, client, members, elections, command).await?,
+                    Ok(Some(command)) => {
+                        let members = cluster.members();
+                        run_console_command(cluster, client, &members, elections, command).await?
+                    }
                 },
             },
             _ = ticks.tick() => {
@@ -594,7 +597,7 @@ async fn supervise(
                     println!("{} {role} (pid {pid}) {}", time_of_day(), describe_exit(status));
                     cluster.save_state()?;
                 }
-                let snapshot = status::probe(client, members).await;
+                let snapshot = status::probe(client, &cluster.members()).await;
                 if let Some(event) = elections.record_poll(snapshot.leader, std::time::Instant::now()) {
                     println!("{} {event}", time_of_day());
                 }
@@ -656,6 +659,8 @@ async fn run_console_command(
                 None => println!("{role} is not running (`restart` starts it)"),
             }
         }
+        ConsoleCommand::Add => membership::add_node(cluster).await,
+        ConsoleCommand::Remove(id) => membership::remove_node(cluster, id).await,
         ConsoleCommand::Restart(target) => {
             let Some(role) = resolve_target(cluster, client, members, target).await else {
                 return Ok(());
@@ -679,7 +684,8 @@ async fn resolve_target(cluster: &LocalCluster, client: &Client, members: &[Memb
         Target::Router => Some(Role::Router),
         Target::Node(id) if cluster.layout.has_node(id) => Some(Role::Node(id)),
         Target::Node(id) => {
-            println!("there is no node {id}; the nodes are 1 to {}", members.len());
+            let ids: Vec<String> = members.iter().map(|member| member.id.to_string()).collect();
+            println!("there is no node {id}; the nodes are {}", ids.join(", "));
             None
         }
         Target::Leader => match status::probe(client, members).await.leader {

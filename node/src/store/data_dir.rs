@@ -4,6 +4,10 @@
 //! first time it is used. Later starts check both and refuse a mismatch, and
 //! refuse a directory that is unreadable or corrupt, with a one-line reason.
 //! Nothing here ever deletes or re-initialises data.
+//!
+//! A node that joins a running cluster (`--join`) records an empty initial cluster: it never
+//! bootstraps. A node that saw itself removed from the membership records it ([`record_removal`]),
+//! and the directory is refused from then on: a removed node's state must not come back.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +30,9 @@ use crate::store::{wal, LogStore, StateMachine};
 const FORMAT_VERSION: u64 = 5;
 /// What the directory belongs to (`pb::DataDirIdentity` in a state file).
 const IDENTITY_FILE: &str = "identity";
+/// Written when the node saw itself removed from the cluster: the log index of the
+/// membership that removed it, as a decimal number.
+const REMOVED_FILE: &str = "removed";
 /// The Raft log's directory, inside the data directory, with the vote and the log's
 /// markers beside its segments (`raft_state.rs`).
 const WAL_DIR: &str = "raft-log";
@@ -46,6 +53,12 @@ pub enum DataDirError {
         "data directory {dir} belongs to node {found}, not node {expected}; use the right --id or another --data-dir"
     )]
     OtherNode { dir: PathBuf, found: u64, expected: u64 },
+    #[error(
+        "node {node} was removed from the cluster at log index {index}; to rejoin, start it with an empty data dir and --join and add it under a new id"
+    )]
+    Removed { node: u64, index: u64 },
+    #[error("data directory {dir} belongs to a node that joined a running cluster; start it with --join, not --initial-cluster")]
+    Joined { dir: PathBuf },
     #[error("data directory {dir} belongs to another cluster (initial cluster {found}, not {expected})")]
     OtherCluster {
         dir: PathBuf,
@@ -105,6 +118,9 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
     match read_identity(dir)? {
         None => claim(dir, &expected)?,
         Some(found) => check_identity(dir, &found, &expected)?,
+    }
+    if let Some(index) = removed_at(dir)? {
+        return Err(DataDirError::Removed { node: node_id, index });
     }
 
     let wal_dir = dir.join(WAL_DIR);
@@ -227,7 +243,12 @@ fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDi
             expected: expected.node_id,
         });
     }
-    if found.initial_cluster != expected.initial_cluster {
+    // A node of the initial cluster may be restarted with --join (it has its state; joining
+    // only means it never bootstraps), but a joined node must not bootstrap a cluster of its own.
+    if found.initial_cluster.is_empty() && !expected.initial_cluster.is_empty() {
+        return Err(DataDirError::Joined { dir: dir.to_path_buf() });
+    }
+    if !expected.initial_cluster.is_empty() && found.initial_cluster != expected.initial_cluster {
         return Err(DataDirError::OtherCluster {
             dir: dir.to_path_buf(),
             found: found.initial_cluster.clone(),
@@ -242,6 +263,29 @@ fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDi
         });
     }
     Ok(())
+}
+
+/// Records, durably, that this node was removed from the cluster by the membership at log
+/// `index`: the directory is refused from then on.
+pub fn record_removal(dir: &Path, index: u64) -> std::io::Result<()> {
+    state_file::replace(&dir.join(REMOVED_FILE), index.to_string().as_bytes())
+}
+
+/// The log index at which this directory's node was removed, if it was.
+fn removed_at(dir: &Path) -> Result<Option<u64>, DataDirError> {
+    let read = state_file::read(&dir.join(REMOVED_FILE)).map_err(|error| DataDirError::Identity {
+        dir: dir.to_path_buf(),
+        error,
+    })?;
+    let Some(bytes) = read else { return Ok(None) };
+    let index = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| DataDirError::Corrupt {
+            dir: dir.to_path_buf(),
+            reason: format!("its {REMOVED_FILE} record is not a log index"),
+        })?;
+    Ok(Some(index))
 }
 
 fn is_empty_dir(path: &Path) -> std::io::Result<bool> {
@@ -299,6 +343,30 @@ mod tests {
             .unwrap()
             .block_on(d.log_store.save_vote(&crate::types::Vote::new(1, 1)))
             .unwrap();
+    }
+
+    #[test]
+    fn a_joined_directory_never_bootstraps_and_a_removed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 4, "").unwrap());
+        // A node that joined must not be restarted as the bootstrapper of a cluster of its own.
+        let err = open_when_released(dir.path(), 4, CLUSTER).err().unwrap();
+        assert!(matches!(err, DataDirError::Joined { .. }), "{err}");
+        drop(open_when_released(dir.path(), 4, "").unwrap());
+
+        record_removal(dir.path(), 17).unwrap();
+        let err = open_when_released(dir.path(), 4, "").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "node 4 was removed from the cluster at log index 17; to rejoin, start it with an empty data dir and --join and add it under a new id"
+        );
+    }
+
+    #[test]
+    fn a_node_of_the_initial_cluster_may_restart_with_join() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        drop(open_when_released(dir.path(), 1, "").unwrap());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! - `r` + client id + record number (8 bytes each, big-endian): the results of
 //!   [`RESULTS_PER_RECORD`] consecutive sequence numbers of a client, a
 //!   `pb::ClientSession` holding only results.
+//! - `x` + node id (8 bytes, big-endian): a node removed from the membership, its value
+//!   the log index of the membership that removed it (8 bytes, big-endian): ids are never
+//!   reused (`membership.rs`). Older directories simply have none.
 //! - `m:applied`, `m:membership`: the applied log id and the membership, as
 //!   protobuf; `m:redo`: the writes of the latest apply (sled only: `engine/redo.rs`).
 //!
@@ -27,6 +30,8 @@ pub(super) const SESSION_PREFIX: u8 = b's';
 /// was slower still, a sled operation each: see BENCHMARKS.md).
 pub(super) const RESULT_PREFIX: u8 = b'r';
 pub(super) const RESULTS_PER_RECORD: u64 = 64;
+/// A node removed from the membership.
+pub(super) const REMOVED_MEMBER_PREFIX: u8 = b'x';
 pub(super) const APPLIED_KEY: &[u8] = b"m:applied";
 pub(super) const MEMBERSHIP_KEY: &[u8] = b"m:membership";
 /// The writes of the latest apply (`pb::RedoRecord`).
@@ -51,6 +56,21 @@ pub(super) fn session_key(client_id: u64) -> Vec<u8> {
     k.push(SESSION_PREFIX);
     k.extend_from_slice(&client_id.to_be_bytes());
     k
+}
+
+/// The key of removed node `id`.
+pub(super) fn removed_member_key(id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(REMOVED_MEMBER_PREFIX);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The removed node's id and the log index that removed it, from its key and value.
+pub(super) fn removed_member(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
+    let id = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let index = u64::from_be_bytes(value.try_into().ok()?);
+    Some((id, index))
 }
 
 /// The number of the record that holds result `sequence` of a client.

@@ -34,7 +34,7 @@ use raftkv::raft_pb as pb;
 
 use crate::convert;
 use crate::store::engine::View;
-use crate::store::keys::{user_key, DATA_PREFIX};
+use crate::store::keys::{removed_member, user_key, DATA_PREFIX, REMOVED_MEMBER_PREFIX};
 use crate::types::{LogId, SnapshotMeta};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -507,8 +507,8 @@ impl PublishedSnapshot {
     }
 }
 
-/// Writes every key-value pair `view` shows, in key order, then the client `sessions`,
-/// as the snapshot `meta` names, into data directory `dir`'s snapshot file (through
+/// Writes every key-value pair `view` shows, in key order, then the client `sessions`
+/// and the removed members, as the snapshot `meta` names, into data directory `dir`'s snapshot file (through
 /// `snapshot.tmp`). Returns the file, open. An older snapshot than the one already there
 /// is not kept: its file is returned open and already removed. Blocks on disk I/O for
 /// as long as the scan takes.
@@ -530,6 +530,12 @@ pub(super) fn build(
     }
     for session in sessions {
         writer.record(Record::Session(session))?;
+    }
+    for pair in view.prefix(&[REMOVED_MEMBER_PREFIX]) {
+        let (k, v) = pair?;
+        if let Some((id, log_index)) = removed_member(&k, &v) {
+            writer.record(Record::RemovedMember(pb::RemovedMember { id, log_index }))?;
+        }
     }
     let built = writer.finish()?;
     let (_, file) = SnapshotFile::from_file(&built, File::open(&built)?)?;

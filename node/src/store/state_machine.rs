@@ -30,8 +30,8 @@ use raftkv::raft_pb as pb;
 use crate::convert;
 use crate::store::engine::{Engine, EngineError, View, Writes};
 use crate::store::keys::{
-    data_key, result_client, result_key, result_record, result_record_sequences, session_key, user_key, APPLIED_KEY,
-    MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
+    data_key, removed_member_key, result_client, result_key, result_record, result_record_sequences, session_key,
+    user_key, APPLIED_KEY, MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
 };
 use crate::store::sessions::{Seen, Sessions};
 use crate::store::snapshot_file::{self, PublishedSnapshot, SnapshotFile, SnapshotFileError};
@@ -96,6 +96,16 @@ pub struct KvReader {
 impl KvReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.engine.get(&data_key(key))
+    }
+
+    /// The log index of the membership that removed node `id`, if it was ever removed.
+    pub fn removed_at(&self, id: u64) -> Result<Option<u64>, EngineError> {
+        let key = removed_member_key(id);
+        Ok(self
+            .engine
+            .get(&key)?
+            .and_then(|value| crate::store::keys::removed_member(&key, &value))
+            .map(|(_, index)| index))
     }
 
     /// Up to `limit` pairs (and about `max_bytes` of keys and values, but at
@@ -262,6 +272,9 @@ fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, snapshot: &SnapshotFil
                 write_session(&mut writes, &session);
                 sessions.insert_pb(session);
             }
+            Some(pb::snapshot_record::Record::RemovedMember(removed)) => {
+                writes.insert(removed_member_key(removed.id), removed.log_index.to_be_bytes().to_vec())
+            }
             None => {}
         }
         if writes.bytes() >= INSTALL_PART_BYTES {
@@ -425,6 +438,12 @@ impl StateMachine {
             match entry.payload {
                 EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
+                    // The nodes this membership leaves out are removed for good: their ids are
+                    // never used again.
+                    let before = membership.as_ref().unwrap_or(&self.membership).membership();
+                    for (id, _) in before.nodes().filter(|(id, _)| m.get_node(id).is_none()) {
+                        writes.insert(removed_member_key(*id), entry.log_id.index.to_be_bytes().to_vec());
+                    }
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     results.push(WriteGroupResults::default());
                 }
@@ -871,6 +890,43 @@ mod tests {
         sm.apply_entries([later]).unwrap();
         assert_eq!(sm.engine.view().prefix(&[RESULT_PREFIX]).count(), 0);
         assert!(sm.engine.get(&session_key(42)).unwrap().is_none());
+    }
+
+    fn membership_entry(index: u64, ids: &[u64]) -> Entry {
+        let nodes = ids
+            .iter()
+            .map(|id| (*id, openraft::BasicNode::new(format!("127.0.0.1:{id}"))))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let voters = vec![ids.iter().copied().collect()];
+        Entry {
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
+            payload: EntryPayload::Membership(crate::types::Membership::new(voters, nodes).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_members_are_remembered_and_carried_in_snapshots() {
+        for kind in EngineKind::ALL {
+            let src_dir = tempfile::tempdir().unwrap();
+            let mut src = open_on(src_dir.path(), kind);
+            src.apply_entries([membership_entry(1, &[1, 2, 3]), membership_entry(2, &[1, 2])])
+                .unwrap();
+            src.apply_entries([membership_entry(3, &[1, 2, 4])]).unwrap();
+            let reader = src.reader();
+            assert_eq!(reader.removed_at(3).unwrap(), Some(2));
+            assert_eq!(reader.removed_at(2).unwrap(), None);
+            assert_eq!(reader.removed_at(4).unwrap(), None);
+            assert!(
+                reader.scan(b"", b"", 10, usize::MAX).unwrap().0.is_empty(),
+                "no user key"
+            );
+
+            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let dst_dir = tempfile::tempdir().unwrap();
+            let mut dst = open_on(dst_dir.path(), kind);
+            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            assert_eq!(dst.reader().removed_at(3).unwrap(), Some(2), "{kind:?}");
+        }
     }
 
     #[tokio::test]

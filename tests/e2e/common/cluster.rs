@@ -167,6 +167,8 @@ struct NodeProcess {
     paused: bool,
     /// Where it serves /metrics and /health, if it does.
     metrics: Option<String>,
+    /// Started with --join (added to the cluster later) instead of --initial-cluster.
+    joins: bool,
 }
 
 /// The router, running or not.
@@ -191,6 +193,8 @@ pub struct TestCluster {
     tls: Option<ClusterTls>,
     /// Short-timeout client used only for status probes.
     probe: Client,
+    /// The highest node id ever used, forgotten nodes included: ids are never reused.
+    last_id: u64,
 }
 
 impl TestCluster {
@@ -234,6 +238,7 @@ impl TestCluster {
                     child: None,
                     paused: false,
                     metrics: options.metrics.then(|| format!("127.0.0.1:{}", free_port())),
+                    joins: false,
                 };
                 (id, node)
             })
@@ -264,6 +269,7 @@ impl TestCluster {
             node_args: options.node_args,
             tls,
             probe,
+            last_id: options.nodes as u64,
         };
         for id in cluster.ids() {
             cluster.spawn_node(id);
@@ -596,6 +602,44 @@ impl TestCluster {
         node.paused = false;
     }
 
+    // ---- membership ----
+
+    /// Starts a new node (the next id) with `--join` and an empty data directory, and waits
+    /// until it answers; it is not a member until someone adds it. Returns its id.
+    pub async fn start_joining_node(&mut self) -> u64 {
+        self.last_id += 1;
+        let id = self.last_id;
+        let address = format!("127.0.0.1:{}", free_port());
+        let node = NodeProcess {
+            id,
+            listen: address.clone(),
+            address,
+            source: None,
+            netns: None,
+            data_dir: self.root.path().join(format!("node-{id}")),
+            log: self.root.path().join(format!("node-{id}.log")),
+            child: None,
+            paused: false,
+            metrics: None,
+            joins: true,
+        };
+        self.nodes.insert(id, node);
+        self.spawn_node(id);
+        self.wait_until_node_answers(id).await;
+        id
+    }
+
+    /// Leaves node `id` out of the cluster's picture (after it was removed from the
+    /// membership): it is killed if it still runs; its data directory and log stay.
+    pub fn forget(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes.remove(&id) {
+            if let Some(mut child) = node.child.take() {
+                signal(&child, libc::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+    }
+
     // ---- the router ----
 
     /// Starts the router in front of every node and waits until it answers a status request.
@@ -682,9 +726,12 @@ impl TestCluster {
             node.address.clone(),
             "--data-dir".to_string(),
             node.data_dir.display().to_string(),
-            "--initial-cluster".to_string(),
-            self.initial_cluster.clone(),
         ];
+        if node.joins {
+            args.push("--join".to_string());
+        } else {
+            args.extend(["--initial-cluster".to_string(), self.initial_cluster.clone()]);
+        }
         if let Some(source) = node.source {
             args.extend(["--source-address".to_string(), source.to_string()]);
         }
