@@ -11,6 +11,7 @@ pub mod cluster_service;
 pub mod convert;
 pub mod handover;
 pub mod kv_service;
+pub mod member_addresses;
 pub mod metrics;
 pub mod network;
 pub mod proposer;
