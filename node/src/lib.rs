@@ -9,6 +9,8 @@
 pub mod app;
 pub mod cluster_service;
 pub mod convert;
+#[cfg(test)]
+mod fuzz_requests;
 pub mod handover;
 pub mod kv_service;
 pub mod member_addresses;

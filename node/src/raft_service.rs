@@ -200,7 +200,9 @@ impl pb::raft_server::Raft for RaftService {
         let vote = convert::vote_from_pb(header.vote).map_err(bad_request)?;
         let meta = convert::snapshot_meta_from_pb(header.meta).map_err(bad_request)?;
         let expected = usize::try_from(header.data_len).map_err(|_| Status::invalid_argument("snapshot too large"))?;
-        let mut data = Vec::with_capacity(expected);
+        // The header's length is the sender's word: reserve no more than one message's worth
+        // up front, or a hostile header (data_len near 2^64) would abort the process.
+        let mut data = Vec::with_capacity(expected.min(crate::network::MAX_RAFT_MESSAGE_BYTES));
         while let Some(chunk) = stream.message().await? {
             match chunk.kind {
                 Some(pb::snapshot_chunk::Kind::Data(bytes)) => {
