@@ -64,7 +64,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 /// A raw Kv client whose connection leaves from `from` (a client of its own, for the server).
 async fn kv_from(from: IpAddr, to: &str) -> KvClient<Channel> {
-    let channel = client::endpoint(to)
+    let channel = client::endpoint(to, None)
         .expect("an endpoint")
         .local_address(Some(from))
         .timeout(common::CLIENT_TIMEOUT)
