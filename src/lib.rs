@@ -12,6 +12,8 @@
 //! - `metrics` (feature `metrics`): the /metrics and /health endpoint and the gRPC call
 //!   metrics the node and the router share;
 //! - [`runtime`]: the async runtime the node and the router run on;
+//! - [`serving`]: the limits every gRPC server puts on its clients (connections, streams,
+//!   stalled frames, keepalive);
 //! - [`tls`]: TLS for every connection (certificates, the node rule, development certificates);
 //! - [`usage`]: one-line usage errors shared by the binaries;
 //! - `testing` (feature `test-support`): a fake node for the client's and the router's tests.
@@ -44,6 +46,7 @@ pub mod limits;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod runtime;
+pub mod serving;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

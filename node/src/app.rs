@@ -20,21 +20,18 @@ use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
-use raftkv::batch;
-use raftkv::pb::cluster_server::ClusterServer;
-use raftkv::pb::kv_batch_server::KvBatchServer;
-use raftkv::pb::kv_server::KvServer;
 use raftkv::raft_pb::raft_server::RaftServer;
+use raftkv::serving::{self, ConnectionBudget};
 use raftkv::tls::{require_node_certificate, ServerTls};
 use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use crate::cluster_service::ClusterService;
 use crate::handover::{self, HandOverError};
 use crate::kv_service::KvService;
+use crate::member_addresses::MemberAddresses;
 use crate::metrics::{LeaderContact, NodeMetrics};
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
@@ -226,7 +223,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let tls = if settings.tls.is_some() { "TLS" } else { "plaintext" };
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving ({tls})");
     serving(app.clone());
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let members = MemberAddresses::follow(raft.clone(), settings.initial_cluster.values().cloned()).await;
+    let mut server = serving::with_limits(tonic::transport::Server::builder()).timeout(serving::NODE_REQUEST_TIMEOUT);
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
     }
@@ -250,24 +248,26 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     });
     let server = server
         .layer(request_metrics)
-        .add_service(KvServer::new(kv.clone()).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES))
-        .add_service(KvBatchServer::new(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
-        .add_service(ClusterServer::new(ClusterService::new(app.clone())))
+        .add_service(serving::kv_server(Arc::new(kv.clone())))
+        .add_service(serving::kv_batch_server(Arc::new(kv)))
+        .add_service(serving::cluster_server(ClusterService::new(app.clone())))
         .add_service(raft_service)
-        // `tcp_nodelay` above does not apply to connections we accept ourselves: without
-        // this, Nagle's algorithm holds back small replies (trailers) until a delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
-            let raft = raft.clone();
-            let handover_timeout = (Duration::from_millis(settings.election_timeout_max_ms)
-                * HANDOVER_ON_STOP_ELECTION_TIMEOUTS)
-                .max(HANDOVER_ON_STOP_MIN);
-            async move {
-                stop.await;
-                hand_over_before_stopping(&raft, handover_timeout).await;
-                tracing::info!("stopping");
-                let _ = shutdown_tx.send(true);
-            }
-        });
+        // Connections beyond the budget are closed at once; members have a budget of their own.
+        .serve_with_incoming_shutdown(
+            serving::guarded_incoming(listener, ConnectionBudget::new(members.is_member())),
+            {
+                let raft = raft.clone();
+                let handover_timeout = (Duration::from_millis(settings.election_timeout_max_ms)
+                    * HANDOVER_ON_STOP_ELECTION_TIMEOUTS)
+                    .max(HANDOVER_ON_STOP_MIN);
+                async move {
+                    stop.await;
+                    hand_over_before_stopping(&raft, handover_timeout).await;
+                    tracing::info!("stopping");
+                    let _ = shutdown_tx.send(true);
+                }
+            },
+        );
     // Requests still in flight when the stop comes get SHUTDOWN_GRACE to finish; a request
     // waiting for a quorum that is gone must not keep the node from stopping.
     let mut stopping = app.shutdown.clone();

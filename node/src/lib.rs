@@ -9,8 +9,11 @@
 pub mod app;
 pub mod cluster_service;
 pub mod convert;
+#[cfg(test)]
+mod fuzz_requests;
 pub mod handover;
 pub mod kv_service;
+pub mod member_addresses;
 pub mod membership;
 pub mod metrics;
 pub mod network;

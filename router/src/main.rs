@@ -12,19 +12,14 @@ mod service;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use raftkv::batch;
-use raftkv::pb::cluster_server::ClusterServer;
-use raftkv::pb::kv_batch_server::KvBatchServer;
-use raftkv::pb::kv_server::KvServer;
+use raftkv::serving::{self, ConnectionBudget};
 use raftkv::tls::ServerTls;
 use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::leader_tracker::{LeaderTracker, Node};
 use crate::metrics::RouterMetrics;
@@ -36,10 +31,6 @@ use crate::service::{ClusterRouter, Forwarder, KvRouter};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// HTTP/2 streams (concurrent requests) accepted on one client connection.
-const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
-/// How often idle client connections are probed, so dead clients' connections are closed.
-const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// The most nodes the router forwards to.
 const MAX_NODES: usize = 64;
 
@@ -203,23 +194,22 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
 
     let kv = Arc::new(KvRouter::new(Arc::clone(&forwarder)));
     let mut until_stopped = shutdown.clone();
-    let mut server = tonic::transport::Server::builder();
+    let mut server = serving::with_limits(tonic::transport::Server::builder());
     if let Some(tls) = &tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
     }
     let server = server
-        .tcp_nodelay(true)
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
         .layer(metrics.requests.clone())
-        .add_service(KvServer::from_arc(Arc::clone(&kv)))
-        .add_service(KvBatchServer::from_arc(kv).max_decoding_message_size(batch::MAX_BATCH_REQUEST_MESSAGE))
-        .add_service(ClusterServer::new(ClusterRouter::new(forwarder)))
-        // Our own listener: nodelay must be set here, `tcp_nodelay` does not reach it, and
-        // without it Nagle's algorithm holds back small replies for ~40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-            let _ = until_stopped.wait_for(|stop| *stop).await;
-        });
+        .add_service(serving::kv_server(Arc::clone(&kv)))
+        .add_service(serving::kv_batch_server(kv))
+        .add_service(serving::cluster_server(ClusterRouter::new(forwarder)))
+        // Every connection is a client's: one budget, closed at once beyond it.
+        .serve_with_incoming_shutdown(
+            serving::guarded_incoming(listener, ConnectionBudget::clients_only()),
+            async move {
+                let _ = until_stopped.wait_for(|stop| *stop).await;
+            },
+        );
     tokio::pin!(server);
 
     let mut stopped = shutdown.clone();

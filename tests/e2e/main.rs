@@ -16,6 +16,7 @@ mod durability;
 mod engines;
 mod exactly_once;
 mod failover;
+mod hostile;
 mod input_validation;
 mod integrity;
 mod jepsen;

@@ -8,6 +8,10 @@
 
 pub mod data_dir;
 pub mod engine;
+#[cfg(test)]
+mod fuzz_records;
+#[cfg(test)]
+mod fuzz_wal;
 mod keys;
 pub mod log_store;
 mod raft_state;

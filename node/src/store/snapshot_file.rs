@@ -412,7 +412,7 @@ impl Iterator for SnapshotRecords {
 
 /// Writes a snapshot file: header, records, trailer, under a name of its own until
 /// [`SnapshotWriter::finish`] makes it durable.
-struct SnapshotWriter {
+pub(super) struct SnapshotWriter {
     path: PathBuf,
     out: BufWriter<File>,
     crc: crc32fast::Hasher,
@@ -421,7 +421,7 @@ struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    fn create(path: PathBuf, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
+    pub(super) fn create(path: PathBuf, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
         // A fresh file, never one a reader may still hold open.
         remove_if_present(&path)?;
         let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, File::create(&path)?);
@@ -444,7 +444,7 @@ impl SnapshotWriter {
         self.out.write_all(bytes)
     }
 
-    fn record(&mut self, record: pb::snapshot_record::Record) -> io::Result<()> {
+    pub(super) fn record(&mut self, record: pb::snapshot_record::Record) -> io::Result<()> {
         let encoded = pb::SnapshotRecord { record: Some(record) }.encode_length_delimited_to_vec();
         self.write(&encoded)?;
         self.records += 1;
@@ -453,7 +453,7 @@ impl SnapshotWriter {
     }
 
     /// Writes the trailer and makes the file durable; returns its path.
-    fn finish(mut self) -> io::Result<PathBuf> {
+    pub(super) fn finish(mut self) -> io::Result<PathBuf> {
         let trailer = Trailer {
             records: self.records,
             body_len: self.body_len,

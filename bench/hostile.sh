@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# How much a hostile client slows the others (issue 15, "Hostile input"): the p99 latency of a
+# normal client (`raftkv bench`, put and linearizable get through the router) quiet, and while
+# one abusive client, on the same machine (from 127.0.0.2), does one of:
+#   garbage       connects to the router and to every node, over and over, and sends random bytes;
+#   connections   opens --connections connections to the router and to each node and holds them
+#                 (the budgets: 256 per client address, 4096 per process);
+#   slowloris     opens --slow connections to the router and to each node and trickles an HTTP/2
+#                 request into each, a byte every 100 ms, reopening any the server closes.
+# The issue asks for the p99 under abuse within 2x of the quiet p99; the table says the ratio.
+# Timing depends on the machine: run it on a quiet one. It starts three raftkv-node processes
+# and a raftkv-router on 127.0.0.1 (data in a temporary directory) and stops them on exit.
+#
+# Usage (it builds nothing: run `cargo build --release` first; it runs target/release/{raftkv,
+# raftkv-node,raftkv-router}, or those in $BIN_DIR):
+#   bench/hostile.sh [--clients N] [--duration SECS] [--connections N] [--slow N] [--base-port PORT]
+# Example:
+#   bench/hostile.sh --clients 16 --duration 10
+set -euo pipefail
+
+usage() { sed -n '/^# Usage/,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+clients=16 duration=10 connections=1000 slow=200 base_port=17500
+while (($#)); do
+  case $1 in
+    --clients) clients=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --slow) slow=$2; shift 2 ;;
+    --base-port) base_port=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for n in "$clients" "$duration" "$connections" "$slow" "$base_port"; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: every option takes a positive whole number" >&2; exit 2; }
+done
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${BIN_DIR:-$repo/target/release}
+for b in raftkv raftkv-node raftkv-router; do
+  [[ -x $bin/$b ]] || { echo "error: $bin/$b is missing; run cargo build --release first" >&2; exit 2; }
+done
+command -v jq >/dev/null || { echo "error: jq is needed (apt-get install jq)" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "error: python3 is needed (the abusive client)" >&2; exit 2; }
+unset RUST_LOG
+
+work=$(mktemp -d /tmp/hostile-bench.XXXXXX)
+pids=()
+cleanup() {
+  local status=$? pid
+  set +e
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+router=127.0.0.1:$base_port
+node_address() { echo "127.0.0.1:$((base_port + $1))"; }
+cluster="1=$(node_address 1),2=$(node_address 2),3=$(node_address 3)"
+targets="$router,$(node_address 1),$(node_address 2),$(node_address 3)"
+for id in 1 2 3; do
+  "$bin/raftkv-node" --id "$id" --listen "$(node_address "$id")" --data-dir "$work/node-$id" \
+    --initial-cluster "$cluster" >"$work/node-$id.log" 2>&1 &
+  pids+=($!)
+done
+"$bin/raftkv-router" --listen "$router" --nodes "$(node_address 1),$(node_address 2),$(node_address 3)" \
+  >"$work/router.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 150); do
+  "$bin/raftkv" --endpoint "$router" --timeout 1s put hostile-bench-ready 1 >/dev/null 2>&1 && break
+  sleep 0.2
+done
+"$bin/raftkv" --endpoint "$router" --timeout 1s put hostile-bench-ready 1 >/dev/null || { echo "error: the cluster did not come up (logs: $work)" >&2; exit 1; }
+
+# The abusive client, in Python so that it owns its sockets and knows nothing of gRPC.
+# It connects from 127.0.0.2, so the normal client (127.0.0.1) has an address of its own:
+# the per-address budget is what keeps one host's connections from crowding out another's.
+abuser() {
+  exec python3 - "$1" "$targets" "$connections" "$slow" <<'PY'
+import os, socket, sys, time
+mode, targets, connections, slow = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+addrs = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in targets]
+def connect(addr):
+    s = socket.socket(); s.bind(("127.0.0.2", 0)); s.settimeout(1); s.connect(addr); s.setblocking(False); return s
+if mode == "garbage":
+    while True:
+        for addr in addrs:
+            try:
+                s = connect(addr); s.send(os.urandom(4096)); s.close()
+            except OSError:
+                pass
+elif mode == "connections":
+    held = []
+    for addr in addrs:
+        for _ in range(connections):
+            try: held.append(connect(addr))
+            except OSError: pass
+    while True: time.sleep(1)
+elif mode == "slowloris":
+    request = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+               + bytes([0, 1, 0xf4, 1, 4, 0, 0, 0, 1]) + b"\x82" * 500)
+    conns = []  # [socket, address, bytes sent]
+    for addr in addrs:
+        for _ in range(slow):
+            try: conns.append([connect(addr), addr, 0])
+            except OSError: pass
+    while True:
+        for c in conns:
+            try:
+                c[0].send(request[c[2] % len(request):][:1]); c[2] += 1
+            except OSError:
+                try: c[0].close(); c[0], c[2] = connect(c[1]), 0
+                except OSError: pass
+        time.sleep(0.1)
+PY
+}
+
+# p99 in ms and throughput of one bench run of WORKLOAD.
+measure() {
+  "$bin/raftkv" --endpoint "$router" --timeout 10s bench --output json --workload "$1" --clients "$clients" \
+    --duration "${duration}s" --keys 10000 >"$work/bench.json" 2>"$work/bench.err" || true
+  jq -r '"\(.p99_ms) \(.ops_per_sec | floor) \(.errors)"' "$work/bench.json" 2>/dev/null || echo "- - -"
+}
+
+declare -A quiet
+printf '%-12s %-5s %10s %10s %8s %12s\n' abuse op "p99 ms" "ops/s" errors "p99 / quiet"
+for abuse in none garbage connections slowloris; do
+  abuser_pid=""
+  if [[ $abuse != none ]]; then
+    abuser "$abuse" &
+    abuser_pid=$!
+    pids+=("$abuser_pid")
+    sleep 2 # let the abuse reach its full size before measuring
+  fi
+  for op in put get; do
+    read -r p99 ops errors < <(measure "$op")
+    if [[ $abuse == none ]]; then quiet[$op]=$p99; ratio=1; else
+      ratio=$(jq -n --arg a "$p99" --arg q "${quiet[$op]}" '($a | tonumber) / ($q | tonumber) | . * 100 | floor / 100' 2>/dev/null || echo -)
+    fi
+    printf '%-12s %-5s %10s %10s %8s %12s\n' "$abuse" "$op" "$p99" "$ops" "$errors" "$ratio"
+  done
+  if [[ -n $abuser_pid ]]; then kill -9 "$abuser_pid" 2>/dev/null || true; wait "$abuser_pid" 2>/dev/null || true; fi
+done
