@@ -79,6 +79,15 @@ fn key_name(i: u64) -> Vec<u8> {
     format!("jepsen-{i}").into_bytes()
 }
 
+/// The reads served, one JSON line each (`op` = the history's index), for diagnosis.
+static READ_LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// When the run began, for the nemesis lines' timestamps (the history's clock).
+static RUN_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn read_log(line: String) {
+    READ_LOG.lock().expect("the read log").push(line);
+}
+
 /// One client's loop: random operations on random keys until `stop`.
 async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<AtomicBool>, mut rng: Rng) {
     let mut writes = 0u64;
@@ -95,8 +104,17 @@ async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<At
                     Consistency::Lease
                 };
                 let pending = history.invoke(id, key.clone(), Op::Read);
+                let op_index = pending.index();
                 let outcome = match client.get(Bytes::from(key.clone()), consistency).await {
-                    Ok(reply) => Outcome::Ok(OpResult::Read(Some(reply.value.to_vec()))),
+                    Ok(reply) => {
+                        // Who served the read, how, and how far it had applied: what a stale read
+                        // needs explained (written beside the history when the check fails).
+                        read_log(format!(
+                            "{{\"op\":{op_index},\"consistency\":\"{consistency:?}\",\"node\":{},\"applied\":{}}}",
+                            reply.node_id, reply.applied_index
+                        ));
+                        Outcome::Ok(OpResult::Read(Some(reply.value.to_vec())))
+                    }
                     Err(Error::NotFound) => Outcome::Ok(OpResult::Read(None)),
                     Err(Error::InvalidArgument(e)) => panic!("a valid read was refused: {e}"),
                     // A read that failed observed nothing: it constrains nothing.
@@ -226,7 +244,8 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
             }
         }
     };
-    eprintln!("nemesis: {what}");
+    let at = RUN_START.get().map(|start| start.elapsed().as_secs_f64()).unwrap_or_default();
+    eprintln!("nemesis: [{at:.3} s] {what}");
     *log.injected.entry(format!("{fault:?}")).or_default() += 1;
 }
 
@@ -258,6 +277,7 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         };
         let mut cluster = TestCluster::start_with(options).await;
         let history = Arc::new(History::new());
+        let _ = RUN_START.set(Instant::now());
         let stop = Arc::new(AtomicBool::new(false));
         let mut rng = Rng(seed | 1);
 
@@ -322,6 +342,9 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         if !verdict.is_linearizable() {
             let path = std::env::temp_dir().join(format!("raftkv-jepsen-history-{seed}.json"));
             history.write_json(&path).expect("write the history");
+            let reads = std::env::temp_dir().join(format!("raftkv-jepsen-reads-{seed}.jsonl"));
+            std::fs::write(&reads, READ_LOG.lock().expect("the read log").join("\n")).expect("write the reads");
+            eprintln!("jepsen: who served each read: {}", reads.display());
             panic!(
                 "the history is not shown linearizable ({verdict}); history written to {}",
                 path.display()
