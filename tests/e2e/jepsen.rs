@@ -111,7 +111,8 @@ async fn run_client(id: u64, client: Client, history: Arc<History>, stop: Arc<At
                         // needs explained (written beside the history when the check fails).
                         read_log(format!(
                             "{{\"op\":{op_index},\"consistency\":\"{consistency:?}\",\"node\":{},\"applied\":{}}}",
-                            reply.node_id, reply.applied_index
+                            reply.header.as_ref().map_or(0, |h| h.node_id),
+                            reply.header.as_ref().map_or(0, |h| h.applied_index)
                         ));
                         Outcome::Ok(OpResult::Read(Some(reply.value.to_vec())))
                     }
@@ -244,7 +245,10 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
             }
         }
     };
-    let at = RUN_START.get().map(|start| start.elapsed().as_secs_f64()).unwrap_or_default();
+    let at = RUN_START
+        .get()
+        .map(|start| start.elapsed().as_secs_f64())
+        .unwrap_or_default();
     eprintln!("nemesis: [{at:.3} s] {what}");
     *log.injected.entry(format!("{fault:?}")).or_default() += 1;
 }
