@@ -257,12 +257,13 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
             serving::guarded_incoming(listener, ConnectionBudget::new(members.is_member())),
             {
                 let raft = raft.clone();
+                let reads = app.read_index.clone();
                 let handover_timeout = (Duration::from_millis(settings.election_timeout_max_ms)
                     * HANDOVER_ON_STOP_ELECTION_TIMEOUTS)
                     .max(HANDOVER_ON_STOP_MIN);
                 async move {
                     stop.await;
-                    hand_over_before_stopping(&raft, handover_timeout).await;
+                    hand_over_before_stopping(&raft, &reads, handover_timeout).await;
                     tracing::info!("stopping");
                     let _ = shutdown_tx.send(true);
                 }
@@ -300,11 +301,11 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
 /// meanwhile (writes it refuses during the transfer name the new leader, and the writes it
 /// took are committed by it): a rolling restart then costs one transfer, not an election
 /// timeout plus an election. Past `within` it stops anyway.
-async fn hand_over_before_stopping(raft: &Raft, within: Duration) {
+async fn hand_over_before_stopping(raft: &Raft, reads: &ReadIndexRounds, within: Duration) {
     if !raft.is_leader() {
         return;
     }
-    match handover::hand_over(raft, None, within).await {
+    match handover::hand_over(raft, reads, None, within).await {
         Ok(new_leader) => tracing::info!(
             to = new_leader.id,
             term = new_leader.term,

@@ -41,7 +41,11 @@ pub struct ClusterService {
 
 impl ClusterService {
     pub fn new(app: App) -> Self {
-        let member_changes = Arc::new(MemberChanges::new(app.raft.clone(), app.reader.clone()));
+        let member_changes = Arc::new(MemberChanges::new(
+            app.raft.clone(),
+            app.reader.clone(),
+            app.read_index.clone(),
+        ));
         ClusterService { app, member_changes }
     }
 }
@@ -134,7 +138,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let current_term = self.app.raft.metrics().borrow_watched().current_term;
         let new_leader = match term {
             Some(term) if term < current_term => handover::leader_after(&self.app.raft, term, within).await?,
-            _ => handover::hand_over(&self.app.raft, to, within).await?,
+            _ => handover::hand_over(&self.app.raft, &self.app.read_index, to, within).await?,
         };
         Ok(Response::new(pb::TransferLeaderResponse {
             leader_id: new_leader.id,

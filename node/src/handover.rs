@@ -12,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use tonic::Status;
 
 use crate::raft_service::not_leader;
+use crate::read_index::ReadIndexRounds;
 use crate::types::{NodeId, Raft, RaftMetrics};
 
 /// Who leads after a transfer, as the API reports it.
@@ -82,8 +83,14 @@ fn leader_now(metrics: &RaftMetrics) -> Option<NewLeader> {
 
 /// Hands leadership from this node (which must lead) to `to`, or to the most up-to-date
 /// voter, and returns once this node sees another node leading in a later term. Asking for
-/// this very node is answered at once: it already leads.
-pub async fn hand_over(raft: &Raft, to: Option<NodeId>, within: Duration) -> Result<NewLeader, HandOverError> {
+/// this very node is answered at once: it already leads. From the moment it begins, `reads`
+/// no longer trusts this leader's lease.
+pub async fn hand_over(
+    raft: &Raft,
+    reads: &ReadIndexRounds,
+    to: Option<NodeId>,
+    within: Duration,
+) -> Result<NewLeader, HandOverError> {
     let (target, term) = {
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
@@ -108,6 +115,7 @@ pub async fn hand_over(raft: &Raft, to: Option<NodeId>, within: Duration) -> Res
         (target, m.current_term)
     };
     tracing::info!(to = target, term, "handing leadership over");
+    reads.stop_lease_reads(term);
     raft.trigger()
         .transfer_leader(target)
         .await

@@ -19,6 +19,7 @@ use tonic::Status;
 
 use crate::handover::{self, HandOverError};
 use crate::raft_service::not_leader;
+use crate::read_index::ReadIndexRounds;
 use crate::store::KvReader;
 use crate::types::{NodeId, Raft, RaftMetrics, TypeConfig};
 
@@ -96,6 +97,8 @@ pub struct MemberChanges {
     raft: Raft,
     /// The state machine, which records every node ever removed.
     reader: KvReader,
+    /// Told when this leader hands leadership over before its removal.
+    reads: ReadIndexRounds,
     /// What the change in progress does, for the refusal of another.
     busy: tokio::sync::Mutex<()>,
     current: std::sync::Mutex<String>,
@@ -108,10 +111,11 @@ pub struct Changed {
 }
 
 impl MemberChanges {
-    pub fn new(raft: Raft, reader: KvReader) -> MemberChanges {
+    pub fn new(raft: Raft, reader: KvReader, reads: ReadIndexRounds) -> MemberChanges {
         MemberChanges {
             raft,
             reader,
+            reads,
             busy: tokio::sync::Mutex::new(()),
             current: std::sync::Mutex::new(String::new()),
         }
@@ -249,7 +253,7 @@ impl MemberChanges {
         }
         if id == m.id {
             tracing::info!("removing this node, the leader: handing leadership over first");
-            let new_leader = handover::hand_over(&self.raft, None, within)
+            let new_leader = handover::hand_over(&self.raft, &self.reads, None, within)
                 .await
                 .map_err(|e| match e {
                     HandOverError::NotLeader(status) => MembershipError::NotLeader(status),

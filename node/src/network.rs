@@ -150,7 +150,6 @@ impl Network {
     fn peer(&self, target: NodeId, node: &BasicNode, lane: Lane) -> PeerConnection {
         PeerConnection {
             target,
-            lane,
             address: node.addr.clone(),
             client: self.client(&node.addr, lane).map_err(|e| e.to_string()),
             reachability: self.reachability.clone(),
@@ -177,7 +176,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The connection to one peer, as openraft's replication and election use it.
 pub struct PeerConnection {
     target: NodeId,
-    lane: Lane,
     address: String,
     client: Result<RaftClient<Channel>, String>,
     reachability: Reachability,
@@ -309,38 +307,6 @@ fn snapshot_chunks(
     })
 }
 
-/// `request` as AppendEntries of at most `MAX_APPEND_ENTRIES_BYTES` each (at least one
-/// entry each; one request when it has no entries), each following the one before: the
-/// entry before a piece's entries is the last entry of the piece before.
-fn split_append(request: &AppendEntriesRequest<TypeConfig>) -> Vec<pb::AppendEntriesRequest> {
-    let pb::AppendEntriesRequest {
-        vote,
-        mut entries,
-        leader_commit,
-        ..
-    } = convert::append_entries_to_pb(request);
-    let mut pieces = Vec::new();
-    let mut prev_log_id = request.prev_log_id;
-    // The index in `request.entries` of the next piece's first entry.
-    let mut first = 0;
-    loop {
-        let fit = entries_that_fit(&entries);
-        let rest = entries.split_off(fit);
-        pieces.push(pb::AppendEntriesRequest {
-            vote,
-            prev_log_id: convert::opt_log_id_to_pb(&prev_log_id),
-            entries,
-            leader_commit,
-        });
-        if rest.is_empty() {
-            return pieces;
-        }
-        first += fit;
-        prev_log_id = Some(request.entries[first - 1].log_id);
-        entries = rest;
-    }
-}
-
 /// How many of `entries`, from the first, fit in one AppendEntries of at most
 /// `MAX_APPEND_ENTRIES_BYTES` (always at least one).
 fn entries_that_fit(entries: &[pb::Entry]) -> usize {
@@ -359,12 +325,14 @@ fn entries_that_fit(entries: &[pb::Entry]) -> usize {
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotData;
 
-    /// Pipelined replication over one StreamAppend call: openraft's requests go out as it
-    /// makes them, each as one or more AppendEntries of at most `MAX_APPEND_ENTRIES_BYTES`,
-    /// and the follower's answers come back in order, folded into one per request. The call
-    /// has no deadline of its own (it lasts as long as openraft keeps replicating); a peer
-    /// that stops answering is found by the connection's keepalive. Heartbeats are single
-    /// requests with openraft's deadline: they stay unary calls.
+    /// Replication one AppendEntries at a time: the next request is taken from openraft only
+    /// after openraft has handled the answer to the one before. openraft dates a follower's
+    /// acknowledgement by the sending time of the requests it drains from its in-flight queue,
+    /// and an answer drains every queued request that ends at or below the index it matched,
+    /// so with requests pipelined, an empty one (a commit-index update) queued behind was
+    /// credited with an acknowledgement the follower never gave it. A leader cut off while its
+    /// followers elected another then took that stamp as a fresh quorum and served lease (and
+    /// ReadIndex) reads from its stale state (ARCHITECTURE.md, "Read safety").
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -373,44 +341,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        if self.lane == Lane::Heartbeat {
-            return stream_append_sequential(self, input, option);
-        }
-        Box::pin(async move {
-            let mut client = self.client()?;
-            // How many AppendEntries each of openraft's requests became, in order.
-            let (pieces_of, pieces) = tokio::sync::mpsc::unbounded_channel::<usize>();
-            let outgoing = input.flat_map(move |request| {
-                let split = split_append(&request);
-                let _ = pieces_of.send(split.len());
-                futures::stream::iter(split)
-            });
-            let reply = client.stream_append(tonic::Request::new(outgoing)).await;
-            self.observe(&reply);
-            let (target, address) = (self.target, self.address.clone());
-            let answers = reply.map_err(|s| rpc_error(target, &address, s))?.into_inner();
-            let results = futures::stream::unfold((answers, pieces), move |(mut answers, mut pieces)| {
-                let address = address.clone();
-                async move {
-                    let count = pieces.recv().await?;
-                    let mut matched = None;
-                    for _ in 0..count {
-                        let answer = match answers.message().await {
-                            Ok(Some(answer)) => convert::stream_append_result_from_pb(answer).map_err(malformed),
-                            Ok(None) => return None,
-                            Err(status) => Err(rpc_error(target, &address, status)),
-                        };
-                        match answer {
-                            Ok(Ok(log_id)) => matched = Some(Ok(log_id)),
-                            // A conflict or a higher vote ends the stream on the follower's side.
-                            other => return Some((other, (answers, pieces))),
-                        }
-                    }
-                    matched.map(|result| (Ok(result), (answers, pieces)))
-                }
-            });
-            Ok(Box::pin(results) as BoxStream<'s, _>)
-        })
+        stream_append_sequential(self, input, option)
     }
 
     async fn append_entries(
@@ -576,33 +507,22 @@ mod tests {
     }
 
     #[test]
-    fn a_large_append_goes_as_pieces_that_each_follow_the_one_before() {
-        let request = AppendEntriesRequest::<TypeConfig> {
-            vote: crate::types::Vote::new_committed(1, 1),
-            prev_log_id: Some(entry_of(9, 0).log_id),
-            entries: (10..20)
-                .map(|index| entry_of(index, MAX_APPEND_ENTRIES_BYTES / 4))
-                .collect(),
-            leader_commit: Some(entry_of(9, 0).log_id),
-        };
-        let pieces = split_append(&request);
-        assert!(pieces.len() >= 3, "{} pieces", pieces.len());
-        let mut expected_prev = 9;
-        for piece in &pieces {
-            assert!(piece.encoded_len() <= MAX_APPEND_ENTRIES_BYTES + 1024);
-            assert_eq!(piece.prev_log_id.as_ref().map(|id| id.index), Some(expected_prev));
-            assert_eq!(piece.leader_commit, pieces[0].leader_commit);
-            let indexes: Vec<u64> = piece.entries.iter().map(|e| e.log_id.as_ref().unwrap().index).collect();
-            assert_eq!(indexes.first(), Some(&(expected_prev + 1)));
-            expected_prev = *indexes.last().unwrap();
-        }
-        assert_eq!(expected_prev, 19, "every entry is sent once, in order");
-        // A heartbeat is one piece with no entries.
-        let heartbeat = AppendEntriesRequest::<TypeConfig> {
-            entries: Vec::new(),
-            ..request
-        };
-        assert_eq!(split_append(&heartbeat).len(), 1);
+    fn a_large_append_sends_the_entries_that_fit_and_always_one() {
+        let entries: Vec<pb::Entry> = (10..20)
+            .map(|index| convert::entry_to_pb(&entry_of(index, MAX_APPEND_ENTRIES_BYTES / 4)))
+            .collect();
+        let fit = entries_that_fit(&entries);
+        assert!(
+            (1..entries.len()).contains(&fit),
+            "{fit} of {} entries fit",
+            entries.len()
+        );
+        let bytes: usize = entries[..fit].iter().map(|e| e.encoded_len()).sum();
+        assert!(bytes <= MAX_APPEND_ENTRIES_BYTES, "{bytes} bytes in one AppendEntries");
+        // One entry larger than the limit still goes, alone.
+        let huge = vec![convert::entry_to_pb(&entry_of(1, 2 * MAX_APPEND_ENTRIES_BYTES))];
+        assert_eq!(entries_that_fit(&huge), 1);
+        assert_eq!(entries_that_fit(&[]), 0);
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub struct Leadership {
     pub is_leader: bool,
     /// The leader's id and address, when known.
     pub leader: Option<(NodeId, String)>,
+    pub term: u64,
 }
 
 impl Leadership {
@@ -77,6 +78,7 @@ impl Leadership {
         Leadership {
             is_leader: m.state.is_leader(),
             leader,
+            term: m.current_term,
         }
     }
 
@@ -86,7 +88,7 @@ impl Leadership {
         if raft.is_leader() {
             return Ok(());
         }
-        let Leadership { is_leader, leader } = Leadership::of(raft);
+        let Leadership { is_leader, leader, .. } = Leadership::of(raft);
         if is_leader {
             return Ok(());
         }

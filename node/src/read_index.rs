@@ -7,7 +7,9 @@
 //! timeout, so no round trip is needed; this assumes the nodes' clocks advance at
 //! about the same rate, since a follower keeps its own lease by its own clock). A
 //! lease that has run out falls back to a quorum round, so a lease read is never
-//! refused for it.
+//! refused for it. Once the leader begins to hand leadership over
+//! ([`ReadIndexRounds::stop_lease_reads`]), its lease no longer vouches for it: the voters
+//! let the transfer's target win at once, lease or not.
 //!
 //! Each `Raft::get_read_log_id(ReadPolicy::ReadIndex)` on the leader waits for a
 //! quorum to answer an AppendEntries (a heartbeat, or replication) sent after it
@@ -18,6 +20,8 @@
 //! next one — a round that began before the read arrived may predate writes
 //! the read must see.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{LinearizableReadError, RaftError};
@@ -58,21 +62,38 @@ pub enum ReadKind {
 pub struct ReadIndexRounds {
     quorum: mpsc::Sender<oneshot::Sender<ReadIndex>>,
     lease: mpsc::Sender<oneshot::Sender<ReadIndex>>,
+    /// The term whose leadership this node is handing over (0: none): in it, lease reads
+    /// are confirmed by a quorum.
+    lease_off_in_term: Arc<AtomicU64>,
 }
 
 impl ReadIndexRounds {
     /// Starts the tasks that run the rounds, in the current span (the node's); they end
     /// when every clone is dropped.
     pub fn start(raft: Raft, network: Network) -> ReadIndexRounds {
+        let lease_off_in_term = Arc::new(AtomicU64::new(0));
         let queue = |kind| {
             let (queue, rx) = mpsc::channel(READ_QUEUE_LEN);
-            tokio::spawn(run(raft.clone(), network.clone(), kind, rx).in_current_span());
+            let round = Round {
+                raft: raft.clone(),
+                network: network.clone(),
+                kind,
+                lease_off_in_term: lease_off_in_term.clone(),
+            };
+            tokio::spawn(run(round, rx).in_current_span());
             queue
         };
         ReadIndexRounds {
             quorum: queue(ReadKind::Quorum),
             lease: queue(ReadKind::Lease),
+            lease_off_in_term,
         }
+    }
+
+    /// From now until the end of `term`'s leadership, lease reads are confirmed by a quorum:
+    /// called before this leader hands leadership over.
+    pub fn stop_lease_reads(&self, term: u64) {
+        self.lease_off_in_term.store(term, Ordering::SeqCst);
     }
 
     /// A read index confirmed, the way `kind` says, by a round that started after this call.
@@ -92,13 +113,28 @@ impl ReadIndexRounds {
     }
 }
 
-async fn run(raft: Raft, network: Network, kind: ReadKind, mut rx: mpsc::Receiver<oneshot::Sender<ReadIndex>>) {
+/// What one queue's rounds need.
+struct Round {
+    raft: Raft,
+    network: Network,
+    kind: ReadKind,
+    lease_off_in_term: Arc<AtomicU64>,
+}
+
+impl Round {
+    /// Whether the lease may vouch for this leader in `term`.
+    fn lease_allowed(&self, term: u64) -> bool {
+        self.kind == ReadKind::Lease && self.lease_off_in_term.load(Ordering::SeqCst) != term
+    }
+}
+
+async fn run(round: Round, mut rx: mpsc::Receiver<oneshot::Sender<ReadIndex>>) {
     while let Some(first) = rx.recv().await {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&raft, &network, kind)).await {
+        let result = match tokio::time::timeout(READ_ROUND_TIMEOUT, one_round(&round)).await {
             Ok(r) => r,
             Err(_) => Err(Status::unavailable(
                 "could not confirm leadership with a quorum in time",
@@ -111,12 +147,22 @@ async fn run(raft: Raft, network: Network, kind: ReadKind, mut rx: mpsc::Receive
 }
 
 /// One leadership confirmation: locally when this node leads, else by asking the leader.
-async fn one_round(raft: &Raft, network: &Network, kind: ReadKind) -> ReadIndex {
-    let Leadership { is_leader, leader } = Leadership::of(raft);
+async fn one_round(round: &Round) -> ReadIndex {
+    let Round {
+        raft, network, kind, ..
+    } = round;
+    let Leadership {
+        is_leader,
+        leader,
+        term,
+    } = Leadership::of(raft);
     if is_leader {
-        if kind == ReadKind::Lease {
+        if round.lease_allowed(term) {
             match raft.get_read_log_id(ReadPolicy::LeaseRead).await {
-                Ok((read_log_id, _)) => return Ok(Some(read_log_id.index())),
+                // Checked again: a handover that began meanwhile may have let another node win
+                // before openraft looked at the lease.
+                Ok((read_log_id, _)) if round.lease_allowed(term) => return Ok(Some(read_log_id.index())),
+                Ok(_) => {}
                 // The lease ran out (no quorum acknowledged the leader lately): ask a quorum.
                 Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {}
                 Err(e) => return Err(linearizable_read_error(e)),
@@ -142,7 +188,7 @@ async fn one_round(raft: &Raft, network: &Network, kind: ReadKind) -> ReadIndex 
         .client(&address, Lane::Replication)
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut request = Request::new(raftkv::raft_pb::ReadIndexRequest {
-        lease: kind == ReadKind::Lease,
+        lease: *kind == ReadKind::Lease,
     });
     request.set_timeout(READ_ROUND_TIMEOUT);
     let reply = client.read_index(request).await.map_err(|s| match s.code() {
