@@ -31,69 +31,28 @@ fn help_explains_the_command_with_an_example() {
 fn malformed_flags_are_one_line_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
+    // A start that is valid but for one flag: id, listen address, initial cluster, more flags.
+    let start = |id: &'static str, listen: &'static str, cluster: &'static str, more: &[&'static str]| {
+        let mut args = vec![
+            "--id",
+            id,
+            "--listen",
+            listen,
+            "--data-dir",
+            data,
+            "--initial-cluster",
+            cluster,
+        ];
+        args.extend_from_slice(more);
+        args
+    };
     for args in [
-        vec![
-            "--id",
-            "0",
-            "--listen",
-            "127.0.0.1:1",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-        ],
-        vec![
-            "--id",
-            "1",
-            "--listen",
-            "nowhere",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-        ],
-        vec![
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:1",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=127.0.0.1",
-        ],
-        vec![
-            "--id",
-            "4",
-            "--listen",
-            "127.0.0.1:1",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-        ],
-        vec![
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:1",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=a:1,1=b:2",
-        ],
-        vec![
-            "--id",
-            "1",
-            "--listen",
-            "127.0.0.1:1",
-            "--data-dir",
-            data,
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-            "--engine",
-            "rocksdb",
-        ],
+        start("0", "127.0.0.1:1", "1=127.0.0.1:1", &[]),
+        start("1", "nowhere", "1=127.0.0.1:1", &[]),
+        start("1", "127.0.0.1:1", "1=127.0.0.1", &[]),
+        start("4", "127.0.0.1:1", "1=127.0.0.1:1", &[]),
+        start("1", "127.0.0.1:1", "1=a:1,1=b:2", &[]),
+        start("1", "127.0.0.1:1", "1=127.0.0.1:1", &["--engine", "rocksdb"]),
     ] {
         let out = node(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
