@@ -7,7 +7,9 @@
 //! Two budgets, so that clients can never starve Raft: connections from the cluster's members
 //! (the caller says which addresses those are) count against [`MAX_MEMBER_CONNECTIONS`]; every
 //! other connection against [`MAX_CLIENT_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_CLIENT_ADDRESS`]
-//! for its source address.
+//! for its source address, and against its address's rate of new connections
+//! ([`NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC`], a token bucket): a host that connects in a
+//! loop costs the server an accept and a close per connection, not a handshake.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,7 +26,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use super::stalled_frame::StalledFrameGuard;
 use super::{
     FRAME_STALL_TIMEOUT, MAX_CLIENT_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT_ADDRESS, MAX_MEMBER_CONNECTIONS,
-    TCP_KEEPALIVE_IDLE,
+    NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC, TCP_KEEPALIVE_IDLE,
 };
 
 /// How long the accept loop pauses after a failed accept (out of file descriptors, say), so
@@ -37,6 +39,61 @@ const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// How many client connections each source address holds.
 type ConnectionsByAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
+/// Source addresses whose rate of new connections is tracked at most; past it, the addresses
+/// whose allowance is whole again are forgotten first, and a new address beyond it is not
+/// rate-limited (the other limits still hold). Real hosts only: a TCP connection needs a
+/// completed handshake.
+const MAX_RATE_TRACKED_ADDRESSES: usize = 16 * 1024;
+
+/// A token bucket: the new connections an address may still open now.
+#[derive(Clone, Copy, Debug)]
+struct NewConnectionAllowance {
+    tokens: f64,
+    at: Instant,
+}
+
+impl NewConnectionAllowance {
+    fn full(now: Instant) -> Self {
+        NewConnectionAllowance {
+            tokens: f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST),
+            at: now,
+        }
+    }
+
+    /// The allowance refilled up to `now`.
+    fn refilled(self, now: Instant) -> Self {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64()
+            * f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC);
+        NewConnectionAllowance {
+            tokens: (self.tokens + earned).min(f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST)),
+            at: now,
+        }
+    }
+
+    fn is_whole(self, now: Instant) -> bool {
+        self.refilled(now).tokens >= f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST)
+    }
+
+    /// Takes one new connection from the allowance, if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        *self = self.refilled(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("over the connection limit")]
+    TooManyConnections,
+    #[error("too many new connections per second from this address")]
+    TooManyNewConnections,
+}
+
 /// Tells whether an address belongs to one of the cluster's members.
 pub type IsMember = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
@@ -47,6 +104,7 @@ pub struct ConnectionBudget {
     clients: Arc<Semaphore>,
     per_address: ConnectionsByAddress,
     max_per_address: usize,
+    new_connections: Arc<Mutex<HashMap<IpAddr, NewConnectionAllowance>>>,
     is_member: IsMember,
 }
 
@@ -72,29 +130,56 @@ impl ConnectionBudget {
             clients: Arc::new(Semaphore::new(clients)),
             per_address: Arc::new(Mutex::new(HashMap::new())),
             max_per_address: per_address,
+            new_connections: Arc::new(Mutex::new(HashMap::new())),
             is_member,
         }
     }
 
-    /// A place in the budget for a connection from `address`, or None when its budget is spent.
-    pub fn admit(&self, address: IpAddr) -> Option<Admission> {
+    /// A place in the budget for a connection from `address` arriving `now`, or why not.
+    pub fn admit(&self, address: IpAddr, now: Instant) -> Result<Admission, Refusal> {
         if (self.is_member)(address) {
-            return Some(Admission {
-                _permit: self.members.clone().try_acquire_owned().ok()?,
+            let permit = self.members.clone().try_acquire_owned();
+            return Ok(Admission {
+                _permit: permit.map_err(|_| Refusal::TooManyConnections)?,
                 address: None,
             });
         }
-        let permit = self.clients.clone().try_acquire_owned().ok()?;
+        if !self.take_new_connection(address, now) {
+            return Err(Refusal::TooManyNewConnections);
+        }
+        let permit = self
+            .clients
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManyConnections)?;
         let mut per_address = self.per_address.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let held = per_address.entry(address).or_insert(0);
         if *held >= self.max_per_address {
-            return None;
+            return Err(Refusal::TooManyConnections);
         }
         *held += 1;
-        Some(Admission {
+        Ok(Admission {
             _permit: permit,
             address: Some((address, Arc::clone(&self.per_address))),
         })
+    }
+
+    /// Whether `address` may open one more connection `now`, by its rate of new connections.
+    fn take_new_connection(&self, address: IpAddr, now: Instant) -> bool {
+        let mut allowances = self
+            .new_connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !allowances.contains_key(&address) && allowances.len() >= MAX_RATE_TRACKED_ADDRESSES {
+            allowances.retain(|_, allowance| !allowance.is_whole(now));
+            if allowances.len() >= MAX_RATE_TRACKED_ADDRESSES {
+                return true;
+            }
+        }
+        allowances
+            .entry(address)
+            .or_insert_with(|| NewConnectionAllowance::full(now))
+            .take(now)
     }
 }
 
@@ -142,18 +227,21 @@ pub fn guarded_incoming(
                         return Some((Err(error), (listener, budget, last_warning, refused)));
                     }
                 };
-                let Some(admission) = budget.admit(peer.ip()) else {
-                    refused += 1;
-                    if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
-                        tracing::warn!(
-                            client = %peer.ip(),
-                            refused_so_far = refused,
-                            "refused a connection: over the connection limit"
-                        );
-                        last_warning = Some(Instant::now());
+                let admission = match budget.admit(peer.ip(), Instant::now()) {
+                    Ok(admission) => admission,
+                    Err(refusal) => {
+                        refused += 1;
+                        if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                            tracing::warn!(
+                                client = %peer.ip(),
+                                refused_so_far = refused,
+                                "refused a connection: {refusal}"
+                            );
+                            last_warning = Some(Instant::now());
+                        }
+                        drop(stream);
+                        continue;
                     }
-                    drop(stream);
-                    continue;
                 };
                 // Nagle's algorithm would hold back small replies (trailers) until a delayed ACK.
                 let _ = stream.set_nodelay(true);
@@ -184,26 +272,58 @@ mod tests {
 
     #[test]
     fn one_address_cannot_take_more_than_its_share_and_others_still_get_in() {
+        let now = Instant::now();
         let budget = ConnectionBudget::with_limits(Arc::new(|_| false), 10, 10, 2);
-        let first = budget.admit(ip("10.0.0.1")).unwrap();
-        let _second = budget.admit(ip("10.0.0.1")).unwrap();
-        assert!(budget.admit(ip("10.0.0.1")).is_none());
-        let _other = budget.admit(ip("10.0.0.2")).unwrap();
+        let first = budget.admit(ip("10.0.0.1"), now).unwrap();
+        let _second = budget.admit(ip("10.0.0.1"), now).unwrap();
+        assert_eq!(
+            budget.admit(ip("10.0.0.1"), now).err(),
+            Some(Refusal::TooManyConnections)
+        );
+        let _other = budget.admit(ip("10.0.0.2"), now).unwrap();
         drop(first);
         assert!(
-            budget.admit(ip("10.0.0.1")).is_some(),
+            budget.admit(ip("10.0.0.1"), now).is_ok(),
             "a closed connection gives its place back"
         );
     }
 
     #[test]
     fn clients_over_the_process_limit_are_refused_but_members_are_not() {
+        let now = Instant::now();
         let member = ip("10.0.0.9");
         let budget = ConnectionBudget::with_limits(Arc::new(move |address| address == member), 1, 2, 5);
-        let _a = budget.admit(ip("10.0.0.1")).unwrap();
-        let _b = budget.admit(ip("10.0.0.2")).unwrap();
-        assert!(budget.admit(ip("10.0.0.3")).is_none());
-        let _peer = budget.admit(member).expect("members have a budget of their own");
-        assert!(budget.admit(member).is_none(), "and a limit of their own");
+        let _a = budget.admit(ip("10.0.0.1"), now).unwrap();
+        let _b = budget.admit(ip("10.0.0.2"), now).unwrap();
+        assert!(budget.admit(ip("10.0.0.3"), now).is_err());
+        let _peer = budget.admit(member, now).expect("members have a budget of their own");
+        assert!(budget.admit(member, now).is_err(), "and a limit of their own");
+    }
+
+    #[test]
+    fn an_address_that_connects_in_a_loop_is_held_to_its_rate_and_others_are_not() {
+        let start = Instant::now();
+        let budget = ConnectionBudget::new(Arc::new(|_| false));
+        let looping = ip("10.0.0.1");
+        // Each connection closes at once (dropped): only the rate stops them.
+        let burst = (0..2 * NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST)
+            .filter(|_| budget.admit(looping, start).is_ok())
+            .count();
+        assert_eq!(burst, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST as usize);
+        assert_eq!(budget.admit(looping, start).err(), Some(Refusal::TooManyNewConnections));
+        assert!(
+            budget.admit(ip("10.0.0.2"), start).is_ok(),
+            "another host is not held back"
+        );
+        // A second later the address has earned one second's worth again.
+        let later = start + Duration::from_secs(1);
+        let refilled = (0..2 * NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC)
+            .filter(|_| budget.admit(looping, later).is_ok())
+            .count();
+        assert_eq!(refilled, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC as usize);
+        // Members are never rate-limited.
+        let member = ip("10.0.0.9");
+        let budget = ConnectionBudget::new(Arc::new(move |address| address == member));
+        assert!((0..2 * NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST).all(|_| budget.admit(member, start).is_ok()));
     }
 }

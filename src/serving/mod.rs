@@ -36,6 +36,16 @@ pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
 /// server, so honest hosts stay far below it.
 pub const MAX_CONNECTIONS_PER_CLIENT_ADDRESS: usize = 256;
 
+/// New connections one client address may open per second, on average: past it (a host that
+/// connects in a loop, sending garbage or nothing) a new connection is closed as soon as it is
+/// accepted, before any TLS or HTTP/2 work. A client library keeps its connections open, so
+/// honest hosts stay far below it.
+pub const NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC: u32 = 128;
+
+/// New connections one client address may open at once beyond that rate (a client starting
+/// its connections to every server, a benchmark opening its pool).
+pub const NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST: u32 = 256;
+
 /// Client connections one process serves at once (each costs a file descriptor and a task).
 /// Beyond it a new connection is closed as soon as it is accepted.
 pub const MAX_CLIENT_CONNECTIONS: usize = 4096;
