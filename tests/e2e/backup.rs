@@ -99,6 +99,22 @@ async fn a_cluster_restored_from_a_backup_after_losing_every_node_serves_every_k
     assert_eq!(got.value, value("new", 0));
 }
 
+/// `raftkv snapshot restore BACKUP` into `data_dir` for node 1 of a one-node cluster.
+async fn restore_one(backup: &Path, data_dir: &Path) -> Finished {
+    cli(&[
+        "snapshot",
+        "restore",
+        &backup.display().to_string(),
+        "--id",
+        "1",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--initial-cluster",
+        "1=127.0.0.1:1",
+    ])
+    .await
+}
+
 /// The one line a refused command printed; panics unless it failed with exactly one line.
 fn refusal(run: &Finished, what: &str) -> String {
     assert!(!run.status.success(), "{what} succeeded: {run:?}");
@@ -136,19 +152,7 @@ async fn a_damaged_or_truncated_backup_is_refused_in_one_line_and_restore_create
         let name = bad.display().to_string();
         let line = refusal(&cli(&["snapshot", "status", &name]).await, "status of a bad backup");
         assert!(line.contains(&name), "{line}");
-        let data_dir = restores.join("node-1");
-        let run = cli(&[
-            "snapshot",
-            "restore",
-            &name,
-            "--id",
-            "1",
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-        ])
-        .await;
+        let run = restore_one(bad, &restores.join("node-1")).await;
         let line = refusal(&run, "restore of a bad backup");
         assert!(line.contains("backup refused"), "{line}");
         let left: Vec<_> = std::fs::read_dir(&restores).expect("list").collect();
@@ -159,18 +163,7 @@ async fn a_damaged_or_truncated_backup_is_refused_in_one_line_and_restore_create
     let occupied = restores.join("occupied");
     std::fs::create_dir(&occupied).expect("mkdir");
     std::fs::write(occupied.join("precious"), b"data").expect("write");
-    let run = cli(&[
-        "snapshot",
-        "restore",
-        &good.display().to_string(),
-        "--id",
-        "1",
-        "--data-dir",
-        &occupied.display().to_string(),
-        "--initial-cluster",
-        "1=127.0.0.1:1",
-    ])
-    .await;
+    let run = restore_one(&good, &occupied).await;
     let line = refusal(&run, "restore into a non-empty directory");
     assert!(line.contains("not empty"), "{line}");
     assert_eq!(std::fs::read(occupied.join("precious")).expect("read"), b"data");

@@ -188,3 +188,119 @@ fn sync_parent(dir: &Path) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     std::fs::File::open(parent)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::data_dir::open_with_engine_when_released;
+    use crate::store::engine::EngineKind;
+    use crate::types::{Command, Entry, EntryPayload, LeaderId, LogId, Op, WriteGroup};
+    use bytes::Bytes;
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+
+    const OLD_CLUSTER: &str = "1=127.0.0.1:1";
+    const KEYS: u64 = 40;
+
+    fn put(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId { term: 7, node_id: 1 }, index),
+            payload: EntryPayload::Normal(WriteGroup {
+                proposed_at_ms: 1000,
+                commands: vec![Command {
+                    op: Op::Put {
+                        key: Bytes::from(format!("key-{index}")),
+                        value: Bytes::from(format!("value-{index}")),
+                    },
+                    write_id: None,
+                }],
+            }),
+        }
+    }
+
+    /// A backup of a one-node store holding `KEYS` keys (applied at term 7), written to `path`.
+    async fn backup_of_a_store(dir: &Path, kind: EngineKind, path: &Path) {
+        let mut source = open_with_engine_when_released(dir, 1, OLD_CLUSTER, kind)
+            .unwrap()
+            .state_machine;
+        source.apply_entries((1..=KEYS).map(put)).unwrap();
+        let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        std::fs::copy(snapshot.snapshot.path(), path).unwrap();
+    }
+
+    fn new_cluster() -> BTreeMap<NodeId, String> {
+        [(2, "127.0.0.1:2".to_string()), (3, "127.0.0.1:3".to_string())].into()
+    }
+
+    #[tokio::test]
+    async fn a_restored_directory_opens_as_a_node_of_the_new_cluster_with_the_backups_data_on_both_engines() {
+        for kind in EngineKind::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let backup = dir.path().join("backup.db");
+            backup_of_a_store(&dir.path().join("old"), kind, &backup).await;
+            let members = new_cluster();
+            let identity = crate::app::cluster_identity(&members);
+            let engine = EngineOptions {
+                kind,
+                cache_bytes: 8 << 20,
+            };
+            let target = RestoreTarget {
+                node_id: 3,
+                initial_cluster: &members,
+                cluster_identity: &identity,
+                engine: &engine,
+            };
+            let restored_dir = dir.path().join("new/node-3");
+            let restored = restore(&backup, &restored_dir, &target).unwrap();
+            let last = LogId::new(LeaderId { term: 7, node_id: 1 }, KEYS);
+            assert_eq!(restored.last_log_id, Some(last));
+
+            let mut opened = open_with_engine_when_released(&restored_dir, 3, &identity, kind).unwrap();
+            assert!(
+                !opened.pristine,
+                "{kind:?}: a restored directory is never bootstrapped over"
+            );
+            assert_eq!(opened.log_store.purged_index(), Some(KEYS));
+            let (applied, membership) = opened.state_machine.applied_state().await.unwrap();
+            assert_eq!(applied, Some(last));
+            let voters: Vec<NodeId> = membership.membership().voter_ids().collect();
+            assert_eq!(voters, vec![2, 3], "{kind:?}: the membership is the new cluster's");
+            let reader = opened.state_machine.reader();
+            for index in 1..=KEYS {
+                let value = reader.get(format!("key-{index}").as_bytes()).unwrap();
+                assert_eq!(value, Some(Bytes::from(format!("value-{index}"))));
+            }
+            let entries: Vec<String> = std::fs::read_dir(dir.path().join("new"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(entries, vec!["node-3"], "nothing is left beside the restored directory");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_backup_is_refused_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("backup.db");
+        backup_of_a_store(&dir.path().join("old"), EngineKind::default(), &backup).await;
+        let mut bytes = std::fs::read(&backup).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&backup, &bytes).unwrap();
+        let members = new_cluster();
+        let identity = crate::app::cluster_identity(&members);
+        let engine = EngineOptions {
+            kind: EngineKind::default(),
+            cache_bytes: 8 << 20,
+        };
+        let target = RestoreTarget {
+            node_id: 2,
+            initial_cluster: &members,
+            cluster_identity: &identity,
+            engine: &engine,
+        };
+        let error = restore(&backup, &dir.path().join("new/deeper/node-2"), &target).unwrap_err();
+        assert!(error.to_string().starts_with("backup refused: "), "{error}");
+        assert!(!error.to_string().contains('\n'));
+        assert!(!dir.path().join("new").exists(), "a refused restore creates nothing");
+    }
+}
