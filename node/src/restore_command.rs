@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use raftkv_node::app::cluster_identity;
 use raftkv_node::store::engine::{EngineKind, EngineOptions, DEFAULT_CACHE_MB};
 use raftkv_node::store::restore::{self, RestoreTarget};
@@ -24,7 +23,7 @@ Example (all three nodes lost; restore each from the same backup, then start the
 /// and --data-dir and the same --initial-cluster, then start them as usual: they elect a
 /// leader and serve the backup's data. The directory must not exist or be empty; a damaged or
 /// truncated backup is refused and nothing is created.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "raftkv-node restore", after_help = EXAMPLE)]
 struct RestoreFlags {
     /// The backup file.
@@ -46,13 +45,11 @@ struct RestoreFlags {
 
 /// Runs `raftkv-node restore ARGS…` (the arguments after `restore`).
 pub fn run(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
-    let flags = match RestoreFlags::try_parse_from(std::iter::once("raftkv-node restore".into()).chain(args)) {
-        Ok(flags) => flags,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
-    };
+    let flags: RestoreFlags =
+        match raftkv::usage::parse_from_or_exit(std::iter::once("raftkv-node restore".into()).chain(args)) {
+            Ok(flags) => flags,
+            Err(code) => return code,
+        };
     let InitialCluster(members) = flags.initial_cluster;
     let engine = EngineOptions {
         kind: flags.engine,

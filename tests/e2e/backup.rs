@@ -29,6 +29,9 @@ async fn save(endpoints: &str, file: &Path) -> Finished {
     let run = cli(&["--endpoint", endpoints, "snapshot", "save", &file.display().to_string()]).await;
     assert!(run.status.success(), "snapshot save failed: {run:?}");
     assert!(run.stdout.starts_with("saved "), "{run:?}");
+    let mut part = file.as_os_str().to_os_string();
+    part.push(".part");
+    assert!(!Path::new(&part).exists(), "the partial file is renamed, not left");
     run
 }
 
