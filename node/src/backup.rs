@@ -12,12 +12,13 @@
 //! Nothing is held in memory: the file is written from the view on a blocking thread and sent
 //! a chunk at a time. Its name is removed as soon as it is open, so a backup that ends in any
 //! way leaves nothing behind (a crash mid-write leaves a file `StateMachine::open` removes).
-//! The call has no overall deadline (see `raftkv::wire::backup_stream`): the node stops when
-//! the caller takes nothing for `BACKUP_IDLE_TIMEOUT`, or when it is asked to stop. One backup
-//! at a time per node: each costs a copy of the store on disk.
+//! The call has no overall deadline (see `raftkv::wire::backup_stream`): the node stops (the
+//! scan too, if it is still writing) when the caller goes away or takes nothing for
+//! `BACKUP_IDLE_TIMEOUT`, or when the node is asked to stop. One backup at a time per node:
+//! each costs a copy of the store on disk while it lasts.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::Stream;
@@ -122,7 +123,10 @@ async fn send(
     };
     tokio::pin!(stopping);
     let progress = builder.backup_path(number);
-    let build = builder.build_backup(number);
+    // However this ends early (the caller gone or idle, the node stopping), the scan stops too:
+    // it would otherwise go on writing a copy nobody reads.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let build = builder.build_backup(number, cancel.0.clone());
     tokio::pin!(build);
     let mut tick = tokio::time::interval(BACKUP_BUILDING_TICK);
     let (meta, file) = loop {
@@ -185,6 +189,15 @@ async fn send(
         offset += len as u64;
     }
     tracing::info!(last_log_id = ?log_id, bytes = file.len(), "backup sent");
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 async fn read_chunk(file: Arc<SnapshotFile>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
@@ -339,10 +340,14 @@ fn write_file(
     meta: &SnapshotMeta,
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
+    cancelled: Option<&AtomicBool>,
 ) -> io::Result<PathBuf> {
     use pb::snapshot_record::Record;
     let mut writer = SnapshotWriter::create(path, meta)?;
     for pair in view.prefix(&[DATA_PREFIX]) {
+        if cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
         let (k, value) = pair?;
         writer.record(Record::Pair(pb::KeyValue {
             key: user_key(&k),
@@ -371,7 +376,7 @@ pub(super) fn build(
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
 ) -> io::Result<SnapshotFile> {
-    let built = write_file(dir.join(BUILDING_FILE), meta, view, sessions)?;
+    let built = write_file(dir.join(BUILDING_FILE), meta, view, sessions, None)?;
     let (_, file) = SnapshotFile::from_file(&built, File::open(&built)?)?;
     if published.publish(dir, &built, meta.last_log_id)? {
         Ok(SnapshotFile {
@@ -392,14 +397,16 @@ pub(super) fn backup_path_in(dir: &Path, number: u64) -> PathBuf {
 
 /// [`write_file`] into `path`, for a backup: the node's own snapshot is left alone. Returns
 /// the file, open, its name already removed (the open file is all there is of it, so nothing
-/// is left behind however the backup ends). Blocks on disk I/O.
+/// is left behind however the backup ends). Stops early (an `Interrupted` error) once
+/// `cancelled` is set. Blocks on disk I/O.
 pub(super) fn build_backup(
     path: PathBuf,
     meta: &SnapshotMeta,
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
+    cancelled: &AtomicBool,
 ) -> io::Result<SnapshotFile> {
-    let built = write_file(path.clone(), meta, view, sessions).inspect_err(|_| {
+    let built = write_file(path.clone(), meta, view, sessions, Some(cancelled)).inspect_err(|_| {
         // A disk that filled up is the likely cause: give the space back at once.
         let _ = remove_if_present(&path);
     })?;

@@ -438,9 +438,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 impl SnapshotBuilder {
     /// Writes this builder's point in time as backup number `number` (`raftkv snapshot save`),
-    /// beside the node's own snapshot, which it leaves alone. Returns the snapshot's meta and the file,
+    /// beside the node's own snapshot, which it leaves alone; the scan stops once `cancelled` is
+    /// set (the caller went away). Returns the snapshot's meta and the file,
     /// open, its name already removed from the data directory.
-    pub async fn build_backup(self, number: u64) -> io::Result<(SnapshotMeta, SnapshotFile)> {
+    pub async fn build_backup(
+        self,
+        number: u64,
+        cancelled: Arc<std::sync::atomic::AtomicBool>,
+    ) -> io::Result<(SnapshotMeta, SnapshotFile)> {
         let (view, sessions) = self
             .state
             .into_inner()
@@ -449,10 +454,11 @@ impl SnapshotBuilder {
         let path = snapshot_file::backup_path_in(&self.dir, number);
         let meta = self.meta;
         let meta2 = meta.clone();
-        let file =
-            tokio::task::spawn_blocking(move || snapshot_file::build_backup(path, &meta2, view.as_ref(), sessions))
-                .await
-                .map_err(join_err)??;
+        let file = tokio::task::spawn_blocking(move || {
+            snapshot_file::build_backup(path, &meta2, view.as_ref(), sessions, &cancelled)
+        })
+        .await
+        .map_err(join_err)??;
         Ok((meta, file))
     }
 
