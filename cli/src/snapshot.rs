@@ -91,7 +91,11 @@ struct BackupMember {
 /// `raftkv snapshot save FILE`.
 pub async fn save(client: &Client, file: &Path) -> Result<(), CliError> {
     let part = with_suffix(file, ".part");
-    let saved = save_into(client, &part).await;
+    // Ctrl-C leaves no partial file behind (a kill -9 may: the next save replaces it).
+    let saved = tokio::select! {
+        saved = save_into(client, &part) => saved,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; nothing was saved").into()),
+    };
     let header = match saved {
         Ok(header) => header,
         Err(e) => {
