@@ -12,6 +12,7 @@
 //! - `metrics` (feature `metrics`): the /metrics and /health endpoint and the gRPC call
 //!   metrics the node and the router share;
 //! - [`runtime`]: the async runtime the node and the router run on;
+//! - [`snapshot_format`]: the snapshot (and backup) file format, read without a node;
 //! - [`serving`]: the limits every gRPC server puts on its clients (connections, streams,
 //!   stalled frames, keepalive);
 //! - [`tls`]: TLS for every connection (certificates, the node rule, development certificates);
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod metrics;
 pub mod runtime;
 pub mod serving;
+pub mod snapshot_format;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod tls;

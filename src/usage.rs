@@ -13,8 +13,16 @@ use crate::pb;
 /// 0 after `--help`/`--version`, 2 after a usage error (help shown for a missing
 /// subcommand, else one line).
 pub fn parse_or_exit<P: clap::Parser>() -> Result<P, ExitCode> {
+    parse_from_or_exit(std::env::args_os())
+}
+
+/// [`parse_or_exit`] of `args` (the program's name first), for a command that is parsed in two
+/// steps (`raftkv-node restore …`).
+pub fn parse_from_or_exit<P: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<P, ExitCode> {
     use clap::error::ErrorKind;
-    P::try_parse().map_err(|error| match error.kind() {
+    P::try_parse_from(args).map_err(|error| match error.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             let _ = error.print();
             ExitCode::SUCCESS

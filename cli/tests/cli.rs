@@ -148,6 +148,26 @@ fn unreachable_endpoint_fails_with_exit_code_3_and_one_line() {
 }
 
 #[test]
+fn a_save_that_cannot_reach_the_cluster_fails_in_one_line_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let endpoint = format!("127.0.0.1:{}", closed_port());
+    let run = raftkv(&[
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+        "--endpoint",
+        &endpoint,
+        "--timeout",
+        "300ms",
+    ]);
+    assert_eq!(run.status.code(), Some(3), "{:?}", run.stderr);
+    assert_one_error_line(&run);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "a failed save left {left:?}");
+}
+
+#[test]
 fn status_of_an_unreachable_endpoint_fails_with_exit_code_3() {
     let endpoint = format!("127.0.0.1:{}", closed_port());
     let run = raftkv(&[
@@ -183,6 +203,10 @@ fn every_command_explains_itself_with_an_example() {
         &["cluster", "--help"],
         &["cluster", "up", "--help"],
         &["cluster", "down", "--help"],
+        &["snapshot", "--help"],
+        &["snapshot", "save", "--help"],
+        &["snapshot", "status", "--help"],
+        &["snapshot", "restore", "--help"],
     ] {
         let run = raftkv(command);
         assert_eq!(run.status.code(), Some(0), "raftkv {command:?}: {:?}", run.stderr);

@@ -82,12 +82,17 @@ impl Settings {
     /// The initial cluster as one canonical string; it identifies the cluster
     /// a data directory belongs to. Empty for a node that joins.
     pub fn cluster_identity(&self) -> String {
-        self.initial_cluster
-            .iter()
-            .map(|(id, addr)| format!("{id}={addr}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        cluster_identity(&self.initial_cluster)
     }
+}
+
+/// [`Settings::cluster_identity`] of the initial cluster `members` (a restore records it too).
+pub fn cluster_identity(members: &BTreeMap<NodeId, String>) -> String {
+    members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Shared handles for the services. Cheap to clone.

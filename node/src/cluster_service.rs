@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::backup::{BackupStream, Backups};
 use crate::handover;
 use crate::membership::{self, MemberChanges};
 use crate::types::{LogId, RaftMetrics};
@@ -37,6 +38,7 @@ pub const WATCH_STATUS_INTERVAL: Duration = Duration::from_millis(raftkv::wire::
 pub struct ClusterService {
     app: App,
     member_changes: Arc<MemberChanges>,
+    backups: Arc<Backups>,
 }
 
 impl ClusterService {
@@ -46,7 +48,12 @@ impl ClusterService {
             app.reader.clone(),
             app.read_index.clone(),
         ));
-        ClusterService { app, member_changes }
+        let backups = Arc::new(Backups::new(app.clone()));
+        ClusterService {
+            app,
+            member_changes,
+            backups,
+        }
     }
 }
 
@@ -230,5 +237,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         tokio::spawn(watch.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SnapshotSaveStream = BackupStream;
+
+    /// A backup (see `backup.rs`): the request's deadline covers taking the point in time,
+    /// not the stream.
+    async fn snapshot_save(&self, request: Request<pb::SnapshotSaveRequest>) -> Result<Response<BackupStream>, Status> {
+        let timeout = raftkv::wire::request_timeout(request.metadata());
+        Ok(Response::new(self.backups.save(timeout).await?))
     }
 }

@@ -3,10 +3,11 @@
 //! `app` wires the pieces: `store` (the Raft log's files and the state
 //! machine on fjall or sled), `network` and `raft_service` (Raft RPCs out and in), `proposer`
 //! (group commit), `read_index` (ReadIndex rounds for linearizable reads),
-//! `kv_service` and `cluster_service` (the public API). `types` declares the
+//! `kv_service` and `cluster_service` (the public API, with `backup` for backups). `types` declares the
 //! openraft type configuration and `convert` maps it to our protobuf messages.
 
 pub mod app;
+pub mod backup;
 pub mod cluster_service;
 pub mod convert;
 #[cfg(test)]

@@ -9,6 +9,8 @@ use clap::Parser;
 use raftkv_node::app::{self, Settings};
 use raftkv_node::store::engine::{EngineKind, EngineOptions, DEFAULT_CACHE_MB};
 
+mod restore_command;
+
 const EXAMPLE: &str = "\
 Example (three nodes on one machine; run each in its own terminal):
   raftkv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node-1 \\
@@ -24,7 +26,8 @@ node keeps its data and never re-initialises. `raftkv cluster up` does all of th
 
 Adding a node to a running cluster (it waits, empty, until the leader adds it):
   raftkv-node --id 4 --listen 127.0.0.1:7004 --data-dir data/node-4 --join
-  raftkv member add 4 127.0.0.1:7004";
+  raftkv member add 4 127.0.0.1:7004
+Making a data directory of a new cluster from a backup: `raftkv-node restore --help`.";
 
 /// A raftkv server node: one member of a Raft-replicated key-value store.
 ///
@@ -213,6 +216,10 @@ async fn stop_signal() {
 
 fn main() -> ExitCode {
     raftkv::runtime::abort_on_panic();
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == "restore") {
+        return restore_command::run(args);
+    }
     let flags: Flags = match raftkv::usage::parse_or_exit() {
         Ok(flags) => flags,
         Err(code) => return code,

@@ -28,6 +28,44 @@ fn help_explains_the_command_with_an_example() {
 }
 
 #[test]
+fn restore_explains_itself_with_an_example_and_refuses_bad_flags_in_one_line() {
+    let out = node(&["restore", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Example") && help.contains("--initial-cluster"), "{help}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-1");
+    let data = data.to_str().unwrap();
+    let restore = |backup: Option<&str>, id: &str, cluster: &str| {
+        let mut args = vec!["restore"];
+        args.extend(backup);
+        args.extend(["--id", id, "--data-dir", data, "--initial-cluster", cluster]);
+        node(&args)
+    };
+    for (backup, id, cluster) in [
+        (Some("backup.db"), "1", "nonsense"),
+        (Some("backup.db"), "0", "1=127.0.0.1:1"),
+        (None, "1", "1=127.0.0.1:1"),
+    ] {
+        let out = restore(backup, id, cluster);
+        assert_eq!(out.status.code(), Some(2), "{backup:?} {id} {cluster}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let out = restore(Some("missing.db"), "1", "1=127.0.0.1:1");
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "a refused restore creates nothing"
+    );
+}
+
+#[test]
 fn malformed_flags_are_one_line_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();

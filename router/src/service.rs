@@ -397,6 +397,35 @@ pub struct ClusterRouter {
 }
 
 impl ClusterRouter {
+    /// Relays a server stream of one node (the leader when known) until it ends or the router
+    /// stops. The stream has no deadline of its own: it lives as long as the caller wants it;
+    /// the wait for a node to relay from has the request's.
+    async fn relay_stream<Q, T, F, Fut>(
+        &self,
+        request: Request<Q>,
+        call: F,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>>, Status>
+    where
+        Q: Clone,
+        T: Send + 'static,
+        F: Fn(ClusterClient<tonic::transport::Channel>, Q) -> Fut,
+        Fut: Future<Output = Result<Response<tonic::Streaming<T>>, Status>>,
+    {
+        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
+        let request = request.into_inner();
+        let response = self
+            .forwarder
+            .forward(Route::PreferLeader, deadline, request, |node, request, _time_left| {
+                call(ClusterClient::new(node.channel.clone()), request)
+            })
+            .await?;
+        let mut shutdown = self.forwarder.shutdown.clone();
+        let stopped = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        Ok(Response::new(Box::pin(response.into_inner().take_until(stopped))))
+    }
+
     /// The Cluster service over `forwarder`.
     pub fn new(forwarder: Arc<Forwarder>) -> ClusterRouter {
         ClusterRouter { forwarder }
@@ -405,6 +434,9 @@ impl ClusterRouter {
 
 /// A node's status stream, relayed until it ends or the router stops.
 pub type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::NodeStatus, Status>> + Send>>;
+
+/// A node's backup stream, relayed until it ends or the router stops.
+pub type SnapshotSaveStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotSaveChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterRouter {
@@ -424,22 +456,10 @@ impl pb::cluster_server::Cluster for ClusterRouter {
     /// Relays the status stream of one node (the leader when known). The stream has no
     /// deadline of its own; the wait for a node to relay from does.
     async fn watch_status(&self, request: Request<pb::StatusRequest>) -> Result<Response<StatusStream>, Status> {
-        let deadline = RequestDeadline::of(request.metadata(), Instant::now());
-        let request = request.into_inner();
-        let response = self
-            .forwarder
-            .forward(Route::PreferLeader, deadline, request, |node, request, _time_left| {
-                let channel = node.channel.clone();
-                // The relayed stream lives as long as the caller wants it, not until the deadline.
-                async move { ClusterClient::new(channel).watch_status(request).await }
-            })
-            .await?;
-        let mut shutdown = self.forwarder.shutdown.clone();
-        let stopped = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        let stream: StatusStream = Box::pin(response.into_inner().take_until(stopped));
-        Ok(Response::new(stream))
+        self.relay_stream(request, |mut cluster, request| async move {
+            cluster.watch_status(request).await
+        })
+        .await
     }
 
     /// Goes to the leader, as a write does: only the leader can hand leadership over. The
@@ -510,6 +530,21 @@ impl pb::cluster_server::Cluster for ClusterRouter {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         self.to_leader(request, |mut cluster, request| async move {
             cluster.member_remove(request).await
+        })
+        .await
+    }
+
+    type SnapshotSaveStream = SnapshotSaveStream;
+
+    /// Relays the backup stream of one node (the leader when known, whose read index needs no
+    /// extra round trip). Like a status stream, it has no deadline of its own (it grows with
+    /// the data); the node and the client each give up on a stream that goes idle.
+    async fn snapshot_save(
+        &self,
+        request: Request<pb::SnapshotSaveRequest>,
+    ) -> Result<Response<SnapshotSaveStream>, Status> {
+        self.relay_stream(request, |mut cluster, request| async move {
+            cluster.snapshot_save(request).await
         })
         .await
     }

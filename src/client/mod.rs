@@ -19,6 +19,7 @@
 //!   broken connection or a leadership change too — and still takes effect exactly once; only
 //!   when the deadline passes is its outcome unknown.
 
+mod backup;
 mod connection;
 mod error;
 mod members;

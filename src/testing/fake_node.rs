@@ -386,4 +386,13 @@ impl pb::cluster_server::Cluster for FakeService {
     ) -> Result<Response<pb::MemberChangeResponse>, Status> {
         Err(Status::unimplemented("a fake node has no membership changes"))
     }
+
+    type SnapshotSaveStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotSaveChunk, Status>> + Send>>;
+
+    async fn snapshot_save(
+        &self,
+        _request: Request<pb::SnapshotSaveRequest>,
+    ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        Err(Status::unimplemented("a fake node has no data to back up"))
+    }
 }

@@ -9,8 +9,10 @@
 //!   this side's transport rather than answered by the server, and [`tls_failure`]: which of
 //!   them are TLS refusing the connection;
 //! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish;
-//! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not.
+//! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not;
+//! - [`backup_stream`]: the chunk size and idle deadlines of a backup stream.
 
+pub mod backup_stream;
 mod deadline;
 mod leader_hint;
 mod transport_error;

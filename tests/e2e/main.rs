@@ -10,6 +10,7 @@
 mod common;
 mod nemesis;
 
+mod backup;
 mod catch_up;
 mod disk_full;
 mod durability;

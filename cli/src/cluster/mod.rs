@@ -14,6 +14,9 @@ mod layout;
 mod membership;
 mod state_file;
 
+pub use children::locate_binary;
+pub use layout::NODE_BINARY;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitStatus;

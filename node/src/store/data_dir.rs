@@ -109,12 +109,7 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
     };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
-    let expected = pb::DataDirIdentity {
-        format: FORMAT_VERSION,
-        node_id,
-        initial_cluster: cluster.to_string(),
-        engine: options.kind.name().to_string(),
-    };
+    let expected = identity(node_id, cluster, options);
     match read_identity(dir)? {
         None => claim(dir, &expected)?,
         Some(found) => check_identity(dir, &found, &expected)?,
@@ -175,6 +170,32 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
         state_machine,
         pristine,
     })
+}
+
+/// What a directory of node `node_id` of the cluster `cluster` (the canonical initial cluster
+/// string), on the engine `options` names, records as its identity: the one place an identity
+/// is made, for a directory claimed at a node's first start ([`open`]) and for one made by a
+/// restore ([`claim_for_restore`]).
+fn identity(node_id: u64, cluster: &str, options: &EngineOptions) -> pb::DataDirIdentity {
+    pb::DataDirIdentity {
+        format: FORMAT_VERSION,
+        node_id,
+        initial_cluster: cluster.to_string(),
+        engine: options.kind.name().to_string(),
+    }
+}
+
+/// Claims the empty directory `dir` for a node of a cluster restored from a backup
+/// (`store/restore.rs`), exactly as [`open`] claims one at a node's first start; returns
+/// where its Raft log and its state machine go.
+pub(super) fn claim_for_restore(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+    options: &EngineOptions,
+) -> Result<(PathBuf, PathBuf), DataDirError> {
+    claim(dir, &identity(node_id, cluster, options))?;
+    Ok((dir.join(WAL_DIR), dir.join(SM_DIR)))
 }
 
 /// The identity stored in `dir`, if it has one.

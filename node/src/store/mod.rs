@@ -4,7 +4,7 @@
 //! (`state_machine.rs`: its key layout in `keys.rs`, its client sessions in
 //! `sessions.rs`) in a storage engine (`engine/`), and the snapshot file
 //! (`snapshot_file.rs`). `data_dir.rs` decides whether a directory may be
-//! used at all; `state_file.rs` is how every small checksummed file is kept.
+//! used at all, `restore.rs` makes one from a backup; `state_file.rs` is how every small checksummed file is kept.
 
 pub mod data_dir;
 pub mod engine;
@@ -16,6 +16,7 @@ mod keys;
 pub mod log_store;
 mod raft_state;
 mod recent_entries;
+pub mod restore;
 pub mod sessions;
 mod snapshot_file;
 mod state_file;

@@ -3,14 +3,9 @@
 //! from one a chunk at a time, received into one (`snapshot.incoming`) and installed from
 //! one, so no step holds more than a buffer of it in memory.
 //!
-//! Layout (integers little-endian):
-//!
-//! ```text
-//! magic "rkvsnap1" | meta_len: u32 | pb::SnapshotMeta (meta_len bytes)
-//! body: length-delimited pb::SnapshotRecords, every key-value pair in key order, then every
-//!       client session whole (its results inside)
-//! trailer: records: u64 | body_len: u64 | crc32: u32 of every byte before the trailer | "rkvE"
-//! ```
+//! The layout, the framing check, the checksum and the record reader are the format's
+//! (`raftkv::snapshot_format`, shared with the CLI, which reads backups in the same format);
+//! this module is what a node does with such files.
 //!
 //! Opening a file ([`SnapshotFile::open`]) checks its framing (magic, meta, trailer, lengths)
 //! only, which is cheap; the checksum covers the whole file and is checked by whoever reads
@@ -27,10 +22,13 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use raftkv::raft_pb as pb;
+pub use raftkv::snapshot_format::ChecksumCheck;
+use raftkv::snapshot_format::{self as format, FormatError, Framing, RecordReader, Trailer, MAGIC};
 
 use crate::convert;
 use crate::store::engine::View;
@@ -42,18 +40,9 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 const BUILDING_FILE: &str = "snapshot.tmp";
 /// Where a snapshot from the leader is received; the next transfer starts it again.
 const INCOMING_FILE: &str = "snapshot.incoming";
+/// Where a backup (`raftkv snapshot save`) is written, followed by its number.
+const BACKUP_FILE_PREFIX: &str = "backup.";
 
-const MAGIC: &[u8; 8] = b"rkvsnap1";
-const TRAILER_MAGIC: &[u8; 4] = b"rkvE";
-/// magic + meta_len.
-const HEADER_BYTES: u64 = 12;
-/// records + body_len + crc32 + magic.
-pub const TRAILER_BYTES: u64 = 24;
-/// A snapshot's meta (a log id and a membership) is small; a longer one is damage.
-const MAX_META_BYTES: u32 = 1 << 20;
-/// The largest record a body may hold (a pair's key and value, or one client session);
-/// a longer one is damage, not a record to allocate for.
-const MAX_RECORD_BYTES: u64 = 64 << 20;
 /// The buffer between a snapshot file and the disk, when it is written or read whole.
 const FILE_BUFFER_BYTES: usize = 1 << 20;
 
@@ -67,12 +56,16 @@ pub fn incoming_path_in(dir: &Path) -> PathBuf {
     dir.join(INCOMING_FILE)
 }
 
-/// Removes what a crash may have left of a snapshot being built or received.
+/// Removes what a crash may have left of a snapshot being built or received, or of a backup
+/// being written.
 pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     for name in [BUILDING_FILE, INCOMING_FILE] {
-        match std::fs::remove_file(dir.join(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        remove_if_present(&dir.join(name))?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(BACKUP_FILE_PREFIX) {
+            remove_if_present(&entry.path())?;
         }
     }
     Ok(())
@@ -95,6 +88,13 @@ impl SnapshotFileError {
         }
     }
 
+    fn from_format(path: &Path, e: FormatError) -> Self {
+        match e {
+            FormatError::Io(error) => Self::unreadable(path, error),
+            FormatError::Corrupt(reason) => Self::corrupt(path, reason),
+        }
+    }
+
     fn unreadable(path: &Path, error: io::Error) -> Self {
         SnapshotFileError::Unreadable {
             path: path.to_path_buf(),
@@ -112,37 +112,6 @@ impl From<SnapshotFileError> for io::Error {
     }
 }
 
-/// What the trailer says of the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Trailer {
-    records: u64,
-    body_len: u64,
-    crc: u32,
-}
-
-impl Trailer {
-    fn encode(&self) -> [u8; TRAILER_BYTES as usize] {
-        let mut out = [0u8; TRAILER_BYTES as usize];
-        out[0..8].copy_from_slice(&self.records.to_le_bytes());
-        out[8..16].copy_from_slice(&self.body_len.to_le_bytes());
-        out[16..20].copy_from_slice(&self.crc.to_le_bytes());
-        out[20..24].copy_from_slice(TRAILER_MAGIC);
-        out
-    }
-
-    fn decode(bytes: &[u8; TRAILER_BYTES as usize]) -> Result<Trailer, &'static str> {
-        if &bytes[20..24] != TRAILER_MAGIC {
-            return Err("its trailer is missing (a file cut short?)");
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        Ok(Trailer {
-            records: u64_at(0),
-            body_len: u64_at(8),
-            crc: u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes")),
-        })
-    }
-}
-
 /// A snapshot file, open: what openraft carries as a snapshot's data while it is sent,
 /// received and installed (`types::SnapshotData`). Its framing was checked when it was
 /// opened; its checksum is checked by whoever reads it whole.
@@ -150,10 +119,7 @@ impl Trailer {
 pub struct SnapshotFile {
     path: PathBuf,
     file: Arc<File>,
-    len: u64,
-    /// Where the body starts.
-    body_start: u64,
-    trailer: Trailer,
+    framing: Framing,
 }
 
 impl SnapshotFile {
@@ -169,41 +135,13 @@ impl SnapshotFile {
     }
 
     fn from_file(path: &Path, file: File) -> Result<(SnapshotMeta, SnapshotFile), SnapshotFileError> {
-        let unreadable = |e| SnapshotFileError::unreadable(path, e);
-        let corrupt = |why: &str| SnapshotFileError::corrupt(path, why);
-        let len = file.metadata().map_err(unreadable)?.len();
-        if len < HEADER_BYTES + TRAILER_BYTES {
-            return Err(corrupt("it is shorter than a snapshot's header and trailer"));
-        }
-        let mut header = [0u8; HEADER_BYTES as usize];
-        file.read_exact_at(&mut header, 0).map_err(unreadable)?;
-        if &header[0..8] != MAGIC {
-            return Err(corrupt("it does not start as a snapshot file does"));
-        }
-        let meta_len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let body_start = HEADER_BYTES + u64::from(meta_len);
-        if meta_len > MAX_META_BYTES || body_start + TRAILER_BYTES > len {
-            return Err(corrupt("its meta's length is impossible"));
-        }
-        let mut meta = vec![0u8; meta_len as usize];
-        file.read_exact_at(&mut meta, HEADER_BYTES).map_err(unreadable)?;
-        let meta = pb::SnapshotMeta::decode(meta.as_slice())
-            .map_err(convert::DecodeError::from)
-            .and_then(|m| convert::snapshot_meta_from_pb(Some(m)).map_err(convert::DecodeError::from))
+        let framing = format::read_framing(&file).map_err(|e| SnapshotFileError::from_format(path, e))?;
+        let meta = convert::snapshot_meta_from_pb(Some(framing.meta.clone()))
             .map_err(|e| SnapshotFileError::corrupt(path, format!("its meta does not decode: {e}")))?;
-        let mut trailer = [0u8; TRAILER_BYTES as usize];
-        file.read_exact_at(&mut trailer, len - TRAILER_BYTES)
-            .map_err(unreadable)?;
-        let trailer = Trailer::decode(&trailer).map_err(corrupt)?;
-        if body_start + trailer.body_len + TRAILER_BYTES != len {
-            return Err(corrupt("its length disagrees with its trailer"));
-        }
         let snapshot = SnapshotFile {
             path: path.to_path_buf(),
             file: Arc::new(file),
-            len,
-            body_start,
-            trailer,
+            framing,
         };
         Ok((meta, snapshot))
     }
@@ -212,13 +150,18 @@ impl SnapshotFile {
         &self.path
     }
 
+    /// The checksum its trailer records (crc32 of every byte before the trailer).
+    pub fn checksum(&self) -> u32 {
+        self.framing.trailer.crc
+    }
+
     /// The file's length in bytes, header and trailer included.
     pub fn len(&self) -> u64 {
-        self.len
+        self.framing.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.framing.len == 0
     }
 
     /// Reads `buf.len()` bytes at `offset`. Blocks on disk I/O.
@@ -229,20 +172,18 @@ impl SnapshotFile {
     /// The records of the body, in order, checked against the trailer (count, length,
     /// checksum) as they are read: the last item is an error if the file is damaged.
     pub(super) fn records(&self) -> SnapshotRecords {
-        let mut check = ChecksumCheck::new(self.len);
         // The header and meta are part of what the checksum covers.
-        let mut head = vec![0u8; self.body_start as usize];
+        let mut head = vec![0u8; self.framing.body_start as usize];
         let read = self.file.read_exact_at(&mut head, 0);
-        check.update(&head);
+        let input = BufReader::with_capacity(
+            FILE_BUFFER_BYTES,
+            FileAt::new(self.file.clone(), self.framing.body_start),
+        );
         SnapshotRecords {
             path: self.path.clone(),
-            input: BufReader::with_capacity(FILE_BUFFER_BYTES, FileAt::new(self.file.clone(), self.body_start)),
-            check,
-            trailer: self.trailer,
-            read_bytes: 0,
-            read_records: 0,
-            done: false,
+            records: RecordReader::new(&self.framing, &head, input),
             pending_error: read.err().map(|e| SnapshotFileError::unreadable(&self.path, e)),
+            failed: false,
         }
     }
 }
@@ -268,145 +209,29 @@ impl Read for FileAt {
     }
 }
 
-/// Checks a whole snapshot file's checksum as its bytes go by, in order: every byte
-/// before the trailer is hashed, the trailer's are kept, and [`ChecksumCheck::finish`]
-/// compares the two.
-pub struct ChecksumCheck {
-    len: u64,
-    seen: u64,
-    crc: crc32fast::Hasher,
-    trailer: Vec<u8>,
-}
-
-impl ChecksumCheck {
-    /// For a file of `len` bytes.
-    pub fn new(len: u64) -> Self {
-        ChecksumCheck {
-            len,
-            seen: 0,
-            crc: crc32fast::Hasher::new(),
-            trailer: Vec::with_capacity(TRAILER_BYTES as usize),
-        }
-    }
-
-    /// The next `bytes` of the file.
-    pub fn update(&mut self, bytes: &[u8]) {
-        let trailer_start = self.len.saturating_sub(TRAILER_BYTES);
-        let hashed = trailer_start.saturating_sub(self.seen).min(bytes.len() as u64) as usize;
-        self.crc.update(&bytes[..hashed]);
-        self.trailer.extend_from_slice(&bytes[hashed..]);
-        self.seen += bytes.len() as u64;
-    }
-
-    /// Whether the bytes seen were the whole file and its checksum matches: one line
-    /// saying what is wrong if not.
-    pub fn finish(self) -> Result<(), String> {
-        if self.seen != self.len {
-            return Err(format!("{} bytes instead of {}", self.seen, self.len));
-        }
-        let trailer: &[u8; TRAILER_BYTES as usize] = self
-            .trailer
-            .as_slice()
-            .try_into()
-            .map_err(|_| "it is shorter than a snapshot's trailer".to_string())?;
-        let trailer = Trailer::decode(trailer)?;
-        let crc = self.crc.finalize();
-        if crc != trailer.crc {
-            return Err(format!(
-                "its checksum does not match (crc32 {crc:08x}, the trailer says {:08x})",
-                trailer.crc
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// The records of a snapshot file's body (see [`SnapshotFile::records`]).
 pub(super) struct SnapshotRecords {
     path: PathBuf,
-    input: BufReader<FileAt>,
-    check: ChecksumCheck,
-    trailer: Trailer,
-    read_bytes: u64,
-    read_records: u64,
-    done: bool,
+    records: RecordReader<BufReader<FileAt>>,
+    /// The header could not be read: the only item, then the end.
     pending_error: Option<SnapshotFileError>,
-}
-
-impl SnapshotRecords {
-    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), SnapshotFileError> {
-        self.input
-            .read_exact(buf)
-            .map_err(|e| SnapshotFileError::unreadable(&self.path, e))?;
-        self.check.update(buf);
-        self.read_bytes += buf.len() as u64;
-        Ok(())
-    }
-
-    fn corrupt(&self, why: impl std::fmt::Display) -> SnapshotFileError {
-        SnapshotFileError::corrupt(&self.path, why)
-    }
-
-    fn next_record(&mut self) -> Result<Option<pb::SnapshotRecord>, SnapshotFileError> {
-        if self.read_bytes == self.trailer.body_len {
-            let mut trailer = [0u8; TRAILER_BYTES as usize];
-            self.input
-                .read_exact(&mut trailer)
-                .map_err(|e| SnapshotFileError::unreadable(&self.path, e))?;
-            self.check.update(&trailer);
-            let check = std::mem::replace(&mut self.check, ChecksumCheck::new(0));
-            check.finish().map_err(|why| self.corrupt(why))?;
-            if self.read_records != self.trailer.records {
-                return Err(self.corrupt(format!(
-                    "it holds {} records, its trailer says {}",
-                    self.read_records, self.trailer.records
-                )));
-            }
-            return Ok(None);
-        }
-        // A varint length, a byte at a time (the reader is buffered).
-        let mut len = 0u64;
-        for shift in (0..64).step_by(7) {
-            let mut byte = [0u8; 1];
-            self.read_exact(&mut byte)?;
-            len |= u64::from(byte[0] & 0x7f) << shift;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        if len > MAX_RECORD_BYTES || self.read_bytes + len > self.trailer.body_len {
-            return Err(self.corrupt(format!("a record's length ({len} bytes) is impossible")));
-        }
-        let mut record = vec![0u8; len as usize];
-        self.read_exact(&mut record)?;
-        self.read_records += 1;
-        pb::SnapshotRecord::decode(record.as_slice())
-            .map(Some)
-            .map_err(|e| self.corrupt(format!("record {} does not decode: {e}", self.read_records)))
-    }
+    failed: bool,
 }
 
 impl Iterator for SnapshotRecords {
     type Item = Result<pb::SnapshotRecord, SnapshotFileError>;
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
+        if self.failed {
             return None;
         }
         if let Some(e) = self.pending_error.take() {
-            self.done = true;
+            self.failed = true;
             return Some(Err(e));
         }
-        match self.next_record() {
-            Ok(Some(record)) => Some(Ok(record)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let path = &self.path;
+        self.records
+            .next()
+            .map(|r| r.map_err(|e| SnapshotFileError::from_format(path, e)))
     }
 }
 
@@ -508,20 +333,21 @@ impl PublishedSnapshot {
 }
 
 /// Writes every key-value pair `view` shows, in key order, then the client `sessions`
-/// and the removed members, as the snapshot `meta` names, into data directory `dir`'s snapshot file (through
-/// `snapshot.tmp`). Returns the file, open. An older snapshot than the one already there
-/// is not kept: its file is returned open and already removed. Blocks on disk I/O for
-/// as long as the scan takes.
-pub(super) fn build(
-    dir: &Path,
-    published: &PublishedSnapshot,
+/// and the removed members, as the snapshot `meta` names, into a new durable file at `path`.
+/// Blocks on disk I/O for as long as the scan takes.
+fn write_file(
+    path: PathBuf,
     meta: &SnapshotMeta,
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
-) -> io::Result<SnapshotFile> {
+    cancelled: Option<&AtomicBool>,
+) -> io::Result<PathBuf> {
     use pb::snapshot_record::Record;
-    let mut writer = SnapshotWriter::create(dir.join(BUILDING_FILE), meta)?;
+    let mut writer = SnapshotWriter::create(path, meta)?;
     for pair in view.prefix(&[DATA_PREFIX]) {
+        if cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
         let (k, value) = pair?;
         writer.record(Record::Pair(pb::KeyValue {
             key: user_key(&k),
@@ -537,7 +363,20 @@ pub(super) fn build(
             writer.record(Record::RemovedMember(pb::RemovedMember { id, log_index }))?;
         }
     }
-    let built = writer.finish()?;
+    writer.finish()
+}
+
+/// [`write_file`] into data directory `dir`'s snapshot file (through `snapshot.tmp`).
+/// Returns the file, open. An older snapshot than the one already there is not kept: its
+/// file is returned open and already removed.
+pub(super) fn build(
+    dir: &Path,
+    published: &PublishedSnapshot,
+    meta: &SnapshotMeta,
+    view: &dyn View,
+    sessions: Vec<pb::ClientSession>,
+) -> io::Result<SnapshotFile> {
+    let built = write_file(dir.join(BUILDING_FILE), meta, view, sessions, None)?;
     let (_, file) = SnapshotFile::from_file(&built, File::open(&built)?)?;
     if published.publish(dir, &built, meta.last_log_id)? {
         Ok(SnapshotFile {
@@ -548,6 +387,32 @@ pub(super) fn build(
         std::fs::remove_file(&built)?;
         Ok(file)
     }
+}
+
+/// Where a backup is written in data directory `dir`: a name of its own per backup
+/// (`number`), removed as soon as it is open, and by [`remove_leftovers`] after a crash.
+pub(super) fn backup_path_in(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{BACKUP_FILE_PREFIX}{number}"))
+}
+
+/// [`write_file`] into `path`, for a backup: the node's own snapshot is left alone. Returns
+/// the file, open, its name already removed (the open file is all there is of it, so nothing
+/// is left behind however the backup ends). Stops early (an `Interrupted` error) once
+/// `cancelled` is set. Blocks on disk I/O.
+pub(super) fn build_backup(
+    path: PathBuf,
+    meta: &SnapshotMeta,
+    view: &dyn View,
+    sessions: Vec<pb::ClientSession>,
+    cancelled: &AtomicBool,
+) -> io::Result<SnapshotFile> {
+    let built = write_file(path.clone(), meta, view, sessions, Some(cancelled)).inspect_err(|_| {
+        // A disk that filled up is the likely cause: give the space back at once.
+        let _ = remove_if_present(&path);
+    })?;
+    let opened = SnapshotFile::from_file(&built, File::open(&built)?);
+    remove_if_present(&built)?;
+    Ok(opened?.1)
 }
 
 /// Makes `snapshot` data directory `dir`'s snapshot before it is installed: renamed when

@@ -31,7 +31,7 @@ use crate::convert;
 use crate::store::engine::{Engine, EngineError, View, Writes};
 use crate::store::keys::{
     data_key, removed_member_key, result_client, result_key, result_record, result_record_sequences, session_key,
-    user_key, APPLIED_KEY, MEMBERSHIP_KEY, RESULT_PREFIX, SESSION_PREFIX,
+    user_key, APPLIED_KEY, MEMBERSHIP_KEY, REMOVED_MEMBER_PREFIX, RESULT_PREFIX, SESSION_PREFIX,
 };
 use crate::store::sessions::{Seen, Sessions};
 use crate::store::snapshot_file::{self, PublishedSnapshot, SnapshotFile, SnapshotFileError};
@@ -287,6 +287,36 @@ fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, snapshot: &SnapshotFil
     Ok(sessions)
 }
 
+/// Fills the empty `engine` from the backup `backup` as the snapshot `meta` names (for a
+/// restore: the backup's log position with the new cluster's membership), leaves out the
+/// backup's removed members (a restored cluster's membership history starts at the restore:
+/// an id removed from the old cluster may be a member of the new one), and writes data
+/// directory `dir`'s snapshot file from the result, so the directory is one a node could have
+/// left. Only if the whole backup was read and its checksum matched. Blocks on disk I/O.
+pub(super) fn restore_into(
+    engine: &dyn Engine,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    backup: &SnapshotFile,
+) -> io::Result<()> {
+    let sessions = install_into(engine, meta, backup)?;
+    let mut forget = Writes::default();
+    for pair in engine.view().prefix(&[REMOVED_MEMBER_PREFIX]) {
+        forget.remove(pair?.0);
+    }
+    engine.apply(forget)?;
+    let view = engine.view();
+    snapshot_file::build(
+        dir,
+        &PublishedSnapshot::new(None),
+        meta,
+        view.as_ref(),
+        sessions.all_to_pb(),
+    )?;
+    engine.persist()?;
+    Ok(())
+}
+
 /// One apply's writes and results, worked out and not yet made.
 struct Prepared {
     writes: Writes,
@@ -403,6 +433,38 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: file,
         })
+    }
+}
+
+impl SnapshotBuilder {
+    /// Writes this builder's point in time as backup number `number` (`raftkv snapshot save`),
+    /// beside the node's own snapshot, which it leaves alone; the scan stops once `cancelled` is
+    /// set (the caller went away). Returns the snapshot's meta and the file,
+    /// open, its name already removed from the data directory.
+    pub async fn build_backup(
+        self,
+        number: u64,
+        cancelled: Arc<std::sync::atomic::AtomicBool>,
+    ) -> io::Result<(SnapshotMeta, SnapshotFile)> {
+        let (view, sessions) = self
+            .state
+            .into_inner()
+            .expect("snapshot builder lock poisoned")
+            .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
+        let path = snapshot_file::backup_path_in(&self.dir, number);
+        let meta = self.meta;
+        let meta2 = meta.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshot_file::build_backup(path, &meta2, view.as_ref(), sessions, &cancelled)
+        })
+        .await
+        .map_err(join_err)??;
+        Ok((meta, file))
+    }
+
+    /// Where backup number `number` is being written (its size is the progress so far).
+    pub fn backup_path(&self, number: u64) -> PathBuf {
+        snapshot_file::backup_path_in(&self.dir, number)
     }
 }
 

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::process::{binary, free_port, signal, spawn_logged, stop_process, tail};
+use super::process::{binary, free_port, run_to_end, signal, spawn_logged, stop_process, tail};
 use super::{
     wait_until, CLIENT_TIMEOUT, KEEP_DATA_ENV, LEADER_TIMEOUT, LOG_TAIL_LINES, POLL_INTERVAL, PROCESS_READY_TIMEOUT,
     STATUS_PROBE_TIMEOUT,
@@ -41,6 +41,9 @@ pub struct ClusterOptions {
     /// certificate (for 127.0.0.1) that the nodes and the router serve with, and a client
     /// certificate that the cluster's clients present.
     pub tls: bool,
+    /// A backup every node's data directory is restored from (`raftkv snapshot restore`, with
+    /// this cluster's own initial cluster) before the nodes start: a new cluster with its data.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// How one node is placed on the network.
@@ -65,6 +68,7 @@ impl Default for ClusterOptions {
             addresses: None,
             metrics: false,
             tls: false,
+            restore_from: None,
         }
     }
 }
@@ -85,6 +89,12 @@ impl ClusterOptions {
     /// Starts no router.
     pub fn without_router(mut self) -> Self {
         self.router = false;
+        self
+    }
+
+    /// Restores every node's data directory from `backup` before it starts.
+    pub fn restored_from(mut self, backup: &Path) -> Self {
+        self.restore_from = Some(backup.to_path_buf());
         self
     }
 
@@ -271,6 +281,11 @@ impl TestCluster {
             probe,
             last_id: options.nodes as u64,
         };
+        if let Some(backup) = &options.restore_from {
+            for id in cluster.ids() {
+                cluster.restore_node(id, backup).await;
+            }
+        }
         for id in cluster.ids() {
             cluster.spawn_node(id);
         }
@@ -741,6 +756,24 @@ impl TestCluster {
         args.extend(self.tls.iter().flat_map(ClusterTls::server_args));
         args.extend(self.node_args.iter().cloned());
         args
+    }
+
+    /// Makes node `id`'s data directory from `backup` with the CLI; panics if it fails.
+    async fn restore_node(&self, id: u64, backup: &Path) {
+        let data_dir = self.node(id).data_dir.display().to_string();
+        let args = [
+            "snapshot",
+            "restore",
+            &backup.display().to_string(),
+            "--id",
+            &id.to_string(),
+            "--data-dir",
+            &data_dir,
+            "--initial-cluster",
+            &self.initial_cluster,
+        ];
+        let run = run_to_end(&binary("raftkv"), &args, PROCESS_READY_TIMEOUT).await;
+        assert!(run.status.success(), "restoring node {id} failed: {run:?}");
     }
 
     fn spawn_node(&mut self, id: u64) {
