@@ -194,7 +194,8 @@ enum Command {
         long_about = "Show the cluster's status: one row per member with its id, address, role, term, \
             the leader it knows, last log / commit / applied index, pid, and whether it answered \
             (--output json also has the index of its latest snapshot and of the last log entry it \
-            purged).\n\
+            purged, and each member's cluster id). Under the table, the cluster's id (16 hex digits), \
+            or each member's when they differ (a member that belongs to another cluster).\n\
             The endpoint is asked for the membership, then every member is asked directly.\n\
             --watch keeps refreshing and prints a line when the leader is lost and when a new one is \
             elected, with the election's duration.",

@@ -61,6 +61,9 @@ pub struct MemberRow {
     pub purged_index: Option<u64>,
     pub reachable: bool,
     pub pid: Option<u32>,
+    /// The id of the cluster it belongs to (16 hex digits); none while a joining node waits to
+    /// be added, or when it did not answer.
+    pub cluster_id: Option<String>,
     /// Why the member did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -127,6 +130,7 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
                     purged_index: status.purged_index,
                     reachable: true,
                     pid: (status.pid != 0).then_some(status.pid),
+                    cluster_id: (!status.cluster_id.is_empty()).then(|| status.cluster_id.clone()),
                     error: None,
                 });
                 answered.push(status);
@@ -144,6 +148,7 @@ pub async fn probe(client: &Client, members: &[Member]) -> ClusterSnapshot {
                 purged_index: None,
                 reachable: false,
                 pid: None,
+                cluster_id: None,
                 error: Some(error.to_string()),
             }),
         }
@@ -216,7 +221,28 @@ pub fn render_table(rows: &[MemberRow]) -> String {
             text.push_str(&format!("node {} ({}) did not answer: {error}\n", row.id, row.address));
         }
     }
+    text.push_str(&cluster_line(rows));
     text
+}
+
+/// The line under the table that names the cluster: its id, or, when the members that answered
+/// name different ones, each member's (one of them belongs to another cluster).
+fn cluster_line(rows: &[MemberRow]) -> String {
+    let ids: Vec<(u64, &str)> = rows
+        .iter()
+        .filter_map(|row| row.cluster_id.as_deref().map(|id| (row.id, id)))
+        .collect();
+    match ids.first() {
+        None => String::new(),
+        Some((_, first)) if ids.iter().all(|(_, id)| id == first) => format!("cluster {first}\n"),
+        Some(_) => {
+            let each: Vec<String> = ids.iter().map(|(node, id)| format!("node {node}: {id}")).collect();
+            format!(
+                "members name different clusters ({}): a member listed here belongs to another cluster\n",
+                each.join(", ")
+            )
+        }
+    }
 }
 
 /// The local time of day as HH:MM:SS.mmm, to stamp event lines.
@@ -392,6 +418,7 @@ mod tests {
             purged_index: None,
             reachable: true,
             pid: Some(1234),
+            cluster_id: Some("00abcdef01234567".to_string()),
             error: None,
         }
     }
@@ -403,7 +430,8 @@ mod tests {
             json,
             serde_json::json!({"nodes":[{"id":1,"address":"127.0.0.1:7001","role":"leader","term":3,
                 "leader_id":1,"last_log_index":9,"commit_index":9,"applied_index":9,
-                "snapshot_index":5,"purged_index":null,"reachable":true,"pid":1234}]})
+                "snapshot_index":5,"purged_index":null,"reachable":true,"pid":1234,
+                "cluster_id":"00abcdef01234567"}]})
         );
     }
 
@@ -422,6 +450,7 @@ mod tests {
             purged_index: None,
             reachable: false,
             pid: None,
+            cluster_id: None,
             error: Some("timed out: no answer within 500ms".to_string()),
         };
         let table = render_table(&[reachable_row(), row.clone()]);
@@ -429,9 +458,26 @@ mod tests {
         assert!(lines[0].starts_with("ID"), "{table}");
         assert!(lines[2].starts_with("2 ") && lines[2].ends_with("no"), "{table}");
         assert!(lines[3].contains("did not answer: timed out"), "{table}");
+        assert_eq!(lines[4], "cluster 00abcdef01234567", "{table}");
         let json: serde_json::Value = serde_json::from_str(&render_json(&[row])).unwrap();
         assert_eq!(json["nodes"][0]["reachable"], false);
         assert_eq!(json["nodes"][0]["term"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn members_naming_different_clusters_are_each_named() {
+        let other = MemberRow {
+            id: 3,
+            cluster_id: Some("1111111111111111".to_string()),
+            ..reachable_row()
+        };
+        let table = render_table(&[reachable_row(), other]);
+        assert!(
+            table.ends_with(
+                "members name different clusters (node 1: 00abcdef01234567, node 3: 1111111111111111): a member listed here belongs to another cluster\n"
+            ),
+            "{table}"
+        );
     }
 
     #[test]

@@ -23,11 +23,12 @@ use openraft::{BasicNode, SnapshotPolicy};
 use raftkv::raft_pb::raft_server::RaftServer;
 use raftkv::serving::{self, ConnectionBudget};
 use raftkv::tls::{require_node_certificate, ServerTls};
-use raftkv::wire::SHUTDOWN_GRACE;
+use raftkv::wire::{ClusterId, SHUTDOWN_GRACE};
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tracing::Instrument;
 
+use crate::cluster_identity::{ClusterIdentity, RequireClusterId};
 use crate::cluster_service::ClusterService;
 use crate::handover::{self, HandOverError};
 use crate::kv_service::KvService;
@@ -60,6 +61,9 @@ pub struct Settings {
     /// The members to bootstrap a pristine data directory with; empty for a node that joins a
     /// running cluster (`--join`): it never bootstraps and waits to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
+    /// With the initial cluster, what a new cluster's id is derived from
+    /// (`--initial-cluster-token`, `raftkv::wire::ClusterId::derive`).
+    pub initial_cluster_token: String,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -104,6 +108,8 @@ pub struct App {
     pub reader: KvReader,
     pub proposer: Proposer,
     pub read_index: ReadIndexRounds,
+    /// The cluster this node belongs to.
+    pub cluster_identity: ClusterIdentity,
     /// Flips to true when the node begins to stop; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     /// The node's span, for tasks spawned where it is not current (in request handlers:
@@ -129,12 +135,22 @@ pub async fn run_with(
 
 async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
     let metrics_listener = crate::metrics::bind(settings.metrics_listen).await?;
-    let dir = data_dir::open(
+    // A new cluster's id, which a directory claimed now records; an existing directory keeps
+    // the one it has. A node that joins learns it from its cluster's first message.
+    let new_cluster_id = (!settings.initial_cluster.is_empty())
+        .then(|| ClusterId::derive(&settings.cluster_identity(), &settings.initial_cluster_token));
+    let dir = data_dir::open_with_cluster_id(
         &settings.data_dir,
         settings.id,
         &settings.cluster_identity(),
+        new_cluster_id,
         &settings.engine,
     )?;
+    let cluster_identity = ClusterIdentity::new(settings.id, settings.data_dir.clone(), dir.cluster_id);
+    match dir.cluster_id {
+        Some(id) => tracing::info!(cluster_id = %id, "member of cluster {id}"),
+        None => tracing::info!("no cluster id yet: this node takes the one its cluster's first message carries"),
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -165,7 +181,11 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("invalid raft settings")?);
-    let network = Network::new(settings.source_address, settings.tls.as_ref().map(ServerTls::client));
+    let network = Network::new(
+        settings.source_address,
+        settings.tls.as_ref().map(ServerTls::client),
+        cluster_identity.clone(),
+    );
     let reader = dir.state_machine.reader();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
         .await
@@ -195,6 +215,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         reader,
         proposer: Proposer::start(raft.clone()),
         read_index: ReadIndexRounds::start(raft.clone(), network),
+        cluster_identity: cluster_identity.clone(),
         shutdown,
         span: tracing::Span::current(),
     };
@@ -205,6 +226,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
             raft.clone(),
             settings.data_dir.clone(),
             settings.tls.as_ref().map(ServerTls::client),
+            cluster_identity.clone(),
         )
         .in_current_span(),
     );
@@ -241,6 +263,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    // Raft calls of another cluster (or without a cluster id) are refused before any handler.
+    let raft_service = RequireClusterId::new(raft_service, cluster_identity);
     // Over TLS, every client and peer has a certificate the CA signed; Raft messages are taken
     // only from those that name a node (raftkv::tls::node_identity). In plaintext there is
     // nothing to check.

@@ -111,6 +111,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
         membership_index: m.membership_config.log_id().map(|l| l.index),
+        cluster_id: app.cluster_identity.id().map(|id| id.to_string()).unwrap_or_default(),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod backup;
+pub mod cluster_identity;
 pub mod cluster_service;
 pub mod convert;
 #[cfg(test)]

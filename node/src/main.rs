@@ -11,6 +11,9 @@ use raftkv_node::store::engine::{EngineKind, EngineOptions, DEFAULT_CACHE_MB};
 
 mod restore_command;
 
+/// The longest --initial-cluster-token, in bytes.
+const MAX_CLUSTER_TOKEN_BYTES: usize = 256;
+
 const EXAMPLE: &str = "\
 Example (three nodes on one machine; run each in its own terminal):
   raftkv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node-1 \\
@@ -54,6 +57,12 @@ struct Flags {
     /// Every initial member as ID=HOST:PORT, comma separated.
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", value_parser = parse_cluster, required_unless_present = "join")]
     initial_cluster: Option<InitialCluster>,
+    /// With --initial-cluster, what the new cluster's id is derived from besides its members
+    /// (as etcd's flag of the same name): two clusters bootstrapped from the same
+    /// --initial-cluster with different tokens never accept each other's Raft messages. Used
+    /// once, when the data directory is new; a directory keeps the id it was created with.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER_TOKEN", default_value = raftkv::wire::DEFAULT_CLUSTER_TOKEN, conflicts_with = "join", value_parser = parse_token)]
+    initial_cluster_token: String,
     /// Join a running cluster instead of bootstrapping one: start with an empty data directory
     /// and wait until the leader adds this node (`raftkv member add ID ADDRESS`).
     #[arg(long, env = "RAFTKV_JOIN", conflicts_with = "initial_cluster")]
@@ -124,6 +133,15 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+fn parse_token(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_CLUSTER_TOKEN_BYTES || !s.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{s:?} is not a cluster token (1 to {MAX_CLUSTER_TOKEN_BYTES} printable ASCII characters, no spaces)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn parse_cluster(s: &str) -> Result<InitialCluster, String> {
     let mut members = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -189,6 +207,7 @@ fn settings(flags: Flags) -> Result<Settings, String> {
         advertise,
         data_dir: flags.data_dir,
         initial_cluster: members,
+        initial_cluster_token: flags.initial_cluster_token,
         heartbeat_interval_ms: flags.heartbeat_ms,
         election_timeout_min_ms: flags.election_timeout_ms,
         election_timeout_max_ms: flags.election_timeout_ms * 3 / 2,

@@ -429,6 +429,7 @@ pub async fn record_own_removal(
     raft: Raft,
     data_dir: std::path::PathBuf,
     tls: Option<raftkv::tls::ClientTls>,
+    cluster: crate::cluster_identity::ClusterIdentity,
 ) {
     let mut was_member = false;
     // One channel per peer, kept: a question a second must not open a connection each time.
@@ -464,7 +465,12 @@ pub async fn record_own_removal(
                 },
             )
         };
-        if let Some(index) = removal_seen_by_peers(id, own_view, &peers, tls.as_ref(), &mut channels).await {
+        let asked = Peers {
+            addresses: &peers,
+            cluster: cluster.id(),
+            tls: tls.as_ref(),
+        };
+        if let Some(index) = removal_seen_by_peers(id, own_view, asked, &mut channels).await {
             break index;
         }
     };
@@ -480,16 +486,30 @@ pub async fn record_own_removal(
     }
 }
 
+/// The peers a node asks whether it was removed.
+struct Peers<'a> {
+    addresses: &'a [String],
+    /// This node's cluster: only a peer of the same cluster is believed (an address may belong
+    /// to a node of another cluster, listed by mistake).
+    cluster: Option<raftkv::wire::ClusterId>,
+    tls: Option<&'a raftkv::tls::ClientTls>,
+}
+
 /// The index of a committed membership newer than `own_index` that leaves node `id` out, as
 /// the first of `peers` that answers and knows one says.
 async fn removal_seen_by_peers(
     id: NodeId,
     own_index: u64,
-    peers: &[String],
-    tls: Option<&raftkv::tls::ClientTls>,
+    peers: Peers<'_>,
     channels: &mut std::collections::HashMap<String, tonic::transport::Channel>,
 ) -> Option<u64> {
-    for address in peers {
+    let Peers {
+        addresses,
+        cluster,
+        tls,
+    } = peers;
+    let cluster = cluster?.to_string();
+    for address in addresses {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => match raftkv::client::channel(address, tls) {
@@ -506,6 +526,9 @@ async fn removal_seen_by_peers(
         .await;
         let Ok(Ok(status)) = status else { continue };
         let status = status.into_inner();
+        if status.cluster_id != cluster {
+            continue;
+        }
         let (Some(index), Some(committed)) = (status.membership_index, status.commit_index) else {
             continue;
         };

@@ -12,6 +12,9 @@
 //! `SNAPSHOT_CHUNK_BYTES` pieces as the call takes them (its checksum checked as they go),
 //! given the time its size needs (`snapshot_timeout`) and cancelled when openraft closes
 //! the replication stream.
+//!
+//! Every call carries this node's cluster id (`cluster_identity.rs`), stamped on by the client
+//! every peer connection uses ([`RaftPeerClient`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,8 +36,10 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 use raftkv::raft_pb::raft_client::RaftClient;
 use raftkv::tls::ClientTls;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::cluster_identity::{ClusterIdentity, StampClusterId};
 use crate::convert;
 use crate::store::ChecksumCheck;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
@@ -73,6 +78,9 @@ pub enum Lane {
     Snapshot,
 }
 
+/// A Raft client to one peer: every call it makes carries this node's cluster id.
+pub type RaftPeerClient = RaftClient<InterceptedService<Channel, StampClusterId>>;
+
 /// Hands out Raft clients; channels are cached per address and [`Lane`], so a
 /// reconnecting replication stream reuses its HTTP/2 connection.
 #[derive(Clone)]
@@ -84,6 +92,8 @@ pub struct Network {
     /// TLS for every connection to a peer (this node's certificate, which names a node, and
     /// the CA), when the cluster runs TLS.
     tls: Option<ClientTls>,
+    /// The cluster id every call carries.
+    identity: ClusterIdentity,
 }
 
 /// Whether each peer answered its last RPC, so that losing and regaining
@@ -114,8 +124,9 @@ impl Reachability {
 impl Network {
     /// Connections to peers leave from `source_address` when given, else from
     /// whatever address the OS picks, and are TLS when `tls` is given. What it logs carries
-    /// the span current now (the node's), whichever task openraft calls it from.
-    pub fn new(source_address: Option<IpAddr>, tls: Option<ClientTls>) -> Network {
+    /// the span current now (the node's), whichever task openraft calls it from. Every call
+    /// carries `identity`'s cluster id.
+    pub fn new(source_address: Option<IpAddr>, tls: Option<ClientTls>, identity: ClusterIdentity) -> Network {
         Network {
             channels: Arc::default(),
             reachability: Reachability {
@@ -124,11 +135,12 @@ impl Network {
             },
             source_address,
             tls,
+            identity,
         }
     }
 
     /// A Raft client for the node at `address`, on the connection of `lane`.
-    pub fn client(&self, address: &str, lane: Lane) -> Result<RaftClient<Channel>, raftkv::client::Error> {
+    pub fn client(&self, address: &str, lane: Lane) -> Result<RaftPeerClient, raftkv::client::Error> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
         let channel = match channels.get(&(address.to_string(), lane)) {
             Some(c) => c.clone(),
@@ -140,9 +152,11 @@ impl Network {
                 c
             }
         };
-        Ok(RaftClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        Ok(
+            RaftClient::with_interceptor(channel, StampClusterId(self.identity.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
     }
 }
 
@@ -177,7 +191,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerConnection {
     target: NodeId,
     address: String,
-    client: Result<RaftClient<Channel>, String>,
+    client: Result<RaftPeerClient, String>,
     reachability: Reachability,
 }
 
@@ -206,7 +220,7 @@ impl PeerConnection {
         }
     }
 
-    fn client(&self) -> Result<RaftClient<Channel>, RpcError> {
+    fn client(&self) -> Result<RaftPeerClient, RpcError> {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e))))
@@ -218,7 +232,7 @@ impl PeerConnection {
         &self,
         message: M,
         timeout: Duration,
-        send: impl FnOnce(RaftClient<Channel>, tonic::Request<M>) -> Sent,
+        send: impl FnOnce(RaftPeerClient, tonic::Request<M>) -> Sent,
         decode: impl FnOnce(R) -> Result<T, convert::MalformedMessage>,
     ) -> Result<T, RpcError>
     where
@@ -364,7 +378,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             message.entries.truncate(fit);
         }
         let timeout = append_timeout(option.hard_ttl(), message.entries.len(), message.encoded_len());
-        let send = |mut client: RaftClient<Channel>, request| async move { client.append_entries(request).await };
+        let send = |mut client: RaftPeerClient, request| async move { client.append_entries(request).await };
         let response = self
             .unary(message, timeout, send, convert::append_response_from_pb)
             .await?;
@@ -382,7 +396,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let send = |mut client: RaftClient<Channel>, request| async move { client.vote(request).await };
+        let send = |mut client: RaftPeerClient, request| async move { client.vote(request).await };
         let message = convert::vote_request_to_pb(&rpc);
         self.unary(message, option.hard_ttl(), send, convert::vote_response_from_pb)
             .await
@@ -395,7 +409,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let send = |mut client: RaftClient<Channel>, request| async move { client.pre_vote(request).await };
+        let send = |mut client: RaftPeerClient, request| async move { client.pre_vote(request).await };
         let message = convert::vote_request_to_pb(&rpc);
         self.unary(message, option.hard_ttl(), send, convert::vote_response_from_pb)
             .await
@@ -406,7 +420,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RpcError> {
-        let send = |mut client: RaftClient<Channel>, request| async move { client.transfer_leader(request).await };
+        let send = |mut client: RaftPeerClient, request| async move { client.transfer_leader(request).await };
         let message = convert::transfer_leader_request_to_pb(&req);
         self.unary(
             message,
@@ -592,7 +606,8 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_replication_and_snapshots_travel_on_connections_of_their_own() {
-        let network = Network::new(None, None);
+        let identity = ClusterIdentity::new(1, std::path::PathBuf::new(), None);
+        let network = Network::new(None, None, identity);
         for lane in [Lane::Replication, Lane::Heartbeat, Lane::Snapshot, Lane::Heartbeat] {
             network.client("127.0.0.1:7001", lane).unwrap();
         }

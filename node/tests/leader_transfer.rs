@@ -72,6 +72,7 @@ impl Nodes {
                 advertise: address.clone(),
                 data_dir: nodes._data.path().join(format!("node-{id}")),
                 initial_cluster: initial_cluster.clone(),
+                initial_cluster_token: raftkv::wire::DEFAULT_CLUSTER_TOKEN.to_string(),
                 heartbeat_interval_ms: 25,
                 election_timeout_min_ms: 60,
                 election_timeout_max_ms: 90,

@@ -8,17 +8,22 @@
 //! - [`is_timeout`], [`is_transport_error`], [`is_connect_error`]: which failures were made by
 //!   this side's transport rather than answered by the server, and [`tls_failure`]: which of
 //!   them are TLS refusing the connection;
+//! - [`ClusterId`]: the id of a cluster, how it is derived and how a Raft call carries it;
 //! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish;
 //! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not;
 //! - [`backup_stream`]: the chunk size and idle deadlines of a backup stream.
 
 pub mod backup_stream;
+mod cluster_id;
 mod deadline;
 mod leader_hint;
 mod transport_error;
 
 use std::time::Duration;
 
+pub use self::cluster_id::{
+    derive_cluster_id, ClusterId, NotAClusterId, CLUSTER_ID_METADATA, DEFAULT_CLUSTER_TOKEN, SENDER_ID_METADATA,
+};
 pub use self::deadline::{request_timeout, DEFAULT_REQUEST_TIMEOUT};
 pub use self::leader_hint::{leader_hint, unavailable, LeaderHint, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 pub(crate) use self::transport_error::source_chain;

@@ -5,14 +5,20 @@
 //! refuse a directory that is unreadable or corrupt, with a one-line reason.
 //! Nothing here ever deletes or re-initialises data.
 //!
-//! A node that joins a running cluster (`--join`) records an empty initial cluster: it never
-//! bootstraps. A node that saw itself removed from the membership records it ([`record_removal`]),
+//! It also records the cluster's id (`raftkv::wire::ClusterId`): the one it was claimed with
+//! ([`open_with_cluster_id`]), which a node of the initial cluster derives from its flags; once
+//! recorded it is the directory's for good, whatever the flags of a later start.
+//!
+//! A node that joins a running cluster (`--join`) records an empty initial cluster and no
+//! cluster id: it never bootstraps, and records the id its cluster's first message carries
+//! ([`record_cluster_id`]). A node that saw itself removed from the membership records it ([`record_removal`]),
 //! and the directory is refused from then on: a removed node's state must not come back.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use raftkv::raft_pb as pb;
+use raftkv::wire::{ClusterId, DEFAULT_CLUSTER_TOKEN};
 
 use crate::store::engine::{self, EngineError, EngineKind, EngineOptions};
 use crate::store::log_store::LogStoreOpenError;
@@ -26,8 +32,8 @@ use crate::store::{wal, LogStore, StateMachine};
 /// session's results in records of their own beside its meta (`keys.rs`). 4: the
 /// identity, the vote and the log's markers in small files of their own
 /// (`state_file.rs`), the state machine alone in `sm/`. 5: the snapshot file with a magic
-/// and a checksummed trailer (`snapshot_file.rs`).
-const FORMAT_VERSION: u64 = 5;
+/// and a checksummed trailer (`snapshot_file.rs`). 6: the identity records the cluster's id.
+const FORMAT_VERSION: u64 = 6;
 /// What the directory belongs to (`pb::DataDirIdentity` in a state file).
 const IDENTITY_FILE: &str = "identity";
 /// Written when the node saw itself removed from the cluster: the log index of the
@@ -93,12 +99,34 @@ pub struct DataDir {
     /// True when the directory has never held Raft state: only then may the
     /// node bootstrap the initial cluster.
     pub pristine: bool,
+    /// The id of the cluster the directory belongs to; None for a node that joined and has not
+    /// heard from its cluster yet.
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// [`open_with_cluster_id`] with the id derived from `cluster` and the default token (none
+/// when `cluster` is empty: a node that joins).
+pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) -> Result<DataDir, DataDirError> {
+    let cluster_id = (!cluster.is_empty()).then(|| ClusterId::derive(cluster, DEFAULT_CLUSTER_TOKEN));
+    open_with_cluster_id(dir, node_id, cluster, cluster_id, options)
 }
 
 /// Opens `dir` for node `node_id` of the cluster described by `cluster`
 /// (a canonical string of the initial members and addresses), with its state machine in
 /// the engine `options` names (a new directory records it; an existing one must have it).
-pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) -> Result<DataDir, DataDirError> {
+///
+/// A directory claimed now records `cluster_id` (None: a node that joins; it records its
+/// cluster's id later, [`record_cluster_id`]). One that already has an id keeps it: the id it
+/// was claimed with is the cluster's, whatever the token of a later start. So a tool that
+/// makes a data directory for a new cluster (a restore) claims it with the new cluster's id,
+/// and the nodes started on it later need only their usual flags.
+pub fn open_with_cluster_id(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+    cluster_id: Option<ClusterId>,
+    options: &EngineOptions,
+) -> Result<DataDir, DataDirError> {
     let unusable = |reason: String| DataDirError::Unusable {
         dir: dir.to_path_buf(),
         reason,
@@ -109,11 +137,17 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
     };
 
     std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
-    let expected = identity(node_id, cluster, options);
-    match read_identity(dir)? {
-        None => claim(dir, &expected)?,
-        Some(found) => check_identity(dir, &found, &expected)?,
-    }
+    let expected = identity(node_id, cluster, cluster_id, options);
+    let recorded = match read_identity(dir)? {
+        None => {
+            claim(dir, &expected)?;
+            expected
+        }
+        Some(found) => {
+            check_identity(dir, &found, &expected)?;
+            found
+        }
+    };
     if let Some(index) = removed_at(dir)? {
         return Err(DataDirError::Removed { node: node_id, index });
     }
@@ -169,32 +203,40 @@ pub fn open(dir: &Path, node_id: u64, cluster: &str, options: &EngineOptions) ->
         log_store,
         state_machine,
         pristine,
+        cluster_id: recorded.cluster_id.map(ClusterId),
     })
 }
 
 /// What a directory of node `node_id` of the cluster `cluster` (the canonical initial cluster
-/// string), on the engine `options` names, records as its identity: the one place an identity
-/// is made, for a directory claimed at a node's first start ([`open`]) and for one made by a
-/// restore ([`claim_for_restore`]).
-fn identity(node_id: u64, cluster: &str, options: &EngineOptions) -> pb::DataDirIdentity {
+/// string) with id `cluster_id` (None: a node that joins), on the engine `options` names,
+/// records as its identity: the one place an identity is made, for a directory claimed at a
+/// node's first start ([`open`]) and for one made by a restore ([`claim_for_restore`]).
+fn identity(
+    node_id: u64,
+    cluster: &str,
+    cluster_id: Option<ClusterId>,
+    options: &EngineOptions,
+) -> pb::DataDirIdentity {
     pb::DataDirIdentity {
         format: FORMAT_VERSION,
         node_id,
         initial_cluster: cluster.to_string(),
         engine: options.kind.name().to_string(),
+        cluster_id: cluster_id.map(|id| id.0),
     }
 }
 
 /// Claims the empty directory `dir` for a node of a cluster restored from a backup
-/// (`store/restore.rs`), exactly as [`open`] claims one at a node's first start; returns
-/// where its Raft log and its state machine go.
+/// (`store/restore.rs`), exactly as [`open`] claims one at a node's first start, with the new
+/// cluster's id `cluster_id`; returns where its Raft log and its state machine go.
 pub(super) fn claim_for_restore(
     dir: &Path,
     node_id: u64,
     cluster: &str,
+    cluster_id: ClusterId,
     options: &EngineOptions,
 ) -> Result<(PathBuf, PathBuf), DataDirError> {
-    claim(dir, &identity(node_id, cluster, options))?;
+    claim(dir, &identity(node_id, cluster, Some(cluster_id), options))?;
     Ok((dir.join(WAL_DIR), dir.join(SM_DIR)))
 }
 
@@ -276,6 +318,13 @@ fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDi
             expected: expected.initial_cluster.clone(),
         });
     }
+    // Only a node that joined waits for its cluster's id; the others were claimed with it.
+    if found.cluster_id.is_none() && !found.initial_cluster.is_empty() {
+        return Err(DataDirError::Corrupt {
+            dir: dir.to_path_buf(),
+            reason: "its identity names an initial cluster but no cluster id".to_string(),
+        });
+    }
     if found.engine != expected.engine {
         return Err(DataDirError::OtherEngine {
             dir: dir.to_path_buf(),
@@ -284,6 +333,30 @@ fn check_identity(dir: &Path, found: &pb::DataDirIdentity, expected: &pb::DataDi
         });
     }
     Ok(())
+}
+
+/// Records, durably, the id of the cluster a node that joined was added to (the id its
+/// cluster's first message carried). A directory that already has an id keeps it: recording
+/// another is refused.
+pub fn record_cluster_id(dir: &Path, cluster_id: ClusterId) -> Result<(), DataDirError> {
+    let mut identity = read_identity(dir)?.ok_or_else(|| DataDirError::Corrupt {
+        dir: dir.to_path_buf(),
+        reason: "its identity is gone".to_string(),
+    })?;
+    match identity.cluster_id.map(ClusterId) {
+        Some(recorded) if recorded == cluster_id => return Ok(()),
+        Some(recorded) => {
+            return Err(DataDirError::Unusable {
+                dir: dir.to_path_buf(),
+                reason: format!("it already belongs to cluster {recorded}, not {cluster_id}"),
+            })
+        }
+        None => identity.cluster_id = Some(cluster_id.0),
+    }
+    state_file::replace(&dir.join(IDENTITY_FILE), &identity.encode_to_vec()).map_err(|e| DataDirError::Unusable {
+        dir: dir.to_path_buf(),
+        reason: format!("cannot record its cluster id: {e}"),
+    })
 }
 
 /// Records, durably, that this node was removed from the cluster by the membership at log
@@ -381,6 +454,50 @@ mod tests {
             err.to_string(),
             "node 4 was removed from the cluster at log index 17; to rejoin, start it with an empty data dir and --join and add it under a new id"
         );
+    }
+
+    #[test]
+    fn a_directory_keeps_the_cluster_id_it_was_claimed_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let restored = ClusterId::derive(CLUSTER, "restored-1234");
+        let options = EngineOptions::default();
+        let d = open_with_cluster_id(dir.path(), 1, CLUSTER, Some(restored), &options).unwrap();
+        assert_eq!(d.cluster_id, Some(restored));
+        drop(d);
+        // Started later with the usual flags (the default token), it is still the restored cluster.
+        assert_eq!(
+            open_when_released(dir.path(), 1, CLUSTER).unwrap().cluster_id,
+            Some(restored)
+        );
+        assert_eq!(
+            open_when_released(dir.path(), 1, "").unwrap().cluster_id,
+            Some(restored)
+        );
+        // Recording the same id again changes nothing; another is refused.
+        record_cluster_id(dir.path(), restored).unwrap();
+        let other = ClusterId::derive(CLUSTER, DEFAULT_CLUSTER_TOKEN);
+        let err = record_cluster_id(dir.path(), other).unwrap_err().to_string();
+        assert!(err.contains(&format!("already belongs to cluster {restored}")), "{err}");
+    }
+
+    #[test]
+    fn a_joined_directory_records_the_id_of_the_cluster_it_joined_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(open_when_released(dir.path(), 4, "").unwrap().cluster_id, None);
+        let id = ClusterId(0x0123_4567_89ab_cdef);
+        record_cluster_id(dir.path(), id).unwrap();
+        assert_eq!(open_when_released(dir.path(), 4, "").unwrap().cluster_id, Some(id));
+        assert!(record_cluster_id(dir.path(), ClusterId(7)).is_err());
+        assert_eq!(open_when_released(dir.path(), 4, "").unwrap().cluster_id, Some(id));
+    }
+
+    #[test]
+    fn an_identity_with_an_initial_cluster_but_no_cluster_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_when_released(dir.path(), 1, CLUSTER).unwrap());
+        rewrite_identity(dir.path(), |identity| identity.cluster_id = None);
+        let err = open_when_released(dir.path(), 1, CLUSTER).err().unwrap().to_string();
+        assert!(err.contains("no cluster id"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!
 //! What a restored directory holds, and why:
 //! - the identity of a new cluster, made by `data_dir.rs` as at any node's first start (the
-//!   initial cluster given, not the backup's), so restored nodes never mix with the old ones;
+//!   initial cluster given, not the backup's), with a cluster id derived from that initial
+//!   cluster and the backup's checksum ([`RESTORED_CLUSTER_TOKEN_PREFIX`]): every node restored
+//!   from one backup gets the same id, and no node of the old cluster, or of one bootstrapped
+//!   afresh, takes its Raft messages;
 //! - the state machine filled from the backup, at the backup's log position (term T, index I),
 //!   with the new initial cluster as its membership, and without the old cluster's removed
 //!   members; the node's snapshot file built from it;
@@ -24,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use openraft::BasicNode;
+use raftkv::wire::ClusterId;
 
 use crate::store::data_dir::{self, DataDirError};
 use crate::store::engine::{self, EngineOptions};
@@ -31,6 +35,10 @@ use crate::store::raft_state::RaftStateFiles;
 use crate::store::snapshot_file::{SnapshotFile, SnapshotFileError};
 use crate::store::state_machine;
 use crate::types::{Membership, NodeId, SnapshotMeta, StoredMembership, Vote};
+
+/// A restored cluster's id is derived with this token prefix and the backup's checksum (as 8
+/// hex digits) instead of `--initial-cluster-token`: `restored-1a2b3c4d`.
+pub const RESTORED_CLUSTER_TOKEN_PREFIX: &str = "restored-";
 
 /// Why a restore did not happen. Each message is one line; nothing was created.
 #[derive(Debug, thiserror::Error)]
@@ -132,11 +140,15 @@ fn build(
         dir: dir.to_path_buf(),
         error,
     };
-    // CLUSTER-ID (issue 15): once the cluster id exists, the lead passes
-    // `derive_cluster_id(initial_cluster, &format!("restored-{:08x}", backup.checksum()))` here,
-    // through `claim_for_restore` to the one identity function in `data_dir.rs`; a restored
-    // cluster must not get the id a fresh bootstrap of the same initial cluster would.
-    let (wal_dir, sm_dir) = data_dir::claim_for_restore(dir, target.node_id, target.cluster_identity, target.engine)?;
+    // A restored cluster must not get the id a fresh bootstrap of the same initial cluster
+    // would: its token names the backup, so every node restored from it derives the same id,
+    // and no node of the old cluster (or of a fresh one) takes its Raft messages.
+    let cluster_id = ClusterId::derive(
+        target.cluster_identity,
+        &format!("{RESTORED_CLUSTER_TOKEN_PREFIX}{:08x}", backup.checksum()),
+    );
+    let (wal_dir, sm_dir) =
+        data_dir::claim_for_restore(dir, target.node_id, target.cluster_identity, cluster_id, target.engine)?;
     let last_log_id = backup_meta.last_log_id;
     let voters = target.initial_cluster.keys().copied().collect();
     let nodes = target
