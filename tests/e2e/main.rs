@@ -12,6 +12,7 @@ mod nemesis;
 
 mod backup;
 mod catch_up;
+mod cluster_identity;
 mod disk_full;
 mod durability;
 mod engines;

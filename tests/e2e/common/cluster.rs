@@ -44,6 +44,10 @@ pub struct ClusterOptions {
     /// A backup every node's data directory is restored from (`raftkv snapshot restore`, with
     /// this cluster's own initial cluster) before the nodes start: a new cluster with its data.
     pub restore_from: Option<PathBuf>,
+    /// Members listed in `--initial-cluster` that this cluster does not run, by id (above the
+    /// cluster's own ids) and address: an address that belongs to a node of another cluster,
+    /// listed by mistake.
+    pub foreign_members: BTreeMap<u64, String>,
 }
 
 /// How one node is placed on the network.
@@ -69,6 +73,7 @@ impl Default for ClusterOptions {
             metrics: false,
             tls: false,
             restore_from: None,
+            foreign_members: BTreeMap::new(),
         }
     }
 }
@@ -101,6 +106,17 @@ impl ClusterOptions {
     /// Runs every connection with TLS (see [`ClusterOptions::tls`]).
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Lists `address` in the initial cluster as member `id`, which this cluster does not run
+    /// (see [`ClusterOptions::foreign_members`]).
+    pub fn with_foreign_member(mut self, id: u64, address: &str) -> Self {
+        assert!(
+            id > self.nodes as u64,
+            "a foreign member's id comes after the cluster's own"
+        );
+        self.foreign_members.insert(id, address.to_string());
         self
     }
 }
@@ -205,6 +221,8 @@ pub struct TestCluster {
     probe: Client,
     /// The highest node id ever used, forgotten nodes included: ids are never reused.
     last_id: u64,
+    /// How many members the initial cluster lists that this cluster does not run.
+    foreign_members: usize,
 }
 
 impl TestCluster {
@@ -255,7 +273,9 @@ impl TestCluster {
             .collect();
         let initial_cluster = nodes
             .values()
-            .map(|node| format!("{}={}", node.id, node.address))
+            .map(|node| (node.id, &node.address))
+            .chain(options.foreign_members.iter().map(|(id, address)| (*id, address)))
+            .map(|(id, address)| format!("{id}={address}"))
             .collect::<Vec<_>>()
             .join(",");
         let router = RouterProcess {
@@ -279,7 +299,12 @@ impl TestCluster {
             node_args: options.node_args,
             tls,
             probe,
-            last_id: options.nodes as u64,
+            last_id: options
+                .foreign_members
+                .keys()
+                .copied()
+                .fold(options.nodes as u64, u64::max),
+            foreign_members: options.foreign_members.len(),
         };
         if let Some(backup) = &options.restore_from {
             for id in cluster.ids() {
@@ -308,7 +333,7 @@ impl TestCluster {
 
     /// The number of nodes that make a majority of the whole cluster.
     pub fn majority(&self) -> usize {
-        self.nodes.len() / 2 + 1
+        (self.nodes.len() + self.foreign_members) / 2 + 1
     }
 
     /// The HOST:PORT node `id` serves on.
