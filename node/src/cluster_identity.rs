@@ -414,6 +414,54 @@ mod tests {
         assert_eq!(reopened.cluster_id, Some(a), "the id taken is recorded");
     }
 
+    /// The cost of the check on an admitted call, printed (not asserted: timing never decides a
+    /// test). `cargo test -p raftkv-node --lib cost_of_the_check -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn cost_of_the_check_on_an_admitted_call() {
+        const CALLS: u32 = 1_000_000;
+        let id = ClusterId(0x1234_5678_9abc_def0);
+        let (receiver, _dir) = node(1, Some(id));
+        let (sender, _dir2) = node(2, Some(id));
+        let served = Served::default();
+        let headers = call_from(Some(&sender)).headers().clone();
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            assert!(matches!(
+                receiver.admission(std::hint::black_box(&headers), None, "/raftkv.raft.v1.Raft/Vote"),
+                Admission::Admitted
+            ));
+        }
+        let check = started.elapsed() / CALLS;
+        let mut guard = RequireClusterId::new(served.clone(), receiver.clone());
+        let mut bare = served.clone();
+        let request = || {
+            let mut request = http::Request::new(());
+            *request.headers_mut() = headers.clone();
+            request
+        };
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            bare.call(request()).await.unwrap();
+        }
+        let without = started.elapsed() / CALLS;
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            guard.call(request()).await.unwrap();
+        }
+        let with = started.elapsed() / CALLS;
+        let mut stamp = StampClusterId(sender.clone());
+        let started = Instant::now();
+        for _ in 0..CALLS {
+            use tonic::service::Interceptor;
+            std::hint::black_box(stamp.call(tonic::Request::new(())).unwrap());
+        }
+        let stamping = started.elapsed() / CALLS;
+        println!(
+            "per call: header check {check:?}; a served call {without:?} bare, {with:?} behind the check; stamping an outgoing call {stamping:?}"
+        );
+    }
+
     #[test]
     fn a_sender_s_refusals_are_logged_once_per_interval() {
         let (receiver, _dir) = node(1, Some(ClusterId(1)));
