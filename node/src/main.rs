@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use raftkv_node::app::{self, Settings};
-use raftkv_node::store::engine::{EngineKind, EngineOptions, DEFAULT_CACHE_MB};
+use raftkv_node::store::engine::{open_log, EngineKind, EngineOptions, DEFAULT_CACHE_MB};
 
 mod restore_command;
 
@@ -243,16 +243,24 @@ fn main() -> ExitCode {
         Ok(flags) => flags,
         Err(code) => return code,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,openraft=error,openraft::replication=off,sled=warn,fjall=warn,lsm_tree=warn,h2=warn,tower=warn",
-                )
-            }),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let levels = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,openraft=error,openraft::replication=off,sled=warn,fjall=warn,lsm_tree=warn,h2=warn,tower=warn",
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    });
+    // A storage engine's lines while the data directory opens: the refusal says it, in one line.
+    let engine_opening = tracing_subscriber::filter::filter_fn(|metadata| !open_log::is_quieted(metadata.target()));
+    tracing_subscriber::registry()
+        .with(levels)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(engine_opening),
+        )
         .init();
     let worker_threads = raftkv::runtime::worker_threads_or_cores(flags.worker_threads);
     let settings = match settings(flags) {

@@ -152,6 +152,9 @@ pub fn open_with_cluster_id(
         return Err(DataDirError::Removed { node: node_id, index });
     }
 
+    // What the engine finds wrong reaches the person as the one line of the refusal, not as
+    // the engine's own log lines besides.
+    let _engine_lines_left_out = engine::open_log::opening();
     let wal_dir = dir.join(WAL_DIR);
     let sm_dir = dir.join(SM_DIR);
     for needed in [WAL_DIR, SM_DIR] {

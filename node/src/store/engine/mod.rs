@@ -16,6 +16,7 @@
 //! is purged.
 
 pub mod fjall;
+pub mod open_log;
 pub mod sled;
 
 mod gate;
