@@ -28,6 +28,11 @@
 //! router does not know yet (added with `raftkv member add`) is followed from then on, and
 //! routed to like the others. A removed node stops Raft (its status says `shutdown`) or is
 //! gone, so the view leaves it out; its index stays, unused (indexes never move).
+//!
+//! The router follows one cluster: the one its first status names (a seed's; members are
+//! learnt only from statuses). A node whose status names another cluster id (an address that
+//! belongs to another cluster, listed by mistake) is never routed to, and its membership is
+//! not followed; the router says so once per node.
 
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -80,6 +85,9 @@ pub struct NodeObservation {
     pub reachable: bool,
     /// Its last status; kept while it is unreachable, to remember its node id.
     pub status: Option<pb::NodeStatus>,
+    /// Its statuses name another cluster than the router's: it is never routed to (it stays
+    /// unreachable, with no status).
+    pub foreign: bool,
 }
 
 /// A leader hint taken from a forwarded request's error.
@@ -219,6 +227,8 @@ pub struct LeaderTracker {
     shutdown: OnceLock<watch::Receiver<bool>>,
     /// How the router connects to the members it learns (as to its seeds): TLS or not.
     member_tls: OnceLock<raftkv::tls::ClientTls>,
+    /// The id of the cluster the router follows: the first one a status names.
+    cluster_id: OnceLock<String>,
 }
 
 impl LeaderTracker {
@@ -235,6 +245,7 @@ impl LeaderTracker {
             nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
             shutdown: OnceLock::new(),
             member_tls: OnceLock::new(),
+            cluster_id: OnceLock::new(),
         })
     }
 
@@ -339,9 +350,36 @@ impl LeaderTracker {
         });
     }
 
+    /// The id of the cluster the router follows, when `status` names another one.
+    fn other_cluster(&self, status: &pb::NodeStatus) -> Option<&str> {
+        if status.cluster_id.is_empty() {
+            return None;
+        }
+        let followed = self.cluster_id.get_or_init(|| status.cluster_id.clone());
+        (*followed != status.cluster_id).then_some(followed.as_str())
+    }
+
     fn observe_status(self: &Arc<Self>, node: usize, status: pb::NodeStatus) {
-        self.learn_members(&status);
         let address = &self.node(node).address;
+        if let Some(followed) = self.other_cluster(&status) {
+            self.update(|observations| {
+                let observation = &mut observations.nodes[node];
+                if !observation.foreign {
+                    tracing::warn!(
+                        "node {} at {address} belongs to cluster {}, not {followed}: not routing to it",
+                        status.id,
+                        status.cluster_id
+                    );
+                }
+                *observation = NodeObservation {
+                    reachable: false,
+                    status: None,
+                    foreign: true,
+                };
+            });
+            return;
+        }
+        self.learn_members(&status);
         self.update(|observations| {
             let observation = &mut observations.nodes[node];
             if !observation.reachable {
@@ -353,6 +391,7 @@ impl LeaderTracker {
                 );
             }
             observation.reachable = true;
+            observation.foreign = false;
             observation.status = Some(status);
             if observations
                 .hint
@@ -475,6 +514,7 @@ mod tests {
                 leader_id,
                 ..Default::default()
             }),
+            foreign: false,
         }
     }
 

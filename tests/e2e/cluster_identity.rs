@@ -3,7 +3,8 @@
 //! id, so A's node refuses B's calls (one warning line per sender, naming it and both ids), A
 //! goes on serving in the same term under the same leader, and B elects among its two real
 //! nodes. Without the id, B's leader (in a higher term) would take A's node over and unseat A's
-//! leader.
+//! leader. B's router, which learns B's members from the statuses, never sends B's requests
+//! to A's node either.
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ const REFUSAL: &str = "refused a Raft call";
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(15);
 /// At most how often the node names one sender (`cluster_identity::REFUSAL_WARNING_INTERVAL`).
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Reads through B's router: enough that its turns pass over every node it takes for healthy.
+const ROUTED_READS: usize = 30;
 /// How many leader transfers B may make to reach a term above A's.
 const TERM_RAISING_TRANSFERS: usize = 10;
 
@@ -49,7 +52,7 @@ async fn a_node_listed_in_two_clusters_serves_only_its_own() {
     let b = TestCluster::start_with(
         ClusterOptions {
             nodes: 2,
-            ..ClusterOptions::default().without_router()
+            ..ClusterOptions::default()
         }
         .with_foreign_member(3, a.address(shared)),
     )
@@ -112,6 +115,14 @@ async fn a_node_listed_in_two_clusters_serves_only_its_own() {
     );
     let read = b_client.get(key("a", 1), Consistency::Linearizable).await;
     assert!(matches!(read, Err(Error::NotFound)), "{read:?}");
+    // B's router spreads reads over B's healthy nodes, and A's node is not one of them.
+    let b_router = b.client();
+    for _ in 0..ROUTED_READS {
+        let read = b_router.get(key("b", 1), Consistency::Linearizable).await.unwrap();
+        let served_by = read.header.as_ref().map(|header| header.node_id);
+        assert!(matches!(served_by, Some(1 | 2)), "served by {served_by:?}");
+        assert_eq!(read.value, value("b", 1));
+    }
 
     // A never changed leader or term, on any node.
     for id in a.ids() {
