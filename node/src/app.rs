@@ -148,7 +148,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     )?;
     let cluster_identity = ClusterIdentity::new(settings.id, settings.data_dir.clone(), dir.cluster_id);
     match dir.cluster_id {
-        Some(id) => tracing::info!(cluster_id = %id, "member of cluster {id}"),
+        Some(id) => tracing::info!("member of cluster {id}"),
         None => tracing::info!("no cluster id yet: this node takes the one its cluster's first message carries"),
     }
     let listener = tokio::net::TcpListener::bind(settings.listen)

@@ -225,7 +225,7 @@ impl ClusterIdentity {
             )));
         }
         self.set(id);
-        tracing::info!(parent: &self.inner.span, cluster_id = %id, "joined cluster {id}");
+        tracing::info!(parent: &self.inner.span, "joined cluster {id}");
         Ok(())
     }
 }

@@ -201,21 +201,32 @@ struct TransportError(String);
 
 type RpcError = RPCError<TypeConfig>;
 
+/// Whether a peer's answer means it cannot be reached for now: it is down or stopping
+/// (UNAVAILABLE), or it belongs to another cluster and refuses every call
+/// (FAILED_PRECONDITION, `cluster_identity.rs`; no other Raft call answers it). openraft then
+/// waits [`UNREACHABLE_BACKOFF`] between tries instead of retrying at once.
+fn is_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+    )
+}
+
 fn rpc_error(target: NodeId, address: &str, status: tonic::Status) -> RpcError {
     let err = TransportError(format!("node {target} at {address}: {}", status.message()));
-    match status.code() {
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&err)),
-        _ => RPCError::Network(NetworkError::new(&err)),
+    if is_unreachable(&status) {
+        RPCError::Unreachable(Unreachable::new(&err))
+    } else {
+        RPCError::Network(NetworkError::new(&err))
     }
 }
 
 impl PeerConnection {
-    /// Notes whether the peer answered; a gRPC error status is an answer.
+    /// Notes whether the peer answered; a gRPC error status is an answer, unless it says the
+    /// peer cannot be reached for now ([`is_unreachable`]).
     fn observe<T>(&self, result: &Result<T, tonic::Status>) {
         match result {
-            Err(s) if s.code() == tonic::Code::Unavailable => {
-                self.reachability.update(self.target, &self.address, Err(s.message()))
-            }
+            Err(s) if is_unreachable(s) => self.reachability.update(self.target, &self.address, Err(s.message())),
             _ => self.reachability.update(self.target, &self.address, Ok(())),
         }
     }
@@ -471,9 +482,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 self.address,
                 s.message()
             ));
-            match s.code() {
-                tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&err)),
-                _ => StreamingError::Network(NetworkError::new(&err)),
+            if is_unreachable(&s) {
+                StreamingError::Unreachable(Unreachable::new(&err))
+            } else {
+                StreamingError::Network(NetworkError::new(&err))
             }
         })?;
         let vote = convert::vote_from_pb(reply.into_inner().vote)
