@@ -267,6 +267,13 @@ mod tests {
             assert_eq!(restored.last_log_id, Some(last));
 
             let mut opened = open_with_engine_when_released(&restored_dir, 3, &identity, kind).unwrap();
+            // A cluster id of its own, whatever token the node is later started with.
+            let fresh = ClusterId::derive(&identity, raftkv::wire::DEFAULT_CLUSTER_TOKEN);
+            assert!(
+                opened.cluster_id.is_some_and(|id| id != fresh),
+                "{kind:?}: {:?}",
+                opened.cluster_id
+            );
             assert!(
                 !opened.pristine,
                 "{kind:?}: a restored directory is never bootstrapped over"
