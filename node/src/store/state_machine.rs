@@ -28,6 +28,7 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::snapshot_policy::LogVolume;
 use crate::store::engine::{Engine, EngineError, View, Writes};
 use crate::store::keys::{
     data_key, removed_member_key, result_client, result_key, result_record, result_record_sequences, session_key,
@@ -177,6 +178,8 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
+    /// The log bytes applied since the last snapshot, for the snapshot policy.
+    log_volume: Arc<LogVolume>,
     /// The span current at open (the node's), for what it logs: openraft runs the state
     /// machine in a task it spawns without one.
     span: tracing::Span,
@@ -223,6 +226,7 @@ impl StateMachine {
             applied,
             membership,
             sessions,
+            log_volume: LogVolume::new(snapshot.as_ref().map_or(0, |(_, file)| file.len())),
             span: tracing::Span::current(),
         };
         if let Some((meta, file)) = snapshot {
@@ -237,6 +241,12 @@ impl StateMachine {
     /// The index of the last entry applied, if any.
     pub fn applied_index(&self) -> Option<u64> {
         self.applied.map(|id| id.index)
+    }
+
+    /// The log bytes applied since the last snapshot and its size, as this state machine
+    /// keeps them up to date.
+    pub fn log_volume(&self) -> Arc<LogVolume> {
+        self.log_volume.clone()
     }
 
     pub fn reader(&self) -> KvReader {
@@ -409,6 +419,10 @@ pub struct SnapshotBuilder {
     span: tracing::Span,
     /// When the state machine began to be read for this snapshot.
     started: std::time::Instant,
+    /// Told the snapshot's size and the point it was taken at, once it is built.
+    log_volume: Arc<LogVolume>,
+    /// The log volume's mark at the view this snapshot is built from.
+    volume_mark: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -428,6 +442,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(join_err)??;
         crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(self.started.elapsed().as_secs_f64());
+        self.log_volume.snapshot_taken(self.volume_mark, file.len());
         tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), "snapshot built");
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -497,6 +512,8 @@ impl StateMachine {
                 entry.log_id
             );
             applied = Some(entry.log_id);
+            self.log_volume
+                .applied(convert::entry_to_pb(&entry).encoded_len() as u64);
             match entry.payload {
                 EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
@@ -635,6 +652,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: std::sync::Mutex::new(Some((self.engine.view(), self.sessions.all_to_pb()))),
             span: self.span.clone(),
             started,
+            log_volume: self.log_volume.clone(),
+            volume_mark: self.log_volume.mark(),
         }
     }
 
@@ -658,6 +677,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(join_err)?
         .inspect_err(|e| tracing::error!(parent: &self.span, last_log_id = ?meta.last_log_id, "cannot install the snapshot: {e}"))?;
         self.installed(meta, sessions);
+        self.log_volume.snapshot_taken(self.log_volume.mark(), bytes);
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
     }
