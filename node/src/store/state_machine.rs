@@ -441,9 +441,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tokio::task::spawn_blocking(move || snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions))
                 .await
                 .map_err(join_err)??;
-        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(self.started.elapsed().as_secs_f64());
+        let seconds = self.started.elapsed().as_secs_f64();
+        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(seconds);
         self.log_volume.snapshot_taken(self.volume_mark, file.len());
-        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), "snapshot built");
+        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), seconds, "snapshot built");
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: file,
