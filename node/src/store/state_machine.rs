@@ -1012,6 +1012,45 @@ mod tests {
         }
     }
 
+    fn put_of(index: u64, value_bytes: usize) -> Entry {
+        let op = Op::Put {
+            key: Bytes::from(format!("k{index}")),
+            value: Bytes::from(vec![b'v'; value_bytes]),
+        };
+        entry(index, vec![cmd(op, None)])
+    }
+
+    #[tokio::test]
+    async fn the_log_volume_counts_what_was_applied_after_the_last_snapshot_s_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let volume = sm.log_volume();
+        assert_eq!((volume.since_snapshot(), volume.snapshot_bytes()), (0, 0));
+        sm.apply_entries([put_of(1, 1000)]).unwrap();
+        assert!((1000..1100).contains(&volume.since_snapshot()));
+
+        let mut builder = sm.get_snapshot_builder().await;
+        // Applied after the view was taken: not in the snapshot, so still counted after it.
+        sm.apply_entries([put_of(2, 3000)]).unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert!((3000..3100).contains(&volume.since_snapshot()));
+        assert_eq!(volume.snapshot_bytes(), snapshot.snapshot.len());
+
+        // A node restarted knows its snapshot's size; one that installs a snapshot starts
+        // counting from it.
+        drop(sm);
+        let reopened = open(dir.path());
+        assert_eq!(reopened.log_volume().snapshot_bytes(), snapshot.snapshot.len());
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = open(other_dir.path());
+        other.apply_entries([put_of(1, 500)]).unwrap();
+        let mut reopened = reopened;
+        let fresh = reopened.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        other.install_snapshot(&fresh.meta, fresh.snapshot).await.unwrap();
+        assert_eq!(other.log_volume().since_snapshot(), 0);
+        assert!(other.log_volume().snapshot_bytes() > 0);
+    }
+
     #[tokio::test]
     async fn a_snapshot_carries_data_and_sessions_to_another_node() {
         for kind in EngineKind::ALL {
