@@ -38,6 +38,7 @@ use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
+use crate::snapshot_policy::SnapshotRule;
 use crate::store::engine::EngineOptions;
 use crate::store::{data_dir, KvReader};
 use crate::types::{NodeId, Raft};
@@ -162,7 +163,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         heartbeat_interval: settings.heartbeat_interval_ms,
         election_timeout_min: settings.election_timeout_min_ms,
         election_timeout_max: settings.election_timeout_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_logs),
+        // Our own policy (snapshot_policy.rs) asks for snapshots: openraft counts entries only.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: settings.keep_logs_after_snapshot,
         // Purge as soon as a snapshot allows (in batches, but never more than one
         // snapshot interval, or a small interval would never purge).
@@ -187,6 +189,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         cluster_identity.clone(),
     );
     let reader = dir.state_machine.reader();
+    let log_volume = dir.state_machine.log_volume();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
         .await
         .context("cannot start raft")?;
@@ -220,6 +223,10 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         span: tracing::Span::current(),
     };
     tokio::spawn(log_leader_changes(settings.id, raft.clone()).in_current_span());
+    let snapshot_rule = SnapshotRule {
+        after_entries: settings.snapshot_after_logs,
+    };
+    tokio::spawn(crate::snapshot_policy::run(raft.clone(), log_volume, snapshot_rule).in_current_span());
     tokio::spawn(
         crate::membership::record_own_removal(
             settings.id,

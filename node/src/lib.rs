@@ -22,5 +22,6 @@ pub mod network;
 pub mod proposer;
 pub mod raft_service;
 pub mod read_index;
+pub mod snapshot_policy;
 pub mod store;
 pub mod types;

@@ -28,6 +28,7 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 
 use crate::convert;
+use crate::snapshot_policy::LogVolume;
 use crate::store::engine::{Engine, EngineError, View, Writes};
 use crate::store::keys::{
     data_key, removed_member_key, result_client, result_key, result_record, result_record_sequences, session_key,
@@ -177,6 +178,8 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
+    /// The log bytes applied since the last snapshot, for the snapshot policy.
+    log_volume: Arc<LogVolume>,
     /// The span current at open (the node's), for what it logs: openraft runs the state
     /// machine in a task it spawns without one.
     span: tracing::Span,
@@ -223,6 +226,7 @@ impl StateMachine {
             applied,
             membership,
             sessions,
+            log_volume: LogVolume::new(snapshot.as_ref().map_or(0, |(_, file)| file.len())),
             span: tracing::Span::current(),
         };
         if let Some((meta, file)) = snapshot {
@@ -237,6 +241,12 @@ impl StateMachine {
     /// The index of the last entry applied, if any.
     pub fn applied_index(&self) -> Option<u64> {
         self.applied.map(|id| id.index)
+    }
+
+    /// The log bytes applied since the last snapshot and its size, as this state machine
+    /// keeps them up to date.
+    pub fn log_volume(&self) -> Arc<LogVolume> {
+        self.log_volume.clone()
     }
 
     pub fn reader(&self) -> KvReader {
@@ -409,6 +419,10 @@ pub struct SnapshotBuilder {
     span: tracing::Span,
     /// When the state machine began to be read for this snapshot.
     started: std::time::Instant,
+    /// Told the snapshot's size and the point it was taken at, once it is built.
+    log_volume: Arc<LogVolume>,
+    /// The log volume's mark at the view this snapshot is built from.
+    volume_mark: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -427,8 +441,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             tokio::task::spawn_blocking(move || snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions))
                 .await
                 .map_err(join_err)??;
-        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(self.started.elapsed().as_secs_f64());
-        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), "snapshot built");
+        let seconds = self.started.elapsed().as_secs_f64();
+        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(seconds);
+        self.log_volume.snapshot_taken(self.volume_mark, file.len());
+        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), seconds, "snapshot built");
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: file,
@@ -497,6 +513,8 @@ impl StateMachine {
                 entry.log_id
             );
             applied = Some(entry.log_id);
+            self.log_volume
+                .applied(convert::entry_to_pb(&entry).encoded_len() as u64);
             match entry.payload {
                 EntryPayload::Blank => results.push(WriteGroupResults::default()),
                 EntryPayload::Membership(m) => {
@@ -635,6 +653,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: std::sync::Mutex::new(Some((self.engine.view(), self.sessions.all_to_pb()))),
             span: self.span.clone(),
             started,
+            log_volume: self.log_volume.clone(),
+            volume_mark: self.log_volume.mark(),
         }
     }
 
@@ -658,6 +678,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(join_err)?
         .inspect_err(|e| tracing::error!(parent: &self.span, last_log_id = ?meta.last_log_id, "cannot install the snapshot: {e}"))?;
         self.installed(meta, sessions);
+        self.log_volume.snapshot_taken(self.log_volume.mark(), bytes);
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
     }
@@ -989,6 +1010,45 @@ mod tests {
             dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
             assert_eq!(dst.reader().removed_at(3).unwrap(), Some(2), "{kind:?}");
         }
+    }
+
+    fn put_of(index: u64, value_bytes: usize) -> Entry {
+        let op = Op::Put {
+            key: Bytes::from(format!("k{index}")),
+            value: Bytes::from(vec![b'v'; value_bytes]),
+        };
+        entry(index, vec![cmd(op, None)])
+    }
+
+    #[tokio::test]
+    async fn the_log_volume_counts_what_was_applied_after_the_last_snapshot_s_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let volume = sm.log_volume();
+        assert_eq!((volume.since_snapshot(), volume.snapshot_bytes()), (0, 0));
+        sm.apply_entries([put_of(1, 1000)]).unwrap();
+        assert!((1000..1100).contains(&volume.since_snapshot()));
+
+        let mut builder = sm.get_snapshot_builder().await;
+        // Applied after the view was taken: not in the snapshot, so still counted after it.
+        sm.apply_entries([put_of(2, 3000)]).unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert!((3000..3100).contains(&volume.since_snapshot()));
+        assert_eq!(volume.snapshot_bytes(), snapshot.snapshot.len());
+
+        // A node restarted knows its snapshot's size; one that installs a snapshot starts
+        // counting from it.
+        drop(sm);
+        let reopened = open(dir.path());
+        assert_eq!(reopened.log_volume().snapshot_bytes(), snapshot.snapshot.len());
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other = open(other_dir.path());
+        other.apply_entries([put_of(1, 500)]).unwrap();
+        let mut reopened = reopened;
+        let fresh = reopened.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        other.install_snapshot(&fresh.meta, fresh.snapshot).await.unwrap();
+        assert_eq!(other.log_volume().since_snapshot(), 0);
+        assert!(other.log_volume().snapshot_bytes() > 0);
     }
 
     #[tokio::test]
