@@ -12,6 +12,7 @@ mod children;
 mod console;
 mod layout;
 mod membership;
+mod membership_record;
 mod state_file;
 
 pub use children::locate_binary;
@@ -95,6 +96,9 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         );
     if args.tls {
         layout = layout.with_tls();
+    }
+    if let Some(record) = membership_record::read(&layout.membership_file())? {
+        layout = layout.with_membership(record).map_err(CliError::Usage)?;
     }
     std::fs::create_dir_all(layout.data_dir())
         .with_context(|| format!("cannot create the data directory {}", layout.data_dir().display()))?;
