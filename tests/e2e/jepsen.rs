@@ -285,8 +285,8 @@ async fn current_members(cluster: &mut TestCluster, admin: &Client) -> Vec<u64> 
     cluster.ids()
 }
 
-/// Adds a new node, or removes a member, as [`Nemesis::growing`] says; a learner left by an
-/// add that did not finish is removed first. Says what it did.
+/// Adds a new node, or removes a member (half the time the leader), as [`Nemesis::growing`]
+/// says; a learner left by an add that did not finish is removed first. Says what it did.
 async fn change_membership(cluster: &mut TestCluster, nemesis: &mut Nemesis, clients: &mut Clients) -> String {
     let Some((voters, learners)) = members(&nemesis.admin).await else {
         return "change the membership: failed (no leader listed the members)".to_string();
@@ -310,11 +310,14 @@ async fn change_membership(cluster: &mut TestCluster, nemesis: &mut Nemesis, cli
             Err(error) => format!("add node {id}: failed ({error})"),
         };
     }
-    let target = match learners.first() {
-        Some(learner) => *learner,
-        None => voters[nemesis.rng.below(voters.len() as u64) as usize],
-    };
     let leader = cluster.current_leader().await;
+    let random_voter = voters[nemesis.rng.below(voters.len() as u64) as usize];
+    // Half the time the leader, which hands leadership over before it is removed.
+    let target = match (learners.first(), leader) {
+        (Some(learner), _) => *learner,
+        (None, Some(leader)) if nemesis.rng.below(2) == 0 && voters.contains(&leader) => leader,
+        (None, _) => random_voter,
+    };
     match nemesis.admin.member_remove(target).await {
         Ok(_) => {
             nemesis.log.removed += 1;
@@ -416,6 +419,8 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
             (t.as_nanos() as u64) ^ u64::from(std::process::id())
         });
     eprintln!("jepsen: seed {seed} (RAFTKV_JEPSEN_SEED={seed} replays the schedule), {run_secs} s of load");
+    let scheduled: BTreeSet<Fault> = SCHEDULE.into_iter().collect();
+    assert_eq!(scheduled.len(), FAULT_KINDS, "the schedule has every kind of fault");
 
     // The proxies of nodes that join later are added as they join.
     let net = FaultyNetwork::start(MIN_VOTERS as u64, own_subnet(0));
