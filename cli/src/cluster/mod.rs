@@ -56,7 +56,8 @@ pub struct UpArgs {
     /// How many nodes to start (1 to 9).
     #[arg(long, default_value_t = 3, value_name = "N")]
     nodes: u16,
-    /// Directory for the nodes' data, their logs and cluster.json (created if missing).
+    /// Directory for the nodes' data, their logs, cluster.json and, once the console has added or
+    /// removed nodes, membership.json (created if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
     data_dir: PathBuf,
     /// The router listens on 127.0.0.1:PORT, node i on PORT+i.
