@@ -1,9 +1,17 @@
 //! A Jepsen-style test: concurrent clients read (linearizable and lease reads),
 //! write, compare-and-swap and delete a few keys — through the router and directly
 //! against nodes — while a nemesis kills the leader, pauses nodes, kills random
-//! nodes, partitions a node from its peers and hands leadership to another node. Every operation's invocation, completion and outcome is
-//! recorded, and the history is checked for linearizability (the `raftkv-checker`
-//! crate, `checker/`).
+//! nodes, partitions a node from its peers, hands leadership to another node, and changes
+//! the membership (adds a new node, removes a voter — the leader too). Every operation's
+//! invocation, completion and outcome is recorded, and the history is checked for
+//! linearizability (the `raftkv-checker` crate, `checker/`).
+//!
+//! The membership ebbs and flows between three and five voters ([`VOTER_TIDE`]): the
+//! cluster starts with three, and each change adds or removes one voter. A new node gets a new id (removed ids are never reused), an empty data directory,
+//! `--join`, a proxy of its own (so partitions cut it too) and a direct client of its own. A
+//! removed node runs on for a moment, its direct client still pinned to it (ops there fail or
+//! are redirected), and is then stopped; its client keeps trying until the end. The other
+//! faults pick among the current members.
 //!
 //! Partitions are real: every node sits behind a fault-injecting proxy
 //! (`nemesis.rs`) through which all Raft traffic flows, and the test asserts that
@@ -14,7 +22,7 @@
 //! `RAFTKV_JEPSEN_SEED` replays a nemesis/client schedule. On failure the
 //! history is written to a JSON file whose path is printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +31,7 @@ use bytes::Bytes;
 use raftkv::client::{Client, Error};
 use raftkv::pb::Consistency;
 use raftkv_checker::{Budget, History, Op, OpResult, Operation, Outcome};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::common::{ClusterOptions, TestCluster};
@@ -40,6 +49,15 @@ const FAULT_SECS: Duration = Duration::from_millis(1500);
 const CALM: Duration = Duration::from_millis(1000);
 /// The client id of the final reads made after the faults.
 const FINAL_READER: u64 = 1000;
+/// The voters the cluster starts with.
+const INITIAL_VOTERS: usize = 3;
+/// The voter counts the membership changes steer to, one after another, over and over: the
+/// first change adds a node and the second removes one, so that a short run sees both; then
+/// the cluster grows to five and shrinks back.
+const VOTER_TIDE: [usize; 6] = [4, 3, 4, 5, 4, 3];
+/// The bound on one membership change (or listing), retries included; a new node has a few
+/// hundred keys and a snapshot at most to catch up on.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A small, seedable generator so that a failing schedule can be replayed.
 #[derive(Clone)]
@@ -65,14 +83,23 @@ enum Fault {
     KillRandomNode,
     PartitionNode,
     TransferLeader,
+    ChangeMembership,
 }
 
-const FAULTS: [Fault; 5] = [
+/// How many kinds of [`Fault`] there are: a run injects each at least once.
+const FAULT_KINDS: usize = 6;
+
+/// The nemesis's round: one fault after another, over and over. Every kind comes in the
+/// first six steps (a loaded machine may fit no more in a 30 s run), the membership changes
+/// twice a round: the first adds a node, the seventh step removes one.
+const SCHEDULE: [Fault; 7] = [
+    Fault::ChangeMembership,
     Fault::KillLeader,
     Fault::PauseNode,
     Fault::KillRandomNode,
     Fault::PartitionNode,
     Fault::TransferLeader,
+    Fault::ChangeMembership,
 ];
 
 fn key_name(i: u64) -> Vec<u8> {
@@ -190,10 +217,141 @@ fn write_outcome(result: Result<OpResult, Error>) -> Outcome {
 #[derive(Default, Debug)]
 struct FaultLog {
     injected: BTreeMap<String, u64>,
+    /// Nodes added (made voters) and members removed.
+    added: u64,
+    removed: u64,
 }
 
-async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rng: &mut Rng, log: &mut FaultLog) {
-    let ids = cluster.ids();
+/// The clients that run against the cluster, and what they share; more are started as
+/// nodes join.
+struct Clients {
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+    next_id: u64,
+}
+
+impl Clients {
+    /// Starts a client of `endpoint` (the router, or a node it is pinned to).
+    fn start(&mut self, endpoint: String, rng: Rng) {
+        let id = self.next_id;
+        self.next_id += 1;
+        assert!(id < FINAL_READER, "too many clients");
+        let client = Client::new(vec![endpoint], OP_TIMEOUT).expect("a client");
+        self.tasks.push(tokio::spawn(run_client(
+            id,
+            client,
+            self.history.clone(),
+            self.stop.clone(),
+            rng,
+        )));
+    }
+}
+
+/// What the nemesis works with.
+struct Nemesis {
+    net: FaultyNetwork,
+    /// Membership changes and listings go through the router, as an operator's would.
+    admin: Client,
+    rng: Rng,
+    /// Where in [`VOTER_TIDE`] the membership changes are: the voter count they steer to.
+    tide: usize,
+    log: FaultLog,
+}
+
+/// The members as the leader lists them: (voters, learners), or `None` when no leader
+/// answered in time.
+async fn members(admin: &Client) -> Option<(Vec<u64>, Vec<u64>)> {
+    let list = admin.member_list().await.ok()?;
+    let (voters, learners): (Vec<_>, Vec<_>) = list.members.iter().partition(|member| member.voter);
+    let ids = |members: Vec<&raftkv::pb::Member>| members.iter().map(|member| member.id).collect();
+    Some((ids(voters), ids(learners)))
+}
+
+/// Brings the cluster's picture in line with the membership — a node that is no member (an
+/// add refused before it made the node a learner, a removal whose answer was lost) is stopped
+/// and left out — and returns the nodes the faults may pick from. When no leader lists the
+/// membership, every node of the picture.
+async fn current_members(cluster: &mut TestCluster, admin: &Client) -> Vec<u64> {
+    let Some((voters, learners)) = members(admin).await else {
+        return cluster.ids();
+    };
+    let members: BTreeSet<u64> = voters.into_iter().chain(learners).collect();
+    for id in cluster.ids() {
+        if !members.contains(&id) {
+            cluster.forget(id);
+            nemesis_line(&format!("node {id} is no member: stopped and left out"));
+        }
+    }
+    cluster.ids()
+}
+
+/// Adds a new node, or removes a member (half the time the leader), towards the voter count
+/// [`VOTER_TIDE`] is at (moving on to the next count once there); a learner left by an add
+/// that did not finish is removed first. Says what it did.
+async fn change_membership(cluster: &mut TestCluster, nemesis: &mut Nemesis, clients: &mut Clients) -> String {
+    let Some((voters, learners)) = members(&nemesis.admin).await else {
+        return "change the membership: failed (no leader listed the members)".to_string();
+    };
+    // A change that failed (or whose answer was lost) may have left the count at the target.
+    while VOTER_TIDE[nemesis.tide % VOTER_TIDE.len()] == voters.len() {
+        nemesis.tide += 1;
+    }
+    if voters.len() < VOTER_TIDE[nemesis.tide % VOTER_TIDE.len()] && learners.is_empty() {
+        let net = &mut nemesis.net;
+        let id = cluster.start_joining_node_placed(|id| Some(net.add_node(id))).await;
+        let address = cluster.address(id).to_string();
+        // Its client starts at once: while the node waits to be added it serves nothing.
+        clients.start(address.clone(), Rng(nemesis.rng.next() | 1));
+        return match nemesis.admin.member_add(id, &address, false).await {
+            Ok(_) => {
+                nemesis.log.added += 1;
+                nemesis.tide += 1;
+                format!("add node {id} as a voter ({} voters)", voters.len() + 1)
+            }
+            Err(error) => format!("add node {id}: failed ({error})"),
+        };
+    }
+    let leader = cluster.current_leader().await;
+    let random_voter = voters[nemesis.rng.below(voters.len() as u64) as usize];
+    // Half the time the leader, which hands leadership over before it is removed.
+    let target = match (learners.first(), leader) {
+        (Some(learner), _) => *learner,
+        (None, Some(leader)) if nemesis.rng.below(2) == 0 && voters.contains(&leader) => leader,
+        (None, _) => random_voter,
+    };
+    match nemesis.admin.member_remove(target).await {
+        Ok(_) => {
+            nemesis.log.removed += 1;
+            if !learners.contains(&target) {
+                nemesis.tide += 1;
+            }
+            // The removed node runs on for a moment, its direct client still pinned to it.
+            tokio::time::sleep(FAULT_SECS).await;
+            cluster.forget(target);
+            let was = if leader == Some(target) { ", the leader" } else { "" };
+            format!(
+                "remove node {target}{was} ({} voters), and stop it {FAULT_SECS:?} later",
+                voters.len() - usize::from(!learners.contains(&target))
+            )
+        }
+        Err(error) => format!("remove node {target}: failed ({error})"),
+    }
+}
+
+/// Prints what the nemesis did, with the time since the run began (the history's clock).
+fn nemesis_line(what: &str) {
+    let at = RUN_START
+        .get()
+        .map(|start| start.elapsed().as_secs_f64())
+        .unwrap_or_default();
+    eprintln!("nemesis: [{at:.3} s] {what}");
+}
+
+async fn inject(fault: Fault, cluster: &mut TestCluster, nemesis: &mut Nemesis, clients: &mut Clients) {
+    let ids = current_members(cluster, &nemesis.admin).await;
+    let rng = &mut nemesis.rng;
+    let net = &nemesis.net;
     let random_node = ids[rng.below(ids.len() as u64) as usize];
     let leader = cluster.current_leader().await;
     let what = match fault {
@@ -244,13 +402,10 @@ async fn inject(fault: Fault, cluster: &mut TestCluster, net: &FaultyNetwork, rn
                 Err(error) => format!("hand leadership over from node {leader:?}: failed ({error})"),
             }
         }
+        Fault::ChangeMembership => change_membership(cluster, nemesis, clients).await,
     };
-    let at = RUN_START
-        .get()
-        .map(|start| start.elapsed().as_secs_f64())
-        .unwrap_or_default();
-    eprintln!("nemesis: [{at:.3} s] {what}");
-    *log.injected.entry(format!("{fault:?}")).or_default() += 1;
+    nemesis_line(&what);
+    *nemesis.log.injected.entry(format!("{fault:?}")).or_default() += 1;
 }
 
 #[test]
@@ -269,12 +424,16 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
             (t.as_nanos() as u64) ^ u64::from(std::process::id())
         });
     eprintln!("jepsen: seed {seed} (RAFTKV_JEPSEN_SEED={seed} replays the schedule), {run_secs} s of load");
+    let scheduled: BTreeSet<Fault> = SCHEDULE.into_iter().collect();
+    assert_eq!(scheduled.len(), FAULT_KINDS, "the schedule has every kind of fault");
 
-    let net = FaultyNetwork::start(3, own_subnet(0));
+    // The proxies of nodes that join later are added as they join.
+    let net = FaultyNetwork::start(INITIAL_VOTERS as u64, own_subnet(0));
     let addresses = net.node_addresses();
 
     test_runtime().block_on(async move {
         let options = ClusterOptions {
+            nodes: INITIAL_VOTERS,
             addresses: Some(addresses),
             node_args: vec!["--snapshot-after-logs".into(), "500".into()],
             ..ClusterOptions::default()
@@ -282,10 +441,14 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         let mut cluster = TestCluster::start_with(options).await;
         let history = Arc::new(History::new());
         let _ = RUN_START.set(Instant::now());
-        let stop = Arc::new(AtomicBool::new(false));
         let mut rng = Rng(seed | 1);
 
-        let mut clients = Vec::new();
+        let mut clients = Clients {
+            history: history.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: Vec::new(),
+            next_id: 0,
+        };
         for id in 0..CLIENTS_VIA_ROUTER + CLIENTS_DIRECT {
             let endpoint = if id < CLIENTS_VIA_ROUTER {
                 cluster.router_address().to_string()
@@ -293,34 +456,34 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
                 let ids = cluster.ids();
                 cluster.address(ids[(id as usize) % ids.len()]).to_string()
             };
-            let client = Client::new(vec![endpoint], OP_TIMEOUT).expect("a client");
-            let client_rng = Rng(rng.next() | 1);
-            clients.push(tokio::spawn(run_client(
-                id,
-                client,
-                history.clone(),
-                stop.clone(),
-                client_rng,
-            )));
+            clients.start(endpoint, Rng(rng.next() | 1));
         }
 
-        let mut faults = FaultLog::default();
+        let admin = Client::new(vec![cluster.router_address().to_string()], MEMBERSHIP_TIMEOUT).expect("a client");
+        let mut nemesis = Nemesis {
+            net,
+            admin,
+            rng,
+            tide: 0,
+            log: FaultLog::default(),
+        };
         let started = Instant::now();
         let mut round = 0;
         while started.elapsed() < Duration::from_secs(run_secs) {
             tokio::time::sleep(CALM).await;
-            let fault = FAULTS[round % FAULTS.len()];
+            let fault = SCHEDULE[round % SCHEDULE.len()];
             round += 1;
-            inject(fault, &mut cluster, &net, &mut rng, &mut faults).await;
+            inject(fault, &mut cluster, &mut nemesis, &mut clients).await;
         }
-        stop.store(true, Ordering::Relaxed);
-        for c in clients {
-            c.await.expect("a client task panicked");
+        clients.stop.store(true, Ordering::Relaxed);
+        for task in clients.tasks {
+            task.await.expect("a client task panicked");
         }
 
         // Settle: everything up and connected, one leader; then read every key
         // once more, so that writes of unknown outcome are pinned down.
-        net.heal();
+        nemesis.net.heal();
+        let members = current_members(&mut cluster, &nemesis.admin).await;
         cluster.leader().await;
         let reader = Client::new(vec![cluster.router_address().to_string()], Duration::from_secs(10)).unwrap();
         for k in 0..KEYS as u64 {
@@ -335,7 +498,12 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         }
 
         let ops = history.operations();
+        let faults = nemesis.log;
         report_counts(&ops, &faults);
+        eprintln!(
+            "jepsen: membership: {} nodes added, {} removed; members at the end: {members:?}",
+            faults.added, faults.removed
+        );
         let budget = Budget {
             threads: 2,
             time_limit_total: Some(Duration::from_secs(120)),
@@ -361,9 +529,13 @@ fn history_under_crashes_pauses_and_partitions_is_linearizable() {
         );
         assert_eq!(
             faults.injected.len(),
-            FAULTS.len(),
+            FAULT_KINDS,
             "every kind of fault was injected at least once: {faults:?}"
         );
+        // Like a partition that held nothing back, membership changes that never succeeded
+        // would leave the fault absent. (Removals come from the seventh step on; they are
+        // counted above but not required of a run that may be short.)
+        assert!(faults.added > 0, "no membership change added a node: {faults:?}");
     });
 }
 

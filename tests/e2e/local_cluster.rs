@@ -13,7 +13,7 @@ use crate::common::{self, binary, run_to_end, Finished};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Stops the detached cluster in `dir` when dropped, also when the test fails.
-struct DetachedCluster {
+pub(crate) struct DetachedCluster {
     dir: PathBuf,
     base_port: u16,
     /// What `cluster up` printed.
@@ -40,7 +40,8 @@ async fn raftkv(args: &[&str]) -> Finished {
     run_to_end(&binary("raftkv"), args, COMMAND_TIMEOUT).await
 }
 
-async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
+/// `cluster up --detach` in `dir` with the router on `base_port`; panics when it fails.
+pub(crate) async fn up(dir: &Path, base_port: u16) -> DetachedCluster {
     up_with(dir, base_port, &[]).await.0
 }
 

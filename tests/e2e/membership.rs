@@ -444,4 +444,37 @@ async fn the_cluster_up_console_adds_and_removes_nodes() {
     assert!(exited.success(), "cluster up exited with {exited}");
     let printed = std::fs::read_to_string(&console.output).unwrap();
     assert!(printed.contains("cluster stopped"), "{printed}");
+
+    // The next `cluster up` in the same directory brings the added node back and leaves the
+    // removed one stopped (its data directory would be refused).
+    let _again = crate::local_cluster::up(&dir, base).await;
+    assert_eq!(members(&client).await, vec![(2, true), (3, true), (4, true)]);
+    let got = client
+        .get(key("after", 0), Consistency::Linearizable)
+        .await
+        .expect("the data is still there");
+    assert_eq!(got.value, value("after", 0));
+    let probe = Client::new(vec![endpoint.clone()], Duration::from_millis(500)).unwrap();
+    for id in [2, 3, 4] {
+        let address = format!("127.0.0.1:{}", base + id);
+        let status = probe
+            .status_of(&address)
+            .await
+            .unwrap_or_else(|e| panic!("node {id} was not started again: {e}"));
+        assert_eq!(status.id, u64::from(id));
+    }
+    let removed = format!("127.0.0.1:{}", base + 1);
+    assert!(
+        probe.status_of(&removed).await.is_err(),
+        "the removed node 1 was started again"
+    );
+    let state = std::fs::read_to_string(dir.join("cluster.json")).expect("cluster.json");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("cluster.json is JSON");
+    let recorded: Vec<u64> = state["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|node| node["id"].as_u64())
+        .collect();
+    assert_eq!(recorded, [2, 3, 4], "{state}");
 }

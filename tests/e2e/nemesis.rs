@@ -10,7 +10,8 @@
 //! connections across the cut are accepted but never answered. Clients (the
 //! router, the test's own clients) connect from other addresses and are never
 //! cut. Every byte chunk or connection held back is counted, so a test can
-//! prove that a partition really cut traffic.
+//! prove that a partition really cut traffic. A proxy can be added for a node that joins
+//! while the network runs ([`FaultyNetwork::add_node`]), so cuts apply to it too.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,7 @@ pub struct FaultyNetwork {
     cut: watch::Sender<Cut>,
     held: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
+    subnet: (u8, u8),
     /// node id -> (proxy address that the cluster uses, node's own listen address)
     pub nodes: Vec<(u64, SocketAddr, SocketAddr)>,
 }
@@ -50,24 +52,40 @@ impl FaultyNetwork {
             .build()
             .expect("proxy runtime");
         let (cut, _) = watch::channel(Cut::default());
-        let held = Arc::new(AtomicU64::new(0));
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            let ip = node_ip(subnet, id);
-            let node_addr = free_port(ip);
-            let listener = runtime
-                .block_on(TcpListener::bind(SocketAddr::new(ip, 0)))
-                .expect("bind proxy");
-            let proxy_addr = listener.local_addr().unwrap();
-            runtime.spawn(serve(id, subnet, listener, node_addr, cut.subscribe(), held.clone()));
-            nodes.push((id, proxy_addr, node_addr));
-        }
-        FaultyNetwork {
+        let mut net = FaultyNetwork {
             cut,
-            held,
+            held: Arc::new(AtomicU64::new(0)),
             runtime: Some(runtime),
-            nodes,
+            subnet,
+            nodes: Vec::new(),
+        };
+        for id in 1..=n {
+            net.add_node(id);
         }
+        net
+    }
+
+    /// Starts the proxy of node `id` (one that joins later, say) and returns how that node
+    /// is placed behind it, as [`FaultyNetwork::node_addresses`] does for the others.
+    pub fn add_node(&mut self, id: u64) -> crate::common::NodeAddresses {
+        assert!(
+            !self.nodes.iter().any(|node| node.0 == id),
+            "node {id} already has a proxy"
+        );
+        let ip = node_ip(self.subnet, id);
+        let node_addr = free_port(ip);
+        // Bound here, served on the proxies' runtime: this may be called from async code,
+        // where blocking on another runtime is not allowed.
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind proxy");
+        listener.set_nonblocking(true).expect("a non-blocking proxy socket");
+        let proxy_addr = listener.local_addr().unwrap();
+        let (subnet, cut, held) = (self.subnet, self.cut.subscribe(), self.held.clone());
+        self.runtime.as_ref().expect("the proxies run").spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("a proxy listener");
+            serve(id, subnet, listener, node_addr, cut, held).await
+        });
+        self.nodes.push((id, proxy_addr, node_addr));
+        placed(proxy_addr, node_addr)
     }
 
     /// How the cluster's nodes are placed behind the proxies: each advertises its proxy,
@@ -75,15 +93,7 @@ impl FaultyNetwork {
     pub fn node_addresses(&self) -> std::collections::BTreeMap<u64, crate::common::NodeAddresses> {
         self.nodes
             .iter()
-            .map(|(id, proxy, listen)| {
-                let placed = crate::common::NodeAddresses {
-                    advertise: proxy.to_string(),
-                    listen: listen.to_string(),
-                    source: Some(listen.ip()),
-                    netns: None,
-                };
-                (*id, placed)
-            })
+            .map(|(id, proxy, listen)| (*id, placed(*proxy, *listen)))
             .collect()
     }
 
@@ -127,6 +137,17 @@ impl Drop for FaultyNetwork {
     }
 }
 
+/// A node that listens on `listen`, is reached through its proxy at `proxy`, and connects
+/// to its peers from its own IP (so that its proxy knows which node a connection comes from).
+fn placed(proxy: SocketAddr, listen: SocketAddr) -> crate::common::NodeAddresses {
+    crate::common::NodeAddresses {
+        advertise: proxy.to_string(),
+        listen: listen.to_string(),
+        source: Some(listen.ip()),
+        netns: None,
+    }
+}
+
 /// A loopback subnet, 127.a.b.0/24, of this test process's own (parallel test runs never
 /// share addresses); `scenario` keeps the proxied scenarios of one process apart: the
 /// Jepsen test 0, the partition test 3, the pre-vote test 6.
@@ -147,7 +168,11 @@ pub fn test_runtime() -> tokio::runtime::Runtime {
 
 /// Node `id`'s loopback address in `subnet`.
 pub fn node_ip(subnet: (u8, u8), id: u64) -> IpAddr {
-    IpAddr::from([127, subnet.0, subnet.1, 10 + id as u8])
+    let host = u8::try_from(10 + id)
+        .ok()
+        .filter(|host| *host < 255)
+        .unwrap_or_else(|| panic!("node id {id} has no address in a /24 (ids up to 244)"));
+    IpAddr::from([127, subnet.0, subnet.1, host])
 }
 
 /// Which node, if any, owns the loopback address a connection comes from.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use raftkv::tls::dev_certs;
 
 use super::children::{LaunchPlan, Role};
+use super::membership_record::{record_file_in, MembershipRecord};
 
 /// The most nodes `cluster up` starts (a local cluster is for trying things out).
 pub const MAX_NODES: u16 = 9;
@@ -33,7 +34,8 @@ pub const MAX_NODE_ID: u64 = 99;
 /// The shape of a local cluster: node i (1-based) on port base+i with data in DIR/node-i,
 /// the router on port base; each one's metrics [`METRICS_PORT_OFFSET`] above its port.
 /// The console's `add` and `remove` change which nodes it has: added nodes (ids after the
-/// initial ones) start with `--join`; the initial cluster stays what it was.
+/// initial ones) start with `--join`; the initial cluster stays what it was. DIR/membership.json
+/// keeps those changes for the next `cluster up` ([`ClusterLayout::with_membership`]).
 #[derive(Clone, Debug)]
 pub struct ClusterLayout {
     data_dir: PathBuf,
@@ -77,6 +79,47 @@ impl ClusterLayout {
         })
     }
 
+    /// Takes in the membership changes a former `cluster up` made in this DIR: its added nodes
+    /// start again, its removed ones do not. Refused when the record is of a cluster made with
+    /// another node count (the added nodes' ids and ports follow it).
+    pub fn with_membership(mut self, record: MembershipRecord) -> Result<ClusterLayout, String> {
+        if record.initial_nodes != self.node_count {
+            return Err(format!(
+                "{} has a cluster made with --nodes {} and changed since (nodes {} added, {} removed); \
+                 start it with --nodes {}",
+                self.data_dir.display(),
+                record.initial_nodes,
+                ids_text(&record.joined),
+                ids_text(&record.removed),
+                record.initial_nodes
+            ));
+        }
+        if let Some(id) = record.joined.iter().find(|id| !self.has_port_for(**id)) {
+            return Err(format!(
+                "node {id}, added to the cluster in {}, has no port above --base-port {}",
+                self.data_dir.display(),
+                self.base_port
+            ));
+        }
+        self.joined = record.joined;
+        self.removed = record.removed;
+        Ok(self)
+    }
+
+    /// What DIR/membership.json records: the nodes added and removed so far.
+    pub fn membership_record(&self) -> MembershipRecord {
+        MembershipRecord {
+            initial_nodes: self.node_count,
+            joined: self.joined.clone(),
+            removed: self.removed.clone(),
+        }
+    }
+
+    /// DIR/membership.json.
+    pub fn membership_file(&self) -> PathBuf {
+        record_file_in(&self.data_dir)
+    }
+
     /// Runs every process with TLS, with the certificates in DIR/certs.
     pub fn with_tls(mut self) -> ClusterLayout {
         self.tls_dir = Some(self.data_dir.join(CERTS_DIR));
@@ -118,11 +161,16 @@ impl ClusterLayout {
     /// Takes the next node id for a node that joins, or says why there is none.
     pub fn add_joined_node(&mut self) -> Result<u64, String> {
         let id = self.joined.last().copied().unwrap_or(u64::from(self.node_count)) + 1;
-        if id > MAX_NODE_ID || u64::from(self.base_port) + u64::from(METRICS_PORT_OFFSET) + id > u64::from(u16::MAX) {
+        if !self.has_port_for(id) {
             return Err(format!("no port left for node {id}"));
         }
         self.joined.push(id);
         Ok(id)
+    }
+
+    /// Whether node `id` has a gRPC port and a metrics port below 65536.
+    fn has_port_for(&self, id: u64) -> bool {
+        id <= MAX_NODE_ID && u64::from(self.base_port) + u64::from(METRICS_PORT_OFFSET) + id <= u64::from(u16::MAX)
     }
 
     /// Leaves node `id` out from now on (its data directory stays).
@@ -138,9 +186,15 @@ impl ClusterLayout {
         format!("{LISTEN_HOST}:{}", self.base_port)
     }
 
-    /// Every port the cluster listens on, the router's first, then the metrics ports.
+    /// Every port the cluster listens on (its added nodes' too), the router's first, then the
+    /// metrics ports.
     pub fn ports(&self) -> Vec<u16> {
-        let grpc = (0..=self.node_count).map(|offset| self.base_port + offset);
+        // Every id here has a port (`has_port_for`), so the offsets fit.
+        let offsets: Vec<u16> = std::iter::once(0)
+            .chain(self.node_ids())
+            .map(|id| u16::try_from(id).expect("a node id below 100"))
+            .collect();
+        let grpc = offsets.iter().map(|offset| self.base_port + offset);
         let metrics = grpc.clone().map(|port| port + METRICS_PORT_OFFSET);
         grpc.chain(metrics).collect()
     }
@@ -251,6 +305,14 @@ impl ClusterLayout {
     }
 }
 
+/// `4, 5`, or `none`.
+fn ids_text(ids: &[u64]) -> String {
+    if ids.is_empty() {
+        return "none".to_string();
+    }
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The state file of a cluster whose data is in `data_dir`.
 pub fn state_file_in(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster.json")
@@ -308,6 +370,51 @@ mod tests {
                 "--metrics-listen",
                 "127.0.0.1:7100"
             ]
+        );
+    }
+
+    #[test]
+    fn a_recorded_membership_brings_added_nodes_back_and_leaves_removed_ones_out() {
+        let mut layout = ClusterLayout::new(PathBuf::from("/data"), 7000, 3).unwrap();
+        assert_eq!(layout.add_joined_node(), Ok(4));
+        layout.remove_node(1);
+        let record = layout.membership_record();
+        assert_eq!(
+            record,
+            MembershipRecord {
+                initial_nodes: 3,
+                joined: vec![4],
+                removed: vec![1]
+            }
+        );
+
+        let mut again = ClusterLayout::new(PathBuf::from("/data"), 7000, 3)
+            .unwrap()
+            .with_membership(record.clone())
+            .unwrap();
+        assert_eq!(again.node_ids().collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(again.ports(), [7000, 7002, 7003, 7004, 7100, 7102, 7103, 7104]);
+        let args: Vec<String> = again
+            .launch_plan(Role::Node(4))
+            .args
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"--join".to_string()), "{args:?}");
+        let router = again.launch_plan(Role::Router).args;
+        assert!(
+            router.contains(&"127.0.0.1:7002,127.0.0.1:7003,127.0.0.1:7004".into()),
+            "{router:?}"
+        );
+        assert_eq!(again.add_joined_node(), Ok(5), "ids are never reused");
+
+        let other_count = ClusterLayout::new(PathBuf::from("/data"), 7000, 5)
+            .unwrap()
+            .with_membership(record)
+            .unwrap_err();
+        assert!(
+            other_count.contains("--nodes 3") && !other_count.contains('\n'),
+            "{other_count}"
         );
     }
 

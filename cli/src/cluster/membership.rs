@@ -2,9 +2,9 @@
 //! operator would on real machines — a new node started empty with `--join` and added with
 //! `raftkv member add`, a node removed with `raftkv member remove` and then stopped.
 //!
-//! The layout remembers the change for as long as this `cluster up` runs (cluster.json lists
-//! the added nodes, so `cluster down` stops them too); a later `cluster up` starts the initial
-//! nodes only.
+//! The layout remembers the change (cluster.json lists the added nodes, so `cluster down`
+//! stops them too), and so does DIR/membership.json, from which a later `cluster up` starts
+//! the added nodes again and leaves the removed ones out.
 
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ pub(super) async fn add_node(cluster: &mut LocalCluster) {
         Ok(id) => id,
         Err(why) => return println!("cannot add a node: {why}"),
     };
+    // Recorded before it starts: from now on the id is taken and node-N holds its data.
+    save_membership(cluster);
     let role = Role::Node(id);
     let address = cluster.layout.node_address(id);
     match cluster.start_one(role) {
@@ -84,8 +86,17 @@ pub(super) async fn remove_node(cluster: &mut LocalCluster, id: u64) {
         }
     }
     cluster.layout.remove_node(id);
+    save_membership(cluster);
     if let Err(error) = cluster.save_state() {
         println!("cannot update cluster.json: {error:#}");
+    }
+}
+
+/// Writes DIR/membership.json, so that the next `cluster up` brings the same nodes back.
+fn save_membership(cluster: &LocalCluster) {
+    let path = cluster.layout.membership_file();
+    if let Err(error) = super::membership_record::write(&path, &cluster.layout.membership_record()) {
+        println!("cannot record the membership change (the next `cluster up` will not know it): {error:#}");
     }
 }
 

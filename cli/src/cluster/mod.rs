@@ -12,6 +12,7 @@ mod children;
 mod console;
 mod layout;
 mod membership;
+mod membership_record;
 mod state_file;
 
 pub use children::locate_binary;
@@ -55,7 +56,8 @@ pub struct UpArgs {
     /// How many nodes to start (1 to 9).
     #[arg(long, default_value_t = 3, value_name = "N")]
     nodes: u16,
-    /// Directory for the nodes' data, their logs and cluster.json (created if missing).
+    /// Directory for the nodes' data, their logs, cluster.json and, once the console has added or
+    /// removed nodes, membership.json (created if missing).
     #[arg(long, default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
     data_dir: PathBuf,
     /// The router listens on 127.0.0.1:PORT, node i on PORT+i.
@@ -95,6 +97,9 @@ pub async fn up(args: UpArgs) -> Result<(), CliError> {
         );
     if args.tls {
         layout = layout.with_tls();
+    }
+    if let Some(record) = membership_record::read(&layout.membership_file())? {
+        layout = layout.with_membership(record).map_err(CliError::Usage)?;
     }
     std::fs::create_dir_all(layout.data_dir())
         .with_context(|| format!("cannot create the data directory {}", layout.data_dir().display()))?;

@@ -84,8 +84,14 @@ pub fn read(path: &Path) -> anyhow::Result<Option<ClusterState>> {
 
 /// Replaces `path` with `state`, atomically.
 pub fn write(path: &Path, state: &ClusterState) -> anyhow::Result<()> {
-    let temporary = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(state).context("cannot encode the cluster state")?;
+    replace_atomically(path, &text)
+}
+
+/// Replaces `path` with `text` and a newline: written to a temporary file beside it, synced,
+/// then renamed over it, so a reader sees the old text or the new, never half of either.
+pub fn replace_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    let temporary = path.with_extension("json.tmp");
     let mut file =
         std::fs::File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
     file.write_all(text.as_bytes())

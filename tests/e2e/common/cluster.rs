@@ -647,15 +647,29 @@ impl TestCluster {
     /// Starts a new node (the next id) with `--join` and an empty data directory, and waits
     /// until it answers; it is not a member until someone adds it. Returns its id.
     pub async fn start_joining_node(&mut self) -> u64 {
+        self.start_joining_node_placed(|_| None).await
+    }
+
+    /// As [`TestCluster::start_joining_node`], with the node placed where `place` says given
+    /// its id (behind a fault-injecting proxy, say); `None` is a free port on 127.0.0.1.
+    pub async fn start_joining_node_placed(&mut self, place: impl FnOnce(u64) -> Option<NodeAddresses>) -> u64 {
         self.last_id += 1;
         let id = self.last_id;
-        let address = format!("127.0.0.1:{}", free_port());
+        let placed = place(id).unwrap_or_else(|| {
+            let address = format!("127.0.0.1:{}", free_port());
+            NodeAddresses {
+                advertise: address.clone(),
+                listen: address,
+                source: None,
+                netns: None,
+            }
+        });
         let node = NodeProcess {
             id,
-            listen: address.clone(),
-            address,
-            source: None,
-            netns: None,
+            listen: placed.listen,
+            address: placed.advertise,
+            source: placed.source,
+            netns: placed.netns,
             data_dir: self.root.path().join(format!("node-{id}")),
             log: self.root.path().join(format!("node-{id}.log")),
             child: None,
