@@ -34,8 +34,47 @@ pub fn worker_threads_or_cores(asked: Option<u16>) -> usize {
 pub fn abort_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if CATCHING_PANICS.with(std::cell::Cell::get) > 0 {
+            // `catch_panic` on this thread turns it into an error.
+            return;
+        }
         report(info);
         eprintln!("error: internal error (a bug): the process stops");
         std::process::abort();
     }));
+}
+
+thread_local! {
+    /// How many [`catch_panic`] calls are running on this thread.
+    static CATCHING_PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `work`, turning a panic in it (on this thread) into `Err` with the panic's message
+/// instead of ending the process. Only for a library that panics on damaged input where it
+/// should return an error (fjall's journal recovery asserts a checksum): the caller refuses
+/// the input with one line.
+pub fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING_PANICS.with(|n| n.set(n.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    CATCHING_PANICS.with(|n| n.set(n.get() - 1));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
+}
+
+#[cfg(test)]
+mod catch_panic_tests {
+    use super::catch_panic;
+
+    #[test]
+    fn a_panic_inside_becomes_an_error_with_its_message_and_work_that_returns_is_untouched() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let caught: Result<(), String> = catch_panic(|| panic!("checksum mismatch at {}", 190));
+        assert_eq!(caught, Err("checksum mismatch at 190".to_string()));
+        assert_eq!(catch_panic(|| 8), Ok(8), "the thread goes on as before");
+    }
 }

@@ -216,13 +216,23 @@ pub trait Install: Send {
 
 /// Opens the engine `options` names in `sm_dir` (the data directory's `sm/`), creating
 /// it when `sm_dir` is empty.
+/// An engine that panics on its damaged files (fjall 3.1 asserts its journal's checksums) is
+/// refused as corrupt, like one that reports the damage.
 pub fn open(sm_dir: &Path, options: &EngineOptions) -> Result<Arc<dyn Engine>, EngineError> {
     let current = Generations::open(sm_dir)?;
     let files = sm_dir.join(options.kind.name());
-    match options.kind {
-        EngineKind::Fjall => Ok(Arc::new(fjall::FjallEngine::open(&files, options, current)?)),
-        EngineKind::Sled => Ok(Arc::new(sled::SledEngine::open(&files, options, current)?)),
-    }
+    let opened = raftkv::runtime::catch_panic(|| -> Result<Arc<dyn Engine>, EngineError> {
+        match options.kind {
+            EngineKind::Fjall => Ok(Arc::new(fjall::FjallEngine::open(&files, options, current)?)),
+            EngineKind::Sled => Ok(Arc::new(sled::SledEngine::open(&files, options, current)?)),
+        }
+    });
+    opened.unwrap_or_else(|why| {
+        Err(EngineError::Corrupt(format!(
+            "{} failed while reading its files: {why}",
+            options.kind.name()
+        )))
+    })
 }
 
 /// Which generation of the key space is current: `sm/current`, replaced durably when an
