@@ -7,7 +7,7 @@
 //! listed in both) do not disturb each other: votes, AppendEntries and snapshots of one never
 //! reach the other's openraft.
 //!
-//! A call is checked once, by its headers: a streaming call (StreamAppend, a snapshot) carries
+//! A call is checked once, by its headers: a streaming call (a snapshot upload) carries
 //! the id once, for every message on it.
 //!
 //! A node that joins (`--join`) has no id until its cluster first reaches it: it takes the id

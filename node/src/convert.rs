@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult, TransferLeaderError,
-    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use raftkv::raft_pb as pb;
@@ -278,27 +278,6 @@ pub fn append_entries_from_pb(r: pb::AppendEntriesRequest) -> Result<AppendEntri
         prev_log_id: opt_log_id_from_pb(r.prev_log_id)?,
         entries: r.entries.into_iter().map(entry_from_pb).collect::<Result<_>>()?,
         leader_commit: opt_log_id_from_pb(r.leader_commit)?,
-    })
-}
-
-pub fn stream_append_result_to_pb(r: &StreamAppendResult<TypeConfig>) -> pb::StreamAppendResponse {
-    use pb::stream_append_response::Result as P;
-    let result = match r {
-        Ok(matched) => P::Matched(pb::MatchedLogId {
-            log_id: opt_log_id_to_pb(matched),
-        }),
-        Err(StreamAppendError::Conflict(log_id)) => P::Conflict(log_id_to_pb(log_id)),
-        Err(StreamAppendError::HigherVote(vote)) => P::HigherVote(vote_to_pb(vote)),
-    };
-    pb::StreamAppendResponse { result: Some(result) }
-}
-
-pub fn stream_append_result_from_pb(r: pb::StreamAppendResponse) -> Result<StreamAppendResult<TypeConfig>> {
-    use pb::stream_append_response::Result as P;
-    Ok(match r.result.ok_or(MalformedMessage("stream append response"))? {
-        P::Matched(m) => Ok(opt_log_id_from_pb(m.log_id)?),
-        P::Conflict(log_id) => Err(StreamAppendError::Conflict(log_id_from_pb(log_id)?)),
-        P::HigherVote(vote) => Err(StreamAppendError::HigherVote(vote_from_pb(Some(vote))?)),
     })
 }
 

@@ -6,10 +6,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use raftkv::raft_pb as pb;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
@@ -139,50 +137,6 @@ impl pb::raft_server::Raft for RaftService {
             self.leader_contact.heard();
         }
         Ok(Response::new(convert::append_response_to_pb(&reply)))
-    }
-
-    type StreamAppendStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAppendResponse, Status>> + Send>>;
-
-    /// Hands the leader's pipelined AppendEntries to openraft, which answers each in order;
-    /// a malformed request ends the stream with INVALID_ARGUMENT.
-    async fn stream_append(
-        &self,
-        request: Request<Streaming<pb::AppendEntriesRequest>>,
-    ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let malformed = Arc::new(std::sync::Mutex::new(None));
-        let requests = {
-            let malformed = malformed.clone();
-            request.into_inner().scan((), move |_, message| {
-                let decoded = message
-                    .map_err(|status| status.message().to_string())
-                    .and_then(|message| convert::append_entries_from_pb(message).map_err(|error| error.to_string()));
-                futures::future::ready(match decoded {
-                    Ok(request) => Some(request),
-                    Err(why) => {
-                        *malformed.lock().expect("stream error lock") = Some(why);
-                        None
-                    }
-                })
-            })
-        };
-        // After the last answer: why the stream ended early, if a request was malformed.
-        let why_ended = futures::stream::once(async move { malformed.lock().expect("stream error lock").take() })
-            .filter_map(|why| futures::future::ready(why.map(|why| Err(Status::invalid_argument(why)))));
-        let leader_contact = self.leader_contact.clone();
-        let answers = self
-            .raft
-            .stream_append(requests)
-            .map(move |answer| match answer {
-                Ok(result) => {
-                    if !matches!(result, Err(openraft::raft::StreamAppendError::HigherVote(_))) {
-                        leader_contact.heard();
-                    }
-                    Ok(convert::stream_append_result_to_pb(&result))
-                }
-                Err(fatal) => Err(stopped(fatal)),
-            })
-            .chain(why_ended);
-        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {

@@ -65,7 +65,6 @@ pub const PUBLIC_API_PATHS: &[&str] = &[
 /// The gRPC paths of the nodes' Raft traffic (`proto/raft.proto`).
 pub const RAFT_PATHS: &[&str] = &[
     "/raftkv.raft.v1.Raft/AppendEntries",
-    "/raftkv.raft.v1.Raft/StreamAppend",
     "/raftkv.raft.v1.Raft/Vote",
     "/raftkv.raft.v1.Raft/PreVote",
     "/raftkv.raft.v1.Raft/InstallSnapshot",
