@@ -16,6 +16,7 @@ use raftkv::{batch, limits};
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
+use crate::proposer;
 use crate::raft_service::Leadership;
 use crate::read_index::ReadKind;
 use crate::types::{Command, CommandResult, Op, WriteId};
@@ -27,6 +28,12 @@ pub const MAX_SCAN_LIMIT: usize = 10_000;
 /// A scan page stops after about this many key and value bytes (but holds at least one
 /// pair), so that a reply stays under gRPC's default 4 MiB message limit.
 pub const MAX_SCAN_REPLY_BYTES: usize = 3 << 20;
+/// The pause before a write refused for want of a quorum's recent answer is proposed again:
+/// about one heartbeat interval.
+const LEASE_REFUSAL_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long such a write is proposed again before the refusal goes to the client: a few
+/// heartbeats, far less than a client's deadline.
+const LEASE_REFUSAL_RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(300);
 
 #[derive(Clone)]
 pub struct KvService {
@@ -65,10 +72,30 @@ impl KvService {
             client_id: w.client_id,
             sequence: w.sequence,
         });
-        let proposed = self.app.proposer.propose(Command { op, write_id });
-        let (result, _log_id) = tokio::time::timeout_at(deadline.into(), proposed).await.map_err(|_| {
-            Status::deadline_exceeded("the write did not complete in time; it may or may not have been applied")
-        })??;
+        let command = Command { op, write_id };
+        // A leader whose quorum has not answered within its lease (a busy machine, a follower
+        // restarting) refuses a write and appends nothing. Proposed again while it still leads,
+        // the write usually goes through once the next heartbeat is answered; past
+        // LEASE_REFUSAL_RETRY_FOR (or the deadline) the refusal goes to the client, which
+        // knows nothing was applied and may try another node.
+        let retry_until = (Instant::now() + LEASE_REFUSAL_RETRY_FOR).min(deadline);
+        let (result, _log_id) = loop {
+            let proposed = self.app.proposer.propose(command.clone());
+            match tokio::time::timeout_at(deadline.into(), proposed).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "the write did not complete in time; it may or may not have been applied",
+                    ))
+                }
+                Ok(Err(status))
+                    if proposer::is_lease_refusal(&status)
+                        && Instant::now() + LEASE_REFUSAL_RETRY_PAUSE < retry_until =>
+                {
+                    tokio::time::sleep(LEASE_REFUSAL_RETRY_PAUSE).await
+                }
+                Ok(answer) => break answer?,
+            }
+        };
         if result == CommandResult::Forgotten {
             let id = write_id.expect("only writes with an id are forgotten");
             return Err(Status::failed_precondition(format!(

@@ -192,6 +192,17 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     }
 }
 
+/// Why a leader refused a write without appending it while no quorum answered it within its
+/// lease; [`is_lease_refusal`] tells it apart.
+const LEASE_REFUSAL: &str =
+    "this node leads but no quorum has answered it lately (just elected, or cut off); nothing was applied";
+
+/// Whether `status` is a leader's refusal for want of a quorum's recent answer: nothing was
+/// appended, so the write may be proposed again once the quorum answers.
+pub fn is_lease_refusal(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message() == LEASE_REFUSAL
+}
+
 /// A write that may or may not have been committed: the leader lost its
 /// leadership or stopped after accepting it.
 fn outcome_unknown() -> Status {
@@ -203,9 +214,9 @@ fn write_error(e: ClientWriteError<TypeConfig>) -> Status {
         // Refused before it was appended: nothing was applied, as for a refusal in
         // `KvService` before proposing. A leader refuses new writes while no quorum has
         // answered it within its lease (just elected, or cut off from the others).
-        ClientWriteError::ForwardToLeader(f) if f.reason == ForwardReason::LeaseExpired => Status::unavailable(
-            "this node leads but no quorum has answered it lately (just elected, or cut off); nothing was applied",
-        ),
+        ClientWriteError::ForwardToLeader(f) if f.reason == ForwardReason::LeaseExpired => {
+            Status::unavailable(LEASE_REFUSAL)
+        }
         ClientWriteError::ForwardToLeader(f) => not_leader(f.leader_id, f.leader_node.as_ref()),
         // The entry was in the log and left it when leadership changed; it may have been
         // committed by the next leader: the outcome is unknown.
