@@ -89,6 +89,17 @@ pub struct Framing {
 }
 
 /// Reads and checks the framing of the snapshot file `file` (magic, meta, trailer, lengths):
+/// fsyncs the directory holding `path` (the current directory for a bare name), so that a
+/// rename or a new file in it is durable: for whoever writes a snapshot or backup file, or the
+/// state files beside one.
+pub fn sync_parent(path: &std::path::Path) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    File::open(parent)?.sync_all()
+}
+
 /// cheap, it reads the two ends only. The checksum is checked by whoever reads it whole.
 pub fn read_framing(file: &File) -> Result<Framing, FormatError> {
     let len = file.metadata()?.len();

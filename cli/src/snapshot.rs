@@ -8,6 +8,7 @@
 //! file through once. `restore` makes a data directory, which is the node's business: it runs
 //! `raftkv-node restore` (this crate never links the node).
 
+use raftkv::snapshot_format::sync_parent;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -358,12 +359,4 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(parent)?.sync_all()
 }

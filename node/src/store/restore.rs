@@ -23,6 +23,7 @@
 //! found out at the latest when its checksum is checked at the end of the install) removes it.
 //! A target that exists and holds anything is refused.
 
+use raftkv::snapshot_format::sync_parent;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -191,14 +192,6 @@ fn sync_tree(dir: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::File::open(dir)?.sync_all()
-}
-
-fn sync_parent(dir: &Path) -> std::io::Result<()> {
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::File::open(parent)?.sync_all()
 }
 
 #[cfg(test)]

@@ -107,13 +107,7 @@ pub(super) fn replace(path: &Path, payload: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
-/// fsyncs the directory holding `path`, so that a rename or a new file in it is durable.
-pub(super) fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
+pub(super) use raftkv::snapshot_format::sync_parent;
 
 /// Rewrites one state file in place, without syncing: for a record that may lag or be
 /// lost in a crash (the commit marker). A write torn by a power loss fails the checksum.
