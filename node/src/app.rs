@@ -310,7 +310,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let mut stopping = app.shutdown.clone();
     let served = tokio::select! {
         served = server => served,
-        fatal = raft_core_stopped(raft.clone()) => {
+        fatal = crate::raft_watch::core_stopped(&raft) => {
             // openraft stops its core on a storage failure it cannot recover from (a full
             // disk, a failed fsync): a node whose Raft has stopped cannot serve anything, so
             // it exits with the reason rather than linger as a process that answers UNAVAILABLE.
@@ -352,22 +352,9 @@ async fn hand_over_before_stopping(raft: &Raft, reads: &ReadIndexRounds, within:
     }
 }
 
-/// Resolves when openraft's core has stopped on its own, with the reason it gave.
-async fn raft_core_stopped(raft: Raft) -> String {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            return fatal.to_string();
-        }
-        if metrics.changed().await.is_err() {
-            return "its core exited".to_string();
-        }
-    }
-}
-
 /// One INFO line per leadership change, for a person to grep, with the new term.
 async fn log_leader_changes(id: NodeId, raft: Raft) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     let mut last = None;
     loop {
         let now = {
@@ -375,7 +362,7 @@ async fn log_leader_changes(id: NodeId, raft: Raft) {
             let leader_addr = m
                 .current_leader
                 .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-            (m.current_leader, leader_addr, m.current_term)
+            (m.current_leader, leader_addr, m.vote.leader_id().term)
         };
         if last.as_ref().map(|l: &(Option<u64>, Option<String>, u64)| (l.0, l.2)) != Some((now.0, now.2)) {
             match &now {

@@ -22,7 +22,6 @@ use crate::app::App;
 use crate::backup::{BackupStream, Backups};
 use crate::handover;
 use crate::membership::{self, MemberChanges};
-use crate::types::{LogId, RaftMetrics};
 
 /// The most a transfer request's answer keeps back from the caller's deadline.
 const TRANSFER_ANSWER_MARGIN: Duration = Duration::from_millis(50);
@@ -71,13 +70,17 @@ fn change_response(changed: membership::Changed) -> Response<pb::MemberChangeRes
     })
 }
 
-/// This node's status as the API reports it.
+/// This node's status as the API reports it. Role, term, leader and members come from
+/// openraft's server metrics, which change only with them: a watcher woken by their change
+/// (they are published before the full metrics) finds it here.
 pub fn node_status(app: &App) -> pb::NodeStatus {
+    let server = app.raft.server_metrics();
+    let s = server.borrow_watched();
     let metrics = app.raft.metrics();
     let m = metrics.borrow_watched();
-    let membership = m.membership_config.membership();
+    let membership = s.membership_config.membership();
     let is_voter = membership.voter_ids().any(|id| id == app.id);
-    let role = match m.state {
+    let role = match s.state {
         ServerState::Leader => pb::Role::Leader,
         ServerState::Candidate => pb::Role::Candidate,
         ServerState::Follower => pb::Role::Follower,
@@ -85,13 +88,7 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         ServerState::Learner => pb::Role::Learner,
         ServerState::Shutdown => pb::Role::Shutdown,
     };
-    // How far behind each member is moves with every write: MemberList says it, the status
-    // (pushed on every change of shape) does not.
-    let members = membership::members_of(&m)
-        .into_iter()
-        .map(|member| pb::Member { behind: None, ..member })
-        .collect();
-    let leader_address = m
+    let leader_address = s
         .current_leader
         .and_then(|id| membership.get_node(&id))
         .map(|n| n.addr.clone())
@@ -100,27 +97,21 @@ pub fn node_status(app: &App) -> pb::NodeStatus {
         id: app.id,
         address: app.address.clone(),
         role: role as i32,
-        term: m.current_term,
-        leader_id: m.current_leader,
+        term: s.vote.leader_id().term,
+        leader_id: s.current_leader,
         leader_address,
         last_log_index: m.last_log_index,
         commit_index: m.local_committed.map(|l| l.index),
         applied_index: m.last_applied.map(|l| l.index),
-        members,
+        // How far behind each member is moves with every write: MemberList says it, the
+        // status (pushed on every change of role, term, leader or members) does not.
+        members: membership::members_in(membership),
         pid: std::process::id(),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
-        membership_index: m.membership_config.log_id().map(|l| l.index),
+        membership_index: s.membership_config.log_id().map(|l| l.index),
         cluster_id: app.cluster_identity.id().map(|id| id.to_string()).unwrap_or_default(),
     }
-}
-
-/// What [`changed_shape`] compares, read straight from the metrics: role (state and
-/// membership), term, leader and members (membership).
-type Shape = (ServerState, u64, Option<u64>, Option<LogId>);
-
-fn shape(m: &RaftMetrics) -> Shape {
-    (m.state, m.current_term, m.current_leader, *m.membership_config.log_id())
 }
 
 /// Whether `b` differs from `a` in something a watcher must learn at once.
@@ -200,9 +191,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         let app = self.app.clone();
         let span = app.span.clone();
         let watch = async move {
-            let mut metrics = app.raft.metrics();
+            // Woken only by a change of role, term, leader or members (the server metrics);
+            // the indexes ride along with those and with the periodic push.
+            let mut server = app.raft.server_metrics();
             let mut shutdown = app.shutdown.clone();
-            let mut shape_seen = shape(&metrics.borrow_and_update());
+            server.borrow_and_update();
             let mut last = node_status(&app);
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
@@ -211,13 +204,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    changed = metrics.changed() => {
+                    changed = server.changed() => {
                         if changed.is_err() { return; }
-                        // The metrics change several times per write; most of the time only
-                        // indexes moved, which the shape shows without building a status.
-                        let current = shape(&metrics.borrow_and_update());
-                        if current == shape_seen { continue; }
-                        shape_seen = current;
                         let now = node_status(&app);
                         if changed_shape(&last, &now) {
                             if tx.send(Ok(now.clone())).await.is_err() { return; }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod network;
 pub mod proposer;
 pub mod raft_service;
+pub mod raft_watch;
 pub mod read_index;
 pub mod snapshot_policy;
 pub mod store;

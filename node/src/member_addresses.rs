@@ -28,7 +28,7 @@ impl MemberAddresses {
         let following = members.clone();
         tokio::spawn(
             async move {
-                let mut metrics = raft.metrics();
+                let mut metrics = raft.server_metrics();
                 let mut last = Vec::new();
                 loop {
                     let now: Vec<String> = {

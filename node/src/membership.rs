@@ -21,7 +21,7 @@ use crate::handover::{self, HandOverError};
 use crate::raft_service::not_leader;
 use crate::read_index::ReadIndexRounds;
 use crate::store::KvReader;
-use crate::types::{NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::types::{Membership, NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// A learner is made a voter only once it is at most this many log entries behind the leader:
 /// a voter far behind would count toward no quorum until it caught up, so a cluster that then
@@ -355,14 +355,24 @@ fn caught_up(m: &RaftMetrics, id: NodeId) -> bool {
 
 /// The members as the API shows them, with how far behind each is when this node leads.
 pub fn members_of(m: &RaftMetrics) -> Vec<pb::Member> {
-    let membership = m.membership_config.membership();
+    members_in(m.membership_config.membership())
+        .into_iter()
+        .map(|member| pb::Member {
+            behind: behind(m, member.id),
+            ..member
+        })
+        .collect()
+}
+
+/// The members of `membership`, without how far behind they are.
+pub fn members_in(membership: &Membership) -> Vec<pb::Member> {
     membership
         .nodes()
         .map(|(id, node)| pb::Member {
             id: *id,
             address: node.addr.clone(),
             voter: membership.voter_ids().any(|v| v == *id),
-            behind: behind(m, *id),
+            behind: None,
         })
         .collect()
 }

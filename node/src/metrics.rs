@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::raft_watch::Sampled;
 use crate::types::{NodeId, Raft};
 
 /// A node calls itself healthy while its state machine is at most this many entries behind
@@ -33,6 +34,9 @@ pub const MAX_HEALTHY_APPLY_LAG_ENTRIES: u64 = 1000;
 pub const LEADER_CONTACT_LIMIT_ELECTION_TIMEOUTS: u32 = 2;
 /// How often the data directory's size is measured (a walk of its files, off the runtime).
 pub const STORAGE_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often, at most, the index gauges follow openraft's (a scrape every few seconds sees
+/// them at most this stale).
+pub const INDEX_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// fdatasync duration buckets, in seconds: 50 µs doubling up to about 1.6 s.
 const FSYNC_BUCKET_FIRST_SECONDS: f64 = 0.000_05;
 const FSYNC_BUCKET_COUNT: usize = 16;
@@ -172,20 +176,25 @@ impl NodeMetrics {
         tokio::spawn(self.follow_raft(id, raft).in_current_span());
     }
 
-    /// Copies openraft's metrics into the gauges at every change, until raft stops.
+    /// Copies openraft's state into the gauges until raft stops: leadership at every change,
+    /// the indexes at most every [`INDEX_SAMPLE_INTERVAL`] (they move several times a write).
     pub async fn follow_raft(self, id: NodeId, raft: Raft) {
         let gauges = self.raft;
-        let mut metrics = raft.metrics();
+        let mut server = raft.server_metrics();
+        let mut data = Sampled::new(&raft, INDEX_SAMPLE_INTERVAL);
         let mut known_leader = None;
         loop {
             {
-                let m = metrics.borrow_watched();
-                gauges.term.set(to_gauge(m.current_term));
-                gauges.is_leader.set(i64::from(m.current_leader == Some(id)));
-                if m.current_leader.is_some() && m.current_leader != known_leader {
-                    known_leader = m.current_leader;
+                let s = server.borrow_and_update();
+                gauges.term.set(to_gauge(s.vote.leader_id().term));
+                gauges.is_leader.set(i64::from(s.current_leader == Some(id)));
+                if s.current_leader.is_some() && s.current_leader != known_leader {
+                    known_leader = s.current_leader;
                     gauges.leader_changes.inc();
                 }
+            }
+            {
+                let m = data.latest();
                 gauges
                     .commit_index
                     .set(to_gauge(m.local_committed.map_or(0, |l| l.index)));
@@ -194,7 +203,11 @@ impl NodeMetrics {
                     .set(to_gauge(m.last_applied.map_or(0, |l| l.index)));
                 gauges.last_log_index.set(to_gauge(m.last_log_index.unwrap_or(0)));
             }
-            if metrics.changed().await.is_err() {
+            let stopped = tokio::select! {
+                changed = server.changed() => changed.is_err(),
+                changed = data.changed() => changed.is_err(),
+            };
+            if stopped {
                 return;
             }
         }

@@ -19,9 +19,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use openraft::async_runtime::WatchReceiver;
-
+use crate::raft_watch::Sampled;
 use crate::types::Raft;
 
 /// Below this snapshot size only the entry count decides: such a snapshot is cheap to rebuild,
@@ -32,6 +32,11 @@ pub const SIZE_RULE_FROM_SNAPSHOT_BYTES: u64 = 64 << 20;
 /// costs at most this many bytes written (and read) per byte logged, and the log kept beyond a
 /// snapshot is at most this share of it.
 pub const SNAPSHOT_WORK_PER_LOG_BYTE: u64 = 4;
+
+/// How often, at most, the rule is checked against the applied index (a snapshot asked for
+/// this much later makes no difference; a check at every apply woke the task several times a
+/// write).
+const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// When to build a snapshot, from what has happened since the last one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,14 +125,14 @@ impl LogVolume {
 
 /// Asks openraft for a snapshot whenever `rule` says so, until raft stops.
 pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
-    let mut metrics = raft.metrics();
+    let mut metrics = Sampled::new(&raft, CHECK_INTERVAL);
     // The applied index a snapshot was last asked for: while it is being built, the entry
     // count starts from there (as openraft's own policy does), so it is not asked for again
     // at every apply.
     let mut asked_at: Option<u64> = None;
     loop {
         let (applied, snapshot) = {
-            let m = metrics.borrow_watched();
+            let m = metrics.latest();
             (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
         };
         if let Some(applied) = applied {
