@@ -30,6 +30,14 @@ use super::{Engine, EngineError, EngineKind, EngineOptions, Generations, Install
 /// at most five a keyspace holds (one active, four sealed) stay well inside the memory
 /// target; large enough that one holds many applies (a write group is at most 1 MiB).
 pub const MEMTABLE_BYTES: u64 = 8 << 20;
+/// The size of the tables compaction writes. fjall's leveled compaction sizes the first level
+/// at four of them, and merges the four oldest flushed memtables into all of it at once (with
+/// random keys every table of that level overlaps them). With fjall's default (64 MiB, made for
+/// its default 64 MiB memtables) that was a 256 MiB rewrite per 32 MiB of our memtables, and
+/// while the compaction threads were at it no memtable was flushed, so fjall halted the applies
+/// (100 ms at a time) with four sealed memtables waiting. Tables the size of a memtable make
+/// the first level as large as what flows into it, as RocksDB's defaults do.
+pub const TABLE_TARGET_BYTES: u64 = MEMTABLE_BYTES;
 /// The journal's limit on disk (fjall's least).
 pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 /// Table files fjall keeps open, leaving the process's other descriptors (sockets, the
@@ -50,7 +58,11 @@ fn fjall_err(e: fjall::Error) -> EngineError {
 }
 
 fn space_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(MEMTABLE_BYTES)
+        .compaction_strategy(Arc::new(
+            fjall::compaction::Leveled::default().with_table_target_size(TABLE_TARGET_BYTES),
+        ))
 }
 
 /// The fjall engine. Cheap to clone.
