@@ -309,7 +309,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.recent().purged(log_id.index);
-        self.writer.purge(log_id).await?;
+        // Queued, not awaited: see `wal_writer.rs` for why a purge must not hold the core.
+        self.writer.purge(log_id)?;
         *self.purged.lock().expect("purge point lock") = Some(log_id);
         Ok(())
     }

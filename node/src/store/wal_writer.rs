@@ -7,9 +7,18 @@
 //! durable, so the leader replicates an entry while its own fdatasync runs. Appends
 //! queued while the thread was busy share one fdatasync (group commit at the disk, as
 //! etcd's WAL does): the thread writes each of them (one `pwrite` each), syncs once,
-//! then calls their callbacks in order. A vote, a truncation or a purge waits behind
-//! the appends queued before it and is durable when its caller hears back, so no write
-//! takes effect before an earlier one (openraft's rule for vote and log I/O).
+//! then calls their callbacks in order. A vote or a truncation waits behind the appends
+//! queued before it and is durable when its caller hears back, so no write takes effect
+//! before an earlier one (openraft's rule for vote and log I/O).
+//!
+//! A purge is queued in the same order, but its caller does not wait for it. openraft's
+//! core awaits `purge` inline, and a purge first makes the state machine durable (an fsync
+//! of the engine's journal) and the purge point (another fsync): right after a snapshot is
+//! built those wait behind the snapshot file's writeback, seconds at 1 GB, and a core held
+//! that long answers no heartbeat, so the followers elected a new leader. Nothing needs the
+//! purge to be durable at once: until the purge point is stored, the log still holds every
+//! entry it names, and a restart simply starts from the older point. A purge that fails
+//! fails the log like any other write here: the next append, vote or truncation reports it.
 //!
 //! An I/O error fails the appends of its run and everything after it: a log whose
 //! fdatasync failed is in an unknown state, so the thread never touches the disk
@@ -89,7 +98,7 @@ enum Op {
     /// Remove the records from `from` on.
     Truncate { from: u64, done: Done },
     /// Store `upto` as the purge point durably, then forget the records up to it.
-    Purge { upto: LogId, done: Done },
+    Purge { upto: LogId },
     /// Store the vote durably.
     SaveVote { vote: Vote, done: Done },
     /// For tests: hold the thread until the sender is dropped.
@@ -165,9 +174,9 @@ impl WalWriter {
         self.call(|done| Op::Truncate { from, done }).await
     }
 
-    /// Purges up to `upto`, after every append queued before; durable on return.
-    pub(super) async fn purge(&self, upto: LogId) -> io::Result<()> {
-        self.call(|done| Op::Purge { upto, done }).await
+    /// Queues a purge up to `upto`, after every append queued before; returns at once.
+    pub(super) fn purge(&self, upto: LogId) -> io::Result<()> {
+        self.ops.send(Op::Purge { upto }).map_err(|_| stopped())
     }
 
     /// Saves the vote, after every append queued before; durable on return.
@@ -220,8 +229,9 @@ impl Thread {
                     Op::Truncate { from, done } => {
                         let _ = done.send(self.guarded(|t| t.wal.truncate(from)));
                     }
-                    Op::Purge { upto, done } => {
-                        let _ = done.send(self.guarded(|t| t.purge(upto)));
+                    Op::Purge { upto } => {
+                        // A failure is logged, and fails the log for what follows.
+                        let _ = self.guarded(|t| t.purge(upto));
                     }
                     Op::SaveVote { vote, done } => {
                         let _ = done.send(self.guarded(|t| t.save_vote(&vote)));
@@ -382,8 +392,29 @@ mod tests {
         assert!(later.to_string().contains("failed earlier"), "{later}");
         let vote = writer.save_vote(Vote::new(1, 1)).await.unwrap_err();
         assert!(vote.to_string().contains("failed earlier"), "{vote}");
-        let purge = writer.purge(LogId::new(LeaderId { term: 1, node_id: 1 }, 0)).await;
-        assert!(purge.is_err());
+        // A purge is only queued; it too does nothing, and the log stays failed.
+        writer.purge(LogId::new(LeaderId { term: 1, node_id: 1 }, 0)).unwrap();
+        let truncate = writer.truncate(0).await.unwrap_err();
+        assert!(truncate.to_string().contains("failed earlier"), "{truncate}");
+    }
+
+    #[tokio::test]
+    async fn a_purge_returns_before_it_is_done_and_a_failed_one_fails_what_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, 1 << 20).unwrap();
+        wal.write([(0, b"entry 0".as_slice())]).unwrap();
+        wal.sync().unwrap();
+        let state = RaftState {
+            files: RaftStateFiles::open(dir.path()).unwrap().0,
+            persist_state_machine: Box::new(|| Err(io::Error::other("injected persist failure"))),
+        };
+        let writer = WalWriter::start(wal, state, Arc::default()).unwrap();
+        let held = writer.hold();
+        // The thread is held: a purge that waited would never return.
+        writer.purge(LogId::new(LeaderId { term: 1, node_id: 1 }, 0)).unwrap();
+        drop(held);
+        let vote = writer.save_vote(Vote::new(1, 1)).await.unwrap_err();
+        assert!(vote.to_string().contains("injected persist failure"), "{vote}");
     }
 
     #[tokio::test]
