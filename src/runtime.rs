@@ -50,7 +50,10 @@ fn lower_this_threads_priority() {
         libc::setpriority(libc::PRIO_PROCESS, thread, BACKGROUND_NICE_INCREMENT) != 0
     };
     if failed {
-        tracing::debug!("cannot lower a background thread's priority: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "cannot lower a background thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
