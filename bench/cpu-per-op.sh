@@ -24,13 +24,8 @@ data=$(mktemp -d)
 raftkv="$bin/raftkv"
 trap '"$raftkv" cluster down --data-dir "$data/cluster" >/dev/null 2>&1 || true; rm -rf "$data"' EXIT
 
-cpu_ticks() { # user + system clock ticks of the given pids
-  local total=0 pid
-  for pid in "$@"; do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
+# shellcheck source=bench/lib/cpu.sh
+source "$repo/bench/lib/cpu.sh"
 
 hz=$(getconf CLK_TCK)
 for round in $(seq "$rounds"); do

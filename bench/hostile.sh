@@ -140,17 +140,8 @@ PY
 }
 
 server_pids=("${pids[@]}")
-# CPU time (clock ticks, user + system) the processes PIDS have used so far; gone ones count 0.
-cpu_ticks() {
-  local pid total=0 stat
-  for pid in "$@"; do
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    stat=${stat##*) } # the fields after the command name, from the state (field 3) on
-    read -r -a fields <<<"$stat"
-    total=$((total + fields[11] + fields[12]))
-  done
-  echo "$total"
-}
+# shellcheck source=bench/lib/cpu.sh
+source "$repo/bench/lib/cpu.sh"
 abuser_count() { cat "$work/abuser-count" 2>/dev/null || echo 0; }
 
 # Runs COMMAND... and prints, for its duration: the abuser's count per second, and the servers'
