@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raftkv::client::Client;
@@ -19,9 +19,15 @@ use crate::common::{wait_until, ClusterOptions, TestCluster};
 const LOADED_VALUE_BYTES: usize = 64 << 10;
 /// How many values are loaded before the follower is killed (about 20 MB).
 const LOADED_BEFORE: usize = 320;
-/// How many more are loaded while it is down (about 10 MB), enough entries for several
-/// snapshots and purges.
+/// How many more are loaded while it is down, at least (about 10 MB); then more, a round at a
+/// time, until the leader's log is purged past the follower. How many entries a number of puts
+/// makes depends on how the leader batches them, so a fixed number is not always enough for
+/// the snapshots and purges this needs.
 const LOADED_WHILE_DOWN: usize = 160;
+/// The puts of one more round while waiting for the purge.
+const LOAD_ROUND: usize = 16;
+/// How long loading may go on before the purge past the follower is given up on.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many puts load the cluster at once.
 const LOADERS: usize = 8;
 /// How long the follower may take to catch up (a debug build on a busy machine): a deadline
@@ -73,24 +79,31 @@ async fn load(client: &Client, range: std::ops::Range<usize>) {
 }
 
 /// Kills a follower, loads more until the leader's log no longer reaches where the follower
-/// stopped, and returns the follower and the leader.
-async fn leave_a_follower_behind_a_compacted_log(cluster: &mut TestCluster) -> (u64, u64) {
+/// stopped, and returns the follower, the leader and the number of values loaded (keys
+/// `load-000000` up to that).
+async fn leave_a_follower_behind_a_compacted_log(cluster: &mut TestCluster) -> (u64, u64, usize) {
     let client = cluster.client();
     load(&client, 0..LOADED_BEFORE).await;
-    let leader = cluster.leader().await;
     let follower = cluster.follower().await;
     let applied = cluster.status(follower).await.unwrap().applied_index.unwrap_or(0);
     cluster.kill9(follower);
-    load(&client, LOADED_BEFORE..LOADED_BEFORE + LOADED_WHILE_DOWN).await;
-    cluster
-        .wait_for_status(
-            leader,
-            Duration::from_secs(30),
-            "the log is purged past the killed follower",
-            |status| status.purged_index.unwrap_or(0) > applied,
-        )
-        .await;
-    (follower, leader)
+    let mut loaded = LOADED_BEFORE + LOADED_WHILE_DOWN;
+    load(&client, LOADED_BEFORE..loaded).await;
+    let deadline = Instant::now() + PURGE_TIMEOUT;
+    loop {
+        let leader = cluster.leader().await;
+        let purged = cluster.status(leader).await.ok().and_then(|status| status.purged_index);
+        if purged.unwrap_or(0) > applied {
+            return (follower, leader, loaded);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {leader} (leader) has not purged its log past index {applied}, where the killed \
+             follower stopped, after {loaded} values loaded: purged up to {purged:?}"
+        );
+        load(&client, loaded..loaded + LOAD_ROUND).await;
+        loaded += LOAD_ROUND;
+    }
 }
 
 /// Puts through the router, one after another, until `stop`: how many succeeded, and the
@@ -113,7 +126,7 @@ fn start_probe_writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::Joi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot_without_harm() {
     let mut cluster = TestCluster::start_with(options()).await;
-    let (follower, leader) = leave_a_follower_behind_a_compacted_log(&mut cluster).await;
+    let (follower, leader, loaded) = leave_a_follower_behind_a_compacted_log(&mut cluster).await;
     let healthy: Vec<u64> = cluster.live_ids();
     let term = cluster.status(leader).await.unwrap().term;
 
@@ -149,7 +162,7 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot_without_ha
         assert_eq!(status.leader_id, Some(leader), "node {id}: the leader changed");
     }
     // The snapshot carried the data: the follower holds the last value loaded.
-    let last = LOADED_BEFORE + LOADED_WHILE_DOWN - 1;
+    let last = loaded - 1;
     let value = cluster
         .node_client(follower)
         .get(Bytes::from(format!("load-{last:06}")), raftkv::pb::Consistency::Stale)
@@ -164,7 +177,7 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot_without_ha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_restart_with_a_lagging_node_serves_writes_and_the_node_catches_up() {
     let mut cluster = TestCluster::start_with(options()).await;
-    let (follower, _) = leave_a_follower_behind_a_compacted_log(&mut cluster).await;
+    let (follower, _, _) = leave_a_follower_behind_a_compacted_log(&mut cluster).await;
     for id in cluster.live_ids() {
         cluster.kill9(id);
     }
