@@ -18,48 +18,6 @@ pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> 
     }
 }
 
-/// How far below the serving threads' the CPU priority of background work is, as an increment
-/// of the nice value (19 at most): a snapshot built while clients write gets the cores that
-/// serving leaves, so the build takes longer and the writes do not wait for it.
-pub const BACKGROUND_NICE_INCREMENT: i32 = 10;
-
-/// Runs `work` on a new thread named `name` at a lower CPU priority (on Linux, its nice value
-/// raised by [`BACKGROUND_NICE_INCREMENT`]; elsewhere as is) and returns its result. A thread
-/// of its own, not tokio's blocking pool: an unprivileged process cannot raise a thread's
-/// priority back, and a pool thread would carry the lower one into later work (applies).
-pub async fn spawn_background<T: Send + 'static>(
-    name: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<T> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        lower_this_threads_priority();
-        let _ = done.send(work());
-    })?;
-    result
-        .await
-        .map_err(|_| std::io::Error::other("a background thread ended without its result"))
-}
-
-#[cfg(target_os = "linux")]
-fn lower_this_threads_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers and touch no memory of
-    // ours. On Linux PRIO_PROCESS with a thread id sets that one thread's nice value.
-    let failed = unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, BACKGROUND_NICE_INCREMENT) != 0
-    };
-    if failed {
-        tracing::debug!(
-            "cannot lower a background thread's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_this_threads_priority() {}
-
 /// The worker threads asked for, or else one per core of the machine (a node or a router on
 /// a machine of its own); one if the core count cannot be read.
 pub fn worker_threads_or_cores(asked: Option<u16>) -> usize {

@@ -83,9 +83,6 @@ fn join_err(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("storage task failed: {e}"))
 }
 
-/// The name of the thread that builds a snapshot or a backup.
-const SNAPSHOT_THREAD_NAME: &str = "raftkv-snapshot";
-
 /// How much of a snapshot an install hands the engine at a time.
 const INSTALL_PART_BYTES: usize = 4 << 20;
 
@@ -440,11 +437,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
         let (dir, published, meta) = (self.dir.clone(), self.published.clone(), self.meta.clone());
-        // At a lower priority than serving: at 1 GB a build is seconds of CPU on each node.
-        let file = raftkv::runtime::spawn_background(SNAPSHOT_THREAD_NAME, move || {
-            snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions)
-        })
-        .await??;
+        let file =
+            tokio::task::spawn_blocking(move || snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions))
+                .await
+                .map_err(join_err)??;
         let seconds = self.started.elapsed().as_secs_f64();
         crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(seconds);
         self.log_volume.snapshot_taken(self.volume_mark, file.len());
@@ -474,10 +470,11 @@ impl SnapshotBuilder {
         let path = snapshot_file::backup_path_in(&self.dir, number);
         let meta = self.meta;
         let meta2 = meta.clone();
-        let file = raftkv::runtime::spawn_background(SNAPSHOT_THREAD_NAME, move || {
+        let file = tokio::task::spawn_blocking(move || {
             snapshot_file::build_backup(path, &meta2, view.as_ref(), sessions, &cancelled)
         })
-        .await??;
+        .await
+        .map_err(join_err)??;
         Ok((meta, file))
     }
 
