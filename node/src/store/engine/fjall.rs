@@ -87,6 +87,10 @@ impl FjallEngine {
         options: &EngineOptions,
         generations: Generations,
     ) -> Result<FjallEngine, EngineError> {
+        // fjall's worker pool keeps its default size (one per core, at most four). With two or
+        // more, fjall 3.1.13's first worker spins while another compacts (BENCHMARKS.md, "Where
+        // the time goes", item 21); one worker does not, but it blocks sending to the bounded
+        // queue only it reads, which a long compaction can fill: a deadlock that halts writes.
         let db = Database::builder(dir)
             .cache_size(options.cache_bytes)
             .max_journaling_size(MAX_JOURNAL_BYTES)
