@@ -33,7 +33,7 @@
 #                  [--clients N] [--bench-secs SECS] [--runs N] [--behind SECS] [--catch-up-timeout SECS]
 #                  [--node-args 'FLAGS'] [--keep DIR] [--base-port PORT]
 # Examples:
-#   bench/scale.sh --size 20MB                        # a few minutes: the scenario end to end
+#   bench/scale.sh --size 20MB --runs 1 --bench-secs 10   # a few minutes: the scenario end to end
 #   bench/scale.sh --size 100MB --keep /tmp/scale-100mb
 #   bench/scale.sh                                    # 1 GB: 3.7M keys of 256 bytes
 #   bench/scale.sh --engine fjall --cache-mb 64       # with a raftkv-node that has those flags
@@ -43,8 +43,10 @@
 # of 2; default 1GB); keys are 14 bytes (bench/00000042), so it is --size / (14 + --value-size)
 # keys (default 256). --engine and --cache-mb are passed to raftkv-node only if its --help
 # names them (given for a node without them, the script stops). --clients (64) drive the fill,
-# the puts while a follower is down and the throughput runs of --bench-secs (10), --runs (3) of
-# each workload, of which the table shows the median (and every run's figure). --behind (15) is how
+# the puts while a follower is down and the throughput runs of --bench-secs (60: long enough to
+# hold the snapshot builds and compactions a steady load brings, where a 10 s window either held
+# a 1 GB build or did not), --runs (3) of each workload, of which the table shows the median
+# (and every run's figure). --behind (15) is how
 # long the puts go on while the follower is down; --catch-up-timeout (default 120 s plus 1 s
 # per 10 MB) bounds its catch-up. --node-args adds flags to every raftkv-node (e.g.
 # --snapshot-after-logs, --keep-logs-after-snapshot; see raftkv-node --help). --keep keeps the
@@ -55,7 +57,7 @@ set -euo pipefail
 
 usage() { sed -n '/^# Usage/,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
-size_text=1GB value_size=256 engine="" cache_mb="" clients=64 bench_secs=10 runs=3 behind=15
+size_text=1GB value_size=256 engine="" cache_mb="" clients=64 bench_secs=60 runs=3 behind=15
 catch_up_timeout="" node_args="" keep="" base_port=17400
 while (($#)); do
   case $1 in
