@@ -12,13 +12,17 @@
 //! What bounds memory (the node's target is 256 MB of RSS at any data size):
 //! - the block cache, `--cache-mb` (data, index and filter blocks read from tables);
 //! - each keyspace's memtable, [`MEMTABLE_BYTES`]: fjall halts writes while 4 sealed
-//!   memtables wait to be flushed, so at most 5 of them exist, 40 MiB;
+//!   memtables wait to be flushed, so at most 5 of them exist, 40 MiB. raftkv rotates the
+//!   memtable itself once that much is written to it ([`MemtableFill`]), with fjall's own
+//!   limit twice as high as a backstop: fjall's own rotation asks its single worker once per
+//!   write made while the memtable is full (see [`FJALL_WORKERS`] for why that matters);
 //! - the journal is on disk only, [`MAX_JOURNAL_BYTES`] at most before fjall flushes
 //!   the memtables that pin old journals (fjall's default, 512 MiB, would also let the
 //!   disk use grow far past the data at small sizes).
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -38,6 +42,26 @@ pub const MEMTABLE_BYTES: u64 = 8 << 20;
 /// (100 ms at a time) with four sealed memtables waiting. Tables the size of a memtable make
 /// the first level as large as what flows into it, as RocksDB's defaults do.
 pub const TABLE_TARGET_BYTES: u64 = MEMTABLE_BYTES;
+/// fjall's own memtable limit, a backstop only: [`write_batch`] rotates at [`MEMTABLE_BYTES`],
+/// and one batch (a write group, or a part of a snapshot install, 4 MiB at most) cannot carry a
+/// memtable from there past this.
+const FJALL_MEMTABLE_LIMIT_BYTES: u64 = 2 * MEMTABLE_BYTES;
+/// What one written item costs a memtable beyond its key and value, as counted here: at least
+/// what fjall counts (its in-memory item, 64 bytes in lsm-tree 3.1), so raftkv's count reaches
+/// [`MEMTABLE_BYTES`] no later than fjall's own.
+const MEMTABLE_ITEM_OVERHEAD_BYTES: u64 = 128;
+/// fjall's flush and compaction workers. fjall's default (one per core, at most four) spins:
+/// with two or more, fjall 3.1.13's first worker hands a compaction request it must leave to
+/// the others back to the queue it reads itself, and takes it again, for as long as another
+/// worker compacts. At 1 GB under puts that loop was a third of fjall's CPU and puts ran
+/// 9.7k ops/s; with one worker, 11.4k–12.5k (BENCHMARKS.md, "Where the time goes", item 21).
+/// One worker is safe only because raftkv rotates memtables itself ([`MemtableFill`]): a lone
+/// worker sends the flush request to the bounded queue (1 000) that only it reads, and fjall's
+/// own rotation puts a request on that queue at every write made while the memtable is full,
+/// so during a long compaction the queue could fill and the worker block on it for good
+/// (fjall's pull request #323). Now the queue holds a flush and a compaction request per
+/// memtable at most.
+const FJALL_WORKERS: usize = 1;
 /// The journal's limit on disk (fjall's least).
 pub const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 /// Table files fjall keeps open, leaving the process's other descriptors (sockets, the
@@ -59,7 +83,7 @@ fn fjall_err(e: fjall::Error) -> EngineError {
 
 fn space_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
-        .max_memtable_size(MEMTABLE_BYTES)
+        .max_memtable_size(FJALL_MEMTABLE_LIMIT_BYTES)
         .compaction_strategy(Arc::new(
             fjall::compaction::Leveled::default().with_table_target_size(TABLE_TARGET_BYTES),
         ))
@@ -76,8 +100,17 @@ struct Inner {
     /// their own handle (fjall keeps a deleted keyspace's files until its last handle
     /// goes).
     space: RwLock<Keyspace>,
+    /// The current keyspace's active memtable, as [`write_batch`] counts it.
+    fill: MemtableFill,
     generations: Mutex<Generations>,
 }
+
+/// What a keyspace's active memtable holds since raftkv last rotated it (or opened the
+/// engine, which rotates what the journal gave back): keys, values and
+/// [`MEMTABLE_ITEM_OVERHEAD_BYTES`] per item, never less than fjall's own count of it. Only
+/// [`write_batch`] writes to a keyspace, one batch at a time per keyspace.
+#[derive(Default)]
+struct MemtableFill(AtomicU64);
 
 impl FjallEngine {
     /// Opens (or creates) fjall in `dir` and deletes every generation but `generations`'
@@ -87,14 +120,11 @@ impl FjallEngine {
         options: &EngineOptions,
         generations: Generations,
     ) -> Result<FjallEngine, EngineError> {
-        // fjall's worker pool keeps its default size (one per core, at most four). With two or
-        // more, fjall 3.1.13's first worker spins while another compacts (BENCHMARKS.md, "Where
-        // the time goes", item 21); one worker does not, but it blocks sending to the bounded
-        // queue only it reads, which a long compaction can fill: a deadlock that halts writes.
         let db = Database::builder(dir)
             .cache_size(options.cache_bytes)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .max_cached_files(Some(MAX_OPEN_TABLES))
+            .worker_threads(FJALL_WORKERS)
             .open()
             .map_err(fjall_err)?;
         let current = generations.current();
@@ -111,9 +141,13 @@ impl FjallEngine {
             }
         }
         let space = db.keyspace(&name, space_options).map_err(fjall_err)?;
+        // What the journal gave back goes to a table of its own, so that the count of the
+        // memtable starts from empty, as [`MemtableFill`] does.
+        space.rotate_memtable().map_err(fjall_err)?;
         Ok(FjallEngine(Arc::new(Inner {
             db,
             space: RwLock::new(space),
+            fill: MemtableFill::default(),
             generations: Mutex::new(generations),
         })))
     }
@@ -126,15 +160,24 @@ impl FjallEngine {
 /// Writes `writes` to `space` as one batch. Keys and values are copied: fjall keeps what
 /// it is given in its memtable, and a `Bytes` slice of a larger buffer (a decoded log
 /// entry) would keep all of that buffer alive with it.
-fn write_batch(db: &Database, space: &Keyspace, writes: Writes) -> Result<(), EngineError> {
+/// Then rotates `space`'s memtable if `fill` says it holds [`MEMTABLE_BYTES`].
+fn write_batch(db: &Database, space: &Keyspace, fill: &MemtableFill, writes: Writes) -> Result<(), EngineError> {
     let mut batch = db.batch();
+    let mut bytes = 0;
     for w in writes.into_writes() {
+        bytes += (w.key.len() + w.value.as_ref().map_or(0, |v| v.len())) as u64 + MEMTABLE_ITEM_OVERHEAD_BYTES;
         match w.value {
             Some(v) => batch.insert(space, w.key.as_ref(), v.as_ref()),
             None => batch.remove(space, w.key.as_ref()),
         }
     }
-    batch.commit().map_err(fjall_err)
+    batch.commit().map_err(fjall_err)?;
+    if fill.0.fetch_add(bytes, Ordering::Relaxed) + bytes >= MEMTABLE_BYTES {
+        fill.0.store(0, Ordering::Relaxed);
+        // Seals it and queues its flush (false: it was empty, or fjall sealed it first).
+        space.rotate_memtable().map_err(fjall_err)?;
+    }
+    Ok(())
 }
 
 impl Engine for FjallEngine {
@@ -148,7 +191,7 @@ impl Engine for FjallEngine {
     }
 
     fn apply(&self, writes: Writes) -> Result<(), EngineError> {
-        write_batch(&self.0.db, &self.space(), writes)
+        write_batch(&self.0.db, &self.space(), &self.0.fill, writes)
     }
 
     fn view(&self) -> Box<dyn View> {
@@ -176,6 +219,7 @@ impl Engine for FjallEngine {
             engine: self.clone(),
             generation,
             space: Some(space),
+            fill: MemtableFill::default(),
         }))
     }
 }
@@ -211,12 +255,14 @@ struct FjallInstall {
     generation: u64,
     /// Taken by `commit`; left here, the keyspace is deleted with the install.
     space: Option<Keyspace>,
+    /// Its active memtable, as [`write_batch`] counts it.
+    fill: MemtableFill,
 }
 
 impl Install for FjallInstall {
     fn apply(&mut self, writes: Writes) -> Result<(), EngineError> {
         let space = self.space.as_ref().expect("an install not committed has its keyspace");
-        write_batch(&self.engine.0.db, space, writes)
+        write_batch(&self.engine.0.db, space, &self.fill, writes)
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), EngineError> {
@@ -229,6 +275,11 @@ impl Install for FjallInstall {
             let mut generations = inner.generations.lock().unwrap_or_else(|p| p.into_inner());
             generations.switch_to(self.generation)?;
             let mut current = inner.space.write().unwrap_or_else(|p| p.into_inner());
+            // Applies (which take this lock to find the keyspace) now count the new one's.
+            inner
+                .fill
+                .0
+                .store(self.fill.0.load(Ordering::Relaxed), Ordering::Relaxed);
             std::mem::replace(&mut *current, space)
         };
         // Its files go once the last view of it is dropped; at the next open if a crash
@@ -251,6 +302,39 @@ impl Drop for FjallInstall {
 mod tests {
     use super::*;
     use crate::store::engine::{open_when_released, writes};
+
+    #[test]
+    fn raftkv_rotates_the_memtable_once_it_holds_memtable_bytes_well_before_fjalls_own_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let generations = Generations::open(dir.path()).unwrap();
+        let engine = FjallEngine::open(&dir.path().join("fjall"), &EngineOptions::default(), generations).unwrap();
+        let space = engine.space();
+        let value = "v".repeat(64 << 10);
+        let batch = |from: usize| {
+            let pairs: Vec<(String, Option<&str>)> = (from..from + 16)
+                .map(|i| (format!("k{i:08}"), Some(value.as_str())))
+                .collect();
+            let pairs: Vec<(&str, Option<&str>)> = pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            writes(&pairs)
+        };
+        // 1 MiB a batch: seven stay below MEMTABLE_BYTES, the eighth reaches it.
+        for i in 0..7 {
+            engine.apply(batch(i * 16)).unwrap();
+        }
+        assert_eq!(space.sealed_memtable_count() + space.table_count(), 0, "not yet");
+        engine.apply(batch(7 * 16)).unwrap();
+        assert_eq!(
+            space.sealed_memtable_count() + space.table_count(),
+            1,
+            "sealed at 8 MiB (fjall's own limit is {FJALL_MEMTABLE_LIMIT_BYTES} bytes)"
+        );
+        // The count starts again: the next 7 MiB seal nothing more.
+        for i in 8..15 {
+            engine.apply(batch(i * 16)).unwrap();
+        }
+        assert_eq!(space.sealed_memtable_count() + space.table_count(), 1);
+        assert_eq!(engine.get(b"k00000000").unwrap().map(|v| v.len()), Some(64 << 10));
+    }
 
     #[test]
     fn a_view_keeps_its_point_in_time_and_never_holds_applies_back() {

@@ -248,7 +248,7 @@ const CURRENT_FILE: &str = "current";
 
 impl Generations {
     /// Reads `sm/current`; in an empty `sm/`, writes generation 0 first.
-    fn open(sm_dir: &Path) -> Result<Generations, EngineError> {
+    pub(super) fn open(sm_dir: &Path) -> Result<Generations, EngineError> {
         let path = sm_dir.join(CURRENT_FILE);
         let mut fresh = false;
         let current = match state_file::read(&path)? {
