@@ -262,7 +262,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // Entries at or below the purge point are covered by a snapshot: the log skips them.
-        let kept_from = self.log.first_unpurged();
+        // A purge is queued, not awaited: until the writer thread has made it, the log's own
+        // bounds still show the entries before it, so the purge point recorded here counts too
+        // (after a snapshot install the purge goes past the log's end, and the leader's next
+        // entry follows the snapshot, not the log).
+        let after_purge = self.purged_index().map(|index| index + 1);
+        let kept_from = self.log.first_unpurged().max(after_purge);
         let entries: Vec<Entry> = entries
             .into_iter()
             .filter(|e| kept_from.is_none_or(|first| e.log_id.index >= first))
@@ -277,7 +282,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if let Some(first) = entries.first() {
                 let next = match recent.last_log_id() {
                     Some(last) => Some(last.index + 1),
-                    None => self.log.next_index(),
+                    None => self.log.next_index().max(after_purge),
                 };
                 if let Some(next) = next {
                     assert!(
@@ -443,6 +448,27 @@ mod tests {
         );
         assert_eq!(indexes(&store.try_get_log_entries(5..8).await.unwrap()), vec![5, 6, 7]);
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn an_append_right_after_a_purge_past_the_end_of_the_log_follows_the_purge_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let (flushed, outcome) = callback();
+        store.append((0..3).map(|i| entry(1, i)), flushed).await.unwrap();
+        outcome.await.unwrap().unwrap();
+        // As after a snapshot install up to 8: the purge passes the log's end, and the writer
+        // thread has not made it yet when the leader's next entry, 9, arrives.
+        let held = store.writer.hold();
+        store.purge(entry(1, 8).log_id).await.unwrap();
+        let (flushed, outcome) = callback();
+        store.append([entry(1, 9)], flushed).await.unwrap();
+        drop(held);
+        outcome.await.unwrap().unwrap();
+        assert_eq!(indexes(&store.try_get_log_entries(0..20).await.unwrap()), vec![9]);
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(8));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(9));
     }
 
     #[tokio::test]
