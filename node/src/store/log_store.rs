@@ -341,6 +341,17 @@ mod tests {
         (IOFlushed::signal(tx), rx)
     }
 
+    /// Appends `entries` and waits until the writer thread reports them durable.
+    async fn append_durably<I>(store: &mut LogStore, entries: I)
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let (flushed, outcome) = callback();
+        store.append(entries, flushed).await.unwrap();
+        outcome.await.unwrap().unwrap();
+    }
+
     fn indexes(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.log_id.index).collect()
     }
@@ -387,9 +398,7 @@ mod tests {
         );
         assert_eq!(store.log.bounds(), Some((0, 1)));
         // Entries appended again after the truncation are the log's, durable once reported.
-        let (flushed, outcome) = callback();
-        store.append((2..4).map(|i| entry(2, i)), flushed).await.unwrap();
-        outcome.await.unwrap().unwrap();
+        append_durably(&mut store, (2..4).map(|i| entry(2, i))).await;
         let terms: Vec<u64> = store
             .try_get_log_entries(0..10)
             .await
@@ -434,9 +443,7 @@ mod tests {
         let mut store = open(dir.path());
         let n = crate::store::recent_entries::RECENT_ENTRIES as u64 * 2;
         for i in 0..n {
-            let (flushed, outcome) = callback();
-            store.append([entry(1, i)], flushed).await.unwrap();
-            outcome.await.unwrap().unwrap();
+            append_durably(&mut store, [entry(1, i)]).await;
         }
         let held = store.writer.hold();
         let (flushed, _outcome) = callback();
@@ -454,9 +461,7 @@ mod tests {
     async fn an_append_right_after_a_purge_past_the_end_of_the_log_follows_the_purge_point() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
-        let (flushed, outcome) = callback();
-        store.append((0..3).map(|i| entry(1, i)), flushed).await.unwrap();
-        outcome.await.unwrap().unwrap();
+        append_durably(&mut store, (0..3).map(|i| entry(1, i))).await;
         // As after a snapshot install up to 8: the purge passes the log's end, and the writer
         // thread has not made it yet when the leader's next entry, 9, arrives.
         let held = store.writer.hold();
@@ -476,9 +481,7 @@ mod tests {
     async fn an_append_that_leaves_a_hole_is_a_bug() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
-        let (flushed, outcome) = callback();
-        store.append((0..3).map(|i| entry(1, i)), flushed).await.unwrap();
-        outcome.await.unwrap().unwrap();
+        append_durably(&mut store, (0..3).map(|i| entry(1, i))).await;
         let (flushed, _) = callback();
         store.append([entry(1, 9)], flushed).await.unwrap();
     }
