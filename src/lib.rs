@@ -54,3 +54,4 @@ pub mod testing;
 pub mod tls;
 pub mod usage;
 pub mod wire;
+pub mod write_behind;

@@ -127,7 +127,9 @@ async fn save_into(client: &Client, part: &Path) -> Result<pb::SnapshotSaveHeade
     use pb::snapshot_save_chunk::Kind;
     let mut out = std::io::BufWriter::with_capacity(
         READ_BUFFER_BYTES,
-        std::fs::File::create(part).with_context(|| format!("cannot create {}", part.display()))?,
+        raftkv::write_behind::WriteBehind::new(
+            std::fs::File::create(part).with_context(|| format!("cannot create {}", part.display()))?,
+        ),
     );
     let mut stream = client.snapshot_save().await?;
     let mut progress = Progress::new();
@@ -170,7 +172,8 @@ async fn save_into(client: &Client, part: &Path) -> Result<pb::SnapshotSaveHeade
     let file = out
         .into_inner()
         .map_err(|e| e.into_error())
-        .with_context(|| format!("cannot write {}", part.display()))?;
+        .with_context(|| format!("cannot write {}", part.display()))?
+        .into_file();
     file.sync_all()
         .with_context(|| format!("cannot sync {}", part.display()))?;
     Ok(header)

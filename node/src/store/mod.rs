@@ -3,7 +3,7 @@
 //! vote and the log's markers beside them (`raft_state.rs`), the state machine
 //! (`state_machine.rs`: its key layout in `keys.rs`, its client sessions in
 //! `sessions.rs`) in a storage engine (`engine/`), and the snapshot file
-//! (`snapshot_file.rs`). `data_dir.rs` decides whether a directory may be
+//! (`snapshot_file.rs`, written behind: `raftkv::write_behind`). `data_dir.rs` decides whether a directory may be
 //! used at all, `restore.rs` makes one from a backup; `state_file.rs` is how every small checksummed file is kept.
 
 pub mod data_dir;

@@ -29,6 +29,7 @@ use prost::Message;
 use raftkv::raft_pb as pb;
 pub use raftkv::snapshot_format::ChecksumCheck;
 use raftkv::snapshot_format::{self as format, FormatError, Framing, RecordReader, Trailer, MAGIC};
+use raftkv::write_behind::WriteBehind;
 
 use crate::convert;
 use crate::store::engine::View;
@@ -239,7 +240,7 @@ impl Iterator for SnapshotRecords {
 /// [`SnapshotWriter::finish`] makes it durable.
 pub(super) struct SnapshotWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<WriteBehind>,
     crc: crc32fast::Hasher,
     records: u64,
     body_len: u64,
@@ -249,7 +250,7 @@ impl SnapshotWriter {
     pub(super) fn create(path: PathBuf, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
         // A fresh file, never one a reader may still hold open.
         remove_if_present(&path)?;
-        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, File::create(&path)?);
+        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, WriteBehind::new(File::create(&path)?));
         let mut writer = SnapshotWriter {
             path,
             out,
@@ -285,7 +286,7 @@ impl SnapshotWriter {
             crc: self.crc.clone().finalize(),
         };
         self.out.write_all(&trailer.encode())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?.into_file();
         file.sync_all()?;
         Ok(self.path)
     }
@@ -434,12 +435,12 @@ pub(super) fn adopt(
     } else {
         let copy = incoming_path_in(dir);
         remove_if_present(&copy)?;
-        let mut out = File::create(&copy)?;
+        let mut out = WriteBehind::new(File::create(&copy)?);
         io::copy(
             &mut BufReader::with_capacity(FILE_BUFFER_BYTES, FileAt::new(snapshot.file.clone(), 0)),
             &mut out,
         )?;
-        out.sync_all()?;
+        out.into_file().sync_all()?;
         copy
     };
     if published.publish(dir, &from, meta.last_log_id)? {
@@ -459,7 +460,7 @@ pub(super) fn adopt(
 /// as chunks arrive, its checksum checked as they go by.
 pub struct IncomingSnapshot {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<WriteBehind>,
     check: ChecksumCheck,
     written: u64,
 }
@@ -468,7 +469,7 @@ impl IncomingSnapshot {
     /// Starts receiving a snapshot file of `len` bytes into `path`. Blocks on disk I/O.
     pub fn create(path: PathBuf, len: u64) -> io::Result<IncomingSnapshot> {
         remove_if_present(&path)?;
-        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, File::create(&path)?);
+        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, WriteBehind::new(File::create(&path)?));
         Ok(IncomingSnapshot {
             path,
             out,
@@ -500,7 +501,8 @@ impl IncomingSnapshot {
         let file = self
             .out
             .into_inner()
-            .map_err(|e| SnapshotFileError::unreadable(&path, e.into_error()))?;
+            .map_err(|e| SnapshotFileError::unreadable(&path, e.into_error()))?
+            .into_file();
         file.sync_all().map_err(|e| SnapshotFileError::unreadable(&path, e))?;
         SnapshotFile::from_file(
             &path,
