@@ -545,18 +545,24 @@ impl Wal {
             from >= first,
             "cannot truncate the raft log at {from}: entries before {first} are purged"
         );
-        let shared = self.index.clone();
-        let mut index = shared.write().expect("raft log index lock");
-        let keep = (from - index.first) as usize;
-        let Some(&cut) = index.locs.get(keep) else {
-            return Ok(());
+        // The index changes under its lock; the disk work is done after it is released, so
+        // that readers (openraft's, on the async runtime) never wait on a busy disk.
+        let (later, file, cut) = {
+            let mut index = self.write_index();
+            let keep = (from - index.first) as usize;
+            let Some(&cut) = index.locs.get(keep) else {
+                return Ok(());
+            };
+            let later: Vec<u64> = index.files.range(cut.seq + 1..).map(|(s, _)| *s).collect();
+            for seq in &later {
+                index.files.remove(seq);
+            }
+            index.locs.truncate(keep);
+            (later, index.files[&cut.seq].clone(), cut)
         };
-        let later: Vec<u64> = index.files.range(cut.seq + 1..).map(|(s, _)| *s).collect();
         for seq in later {
-            index.files.remove(&seq);
             std::fs::remove_file(self.dir.join(segment_name(seq)))?;
         }
-        let file = index.files[&cut.seq].clone();
         let end = if cut.seq == self.active {
             self.offset
         } else {
@@ -565,7 +571,6 @@ impl Wal {
         write_zeros(&file, cut.offset, end)?;
         file.sync_data()?;
         sync_dir(&self.dir)?;
-        index.locs.truncate(keep);
         (self.active, self.offset) = (cut.seq, cut.offset);
         Ok(())
     }
@@ -575,15 +580,24 @@ impl Wal {
     /// hold nothing else. The caller stores `upto` durably first, for recovery.
     pub fn purge(&mut self, upto: u64) -> io::Result<()> {
         self.sync()?;
-        let mut index = self.write_index();
-        let drop_count = (upto + 1).saturating_sub(index.first).min(index.locs.len() as u64);
-        index.locs.drain(..drop_count as usize);
-        index.first = index.first.max(upto + 1);
-        index.anchored = true;
-        let keep_from = index.locs.front().map_or(self.active, |l| l.seq);
-        let old: Vec<u64> = index.files.range(..keep_from).map(|(s, _)| *s).collect();
+        let old: Vec<u64> = {
+            let mut index = self.write_index();
+            let drop_count = (upto + 1).saturating_sub(index.first).min(index.locs.len() as u64);
+            index.locs.drain(..drop_count as usize);
+            index.first = index.first.max(upto + 1);
+            index.anchored = true;
+            let keep_from = index.locs.front().map_or(self.active, |l| l.seq);
+            let old: Vec<u64> = index.files.range(..keep_from).map(|(s, _)| *s).collect();
+            for seq in &old {
+                index.files.remove(seq);
+            }
+            old
+        };
+        // Deleted with the index's lock released: a purge after a large snapshot deletes tens
+        // of segments, and with the disk busy each unlink can take tens of ms, while openraft's
+        // reads of the log (on the async runtime, which also sends the heartbeats) waited on
+        // the lock: long enough for the followers to elect another leader.
         for seq in old {
-            index.files.remove(&seq);
             std::fs::remove_file(self.dir.join(segment_name(seq)))?;
         }
         Ok(())
