@@ -144,6 +144,9 @@ pub struct Wal {
     fail_next_sync: bool,
     #[cfg(test)]
     syncs: Arc<std::sync::atomic::AtomicUsize>,
+    /// For tests: a segment deletion says it is about to start, then waits to be let go.
+    #[cfg(test)]
+    hold_deletions: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
     /// The span current at open (the node's), for what it logs: appends run on
     /// blocking threads, which carry none.
     span: tracing::Span,
@@ -363,6 +366,8 @@ impl Wal {
             fail_next_sync: false,
             #[cfg(test)]
             syncs: Arc::default(),
+            #[cfg(test)]
+            hold_deletions: None,
             span: tracing::Span::current(),
         })
     }
@@ -561,7 +566,7 @@ impl Wal {
             (later, index.files[&cut.seq].clone(), cut)
         };
         for seq in later {
-            std::fs::remove_file(self.dir.join(segment_name(seq)))?;
+            self.delete_segment(seq)?;
         }
         let end = if cut.seq == self.active {
             self.offset
@@ -598,9 +603,19 @@ impl Wal {
         // reads of the log (on the async runtime, which also sends the heartbeats) waited on
         // the lock: long enough for the followers to elect another leader.
         for seq in old {
-            std::fs::remove_file(self.dir.join(segment_name(seq)))?;
+            self.delete_segment(seq)?;
         }
         Ok(())
+    }
+
+    /// Deletes segment `seq`'s file, which the index no longer names.
+    fn delete_segment(&self, seq: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some((reached, go_on)) = &self.hold_deletions {
+            let _ = reached.send(());
+            let _ = go_on.recv();
+        }
+        std::fs::remove_file(self.dir.join(segment_name(seq)))
     }
 }
 
@@ -1004,6 +1019,36 @@ mod tests {
         drop(wal);
         let wal = Wal::open(dir.path(), None, SMALL).unwrap();
         assert_eq!(indexes(&wal), (1..11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_purge_deleting_segments_leaves_readers_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = forty_records_in_small_segments(dir.path());
+        let reader = wal.reader();
+        let (reached, deletion_started) = std::sync::mpsc::channel();
+        let (go_on, held) = std::sync::mpsc::channel();
+        wal.hold_deletions = Some((reached, held));
+        let purge = std::thread::spawn(move || wal.purge(30));
+        deletion_started
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the purge deletes a segment");
+        // The purge is parked in its first deletion: a reader still answers (on a thread of
+        // its own, so that a reader kept waiting fails the test instead of hanging it), and
+        // already sees the purge.
+        let (answer, answered) = std::sync::mpsc::channel();
+        let read = std::thread::spawn(move || {
+            let _ = answer.send((reader.bounds(), reader.read(31, 41).map(|r| r.len()).ok(), reader));
+        });
+        let (bounds, read_count, reader) = answered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a reader waited on a segment deletion");
+        assert_eq!(bounds, Some((31, 40)));
+        assert_eq!(read_count, Some(10));
+        read.join().unwrap();
+        drop(go_on);
+        purge.join().unwrap().unwrap();
+        assert_eq!(reader.first_unpurged(), Some(31));
     }
 
     #[test]
