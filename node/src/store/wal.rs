@@ -558,10 +558,7 @@ impl Wal {
             let Some(&cut) = index.locs.get(keep) else {
                 return Ok(());
             };
-            let later: Vec<u64> = index.files.range(cut.seq + 1..).map(|(s, _)| *s).collect();
-            for seq in &later {
-                index.files.remove(seq);
-            }
+            let later: Vec<u64> = index.files.split_off(&(cut.seq + 1)).into_keys().collect();
             index.locs.truncate(keep);
             (later, index.files[&cut.seq].clone(), cut)
         };
@@ -592,11 +589,8 @@ impl Wal {
             index.first = index.first.max(upto + 1);
             index.anchored = true;
             let keep_from = index.locs.front().map_or(self.active, |l| l.seq);
-            let old: Vec<u64> = index.files.range(..keep_from).map(|(s, _)| *s).collect();
-            for seq in &old {
-                index.files.remove(seq);
-            }
-            old
+            let kept = index.files.split_off(&keep_from);
+            std::mem::replace(&mut index.files, kept).into_keys().collect()
         };
         // Deleted with the index's lock released: a purge after a large snapshot deletes tens
         // of segments, and with the disk busy each unlink can take tens of ms, while openraft's
