@@ -5,7 +5,9 @@
 # their default, durable settings: every acknowledged write is fsynced), then runs the same
 # closed-loop workloads against each with `raftkv-bench` (the load generator of `raftkv bench`,
 # with etcd's client too: one load generator, one histogram for both), alternating the two
-# systems, and prints one table: ops/s, p50 and p99 of each system, and the ratios. Machine
+# systems, and prints one table: ops/s, p50 and p99 of each system, and the ratios (raftkv
+# through its router, and in the "members" rows with its client given the nodes' addresses,
+# as etcd's client is given its members'). Machine
 # facts (cores, CPU model, fsync latency of the disk the data is on, load) are printed first.
 # Everything it starts is stopped on exit.
 #
@@ -168,6 +170,8 @@ raftkv_started=1
     --ready-timeout "${READY_TIMEOUT_SECS}s" >"$work/raftkv-up.log" 2>&1 \
     || { cat "$work/raftkv-up.log" >&2; die "raftkv cluster up failed"; }
 raftkv_endpoint="127.0.0.1:$RAFTKV_BASE_PORT"
+raftkv_members=""
+for i in 1 2 3; do raftkv_members+="${raftkv_members:+,}127.0.0.1:$((RAFTKV_BASE_PORT + i))"; done
 
 # ---------------------------------------------------------------- machine facts
 etcd_leader=$(ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint status 2>/dev/null \
@@ -180,7 +184,7 @@ echo "- load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- etcd: $(etcd --version | head -1 | sed 's/etcd Version: //'), 3 members on $etcd_endpoints (leader $etcd_leader), default settings"
 echo "- raftkv: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' + uncommitted changes'), 3 nodes + router on $raftkv_endpoint"
 echo "- each run: ${BENCH_SECS} s measured after a 1 s warm-up, $BENCH_KEYS keys, $BENCH_VALUE_SIZE-byte values; load from one \`raftkv-bench\` process (1 thread)"
-echo "- etcd clients are spread over its 3 members (client i -> member i mod 3; a follower forwards writes to the leader); raftkv clients go through its router"
+echo "- etcd clients are spread over its 3 members (client i -> member i mod 3; a follower forwards writes to the leader); raftkv clients go through its router, except in the \"members\" rows: there raftkv's client library is given the 3 nodes' addresses, as etcd's client is, and sends each call to the leader itself (a follower answers with the leader's address)"
 echo "- raftkv's client library sends the requests of its tasks that are ready together as one call (etcd's client sends one call per request); the \"unbatched\" rows turn that off (\`--unbatched\`; etcd runs the same workload again)"
 echo
 
@@ -195,13 +199,21 @@ runs=(
     "stale get, 64 clients|--workload get --consistency stale --clients 64"
     "put, 64 clients, unbatched|--workload put --clients 64 --unbatched"
     "lin. get, 64 clients, unbatched|--workload get --consistency linearizable --clients 64 --unbatched"
+    "put, 1 client, members|members --workload put --clients 1"
+    "put, 64, unbatched, members|members --workload put --clients 64 --unbatched"
+    "lin. get, 64, unb., members|members --workload get --consistency linearizable --clients 64 --unbatched"
 )
 
-# bench SYSTEM FLAGS...: one run; prints its JSON report (one line) and appends it to $results.
+# bench SYSTEM [members] FLAGS...: one run; prints its JSON report (one line) and appends it to
+# $results. With "members", raftkv's client is given its nodes' addresses instead of the router's.
 bench() {
     local system=$1
     shift
     local endpoint=$raftkv_endpoint
+    if [ "$1" = members ]; then
+        endpoint=$raftkv_members
+        shift
+    fi
     [ "$system" = etcd ] && endpoint=$etcd_endpoints
     local json
     # A run in which nothing succeeded exits non-zero but still reports (with its errors).
