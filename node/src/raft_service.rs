@@ -2,10 +2,12 @@
 //! AppendEntries, Vote, PreVote, TransferLeader and snapshot streams to openraft,
 //! and answers followers' ReadIndex requests when this node leads.
 
+use futures::Stream;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{LinearizableReadError, RaftError};
 use raftkv::raft_pb as pb;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
@@ -125,18 +127,55 @@ pub fn linearizable_read_error(e: RaftError<TypeConfig, LinearizableReadError<Ty
     }
 }
 
+/// Hands one AppendEntries to openraft; an accepted one (not from a deposed leader) is a word
+/// from the leader.
+async fn append(
+    raft: &Raft,
+    leader_contact: &LeaderContact,
+    request: pb::AppendEntriesRequest,
+) -> Result<pb::AppendEntriesResponse, Status> {
+    let rpc = convert::append_entries_from_pb(request).map_err(bad_request)?;
+    let reply = raft.append_entries(rpc).await.map_err(stopped)?;
+    if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+        leader_contact.heard();
+    }
+    Ok(convert::append_response_to_pb(&reply))
+}
+
+/// The answers of an `AppendEntriesStream` call.
+type AppendAnswers = Pin<Box<dyn Stream<Item = Result<pb::AppendEntriesResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let rpc = convert::append_entries_from_pb(request.into_inner()).map_err(bad_request)?;
-        let reply = self.raft.append_entries(rpc).await.map_err(stopped)?;
-        if !matches!(reply, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-            self.leader_contact.heard();
-        }
-        Ok(Response::new(convert::append_response_to_pb(&reply)))
+        append(&self.raft, &self.leader_contact, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendEntriesStreamStream = AppendAnswers;
+
+    /// Each request is handed to openraft once the one before is answered, and answered in
+    /// order. The first that fails ends the call with its status.
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        let state = (request.into_inner(), self.raft.clone(), self.leader_contact.clone());
+        let answers = futures::stream::unfold(Some(state), |state| async move {
+            let (mut requests, raft, leader_contact) = state?;
+            let answer = match requests.message().await {
+                Ok(Some(request)) => append(&raft, &leader_contact, request).await,
+                Ok(None) => return None,
+                Err(status) => Err(status),
+            };
+            let more = answer.is_ok().then_some((requests, raft, leader_contact));
+            Some((answer, more))
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
