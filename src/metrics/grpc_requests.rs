@@ -65,6 +65,8 @@ pub const PUBLIC_API_PATHS: &[&str] = &[
 /// The gRPC paths of the nodes' Raft traffic (`proto/raft.proto`).
 pub const RAFT_PATHS: &[&str] = &[
     "/raftkv.raft.v1.Raft/AppendEntries",
+    // One call per connection for as long as it lasts: counted when it ends.
+    "/raftkv.raft.v1.Raft/AppendEntriesStream",
     "/raftkv.raft.v1.Raft/Vote",
     "/raftkv.raft.v1.Raft/PreVote",
     "/raftkv.raft.v1.Raft/InstallSnapshot",
