@@ -267,6 +267,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         app.read_index.clone(),
         leader_contact,
         &settings.data_dir,
+        app.shutdown.clone(),
     ))
     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);

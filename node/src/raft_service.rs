@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert;
@@ -26,16 +27,27 @@ pub struct RaftService {
     /// Where a snapshot from the leader is received (`snapshot.incoming` in the data
     /// directory), behind a lock: one transfer at a time writes it, until it is installed.
     incoming_snapshot: Arc<tokio::sync::Mutex<PathBuf>>,
+    /// Turns true when the node stops: open `AppendEntriesStream` calls end then, or the
+    /// server's graceful stop would wait out its grace for calls that never end by themselves.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    /// `data_dir` is the node's: snapshots are received into it.
-    pub fn new(raft: Raft, read_index: ReadIndexRounds, leader_contact: LeaderContact, data_dir: &Path) -> Self {
+    /// `data_dir` is the node's: snapshots are received into it. `stopping` turns true when
+    /// the node stops.
+    pub fn new(
+        raft: Raft,
+        read_index: ReadIndexRounds,
+        leader_contact: LeaderContact,
+        data_dir: &Path,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         RaftService {
             raft,
             read_index,
             leader_contact,
             incoming_snapshot: Arc::new(tokio::sync::Mutex::new(crate::store::incoming_path_in(data_dir))),
+            stopping,
         }
     }
 }
@@ -159,20 +171,30 @@ impl pb::raft_server::Raft for RaftService {
     type AppendEntriesStreamStream = AppendAnswers;
 
     /// Each request is handed to openraft once the one before is answered, and answered in
-    /// order. The first that fails ends the call with its status.
+    /// order. The first that fails ends the call with its status; the node's stop ends it
+    /// between two requests.
     async fn append_entries_stream(
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<AppendAnswers>, Status> {
-        let state = (request.into_inner(), self.raft.clone(), self.leader_contact.clone());
+        let state = (
+            request.into_inner(),
+            self.raft.clone(),
+            self.leader_contact.clone(),
+            self.stopping.clone(),
+        );
         let answers = futures::stream::unfold(Some(state), |state| async move {
-            let (mut requests, raft, leader_contact) = state?;
-            let answer = match requests.message().await {
+            let (mut requests, raft, leader_contact, mut stopping) = state?;
+            let next = tokio::select! {
+                next = requests.message() => next,
+                _ = stopping.wait_for(|stop| *stop) => return None,
+            };
+            let answer = match next {
                 Ok(Some(request)) => append(&raft, &leader_contact, request).await,
                 Ok(None) => return None,
                 Err(status) => Err(status),
             };
-            let more = answer.is_ok().then_some((requests, raft, leader_contact));
+            let more = answer.is_ok().then_some((requests, raft, leader_contact, stopping));
             Some((answer, more))
         });
         Ok(Response::new(Box::pin(answers)))

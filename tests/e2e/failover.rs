@@ -148,10 +148,16 @@ async fn sigterm_stops_a_node_gracefully() {
         .expect("get after the stop");
     assert_eq!(got.value, value("graceful", 0));
 
-    // A follower stops cleanly too.
+    // A follower stops cleanly too, and at once: the leader's replication call to it (which
+    // never ends by itself) is ended by the stop, not left for the grace to run out on.
     let follower = cluster.follower().await;
     let exit = cluster.stop(follower).await;
     assert!(exit.success(), "node {follower} exited with {exit} after SIGTERM");
+    let log = std::fs::read_to_string(cluster.log_path(follower)).expect("the node's log");
+    assert!(
+        !log.contains("still in flight"),
+        "node {follower} waited out its grace for requests in flight:\n{log}"
+    );
 }
 
 /// A leader asked to stop hands leadership over first: by the time its process has exited,
