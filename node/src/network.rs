@@ -216,14 +216,30 @@ enum Appends {
 }
 
 /// An open `AppendEntriesStream` call. Requests go one at a time: each is sent once the
-/// answer to the one before has come, so the next answer is always the last request's.
+/// answer to the one before has come, so the next answer is always the last request's. A
+/// call is taken out of its [`PeerConnection`] while a request is on it and put back only
+/// once the answer has come: a caller that gives up before (openraft dropped the request)
+/// drops the call with its answer still to come.
 struct AppendCall {
     requests: futures::channel::mpsc::Sender<pb::AppendEntriesRequest>,
     answers: tonic::Streaming<pb::AppendEntriesResponse>,
-    /// A request was sent and its answer not read: the caller gave up on it (openraft
-    /// dropped the future), and the answer still to come would be taken for the next one's.
-    /// Such a call is not used again.
-    awaiting: bool,
+}
+
+impl AppendCall {
+    /// Sends `message` and reads its answer.
+    async fn exchange(
+        &mut self,
+        message: pb::AppendEntriesRequest,
+    ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
+        self.requests
+            .send(message)
+            .await
+            .map_err(|_| tonic::Status::unavailable("the AppendEntries call is closed"))?;
+        self.answers
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the peer ended the AppendEntries call"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,72 +316,52 @@ impl PeerConnection {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let late = || tonic::Status::deadline_exceeded(format!("no answer to AppendEntries within {timeout:?}"));
-        if matches!(&self.appends, Appends::Open(call) if call.awaiting) {
-            // The last caller gave up before its answer came: that answer is still to come.
-            self.appends = Appends::Unopened;
-        }
-        let mut opened = Ok(());
-        if matches!(self.appends, Appends::Unopened) {
-            opened = tokio::time::timeout_at(deadline, self.open_append_call())
-                .await
-                .unwrap_or_else(|_| Err(late()));
-            if matches!(&opened, Err(status) if status.code() == tonic::Code::Unimplemented) {
-                self.appends = Appends::Unary;
-            }
-        }
-        if matches!(self.appends, Appends::Unary) {
-            let send = |mut client: RaftPeerClient, request| async move { client.append_entries(request).await };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return self.unary(message, left, send, convert::append_response_from_pb).await;
-        }
-        let reply = match opened {
-            Ok(()) => tokio::time::timeout_at(deadline, self.append_on_call(message))
+        let call = match std::mem::replace(&mut self.appends, Appends::Unopened) {
+            Appends::Unary => return self.append_unary(message, timeout).await,
+            Appends::Open(call) => Ok(call),
+            Appends::Unopened => tokio::time::timeout_at(deadline, self.open_append_call())
                 .await
                 .unwrap_or_else(|_| Err(late())),
-            Err(status) => Err(status),
         };
-        if reply.is_err() {
-            self.appends = Appends::Unopened;
-        }
+        let reply = match call {
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                self.appends = Appends::Unary;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return self.append_unary(message, left).await;
+            }
+            Err(status) => Err(status),
+            Ok(mut call) => {
+                let reply = tokio::time::timeout_at(deadline, call.exchange(message))
+                    .await
+                    .unwrap_or_else(|_| Err(late()));
+                if reply.is_ok() {
+                    self.appends = Appends::Open(call);
+                }
+                reply
+            }
+        };
         self.observe(&reply);
         let reply = reply.map_err(|s| rpc_error(self.target, &self.address, s))?;
         convert::append_response_from_pb(reply).map_err(malformed)
     }
 
-    /// Opens this connection's `AppendEntriesStream` call.
-    async fn open_append_call(&mut self) -> Result<(), tonic::Status> {
+    /// One AppendEntries as a call of its own.
+    async fn append_unary(
+        &self,
+        message: pb::AppendEntriesRequest,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RpcError> {
+        let send = |mut client: RaftPeerClient, request| async move { client.append_entries(request).await };
+        self.unary(message, timeout, send, convert::append_response_from_pb)
+            .await
+    }
+
+    /// Opens an `AppendEntriesStream` call on this connection.
+    async fn open_append_call(&self) -> Result<Box<AppendCall>, tonic::Status> {
         let mut client = self.client().map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (requests, outgoing) = futures::channel::mpsc::channel(1);
         let answers = client.append_entries_stream(outgoing).await?.into_inner();
-        self.appends = Appends::Open(Box::new(AppendCall {
-            requests,
-            answers,
-            awaiting: false,
-        }));
-        Ok(())
-    }
-
-    /// Sends `message` on the open `AppendEntriesStream` call, which has no answer still to
-    /// come, and reads its answer.
-    async fn append_on_call(
-        &mut self,
-        message: pb::AppendEntriesRequest,
-    ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
-        let Appends::Open(call) = &mut self.appends else {
-            return Err(tonic::Status::unavailable("no AppendEntries call is open"));
-        };
-        call.awaiting = true;
-        call.requests
-            .send(message)
-            .await
-            .map_err(|_| tonic::Status::unavailable("the AppendEntries call is closed"))?;
-        let answer = call
-            .answers
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("the peer ended the AppendEntries call"))?;
-        call.awaiting = false;
-        Ok(answer)
+        Ok(Box::new(AppendCall { requests, answers }))
     }
 }
 
