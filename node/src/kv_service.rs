@@ -109,7 +109,12 @@ impl KvService {
     /// Waits for the read barrier `consistency` asks for, within the deadline.
     async fn before_read(&self, consistency: i32, deadline: Instant) -> Result<(), Status> {
         let kind = match pb::Consistency::try_from(consistency) {
-            Ok(pb::Consistency::Stale) => return Ok(()),
+            Ok(pb::Consistency::Stale) => {
+                // Stale, but never older than a write this node answered.
+                return tokio::time::timeout_at(deadline.into(), self.app.reader.holds_answered_writes())
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("this node did not apply the writes it answered in time"));
+            }
             Ok(pb::Consistency::Lease) => ReadKind::Lease,
             // An unknown value gets the strongest guarantee.
             Ok(pb::Consistency::Linearizable) | Err(_) => ReadKind::Quorum,

@@ -11,18 +11,28 @@
 //! (readers see the old state until then); `StateMachine::open` finishes an install that
 //! a crash interrupted.
 //!
+//! A client hears back once its entry is committed and its result is known, before the
+//! batch's engine write: the entry is durable in a majority's logs by then, and the write
+//! on a blocking thread would add two thread hand-offs to every write's latency. Whatever
+//! reads the engine waits for what it must see: a linearizable read for openraft's applied
+//! index (moved only once `apply` returns), a stale read for the writes this node answered
+//! ([`KvReader::holds_answered_writes`]). A batch that changes the membership answers after
+//! its engine write, as the membership checks read the engine (`removed_at`).
+//!
 //! Invariants: applied only moves forward (asserted); the sessions in memory are those
-//! stored in the engine; a scan page never shows part of an apply (it reads a view).
+//! stored in the engine; a scan page never shows part of an apply (it reads a view); the
+//! engine holds every write this node answered before a stale read of it is served.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::OptionalSend;
 use prost::Message;
 use raftkv::raft_pb as pb;
@@ -79,6 +89,15 @@ fn write_session(writes: &mut Writes, session: &pb::ClientSession) {
     writes.insert(session_key(session.client_id), meta.encode_to_vec());
 }
 
+/// Sends each client waiting on a batch its result.
+fn answer(results: Vec<WriteGroupResults>, responders: Vec<Option<ApplyResponder<TypeConfig>>>) {
+    for (result, responder) in results.into_iter().zip(responders) {
+        if let Some(responder) = responder {
+            responder.send(result);
+        }
+    }
+}
+
 fn join_err(e: tokio::task::JoinError) -> io::Error {
     io::Error::other(format!("storage task failed: {e}"))
 }
@@ -92,9 +111,28 @@ const INSTALL_PART_BYTES: usize = 4 << 20;
 #[derive(Clone)]
 pub struct KvReader {
     engine: Arc<dyn Engine>,
+    progress: Arc<ApplyProgress>,
+}
+
+/// How far this node answered writes, and how far its engine holds them (log indexes).
+#[derive(Default)]
+struct ApplyProgress {
+    /// The last entry whose client may have heard back.
+    answered: AtomicU64,
+    /// The last entry in the engine.
+    in_engine: tokio::sync::watch::Sender<u64>,
 }
 
 impl KvReader {
+    /// Waits until the engine holds every write this node answered so far: a stale read
+    /// here then sees the writes it answered (at most one batch's engine write away).
+    pub async fn holds_answered_writes(&self) {
+        let answered = self.progress.answered.load(Ordering::Acquire);
+        let mut in_engine = self.progress.in_engine.subscribe();
+        // An error: the state machine is gone, and the read fails on its own.
+        let _ = in_engine.wait_for(|&index| index >= answered).await;
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.engine.get(&data_key(key))
     }
@@ -178,6 +216,8 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
+    /// What was answered and what the engine holds, for stale reads.
+    progress: Arc<ApplyProgress>,
     /// The log bytes applied since the last snapshot, for the snapshot policy.
     log_volume: Arc<LogVolume>,
     /// The span current at open (the node's), for what it logs: openraft runs the state
@@ -226,6 +266,7 @@ impl StateMachine {
             applied,
             membership,
             sessions,
+            progress: Arc::default(),
             log_volume: LogVolume::new(snapshot.as_ref().map_or(0, |(_, file)| file.len())),
             span: tracing::Span::current(),
         };
@@ -252,6 +293,7 @@ impl StateMachine {
     pub fn reader(&self) -> KvReader {
         KvReader {
             engine: self.engine.clone(),
+            progress: self.progress.clone(),
         }
     }
 
@@ -486,12 +528,12 @@ impl SnapshotBuilder {
 
 impl StateMachine {
     /// Applies committed entries as one unit (one engine apply) and returns
-    /// each entry's results, in order. Nothing is answered here: the caller answers the
-    /// clients once this returns, when every write is in the engine.
+    /// each entry's results, in order (for tests: nothing is answered here).
     pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Vec<WriteGroupResults>> {
         let prepared = self.prepare(entries)?;
         self.engine.apply(prepared.writes)?;
-        Ok(self.applied_up_to(prepared.applied, prepared.membership, prepared.results))
+        self.applied_up_to(prepared.applied, prepared.membership);
+        Ok(prepared.results)
     }
 
     /// Works out what applying `entries` writes and answers (the client sessions in
@@ -581,18 +623,12 @@ impl StateMachine {
         })
     }
 
-    /// Records that the engine holds every write up to `applied`; returns `results`.
-    fn applied_up_to(
-        &mut self,
-        applied: Option<LogId>,
-        membership: Option<StoredMembership>,
-        results: Vec<WriteGroupResults>,
-    ) -> Vec<WriteGroupResults> {
+    /// Records that the engine holds every write up to `applied`.
+    fn applied_up_to(&mut self, applied: Option<LogId>, membership: Option<StoredMembership>) {
         self.applied = applied;
         if let Some(m) = membership {
             self.membership = m;
         }
-        results
     }
 }
 
@@ -605,10 +641,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     /// Takes every entry of the stream (openraft hands over a finite batch of committed
-    /// entries, all readable at once), applies them as one unit, and only then answers the
-    /// clients waiting on them: a response never leaves before its write is in the engine.
-    /// The engine's write runs on a blocking thread: an engine may stall a write (fjall
-    /// does while its memtables wait to be flushed), and the runtime serves heartbeats.
+    /// entries, all readable at once), works out their results, answers the clients waiting
+    /// on them (see the module doc for why that may come before the engine write), and
+    /// applies them as one unit. The engine's write runs on a blocking thread: an engine may
+    /// stall a write (fjall does while its memtables wait to be flushed), and the runtime
+    /// serves heartbeats.
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
@@ -626,15 +663,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied,
             membership,
         } = self.prepare(batch)?;
+        let last = applied.map_or(0, |id| id.index);
+        let mut answers = Some((results, responders));
+        if membership.is_none() {
+            self.progress.answered.fetch_max(last, Ordering::AcqRel);
+            if let Some((results, responders)) = answers.take() {
+                answer(results, responders);
+            }
+        }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.apply(writes))
             .await
             .map_err(join_err)??;
-        let results = self.applied_up_to(applied, membership, results);
-        for (result, responder) in results.into_iter().zip(responders) {
-            if let Some(responder) = responder {
-                responder.send(result);
-            }
+        self.progress.in_engine.send_if_modified(|index| {
+            let moved = last > *index;
+            *index = (*index).max(last);
+            moved
+        });
+        self.applied_up_to(applied, membership);
+        if let Some((results, responders)) = answers {
+            answer(results, responders);
         }
         Ok(())
     }
@@ -702,6 +750,7 @@ mod tests {
     use crate::store::engine::EngineKind;
     use crate::store::keys::RESULTS_PER_RECORD;
     use crate::types::{LeaderId, WriteGroup, WriteId};
+    use futures::FutureExt;
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
@@ -973,6 +1022,101 @@ mod tests {
         sm.apply_entries([later]).unwrap();
         assert_eq!(sm.engine.view().prefix(&[RESULT_PREFIX]).count(), 0);
         assert!(sm.engine.get(&session_key(42)).unwrap().is_none());
+    }
+
+    /// An engine whose applies wait at a gate, to catch an apply in the middle.
+    struct GatedEngine {
+        inner: Arc<dyn Engine>,
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Engine for GatedEngine {
+        fn kind(&self) -> EngineKind {
+            self.inner.kind()
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+            self.inner.get(key)
+        }
+        fn apply(&self, writes: Writes) -> Result<(), EngineError> {
+            self.entered.send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+            self.inner.apply(writes)
+        }
+        fn view(&self) -> Box<dyn View> {
+            self.inner.view()
+        }
+        fn persist(&self) -> Result<(), EngineError> {
+            self.inner.persist()
+        }
+        fn start_install(&self) -> Result<Box<dyn crate::store::engine::Install>, EngineError> {
+            self.inner.start_install()
+        }
+    }
+
+    /// A write's client hears back before its batch is in the engine; a stale read on the
+    /// same node must still see it, and a membership change answers only once it is in.
+    #[tokio::test]
+    async fn a_stale_read_waits_for_the_writes_this_node_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_on(dir.path(), EngineKind::Fjall);
+        let (entered, in_apply) = std::sync::mpsc::sync_channel(0);
+        let (release, gate) = std::sync::mpsc::channel();
+        sm.engine = Arc::new(GatedEngine {
+            inner: sm.engine.clone(),
+            entered,
+            release: std::sync::Mutex::new(gate),
+        });
+        let reader = sm.reader();
+        let in_apply = Arc::new(std::sync::Mutex::new(in_apply));
+        let wait_in_apply = || {
+            let in_apply = in_apply.clone();
+            tokio::task::spawn_blocking(move || in_apply.lock().unwrap().recv().unwrap())
+        };
+        let put = cmd(
+            Op::Put {
+                key: b("k"),
+                value: b("v"),
+            },
+            None,
+        );
+        let applying = tokio::spawn(async move {
+            sm.apply(futures::stream::iter([Ok((entry(1, vec![put]), None))]))
+                .await
+                .unwrap();
+            sm
+        });
+        wait_in_apply().await.unwrap();
+        assert_eq!(
+            reader.progress.answered.load(Ordering::Acquire),
+            1,
+            "answered before the engine write"
+        );
+        assert!(
+            reader.holds_answered_writes().now_or_never().is_none(),
+            "a stale read went ahead of a write this node answered"
+        );
+        assert_eq!(reader.get(b"k").unwrap(), None);
+        release.send(()).unwrap();
+        let mut sm = applying.await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), reader.holds_answered_writes())
+            .await
+            .expect("the engine holds the answered write");
+        assert_eq!(reader.get(b"k").unwrap(), Some(b("v")));
+
+        let applying = tokio::spawn(async move {
+            sm.apply(futures::stream::iter([Ok((membership_entry(2, &[1, 2]), None))]))
+                .await
+                .unwrap();
+        });
+        wait_in_apply().await.unwrap();
+        assert_eq!(
+            reader.progress.answered.load(Ordering::Acquire),
+            1,
+            "a membership change answered before its engine write"
+        );
+        release.send(()).unwrap();
+        applying.await.unwrap();
     }
 
     fn membership_entry(index: u64, ids: &[u64]) -> Entry {
