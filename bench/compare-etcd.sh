@@ -21,11 +21,18 @@
 #                          removed at exit unless KEEP_BENCH_DIR=1)
 #   SKIP_BUILD=1           use the binaries already in target/release
 #   BENCH_RESULTS=...      where the raw JSON reports go (default target/bench-results/...)
+#   BENCH_ONLY=REGEX       run only the workloads whose name matches (grep -E), e.g. 'members'
+#   BENCH_ROUNDS=1         run each workload this many times (a row per round, "#2", ...; the
+#                          two systems alternate which goes first): ratios on this machine move
+#                          by ±0.3 from one run to the next, so compare a few rounds
 set -euo pipefail
 
 BENCH_SECS=${BENCH_SECS:-10}
 BENCH_KEYS=${BENCH_KEYS:-10000}
 BENCH_VALUE_SIZE=${BENCH_VALUE_SIZE:-256}
+BENCH_ONLY=${BENCH_ONLY:-}
+BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+[[ "$BENCH_ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "compare-etcd: BENCH_ROUNDS must be a positive whole number, not '$BENCH_ROUNDS'" >&2; exit 2; }
 RAFTKV_BASE_PORT=${RAFTKV_BASE_PORT:-17700}
 ETCD_BASE_PORT=${ETCD_BASE_PORT:-23790}
 # How long a cluster may take to elect a leader and answer.
@@ -223,6 +230,19 @@ bench() {
     printf '%s\n' "$json" >>"$results"
     printf '%s' "$json"
 }
+
+selected=()
+for run in "${runs[@]}"; do
+    if [ -z "$BENCH_ONLY" ] || grep -Eq -- "$BENCH_ONLY" <<<"${run%%|*}"; then
+        for round in $(seq "$BENCH_ROUNDS"); do
+            suffix=""
+            [ "$BENCH_ROUNDS" -gt 1 ] && suffix=" #$round"
+            selected+=("${run%%|*}$suffix|${run#*|}")
+        done
+    fi
+done
+[ ${#selected[@]} -gt 0 ] || die "BENCH_ONLY='$BENCH_ONLY' matches no workload"
+runs=("${selected[@]}")
 
 rows=()
 index=0
