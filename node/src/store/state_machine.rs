@@ -117,7 +117,8 @@ pub struct KvReader {
 /// How far this node answered writes, and how far its engine holds them (log indexes).
 #[derive(Default)]
 struct ApplyProgress {
-    /// The last entry whose client may have heard back.
+    /// The last entry whose result is out (a client may have heard back; on a follower,
+    /// nobody did, and its stale reads simply wait for the apply under way).
     answered: AtomicU64,
     /// The last entry in the engine.
     in_engine: tokio::sync::watch::Sender<u64>,
@@ -659,17 +660,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let Prepared {
             writes,
-            results,
+            mut results,
             applied,
             membership,
         } = self.prepare(batch)?;
         let last = applied.map_or(0, |id| id.index);
-        let mut answers = Some((results, responders));
         if membership.is_none() {
             self.progress.answered.fetch_max(last, Ordering::AcqRel);
-            if let Some((results, responders)) = answers.take() {
-                answer(results, responders);
-            }
+            answer(std::mem::take(&mut results), std::mem::take(&mut responders));
         }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.apply(writes))
@@ -681,9 +679,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             moved
         });
         self.applied_up_to(applied, membership);
-        if let Some((results, responders)) = answers {
-            answer(results, responders);
-        }
+        // What was not answered above (a membership change's batch).
+        answer(results, responders);
         Ok(())
     }
 
