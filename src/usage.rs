@@ -65,7 +65,7 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 pub enum ReadConsistency {
     /// Observes every write acknowledged before the read started.
     Linearizable,
-    /// Answered from the serving node's local state; may be stale.
+    /// Answered from the serving node's local state; may be stale (never older than a write that node answered).
     Stale,
     /// Linearizable while the nodes' clocks run at about the same rate: the leader vouches
     /// for its leadership from its lease instead of a round of heartbeats.
