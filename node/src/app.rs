@@ -291,7 +291,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         .add_service(raft_service)
         // Connections beyond the budget are closed at once; members have a budget of their own.
         .serve_with_incoming_shutdown(
-            serving::guarded_incoming(listener, ConnectionBudget::new(members.is_member())),
+            serving::guarded_incoming(listener, ConnectionBudget::new(members.is_member()))
+                .context("cannot accept connections")?,
             {
                 let raft = raft.clone();
                 let reads = app.read_index.clone();

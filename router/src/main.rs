@@ -205,7 +205,8 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
         .add_service(serving::cluster_server(ClusterRouter::new(forwarder)))
         // Every connection is a client's: one budget, closed at once beyond it.
         .serve_with_incoming_shutdown(
-            serving::guarded_incoming(listener, ConnectionBudget::clients_only()),
+            serving::guarded_incoming(listener, ConnectionBudget::clients_only())
+                .context("cannot accept connections")?,
             async move {
                 let _ = until_stopped.wait_for(|stop| *stop).await;
             },

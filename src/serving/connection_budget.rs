@@ -1,6 +1,6 @@
 //! How many connections a server holds, and from whom: tonic accepts every connection it is
-//! offered, so the accepted-connection stream is wrapped here. A connection over its budget
-//! is closed the moment it is accepted (the client sees the connection closed or reset, a
+//! offered, so the accepting thread ([`super::accept`]) asks the budget here first. A connection
+//! over its budget is closed the moment it is accepted (the client sees the connection closed or reset, a
 //! transport error its library reports as UNAVAILABLE and may retry); the connections already
 //! held are not touched.
 //!
@@ -12,29 +12,16 @@
 //! loop costs the server an accept and a close per connection, not a handshake.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures::Stream;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::stalled_frame::StalledFrameGuard;
 use super::{
-    FRAME_STALL_TIMEOUT, MAX_CLIENT_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT_ADDRESS, MAX_MEMBER_CONNECTIONS,
-    NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC, TCP_KEEPALIVE_IDLE,
+    MAX_CLIENT_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT_ADDRESS, MAX_MEMBER_CONNECTIONS,
+    NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC,
 };
-
-/// How long the accept loop pauses after a failed accept (out of file descriptors, say), so
-/// that it does not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-
-/// At most one warning about refused connections per this interval: a flood must not flood the log.
-const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How many client connections each source address holds.
 type ConnectionsByAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -204,66 +191,10 @@ impl Drop for Admission {
     }
 }
 
-/// An accepted connection within its budget (its place is given back when it is dropped),
-/// closed if a frame stalls on it.
-pub type GuardedConnection = StalledFrameGuard<TcpStream, Admission>;
-
-/// The connections `listener` accepts, for `serve_with_incoming`: with TCP_NODELAY and TCP
-/// keepalive set, each within `budget` (the others are closed at once) and guarded against
-/// stalled frames.
-pub fn guarded_incoming(
-    listener: TcpListener,
-    budget: ConnectionBudget,
-) -> impl Stream<Item = io::Result<GuardedConnection>> + Send + 'static {
-    let last_warning: Option<Instant> = None;
-    futures::stream::unfold(
-        (listener, budget, last_warning, 0u64),
-        |(listener, budget, mut last_warning, mut refused)| async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                        return Some((Err(error), (listener, budget, last_warning, refused)));
-                    }
-                };
-                let admission = match budget.admit(peer.ip(), Instant::now()) {
-                    Ok(admission) => admission,
-                    Err(refusal) => {
-                        refused += 1;
-                        if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
-                            tracing::warn!(
-                                client = %peer.ip(),
-                                refused_so_far = refused,
-                                "refused a connection: {refusal}"
-                            );
-                            last_warning = Some(Instant::now());
-                        }
-                        drop(stream);
-                        continue;
-                    }
-                };
-                // Nagle's algorithm would hold back small replies (trailers) until a delayed ACK.
-                let _ = stream.set_nodelay(true);
-                let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
-                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                let connection = StalledFrameGuard::holding(stream, FRAME_STALL_TIMEOUT, admission);
-                return Some((Ok(connection), (listener, budget, last_warning, refused)));
-            }
-        },
-    )
-}
-
-impl Connected for GuardedConnection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.get_ref().connect_info()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ip(text: &str) -> IpAddr {

@@ -1,13 +1,15 @@
 //! The limits every gRPC server of raftkv (the node's and the router's) puts on the clients it
 //! serves, so that a hostile or broken client (garbage bytes, thousands of connections, a
-//! request trickled a byte at a time) costs the others nothing: the numbers, and the two
-//! pieces tonic does not have, a connection budget ([`connection_budget`]) and a deadline on a
-//! frame that stops arriving halfway ([`stalled_frame`]).
+//! request trickled a byte at a time) costs the others nothing: the numbers, and the three
+//! pieces tonic does not have, connections accepted on a low-priority thread of their own
+//! ([`accept`]), a connection budget ([`connection_budget`]) and a deadline on a frame that
+//! stops arriving halfway ([`stalled_frame`]).
 //!
 //! The node and the router serve the same Kv and Cluster services, so their message size
 //! limits are here too (the Raft service's is the node's own, `MAX_RAFT_MESSAGE_BYTES`, and
 //! KvBatch's is in [`crate::batch`]).
 
+pub mod accept;
 pub mod connection_budget;
 mod services;
 pub mod stalled_frame;
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use tonic::transport::Server;
 
-pub use connection_budget::{guarded_incoming, ConnectionBudget, GuardedConnection};
+pub use accept::{guarded_incoming, GuardedConnection};
+pub use connection_budget::ConnectionBudget;
 pub use services::{cluster_server, kv_batch_server, kv_server};
 
 /// The largest Kv request or answer: a compare-and-swap carries a key and two values at their

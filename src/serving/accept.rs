@@ -1,0 +1,262 @@
+//! Where a server's connections come from: a thread of its own, at the lowest CPU priority,
+//! accepts them, holds each to its budget ([`ConnectionBudget`]) and waits for its first bytes;
+//! only then does the server's runtime, the one that answers requests, take the connection.
+//!
+//! Why a thread of its own: a host that connects in a loop (sending garbage, or nothing) costs
+//! an accept and a close per connection even when its budget refuses every one, and a client
+//! that trickles its first bytes costs a wake-up per byte. Done on the runtime that serves
+//! requests, that work waited in line with them: one abusive host on the same two cores
+//! doubled the other clients' p99 (BENCHMARKS.md, "A normal client beside an abusive one").
+//! At the lowest priority (nice 19), it only gets CPU the served connections leave; and when a
+//! flood outruns it, the kernel's accept queue fills and the flooding host waits in `connect`
+//! instead of spending the CPU it shares with us.
+//!
+//! The price: under such a flood, or on a machine whose CPU is all taken, a new connection (from
+//! anyone, a cluster member included) waits longer to be accepted. Connections already served
+//! are not affected, and clients and members keep theirs open.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::connection_budget::{Admission, ConnectionBudget};
+use super::stalled_frame::StalledFrameGuard;
+use super::{FRAME_STALL_TIMEOUT, TCP_KEEPALIVE_IDLE};
+
+/// The accepting thread's nice value: the lowest priority an unprivileged process can give.
+const ACCEPT_THREAD_NICE: libc::c_int = 19;
+
+/// The accepting thread's name (`ps -L`, `top -H`).
+pub const ACCEPT_THREAD_NAME: &str = "raftkv-accept";
+
+/// How many bytes a connection must have sent before the server takes it: the HTTP/2 client
+/// preface is 24 bytes, and a TLS ClientHello is longer. A client sends them at once.
+const FIRST_BYTES: usize = 24;
+
+/// Connections ready for the server that it has not taken yet; past it, the accepting thread
+/// waits (and the kernel's accept queue holds the rest).
+const HANDOFF_QUEUE_LEN: usize = 64;
+
+/// How long the accept loop pauses after a failed accept (out of file descriptors, say), so
+/// that it does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At most one warning about refused connections per this interval: a flood must not flood the log.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An accepted connection within its budget (its place is given back when it is dropped),
+/// closed if a frame stalls on it.
+pub type GuardedConnection = StalledFrameGuard<TcpStream, Admission>;
+
+impl Connected for GuardedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
+/// A connection the accepting thread hands over: its own runtime's socket, as a std one.
+struct Accepted {
+    stream: std::net::TcpStream,
+    admission: Admission,
+}
+
+/// The connections `listener` accepts, for `serve_with_incoming`, accepted on a thread of their
+/// own (see the module's doc): with TCP_NODELAY and TCP keepalive set, each within `budget`
+/// (the others are closed at once), each only once its first bytes arrived (one that sends
+/// none within [`FRAME_STALL_TIMEOUT`] is closed), and guarded against stalled frames. The
+/// thread stops, and closes the listener, once the stream is dropped.
+pub fn guarded_incoming(
+    listener: TcpListener,
+    budget: ConnectionBudget,
+) -> io::Result<impl Stream<Item = io::Result<GuardedConnection>> + Send + 'static> {
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (handoff, mut taken) = mpsc::channel(HANDOFF_QUEUE_LEN);
+    std::thread::Builder::new()
+        .name(ACCEPT_THREAD_NAME.to_string())
+        .spawn(move || {
+            lower_this_threads_priority();
+            runtime.block_on(accept_loop(listener, budget, handoff));
+        })?;
+    Ok(futures::stream::poll_fn(move |cx| {
+        taken.poll_recv(cx).map(|accepted| {
+            accepted.map(|Accepted { stream, admission }| {
+                // Registered with the runtime that polls this stream: the server's.
+                let stream = TcpStream::from_std(stream)?;
+                Ok(StalledFrameGuard::holding(stream, FRAME_STALL_TIMEOUT, admission))
+            })
+        })
+    }))
+}
+
+/// Gives the calling thread the lowest priority (Linux: `setpriority` with a thread id sets
+/// that thread's nice value alone). A failure only costs the priority, so it is only logged.
+fn lower_this_threads_priority() {
+    // SAFETY: plain system calls on this thread's own id; no memory is passed.
+    let lowered = unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS as _, thread, ACCEPT_THREAD_NICE)
+    };
+    if lowered != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot lower the priority of the thread that accepts connections");
+    }
+}
+
+/// Accepts connections until the server stops taking them (`handoff` closed).
+async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, handoff: mpsc::Sender<Accepted>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot accept connections");
+            return;
+        }
+    };
+    let mut last_warning: Option<Instant> = None;
+    let mut refused = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = handoff.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let admission = match budget.admit(peer.ip(), Instant::now()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                refused += 1;
+                if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                    tracing::warn!(client = %peer.ip(), refused_so_far = refused, "refused a connection: {refusal}");
+                    last_warning = Some(Instant::now());
+                }
+                continue;
+            }
+        };
+        // Nagle's algorithm would hold back small replies (trailers) until a delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let handoff = handoff.clone();
+        tokio::spawn(async move {
+            // A connection that closes, fails or stays silent is dropped here, unseen by the server.
+            if let Ok(Ok(true)) = tokio::time::timeout(FRAME_STALL_TIMEOUT, first_bytes_arrived(&stream)).await {
+                if let Ok(stream) = stream.into_std() {
+                    let _ = handoff.send(Accepted { stream, admission }).await;
+                }
+            }
+        });
+    }
+}
+
+/// Waits until `stream` holds [`FIRST_BYTES`] unread bytes (true), or its peer closed it first
+/// (false). Only peeks: the server reads them.
+async fn first_bytes_arrived(stream: &TcpStream) -> io::Result<bool> {
+    let mut peeked = [MaybeUninit::<u8>::uninit(); FIRST_BYTES];
+    loop {
+        stream.readable().await?;
+        // Too few bytes yet counts as "would block": the next arrival wakes us again.
+        let peek = || match socket2::SockRef::from(stream).peek(&mut peeked)? {
+            0 => Ok(false),
+            n if n < FIRST_BYTES => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(true),
+        };
+        match stream.try_io(Interest::READABLE, peek) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            arrived => return arrived,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use futures::StreamExt;
+
+    use super::*;
+
+    const PREFACE: &[u8; FIRST_BYTES] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    async fn incoming() -> (std::net::SocketAddr, impl Stream<Item = io::Result<GuardedConnection>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        (
+            address,
+            guarded_incoming(listener, ConnectionBudget::clients_only()).unwrap(),
+        )
+    }
+
+    async fn next_peer(connections: &mut (impl Stream<Item = io::Result<GuardedConnection>> + Unpin)) -> u16 {
+        let connection = tokio::time::timeout(Duration::from_secs(10), connections.next())
+            .await
+            .expect("a connection within 10 s")
+            .expect("the stream goes on")
+            .expect("a connection, not an error");
+        connection.get_ref().peer_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_connection_reaches_the_server_once_its_first_bytes_arrived() {
+        let (address, connections) = incoming().await;
+        let mut connections = Box::pin(connections);
+        // The first connection sends all but the preface's last byte; the second all of it.
+        let mut slow = std::net::TcpStream::connect(address).unwrap();
+        slow.write_all(&PREFACE[..FIRST_BYTES - 1]).unwrap();
+        let mut prompt = std::net::TcpStream::connect(address).unwrap();
+        prompt.write_all(PREFACE).unwrap();
+        assert_eq!(
+            next_peer(&mut connections).await,
+            prompt.local_addr().unwrap().port(),
+            "a connection whose first bytes are not all there waits; the next one does not wait for it"
+        );
+        slow.write_all(&PREFACE[FIRST_BYTES - 1..]).unwrap();
+        assert_eq!(next_peer(&mut connections).await, slow.local_addr().unwrap().port());
+    }
+
+    #[tokio::test]
+    async fn the_accepting_thread_runs_at_the_lowest_priority_and_stops_with_the_server() {
+        let (address, connections) = incoming().await;
+        let nice_of_accepting_threads = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|task| {
+                    let task = task.ok()?.path();
+                    let name = std::fs::read_to_string(task.join("comm")).ok()?;
+                    // Fields after the command's closing parenthesis: state is field 3, nice 19.
+                    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+                    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                    (name.trim() == ACCEPT_THREAD_NAME).then(|| fields[16].parse::<i32>().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            nice_of_accepting_threads().contains(&ACCEPT_THREAD_NICE),
+            "an accepting thread at nice {ACCEPT_THREAD_NICE}: {:?}",
+            nice_of_accepting_threads()
+        );
+        // Once the server drops its connections, the thread closes the listener: the port is free.
+        drop(connections);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the listener is still open 10 s after the server stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
