@@ -8,6 +8,12 @@
 //! length), or, when the first byte is a TLS handshake record, TLS records (a 5-byte header
 //! whose last 2 bytes are the length). A frame that has begun must end within the timeout; an
 //! idle connection between frames has no deadline (HTTP/2 keepalive reaps dead ones).
+//!
+//! A frame that trickles (it has been arriving for over [`TRICKLE_AFTER`] and a read brought
+//! fewer than [`TRICKLE_BYTES`] of it) is read at most once per [`TRICKLE_PAUSE`]: each read
+//! wakes the runtime that serves every connection, so a host trickling a byte at a time on
+//! hundreds of connections would otherwise cost the others a wake-up per byte, in bursts. An
+//! honest peer's frame arrives in segments of hundreds of bytes or more, and at once.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +22,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+
+/// How long a frame may take to arrive before a small read counts as trickling.
+const TRICKLE_AFTER: Duration = Duration::from_millis(100);
+/// A read that brings fewer bytes than this of a frame arriving for over [`TRICKLE_AFTER`]
+/// counts as trickling.
+const TRICKLE_BYTES: usize = 64;
+/// The pause before reading a trickling connection again: its bytes wait in the socket.
+pub const TRICKLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The HTTP/2 connection preface a client sends first.
 const HTTP2_PREFACE_BYTES: usize = 24;
@@ -52,6 +66,8 @@ struct FrameTracker {
     header_filled: usize,
     /// Whether the reader is exactly between two frames (nothing of a frame pending).
     between_frames: bool,
+    /// How many units (the preface, frames, records) have arrived whole.
+    units_done: u64,
 }
 
 impl FrameTracker {
@@ -66,6 +82,7 @@ impl FrameTracker {
             header_filled: 0,
             // A new connection must begin (and finish its preface) in time too.
             between_frames: false,
+            units_done: 0,
         }
     }
 
@@ -109,6 +126,7 @@ impl FrameTracker {
                 }
                 if let Position::Within { remaining: 0, .. } = self.position {
                     self.between_frames = true;
+                    self.units_done += 1;
                 }
             }
         }
@@ -145,6 +163,10 @@ pub struct StalledFrameGuard<T, H = ()> {
     timeout: Duration,
     /// When the pending frame must be whole; None between frames.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// When the pending frame began to arrive; None between frames.
+    frame_began: Option<Instant>,
+    /// Until when reads are paused, the pending frame trickling.
+    paused: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> StalledFrameGuard<T> {
@@ -163,6 +185,8 @@ impl<T, H> StalledFrameGuard<T, H> {
             tracker: FrameTracker::new(),
             timeout,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            frame_began: Some(Instant::now()),
+            paused: None,
         }
     }
 
@@ -172,32 +196,58 @@ impl<T, H> StalledFrameGuard<T, H> {
     }
 }
 
+impl<T, H> StalledFrameGuard<T, H> {
+    /// Whether the pending frame's deadline has passed (registers `cx` for it otherwise).
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+    }
+}
+
 impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for StalledFrameGuard<T, H> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let stalled = || io::Error::new(io::ErrorKind::TimedOut, "a frame stalled: closing the connection");
+        if let Some(paused) = this.paused.as_mut() {
+            if paused.as_mut().poll(cx).is_pending() {
+                // Not reading registers no wake-up for the bytes that arrive meanwhile.
+                return if this.stalled(cx) {
+                    Poll::Ready(Err(stalled()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            this.paused = None;
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
                 let was_between = this.tracker.between_frames;
+                let units_before = this.tracker.units_done;
                 this.tracker.feed(&buf.filled()[before..]);
                 if this.tracker.between_frames {
                     this.deadline = None;
+                    this.frame_began = None;
                 } else if was_between || this.deadline.is_none() {
                     // A new frame began: it has the whole timeout.
                     this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
+                    this.frame_began = Some(Instant::now());
+                } else if this.tracker.units_done != units_before {
+                    // A frame ended and the next began in this read (it keeps the deadline).
+                    this.frame_began = Some(Instant::now());
+                } else if read > 0
+                    && read < TRICKLE_BYTES
+                    && this.frame_began.is_some_and(|began| began.elapsed() > TRICKLE_AFTER)
+                {
+                    this.paused = Some(Box::pin(tokio::time::sleep(TRICKLE_PAUSE)));
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "a frame stalled: closing the connection",
-                    )));
+                if this.stalled(cx) {
+                    return Poll::Ready(Err(stalled()));
                 }
                 Poll::Pending
             }
@@ -276,16 +326,28 @@ mod tests {
         assert!(tracker.between_frames);
     }
 
-    #[tokio::test]
-    async fn a_trickled_frame_is_cut_off_and_a_silent_idle_connection_between_frames_is_not() {
-        // A short timeout, so that the test need not wait; an idle connection waits several.
-        let timeout = Duration::from_millis(50);
+    /// A guarded connection with `timeout`, and its peer's writing half, once the preface is read.
+    async fn past_the_preface(
+        timeout: Duration,
+    ) -> (
+        StalledFrameGuard<tokio::io::DuplexStream>,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    ) {
         let (client, server) = tokio::io::duplex(1024);
         let mut guarded = StalledFrameGuard::new(server, timeout);
         let (_read, mut write) = tokio::io::split(client);
         write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(guarded.read(&mut buf).await.unwrap(), 24);
+        (guarded, write)
+    }
+
+    #[tokio::test]
+    async fn a_trickled_frame_is_cut_off_and_a_silent_idle_connection_between_frames_is_not() {
+        // A short timeout, so that the test need not wait; an idle connection waits several.
+        let timeout = Duration::from_millis(50);
+        let (mut guarded, mut write) = past_the_preface(timeout).await;
+        let mut buf = [0u8; 64];
         // Between frames there is no deadline at all.
         let idle = tokio::time::timeout(timeout * 5, guarded.read(&mut buf)).await;
         assert!(idle.is_err(), "an idle connection is left alone");
@@ -294,5 +356,71 @@ mod tests {
         assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
         let error = guarded.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_frame_is_read_once_a_pause_and_a_prompt_one_at_once() {
+        let (mut guarded, mut write) = past_the_preface(Duration::from_secs(10)).await;
+        let mut buf = [0u8; 256];
+        // A frame whose bytes keep coming, each soon after the last, is read as they come.
+        let header = frame(100);
+        for byte in &header[..3] {
+            write.write_all(&[*byte]).await.unwrap();
+            let asked = Instant::now();
+            assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
+            assert_eq!(asked.elapsed(), Duration::ZERO, "read at once");
+        }
+        // Past TRICKLE_AFTER, a byte at a time is trickling: the next read waits for the pause.
+        tokio::time::sleep(TRICKLE_AFTER * 2).await;
+        write.write_all(&header[3..4]).await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 1);
+        write.write_all(&header[4..6]).await.unwrap();
+        let asked = Instant::now();
+        assert_eq!(
+            guarded.read(&mut buf).await.unwrap(),
+            2,
+            "what came meanwhile, in one read"
+        );
+        assert!(asked.elapsed() >= TRICKLE_PAUSE, "read after {:?}", asked.elapsed());
+        // That read was small too: the rest of the frame waits for the next pause, and ends it.
+        write.write_all(&header[6..]).await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), header.len() - 6);
+        // The next frame is read at once again.
+        let asked = Instant::now();
+        write.write_all(&frame(0)).await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), HTTP2_FRAME_HEADER_BYTES);
+        assert_eq!(
+            asked.elapsed(),
+            Duration::ZERO,
+            "a frame that arrives whole is not paused"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_frame_still_stalls_while_its_reads_are_paused() {
+        let timeout = Duration::from_secs(3);
+        let (mut guarded, mut write) = past_the_preface(timeout).await;
+        let mut buf = [0u8; 64];
+        let began = Instant::now();
+        // A byte every half second: each read after the first pauses.
+        let trickle = async {
+            loop {
+                write.write_all(&[0]).await.unwrap();
+                match guarded.read(&mut buf).await {
+                    Ok(n) => assert!(n >= 1),
+                    Err(error) => break error,
+                }
+                tokio::time::sleep(TRICKLE_PAUSE / 2).await;
+            }
+        };
+        let error = tokio::time::timeout(timeout * 10, trickle)
+            .await
+            .expect("the trickling frame is cut off");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            began.elapsed() <= timeout + TRICKLE_PAUSE,
+            "cut off after {:?}",
+            began.elapsed()
+        );
     }
 }
