@@ -167,7 +167,7 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
 async fn first_bytes_arrived(stream: &TcpStream) -> io::Result<bool> {
     let mut peeked = [MaybeUninit::<u8>::uninit(); FIRST_BYTES];
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(Interest::READABLE).await?;
         // Too few bytes yet counts as "would block": the next arrival wakes us again.
         let peek = || match socket2::SockRef::from(stream).peek(&mut peeked)? {
             0 => Ok(false),
@@ -175,6 +175,9 @@ async fn first_bytes_arrived(stream: &TcpStream) -> io::Result<bool> {
             _ => Ok(true),
         };
         match stream.try_io(Interest::READABLE, peek) {
+            // A peer that closed after a few bytes stays readable (its end of stream), so waiting
+            // for more would spin: it will send no more.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => return Ok(false),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
             arrived => return arrived,
         }
@@ -225,6 +228,30 @@ mod tests {
         );
         slow.write_all(&PREFACE[FIRST_BYTES - 1..]).unwrap();
         assert_eq!(next_peer(&mut connections).await, slow.local_addr().unwrap().port());
+    }
+
+    #[test]
+    fn a_peer_that_closes_after_a_few_bytes_is_given_up_not_waited_for() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        peer.write_all(&PREFACE[..5]).unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        // On a thread of its own, so that a wait that spins fails the test rather than hang it.
+        let (answer, answered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let arrived = runtime.block_on(async { first_bytes_arrived(&TcpStream::from_std(stream)?).await });
+            let _ = answer.send(arrived.unwrap());
+        });
+        let arrived = answered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an answer within 10 s, not a wait (or a spin) until the deadline");
+        assert!(!arrived, "its first bytes never arrive");
     }
 
     #[tokio::test]
