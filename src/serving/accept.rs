@@ -1,5 +1,6 @@
 //! Where a server's connections come from: a thread of its own, at the lowest CPU priority,
-//! accepts them, holds each to its budget ([`ConnectionBudget`]) and waits for its first bytes;
+//! accepts them, holds each to its budget ([`ConnectionBudget`]) and waits for its first bytes,
+//! which must be an HTTP/2 preface or a TLS handshake record (anything else is closed there);
 //! only then does the server's runtime, the one that answers requests, take the connection.
 //!
 //! Why a thread of its own: a host that connects in a loop (sending garbage, or nothing) costs
@@ -27,7 +28,7 @@ use tokio::time::Instant;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::connection_budget::{Admission, ConnectionBudget};
-use super::stalled_frame::StalledFrameGuard;
+use super::stalled_frame::{StalledFrameGuard, TLS_HANDSHAKE_RECORD};
 use super::{FRAME_STALL_TIMEOUT, TCP_KEEPALIVE_IDLE};
 
 /// The accepting thread's nice value: the lowest priority an unprivileged process can give.
@@ -39,6 +40,9 @@ pub const ACCEPT_THREAD_NAME: &str = "raftkv-accept";
 /// How many bytes a connection must have sent before the server takes it: the HTTP/2 client
 /// preface is 24 bytes, and a TLS ClientHello is longer. A client sends them at once.
 const FIRST_BYTES: usize = 24;
+
+/// The HTTP/2 client preface: how a plaintext connection of a gRPC client begins.
+const HTTP2_PREFACE: &[u8; FIRST_BYTES] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connections ready for the server that it has not taken yet; past it, the accepting thread
 /// waits (and the kernel's accept queue holds the rest).
@@ -152,14 +156,28 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let handoff = handoff.clone();
         tokio::spawn(async move {
-            // A connection that closes, fails or stays silent is dropped here, unseen by the server.
+            // A connection that closes, fails, stays silent or begins with something no client of
+            // ours sends is dropped here, unseen by the server.
             if let Ok(Ok(true)) = tokio::time::timeout(FRAME_STALL_TIMEOUT, first_bytes_arrived(&stream)).await {
-                if let Ok(stream) = stream.into_std() {
-                    let _ = handoff.send(Accepted { stream, admission }).await;
+                let mut first = [0u8; FIRST_BYTES];
+                // The bytes are there: this peek returns at once, all of them.
+                let peeked = stream.peek(&mut first).await;
+                if peeked.is_ok_and(|n| n == FIRST_BYTES && begins_a_connection_we_serve(&first)) {
+                    if let Ok(stream) = stream.into_std() {
+                        let _ = handoff.send(Accepted { stream, admission }).await;
+                    }
                 }
             }
         });
     }
+}
+
+/// Whether a connection's first bytes are those of a client of ours: the HTTP/2 preface
+/// (plaintext) or a TLS handshake record. Either is taken whether the server serves TLS or not,
+/// so that a client that speaks the wrong one gets the server's own answer (a TLS alert, a
+/// closed connection) rather than a silent close here.
+fn begins_a_connection_we_serve(first: &[u8; FIRST_BYTES]) -> bool {
+    first == HTTP2_PREFACE || first[0] == TLS_HANDSHAKE_RECORD
 }
 
 /// Waits until `stream` holds [`FIRST_BYTES`] unread bytes (true), or its peer closed it first
@@ -192,7 +210,7 @@ mod tests {
 
     use super::*;
 
-    const PREFACE: &[u8; FIRST_BYTES] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const PREFACE: &[u8; FIRST_BYTES] = HTTP2_PREFACE;
 
     async fn incoming() -> (std::net::SocketAddr, impl Stream<Item = io::Result<GuardedConnection>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -228,6 +246,32 @@ mod tests {
         );
         slow.write_all(&PREFACE[FIRST_BYTES - 1..]).unwrap();
         assert_eq!(next_peer(&mut connections).await, slow.local_addr().unwrap().port());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_begins_with_garbage_never_reaches_the_server() {
+        let (address, connections) = incoming().await;
+        let mut connections = Box::pin(connections);
+        let mut garbage = std::net::TcpStream::connect(address).unwrap();
+        garbage.write_all(&[7u8; 4096]).unwrap();
+        let mut tls = std::net::TcpStream::connect(address).unwrap();
+        let mut hello = [0u8; FIRST_BYTES];
+        hello[0] = TLS_HANDSHAKE_RECORD;
+        tls.write_all(&hello).unwrap();
+        let mut plain = std::net::TcpStream::connect(address).unwrap();
+        plain.write_all(PREFACE).unwrap();
+        let mut reached = vec![next_peer(&mut connections).await, next_peer(&mut connections).await];
+        reached.sort();
+        let mut expected = vec![tls.local_addr().unwrap().port(), plain.local_addr().unwrap().port()];
+        expected.sort();
+        assert_eq!(reached, expected, "the TLS and HTTP/2 connections, not the garbage");
+        // The garbage connection is closed: reading it ends (or is reset) instead of waiting.
+        garbage.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        match std::io::Read::read(&mut garbage, &mut buf) {
+            Ok(n) => assert_eq!(n, 0, "closed without an answer"),
+            Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}"),
+        }
     }
 
     #[test]

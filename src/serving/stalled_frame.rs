@@ -39,7 +39,7 @@ const HTTP2_FRAME_HEADER_BYTES: usize = 9;
 /// A TLS record header: type, 2 bytes of version, 2 bytes of length.
 const TLS_RECORD_HEADER_BYTES: usize = 5;
 /// The first byte of a TLS ClientHello record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+pub(super) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Which framing the connection speaks, known from its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
