@@ -158,11 +158,8 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
         tokio::spawn(async move {
             // A connection that closes, fails, stays silent or begins with something no client of
             // ours sends is dropped here, unseen by the server.
-            if let Ok(Ok(true)) = tokio::time::timeout(FRAME_STALL_TIMEOUT, first_bytes_arrived(&stream)).await {
-                let mut first = [0u8; FIRST_BYTES];
-                // The bytes are there: this peek returns at once, all of them.
-                let peeked = stream.peek(&mut first).await;
-                if peeked.is_ok_and(|n| n == FIRST_BYTES && begins_a_connection_we_serve(&first)) {
+            if let Ok(Ok(Some(first))) = tokio::time::timeout(FRAME_STALL_TIMEOUT, first_bytes(&stream)).await {
+                if begins_a_connection_we_serve(&first) {
                     if let Ok(stream) = stream.into_std() {
                         let _ = handoff.send(Accepted { stream, admission }).await;
                     }
@@ -180,9 +177,9 @@ fn begins_a_connection_we_serve(first: &[u8; FIRST_BYTES]) -> bool {
     first == HTTP2_PREFACE || first[0] == TLS_HANDSHAKE_RECORD
 }
 
-/// Waits until `stream` holds [`FIRST_BYTES`] unread bytes (true), or its peer closed it first
-/// (false). Only peeks: the server reads them.
-async fn first_bytes_arrived(stream: &TcpStream) -> io::Result<bool> {
+/// The first [`FIRST_BYTES`] bytes of `stream` once they are all there, or None if its peer
+/// closed it first. Only peeks: the server reads them.
+async fn first_bytes(stream: &TcpStream) -> io::Result<Option<[u8; FIRST_BYTES]>> {
     let mut peeked = [MaybeUninit::<u8>::uninit(); FIRST_BYTES];
     loop {
         let ready = stream.ready(Interest::READABLE).await?;
@@ -195,11 +192,17 @@ async fn first_bytes_arrived(stream: &TcpStream) -> io::Result<bool> {
         match stream.try_io(Interest::READABLE, peek) {
             // A peer that closed after a few bytes stays readable (its end of stream), so waiting
             // for more would spin: it will send no more.
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock && ready.is_read_closed() => return Ok(None),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            arrived => return arrived,
+            Err(error) => return Err(error),
+            Ok(false) => return Ok(None),
+            Ok(true) => break,
         }
     }
+    // They are there: this peek returns at once, all of them (into bytes we can read).
+    let mut first = [0u8; FIRST_BYTES];
+    let peeked = stream.peek(&mut first).await?;
+    Ok((peeked == FIRST_BYTES).then_some(first))
 }
 
 #[cfg(test)]
@@ -289,13 +292,13 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            let arrived = runtime.block_on(async { first_bytes_arrived(&TcpStream::from_std(stream)?).await });
-            let _ = answer.send(arrived.unwrap());
+            let first = runtime.block_on(async { first_bytes(&TcpStream::from_std(stream)?).await });
+            let _ = answer.send(first.unwrap());
         });
         let arrived = answered
             .recv_timeout(Duration::from_secs(10))
             .expect("an answer within 10 s, not a wait (or a spin) until the deadline");
-        assert!(!arrived, "its first bytes never arrive");
+        assert_eq!(arrived, None, "its first bytes never arrive");
     }
 
     #[tokio::test]
