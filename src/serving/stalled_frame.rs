@@ -161,10 +161,8 @@ pub struct StalledFrameGuard<T, H = ()> {
     _held: H,
     tracker: FrameTracker,
     timeout: Duration,
-    /// When the pending frame must be whole; None between frames.
+    /// When the pending frame must be whole (it began `timeout` before); None between frames.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// When the pending frame began to arrive; None between frames.
-    frame_began: Option<Instant>,
     /// Until when reads are paused, the pending frame trickling.
     paused: Option<Pin<Box<Sleep>>>,
 }
@@ -185,7 +183,6 @@ impl<T, H> StalledFrameGuard<T, H> {
             tracker: FrameTracker::new(),
             timeout,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-            frame_began: Some(Instant::now()),
             paused: None,
         }
     }
@@ -197,6 +194,13 @@ impl<T, H> StalledFrameGuard<T, H> {
 }
 
 impl<T, H> StalledFrameGuard<T, H> {
+    /// How long the pending frame has been arriving (zero between frames).
+    fn pending_frame_age(&self) -> Duration {
+        self.deadline.as_ref().map_or(Duration::ZERO, |deadline| {
+            (Instant::now() + self.timeout).saturating_duration_since(deadline.deadline())
+        })
+    }
+
     /// Whether the pending frame's deadline has passed (registers `cx` for it otherwise).
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline
@@ -229,18 +233,11 @@ impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for StalledFrameGuard<T, H> {
                 this.tracker.feed(&buf.filled()[before..]);
                 if this.tracker.between_frames {
                     this.deadline = None;
-                    this.frame_began = None;
-                } else if was_between || this.deadline.is_none() {
-                    // A new frame began: it has the whole timeout.
+                } else if was_between || this.deadline.is_none() || this.tracker.units_done != units_before {
+                    // A new frame began (perhaps right after the end of one, in this read): it has
+                    // the whole timeout.
                     this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
-                    this.frame_began = Some(Instant::now());
-                } else if this.tracker.units_done != units_before {
-                    // A frame ended and the next began in this read (it keeps the deadline).
-                    this.frame_began = Some(Instant::now());
-                } else if read > 0
-                    && read < TRICKLE_BYTES
-                    && this.frame_began.is_some_and(|began| began.elapsed() > TRICKLE_AFTER)
-                {
+                } else if read > 0 && read < TRICKLE_BYTES && this.pending_frame_age() > TRICKLE_AFTER {
                     this.paused = Some(Box::pin(tokio::time::sleep(TRICKLE_PAUSE)));
                 }
                 Poll::Ready(Ok(()))
@@ -422,5 +419,27 @@ mod tests {
             "cut off after {:?}",
             began.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_begins_in_the_read_that_ends_the_last_one_has_a_deadline_of_its_own() {
+        // An upload whose reads never end on a frame boundary: each read ends one frame and
+        // begins the next. Each frame takes under the timeout; together they take far more.
+        let timeout = Duration::from_secs(3);
+        let (mut guarded, mut write) = past_the_preface(timeout).await;
+        let mut buf = [0u8; 256];
+        let frames: Vec<u8> = (0..20).flat_map(|_| frame(100)).collect();
+        let mut sent = 0;
+        while sent < frames.len() {
+            // 50 bytes, then a frame's length at a time: every read ends 50 bytes into a frame.
+            let chunk = &frames[sent..(sent + if sent == 0 { 50 } else { 109 }).min(frames.len())];
+            sent += chunk.len();
+            // The reader waits first (and checks the deadline), then the bytes come.
+            let (read, ()) = tokio::join!(guarded.read(&mut buf), async {
+                tokio::time::sleep(timeout / 2).await;
+                write.write_all(chunk).await.unwrap();
+            });
+            read.expect("each frame arrived in time");
+        }
     }
 }
