@@ -85,7 +85,9 @@ async fn leave_a_follower_behind_a_compacted_log(cluster: &mut TestCluster) -> (
     let client = cluster.client();
     load(&client, 0..LOADED_BEFORE).await;
     let follower = cluster.follower().await;
-    let applied = cluster.status(follower).await.unwrap().applied_index.unwrap_or(0);
+    // Its log may hold entries beyond what it applied: the leader must purge past those too,
+    // or it could send the follower the rest of the log instead of a snapshot.
+    let last_index = cluster.status(follower).await.unwrap().last_log_index.unwrap_or(0);
     cluster.kill9(follower);
     let mut loaded = LOADED_BEFORE + LOADED_WHILE_DOWN;
     load(&client, LOADED_BEFORE..loaded).await;
@@ -93,12 +95,12 @@ async fn leave_a_follower_behind_a_compacted_log(cluster: &mut TestCluster) -> (
     loop {
         let leader = cluster.leader().await;
         let purged = cluster.status(leader).await.ok().and_then(|status| status.purged_index);
-        if purged.unwrap_or(0) > applied {
+        if purged.unwrap_or(0) > last_index {
             return (follower, leader, loaded);
         }
         assert!(
             Instant::now() < deadline,
-            "node {leader} (leader) has not purged its log past index {applied}, where the killed \
+            "node {leader} (leader) has not purged its log past index {last_index}, where the killed \
              follower stopped, after {loaded} values loaded: purged up to {purged:?}"
         );
         load(&client, loaded..loaded + LOAD_ROUND).await;
