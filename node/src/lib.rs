@@ -17,6 +17,7 @@ pub mod handover;
 pub mod kv_service;
 pub mod member_addresses;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod proposer;

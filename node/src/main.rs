@@ -294,6 +294,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = raftkv_node::memory::spawn_trimmer() {
+        eprintln!("error: cannot start the thread that returns freed memory: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match raftkv::runtime::build(worker_threads) {
         Ok(r) => r,
         Err(e) => {
