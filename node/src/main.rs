@@ -234,30 +234,8 @@ async fn stop_signal() {
     }
 }
 
-/// glibc malloc arenas the node may use, unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
-/// each thread that meets contention an arena of its own (up to 8 per core), and memory freed
-/// in one is kept for that arena: the engine's flush and compaction threads, the WAL thread and
-/// each snapshot build left their own high-water marks. With 1 GB loaded, after 60 s of
-/// linearizable gets and 90 s of puts with a snapshot build on each node, the nodes' RSS peaked
-/// at 184-211 MB with the default and 150-172 MB with 2 (two runs each; BENCHMARKS.md, "At
-/// scale"); throughput was the same within the noise.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS: libc::c_int = 2;
-
-/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`]; first thing in `main`, before any thread.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt takes two integers and changes only the allocator's own settings; no
-        // other thread exists yet to allocate meanwhile.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    raftkv_node::memory::limit_malloc_arenas();
     raftkv::runtime::abort_on_panic();
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|first| first == "restore") {
