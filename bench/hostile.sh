@@ -24,14 +24,18 @@
 # Usage (it builds nothing: run `cargo build --release` first; it runs target/release/{raftkv,
 # raftkv-node,raftkv-router}, or those in $BIN_DIR):
 #   bench/hostile.sh [--clients N] [--duration SECS] [--rounds N] [--connections N] [--slow N]
-#                    [--base-port PORT]
-# Example:
+#                    [--base-port PORT] [--abuse LIST]
+# --abuse picks the rows, a comma-separated list of garbage, garbage-idle, connections,
+# slowloris, slowloris-idle (default: all; the quiet row is always measured).
+# Examples:
 #   bench/hostile.sh --clients 16 --duration 10 --rounds 3
+#   bench/hostile.sh --clients 16 --duration 10 --rounds 5 --abuse slowloris,slowloris-idle
 set -euo pipefail
 
 usage() { sed -n '/^# Usage/,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 clients=16 duration=10 rounds=1 connections=1000 slow=200 base_port=17500
+all_abuses="garbage garbage-idle connections slowloris slowloris-idle" abuses=""
 while (($#)); do
   case $1 in
     --clients) clients=$2; shift 2 ;;
@@ -40,12 +44,17 @@ while (($#)); do
     --connections) connections=$2; shift 2 ;;
     --slow) slow=$2; shift 2 ;;
     --base-port) base_port=$2; shift 2 ;;
+    --abuse) abuses=${2//,/ }; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 for n in "$clients" "$duration" "$rounds" "$connections" "$slow" "$base_port"; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: every option takes a positive whole number" >&2; exit 2; }
+done
+abuses=${abuses:-$all_abuses}
+for abuse in $abuses; do
+  [[ " $all_abuses " == *" $abuse "* ]] || { echo "error: unknown abuse $abuse (one of: $all_abuses)" >&2; exit 2; }
 done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${BIN_DIR:-$repo/target/release}
@@ -181,7 +190,7 @@ for round in $(seq 1 "$rounds"); do
   ((rounds == 1)) || echo "round $round of $rounds"
   # shellcheck disable=SC2059 # the format is the one above
   printf "$row" abuse op "p99 ms" "ops/s" errors "p99 / quiet" "abuse/s" "servers cpu%" "abuser cpu%"
-  for abuse in none garbage garbage-idle connections slowloris slowloris-idle; do
+  for abuse in none $abuses; do
     abuser_pid=""
     rm -f "$work/abuser-count"
     if [[ $abuse != none ]]; then
@@ -211,7 +220,7 @@ done
 if ((rounds > 1)); then
   echo
   printf '%-14s %-5s %8s %13s  %s\n' abuse op median range "each round"
-  for abuse in garbage garbage-idle connections slowloris slowloris-idle; do
+  for abuse in $abuses; do
     for op in put get; do
       # shellcheck disable=SC2086 # the ratios are words
       jq -rn --arg abuse "$abuse" --arg op "$op" --arg each "${ratios[$abuse $op]}" '
