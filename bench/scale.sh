@@ -29,7 +29,7 @@
 #
 # Usage (it builds nothing: run `cargo build --release` first; it runs target/release/{raftkv,
 # raftkv-node,raftkv-router}, or those in $BIN_DIR):
-#   bench/scale.sh [--size SIZE] [--value-size BYTES] [--engine NAME] [--cache-mb MB]
+#   bench/scale.sh [--size SIZE] [--value-size BYTES] [--random-values] [--engine NAME] [--cache-mb MB]
 #                  [--clients N] [--bench-secs SECS] [--runs N] [--behind SECS] [--catch-up-timeout SECS]
 #                  [--node-args 'FLAGS'] [--keep DIR] [--base-port PORT]
 # Examples:
@@ -38,10 +38,13 @@
 #   bench/scale.sh                                    # 1 GB: 3.7M keys of 256 bytes
 #   bench/scale.sh --engine fjall --cache-mb 64       # with a raftkv-node that has those flags
 #   bench/scale.sh --size 50MB --node-args '--snapshot-after-logs 20000'
+#   bench/scale.sh --size 300MB --runs 1 --random-values   # values that do not compress
 #
 # --size is the logical data, keys + values (B, KB, MB, GB, TB: powers of 10; KiB, MiB, GiB:
 # of 2; default 1GB); keys are 14 bytes (bench/00000042), so it is --size / (14 + --value-size)
-# keys (default 256). --engine and --cache-mb are passed to raftkv-node only if its --help
+# keys (default 256). Every put writes the same printable value unless --random-values is given
+# (random bytes, a value of its own per put, as `raftkv bench --random-values`): the engine's
+# compression then has nothing to take, as with most real data. --engine and --cache-mb are passed to raftkv-node only if its --help
 # names them (given for a node without them, the script stops). --clients (64) drive the fill,
 # the puts while a follower is down and the throughput runs of --bench-secs (60: long enough to
 # hold the snapshot builds and compactions a steady load brings, where a 10 s window either held
@@ -58,11 +61,12 @@ set -euo pipefail
 usage() { sed -n '/^# Usage/,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 size_text=1GB value_size=256 engine="" cache_mb="" clients=64 bench_secs=60 runs=3 behind=15
-catch_up_timeout="" node_args="" keep="" base_port=17400
+catch_up_timeout="" node_args="" keep="" base_port=17400 random_values=""
 while (($#)); do
   case $1 in
     --size) size_text=$2; shift 2 ;;
     --value-size) value_size=$2; shift 2 ;;
+    --random-values) random_values=1; shift ;;
     --engine) engine=$2; shift 2 ;;
     --cache-mb) cache_mb=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
@@ -116,6 +120,8 @@ keys=$((size_bytes / (KEY_BYTES + value_size)))
 ((keys >= 1)) || usage_error "--size $size_text holds not one key of $((KEY_BYTES + value_size)) bytes"
 ((keys <= 100000000)) || usage_error "--size $size_text is more than 100 million keys; raise --value-size"
 logical_bytes=$((keys * (KEY_BYTES + value_size)))
+value_flags=(--value-size "$value_size")
+[[ -n $random_values ]] && value_flags+=(--random-values)
 logical_mb=$(awk -v b="$logical_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
 if [[ -z $catch_up_timeout ]]; then
   catch_up_timeout=$((120 + logical_bytes / 10000000))
@@ -427,14 +433,14 @@ leave_behind() { # ID DIR NAME
   behind_purged=0 behind_rounds=0
   stop_node "$id" KILL
   bench "$dir/$name-behind.json" --workload put --clients "$clients" --keys "$keys" \
-    --value-size "$value_size" --warmup 0s --duration "${behind}s" >/dev/null
+    "${value_flags[@]}" --warmup 0s --duration "${behind}s" >/dev/null
   while :; do
     behind_purged=$(leader_of "$(status_json)" | awk '{ print $4 }')
     ((${behind_purged:-0} > ${behind_applied:-0})) && break
     ((behind_rounds < EXTRA_WRITE_ROUNDS)) || break
     behind_rounds=$((behind_rounds + 1))
     bench "$dir/$name-behind-$behind_rounds.json" --workload put --clients "$clients" --keys "$keys" \
-      --value-size "$value_size" --warmup 0s --duration 5s >/dev/null
+      "${value_flags[@]}" --warmup 0s --duration 5s >/dev/null
   done
 }
 
@@ -475,7 +481,7 @@ note() { notes+=("$*"); }
 
 echo "# raftkv at $logical_mb MB ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "- command: $0 --size $size_text --value-size $value_size --clients $clients --bench-secs $bench_secs --runs $runs --behind $behind --catch-up-timeout $catch_up_timeout${engine:+ --engine $engine}${cache_mb:+ --cache-mb $cache_mb}${node_args:+ --node-args '$node_args'}"
+echo "- command: $0 --size $size_text --value-size $value_size${random_values:+ --random-values} --clients $clients --bench-secs $bench_secs --runs $runs --behind $behind --catch-up-timeout $catch_up_timeout${engine:+ --engine $engine}${cache_mb:+ --cache-mb $cache_mb}${node_args:+ --node-args '$node_args'}"
 echo "- raftkv $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet 2>/dev/null || echo ' + uncommitted changes'); engine: $engine_name; node flags: ${engine_flags[*]:-} ${node_args:-(defaults)}"
 echo "- data: $keys keys of $KEY_BYTES + $value_size bytes = $logical_mb MB of keys and values (MB = 10^6 bytes)"
 echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r); disk under the data: $(df -hT "$work" | awk 'NR == 2 { print $1 " (" $2 "), " $5 " free" }')"
@@ -486,8 +492,8 @@ echo
 base_dir=$work/baseline
 step "baseline: a fresh cluster with $BASELINE_KEYS keys; put and linearizable get at $clients clients, $runs × $bench_secs s each"
 start_cluster "$base_dir"
-base_put=$(bench_median "$base_dir/put.json" --workload put --clients "$clients" --keys "$BASELINE_KEYS" --value-size "$value_size" --duration "${bench_secs}s")
-base_get=$(bench_median "$base_dir/get.json" --workload get --consistency linearizable --clients "$clients" --keys "$BASELINE_KEYS" --value-size "$value_size" --duration "${bench_secs}s")
+base_put=$(bench_median "$base_dir/put.json" --workload put --clients "$clients" --keys "$BASELINE_KEYS" "${value_flags[@]}" --duration "${bench_secs}s")
+base_get=$(bench_median "$base_dir/get.json" --workload get --consistency linearizable --clients "$clients" --keys "$BASELINE_KEYS" "${value_flags[@]}" --duration "${bench_secs}s")
 stop_cluster
 [[ -n $keep ]] || rm -rf "${base_dir:?}"/node-*
 
@@ -497,7 +503,7 @@ step "load: a fresh cluster; fill of $keys keys ($logical_mb MB) at $clients cli
 start_cluster "$dir"
 # Elections until here are the cluster's start (a second one is common while the last node starts).
 step_names[-1]="cluster start" step_names+=("load") step_started+=("$(now_ms)")
-fill=$(bench --live "$dir/fill.json" --workload fill --clients "$clients" --keys "$keys" --value-size "$value_size")
+fill=$(bench --live "$dir/fill.json" --workload fill --clients "$clients" --keys "$keys" "${value_flags[@]}")
 [[ -n $fill ]] || die "the fill failed (its error is above; logs in $dir)"
 read -r mb_per_s keys_per_s written_mb fill_s p50 p99 stall errors < <(jq -r \
   '[.written_mb_per_sec, .ops_per_sec, .written_mb, .duration_s, .p50_ms, .p99_ms, .longest_stall_ms, .errors] | @tsv' <<<"$fill")
@@ -520,8 +526,8 @@ row "disk per node after the load (× $logical_mb MB)" "$(IFS=';'; echo "${disk[
 
 # --- loaded throughput -----------------------------------------------------------------------------
 step "loaded: put and linearizable get over $keys keys at $clients clients, $runs × $bench_secs s each"
-loaded_put=$(bench_median "$dir/put.json" --workload put --clients "$clients" --keys "$keys" --value-size "$value_size" --duration "${bench_secs}s")
-loaded_get=$(bench_median "$dir/get.json" --workload get --consistency linearizable --no-preload --clients "$clients" --keys "$keys" --value-size "$value_size" --duration "${bench_secs}s")
+loaded_put=$(bench_median "$dir/put.json" --workload put --clients "$clients" --keys "$keys" "${value_flags[@]}" --duration "${bench_secs}s")
+loaded_get=$(bench_median "$dir/get.json" --workload get --consistency linearizable --no-preload --clients "$clients" --keys "$keys" "${value_flags[@]}" --duration "${bench_secs}s")
 row "put, $clients clients: loaded vs $BASELINE_KEYS keys" \
   "$(throughput_of "$loaded_put" "$dir/put.json") vs $(throughput_of "$base_put" "$base_dir/put.json"): $(share "$loaded_put" "$base_put")" "≥ 70 %"
 row "linearizable get, $clients clients: loaded vs $BASELINE_KEYS keys" \

@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// fill, or an earlier run, with the same --keys and --value-size).
     #[arg(long)]
     pub no_preload: bool,
+    /// Write incompressible values (random bytes, a different value for every put) instead of
+    /// one printable value repeated: data that compresses like most real data does not.
+    #[arg(long)]
+    pub random_values: bool,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]

@@ -43,6 +43,8 @@ pub struct RunDescription {
     pub threads: u16,
     pub keys: u64,
     pub value_size: u64,
+    /// Whether every put wrote random bytes (`--random-values`) rather than one repeated value.
+    pub random_values: bool,
     /// 0 for a fill, which records every write.
     pub warmup_s: f64,
     /// `random` or `sequential`, for the `fill` workload only.
@@ -167,7 +169,7 @@ impl Report {
         );
         let _ = writeln!(
             text,
-            "  {} {} on {} {}{}, {} keys, {}-byte values, {timing}",
+            "  {} {} on {} {}{}, {} keys, {}-byte {}values, {timing}",
             run.clients,
             plural(run.clients as u64, "client", "clients"),
             run.connections,
@@ -175,6 +177,7 @@ impl Report {
             if run.batched { " (requests batched)" } else { "" },
             run.keys,
             run.value_size,
+            if run.random_values { "random " } else { "" },
         );
         let _ = writeln!(text, "  command: {}", run.command);
         let _ = writeln!(
@@ -275,6 +278,7 @@ mod tests {
             threads: 1,
             keys: 10_000,
             value_size: 256,
+            random_values: false,
             warmup_s: 1.0,
             fill_order: None,
             preloaded: false,

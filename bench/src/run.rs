@@ -101,13 +101,10 @@ async fn benchmark<T: Target>(
 ) -> Result<Report, BenchError> {
     let consistency = raftkv::pb::Consistency::from(args.consistency);
     let value_size = args.value_size as usize;
-    let workload = Arc::new(Workload::new(
-        args.workload,
-        args.read_ratio,
-        consistency,
-        args.keys,
-        value_size,
-    ));
+    let workload = Arc::new(
+        Workload::new(args.workload, args.read_ratio, consistency, args.keys, value_size)
+            .with_random_values(args.random_values),
+    );
     let connections = (0..args.connections)
         .map(|_| open())
         .collect::<Result<Vec<_>, _>>()
@@ -201,6 +198,7 @@ fn describe(endpoints: Vec<String>, args: &BenchArgs, command: String) -> RunDes
         threads: args.threads,
         keys: args.keys,
         value_size: args.value_size,
+        random_values: args.random_values,
         warmup_s: if fill { 0.0 } else { args.warmup.as_secs_f64() },
         fill_order: fill.then_some(args.fill_order.name()),
         preloaded: args.workload.reads() && !args.no_preload,
@@ -337,7 +335,7 @@ impl KeyspaceWrite {
                 attempts += 1;
                 let operation = Operation::Put {
                     key: key.clone(),
-                    value: self.workload.value().clone(),
+                    value: self.workload.value_for(position),
                 };
                 let started = Instant::now();
                 let outcome = target::execute(&connection, operation, client, 0).await;
@@ -496,6 +494,7 @@ mod tests {
             unbatched: false,
             fill_order: FillOrder::Random,
             no_preload: false,
+            random_values: false,
             threads: 1,
         }
     }

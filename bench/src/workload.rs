@@ -82,7 +82,14 @@ pub struct Workload {
     consistency: Consistency,
     keys: u64,
     value: Bytes,
+    /// With `--random-values`: random bytes that each put's value is a slice of.
+    random_pool: Option<Bytes>,
 }
+
+/// The random bytes `--random-values` slices values from. Values from different offsets share
+/// nothing a compressor could use; the pool is far larger than a table's data block (4 KiB),
+/// so two values in one block almost never start at the same offset.
+const RANDOM_POOL_BYTES: usize = 4 << 20;
 
 impl Workload {
     /// A workload over `keys` keys with values of `value_size` bytes. `read_ratio` only matters
@@ -101,17 +108,40 @@ impl Workload {
             consistency,
             keys,
             value: value_of_size(value_size),
+            random_pool: None,
+        }
+    }
+
+    /// Makes every put write random bytes (a value of its own) if `random` is set.
+    pub fn with_random_values(mut self, random: bool) -> Workload {
+        self.random_pool = random.then(|| {
+            let mut generator = SplitMix64::new(0x5EED);
+            let bytes = RANDOM_POOL_BYTES + self.value.len();
+            (0..bytes.div_ceil(8))
+                .flat_map(|_| generator.next_u64().to_le_bytes())
+                .take(bytes)
+                .collect::<Vec<u8>>()
+                .into()
+        });
+        self
+    }
+
+    /// The value a put writes, given a number that picks it (a random draw, or a fill's
+    /// position): the one value, or with random values a slice of the pool picked by `pick`.
+    pub fn value_for(&self, pick: u64) -> Bytes {
+        match &self.random_pool {
+            None => self.value.clone(),
+            Some(pool) => {
+                let starts = (pool.len() - self.value.len() + 1) as u64;
+                let start = (SplitMix64::new(pick).next_u64() % starts) as usize;
+                pool.slice(start..start + self.value.len())
+            }
         }
     }
 
     /// How many keys the keyspace has: keys number 0 to `keys() - 1`.
     pub fn keys(&self) -> u64 {
         self.keys
-    }
-
-    /// The value every put writes.
-    pub fn value(&self) -> &Bytes {
-        &self.value
     }
 
     /// Bytes one put writes: its key and its value.
@@ -155,7 +185,7 @@ impl Iterator for Operations<'_> {
         } else {
             Operation::Put {
                 key,
-                value: workload.value.clone(),
+                value: workload.value_for(self.random.next_u64()),
             }
         })
     }
@@ -314,13 +344,40 @@ mod tests {
     #[test]
     fn values_have_the_requested_size() {
         let workload = Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 256);
-        assert_eq!(workload.value().len(), 256);
+        assert_eq!(workload.value_for(0).len(), 256);
         assert_eq!(
             Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0)
-                .value()
+                .value_for(0)
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn random_values_have_the_requested_size_and_differ_from_put_to_put() {
+        let workload =
+            Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 256).with_random_values(true);
+        let values: Vec<Bytes> = workload
+            .operations(7)
+            .take(200)
+            .map(|op| match op {
+                Operation::Put { value, .. } => value,
+                other => panic!("a put workload sent {other:?}"),
+            })
+            .collect();
+        assert!(values.iter().all(|v| v.len() == 256));
+        let distinct: std::collections::HashSet<&Bytes> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len(), "every put has a value of its own");
+        // Random bytes: no value is the repeated alphabet, and the bytes take most of their 256 values.
+        let seen: std::collections::HashSet<u8> = values.iter().flat_map(|v| v.iter().copied()).collect();
+        assert!(seen.len() > 250, "{} distinct bytes", seen.len());
+        assert_eq!(
+            workload.value_for(3),
+            workload.value_for(3),
+            "a pick always gives the same value"
+        );
+        let plain = Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0).with_random_values(true);
+        assert!(plain.value_for(u64::MAX).is_empty());
     }
 
     #[test]
