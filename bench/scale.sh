@@ -9,7 +9,8 @@
 #   at rest    each node's RSS (and its peak so far) and the disk of its data directory (du),
 #              next to the logical size (keys + values);
 #   loaded     put and linearizable get at --clients over the whole keyspace (--no-preload), as
-#              a share of the baseline's (each throughput the median of --runs runs);
+#              a share of the baseline's (each throughput the median of --runs runs), and each
+#              node's largest disk use during the puts (du every second: snapshot builds);
 #   restart    a follower holding the data is stopped (SIGTERM) and started again: time from its
 #              start until it answers a linearizable read itself;
 #   catch-up   a follower is killed (-9); puts at --clients go on for --behind seconds, and longer
@@ -473,6 +474,25 @@ disk_breakdown() { # DIR
   echo "${parts[*]}" | sed 's/,/, /g'
 }
 
+# Until the file STOP exists, samples the disk of every member's data directory once a second
+# and keeps, per node, the largest (bytes, in $dir/disk-peak-ID) and what it was made of
+# ($dir/disk-peak-ID.parts). A snapshot build holds a second copy beside the last snapshot for
+# as long as it runs, which a figure taken at rest never shows.
+sample_disk_peaks() { # STOP
+  local id bytes
+  for id in "${members[@]}"; do echo 0 >"$dir/disk-peak-$id"; done
+  while [[ ! -e $1 ]]; do
+    for id in "${members[@]}"; do
+      bytes=$(disk_bytes "$dir/node-$id")
+      if ((${bytes:-0} > $(<"$dir/disk-peak-$id"))); then
+        echo "$bytes" >"$dir/disk-peak-$id"
+        disk_breakdown "$dir/node-$id" >"$dir/disk-peak-$id.parts"
+      fi
+    done
+    sleep 1
+  done
+}
+
 # --- the report --------------------------------------------------------------------------------
 rows=()
 notes=()
@@ -526,12 +546,25 @@ row "disk per node after the load (× $logical_mb MB)" "$(IFS=';'; echo "${disk[
 
 # --- loaded throughput -----------------------------------------------------------------------------
 step "loaded: put and linearizable get over $keys keys at $clients clients, $runs × $bench_secs s each"
+sample_disk_peaks "$dir/disk-sampler.stop" &
+disk_sampler=$!
+pids[$disk_sampler]=1
 loaded_put=$(bench_median "$dir/put.json" --workload put --clients "$clients" --keys "$keys" "${value_flags[@]}" --duration "${bench_secs}s")
+touch "$dir/disk-sampler.stop"
+wait "$disk_sampler" || true
+unset "pids[$disk_sampler]"
 loaded_get=$(bench_median "$dir/get.json" --workload get --consistency linearizable --no-preload --clients "$clients" --keys "$keys" "${value_flags[@]}" --duration "${bench_secs}s")
 row "put, $clients clients: loaded vs $BASELINE_KEYS keys" \
   "$(throughput_of "$loaded_put" "$dir/put.json") vs $(throughput_of "$base_put" "$base_dir/put.json"): $(share "$loaded_put" "$base_put")" "≥ 70 %"
 row "linearizable get, $clients clients: loaded vs $BASELINE_KEYS keys" \
   "$(throughput_of "$loaded_get" "$dir/get.json") vs $(throughput_of "$base_get" "$base_dir/get.json"): $(share "$loaded_get" "$base_get")" ""
+disk=()
+for id in "${members[@]}"; do
+  bytes=$(<"$dir/disk-peak-$id")
+  disk+=("node $id: $(mb "$bytes") MB ($(awk -v d="$bytes" -v l="$logical_bytes" 'BEGIN { printf "%.1f", d / l }')x)")
+  note "disk of node $id at its peak during the loaded puts: $(<"$dir/disk-peak-$id.parts")"
+done
+row "disk per node, peak during the loaded puts (du every 1 s; × $logical_mb MB)" "$(IFS=';'; echo "${disk[*]}" | sed 's/;/; /g')" "≤ 2.5×"
 
 # --- restart of a node holding the data --------------------------------------------------------------
 step "restart: a follower holding the data stopped and started; time to a linearizable read it serves"
