@@ -462,7 +462,11 @@ wait_applied_everywhere() { # SECONDS
 # Node RSS and its peak (MB) and disk use of its data directory (du, MB) of node ID.
 rss_mb() { awk '/^VmRSS/ { printf "%.0f", $2 * 1024 / 1e6 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 peak_mb() { awk '/^VmHWM/ { printf "%.0f", $2 * 1024 / 1e6 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
-disk_bytes() { du -sk "$1" 2>/dev/null | awk '{ print $1 * 1024 }'; }
+disk_bytes() { # (bash's arithmetic: awk's prints past 2^31 in exponent form or capped)
+  local kib
+  kib=$(du -sk "$1" 2>/dev/null | cut -f1) || true
+  echo $((${kib:-0} * 1024))
+}
 # What takes the disk in a data directory: "db 300.1 MB, wal 60.2 MB, ...".
 disk_breakdown() { # DIR
   local entry parts=()
@@ -560,9 +564,9 @@ row "linearizable get, $clients clients: loaded vs $BASELINE_KEYS keys" \
   "$(throughput_of "$loaded_get" "$dir/get.json") vs $(throughput_of "$base_get" "$base_dir/get.json"): $(share "$loaded_get" "$base_get")" ""
 disk=()
 for id in "${members[@]}"; do
-  bytes=$(<"$dir/disk-peak-$id")
+  bytes=$(cat "$dir/disk-peak-$id" 2>/dev/null || echo 0)
   disk+=("node $id: $(mb "$bytes") MB ($(awk -v d="$bytes" -v l="$logical_bytes" 'BEGIN { printf "%.1f", d / l }')x)")
-  note "disk of node $id at its peak during the loaded puts: $(<"$dir/disk-peak-$id.parts")"
+  note "disk of node $id at its peak during the loaded puts: $(cat "$dir/disk-peak-$id.parts" 2>/dev/null || echo "not sampled")"
 done
 row "disk per node, peak during the loaded puts (du every 1 s; × $logical_mb MB)" "$(IFS=';'; echo "${disk[*]}" | sed 's/;/; /g')" "≤ 2.5×"
 
