@@ -478,6 +478,11 @@ disk_breakdown() { # DIR
   echo "${parts[*]}" | sed 's/,/, /g'
 }
 
+# "node ID: N MB (R×)": BYTES on disk and their multiple of the logical data.
+disk_entry() { # ID BYTES
+  echo "node $1: $(mb "$2") MB ($(awk -v d="$2" -v l="$logical_bytes" 'BEGIN { printf "%.1f", d / l }')x)"
+}
+
 # Until the file STOP exists, samples the disk of every member's data directory once a second
 # and keeps, per node, the largest (bytes, in $dir/disk-peak-ID) and what it was made of
 # ($dir/disk-peak-ID.parts). A snapshot build holds a second copy beside the last snapshot for
@@ -541,8 +546,7 @@ wait_applied_everywhere "$READY_TIMEOUT_S" || note "after the load, not every no
 rss=() disk=()
 for id in "${members[@]}"; do
   rss+=("node $id: $(rss_mb "${node_pid[id]}") MB (peak $(peak_mb "${node_pid[id]}") MB)")
-  bytes=$(disk_bytes "$dir/node-$id")
-  disk+=("node $id: $(mb "$bytes") MB ($(awk -v d="$bytes" -v l="$logical_bytes" 'BEGIN { printf "%.1f", d / l }')x)")
+  disk+=("$(disk_entry "$id" "$(disk_bytes "$dir/node-$id")")")
   note "disk of node $id after the load: $(disk_breakdown "$dir/node-$id")"
 done
 row "node RSS after the load" "$(IFS=';'; echo "${rss[*]}" | sed 's/;/; /g')" "≤ 256 MB"
@@ -564,8 +568,7 @@ row "linearizable get, $clients clients: loaded vs $BASELINE_KEYS keys" \
   "$(throughput_of "$loaded_get" "$dir/get.json") vs $(throughput_of "$base_get" "$base_dir/get.json"): $(share "$loaded_get" "$base_get")" ""
 disk=()
 for id in "${members[@]}"; do
-  bytes=$(cat "$dir/disk-peak-$id" 2>/dev/null || echo 0)
-  disk+=("node $id: $(mb "$bytes") MB ($(awk -v d="$bytes" -v l="$logical_bytes" 'BEGIN { printf "%.1f", d / l }')x)")
+  disk+=("$(disk_entry "$id" "$(cat "$dir/disk-peak-$id" 2>/dev/null || echo 0)")")
   note "disk of node $id at its peak during the loaded puts: $(cat "$dir/disk-peak-$id.parts" 2>/dev/null || echo "not sampled")"
 done
 row "disk per node, peak during the loaded puts (du every 1 s; × $logical_mb MB)" "$(IFS=';'; echo "${disk[*]}" | sed 's/;/; /g')" "≤ 2.5×"

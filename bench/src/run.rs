@@ -335,7 +335,7 @@ impl KeyspaceWrite {
                 attempts += 1;
                 let operation = Operation::Put {
                     key: key.clone(),
-                    value: self.workload.value_for(position),
+                    value: self.workload.value_for(|| position),
                 };
                 let started = Instant::now();
                 let outcome = target::execute(&connection, operation, client, 0).await;

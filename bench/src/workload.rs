@@ -126,14 +126,15 @@ impl Workload {
         self
     }
 
-    /// The value a put writes, given a number that picks it (a random draw, or a fill's
-    /// position): the one value, or with random values a slice of the pool picked by `pick`.
-    pub fn value_for(&self, pick: u64) -> Bytes {
+    /// The value a put writes: the one value, or with random values a slice of the pool picked
+    /// by the number `pick` gives (a random draw, or a fill's position), asked for only then, so
+    /// that without random values a put costs no draw and the key sequence stays as it was.
+    pub fn value_for(&self, pick: impl FnOnce() -> u64) -> Bytes {
         match &self.random_pool {
             None => self.value.clone(),
             Some(pool) => {
                 let starts = (pool.len() - self.value.len() + 1) as u64;
-                let start = (SplitMix64::new(pick).next_u64() % starts) as usize;
+                let start = (SplitMix64::new(pick()).next_u64() % starts) as usize;
                 pool.slice(start..start + self.value.len())
             }
         }
@@ -185,7 +186,7 @@ impl Iterator for Operations<'_> {
         } else {
             Operation::Put {
                 key,
-                value: workload.value_for(self.random.next_u64()),
+                value: workload.value_for(|| self.random.next_u64()),
             }
         })
     }
@@ -344,10 +345,10 @@ mod tests {
     #[test]
     fn values_have_the_requested_size() {
         let workload = Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 256);
-        assert_eq!(workload.value_for(0).len(), 256);
+        assert_eq!(workload.value_for(|| 0).len(), 256);
         assert_eq!(
             Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0)
-                .value_for(0)
+                .value_for(|| 0)
                 .len(),
             0
         );
@@ -372,12 +373,12 @@ mod tests {
         let seen: std::collections::HashSet<u8> = values.iter().flat_map(|v| v.iter().copied()).collect();
         assert!(seen.len() > 250, "{} distinct bytes", seen.len());
         assert_eq!(
-            workload.value_for(3),
-            workload.value_for(3),
+            workload.value_for(|| 3),
+            workload.value_for(|| 3),
             "a pick always gives the same value"
         );
         let plain = Workload::new(WorkloadKind::Put, 0.9, Consistency::Linearizable, 10, 0).with_random_values(true);
-        assert!(plain.value_for(u64::MAX).is_empty());
+        assert!(plain.value_for(|| u64::MAX).is_empty());
     }
 
     #[test]
