@@ -10,7 +10,7 @@
 #              next to the logical size (keys + values);
 #   loaded     put and linearizable get at --clients over the whole keyspace (--no-preload), as
 #              a share of the baseline's (each throughput the median of --runs runs), and each
-#              node's largest disk use during the puts (du every second: snapshot builds);
+#              node's largest disk use during the puts (du every second: compactions);
 #   restart    a follower holding the data is stopped (SIGTERM) and started again: time from its
 #              start until it answers a linearizable read itself;
 #   catch-up   a follower is killed (-9); puts at --clients go on for --behind seconds, and longer
@@ -485,8 +485,8 @@ disk_entry() { # ID BYTES
 
 # Until the file STOP exists, samples the disk of every member's data directory once a second
 # and keeps, per node, the largest (bytes, in $dir/disk-peak-ID) and what it was made of
-# ($dir/disk-peak-ID.parts). A snapshot build holds a second copy beside the last snapshot for
-# as long as it runs, which a figure taken at rest never shows.
+# ($dir/disk-peak-ID.parts). The engine's compactions hold old and new tables at once, and a
+# figure taken at rest never shows that.
 sample_disk_peaks() { # STOP
   local id bytes
   for id in "${members[@]}"; do echo 0 >"$dir/disk-peak-$id"; done

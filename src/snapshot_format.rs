@@ -136,42 +136,64 @@ pub fn read_framing(file: &File) -> Result<Framing, FormatError> {
 
 /// Checks a whole snapshot file's checksum as its bytes go by, in order: every byte
 /// before the trailer is hashed, the trailer's are kept, and [`ChecksumCheck::finish`]
-/// compares the two.
+/// compares the two. The last bytes seen are held back until more come (they may be the
+/// trailer), so the file's length need not be known in advance (a snapshot streamed as it
+/// is written).
 pub struct ChecksumCheck {
-    len: u64,
+    /// The file's length, when known in advance.
+    len: Option<u64>,
     seen: u64,
     crc: crc32fast::Hasher,
-    trailer: Vec<u8>,
+    /// The last bytes seen, at most a trailer's length: not hashed (yet).
+    tail: Vec<u8>,
 }
 
 impl ChecksumCheck {
     /// For a file of `len` bytes.
     pub fn new(len: u64) -> Self {
+        Self::of(Some(len))
+    }
+
+    /// For a file whose length is not known in advance: its last bytes are its trailer.
+    pub fn of_unknown_length() -> Self {
+        Self::of(None)
+    }
+
+    fn of(len: Option<u64>) -> Self {
         ChecksumCheck {
             len,
             seen: 0,
             crc: crc32fast::Hasher::new(),
-            trailer: Vec::with_capacity(TRAILER_BYTES as usize),
+            tail: Vec::with_capacity(TRAILER_BYTES as usize),
         }
     }
 
     /// The next `bytes` of the file.
     pub fn update(&mut self, bytes: &[u8]) {
-        let trailer_start = self.len.saturating_sub(TRAILER_BYTES);
-        let hashed = trailer_start.saturating_sub(self.seen).min(bytes.len() as u64) as usize;
-        self.crc.update(&bytes[..hashed]);
-        self.trailer.extend_from_slice(&bytes[hashed..]);
+        const TRAILER: usize = TRAILER_BYTES as usize;
         self.seen += bytes.len() as u64;
+        if bytes.len() >= TRAILER {
+            let (hashed, kept) = bytes.split_at(bytes.len() - TRAILER);
+            self.crc.update(&self.tail);
+            self.crc.update(hashed);
+            self.tail.clear();
+            self.tail.extend_from_slice(kept);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            let over = self.tail.len().saturating_sub(TRAILER);
+            self.crc.update(&self.tail[..over]);
+            self.tail.drain(..over);
+        }
     }
 
     /// Whether the bytes seen were the whole file and its checksum matches: one line
     /// saying what is wrong if not.
     pub fn finish(self) -> Result<(), String> {
-        if self.seen != self.len {
-            return Err(format!("{} bytes instead of {}", self.seen, self.len));
+        if let Some(len) = self.len.filter(|len| *len != self.seen) {
+            return Err(format!("{} bytes instead of {len}", self.seen));
         }
         let trailer: &[u8; TRAILER_BYTES as usize] = self
-            .trailer
+            .tail
             .as_slice()
             .try_into()
             .map_err(|_| "it is shorter than a snapshot's trailer".to_string())?;

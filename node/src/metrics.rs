@@ -1,10 +1,11 @@
 //! What a node tells Prometheus (`--metrics-listen`): its Raft state, the WAL's fdatasync
-//! times, the last snapshot build's time and the data directory's size, next to the gRPC call
+//! times, the last snapshot's index, the time the last snapshot sent took and the data
+//! directory's size, next to the gRPC call
 //! metrics every server has ([`raftkv::metrics::RequestMetricsLayer`]); and when it calls
 //! itself healthy.
 //!
 //! The Raft gauges are copied from openraft's metrics watch by a task of their own, so the
-//! request path never touches them. The WAL thread and the snapshot builder cannot be handed a
+//! request path never touches them. The WAL thread and the snapshot sender cannot be handed a
 //! registry without threading it through the store, so their two metrics are process-wide
 //! statics that [`NodeMetrics::new`] registers.
 
@@ -61,11 +62,12 @@ pub static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("a valid metric definition")
 });
 
-/// How long building the last snapshot took, from reading the state machine to the file.
-pub static SNAPSHOT_LAST_BUILD_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+/// How long the last snapshot sent to a follower took, from the first record read to the
+/// follower's answer (it is written as it is sent, and installed before the answer).
+pub static SNAPSHOT_LAST_SEND_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
     Gauge::with_opts(opts(
-        "snapshot_last_build_seconds",
-        "Time the last snapshot build took, from reading the state machine to its file being written.",
+        "snapshot_last_send_seconds",
+        "Time the last snapshot sent to a follower took, from the first record read to the follower having installed it.",
     ))
     .expect("a valid metric definition")
 });
@@ -86,6 +88,7 @@ struct RaftGauges {
     commit_index: IntGauge,
     applied_index: IntGauge,
     last_log_index: IntGauge,
+    snapshot_index: IntGauge,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -123,14 +126,19 @@ impl NodeMetrics {
                 "raft_last_log_index",
                 "The last index in this node's Raft log.",
             ),
+            snapshot_index: gauge(
+                &registry,
+                "raft_snapshot_index",
+                "The log index of the last snapshot taken or installed: the log may be purged up to it.",
+            ),
         };
         let storage_bytes = gauge(
             &registry,
             "storage_bytes",
-            "Size of the node's data directory (Raft log, state machine, snapshot), sampled periodically.",
+            "Size of the node's data directory (Raft log, state machine, snapshot files being sent or received), sampled periodically.",
         );
         must_register(&registry, WAL_FSYNC_SECONDS.clone());
-        must_register(&registry, SNAPSHOT_LAST_BUILD_SECONDS.clone());
+        must_register(&registry, SNAPSHOT_LAST_SEND_SECONDS.clone());
         let mut paths = raftkv::metrics::grpc_requests::PUBLIC_API_PATHS.to_vec();
         paths.extend_from_slice(raftkv::metrics::grpc_requests::RAFT_PATHS);
         let requests = raftkv::metrics::RequestMetricsLayer::new(&registry, &paths);
@@ -202,6 +210,7 @@ impl NodeMetrics {
                     .applied_index
                     .set(to_gauge(m.last_applied.map_or(0, |l| l.index)));
                 gauges.last_log_index.set(to_gauge(m.last_log_index.unwrap_or(0)));
+                gauges.snapshot_index.set(to_gauge(m.snapshot.map_or(0, |l| l.index)));
             }
             let stopped = tokio::select! {
                 changed = server.changed() => changed.is_err(),
@@ -367,8 +376,9 @@ mod tests {
             ("raftkv_raft_commit_index", "gauge"),
             ("raftkv_raft_applied_index", "gauge"),
             ("raftkv_raft_last_log_index", "gauge"),
+            ("raftkv_raft_snapshot_index", "gauge"),
             ("raftkv_wal_fsync_duration_seconds", "histogram"),
-            ("raftkv_snapshot_last_build_seconds", "gauge"),
+            ("raftkv_snapshot_last_send_seconds", "gauge"),
             ("raftkv_storage_bytes", "gauge"),
         ] {
             assert_eq!(families.get(name).map(String::as_str), Some(kind), "{name} in:\n{text}");

@@ -14,11 +14,14 @@
 //! An AppendEntries larger than `MAX_APPEND_ENTRIES_BYTES` sends the entries that fit
 //! and reports a partial success, and openraft goes on from there. openraft gives every
 //! AppendEntries one heartbeat interval; one that carries entries gets the time its
-//! bytes need on a slow link too (`append_timeout`). Snapshots go as one
-//! client-streaming call: a header chunk, then the snapshot file read in
-//! `SNAPSHOT_CHUNK_BYTES` pieces as the call takes them (its checksum checked as they go),
-//! given the time its size needs (`snapshot_timeout`) and cancelled when openraft closes
-//! the replication stream.
+//! bytes need on a slow link too (`append_timeout`). A snapshot goes as one
+//! client-streaming call: a header chunk, then the snapshot file's bytes in
+//! `SNAPSHOT_CHUNK_BYTES` pieces, written from the state machine's view as the call takes
+//! them (a node keeps no snapshot file, see `store/snapshot_file.rs`; the scan runs on a
+//! blocking thread, a few chunks ahead of the call). The call is given up when no chunk moves
+//! for `SNAPSHOT_IDLE_TIMEOUT`, or no answer comes within the time its size needs once it is
+//! all sent (`snapshot_timeout`: the follower installs it first), and cancelled when openraft
+//! closes the replication stream.
 //!
 //! Every call carries this node's cluster id (`cluster_identity.rs`), stamped on by the client
 //! every peer connection uses ([`RaftPeerClient`]).
@@ -48,7 +51,7 @@ use tonic::transport::Channel;
 
 use crate::cluster_identity::{ClusterIdentity, StampClusterId};
 use crate::convert;
-use crate::store::ChecksumCheck;
+use crate::store::UnwrittenSnapshot;
 use crate::types::{NodeId, Snapshot, SnapshotData, TypeConfig, Vote};
 
 /// The largest gRPC message a node sends or accepts on the Raft port.
@@ -63,13 +66,19 @@ pub const APPEND_TIMEOUT_FLOOR: Duration = Duration::from_millis(500);
 /// The slowest link an AppendEntries' deadline allows for, in bytes per second: its bytes
 /// at this rate are added to [`APPEND_TIMEOUT_FLOOR`].
 pub const APPEND_MIN_BYTES_PER_SEC: u64 = 8 << 20;
-/// A snapshot file is read and sent in pieces of this size: what a transfer holds in memory.
+/// A snapshot is sent in pieces of this size.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// The least time a snapshot transfer is given: the follower installs the snapshot before
-/// it answers.
+/// Chunks written ahead of the call that sends them: with the one being filled and the one
+/// being sent, what a transfer holds in memory.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 2;
+/// A snapshot transfer that moves no chunk for this long is given up (the follower, the link
+/// or the scan stalled); openraft tries again later.
+pub const SNAPSHOT_IDLE_TIMEOUT: Duration = SNAPSHOT_TIMEOUT_FLOOR;
+/// The least time a follower is given to answer once a snapshot is all sent: it installs the
+/// snapshot before it answers.
 pub const SNAPSHOT_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
-/// The slowest transfer and install a snapshot's deadline allows for, in bytes per second:
-/// its bytes at this rate are added to [`SNAPSHOT_TIMEOUT_FLOOR`].
+/// The slowest install the answer's deadline allows for, in bytes per second: the snapshot's
+/// bytes at this rate are added to [`SNAPSHOT_TIMEOUT_FLOOR`].
 pub const SNAPSHOT_MIN_BYTES_PER_SEC: u64 = 4 << 20;
 /// How long openraft waits before retrying a peer it could not reach.
 pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
@@ -380,61 +389,147 @@ fn append_timeout(deadline: Duration, entries: usize, bytes: usize) -> Duration 
     deadline.max(APPEND_TIMEOUT_FLOOR + transfer)
 }
 
-/// The deadline of a snapshot transfer of `bytes`: [`SNAPSHOT_TIMEOUT_FLOOR`] plus its
-/// bytes at [`SNAPSHOT_MIN_BYTES_PER_SEC`].
+/// The time a follower is given to answer once a snapshot of `bytes` is all sent:
+/// [`SNAPSHOT_TIMEOUT_FLOOR`] plus its bytes at [`SNAPSHOT_MIN_BYTES_PER_SEC`].
 fn snapshot_timeout(bytes: u64) -> Duration {
     SNAPSHOT_TIMEOUT_FLOOR + Duration::from_millis(bytes.saturating_mul(1000) / SNAPSHOT_MIN_BYTES_PER_SEC)
 }
 
-/// The data chunks of snapshot file `file`, read as the stream is polled, on blocking
-/// threads. The file's checksum is checked as it is read: a damaged file's last chunk is
-/// never sent (the receiver sees a transfer cut short and refuses it), and why is put in
-/// `damage`, as is a read that failed.
+/// How far a snapshot transfer is, for its deadlines.
+struct TransferProgress {
+    /// When the last chunk was taken by the call, the bytes taken so far, and whether the
+    /// last one was.
+    state: Mutex<(tokio::time::Instant, u64, bool)>,
+}
+
+impl TransferProgress {
+    fn new() -> Arc<TransferProgress> {
+        Arc::new(TransferProgress {
+            state: Mutex::new((tokio::time::Instant::now(), 0, false)),
+        })
+    }
+
+    fn moved(&self, bytes: usize) {
+        let mut state = self.state.lock().expect("transfer progress lock poisoned");
+        *state = (tokio::time::Instant::now(), state.1 + bytes as u64, false);
+    }
+
+    fn ended(&self) {
+        let mut state = self.state.lock().expect("transfer progress lock poisoned");
+        *state = (tokio::time::Instant::now(), state.1, true);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.state.lock().expect("transfer progress lock poisoned").1
+    }
+
+    /// When the transfer is overdue, and what it is waiting for.
+    fn deadline(&self) -> (tokio::time::Instant, &'static str) {
+        let (at, bytes, ended) = *self.state.lock().expect("transfer progress lock poisoned");
+        if ended {
+            (
+                at + snapshot_timeout(bytes),
+                "its answer (it installs the snapshot first)",
+            )
+        } else {
+            (at + SNAPSHOT_IDLE_TIMEOUT, "the next chunk to go")
+        }
+    }
+}
+
+/// Resolves once the transfer `progress` follows is overdue, with what it was waiting for.
+async fn overdue(progress: &TransferProgress) -> &'static str {
+    loop {
+        let (deadline, waiting_for) = progress.deadline();
+        if tokio::time::Instant::now() >= deadline {
+            return waiting_for;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Bytes written into it go to a transfer as chunks of [`SNAPSHOT_CHUNK_BYTES`] (`flush`
+/// sends what is left). Once the transfer is gone, writes fail, which stops the scan.
+struct ChunkWriter {
+    chunk: Vec<u8>,
+    to: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl ChunkWriter {
+    fn new(to: tokio::sync::mpsc::Sender<Bytes>) -> ChunkWriter {
+        ChunkWriter {
+            chunk: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES),
+            to,
+        }
+    }
+
+    /// Hands the chunk over, waiting while the transfer is [`SNAPSHOT_CHUNKS_AHEAD`] behind.
+    /// Runs on a blocking thread.
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES));
+        self.to
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the transfer ended"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(SNAPSHOT_CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&bytes[..n]);
+        if self.chunk.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// The data chunks of `snapshot`, written from its view as the call takes them: a blocking
+/// thread scans the view into chunks, at most [`SNAPSHOT_CHUNKS_AHEAD`] ahead of the call,
+/// and stops once the stream is dropped. Each chunk taken moves `progress`. If the scan
+/// fails, the stream ends before the snapshot's trailer (the follower refuses what it got),
+/// and why is put in `failure`.
 fn snapshot_chunks(
-    file: SnapshotData,
-    damage: Arc<Mutex<Option<String>>>,
+    snapshot: UnwrittenSnapshot,
+    progress: Arc<TransferProgress>,
+    failure: Arc<Mutex<Option<String>>>,
 ) -> impl Stream<Item = pb::SnapshotChunk> + Send + 'static {
-    let len = file.len();
-    let state = (Arc::new(file), 0u64, ChecksumCheck::new(len));
-    futures::stream::unfold(Some(state), move |state| {
-        let damage = damage.clone();
+    let (to, from) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+    let writing = tokio::task::spawn_blocking(move || {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        snapshot.write_into(ChunkWriter::new(to), &never).map(drop)
+    });
+    futures::stream::unfold(Some((from, writing)), move |state| {
+        let (progress, failure) = (progress.clone(), failure.clone());
         async move {
-            let (file, offset, mut check) = state?;
-            if offset == len {
-                return None;
+            let (mut from, writing) = state?;
+            if let Some(bytes) = from.recv().await {
+                progress.moved(bytes.len());
+                let chunk = pb::SnapshotChunk {
+                    kind: Some(pb::snapshot_chunk::Kind::Data(bytes)),
+                };
+                return Some((chunk, Some((from, writing))));
             }
-            let n = (len - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
-            let reader = file.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; n];
-                reader.read_at(&mut buf, offset).map(|_| buf)
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|read| read.map_err(|e| e.to_string()));
-            let failed = |why: String| {
-                *damage.lock().expect("snapshot damage lock poisoned") =
-                    Some(format!("snapshot file {} {why}", file.path().display()));
-            };
-            let buf = match read {
-                Ok(buf) => buf,
-                Err(e) => {
-                    failed(format!("cannot be read: {e}"));
+            // The scan is over: whether it wrote the snapshot to its end.
+            let why = match writing.await {
+                Ok(Ok(())) => {
+                    progress.ended();
                     return None;
                 }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("its task failed: {e}"),
             };
-            check.update(&buf);
-            let offset = offset + n as u64;
-            if offset == len {
-                if let Err(why) = std::mem::replace(&mut check, ChecksumCheck::new(0)).finish() {
-                    failed(format!("is corrupt: {why}; it was not sent"));
-                    return None;
-                }
-            }
-            let chunk = pb::SnapshotChunk {
-                kind: Some(pb::snapshot_chunk::Kind::Data(Bytes::from(buf))),
-            };
-            Some((chunk, Some((file, offset, check))))
+            *failure.lock().expect("snapshot failure lock poisoned") =
+                Some(format!("cannot write the snapshot: {why}; it was cut short"));
+            None
         }
     })
 }
@@ -554,29 +649,53 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let bytes = snapshot.snapshot.len();
+        let Snapshot { meta, snapshot } = snapshot;
+        let SnapshotData::Unwritten(unwritten) = snapshot else {
+            // openraft sends what the state machine's `get_current_snapshot` gives: its view.
+            let why = TransportError("a received snapshot file is never sent on".to_string());
+            return Err(StreamingError::Network(NetworkError::new(&why)));
+        };
         let header = pb::SnapshotHeader {
             vote: Some(convert::vote_to_pb(&vote)),
-            meta: Some(convert::snapshot_meta_to_pb(&snapshot.meta)),
-            data_len: bytes,
+            meta: Some(convert::snapshot_meta_to_pb(&meta)),
+            // Not known before it is written: its trailer says where it ends.
+            data_len: 0,
         };
         let header = pb::SnapshotChunk {
             kind: Some(pb::snapshot_chunk::Kind::Header(header)),
         };
-        let damage = Arc::new(Mutex::new(None));
-        let chunks =
-            futures::stream::once(async move { header }).chain(snapshot_chunks(snapshot.snapshot, damage.clone()));
-        tracing::info!(parent: &self.reachability.span, peer = self.target, bytes, "sending snapshot");
-        let mut request = tonic::Request::new(chunks);
-        request.set_timeout(snapshot_timeout(bytes));
+        let progress = TransferProgress::new();
+        let failure = Arc::new(Mutex::new(None));
+        let chunks = futures::stream::once(async move { header }).chain(snapshot_chunks(
+            unwritten,
+            progress.clone(),
+            failure.clone(),
+        ));
+        tracing::info!(parent: &self.reachability.span, peer = self.target, last_log_id = ?meta.last_log_id, "sending snapshot");
+        let started = std::time::Instant::now();
         let mut client = self.client()?;
         let reply = tokio::select! {
-            reply = client.install_snapshot(request) => reply,
+            reply = client.install_snapshot(tonic::Request::new(chunks)) => reply,
+            waiting_for = overdue(&progress) => {
+                let why = format!(
+                    "snapshot to node {} at {}: gave up waiting for {waiting_for} after {} bytes",
+                    self.target,
+                    self.address,
+                    progress.bytes()
+                );
+                tracing::warn!(parent: &self.reachability.span, "{why}");
+                return Err(StreamingError::Network(NetworkError::new(&TransportError(why))));
+            }
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        if let Some(why) = damage.lock().expect("snapshot damage lock poisoned").take() {
+        if let Some(why) = failure.lock().expect("snapshot failure lock poisoned").take() {
             tracing::error!(parent: &self.reachability.span, peer = self.target, "{why}");
             return Err(StreamingError::Network(NetworkError::new(&TransportError(why))));
+        }
+        if reply.is_ok() {
+            let seconds = started.elapsed().as_secs_f64();
+            crate::metrics::SNAPSHOT_LAST_SEND_SECONDS.set(seconds);
+            tracing::info!(parent: &self.reachability.span, peer = self.target, bytes = progress.bytes(), seconds, "snapshot sent and installed");
         }
         self.observe(&reply);
         let reply = reply.map_err(|s| {
@@ -664,32 +783,11 @@ mod tests {
         );
     }
 
-    /// The chunks `snapshot_chunks` sends of the snapshot file at `path`, and the damage it
-    /// reported.
-    async fn chunks_of(path: &std::path::Path) -> (Vec<u8>, Option<String>) {
-        let (_, file) = SnapshotData::open(path).unwrap().unwrap();
-        let damage = Arc::new(Mutex::new(None));
-        let chunks: Vec<pb::SnapshotChunk> = snapshot_chunks(file, damage.clone()).collect().await;
-        let mut sent = Vec::new();
-        for chunk in chunks {
-            match chunk.kind {
-                Some(pb::snapshot_chunk::Kind::Data(bytes)) => sent.extend_from_slice(&bytes),
-                other => panic!("a data chunk, not {other:?}"),
-            }
-        }
-        let damage = damage.lock().unwrap().take();
-        (sent, damage)
-    }
-
-    #[tokio::test]
-    async fn a_snapshot_file_is_sent_whole_and_a_damaged_one_is_not_sent_to_its_end() {
+    /// The snapshot of a state machine holding 20 000 pairs (over 2 MB).
+    async fn a_snapshot(dir: &std::path::Path) -> crate::store::StateMachine {
         use crate::store::data_dir;
-        use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-        let dir = tempfile::tempdir().unwrap();
         let options = crate::store::engine::EngineOptions::default();
-        let mut sm = data_dir::open(dir.path(), 1, "1=127.0.0.1:1", &options)
-            .unwrap()
-            .state_machine;
+        let mut sm = data_dir::open(dir, 1, "1=127.0.0.1:1", &options).unwrap().state_machine;
         let puts = (0..20_000u64).map(|i| crate::types::Command {
             op: crate::types::Op::Put {
                 key: Bytes::from(format!("key/{i:08}")),
@@ -702,22 +800,76 @@ mod tests {
             group.commands = puts.collect();
         }
         sm.apply_entries([entry]).unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let path = dir.path().join("snapshot.bin");
+        sm
+    }
+
+    /// The state machine's current snapshot, not written.
+    async fn unwritten(sm: &mut crate::store::StateMachine) -> UnwrittenSnapshot {
+        use openraft::storage::RaftStateMachine;
+        match sm.get_current_snapshot().await.unwrap().expect("a snapshot").snapshot {
+            SnapshotData::Unwritten(unwritten) => unwritten,
+            SnapshotData::File(_) => panic!("a state machine's snapshot is written only when it is sent"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_is_streamed_as_its_file_would_be_and_received_without_knowing_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = a_snapshot(dir.path()).await;
+        let path = unwritten(&mut sm)
+            .await
+            .write_to(dir.path().join("sent.snapshot"))
+            .unwrap();
         let whole = std::fs::read(&path).unwrap();
         assert!(whole.len() > 2 * SNAPSHOT_CHUNK_BYTES, "{} bytes", whole.len());
 
-        let (sent, damage) = chunks_of(&path).await;
-        assert_eq!(damage, None);
-        assert!(sent == whole, "the file was not sent as it is");
+        let progress = TransferProgress::new();
+        let failure = Arc::new(Mutex::new(None));
+        let chunks: Vec<Bytes> = snapshot_chunks(unwritten(&mut sm).await, progress.clone(), failure.clone())
+            .map(|chunk| match chunk.kind {
+                Some(pb::snapshot_chunk::Kind::Data(bytes)) => bytes,
+                other => panic!("a data chunk, not {other:?}"),
+            })
+            .collect()
+            .await;
+        assert_eq!(failure.lock().unwrap().take(), None);
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|c| c.len() == SNAPSHOT_CHUNK_BYTES));
+        assert!(!last.is_empty() && last.len() <= SNAPSHOT_CHUNK_BYTES);
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert!(sent == whole, "the stream is not the file's bytes");
+        assert_eq!(progress.bytes(), whole.len() as u64);
+        assert!(progress.deadline().1.contains("answer"), "the end was seen");
 
-        let mut damaged = whole.clone();
-        damaged[whole.len() / 2] ^= 1;
-        std::fs::write(&path, &damaged).unwrap();
-        let (sent, damage) = chunks_of(&path).await;
-        let damage = damage.expect("the damage is reported");
-        assert!(damage.contains("checksum does not match"), "{damage}");
-        assert!(sent.len() < whole.len(), "a damaged file was sent whole");
+        let incoming = dir.path().join("received.snapshot");
+        let mut receiving = crate::store::IncomingSnapshot::create(incoming, None).unwrap();
+        for chunk in &chunks {
+            receiving.write(chunk).unwrap();
+        }
+        receiving
+            .finish()
+            .expect("a whole snapshot of unknown length checks out");
+    }
+
+    #[tokio::test]
+    async fn a_transfer_is_overdue_when_no_chunk_moves_and_then_when_its_answer_is_late() {
+        let progress = TransferProgress::new();
+        progress.moved(SNAPSHOT_CHUNK_BYTES);
+        let (deadline, waiting_for) = progress.deadline();
+        let moved = progress.state.lock().unwrap().0;
+        assert_eq!(
+            (deadline, waiting_for),
+            (moved + SNAPSHOT_IDLE_TIMEOUT, "the next chunk to go")
+        );
+        progress.moved(SNAPSHOT_CHUNK_BYTES);
+        progress.ended();
+        let (deadline, waiting_for) = progress.deadline();
+        let ended = progress.state.lock().unwrap().0;
+        assert_eq!(deadline, ended + snapshot_timeout(2 * SNAPSHOT_CHUNK_BYTES as u64));
+        assert!(waiting_for.contains("answer"), "{waiting_for}");
+        // A deadline passed resolves at once.
+        *progress.state.lock().unwrap() = (tokio::time::Instant::now() - SNAPSHOT_IDLE_TIMEOUT, 0, false);
+        assert_eq!(overdue(&progress).await, "the next chunk to go");
     }
 
     /// A peer that answers each AppendEntries with a partial success naming the request's

@@ -236,14 +236,15 @@ impl pb::raft_server::Raft for RaftService {
         };
         let vote = convert::vote_from_pb(header.vote).map_err(bad_request)?;
         let meta = convert::snapshot_meta_from_pb(header.meta).map_err(bad_request)?;
-        let expected = header.data_len;
+        // 0: the sender writes the snapshot as it sends it; its trailer says where it ends.
+        let expected = Some(header.data_len).filter(|len| *len > 0);
         let path = self.incoming_snapshot.lock().await;
         let into = path.clone();
         let mut incoming = blocking(move || IncomingSnapshot::create(into, expected)).await?;
         while let Some(chunk) = stream.message().await? {
             match chunk.kind {
                 Some(pb::snapshot_chunk::Kind::Data(bytes)) => {
-                    if incoming.written() + bytes.len() as u64 > expected {
+                    if expected.is_some_and(|expected| incoming.written() + bytes.len() as u64 > expected) {
                         return Err(Status::invalid_argument("snapshot data longer than its header says"));
                     }
                     incoming = blocking(move || incoming.write(&bytes).map(|_| incoming)).await?;
@@ -251,7 +252,7 @@ impl pb::raft_server::Raft for RaftService {
                 _ => return Err(Status::invalid_argument("a snapshot stream has one header, then data")),
             }
         }
-        if incoming.written() != expected {
+        if let Some(expected) = expected.filter(|expected| incoming.written() != *expected) {
             return Err(Status::invalid_argument(format!(
                 "snapshot stream ended after {} of {expected} bytes",
                 incoming.written()
@@ -267,7 +268,10 @@ impl pb::raft_server::Raft for RaftService {
                 "the snapshot's header and its file name different snapshots",
             ));
         }
-        let snapshot = Snapshot { meta, snapshot: file };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: crate::types::SnapshotData::File(file),
+        };
         // Still holding the lock: no other transfer rewrites the file until it is installed.
         let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
         drop(path);

@@ -1,21 +1,22 @@
-//! When a node builds a snapshot: after `--snapshot-after-logs` entries since the last one, and,
-//! once snapshots are large, only after the log since the last one holds a set share of the
-//! last snapshot's size.
+//! When a node takes a snapshot: after `--snapshot-after-logs` entries since the last one, and,
+//! once the state machine is large, only after the log since the last one holds a set share of
+//! the state machine's size on disk.
 //!
-//! A snapshot is the whole state machine: building one reads every key and writes a file as
-//! large as the data. openraft's own policy counts entries only, so with 1 GB loaded and 64
-//! clients a node rebuilt a ~1 GB snapshot every few seconds, the scan and the write competing
-//! with the puts for the cores and the disk. Like etcd's snapshot-count, but aware of the size:
-//! the rule below bounds the snapshot work to [`SNAPSHOT_WORK_PER_LOG_BYTE`] bytes per byte
-//! logged, and the log kept beyond a snapshot to a quarter of it (the disk budget is 2.5× the
-//! data; see BENCHMARKS.md, "At scale").
+//! Taking a snapshot writes nothing (`store/snapshot_file.rs`): it marks the point openraft may
+//! purge the log up to, the log store making the engine durable first. What a snapshot costs is
+//! later: a follower that falls behind the purged log gets the whole state machine (a scan and
+//! a file as large as the data, then the transfer), where one within the log catches up from
+//! it. So, like etcd's snapshot-count but aware of the size, the log kept beyond a snapshot is
+//! up to a quarter of the state machine's size: a follower that missed less than that catches
+//! up from the log, and the disk holds at most that much log beside the data (the disk budget
+//! is 2.5× the data; see BENCHMARKS.md, "At scale").
 //!
 //! openraft runs with `SnapshotPolicy::Never`; [`run`] watches the node's metrics and calls
 //! `raft.trigger().snapshot()` when [`SnapshotRule::should_snapshot`] says so. Log purging is
-//! openraft's, as before: only behind a snapshot it has built (durable) or installed.
+//! openraft's, as before: only behind a snapshot it has taken or installed.
 //!
 //! [`LogVolume`] is what the state machine tells the rule: the bytes of log entries applied
-//! since the last snapshot's point, and that snapshot's size.
+//! since the last snapshot's point, and the state machine's size on disk then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,14 +25,14 @@ use std::time::Duration;
 use crate::raft_watch::Sampled;
 use crate::types::Raft;
 
-/// Below this snapshot size only the entry count decides: such a snapshot is cheap to rebuild,
-/// and small clusters (tests pass `--snapshot-after-logs 20`) keep snapshotting every N entries.
-pub const SIZE_RULE_FROM_SNAPSHOT_BYTES: u64 = 64 << 20;
-/// Above [`SIZE_RULE_FROM_SNAPSHOT_BYTES`], the log since the last snapshot must hold at least
-/// the last snapshot's size divided by this before the next one is built: each snapshot then
-/// costs at most this many bytes written (and read) per byte logged, and the log kept beyond a
-/// snapshot is at most this share of it.
-pub const SNAPSHOT_WORK_PER_LOG_BYTE: u64 = 4;
+/// Below this state machine size only the entry count decides: such a state is cheap to send
+/// whole, and small clusters (tests pass `--snapshot-after-logs 20`) keep snapshotting every N
+/// entries.
+pub const SIZE_RULE_FROM_STATE_BYTES: u64 = 64 << 20;
+/// Above [`SIZE_RULE_FROM_STATE_BYTES`], the log since the last snapshot must hold at least the
+/// state machine's size divided by this before the next one is taken: the log kept beyond a
+/// snapshot is then up to this share of the state.
+pub const STATE_BYTES_PER_LOG_BYTE: u64 = 4;
 
 /// How often, at most, the rule is checked against the applied index (a snapshot asked for
 /// this much later makes no difference; a check at every apply woke the task several times a
@@ -52,23 +53,23 @@ pub struct SinceLastSnapshot {
     pub entries: u64,
     /// Bytes of the log entries applied since the last snapshot's point.
     pub log_bytes: u64,
-    /// The size of the last snapshot's file (0: none yet).
-    pub snapshot_bytes: u64,
+    /// The state machine's size on disk at the last snapshot (0: none yet).
+    pub state_bytes: u64,
 }
 
 impl SnapshotRule {
-    /// The log bytes needed since a snapshot of `snapshot_bytes` before the next one.
-    pub fn log_bytes_needed(snapshot_bytes: u64) -> u64 {
-        if snapshot_bytes < SIZE_RULE_FROM_SNAPSHOT_BYTES {
+    /// The log bytes needed since a snapshot of a state machine of `state_bytes` before the next one.
+    pub fn log_bytes_needed(state_bytes: u64) -> u64 {
+        if state_bytes < SIZE_RULE_FROM_STATE_BYTES {
             0
         } else {
-            snapshot_bytes / SNAPSHOT_WORK_PER_LOG_BYTE
+            state_bytes / STATE_BYTES_PER_LOG_BYTE
         }
     }
 
     /// Whether to build a snapshot now.
     pub fn should_snapshot(&self, since: SinceLastSnapshot) -> bool {
-        since.entries >= self.after_entries && since.log_bytes >= Self::log_bytes_needed(since.snapshot_bytes)
+        since.entries >= self.after_entries && since.log_bytes >= Self::log_bytes_needed(since.state_bytes)
     }
 }
 
@@ -79,17 +80,17 @@ pub struct LogVolume {
     applied_bytes: AtomicU64,
     /// `applied_bytes` at the point of the last snapshot built or installed.
     applied_bytes_at_snapshot: AtomicU64,
-    /// The size of the last snapshot's file.
-    snapshot_bytes: AtomicU64,
+    /// The state machine's size on disk at the last snapshot.
+    state_bytes: AtomicU64,
 }
 
 impl LogVolume {
-    /// A volume for a node whose current snapshot file holds `snapshot_bytes`. Entries applied
+    /// A volume for a node whose state machine takes `state_bytes` on disk. Entries applied
     /// before the node started are not counted: after a restart the next snapshot may come up
     /// to one interval late.
-    pub fn new(snapshot_bytes: u64) -> Arc<LogVolume> {
+    pub fn new(state_bytes: u64) -> Arc<LogVolume> {
         let volume = LogVolume::default();
-        volume.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
+        volume.state_bytes.store(state_bytes, Ordering::Relaxed);
         Arc::new(volume)
     }
 
@@ -104,10 +105,10 @@ impl LogVolume {
         self.applied_bytes.load(Ordering::Relaxed)
     }
 
-    /// A snapshot of the state at `mark` is now the node's, its file `snapshot_bytes` long.
-    pub fn snapshot_taken(&self, mark: u64, snapshot_bytes: u64) {
+    /// A snapshot of the state at `mark` is now the node's, the state machine `state_bytes` on disk.
+    pub fn snapshot_taken(&self, mark: u64, state_bytes: u64) {
         if self.applied_bytes_at_snapshot.fetch_max(mark, Ordering::Relaxed) <= mark {
-            self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
+            self.state_bytes.store(state_bytes, Ordering::Relaxed);
         }
     }
 
@@ -117,9 +118,9 @@ impl LogVolume {
             .saturating_sub(self.applied_bytes_at_snapshot.load(Ordering::Relaxed))
     }
 
-    /// The last snapshot's size.
-    pub fn snapshot_bytes(&self) -> u64 {
-        self.snapshot_bytes.load(Ordering::Relaxed)
+    /// The state machine's size on disk at the last snapshot.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -139,7 +140,7 @@ pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
             let since = SinceLastSnapshot {
                 entries: entries_since(applied, snapshot.max(asked_at)),
                 log_bytes: volume.since_snapshot(),
-                snapshot_bytes: volume.snapshot_bytes(),
+                state_bytes: volume.state_bytes(),
             };
             if rule.should_snapshot(since) {
                 tracing::debug!(?since, "asking for a snapshot");
@@ -170,11 +171,11 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn since(entries: u64, log_bytes: u64, snapshot_bytes: u64) -> SinceLastSnapshot {
+    fn since(entries: u64, log_bytes: u64, state_bytes: u64) -> SinceLastSnapshot {
         SinceLastSnapshot {
             entries,
             log_bytes,
-            snapshot_bytes,
+            state_bytes,
         }
     }
 
@@ -188,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn large_snapshots_wait_for_a_quarter_of_their_size_of_log_and_n_entries() {
+    fn large_states_wait_for_a_quarter_of_their_size_of_log_and_n_entries() {
         let rule = SnapshotRule { after_entries: 5000 };
         let gib = 1024 * MIB;
         assert!(!rule.should_snapshot(since(1_000_000, gib / 4 - 1, gib)));
@@ -202,29 +203,26 @@ mod tests {
     }
 
     #[test]
-    fn the_snapshot_work_per_log_byte_is_bounded_above_the_size_floor() {
-        for snapshot_bytes in [64 * MIB, 300 * MIB, 1 << 30, 100 << 30] {
-            let needed = SnapshotRule::log_bytes_needed(snapshot_bytes);
-            assert!(
-                snapshot_bytes / needed <= SNAPSHOT_WORK_PER_LOG_BYTE,
-                "{snapshot_bytes}"
-            );
+    fn the_log_kept_is_a_bounded_share_of_the_state_above_the_size_floor() {
+        for state_bytes in [64 * MIB, 300 * MIB, 1 << 30, 100 << 30] {
+            let needed = SnapshotRule::log_bytes_needed(state_bytes);
+            assert!(state_bytes / needed <= STATE_BYTES_PER_LOG_BYTE, "{state_bytes}");
         }
     }
 
     #[test]
     fn the_volume_counts_from_the_point_of_the_last_snapshot() {
         let volume = LogVolume::new(100);
-        assert_eq!(volume.snapshot_bytes(), 100);
+        assert_eq!(volume.state_bytes(), 100);
         volume.applied(10);
         let mark = volume.mark();
         volume.applied(5);
         assert_eq!(volume.since_snapshot(), 15);
         volume.snapshot_taken(mark, 200);
-        assert_eq!((volume.since_snapshot(), volume.snapshot_bytes()), (5, 200));
+        assert_eq!((volume.since_snapshot(), volume.state_bytes()), (5, 200));
         // An older snapshot finishing after a newer one does not move the point back.
         volume.snapshot_taken(0, 150);
-        assert_eq!((volume.since_snapshot(), volume.snapshot_bytes()), (5, 200));
+        assert_eq!((volume.since_snapshot(), volume.state_bytes()), (5, 200));
     }
 
     #[test]

@@ -26,10 +26,11 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft_rt_tokio::TokioRuntime,
 );
 
-/// What a snapshot's data is while it is built, sent, received and installed: an open
-/// snapshot file (`store/snapshot_file.rs`), never the snapshot in memory. The one place
-/// that names it (the state machine, its snapshot builder and the network must agree on it).
-pub type SnapshotData = crate::store::SnapshotFile;
+/// What a snapshot's data is while it is built, sent, received and installed: a view of the
+/// state machine, written into a file when it is sent, or an open snapshot file
+/// (`store/snapshot_file.rs`), never the snapshot in memory. The one place that names it
+/// (the state machine, its snapshot builder and the network must agree on it).
+pub type SnapshotData = crate::store::SnapshotData;
 
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 pub type LeaderId = alias::LeaderIdOf<TypeConfig>;

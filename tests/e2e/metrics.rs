@@ -91,9 +91,9 @@ async fn metrics_and_health_move_with_writes_and_a_leader_change() {
     );
     assert!(value_of(&leader_after, "raftkv_storage_bytes") > 0.0, "{leader_after}");
     let leader_address = cluster.metrics_address(leader).to_string();
-    wait_until(SETTLE_TIMEOUT, "the leader reports a snapshot build", || async {
+    wait_until(SETTLE_TIMEOUT, "the leader reports a snapshot", || async {
         let text = scrape(&leader_address).await;
-        (value_of(&text, "raftkv_snapshot_last_build_seconds") > 0.0).then_some(())
+        (value_of(&text, "raftkv_raft_snapshot_index") > 0.0).then_some(())
     })
     .await;
     // Every node applies the writes (the followers shortly after the leader).

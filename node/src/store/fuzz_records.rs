@@ -75,8 +75,8 @@ fn good_snapshot_file(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
         last_membership: StoredMembership::new(None, Membership::default()),
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut writer =
-        snapshot_file::SnapshotWriter::create(dir.path().join("snapshot.tmp"), &meta).expect("create a snapshot file");
+    let path = dir.path().join("snapshot.tmp");
+    let mut writer = snapshot_file::SnapshotWriter::create(&path, &meta).expect("create a snapshot file");
     for (key, value) in pairs {
         writer
             .record(pb::snapshot_record::Record::Pair(pb::KeyValue {
@@ -85,7 +85,7 @@ fn good_snapshot_file(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
             }))
             .expect("write a record");
     }
-    let path = writer.finish().expect("finish the snapshot file");
+    writer.finish_file().expect("finish the snapshot file");
     std::fs::read(path).expect("read it back")
 }
 

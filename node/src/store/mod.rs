@@ -2,8 +2,8 @@
 //! segment files (`wal.rs`, behind openraft's log storage in `log_store.rs`) with the
 //! vote and the log's markers beside them (`raft_state.rs`), the state machine
 //! (`state_machine.rs`: its key layout in `keys.rs`, its client sessions in
-//! `sessions.rs`) in a storage engine (`engine/`), and the snapshot file
-//! (`snapshot_file.rs`, written behind: `raftkv::write_behind`). `data_dir.rs` decides whether a directory may be
+//! `sessions.rs`) in a storage engine (`engine/`), and the snapshot files sent,
+//! received and backed up (`snapshot_file.rs`, written behind: `raftkv::write_behind`). `data_dir.rs` decides whether a directory may be
 //! used at all, `restore.rs` makes one from a backup; `state_file.rs` is how every small checksummed file is kept.
 
 pub mod data_dir;
@@ -27,7 +27,9 @@ mod wal_writer;
 pub use engine::{EngineError, EngineKind, RedoError};
 pub use log_store::LogStore;
 pub use raft_state::RaftStateError;
-pub use snapshot_file::{incoming_path_in, ChecksumCheck, IncomingSnapshot, SnapshotFile, SnapshotFileError};
+pub use snapshot_file::{
+    incoming_path_in, ChecksumCheck, IncomingSnapshot, SnapshotData, SnapshotFile, SnapshotFileError, UnwrittenSnapshot,
+};
 pub use state_file::StateFileError;
 pub use state_machine::{KvReader, StateMachine};
 

@@ -12,7 +12,7 @@
 //!   afresh, takes its Raft messages;
 //! - the state machine filled from the backup, at the backup's log position (term T, index I),
 //!   with the new initial cluster as its membership, and without the old cluster's removed
-//!   members; the node's snapshot file built from it;
+//!   members, made durable;
 //! - a Raft log with nothing in it, purged through (T, I), and a vote in term T: the log's
 //!   position continues the backup's, and the first election is in term T + 1, so every entry
 //!   the new cluster appends comes after the backup's, as Raft requires. Such a log is not
@@ -163,7 +163,7 @@ fn build(
         last_membership: StoredMembership::new(last_log_id, membership),
     };
     let engine = engine::open(&sm_dir, target.engine).map_err(|e| io_error(std::io::Error::other(e.to_string())))?;
-    state_machine::restore_into(engine.as_ref(), dir, &meta, backup).map_err(|error| match error.kind() {
+    state_machine::restore_into(engine.as_ref(), &meta, backup).map_err(|error| match error.kind() {
         std::io::ErrorKind::InvalidData => RestoreError::Damaged(error.to_string()),
         _ => io_error(error),
     })?;
@@ -183,7 +183,7 @@ fn build(
 }
 
 /// Makes every directory of the tree at `dir` durable (the files in it were synced as they
-/// were written: state files, the snapshot file, the engine's persist).
+/// were written: state files, the engine's persist).
 fn sync_tree(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -201,7 +201,7 @@ mod tests {
     use crate::store::engine::EngineKind;
     use crate::types::{Command, Entry, EntryPayload, LeaderId, LogId, Op, WriteGroup};
     use bytes::Bytes;
-    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::storage::RaftStateMachine;
 
     const OLD_CLUSTER: &str = "1=127.0.0.1:1";
     const KEYS: u64 = 40;
@@ -228,8 +228,11 @@ mod tests {
             .unwrap()
             .state_machine;
         source.apply_entries((1..=KEYS).map(put)).unwrap();
-        let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        std::fs::copy(snapshot.snapshot.path(), path).unwrap();
+        let builder = source.get_snapshot_builder().await;
+        let (_, file) = builder.build_backup(1, Default::default()).await.unwrap();
+        let mut bytes = vec![0u8; file.len() as usize];
+        file.read_at(&mut bytes, 0).unwrap();
+        std::fs::write(path, bytes).unwrap();
     }
 
     fn new_cluster() -> BTreeMap<NodeId, String> {

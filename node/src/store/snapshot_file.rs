@@ -1,7 +1,13 @@
-//! The snapshot file, `snapshot.bin` in the data directory: the newest snapshot this node
-//! built or received. A snapshot is a file from end to end: it is built into one, sent
-//! from one a chunk at a time, received into one (`snapshot.incoming`) and installed from
-//! one, so no step holds more than a buffer of it in memory.
+//! Snapshot files in the data directory. A node keeps no snapshot file of its own: its
+//! state machine is durable (the log is purged only behind what the engine has persisted),
+//! so its current snapshot is the state machine itself, at the point it has applied
+//! ([`UnwrittenSnapshot`]: a consistent view). Such a view is written out, in the snapshot
+//! file format, only when a follower needs a snapshot (straight into the transfer's chunks,
+//! `network.rs`: the sender writes no file) or for a backup; a follower receives one into
+//! `snapshot.incoming`, which becomes `snapshot.bin` while it is installed (so that a crash
+//! mid-install is finished at the next start) and is removed once the engine holds it. So no
+//! step holds more than a buffer of a snapshot in memory, and at rest the disk holds the
+//! data once (the engine) plus the log.
 //!
 //! The layout, the framing check, the checksum and the record reader are the format's
 //! (`raftkv::snapshot_format`, shared with the CLI, which reads backups in the same format);
@@ -13,17 +19,16 @@
 //! ([`IncomingSnapshot`]), the install as it installs ([`SnapshotRecords`]). A damaged
 //! snapshot is refused with one line wherever it is found, never installed.
 //!
-//! Invariants: `snapshot.bin` is only ever replaced whole (written under another name,
-//! fsynced, renamed, the directory fsynced), so a crash leaves the old snapshot or the new
-//! one, never part of one; a newer snapshot is never replaced by an older one
-//! ([`PublishedSnapshot`]).
+//! Invariants: `snapshot.bin` only ever appears whole (received under another name, fsynced,
+//! renamed, the directory fsynced), so a crash leaves a whole snapshot to install or none;
+//! it exists only from the moment an install starts until the engine holds that snapshot.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use prost::Message;
 use raftkv::raft_pb as pb;
@@ -34,11 +39,15 @@ use raftkv::write_behind::WriteBehind;
 use crate::convert;
 use crate::store::engine::View;
 use crate::store::keys::{removed_member, user_key, DATA_PREFIX, REMOVED_MEMBER_PREFIX};
-use crate::types::{LogId, SnapshotMeta};
+use crate::types::SnapshotMeta;
 
+/// A received snapshot while it is installed.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
-/// Where a snapshot is built before it replaces `snapshot.bin`.
+/// Where versions before this one built the node's own snapshot (removed if found).
 const BUILDING_FILE: &str = "snapshot.tmp";
+/// Where the node's own snapshot is written when it is wanted as a file
+/// ([`SnapshotData::into_file`]), followed by a number of its own.
+const SENDING_FILE_PREFIX: &str = "snapshot.writing.";
 /// Where a snapshot from the leader is received; the next transfer starts it again.
 const INCOMING_FILE: &str = "snapshot.incoming";
 /// Where a backup (`raftkv snapshot save`) is written, followed by its number.
@@ -57,19 +66,26 @@ pub fn incoming_path_in(dir: &Path) -> PathBuf {
     dir.join(INCOMING_FILE)
 }
 
-/// Removes what a crash may have left of a snapshot being built or received, or of a backup
-/// being written.
+/// Removes what a crash may have left of a snapshot being built, sent or received, or of a
+/// backup being written.
 pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     for name in [BUILDING_FILE, INCOMING_FILE] {
         remove_if_present(&dir.join(name))?;
     }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(BACKUP_FILE_PREFIX) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(BACKUP_FILE_PREFIX) || name.starts_with(SENDING_FILE_PREFIX) {
             remove_if_present(&entry.path())?;
         }
     }
     Ok(())
+}
+
+/// Removes data directory `dir`'s `snapshot.bin`, once the engine durably holds what it had.
+pub(super) fn remove_installed(dir: &Path) -> io::Result<()> {
+    remove_if_present(&path_in(dir))
 }
 
 /// Why a snapshot file cannot be used. Each message is one line.
@@ -236,23 +252,19 @@ impl Iterator for SnapshotRecords {
     }
 }
 
-/// Writes a snapshot file: header, records, trailer, under a name of its own until
-/// [`SnapshotWriter::finish`] makes it durable.
-pub(super) struct SnapshotWriter {
-    path: PathBuf,
-    out: BufWriter<WriteBehind>,
+/// Writes a snapshot in the file format: header, records, trailer, into `W` (a file, or the
+/// chunks of a transfer).
+pub(crate) struct SnapshotWriter<W: Write> {
+    out: W,
     crc: crc32fast::Hasher,
     records: u64,
     body_len: u64,
 }
 
-impl SnapshotWriter {
-    pub(super) fn create(path: PathBuf, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
-        // A fresh file, never one a reader may still hold open.
-        remove_if_present(&path)?;
-        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, WriteBehind::new(File::create(&path)?));
+impl<W: Write> SnapshotWriter<W> {
+    /// Starts a snapshot of `meta` in `out`: writes its header.
+    pub(crate) fn new(out: W, meta: &SnapshotMeta) -> io::Result<SnapshotWriter<W>> {
         let mut writer = SnapshotWriter {
-            path,
             out,
             crc: crc32fast::Hasher::new(),
             records: 0,
@@ -270,7 +282,7 @@ impl SnapshotWriter {
         self.out.write_all(bytes)
     }
 
-    pub(super) fn record(&mut self, record: pb::snapshot_record::Record) -> io::Result<()> {
+    pub(crate) fn record(&mut self, record: pb::snapshot_record::Record) -> io::Result<()> {
         let encoded = pb::SnapshotRecord { record: Some(record) }.encode_length_delimited_to_vec();
         self.write(&encoded)?;
         self.records += 1;
@@ -278,17 +290,31 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    /// Writes the trailer and makes the file durable; returns its path.
-    pub(super) fn finish(mut self) -> io::Result<PathBuf> {
+    /// Writes the trailer and flushes; returns what it wrote into.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         let trailer = Trailer {
             records: self.records,
             body_len: self.body_len,
             crc: self.crc.clone().finalize(),
         };
         self.out.write_all(&trailer.encode())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?.into_file();
-        file.sync_all()?;
-        Ok(self.path)
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl SnapshotWriter<BufWriter<WriteBehind>> {
+    /// Starts a new snapshot file at `path` (a fresh file, never one a reader may still hold open).
+    pub(crate) fn create(path: &Path, meta: &SnapshotMeta) -> io::Result<Self> {
+        remove_if_present(path)?;
+        let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, WriteBehind::new(File::create(path)?));
+        Self::new(out, meta)
+    }
+
+    /// Writes the trailer and makes the file durable.
+    pub(crate) fn finish_file(self) -> io::Result<()> {
+        let out = self.finish()?;
+        out.into_inner().map_err(|e| e.into_error())?.into_file().sync_all()
     }
 }
 
@@ -303,50 +329,18 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The last log id of the snapshot `snapshot.bin` holds, shared by everything that
-/// replaces it (a build runs beside the installs), so that an older snapshot never
-/// replaces a newer one.
-#[derive(Clone, Default)]
-pub(super) struct PublishedSnapshot {
-    last_log_id: Arc<Mutex<Option<LogId>>>,
-}
-
-impl PublishedSnapshot {
-    pub(super) fn new(last_log_id: Option<LogId>) -> Self {
-        PublishedSnapshot {
-            last_log_id: Arc::new(Mutex::new(last_log_id)),
-        }
-    }
-
-    /// Makes the durable file at `from` data directory `dir`'s snapshot (renamed over
-    /// `snapshot.bin`, the directory fsynced) unless the one there is as new or newer;
-    /// whether it did.
-    fn publish(&self, dir: &Path, from: &Path, last_log_id: Option<LogId>) -> io::Result<bool> {
-        let mut published = self.last_log_id.lock().expect("published snapshot lock poisoned");
-        if published.is_some() && last_log_id <= *published {
-            return Ok(false);
-        }
-        std::fs::rename(from, path_in(dir))?;
-        sync_dir(dir)?;
-        *published = last_log_id;
-        Ok(true)
-    }
-}
-
 /// Writes every key-value pair `view` shows, in key order, then the client `sessions`
-/// and the removed members, as the snapshot `meta` names, into a new durable file at `path`.
-/// Blocks on disk I/O for as long as the scan takes.
-fn write_file(
-    path: PathBuf,
-    meta: &SnapshotMeta,
+/// and the removed members, into `writer`. Stops early (an `Interrupted` error) once
+/// `cancelled` is set. Blocks on disk I/O for as long as the scan takes.
+fn write_records<W: Write>(
+    writer: &mut SnapshotWriter<W>,
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
-    cancelled: Option<&AtomicBool>,
-) -> io::Result<PathBuf> {
+    cancelled: &AtomicBool,
+) -> io::Result<()> {
     use pb::snapshot_record::Record;
-    let mut writer = SnapshotWriter::create(path, meta)?;
     for pair in view.prefix(&[DATA_PREFIX]) {
-        if cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if cancelled.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
         }
         let (k, value) = pair?;
@@ -364,30 +358,7 @@ fn write_file(
             writer.record(Record::RemovedMember(pb::RemovedMember { id, log_index }))?;
         }
     }
-    writer.finish()
-}
-
-/// [`write_file`] into data directory `dir`'s snapshot file (through `snapshot.tmp`).
-/// Returns the file, open. An older snapshot than the one already there is not kept: its
-/// file is returned open and already removed.
-pub(super) fn build(
-    dir: &Path,
-    published: &PublishedSnapshot,
-    meta: &SnapshotMeta,
-    view: &dyn View,
-    sessions: Vec<pb::ClientSession>,
-) -> io::Result<SnapshotFile> {
-    let built = write_file(dir.join(BUILDING_FILE), meta, view, sessions, None)?;
-    let (_, file) = SnapshotFile::from_file(&built, File::open(&built)?)?;
-    if published.publish(dir, &built, meta.last_log_id)? {
-        Ok(SnapshotFile {
-            path: path_in(dir),
-            ..file
-        })
-    } else {
-        std::fs::remove_file(&built)?;
-        Ok(file)
-    }
+    Ok(())
 }
 
 /// Where a backup is written in data directory `dir`: a name of its own per backup
@@ -396,35 +367,37 @@ pub(super) fn backup_path_in(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{BACKUP_FILE_PREFIX}{number}"))
 }
 
-/// [`write_file`] into `path`, for a backup: the node's own snapshot is left alone. Returns
-/// the file, open, its name already removed (the open file is all there is of it, so nothing
-/// is left behind however the backup ends). Stops early (an `Interrupted` error) once
-/// `cancelled` is set. Blocks on disk I/O.
-pub(super) fn build_backup(
+/// Writes the snapshot `meta` names (the pairs `view` shows, and `sessions`) into a new
+/// durable file at `path`, for a backup. Returns the file, open, its name
+/// already removed (the open file is all there is of it, so nothing is left behind however
+/// the backup or the transfer ends). Stops early (an `Interrupted` error) once `cancelled` is
+/// set. Blocks on disk I/O.
+pub(super) fn write_unlinked(
     path: PathBuf,
     meta: &SnapshotMeta,
     view: &dyn View,
     sessions: Vec<pb::ClientSession>,
     cancelled: &AtomicBool,
 ) -> io::Result<SnapshotFile> {
-    let built = write_file(path.clone(), meta, view, sessions, Some(cancelled)).inspect_err(|_| {
+    let written = (|| {
+        let mut writer = SnapshotWriter::create(&path, meta)?;
+        write_records(&mut writer, view, sessions, cancelled)?;
+        writer.finish_file()
+    })();
+    if let Err(e) = written {
         // A disk that filled up is the likely cause: give the space back at once.
         let _ = remove_if_present(&path);
-    })?;
-    let opened = SnapshotFile::from_file(&built, File::open(&built)?);
-    remove_if_present(&built)?;
+        return Err(e);
+    }
+    let opened = SnapshotFile::from_file(&path, File::open(&path)?);
+    remove_if_present(&path)?;
     Ok(opened?.1)
 }
 
-/// Makes `snapshot` data directory `dir`'s snapshot before it is installed: renamed when
-/// it is in `dir` already (received there), copied in first when it is not. Blocks on
+/// Makes `snapshot` data directory `dir`'s `snapshot.bin` before it is installed: renamed
+/// when it is in `dir` already (received there), copied in first when it is not. Blocks on
 /// disk I/O.
-pub(super) fn adopt(
-    dir: &Path,
-    published: &PublishedSnapshot,
-    meta: &SnapshotMeta,
-    snapshot: SnapshotFile,
-) -> io::Result<SnapshotFile> {
+pub(super) fn adopt(dir: &Path, snapshot: SnapshotFile) -> io::Result<SnapshotFile> {
     let target = path_in(dir);
     if snapshot.path == target {
         return Ok(snapshot);
@@ -443,15 +416,101 @@ pub(super) fn adopt(
         out.into_file().sync_all()?;
         copy
     };
-    if published.publish(dir, &from, meta.last_log_id)? {
-        Ok(SnapshotFile {
-            path: target,
-            ..snapshot
-        })
-    } else {
-        // A newer one was published meanwhile: this one is installed but not kept.
-        remove_if_present(&from)?;
-        Ok(snapshot)
+    std::fs::rename(&from, &target)?;
+    sync_dir(dir)?;
+    Ok(SnapshotFile {
+        path: target,
+        ..snapshot
+    })
+}
+
+/// A snapshot not written anywhere: the state machine at the snapshot's point, as a
+/// consistent view and the client sessions of the same point. A node's current snapshot is
+/// one of these (see the module doc); it becomes a file only when it is sent.
+pub struct UnwrittenSnapshot {
+    dir: PathBuf,
+    meta: SnapshotMeta,
+    view: Box<dyn View>,
+    sessions: Vec<pb::ClientSession>,
+}
+
+impl UnwrittenSnapshot {
+    /// The state `view` shows, with `sessions`, as the snapshot `meta` names, in data directory `dir`.
+    pub(super) fn new(dir: PathBuf, meta: SnapshotMeta, view: Box<dyn View>, sessions: Vec<pb::ClientSession>) -> Self {
+        UnwrittenSnapshot {
+            dir,
+            meta,
+            view,
+            sessions,
+        }
+    }
+
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Writes it into a file at `path`, for a backup; see [`write_unlinked`].
+    pub(super) fn write_unlinked(self, path: PathBuf, cancelled: &AtomicBool) -> io::Result<SnapshotFile> {
+        write_unlinked(path, &self.meta, self.view.as_ref(), self.sessions, cancelled)
+    }
+
+    /// Writes it, in the snapshot file format, into `out` (the chunks of a transfer) and
+    /// returns `out`. Stops early (an `Interrupted` error) once `cancelled` is set, or at
+    /// `out`'s first error. Blocks on disk I/O for as long as the scan takes.
+    pub fn write_into<W: Write>(self, out: W, cancelled: &AtomicBool) -> io::Result<W> {
+        let mut writer = SnapshotWriter::new(out, &self.meta)?;
+        write_records(&mut writer, self.view.as_ref(), self.sessions, cancelled)?;
+        writer.finish()
+    }
+
+    /// Writes it into a durable file at `path` and leaves it there (tests copy it about).
+    #[cfg(test)]
+    pub(crate) fn write_to(self, path: PathBuf) -> io::Result<PathBuf> {
+        let mut writer = SnapshotWriter::create(&path, &self.meta)?;
+        write_records(&mut writer, self.view.as_ref(), self.sessions, &AtomicBool::new(false))?;
+        writer.finish_file()?;
+        Ok(path)
+    }
+}
+
+impl std::fmt::Debug for UnwrittenSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnwrittenSnapshot")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What openraft carries as a snapshot's data (`types::SnapshotData`): a file (received), or
+/// the state machine's view (the node's own, written out only as it is sent).
+#[derive(Debug)]
+pub enum SnapshotData {
+    File(SnapshotFile),
+    Unwritten(UnwrittenSnapshot),
+}
+
+/// Numbers the files the node's own snapshots are written into, so that no two share one.
+static SENDING_FILES: AtomicU64 = AtomicU64::new(0);
+
+impl SnapshotData {
+    /// The snapshot as a file: this one, or the state written into a file of its own in the
+    /// data directory (its name removed at once, see [`write_unlinked`]). Stops early (an
+    /// `Interrupted` error) once `cancelled` is set. Blocks on disk I/O for as long as the scan
+    /// takes.
+    pub fn into_file(self, cancelled: &AtomicBool) -> io::Result<SnapshotFile> {
+        match self {
+            SnapshotData::File(file) => Ok(file),
+            SnapshotData::Unwritten(unwritten) => {
+                let number = SENDING_FILES.fetch_add(1, Ordering::Relaxed);
+                let path = unwritten.dir.join(format!("{SENDING_FILE_PREFIX}{number}"));
+                unwritten.write_unlinked(path, cancelled)
+            }
+        }
+    }
+
+    /// Whether it is a file already.
+    pub fn is_file(&self) -> bool {
+        matches!(self, SnapshotData::File(_))
     }
 }
 
@@ -466,14 +525,15 @@ pub struct IncomingSnapshot {
 }
 
 impl IncomingSnapshot {
-    /// Starts receiving a snapshot file of `len` bytes into `path`. Blocks on disk I/O.
-    pub fn create(path: PathBuf, len: u64) -> io::Result<IncomingSnapshot> {
+    /// Starts receiving a snapshot file of `len` bytes (None: not known in advance, the
+    /// sender writes it as it sends it) into `path`. Blocks on disk I/O.
+    pub fn create(path: PathBuf, len: Option<u64>) -> io::Result<IncomingSnapshot> {
         remove_if_present(&path)?;
         let out = BufWriter::with_capacity(FILE_BUFFER_BYTES, WriteBehind::new(File::create(&path)?));
         Ok(IncomingSnapshot {
             path,
             out,
-            check: ChecksumCheck::new(len),
+            check: len.map_or_else(ChecksumCheck::of_unknown_length, ChecksumCheck::new),
             written: 0,
         })
     }

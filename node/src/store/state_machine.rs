@@ -4,12 +4,14 @@
 //! The engine holds user data, client sessions (exactly-once retries, see
 //! `sessions.rs`), the applied log id and the membership, laid out as `keys.rs` says.
 //! Each `apply` call takes effect as a unit (one engine apply), so a crash never
-//! leaves data applied without the applied marker (or the reverse). A snapshot is a file
-//! (`snapshot_file.rs`): built from a consistent view on a blocking thread, never in the
-//! apply path; installed by making the received file the node's snapshot first, then
-//! streaming its records into the engine's next generation, which becomes current whole
-//! (readers see the old state until then); `StateMachine::open` finishes an install that
-//! a crash interrupted.
+//! leaves data applied without the applied marker (or the reverse). A snapshot is the state
+//! machine itself (`snapshot_file.rs`): building one only marks the point the log may be
+//! purged up to (the log store persists the engine before it purges), and the current
+//! snapshot is a consistent view of the engine at what it has applied, written into a file on
+//! a blocking thread only when a follower needs it. A received snapshot is installed by making
+//! the file `snapshot.bin` first, then streaming its records into the engine's next
+//! generation, which becomes current whole (readers see the old state until then), then
+//! removing the file; `StateMachine::open` finishes an install that a crash interrupted.
 //!
 //! A client hears back once its entry is committed and its result is known, before the
 //! batch's engine write: the entry is durable in a majority's logs by then, and the write
@@ -45,7 +47,7 @@ use crate::store::keys::{
     user_key, APPLIED_KEY, MEMBERSHIP_KEY, REMOVED_MEMBER_PREFIX, RESULT_PREFIX, SESSION_PREFIX,
 };
 use crate::store::sessions::{Seen, Sessions};
-use crate::store::snapshot_file::{self, PublishedSnapshot, SnapshotFile, SnapshotFileError};
+use crate::store::snapshot_file::{self, SnapshotFile, SnapshotFileError, UnwrittenSnapshot};
 use crate::types::{
     Command, CommandResult, Entry, EntryPayload, LogId, Op, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig, WriteGroupResults,
@@ -215,8 +217,6 @@ pub enum StateMachineOpenError {
 pub struct StateMachine {
     engine: Arc<dyn Engine>,
     dir: PathBuf,
-    /// Which snapshot `snapshot.bin` holds; shared with the builders.
-    published: PublishedSnapshot,
     applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
@@ -230,9 +230,8 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Opens the state machine kept in `engine`, for data directory `dir`, and makes it
-    /// agree with the newest snapshot: if a crash came between writing a received
-    /// snapshot and installing it, the install is finished here.
+    /// Opens the state machine kept in `engine`, for data directory `dir`: if a crash came
+    /// between writing a received snapshot and installing it, the install is finished here.
     pub fn open(engine: Arc<dyn Engine>, dir: &Path) -> Result<StateMachine, StateMachineOpenError> {
         use StateMachineOpenError as E;
         let applied = match engine.get(APPLIED_KEY)? {
@@ -264,14 +263,13 @@ impl StateMachine {
         snapshot_file::remove_leftovers(dir).map_err(E::Leftovers)?;
         let snapshot = SnapshotFile::open(&snapshot_file::path_in(dir))?;
         let mut sm = StateMachine {
+            log_volume: LogVolume::new(engine.disk_bytes()),
             engine,
             dir: dir.to_path_buf(),
-            published: PublishedSnapshot::new(snapshot.as_ref().and_then(|(meta, _)| meta.last_log_id)),
             applied,
             membership,
             sessions,
             progress: Arc::default(),
-            log_volume: LogVolume::new(snapshot.as_ref().map_or(0, |(_, file)| file.len())),
             span: tracing::Span::current(),
         };
         if let Some((meta, file)) = snapshot {
@@ -279,6 +277,9 @@ impl StateMachine {
                 let sessions = install_into(sm.engine.as_ref(), &meta, &file).map_err(E::Install)?;
                 sm.installed(&meta, sessions);
             }
+            // The engine holds it durably now (or held it already: the crash came after
+            // the install, before the file went).
+            snapshot_file::remove_installed(dir).map_err(E::Leftovers)?;
         }
         Ok(sm)
     }
@@ -299,10 +300,6 @@ impl StateMachine {
             engine: self.engine.clone(),
             progress: self.progress.clone(),
         }
-    }
-
-    fn snapshot_path(&self) -> PathBuf {
-        snapshot_file::path_in(&self.dir)
     }
 
     /// What the state machine keeps in memory, once `meta`'s snapshot is installed.
@@ -346,29 +343,15 @@ fn install_into(engine: &dyn Engine, meta: &SnapshotMeta, snapshot: &SnapshotFil
 /// Fills the empty `engine` from the backup `backup` as the snapshot `meta` names (for a
 /// restore: the backup's log position with the new cluster's membership), leaves out the
 /// backup's removed members (a restored cluster's membership history starts at the restore:
-/// an id removed from the old cluster may be a member of the new one), and writes data
-/// directory `dir`'s snapshot file from the result, so the directory is one a node could have
-/// left. Only if the whole backup was read and its checksum matched. Blocks on disk I/O.
-pub(super) fn restore_into(
-    engine: &dyn Engine,
-    dir: &Path,
-    meta: &SnapshotMeta,
-    backup: &SnapshotFile,
-) -> io::Result<()> {
-    let sessions = install_into(engine, meta, backup)?;
+/// an id removed from the old cluster may be a member of the new one), and makes it durable.
+/// Only if the whole backup was read and its checksum matched. Blocks on disk I/O.
+pub(super) fn restore_into(engine: &dyn Engine, meta: &SnapshotMeta, backup: &SnapshotFile) -> io::Result<()> {
+    install_into(engine, meta, backup)?;
     let mut forget = Writes::default();
     for pair in engine.view().prefix(&[REMOVED_MEMBER_PREFIX]) {
         forget.remove(pair?.0);
     }
     engine.apply(forget)?;
-    let view = engine.view();
-    snapshot_file::build(
-        dir,
-        &PublishedSnapshot::new(None),
-        meta,
-        view.as_ref(),
-        sessions.all_to_pb(),
-    )?;
     engine.persist()?;
     Ok(())
 }
@@ -452,20 +435,19 @@ fn set_markers(writes: &mut Writes, applied: &Option<LogId>, membership: Option<
 /// What a snapshot is built from: a view of the state machine and its client sessions.
 type ViewToBuild = (Box<dyn View>, Vec<pb::ClientSession>);
 
-/// Builds a snapshot from a consistent view of the state machine taken when the builder
-/// was made (with the sessions and markers of the same point), so concurrent applies
-/// cannot tear it and need not wait for it (with fjall; sled's view holds applies back).
+/// A snapshot of the state machine at the point the builder was made (a consistent view,
+/// with the sessions and markers of the same point), so concurrent applies cannot tear it
+/// and need not wait for it (with fjall; sled's view holds applies back). openraft's builds
+/// write nothing (see the module doc); a backup writes the view into a file.
 pub struct SnapshotBuilder {
     dir: PathBuf,
-    published: PublishedSnapshot,
     meta: SnapshotMeta,
     /// The view and the sessions, until the snapshot is built (in a mutex: openraft wants
     /// the builder `Sync`, and a view is only `Send`).
     state: std::sync::Mutex<Option<ViewToBuild>>,
+    engine: Arc<dyn Engine>,
     span: tracing::Span,
-    /// When the state machine began to be read for this snapshot.
-    started: std::time::Instant,
-    /// Told the snapshot's size and the point it was taken at, once it is built.
+    /// Told the point the snapshot was taken at, and the state machine's size.
     log_volume: Arc<LogVolume>,
     /// The log volume's mark at the view this snapshot is built from.
     volume_mark: u64,
@@ -474,7 +456,8 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
-    /// Scans the view into the snapshot file on a blocking thread.
+    /// Marks the builder's point as the node's snapshot: openraft may purge the log up to
+    /// it (the log store makes the engine durable first). Writes nothing.
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let (view, sessions) = self
             .state
@@ -482,18 +465,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .expect("snapshot builder lock poisoned")
             .take()
             .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
-        let (dir, published, meta) = (self.dir.clone(), self.published.clone(), self.meta.clone());
-        let file =
-            tokio::task::spawn_blocking(move || snapshot_file::build(&dir, &published, &meta, view.as_ref(), sessions))
-                .await
-                .map_err(join_err)??;
-        let seconds = self.started.elapsed().as_secs_f64();
-        crate::metrics::SNAPSHOT_LAST_BUILD_SECONDS.set(seconds);
-        self.log_volume.snapshot_taken(self.volume_mark, file.len());
-        tracing::info!(parent: &self.span, last_log_id = ?self.meta.last_log_id, bytes = file.len(), seconds, "snapshot built");
+        let engine = self.engine.clone();
+        let state_bytes = tokio::task::spawn_blocking(move || engine.disk_bytes())
+            .await
+            .map_err(join_err)?;
+        self.log_volume.snapshot_taken(self.volume_mark, state_bytes);
+        tracing::debug!(parent: &self.span, last_log_id = ?self.meta.last_log_id, state_bytes, "snapshot point");
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: file,
+            snapshot: SnapshotData::Unwritten(UnwrittenSnapshot::new(
+                self.dir.clone(),
+                self.meta.clone(),
+                view,
+                sessions,
+            )),
         })
     }
 }
@@ -515,12 +500,10 @@ impl SnapshotBuilder {
             .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
         let path = snapshot_file::backup_path_in(&self.dir, number);
         let meta = self.meta;
-        let meta2 = meta.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            snapshot_file::build_backup(path, &meta2, view.as_ref(), sessions, &cancelled)
-        })
-        .await
-        .map_err(join_err)??;
+        let unwritten = UnwrittenSnapshot::new(self.dir, meta.clone(), view, sessions);
+        let file = tokio::task::spawn_blocking(move || unwritten.write_unlinked(path, &cancelled))
+            .await
+            .map_err(join_err)??;
         Ok((meta, file))
     }
 
@@ -690,56 +673,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// Runs in openraft's state-machine task, between applies: takes the view, the
     /// sessions and the markers of the same point and returns; the scan is the builder's.
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        let started = std::time::Instant::now();
         SnapshotBuilder {
             dir: self.dir.clone(),
-            published: self.published.clone(),
-            meta: SnapshotMeta {
-                last_log_id: self.applied,
-                last_membership: self.membership.clone(),
-            },
+            meta: self.meta_now(),
             state: std::sync::Mutex::new(Some((self.engine.view(), self.sessions.all_to_pb()))),
+            engine: self.engine.clone(),
             span: self.span.clone(),
-            started,
             log_volume: self.log_volume.clone(),
             volume_mark: self.log_volume.mark(),
         }
     }
 
-    /// Makes the received file the node's snapshot durably (so that `open` finishes the
-    /// install if a crash cuts it short), then streams its records into the engine's next
-    /// generation, which becomes current only if the whole file checked out. Off the
-    /// runtime: it reads and writes the whole snapshot.
+    /// Makes the received file `snapshot.bin` durably (so that `open` finishes the install
+    /// if a crash cuts it short), then streams its records into the engine's next generation,
+    /// which becomes current (and durable) only if the whole file checked out, then removes
+    /// the file. Off the runtime: it reads and writes the whole snapshot.
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
-        let (dir, published, engine, meta2) = (
-            self.dir.clone(),
-            self.published.clone(),
-            self.engine.clone(),
-            meta.clone(),
-        );
-        let (bytes, sessions) = tokio::task::spawn_blocking(move || {
-            let file = snapshot_file::adopt(&dir, &published, &meta2, snapshot)?;
+        let (dir, engine, meta2) = (self.dir.clone(), self.engine.clone(), meta.clone());
+        let (bytes, sessions, state_bytes) = tokio::task::spawn_blocking(move || {
+            let file = snapshot.into_file(&std::sync::atomic::AtomicBool::new(false))?;
+            let file = snapshot_file::adopt(&dir, file)?;
             let sessions = install_into(engine.as_ref(), &meta2, &file)?;
-            Ok::<_, io::Error>((file.len(), sessions))
+            snapshot_file::remove_installed(&dir)?;
+            Ok::<_, io::Error>((file.len(), sessions, engine.disk_bytes()))
         })
         .await
         .map_err(join_err)?
         .inspect_err(|e| tracing::error!(parent: &self.span, last_log_id = ?meta.last_log_id, "cannot install the snapshot: {e}"))?;
         self.installed(meta, sessions);
-        self.log_volume.snapshot_taken(self.log_volume.mark(), bytes);
+        self.log_volume.snapshot_taken(self.log_volume.mark(), state_bytes);
         tracing::info!(parent: &self.span, last_log_id = ?meta.last_log_id, bytes, "snapshot installed");
         Ok(())
     }
 
-    /// Opens the snapshot file and checks its framing; its checksum is checked as it is
-    /// sent and as it is received (reading it whole here would hold applies back).
+    /// The state machine as it is now, as a snapshot: a view, written into a file only if
+    /// it is sent (`SnapshotData::into_file`). None before anything was applied.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        let path = self.snapshot_path();
-        let found = tokio::task::spawn_blocking(move || SnapshotFile::open(&path))
-            .await
-            .map_err(join_err)?
-            .inspect_err(|e| tracing::error!(parent: &self.span, "{e}"))?;
-        Ok(found.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+        if self.applied.is_none() {
+            return Ok(None);
+        }
+        let meta = self.meta_now();
+        let unwritten = UnwrittenSnapshot::new(
+            self.dir.clone(),
+            meta.clone(),
+            self.engine.view(),
+            self.sessions.all_to_pb(),
+        );
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::Unwritten(unwritten),
+        }))
+    }
+}
+
+impl StateMachine {
+    /// The meta of a snapshot of the state machine as it is now.
+    fn meta_now(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        }
     }
 }
 
@@ -749,8 +742,10 @@ mod tests {
     use crate::store::data_dir;
     use crate::store::engine::EngineKind;
     use crate::store::keys::RESULTS_PER_RECORD;
+    use crate::store::SnapshotData;
     use crate::types::{LeaderId, WriteGroup, WriteId};
     use futures::FutureExt;
+    use std::sync::atomic::AtomicBool;
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         Entry {
@@ -1049,6 +1044,9 @@ mod tests {
         fn persist(&self) -> Result<(), EngineError> {
             self.inner.persist()
         }
+        fn disk_bytes(&self) -> u64 {
+            self.inner.disk_bytes()
+        }
         fn start_install(&self) -> Result<Box<dyn crate::store::engine::Install>, EngineError> {
             self.inner.start_install()
         }
@@ -1169,30 +1167,82 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let volume = sm.log_volume();
-        assert_eq!((volume.since_snapshot(), volume.snapshot_bytes()), (0, 0));
+        assert_eq!(volume.since_snapshot(), 0);
         sm.apply_entries([put_of(1, 1000)]).unwrap();
         assert!((1000..1100).contains(&volume.since_snapshot()));
 
         let mut builder = sm.get_snapshot_builder().await;
         // Applied after the view was taken: not in the snapshot, so still counted after it.
         sm.apply_entries([put_of(2, 3000)]).unwrap();
-        let snapshot = builder.build_snapshot().await.unwrap();
+        builder.build_snapshot().await.unwrap();
         assert!((3000..3100).contains(&volume.since_snapshot()));
-        assert_eq!(volume.snapshot_bytes(), snapshot.snapshot.len());
 
-        // A node restarted knows its snapshot's size; one that installs a snapshot starts
-        // counting from it.
-        drop(sm);
-        let reopened = open(dir.path());
-        assert_eq!(reopened.log_volume().snapshot_bytes(), snapshot.snapshot.len());
+        // One that installs a snapshot starts counting from it.
         let other_dir = tempfile::tempdir().unwrap();
         let mut other = open(other_dir.path());
         other.apply_entries([put_of(1, 500)]).unwrap();
-        let mut reopened = reopened;
-        let fresh = reopened.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        other.install_snapshot(&fresh.meta, fresh.snapshot).await.unwrap();
+        let (meta, file) = write_current_snapshot(&mut sm, &sent_path(dir.path())).await;
+        other.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
         assert_eq!(other.log_volume().since_snapshot(), 0);
-        assert!(other.log_volume().snapshot_bytes() > 0);
+    }
+
+    /// The names in directory `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_writes_no_file_until_it_is_sent_and_a_sent_one_leaves_none_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = stale_state_machine(dir.path(), EngineKind::default());
+        let before = names_in(dir.path());
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert!(!built.snapshot.is_file());
+        assert_eq!(names_in(dir.path()), before, "taking a snapshot writes no file");
+
+        // The current snapshot is the state as it is now, applies since included.
+        sm.apply_entries([entry(
+            2,
+            vec![cmd(
+                Op::Put {
+                    key: b("x"),
+                    value: b("1"),
+                },
+                None,
+            )],
+        )])
+        .unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+        assert_eq!(current.meta.last_log_id, sm.applied);
+        assert!(current.meta.last_log_id > built.meta.last_log_id);
+
+        // Written to be sent, it has no name in the directory; a write cut short leaves nothing.
+        let unsent = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+        let cut = tokio::task::spawn_blocking(move || unsent.snapshot.into_file(&AtomicBool::new(true)))
+            .await
+            .unwrap()
+            .expect_err("a cancelled write stops");
+        assert_eq!(cut.kind(), io::ErrorKind::Interrupted);
+        let meta = current.meta.clone();
+        let file = tokio::task::spawn_blocking(move || current.snapshot.into_file(&AtomicBool::new(false)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(names_in(dir.path()), before, "the file sent has no name");
+
+        // What was sent installs on another node, which keeps no file of it either.
+        let dst_dir = tempfile::tempdir().unwrap();
+        let mut dst = open(dst_dir.path());
+        let dst_before = names_in(dst_dir.path());
+        dst.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
+        assert_eq!(dst.reader().get(b"x").unwrap(), Some(b("1")));
+        assert_eq!(dst.reader().get(b"stale").unwrap(), Some(b("z")));
+        assert_eq!(names_in(dst_dir.path()), dst_before);
     }
 
     #[tokio::test]
@@ -1220,11 +1270,11 @@ mod tests {
                 ],
             )])
             .unwrap();
-            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let (meta, file) = write_current_snapshot(&mut src, &sent_path(src_dir.path())).await;
 
             let dst_dir = tempfile::tempdir().unwrap();
             let mut dst = stale_state_machine(dst_dir.path(), kind);
-            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            dst.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
             assert_eq!(
                 dst.reader().scan(b"", b"", 10, usize::MAX).unwrap().0,
                 vec![(b("x"), b("1")), (b("y"), b("2"))]
@@ -1247,13 +1297,33 @@ mod tests {
                 Some(b("1")),
                 "the retried write was not applied twice"
             );
-            assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, snapshot.meta);
+            assert!(
+                !snapshot_file::path_in(dst_dir.path()).exists(),
+                "no snapshot file is kept"
+            );
         }
     }
 
+    /// Where the tests write a snapshot to be sent from `dir`.
+    fn sent_path(dir: &Path) -> PathBuf {
+        dir.join("sent.snapshot")
+    }
+
+    /// The current snapshot of `sm` written into a file at `path`, as a sender writes one, open.
+    async fn write_current_snapshot(sm: &mut StateMachine, path: &Path) -> (SnapshotMeta, SnapshotFile) {
+        let snapshot = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
+        let SnapshotData::Unwritten(unwritten) = snapshot.snapshot else {
+            panic!("a state machine's snapshot is written only when it is sent");
+        };
+        unwritten.write_to(path.to_path_buf()).unwrap();
+        let (meta, file) = SnapshotFile::open(path).unwrap().expect("the file written");
+        assert_eq!(meta, snapshot.meta);
+        (meta, file)
+    }
+
     /// A state machine on `kind` in `dir` holding `keys` pairs (about 100 bytes each) and a
-    /// client session, its snapshot built (in `dir`'s snapshot file): the state machine and
-    /// the snapshot's meta.
+    /// client session, its snapshot taken and written (at `sent_path(dir)`): the state
+    /// machine and the snapshot's meta.
     async fn built_snapshot(dir: &Path, kind: EngineKind, keys: usize) -> (StateMachine, SnapshotMeta) {
         let mut sm = open_on(dir, kind);
         let put = |i: usize| {
@@ -1275,8 +1345,10 @@ mod tests {
         sm.apply_entries(entries).unwrap();
         let next = sm.applied.map_or(1, |id| id.index + 1);
         sm.apply_entries([entry(next, vec![create_k("session", 7)])]).unwrap();
-        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        (sm, snapshot.meta)
+        let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let (meta, _) = write_current_snapshot(&mut sm, &sent_path(dir)).await;
+        assert_eq!(meta, built.meta);
+        (sm, meta)
     }
 
     /// A state machine in `dir` with one pair that no snapshot has, applied up to index 1.
@@ -1296,11 +1368,9 @@ mod tests {
         sm
     }
 
-    fn snapshot_file_of(dir: &Path) -> SnapshotFile {
-        SnapshotFile::open(&snapshot_file::path_in(dir))
-            .unwrap()
-            .expect("a snapshot file")
-            .1
+    /// The snapshot file written at `sent_path(dir)`, as it is sent.
+    fn snapshot_file_of(dir: &Path) -> SnapshotData {
+        SnapshotData::File(SnapshotFile::open(&sent_path(dir)).unwrap().expect("a snapshot file").1)
     }
 
     /// Changes one byte of a value in the middle of the file at `path`: every record still
@@ -1321,7 +1391,8 @@ mod tests {
             let (_src, meta) = built_snapshot(src_dir.path(), kind, keys).await;
             let file = snapshot_file_of(src_dir.path());
             if kind == EngineKind::Fjall {
-                assert!(file.len() > INSTALL_PART_BYTES as u64, "{} bytes", file.len());
+                let len = std::fs::metadata(sent_path(src_dir.path())).unwrap().len();
+                assert!(len > INSTALL_PART_BYTES as u64, "{len} bytes");
             }
             let dst_dir = tempfile::tempdir().unwrap();
             let mut dst = stale_state_machine(dst_dir.path(), kind);
@@ -1347,10 +1418,11 @@ mod tests {
                 }
             );
             assert_eq!(reader.get(b"k").unwrap(), Some(b("session")));
-            // The installed file is now the node's snapshot, and it survives a restart.
+            // The engine holds it: no file is kept, and it survives a restart.
+            assert!(!snapshot_file::path_in(dst_dir.path()).exists());
             drop((reader, dst));
             let mut dst = open_on(dst_dir.path(), kind);
-            assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, meta);
+            assert_eq!(dst.applied_state().await.unwrap().0.map(|id| id.index), Some(next));
             assert_eq!(
                 dst.reader().get(b"key/00000000").unwrap(),
                 Some(Bytes::from(vec![b'v'; 90]))
@@ -1363,7 +1435,7 @@ mod tests {
         for kind in EngineKind::ALL {
             let src_dir = tempfile::tempdir().unwrap();
             let (_src, meta) = built_snapshot(src_dir.path(), kind, 2_000).await;
-            damage(&snapshot_file::path_in(src_dir.path()));
+            damage(&sent_path(src_dir.path()));
             let dst_dir = tempfile::tempdir().unwrap();
             let mut dst = stale_state_machine(dst_dir.path(), kind);
             let e = dst
@@ -1391,7 +1463,7 @@ mod tests {
             // The crash came after the received file became the node's snapshot, before the
             // engine had it (and left half a transfer behind).
             let target = snapshot_file::path_in(dst_dir.path());
-            std::fs::copy(snapshot_file::path_in(src_dir.path()), &target).unwrap();
+            std::fs::copy(sent_path(src_dir.path()), &target).unwrap();
             std::fs::write(snapshot_file::incoming_path_in(dst_dir.path()), b"half a transfer").unwrap();
             let mut dst = open_on(dst_dir.path(), kind);
             assert_eq!(dst.applied_state().await.unwrap().0, meta.last_log_id);
@@ -1404,13 +1476,14 @@ mod tests {
                 !snapshot_file::incoming_path_in(dst_dir.path()).exists(),
                 "leftovers are removed"
             );
+            assert!(!target.exists(), "the file goes once the engine holds it");
             drop(dst);
 
             // The same, with the snapshot file damaged: the node refuses to start, with one line.
             let dst_dir = tempfile::tempdir().unwrap();
             drop(stale_state_machine(dst_dir.path(), kind));
             let target = snapshot_file::path_in(dst_dir.path());
-            std::fs::copy(snapshot_file::path_in(src_dir.path()), &target).unwrap();
+            std::fs::copy(sent_path(src_dir.path()), &target).unwrap();
             damage(&target);
             let refusal = match data_dir::open_with_engine_when_released(dst_dir.path(), 1, "1=127.0.0.1:1", kind) {
                 Ok(_) => panic!("a damaged snapshot was installed"),
@@ -1426,56 +1499,63 @@ mod tests {
         use crate::store::IncomingSnapshot;
         let src_dir = tempfile::tempdir().unwrap();
         let (_src, meta) = built_snapshot(src_dir.path(), EngineKind::default(), 2_000).await;
-        let sent = std::fs::read(snapshot_file::path_in(src_dir.path())).unwrap();
+        let sent = std::fs::read(sent_path(src_dir.path())).unwrap();
         let dst_dir = tempfile::tempdir().unwrap();
         let mut dst = stale_state_machine(dst_dir.path(), EngineKind::default());
         let incoming = snapshot_file::incoming_path_in(dst_dir.path());
-        let receive = |bytes: &[u8]| {
-            let mut receiving = IncomingSnapshot::create(incoming.clone(), sent.len() as u64).unwrap();
-            for chunk in bytes.chunks(4096) {
+        // A transfer of a known length, or (None) of a snapshot written as it is sent.
+        let receive = |bytes: &[u8], len: Option<u64>| {
+            let mut receiving = IncomingSnapshot::create(incoming.clone(), len).unwrap();
+            for chunk in bytes.chunks(4093) {
                 receiving.write(chunk).unwrap();
             }
             receiving
         };
+        let whole = Some(sent.len() as u64);
         // A transfer that broke off half way leaves half a file.
-        drop(receive(&sent[..sent.len() / 2]));
+        drop(receive(&sent[..sent.len() / 2], whole));
         assert_eq!(std::fs::metadata(&incoming).unwrap().len(), sent.len() as u64 / 2);
-        // One cut short is refused when it ends.
-        let e = receive(&sent[..sent.len() - 1]).finish().unwrap_err().to_string();
+        // One cut short is refused when it ends: by its length, or without one by its trailer.
+        let e = receive(&sent[..sent.len() - 1], whole)
+            .finish()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bytes instead of"), "{e}");
+        for cut in [1, 10, 4093, sent.len() / 2] {
+            let e = receive(&sent[..sent.len() - cut], None)
+                .finish()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("trailer is missing"), "{cut}: {e}");
+        }
         // One damaged on the way is refused by its checksum.
         let mut damaged = sent.clone();
         damaged[sent.len() / 2] ^= 1;
-        let e = receive(&damaged).finish().unwrap_err().to_string();
-        assert!(e.contains("checksum does not match"), "{e}");
+        for len in [whole, None] {
+            let e = receive(&damaged, len).finish().unwrap_err().to_string();
+            assert!(e.contains("checksum does not match"), "{e}");
+        }
+        // A whole one of unknown length checks out, however its bytes come.
+        receive(&sent, None).finish().unwrap();
+        let mut receiving = IncomingSnapshot::create(incoming.clone(), None).unwrap();
+        for chunk in sent.chunks(7) {
+            receiving.write(chunk).unwrap();
+        }
+        receiving.finish().unwrap();
         // The next whole transfer starts the file again, and installs.
-        let (received_meta, file) = receive(&sent).finish().unwrap();
+        let (received_meta, file) = receive(&sent, whole).finish().unwrap();
         assert_eq!(received_meta, meta);
         assert_eq!(std::fs::read(&incoming).unwrap(), sent);
-        dst.install_snapshot(&meta, file).await.unwrap();
-        assert!(!incoming.exists(), "the received file became the node's snapshot");
-        assert_eq!(std::fs::read(snapshot_file::path_in(dst_dir.path())).unwrap(), sent);
+        dst.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
+        assert!(!incoming.exists(), "the received file was installed");
+        assert!(
+            !snapshot_file::path_in(dst_dir.path()).exists(),
+            "and removed once the engine held it"
+        );
         assert_eq!(
             dst.reader().get(b"key/00000042").unwrap(),
             Some(Bytes::from(vec![b'v'; 90]))
         );
-    }
-
-    #[tokio::test]
-    async fn an_older_snapshot_built_beside_an_install_does_not_replace_the_newer_one() {
-        let src_dir = tempfile::tempdir().unwrap();
-        let (_src, meta) = built_snapshot(src_dir.path(), EngineKind::default(), 100).await;
-        let dst_dir = tempfile::tempdir().unwrap();
-        let mut dst = stale_state_machine(dst_dir.path(), EngineKind::default());
-        // The builder takes its view at index 1; the newer snapshot (index 2) is installed
-        // before it has written its file.
-        let mut builder = dst.get_snapshot_builder().await;
-        dst.install_snapshot(&meta, snapshot_file_of(src_dir.path()))
-            .await
-            .unwrap();
-        let built = builder.build_snapshot().await.unwrap();
-        assert!(built.meta.last_log_id < meta.last_log_id);
-        assert_eq!(dst.get_current_snapshot().await.unwrap().unwrap().meta, meta);
     }
 
     #[tokio::test]

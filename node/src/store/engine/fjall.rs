@@ -205,6 +205,10 @@ impl Engine for FjallEngine {
         self.0.db.persist(PersistMode::SyncAll).map_err(fjall_err)
     }
 
+    fn disk_bytes(&self) -> u64 {
+        self.0.space.read().unwrap_or_else(|p| p.into_inner()).disk_space()
+    }
+
     fn start_install(&self) -> Result<Box<dyn Install>, EngineError> {
         let generation = self.0.generations.lock().unwrap_or_else(|p| p.into_inner()).current() + 1;
         let name = Generations::space_name(generation);

@@ -180,6 +180,10 @@ pub trait Engine: Send + Sync {
     /// Makes every apply made so far durable.
     fn persist(&self) -> Result<(), EngineError>;
 
+    /// About how many bytes the current key space takes on disk (for the snapshot policy:
+    /// how much log to keep). 0 if the engine cannot tell.
+    fn disk_bytes(&self) -> u64;
+
     /// Starts filling the next generation of the key space (empty) for a snapshot
     /// install; the current one serves meanwhile. Dropped without [`Install::commit`],
     /// the new generation is abandoned.

@@ -141,6 +141,10 @@ impl Engine for SledEngine {
         Ok(())
     }
 
+    fn disk_bytes(&self) -> u64 {
+        self.0.db.size_on_disk().unwrap_or(0)
+    }
+
     fn start_install(&self) -> Result<Box<dyn Install>, EngineError> {
         let generation = self.0.generations.lock().unwrap_or_else(|p| p.into_inner()).current() + 1;
         let name = Generations::space_name(generation);
