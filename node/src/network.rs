@@ -492,31 +492,50 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-/// The data chunks of `snapshot`, written from its view as the call takes them: a blocking
-/// thread scans the view into chunks, at most [`SNAPSHOT_CHUNKS_AHEAD`] ahead of the call,
-/// and stops once the stream is dropped. Each chunk taken moves `progress`. If the scan
-/// fails, the stream ends before the snapshot's trailer (the follower refuses what it got),
-/// and why is put in `failure`.
+/// Where the scan behind [`snapshot_chunks`] is.
+enum Scan {
+    /// Not started: the call has not asked for data yet (it may never connect).
+    Waiting(UnwrittenSnapshot, Box<dyn FnOnce() + Send>),
+    /// Writing chunks into the channel, a blocking task.
+    Running(
+        tokio::sync::mpsc::Receiver<Bytes>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+}
+
+/// The data chunks of `snapshot`, written from its view as the call takes them: once the
+/// call first asks for data (`started` is called then), a blocking thread scans the view into
+/// chunks, at most [`SNAPSHOT_CHUNKS_AHEAD`] ahead of the call, and stops once the stream is
+/// dropped. Each chunk taken moves `progress`. If the scan fails, the stream ends before the
+/// snapshot's trailer (the follower refuses what it got), and why is put in `failure`.
 fn snapshot_chunks(
     snapshot: UnwrittenSnapshot,
+    started: impl FnOnce() + Send + 'static,
     progress: Arc<TransferProgress>,
     failure: Arc<Mutex<Option<String>>>,
 ) -> impl Stream<Item = pb::SnapshotChunk> + Send + 'static {
-    let (to, from) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
-    let writing = tokio::task::spawn_blocking(move || {
-        let never = std::sync::atomic::AtomicBool::new(false);
-        snapshot.write_into(ChunkWriter::new(to), &never).map(drop)
-    });
-    futures::stream::unfold(Some((from, writing)), move |state| {
+    let waiting = Scan::Waiting(snapshot, Box::new(started));
+    futures::stream::unfold(Some(waiting), move |state| {
         let (progress, failure) = (progress.clone(), failure.clone());
         async move {
-            let (mut from, writing) = state?;
+            let (mut from, writing) = match state? {
+                Scan::Running(from, writing) => (from, writing),
+                Scan::Waiting(snapshot, started) => {
+                    started();
+                    let (to, from) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+                    let writing = tokio::task::spawn_blocking(move || {
+                        let never = std::sync::atomic::AtomicBool::new(false);
+                        snapshot.write_into(ChunkWriter::new(to), &never).map(drop)
+                    });
+                    (from, writing)
+                }
+            };
             if let Some(bytes) = from.recv().await {
                 progress.moved(bytes.len());
                 let chunk = pb::SnapshotChunk {
                     kind: Some(pb::snapshot_chunk::Kind::Data(bytes)),
                 };
-                return Some((chunk, Some((from, writing))));
+                return Some((chunk, Some(Scan::Running(from, writing))));
             }
             // The scan is over: whether it wrote the snapshot to its end.
             let why = match writing.await {
@@ -666,12 +685,16 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         };
         let progress = TransferProgress::new();
         let failure = Arc::new(Mutex::new(None));
+        // Logged once the call asks for data: a peer that cannot be reached is retried every
+        // few hundred ms, and says so in a line of its own.
+        let (span, peer, last_log_id) = (self.reachability.span.clone(), self.target, meta.last_log_id);
+        let sending = move || tracing::info!(parent: &span, peer, ?last_log_id, "sending snapshot");
         let chunks = futures::stream::once(async move { header }).chain(snapshot_chunks(
             unwritten,
+            sending,
             progress.clone(),
             failure.clone(),
         ));
-        tracing::info!(parent: &self.reachability.span, peer = self.target, last_log_id = ?meta.last_log_id, "sending snapshot");
         let started = std::time::Instant::now();
         let mut client = self.client()?;
         let reply = tokio::select! {
@@ -825,7 +848,18 @@ mod tests {
 
         let progress = TransferProgress::new();
         let failure = Arc::new(Mutex::new(None));
-        let chunks: Vec<Bytes> = snapshot_chunks(unwritten(&mut sm).await, progress.clone(), failure.clone())
+        // The scan starts when the call first asks for data, not before (a call to a peer that
+        // cannot be reached never does).
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = started.clone();
+        let on_start = move || flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stream = snapshot_chunks(unwritten(&mut sm).await, on_start, progress.clone(), failure.clone());
+        tokio::task::yield_now().await;
+        assert!(
+            !started.load(std::sync::atomic::Ordering::SeqCst),
+            "the scan started unasked"
+        );
+        let chunks: Vec<Bytes> = stream
             .map(|chunk| match chunk.kind {
                 Some(pb::snapshot_chunk::Kind::Data(bytes)) => bytes,
                 other => panic!("a data chunk, not {other:?}"),
@@ -833,6 +867,7 @@ mod tests {
             .collect()
             .await;
         assert_eq!(failure.lock().unwrap().take(), None);
+        assert!(started.load(std::sync::atomic::Ordering::SeqCst));
         let (last, full) = chunks.split_last().unwrap();
         assert!(full.iter().all(|c| c.len() == SNAPSHOT_CHUNK_BYTES));
         assert!(!last.is_empty() && last.len() <= SNAPSHOT_CHUNK_BYTES);

@@ -223,8 +223,9 @@ impl pb::raft_server::Raft for RaftService {
 
     /// Writes the snapshot file to `snapshot.incoming` as its chunks arrive (the memory
     /// held is a chunk, whatever the snapshot's size), checks its length and checksum, then
-    /// hands it to openraft, which installs it. A transfer that breaks off leaves a file
-    /// the next transfer replaces from its start (there is no resuming from an offset).
+    /// hands it to openraft, which installs it. A transfer that breaks off is started again
+    /// from its start by the next one (there is no resuming from an offset); its file is
+    /// removed when it ends.
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
@@ -239,6 +240,8 @@ impl pb::raft_server::Raft for RaftService {
         // 0: the sender writes the snapshot as it sends it; its trailer says where it ends.
         let expected = Some(header.data_len).filter(|len| *len > 0);
         let path = self.incoming_snapshot.lock().await;
+        // Dropped before the lock, whichever way this call ends.
+        let leftover = RemoveWhenDone(path.clone());
         let into = path.clone();
         let mut incoming = blocking(move || IncomingSnapshot::create(into, expected)).await?;
         while let Some(chunk) = stream.message().await? {
@@ -274,6 +277,7 @@ impl pb::raft_server::Raft for RaftService {
         };
         // Still holding the lock: no other transfer rewrites the file until it is installed.
         let reply = self.raft.install_full_snapshot(vote, snapshot).await.map_err(stopped)?;
+        drop(leftover);
         drop(path);
         Ok(Response::new(pb::InstallSnapshotResponse {
             vote: Some(convert::vote_to_pb(&reply.vote)),
@@ -294,5 +298,21 @@ impl pb::raft_server::Raft for RaftService {
         };
         let read_index = self.read_index.read_index(kind).await?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
+    }
+}
+
+/// Removes the file a snapshot is received into when the transfer ends, however it ends (once
+/// installed the file was moved away already): a transfer broken off, refused or not
+/// installed leaves no copy of the data behind. Dropped while the transfer still holds the
+/// file's lock, so it never removes the next transfer's file.
+struct RemoveWhenDone(PathBuf);
+
+impl Drop for RemoveWhenDone {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), "cannot remove a snapshot received but not installed: {e}");
+            }
+        }
     }
 }

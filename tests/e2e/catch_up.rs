@@ -174,6 +174,27 @@ async fn a_follower_behind_a_compacted_log_catches_up_from_a_snapshot_without_ha
         value.value[..] == loaded_value(last)[..],
         "the follower lacks the last value loaded"
     );
+    // No node keeps a copy of the data beside its state once the transfers are over: the
+    // leader streams a snapshot from its state machine without writing a file, and a follower
+    // removes the one it received once its engine holds it (or once a transfer ends without
+    // an install). One may still be on its way (the leader purges on while the follower
+    // installs the first): wait for the transfers to end.
+    let snapshot_files = || {
+        let mut kept = Vec::new();
+        for id in cluster.ids() {
+            for entry in std::fs::read_dir(cluster.data_dir(id)).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                if name.starts_with("snapshot") {
+                    kept.push(format!("node {id}: {name}"));
+                }
+            }
+        }
+        kept
+    };
+    wait_until(CATCH_UP_TIMEOUT, "no node keeps a snapshot file", || async {
+        snapshot_files().is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
