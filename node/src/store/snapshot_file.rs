@@ -5,7 +5,8 @@
 //! file format, only when a follower needs a snapshot (straight into the transfer's chunks,
 //! `network.rs`: the sender writes no file) or for a backup; a follower receives one into
 //! `snapshot.incoming`, which becomes `snapshot.bin` while it is installed (so that a crash
-//! mid-install is finished at the next start) and is removed once the engine holds it. So no
+//! mid-install is finished at the next start) and is removed once the engine holds it (or, by
+//! `raft_service.rs`, when its transfer ends without an install). So no
 //! step holds more than a buffer of a snapshot in memory, and at rest the disk holds the
 //! data once (the engine) plus the log.
 //!
