@@ -28,7 +28,7 @@ pub use engine::{EngineError, EngineKind, RedoError};
 pub use log_store::LogStore;
 pub use raft_state::RaftStateError;
 pub use snapshot_file::{
-    incoming_path_in, ChecksumCheck, IncomingSnapshot, SnapshotData, SnapshotFile, SnapshotFileError, UnwrittenSnapshot,
+    incoming_path_in, IncomingSnapshot, SnapshotData, SnapshotFile, SnapshotFileError, UnwrittenSnapshot,
 };
 pub use state_file::StateFileError;
 pub use state_machine::{KvReader, StateMachine};

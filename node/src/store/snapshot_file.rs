@@ -16,8 +16,9 @@
 //!
 //! Opening a file ([`SnapshotFile::open`]) checks its framing (magic, meta, trailer, lengths)
 //! only, which is cheap; the checksum covers the whole file and is checked by whoever reads
-//! it all anyway: the sender as it sends ([`ChecksumCheck`]), the receiver as it receives
-//! ([`IncomingSnapshot`]), the install as it installs ([`SnapshotRecords`]). A damaged
+//! it all anyway: the receiver as it receives ([`IncomingSnapshot`], with a [`ChecksumCheck`]),
+//! the install as it installs ([`SnapshotRecords`]); a sender writes the bytes as it sends
+//! them from the state machine, so there is no file of its own to check. A damaged
 //! snapshot is refused with one line wherever it is found, never installed.
 //!
 //! Invariants: `snapshot.bin` only ever appears whole (received under another name, fsynced,
@@ -28,12 +29,12 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
 use raftkv::raft_pb as pb;
-pub use raftkv::snapshot_format::ChecksumCheck;
+use raftkv::snapshot_format::ChecksumCheck;
 use raftkv::snapshot_format::{self as format, FormatError, Framing, RecordReader, Trailer, MAGIC};
 use raftkv::write_behind::WriteBehind;
 
@@ -46,9 +47,6 @@ use crate::types::SnapshotMeta;
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 /// Where versions before this one built the node's own snapshot (removed if found).
 const BUILDING_FILE: &str = "snapshot.tmp";
-/// Where the node's own snapshot is written when it is wanted as a file
-/// ([`SnapshotData::into_file`]), followed by a number of its own.
-const SENDING_FILE_PREFIX: &str = "snapshot.writing.";
 /// Where a snapshot from the leader is received; the next transfer starts it again.
 const INCOMING_FILE: &str = "snapshot.incoming";
 /// Where a backup (`raftkv snapshot save`) is written, followed by its number.
@@ -67,17 +65,15 @@ pub fn incoming_path_in(dir: &Path) -> PathBuf {
     dir.join(INCOMING_FILE)
 }
 
-/// Removes what a crash may have left of a snapshot being built, sent or received, or of a
-/// backup being written.
+/// Removes what a crash may have left of a snapshot being built or received, or of a backup
+/// being written.
 pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     for name in [BUILDING_FILE, INCOMING_FILE] {
         remove_if_present(&dir.join(name))?;
     }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(BACKUP_FILE_PREFIX) || name.starts_with(SENDING_FILE_PREFIX) {
+        if entry.file_name().to_string_lossy().starts_with(BACKUP_FILE_PREFIX) {
             remove_if_present(&entry.path())?;
         }
     }
@@ -371,7 +367,7 @@ pub(super) fn backup_path_in(dir: &Path, number: u64) -> PathBuf {
 /// Writes the snapshot `meta` names (the pairs `view` shows, and `sessions`) into a new
 /// durable file at `path`, for a backup. Returns the file, open, its name
 /// already removed (the open file is all there is of it, so nothing is left behind however
-/// the backup or the transfer ends). Stops early (an `Interrupted` error) once `cancelled` is
+/// the backup ends). Stops early (an `Interrupted` error) once `cancelled` is
 /// set. Blocks on disk I/O.
 pub(super) fn write_unlinked(
     path: PathBuf,
@@ -429,25 +425,15 @@ pub(super) fn adopt(dir: &Path, snapshot: SnapshotFile) -> io::Result<SnapshotFi
 /// consistent view and the client sessions of the same point. A node's current snapshot is
 /// one of these (see the module doc); it becomes a file only when it is sent.
 pub struct UnwrittenSnapshot {
-    dir: PathBuf,
     meta: SnapshotMeta,
     view: Box<dyn View>,
     sessions: Vec<pb::ClientSession>,
 }
 
 impl UnwrittenSnapshot {
-    /// The state `view` shows, with `sessions`, as the snapshot `meta` names, in data directory `dir`.
-    pub(super) fn new(dir: PathBuf, meta: SnapshotMeta, view: Box<dyn View>, sessions: Vec<pb::ClientSession>) -> Self {
-        UnwrittenSnapshot {
-            dir,
-            meta,
-            view,
-            sessions,
-        }
-    }
-
-    pub fn meta(&self) -> &SnapshotMeta {
-        &self.meta
+    /// The state `view` shows, with `sessions`, as the snapshot `meta` names.
+    pub(super) fn new(meta: SnapshotMeta, view: Box<dyn View>, sessions: Vec<pb::ClientSession>) -> Self {
+        UnwrittenSnapshot { meta, view, sessions }
     }
 
     /// Writes it into a file at `path`, for a backup; see [`write_unlinked`].
@@ -464,8 +450,8 @@ impl UnwrittenSnapshot {
         writer.finish()
     }
 
-    /// Writes it into a durable file at `path` and leaves it there (tests copy it about).
-    #[cfg(test)]
+    /// Writes it into a durable file at `path` and leaves it there: to install another state
+    /// machine's view (openraft's storage suite does), and for tests.
     pub(crate) fn write_to(self, path: PathBuf) -> io::Result<PathBuf> {
         let mut writer = SnapshotWriter::create(&path, &self.meta)?;
         write_records(&mut writer, self.view.as_ref(), self.sessions, &AtomicBool::new(false))?;
@@ -488,31 +474,6 @@ impl std::fmt::Debug for UnwrittenSnapshot {
 pub enum SnapshotData {
     File(SnapshotFile),
     Unwritten(UnwrittenSnapshot),
-}
-
-/// Numbers the files the node's own snapshots are written into, so that no two share one.
-static SENDING_FILES: AtomicU64 = AtomicU64::new(0);
-
-impl SnapshotData {
-    /// The snapshot as a file: this one, or the state written into a file of its own in the
-    /// data directory (its name removed at once, see [`write_unlinked`]). Stops early (an
-    /// `Interrupted` error) once `cancelled` is set. Blocks on disk I/O for as long as the scan
-    /// takes.
-    pub fn into_file(self, cancelled: &AtomicBool) -> io::Result<SnapshotFile> {
-        match self {
-            SnapshotData::File(file) => Ok(file),
-            SnapshotData::Unwritten(unwritten) => {
-                let number = SENDING_FILES.fetch_add(1, Ordering::Relaxed);
-                let path = unwritten.dir.join(format!("{SENDING_FILE_PREFIX}{number}"));
-                unwritten.write_unlinked(path, cancelled)
-            }
-        }
-    }
-
-    /// Whether it is a file already.
-    pub fn is_file(&self) -> bool {
-        matches!(self, SnapshotData::File(_))
-    }
 }
 
 /// A snapshot being received from the leader into `snapshot.incoming`: started afresh by

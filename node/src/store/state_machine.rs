@@ -7,8 +7,8 @@
 //! leaves data applied without the applied marker (or the reverse). A snapshot is the state
 //! machine itself (`snapshot_file.rs`): building one only marks the point the log may be
 //! purged up to (the log store persists the engine before it purges), and the current
-//! snapshot is a consistent view of the engine at what it has applied, written into a file on
-//! a blocking thread only when a follower needs it. A received snapshot is installed by making
+//! snapshot is a consistent view of the engine at what it has applied, written out on a
+//! blocking thread, straight into the transfer, only when a follower needs it. A received snapshot is installed by making
 //! the file `snapshot.bin` first, then streaming its records into the engine's next
 //! generation, which becomes current whole (readers see the old state until then), then
 //! removing the file; `StateMachine::open` finishes an install that a crash interrupted.
@@ -473,12 +473,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::debug!(parent: &self.span, last_log_id = ?self.meta.last_log_id, state_bytes, "snapshot point");
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: SnapshotData::Unwritten(UnwrittenSnapshot::new(
-                self.dir.clone(),
-                self.meta.clone(),
-                view,
-                sessions,
-            )),
+            snapshot: SnapshotData::Unwritten(UnwrittenSnapshot::new(self.meta.clone(), view, sessions)),
         })
     }
 }
@@ -500,7 +495,7 @@ impl SnapshotBuilder {
             .ok_or_else(|| io::Error::other("a snapshot builder builds one snapshot"))?;
         let path = snapshot_file::backup_path_in(&self.dir, number);
         let meta = self.meta;
-        let unwritten = UnwrittenSnapshot::new(self.dir, meta.clone(), view, sessions);
+        let unwritten = UnwrittenSnapshot::new(meta.clone(), view, sessions);
         let file = tokio::task::spawn_blocking(move || unwritten.write_unlinked(path, &cancelled))
             .await
             .map_err(join_err)??;
@@ -691,7 +686,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
         let (dir, engine, meta2) = (self.dir.clone(), self.engine.clone(), meta.clone());
         let (bytes, sessions, state_bytes) = tokio::task::spawn_blocking(move || {
-            let file = snapshot.into_file(&std::sync::atomic::AtomicBool::new(false))?;
+            let file = match snapshot {
+                SnapshotData::File(file) => file,
+                // Another state machine's view (openraft's storage suite installs one): written
+                // into this directory first, as a received one is.
+                SnapshotData::Unwritten(unwritten) => {
+                    let path = unwritten.write_to(snapshot_file::incoming_path_in(&dir))?;
+                    let opened = SnapshotFile::open(&path)?;
+                    opened.ok_or_else(|| io::Error::other("the snapshot written is gone"))?.1
+                }
+            };
             let file = snapshot_file::adopt(&dir, file)?;
             let sessions = install_into(engine.as_ref(), &meta2, &file)?;
             snapshot_file::remove_installed(&dir)?;
@@ -707,18 +711,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     /// The state machine as it is now, as a snapshot: a view, written into a file only if
-    /// it is sent (`SnapshotData::into_file`). None before anything was applied.
+    /// it is sent (straight into the transfer, `network.rs`). None before anything was applied.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         if self.applied.is_none() {
             return Ok(None);
         }
         let meta = self.meta_now();
-        let unwritten = UnwrittenSnapshot::new(
-            self.dir.clone(),
-            meta.clone(),
-            self.engine.view(),
-            self.sessions.all_to_pb(),
-        );
+        let unwritten = UnwrittenSnapshot::new(meta.clone(), self.engine.view(), self.sessions.all_to_pb());
         Ok(Some(Snapshot {
             meta,
             snapshot: SnapshotData::Unwritten(unwritten),
@@ -1146,10 +1145,10 @@ mod tests {
                 "no user key"
             );
 
-            let snapshot = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let (meta, file) = write_current_snapshot(&mut src, &sent_path(src_dir.path())).await;
             let dst_dir = tempfile::tempdir().unwrap();
             let mut dst = open_on(dst_dir.path(), kind);
-            dst.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+            dst.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
             assert_eq!(dst.reader().removed_at(3).unwrap(), Some(2), "{kind:?}");
         }
     }
@@ -1202,7 +1201,7 @@ mod tests {
         let mut sm = stale_state_machine(dir.path(), EngineKind::default());
         let before = names_in(dir.path());
         let built = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        assert!(!built.snapshot.is_file());
+        assert!(matches!(built.snapshot, SnapshotData::Unwritten(_)));
         assert_eq!(names_in(dir.path()), before, "taking a snapshot writes no file");
 
         // The current snapshot is the state as it is now, applies since included.
@@ -1221,21 +1220,28 @@ mod tests {
         assert_eq!(current.meta.last_log_id, sm.applied);
         assert!(current.meta.last_log_id > built.meta.last_log_id);
 
-        // Written to be sent, it has no name in the directory; a write cut short leaves nothing.
-        let unsent = sm.get_current_snapshot().await.unwrap().expect("a snapshot");
-        let cut = tokio::task::spawn_blocking(move || unsent.snapshot.into_file(&AtomicBool::new(true)))
-            .await
-            .unwrap()
+        // Written out as it is sent (here into memory), it leaves no file in the directory; a
+        // write cut short stops.
+        let unwritten = |snapshot: Snapshot| match snapshot.snapshot {
+            SnapshotData::Unwritten(unwritten) => unwritten,
+            SnapshotData::File(_) => panic!("a state machine's snapshot is written only when it is sent"),
+        };
+        let unsent = unwritten(sm.get_current_snapshot().await.unwrap().expect("a snapshot"));
+        let cut = unsent
+            .write_into(Vec::new(), &AtomicBool::new(true))
             .expect_err("a cancelled write stops");
         assert_eq!(cut.kind(), io::ErrorKind::Interrupted);
         let meta = current.meta.clone();
-        let file = tokio::task::spawn_blocking(move || current.snapshot.into_file(&AtomicBool::new(false)))
-            .await
-            .unwrap()
+        let sent = unwritten(current)
+            .write_into(Vec::new(), &AtomicBool::new(false))
             .unwrap();
-        assert_eq!(names_in(dir.path()), before, "the file sent has no name");
+        assert_eq!(names_in(dir.path()), before, "the snapshot sent leaves no file");
 
         // What was sent installs on another node, which keeps no file of it either.
+        let received_dir = tempfile::tempdir().unwrap();
+        let received = received_dir.path().join("received.snapshot");
+        std::fs::write(&received, sent).unwrap();
+        let file = SnapshotFile::open(&received).unwrap().expect("the file received").1;
         let dst_dir = tempfile::tempdir().unwrap();
         let mut dst = open(dst_dir.path());
         let dst_before = names_in(dst_dir.path());
