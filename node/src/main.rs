@@ -79,8 +79,8 @@ struct Flags {
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
     election_timeout_ms: u64,
     /// Take a snapshot (a point the log may be purged up to; it writes no file) after this many
-    /// log entries since the last one and, once the state machine is 64 MiB or more on disk,
-    /// only when the log since holds a quarter of its size.
+    /// log entries since the last one, or sooner once the log since holds a quarter of the state
+    /// machine's size on disk (16 MiB at least); from 64 MiB of state on, the quarter alone decides.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot so slow followers can catch up without one.

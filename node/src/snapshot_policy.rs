@@ -1,6 +1,6 @@
-//! When a node takes a snapshot: after `--snapshot-after-logs` entries since the last one, and,
-//! once the state machine is large, only after the log since the last one holds a set share of
-//! the state machine's size on disk.
+//! When a node takes a snapshot: after `--snapshot-after-logs` entries since the last one while
+//! the state machine is small, and whenever the log since the last one holds a set share of the
+//! state machine's size on disk (of [`SIZE_RULE_FROM_STATE_BYTES`] at least), whatever the count.
 //!
 //! Taking a snapshot writes nothing (`store/snapshot_file.rs`): it marks the point openraft may
 //! purge the log up to, the log store making the engine durable first. What a snapshot costs is
@@ -25,13 +25,14 @@ use std::time::Duration;
 use crate::raft_watch::Sampled;
 use crate::types::Raft;
 
-/// Below this state machine size only the entry count decides: such a state is cheap to send
-/// whole, and small clusters (tests pass `--snapshot-after-logs 20`) keep snapshotting every N
-/// entries.
+/// Below this state machine size the entry count decides (or the log's bytes, at most a
+/// [`STATE_BYTES_PER_LOG_BYTE`]th of this size): such a state is cheap to send whole, and small
+/// clusters (tests pass `--snapshot-after-logs 20`) keep snapshotting every N entries.
 pub const SIZE_RULE_FROM_STATE_BYTES: u64 = 64 << 20;
-/// Above [`SIZE_RULE_FROM_STATE_BYTES`], the log since the last snapshot must hold at least the
-/// state machine's size divided by this before the next one is taken: the log kept beyond a
-/// snapshot is then up to this share of the state.
+/// The log since the last snapshot holds the state machine's size (at least
+/// [`SIZE_RULE_FROM_STATE_BYTES`]) divided by this when the next one is taken, however many
+/// entries that is: the log kept beyond a snapshot is up to this share of the state. Above
+/// [`SIZE_RULE_FROM_STATE_BYTES`] it is also the least: fewer entries than that wait.
 pub const STATE_BYTES_PER_LOG_BYTE: u64 = 4;
 
 /// How often, at most, the rule is checked against the applied index (a snapshot asked for
@@ -67,9 +68,18 @@ impl SnapshotRule {
         }
     }
 
+    /// The log bytes since a snapshot of a state machine of `state_bytes` at which the next one
+    /// is taken whatever the entry count: with large entries (a write group at 64 clients is tens
+    /// of KiB) `--snapshot-after-logs` entries alone are many times the state.
+    pub fn log_bytes_cap(state_bytes: u64) -> u64 {
+        state_bytes.max(SIZE_RULE_FROM_STATE_BYTES) / STATE_BYTES_PER_LOG_BYTE
+    }
+
     /// Whether to build a snapshot now.
     pub fn should_snapshot(&self, since: SinceLastSnapshot) -> bool {
-        since.entries >= self.after_entries && since.log_bytes >= Self::log_bytes_needed(since.state_bytes)
+        let enough_entries =
+            since.entries >= self.after_entries && since.log_bytes >= Self::log_bytes_needed(since.state_bytes);
+        enough_entries || since.log_bytes >= Self::log_bytes_cap(since.state_bytes)
     }
 }
 
@@ -112,10 +122,11 @@ impl LogVolume {
         }
     }
 
-    /// Log bytes applied since the last snapshot's point.
-    pub fn since_snapshot(&self) -> u64 {
-        self.mark()
-            .saturating_sub(self.applied_bytes_at_snapshot.load(Ordering::Relaxed))
+    /// Log bytes applied since the last snapshot's point, or since `asked` (a [`LogVolume::mark`]
+    /// taken when a snapshot not yet built was asked for) if that is later.
+    pub fn since_snapshot(&self, asked: Option<u64>) -> u64 {
+        let base = self.applied_bytes_at_snapshot.load(Ordering::Relaxed);
+        self.mark().saturating_sub(base.max(asked.unwrap_or(0)))
     }
 
     /// The state machine's size on disk at the last snapshot.
@@ -127,10 +138,11 @@ impl LogVolume {
 /// Asks openraft for a snapshot whenever `rule` says so, until raft stops.
 pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
     let mut metrics = Sampled::new(&raft, CHECK_INTERVAL);
-    // The applied index a snapshot was last asked for: while it is being built, the entry
-    // count starts from there (as openraft's own policy does), so it is not asked for again
-    // at every apply.
+    // The applied index and the log volume's mark when a snapshot was last asked for: while it
+    // is being built, the entries and bytes are counted from there (as openraft's own policy
+    // does), so it is not asked for again at every apply.
     let mut asked_at: Option<u64> = None;
+    let mut asked_mark: Option<u64> = None;
     loop {
         let (applied, snapshot) = {
             let m = metrics.latest();
@@ -139,7 +151,7 @@ pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
         if let Some(applied) = applied {
             let since = SinceLastSnapshot {
                 entries: entries_since(applied, snapshot.max(asked_at)),
-                log_bytes: volume.since_snapshot(),
+                log_bytes: volume.since_snapshot(asked_mark),
                 state_bytes: volume.state_bytes(),
             };
             if rule.should_snapshot(since) {
@@ -148,6 +160,7 @@ pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
                     return;
                 }
                 asked_at = Some(applied);
+                asked_mark = Some(volume.mark());
             }
         }
         if metrics.changed().await.is_err() {
@@ -180,26 +193,34 @@ mod tests {
     }
 
     #[test]
-    fn small_snapshots_are_taken_every_n_entries_whatever_the_log_bytes() {
+    fn small_snapshots_are_taken_every_n_entries_or_16_mib_of_log() {
         let rule = SnapshotRule { after_entries: 20 };
         assert!(!rule.should_snapshot(since(19, 0, 0)));
         assert!(rule.should_snapshot(since(20, 0, 0)));
         assert!(rule.should_snapshot(since(20, 1, 10 * MIB)));
         assert!(rule.should_snapshot(since(500, 0, 64 * MIB - 1)));
+        let rule = SnapshotRule { after_entries: 5000 };
+        assert!(!rule.should_snapshot(since(100, 16 * MIB - 1, 10 * MIB)));
+        assert!(
+            rule.should_snapshot(since(100, 16 * MIB, 10 * MIB)),
+            "100 entries of 160 KiB: the bytes decide"
+        );
     }
 
     #[test]
-    fn large_states_wait_for_a_quarter_of_their_size_of_log_and_n_entries() {
+    fn large_states_wait_for_a_quarter_of_their_size_of_log_whatever_the_entries() {
         let rule = SnapshotRule { after_entries: 5000 };
         let gib = 1024 * MIB;
         assert!(!rule.should_snapshot(since(1_000_000, gib / 4 - 1, gib)));
         assert!(rule.should_snapshot(since(5000, gib / 4, gib)));
         assert!(
-            !rule.should_snapshot(since(4999, gib, gib)),
-            "the entry count still applies"
+            rule.should_snapshot(since(4999, gib / 4, gib)),
+            "the bytes decide even before the entry count"
         );
         assert!(!rule.should_snapshot(since(5000, 15 * MIB, 64 * MIB)));
         assert!(rule.should_snapshot(since(5000, 16 * MIB, 64 * MIB)));
+        // 100 MB of data with write groups of ~20 KiB: 5000 entries were ~90 MiB of log.
+        assert!(rule.should_snapshot(since(2000, 40 * MIB, 160 * MIB)));
     }
 
     #[test]
@@ -207,7 +228,9 @@ mod tests {
         for state_bytes in [64 * MIB, 300 * MIB, 1 << 30, 100 << 30] {
             let needed = SnapshotRule::log_bytes_needed(state_bytes);
             assert!(state_bytes / needed <= STATE_BYTES_PER_LOG_BYTE, "{state_bytes}");
+            assert_eq!(SnapshotRule::log_bytes_cap(state_bytes), needed);
         }
+        assert_eq!(SnapshotRule::log_bytes_cap(0), 16 * MIB);
     }
 
     #[test]
@@ -217,12 +240,17 @@ mod tests {
         volume.applied(10);
         let mark = volume.mark();
         volume.applied(5);
-        assert_eq!(volume.since_snapshot(), 15);
+        assert_eq!(volume.since_snapshot(None), 15);
+        assert_eq!(
+            volume.since_snapshot(Some(mark)),
+            5,
+            "counted from a snapshot asked for"
+        );
         volume.snapshot_taken(mark, 200);
-        assert_eq!((volume.since_snapshot(), volume.state_bytes()), (5, 200));
+        assert_eq!((volume.since_snapshot(None), volume.state_bytes()), (5, 200));
         // An older snapshot finishing after a newer one does not move the point back.
         volume.snapshot_taken(0, 150);
-        assert_eq!((volume.since_snapshot(), volume.state_bytes()), (5, 200));
+        assert_eq!((volume.since_snapshot(Some(0)), volume.state_bytes()), (5, 200));
     }
 
     #[test]

@@ -1166,15 +1166,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let volume = sm.log_volume();
-        assert_eq!(volume.since_snapshot(), 0);
+        assert_eq!(volume.since_snapshot(None), 0);
         sm.apply_entries([put_of(1, 1000)]).unwrap();
-        assert!((1000..1100).contains(&volume.since_snapshot()));
+        assert!((1000..1100).contains(&volume.since_snapshot(None)));
 
         let mut builder = sm.get_snapshot_builder().await;
         // Applied after the view was taken: not in the snapshot, so still counted after it.
         sm.apply_entries([put_of(2, 3000)]).unwrap();
         builder.build_snapshot().await.unwrap();
-        assert!((3000..3100).contains(&volume.since_snapshot()));
+        assert!((3000..3100).contains(&volume.since_snapshot(None)));
 
         // One that installs a snapshot starts counting from it.
         let other_dir = tempfile::tempdir().unwrap();
@@ -1182,7 +1182,7 @@ mod tests {
         other.apply_entries([put_of(1, 500)]).unwrap();
         let (meta, file) = write_current_snapshot(&mut sm, &sent_path(dir.path())).await;
         other.install_snapshot(&meta, SnapshotData::File(file)).await.unwrap();
-        assert_eq!(other.log_volume().since_snapshot(), 0);
+        assert_eq!(other.log_volume().since_snapshot(None), 0);
     }
 
     /// The names in directory `dir`, sorted.
