@@ -82,6 +82,9 @@ pub const SNAPSHOT_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
 pub const SNAPSHOT_MIN_BYTES_PER_SEC: u64 = 4 << 20;
 /// How long openraft waits before retrying a peer it could not reach.
 pub const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+/// The same for a snapshot: each try takes a view of the state machine first, and a snapshot
+/// is not sent to a peer that answers nothing (a heartbeat it answers lets the next try go).
+pub const SNAPSHOT_UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Which connection to a peer a kind of traffic uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,6 +120,10 @@ pub struct Network {
 #[derive(Clone)]
 struct Reachability {
     seen: Arc<Mutex<HashMap<NodeId, bool>>>,
+    /// Whether each peer's last call, on any connection, got an answer (a reply or a gRPC
+    /// error from the peer itself; not a refused or failed connection, nor a deadline passed).
+    /// A paused or silent peer's heartbeats keep this false until it answers again.
+    answered: Arc<Mutex<HashMap<NodeId, bool>>>,
     /// The node's span: openraft calls us from tasks it spawns without one.
     span: tracing::Span,
 }
@@ -135,6 +142,19 @@ impl Reachability {
             _ => {}
         }
     }
+
+    fn answered(&self, target: NodeId, answered: bool) {
+        self.answered
+            .lock()
+            .expect("answered map poisoned")
+            .insert(target, answered);
+    }
+
+    /// Whether `target` answered its last call (true for a peer not called yet).
+    fn answering(&self, target: NodeId) -> bool {
+        let answered = self.answered.lock().expect("answered map poisoned");
+        answered.get(&target).copied().unwrap_or(true)
+    }
 }
 
 impl Network {
@@ -147,6 +167,7 @@ impl Network {
             channels: Arc::default(),
             reachability: Reachability {
                 seen: Arc::default(),
+                answered: Arc::default(),
                 span: tracing::Span::current(),
             },
             source_address,
@@ -183,6 +204,7 @@ impl Network {
             address: node.addr.clone(),
             client: self.client(&node.addr, lane).map_err(|e| e.to_string()),
             reachability: self.reachability.clone(),
+            lane,
             appends: Appends::Unopened,
         }
     }
@@ -210,6 +232,8 @@ pub struct PeerConnection {
     address: String,
     client: Result<RaftPeerClient, String>,
     reachability: Reachability,
+    /// The kind of traffic this connection carries.
+    lane: Lane,
     /// How this connection sends AppendEntries.
     appends: Appends,
 }
@@ -281,6 +305,11 @@ impl PeerConnection {
     /// Notes whether the peer answered; a gRPC error status is an answer, unless it says the
     /// peer cannot be reached for now ([`is_unreachable`]).
     fn observe<T>(&self, result: &Result<T, tonic::Status>) {
+        let answered = match result {
+            Ok(_) => true,
+            Err(s) => !is_unreachable(s) && s.code() != tonic::Code::DeadlineExceeded,
+        };
+        self.reachability.answered(self.target, answered);
         match result {
             Err(s) if is_unreachable(s) => self.reachability.update(self.target, &self.address, Err(s.message())),
             _ => self.reachability.update(self.target, &self.address, Ok(())),
@@ -668,6 +697,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if !self.reachability.answering(self.target) {
+            // A peer that is down, paused or cut off: the call would wait for a connection or
+            // an answer (seconds) while holding the snapshot's view, which on sled holds this
+            // node's applies back. Heartbeats keep calling it; once one is answered, openraft's
+            // next try (every SNAPSHOT_UNREACHABLE_BACKOFF) sends.
+            let why = TransportError(format!(
+                "snapshot to node {} at {}: not sent, the node answered none of the last calls",
+                self.target, self.address
+            ));
+            return Err(StreamingError::Unreachable(Unreachable::new(&why)));
+        }
         let Snapshot { meta, snapshot } = snapshot;
         let SnapshotData::Unwritten(unwritten) = snapshot else {
             // openraft sends what the state machine's `get_current_snapshot` gives: its view.
@@ -740,7 +780,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     }
 
     fn backoff(&self) -> Option<Backoff> {
-        Some(Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF)))
+        let wait = match self.lane {
+            Lane::Snapshot => SNAPSHOT_UNREACHABLE_BACKOFF,
+            Lane::Replication | Lane::Heartbeat => UNREACHABLE_BACKOFF,
+        };
+        Some(Backoff::new(std::iter::repeat(wait)))
     }
 }
 
@@ -1101,6 +1145,52 @@ mod tests {
             answer
         );
         assert_eq!(peer.stream_calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_snapshot_is_sent_to_a_peer_whose_last_call_went_unanswered() {
+        let peer = EchoPeer {
+            slow_index: Some(2),
+            ..EchoPeer::default()
+        };
+        let mut connection = connection_to(peer).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = a_snapshot(dir.path()).await;
+        let mut send = async |connection: &mut PeerConnection| {
+            let snapshot = Snapshot {
+                meta: openraft::storage::RaftStateMachine::get_current_snapshot(&mut sm)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .meta,
+                snapshot: SnapshotData::Unwritten(unwritten(&mut sm).await),
+            };
+            let cancel = std::future::pending::<ReplicationClosed>();
+            let option = RPCOption::new(ENOUGH);
+            match connection
+                .full_snapshot(Vote::new_committed(1, 1), snapshot, cancel, option)
+                .await
+            {
+                Ok(_) => "sent".to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // A heartbeat the peer does not answer in time (it answers index 2 after 300 ms).
+        let (late, _) = request_at(2);
+        connection
+            .append_entries(late, RPCOption::new(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        let refused = send(&mut connection).await;
+        assert!(refused.contains("not sent"), "{refused}");
+        // Answered again: the snapshot goes (this peer refuses it, after it was sent).
+        let (answered, _) = request_at(1);
+        connection
+            .append_entries(answered, RPCOption::new(ENOUGH))
+            .await
+            .unwrap();
+        let sent = send(&mut connection).await;
+        assert!(sent.contains("not in this test"), "{sent}");
     }
 
     #[tokio::test]
