@@ -115,45 +115,55 @@ pub struct Network {
     identity: ClusterIdentity,
 }
 
-/// Whether each peer answered its last RPC, so that losing and regaining
-/// contact is logged once per change instead of once per retry.
+/// What each peer's last RPC, on any connection, came to: whether it could be reached, so that
+/// losing and regaining contact is logged once per change instead of once per retry; and whether
+/// it answered, which a snapshot waits for.
 #[derive(Clone)]
 struct Reachability {
-    seen: Arc<Mutex<HashMap<NodeId, bool>>>,
-    /// Whether each peer's last call, on any connection, got an answer (a reply or a gRPC
-    /// error from the peer itself; not a refused or failed connection, nor a deadline passed).
-    /// A paused or silent peer's heartbeats keep this false until it answers again.
-    answered: Arc<Mutex<HashMap<NodeId, bool>>>,
+    seen: Arc<Mutex<HashMap<NodeId, Seen>>>,
     /// The node's span: openraft calls us from tasks it spawns without one.
     span: tracing::Span,
 }
 
+/// A peer's last RPC, as [`Reachability`] keeps it.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// Not refused as unreachable ([`is_unreachable`]).
+    reachable: bool,
+    /// Answered: a reply or a gRPC error from the peer itself; not a refused or failed
+    /// connection, nor a deadline passed. A paused or silent peer's heartbeats keep this false
+    /// until it answers again.
+    answered: bool,
+}
+
 impl Reachability {
-    fn update(&self, target: NodeId, address: &str, result: Result<(), &str>) {
-        let mut seen = self.seen.lock().expect("reachability map poisoned");
-        let was = seen.insert(target, result.is_ok());
+    fn update(&self, target: NodeId, address: &str, result: &Result<impl Sized, tonic::Status>) {
+        let now = Seen {
+            reachable: !matches!(result, Err(s) if is_unreachable(s)),
+            answered: !matches!(result, Err(s) if is_unreachable(s) || s.code() == tonic::Code::DeadlineExceeded),
+        };
+        let was = self
+            .seen
+            .lock()
+            .expect("reachability map poisoned")
+            .insert(target, now)
+            .map(|seen| seen.reachable);
         match (was, result) {
-            (Some(false), Ok(())) => {
+            (Some(false), _) if now.reachable => {
                 tracing::info!(parent: &self.span, peer = target, "node {target} at {address} is reachable again")
             }
-            (None | Some(true), Err(e)) => {
+            (None | Some(true), Err(e)) if !now.reachable => {
+                let e = e.message();
                 tracing::warn!(parent: &self.span, peer = target, "cannot reach node {target} at {address}: {e}")
             }
             _ => {}
         }
     }
 
-    fn answered(&self, target: NodeId, answered: bool) {
-        self.answered
-            .lock()
-            .expect("answered map poisoned")
-            .insert(target, answered);
-    }
-
     /// Whether `target` answered its last call (true for a peer not called yet).
     fn answering(&self, target: NodeId) -> bool {
-        let answered = self.answered.lock().expect("answered map poisoned");
-        answered.get(&target).copied().unwrap_or(true)
+        let seen = self.seen.lock().expect("reachability map poisoned");
+        seen.get(&target).is_none_or(|seen| seen.answered)
     }
 }
 
@@ -167,7 +177,6 @@ impl Network {
             channels: Arc::default(),
             reachability: Reachability {
                 seen: Arc::default(),
-                answered: Arc::default(),
                 span: tracing::Span::current(),
             },
             source_address,
@@ -305,15 +314,7 @@ impl PeerConnection {
     /// Notes whether the peer answered; a gRPC error status is an answer, unless it says the
     /// peer cannot be reached for now ([`is_unreachable`]).
     fn observe<T>(&self, result: &Result<T, tonic::Status>) {
-        let answered = match result {
-            Ok(_) => true,
-            Err(s) => !is_unreachable(s) && s.code() != tonic::Code::DeadlineExceeded,
-        };
-        self.reachability.answered(self.target, answered);
-        match result {
-            Err(s) if is_unreachable(s) => self.reachability.update(self.target, &self.address, Err(s.message())),
-            _ => self.reachability.update(self.target, &self.address, Ok(())),
-        }
+        self.reachability.update(self.target, &self.address, result);
     }
 
     fn client(&self) -> Result<RaftPeerClient, RpcError> {

@@ -59,15 +59,6 @@ pub struct SinceLastSnapshot {
 }
 
 impl SnapshotRule {
-    /// The log bytes needed since a snapshot of a state machine of `state_bytes` before the next one.
-    pub fn log_bytes_needed(state_bytes: u64) -> u64 {
-        if state_bytes < SIZE_RULE_FROM_STATE_BYTES {
-            0
-        } else {
-            state_bytes / STATE_BYTES_PER_LOG_BYTE
-        }
-    }
-
     /// The log bytes since a snapshot of a state machine of `state_bytes` at which the next one
     /// is taken whatever the entry count: with large entries (a write group at 64 clients is tens
     /// of KiB) `--snapshot-after-logs` entries alone are many times the state.
@@ -75,11 +66,11 @@ impl SnapshotRule {
         state_bytes.max(SIZE_RULE_FROM_STATE_BYTES) / STATE_BYTES_PER_LOG_BYTE
     }
 
-    /// Whether to build a snapshot now.
+    /// Whether to build a snapshot now: the log bytes decide, and below
+    /// [`SIZE_RULE_FROM_STATE_BYTES`] of state the entry count may decide sooner.
     pub fn should_snapshot(&self, since: SinceLastSnapshot) -> bool {
-        let enough_entries =
-            since.entries >= self.after_entries && since.log_bytes >= Self::log_bytes_needed(since.state_bytes);
-        enough_entries || since.log_bytes >= Self::log_bytes_cap(since.state_bytes)
+        let small = since.state_bytes < SIZE_RULE_FROM_STATE_BYTES;
+        since.log_bytes >= Self::log_bytes_cap(since.state_bytes) || (small && since.entries >= self.after_entries)
     }
 }
 
@@ -226,9 +217,8 @@ mod tests {
     #[test]
     fn the_log_kept_is_a_bounded_share_of_the_state_above_the_size_floor() {
         for state_bytes in [64 * MIB, 300 * MIB, 1 << 30, 100 << 30] {
-            let needed = SnapshotRule::log_bytes_needed(state_bytes);
-            assert!(state_bytes / needed <= STATE_BYTES_PER_LOG_BYTE, "{state_bytes}");
-            assert_eq!(SnapshotRule::log_bytes_cap(state_bytes), needed);
+            let cap = SnapshotRule::log_bytes_cap(state_bytes);
+            assert!(state_bytes / cap <= STATE_BYTES_PER_LOG_BYTE, "{state_bytes}");
         }
         assert_eq!(SnapshotRule::log_bytes_cap(0), 16 * MIB);
     }
