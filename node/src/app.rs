@@ -38,7 +38,7 @@ use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftService;
 use crate::read_index::ReadIndexRounds;
-use crate::snapshot_policy::SnapshotRule;
+use crate::snapshot_policy::{KeepRule, SnapshotRule};
 use crate::store::engine::EngineOptions;
 use crate::store::{data_dir, KvReader};
 use crate::types::{NodeId, Raft};
@@ -165,10 +165,9 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         election_timeout_max: settings.election_timeout_max_ms,
         // Our own policy (snapshot_policy.rs) asks for snapshots: openraft counts entries only.
         snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: settings.keep_logs_after_snapshot,
-        // Purge as soon as a snapshot allows (in batches, but never more than one
-        // snapshot interval, or a small interval would never purge).
-        purge_batch_size: settings.snapshot_after_logs.clamp(1, 256),
+        // Purging is ours too (snapshot_policy.rs), bounded in bytes as well as entries:
+        // openraft's own, by count alone, never purges.
+        max_in_snapshot_log_to_keep: u64::MAX,
         install_snapshot_timeout: 10_000,
         // A leader restarted quickly would otherwise resume leading without an election.
         // openraft warns that this is unsafe unless the state machine is durable when apply
@@ -189,6 +188,7 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         cluster_identity.clone(),
     );
     let reader = dir.state_machine.reader();
+    let log = dir.log_store.log_reader();
     let log_volume = dir.state_machine.log_volume();
     let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
         .await
@@ -226,7 +226,10 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let snapshot_rule = SnapshotRule {
         after_entries: settings.snapshot_after_logs,
     };
-    tokio::spawn(crate::snapshot_policy::run(raft.clone(), log_volume, snapshot_rule).in_current_span());
+    let keep = KeepRule {
+        entries: settings.keep_logs_after_snapshot,
+    };
+    tokio::spawn(crate::snapshot_policy::run(raft.clone(), log_volume, snapshot_rule, keep, log).in_current_span());
     tokio::spawn(
         crate::membership::record_own_removal(
             settings.id,

@@ -83,7 +83,8 @@ struct Flags {
     /// machine's size on disk (16 MiB at least); from 64 MiB of state on, the quarter alone decides.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_after_logs: u64,
-    /// Log entries kept behind a snapshot so slow followers can catch up without one.
+    /// Log entries kept behind a snapshot so slow followers can catch up without one; never
+    /// more of them than a quarter of the state machine's size on disk (16 MiB at least).
     #[arg(long, env = "RAFTKV_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = 1000)]
     keep_logs_after_snapshot: u64,
     /// Local IP address that connections to other nodes leave from [default: chosen by the OS].

@@ -12,8 +12,14 @@
 //! is 2.5× the data; see BENCHMARKS.md, "At scale").
 //!
 //! openraft runs with `SnapshotPolicy::Never`; [`run`] watches the node's metrics and calls
-//! `raft.trigger().snapshot()` when [`SnapshotRule::should_snapshot`] says so. Log purging is
-//! openraft's, as before: only behind a snapshot it has taken or installed.
+//! `raft.trigger().snapshot()` when [`SnapshotRule::should_snapshot`] says so.
+//!
+//! Purging is [`run`]'s too (openraft's own, by entry count alone, is off): once a snapshot is
+//! taken or installed, the log is purged up to it but for what [`KeepRule`] keeps behind it,
+//! `--keep-logs-after-snapshot` entries and no more than the same byte cap. An entry is a write
+//! group of up to 1 MiB, so 1 000 entries kept by count alone could be a GiB of log beside a
+//! few MB of data. openraft purges only logs a snapshot holds, and a leader only once no
+//! replication still reads them.
 //!
 //! [`LogVolume`] is what the state machine tells the rule: the bytes of log entries applied
 //! since the last snapshot's point, and the state machine's size on disk then.
@@ -23,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::raft_watch::Sampled;
+use crate::store::wal::WalReader;
 use crate::types::Raft;
 
 /// Below this state machine size the entry count decides (or the log's bytes, at most a
@@ -71,6 +78,26 @@ impl SnapshotRule {
     pub fn should_snapshot(&self, since: SinceLastSnapshot) -> bool {
         let small = since.state_bytes < SIZE_RULE_FROM_STATE_BYTES;
         since.log_bytes >= Self::log_bytes_cap(since.state_bytes) || (small && since.entries >= self.after_entries)
+    }
+}
+
+/// How much log is kept behind a snapshot, for followers that are a little behind to catch
+/// up from: at most [`KeepRule::entries`] entries and at most
+/// [`SnapshotRule::log_bytes_cap`] bytes, whichever is less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepRule {
+    /// `--keep-logs-after-snapshot`.
+    pub entries: u64,
+}
+
+impl KeepRule {
+    /// The index to purge the log up to (inclusive) behind a snapshot up to `snapshot`, given
+    /// `first_within_bytes`: the lowest index from which the log up to `snapshot` fits in the
+    /// byte cap. None: nothing to purge.
+    pub fn purge_upto(&self, snapshot: u64, first_within_bytes: u64) -> Option<u64> {
+        let first_by_count = (snapshot + 1).saturating_sub(self.entries);
+        let first_kept = first_by_count.max(first_within_bytes).min(snapshot + 1);
+        first_kept.checked_sub(1)
     }
 }
 
@@ -126,19 +153,39 @@ impl LogVolume {
     }
 }
 
-/// Asks openraft for a snapshot whenever `rule` says so, until raft stops.
-pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule) {
+/// Asks openraft for a snapshot whenever `rule` says so, and to purge the log behind each
+/// snapshot as `keep` says, until raft stops. `log` is the node's log, whose records' sizes
+/// the purge rule counts.
+pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule, keep: KeepRule, log: WalReader) {
     let mut metrics = Sampled::new(&raft, CHECK_INTERVAL);
     // The applied index and the log volume's mark when a snapshot was last asked for: while it
     // is being built, the entries and bytes are counted from there (as openraft's own policy
     // does), so it is not asked for again at every apply.
     let mut asked_at: Option<u64> = None;
     let mut asked_mark: Option<u64> = None;
+    // The snapshot whose purge was last asked for: once per snapshot (a leader's purge that
+    // replication holds back is openraft's to retry).
+    let mut purged_behind: Option<u64> = None;
     loop {
-        let (applied, snapshot) = {
+        let (applied, snapshot, purged) = {
             let m = metrics.latest();
-            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+            (
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.purged.map(|l| l.index),
+            )
         };
+        if let Some(snapshot) = snapshot.filter(|s| Some(*s) != purged_behind) {
+            let bytes = SnapshotRule::log_bytes_cap(volume.state_bytes());
+            let upto = keep.purge_upto(snapshot, log.first_within_bytes(snapshot, bytes));
+            if let Some(upto) = upto.filter(|u| Some(*u) > purged) {
+                tracing::debug!(snapshot, upto, "purging the log behind a snapshot");
+                if raft.trigger().purge_log(upto).await.is_err() {
+                    return;
+                }
+            }
+            purged_behind = Some(snapshot);
+        }
         if let Some(applied) = applied {
             let since = SinceLastSnapshot {
                 entries: entries_since(applied, snapshot.max(asked_at)),
@@ -241,6 +288,21 @@ mod tests {
         // An older snapshot finishing after a newer one does not move the point back.
         volume.snapshot_taken(0, 150);
         assert_eq!((volume.since_snapshot(Some(0)), volume.state_bytes()), (5, 200));
+    }
+
+    #[test]
+    fn the_log_kept_behind_a_snapshot_is_bounded_in_entries_and_in_bytes() {
+        let keep = KeepRule { entries: 1000 };
+        // Small entries: the count decides (the bytes would keep everything from index 0).
+        assert_eq!(keep.purge_upto(5000, 0), Some(4000));
+        // Entries of 1 MiB: the 16 MiB byte cap keeps 16 of them, not 1 000.
+        assert_eq!(keep.purge_upto(5000, 4985), Some(4984));
+        // Fewer entries than the count: nothing to purge, unless the bytes say so.
+        assert_eq!(keep.purge_upto(500, 0), None);
+        assert_eq!(keep.purge_upto(500, 400), Some(399));
+        // Not even the snapshot's last entry fits: all of it goes.
+        assert_eq!(keep.purge_upto(500, 501), Some(500));
+        assert_eq!(KeepRule { entries: 0 }.purge_upto(7, 0), Some(7));
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod input_validation;
 mod integrity;
 mod jepsen;
 mod local_cluster;
+mod log_space;
 mod membership;
 mod metrics;
 mod partition;

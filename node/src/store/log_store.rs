@@ -124,6 +124,11 @@ impl LogStore {
         self.purged.lock().expect("purge point lock").map(|id| id.index)
     }
 
+    /// A reader of the log's durable records (for the purge rule, which counts their bytes).
+    pub fn log_reader(&self) -> WalReader {
+        self.log.clone()
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
