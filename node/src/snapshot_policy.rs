@@ -91,12 +91,16 @@ pub struct KeepRule {
 }
 
 impl KeepRule {
+    /// The first index the entry count keeps behind a snapshot up to `snapshot`.
+    pub fn first_by_count(&self, snapshot: u64) -> u64 {
+        (snapshot + 1).saturating_sub(self.entries)
+    }
+
     /// The index to purge the log up to (inclusive) behind a snapshot up to `snapshot`, given
     /// `first_within_bytes`: the lowest index from which the log up to `snapshot` fits in the
     /// byte cap. None: nothing to purge.
     pub fn purge_upto(&self, snapshot: u64, first_within_bytes: u64) -> Option<u64> {
-        let first_by_count = (snapshot + 1).saturating_sub(self.entries);
-        let first_kept = first_by_count.max(first_within_bytes).min(snapshot + 1);
+        let first_kept = self.first_by_count(snapshot).max(first_within_bytes).min(snapshot + 1);
         first_kept.checked_sub(1)
     }
 }
@@ -177,7 +181,8 @@ pub async fn run(raft: Raft, volume: Arc<LogVolume>, rule: SnapshotRule, keep: K
         };
         if let Some(snapshot) = snapshot.filter(|s| Some(*s) != purged_behind) {
             let bytes = SnapshotRule::log_bytes_cap(volume.state_bytes());
-            let upto = keep.purge_upto(snapshot, log.first_within_bytes(snapshot, bytes));
+            let within = log.first_within_bytes(keep.first_by_count(snapshot), snapshot, bytes);
+            let upto = keep.purge_upto(snapshot, within);
             if let Some(upto) = upto.filter(|u| Some(*u) > purged) {
                 tracing::debug!(snapshot, upto, "purging the log behind a snapshot");
                 if raft.trigger().purge_log(upto).await.is_err() {

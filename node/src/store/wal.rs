@@ -637,22 +637,24 @@ impl WalReader {
         (!index.locs.is_empty()).then(|| (index.first, index.first + index.locs.len() as u64 - 1))
     }
 
-    /// The lowest index from which the records the log holds up to and including `upto` take
-    /// at most `bytes` on disk (headers included); `upto + 1` when not even record `upto`
-    /// fits. Records the log does not hold count for nothing.
-    pub fn first_within_bytes(&self, upto: u64, bytes: u64) -> u64 {
+    /// The lowest index, `lowest` or above, from which the records the log holds up to and
+    /// including `upto` take at most `bytes` on disk (headers included); `upto + 1` when not
+    /// even record `upto` fits. Records the log does not hold count for nothing. Reads no
+    /// further back than `lowest`, so the walk is as short as the caller's other limit.
+    pub fn first_within_bytes(&self, lowest: u64, upto: u64, bytes: u64) -> u64 {
         let index = self.index();
-        let held_end = index.first + index.locs.len() as u64;
-        let mut first = upto.saturating_add(1).min(held_end).max(index.first);
+        let end = upto.saturating_add(1);
+        let floor = index.first.max(lowest);
+        let mut first = end.min(index.first + index.locs.len() as u64);
         let mut total = 0u64;
-        while first > index.first {
+        while first > floor {
             total += (HEADER as u64) + index.locs[(first - 1 - index.first) as usize].len as u64;
             if total > bytes {
                 return first;
             }
             first -= 1;
         }
-        first.min(upto.saturating_add(1))
+        lowest.min(end)
     }
 
     /// The payloads of the records in `[from, to)` that the log holds, in order.
@@ -823,21 +825,28 @@ mod tests {
         append(&mut wal, 5..30);
         let size = |i: u64| (HEADER + payload(i).len()) as u64;
         let reader = wal.reader();
-        assert_eq!(reader.first_within_bytes(20, 0), 21, "not even record 20 fits");
-        assert_eq!(reader.first_within_bytes(20, size(20)), 20);
-        assert_eq!(reader.first_within_bytes(20, size(20) + size(19) - 1), 20);
-        assert_eq!(reader.first_within_bytes(20, size(20) + size(19)), 19);
-        assert_eq!(reader.first_within_bytes(20, u64::MAX), 5, "the whole log fits");
+        assert_eq!(reader.first_within_bytes(0, 20, 0), 21, "not even record 20 fits");
+        assert_eq!(reader.first_within_bytes(0, 20, size(20)), 20);
+        assert_eq!(reader.first_within_bytes(0, 20, size(20) + size(19) - 1), 20);
+        assert_eq!(reader.first_within_bytes(0, 20, size(20) + size(19)), 19);
+        assert_eq!(reader.first_within_bytes(0, 20, u64::MAX), 0, "the whole log fits");
         assert_eq!(
-            reader.first_within_bytes(40, size(29)),
+            reader.first_within_bytes(12, 20, u64::MAX),
+            12,
+            "never below the lowest"
+        );
+        assert_eq!(reader.first_within_bytes(12, 20, size(20)), 20);
+        assert_eq!(
+            reader.first_within_bytes(0, 40, size(29)),
             29,
             "records past the log count for nothing"
         );
         wal.purge(9).unwrap();
-        assert_eq!(wal.reader().first_within_bytes(20, u64::MAX), 10);
+        assert_eq!(wal.reader().first_within_bytes(0, 20, u64::MAX), 0);
+        assert_eq!(wal.reader().first_within_bytes(0, 20, size(20) * 100), 0);
         assert_eq!(
-            wal.reader().first_within_bytes(3, 0),
-            4,
+            wal.reader().first_within_bytes(0, 3, 0),
+            0,
             "purged records count for nothing"
         );
     }
