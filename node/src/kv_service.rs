@@ -233,8 +233,14 @@ impl KvService {
         })
     }
 
-    /// Serves one item of a batch that arrived at `arrived`, as its own call would be served.
-    async fn serve_item(&self, item: pb::BatchItem, arrived: Instant) -> pb::BatchItemResult {
+    /// Serves one item of a batch that arrived at `arrived`, as its own call would be served,
+    /// within the reply's `budget`.
+    async fn serve_item(
+        &self,
+        item: pb::BatchItem,
+        arrived: Instant,
+        budget: &batch::ReplyBudget,
+    ) -> pb::BatchItemResult {
         use pb::batch_item::Request as Item;
         use pb::batch_item_result::Result as Answer;
         let deadline = arrived + batch::item_timeout(item.timeout_us);
@@ -246,7 +252,7 @@ impl KvService {
             None => Err(Status::invalid_argument("a batch item holds no request")),
         };
         pb::BatchItemResult {
-            result: Some(answer.unwrap_or_else(|status| Answer::Error(batch::item_error(&status)))),
+            result: Some(answer.map_or_else(|status| Answer::Error(batch::item_error(&status)), |a| budget.take(a))),
         }
     }
 }
@@ -326,7 +332,9 @@ impl pb::kv_batch_server::KvBatch for KvService {
         let arrived = Instant::now();
         let items = request.into_inner().items;
         batch::check_item_count(items.len())?;
-        let results = futures::future::join_all(items.into_iter().map(|item| self.serve_item(item, arrived))).await;
+        let budget = batch::ReplyBudget::default();
+        let results =
+            futures::future::join_all(items.into_iter().map(|item| self.serve_item(item, arrived, &budget))).await;
         Ok(Response::new(pb::BatchResponse { results }))
     }
 }

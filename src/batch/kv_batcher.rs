@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -21,6 +22,9 @@ use crate::pb::kv_batch_client::KvBatchClient;
 
 struct Queued {
     item: pb::BatchItem,
+    /// When the caller's timeout runs out: a request sent again (see [`super::resend`]) gets
+    /// what is left of it.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Answer, Status>>,
 }
 
@@ -57,7 +61,8 @@ impl KvBatcher {
             timeout_us: timeout_us(timeout),
             request: Some(request.into_item()),
         };
-        let queued = self.queue.send(Queued { item, reply });
+        let deadline = Instant::now() + timeout;
+        let queued = self.queue.send(Queued { item, deadline, reply });
         async move {
             let stopped = || Status::unavailable("shutting down: requests are no longer sent");
             queued.map_err(|_| stopped())?;
@@ -70,21 +75,38 @@ impl KvBatcher {
 }
 
 /// Takes what is queued, up to the batch limits, sends it without waiting, and repeats.
-/// Requests of different classes go in separate batches (see [`class`]).
+/// Requests of different classes go in separate batches (see [`class`]). Requests a reply left
+/// out come back through a queue of their own and go first, so that they are not passed over
+/// again and again by newer ones; requests whose caller has gone are not sent. Ends once every
+/// [`KvBatcher`] is gone.
 async fn run(client: KvBatchClient<Channel>, mut queued: mpsc::UnboundedReceiver<Queued>) {
-    while let Some(first) = queued.recv().await {
-        let mut bytes = item_bytes(&first.item);
-        let mut taken = 1;
+    let (again, mut left_out) = mpsc::unbounded_channel();
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(q) = left_out.recv() => q,
+            q = queued.recv() => match q {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut bytes = 0;
+        let mut taken = 0;
         let mut batches: [Vec<Queued>; CLASSES] = Default::default();
-        batches[class(&first.item)].push(first);
-        while taken < MAX_BATCH_ITEMS && bytes < BATCH_REQUEST_BYTES {
-            let Ok(next) = queued.try_recv() else { break };
-            bytes += item_bytes(&next.item);
-            taken += 1;
-            batches[class(&next.item)].push(next);
+        let mut next = Some(first);
+        while let Some(q) = next.take() {
+            if !q.reply.is_closed() {
+                bytes += item_bytes(&q.item);
+                taken += 1;
+                batches[class(&q.item)].push(q);
+            }
+            if taken >= MAX_BATCH_ITEMS || bytes >= BATCH_REQUEST_BYTES {
+                break;
+            }
+            next = left_out.try_recv().or_else(|_| queued.try_recv()).ok();
         }
         for items in batches.into_iter().filter(|items| !items.is_empty()) {
-            tokio::spawn(send(client.clone(), items));
+            tokio::spawn(send(client.clone(), items, again.clone()));
         }
     }
 }
@@ -104,26 +126,60 @@ fn class(item: &pb::BatchItem) -> usize {
     }
 }
 
-/// Sends one batch and hands each item its answer.
-async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>) {
-    let longest = queued.iter().map(|q| q.item.timeout_us).max().unwrap_or(1);
-    let (items, replies): (Vec<_>, Vec<_>) = queued.into_iter().map(|q| (q.item, q.reply)).unzip();
+/// Sends one batch and hands each item its answer; an item the reply left out goes back to
+/// the queue.
+async fn send(mut client: KvBatchClient<Channel>, queued: Vec<Queued>, again: mpsc::UnboundedSender<Queued>) {
+    let now = Instant::now();
+    let (late, queued): (Vec<_>, Vec<_>) = queued.into_iter().partition(|q| q.deadline <= now);
+    fail_all(
+        late.into_iter().map(|q| q.reply).collect(),
+        Status::deadline_exceeded("no answer within the request's timeout"),
+    );
+    if queued.is_empty() {
+        return;
+    }
+    let mut items = Vec::with_capacity(queued.len());
+    // Each item's answer, deadline and, for a get (the only request a reply leaves out, and
+    // small without its value), a copy to send again.
+    let mut waiting = Vec::with_capacity(queued.len());
+    for Queued {
+        mut item,
+        deadline,
+        reply,
+    } in queued
+    {
+        item.timeout_us = timeout_us(deadline - now);
+        let copy = matches!(item.request, Some(Item::Get(_))).then(|| item.clone());
+        items.push(item);
+        waiting.push((copy, deadline, reply));
+    }
+    let longest = items.iter().map(|item| item.timeout_us).max().unwrap_or(1);
     let mut request = Request::new(pb::BatchRequest { items });
     request.set_timeout(Duration::from_micros(longest));
     let results = match client.batch(request).await {
         Ok(response) => response.into_inner().results,
-        Err(status) => return fail_all(replies, status),
+        Err(status) => return fail_all(waiting.into_iter().map(|(_, _, reply)| reply).collect(), status),
     };
-    if results.len() != replies.len() {
+    if results.len() != waiting.len() {
         let status = Status::internal(format!(
             "the server answered a batch of {} requests with {} results",
-            replies.len(),
+            waiting.len(),
             results.len()
         ));
-        return fail_all(replies, status);
+        return fail_all(waiting.into_iter().map(|(_, _, reply)| reply).collect(), status);
     }
-    for (result, reply) in results.into_iter().zip(replies) {
+    for (result, (copy, deadline, reply)) in results.into_iter().zip(waiting) {
         let answer = match result.result {
+            Some(Answer::Error(error)) if error.resend => match copy {
+                Some(item) => match again.send(Queued { item, deadline, reply }) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::SendError(q)) => {
+                        let _ = q.reply.send(Err(item_status(error)));
+                        continue;
+                    }
+                },
+                None => Err(item_status(error)),
+            },
             Some(Answer::Error(error)) => Err(item_status(error)),
             Some(answer) => Ok(answer),
             None => Err(Status::internal("the server left a batched request unanswered")),

@@ -20,6 +20,7 @@
 
 mod kv_batcher;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
@@ -43,9 +44,17 @@ pub const BATCH_REQUEST_BYTES: usize = 1 << 20;
 /// largest size (a compare-and-swap with a full key and two full values), with room to spare.
 pub const MAX_BATCH_REQUEST_MESSAGE: usize = 2 * BATCH_REQUEST_BYTES + 4 * (MAX_KEY_BYTES + MAX_VALUE_BYTES);
 
-/// The largest batch reply the router accepts: every item a get of the largest value. No more
-/// memory than the same gets sent one by one would hold.
-pub const MAX_BATCH_RESPONSE_MESSAGE: usize = MAX_BATCH_ITEMS * (MAX_VALUE_BYTES + 1024);
+/// A batch reply holds values (of gets) up to this many bytes, and the value of the first get
+/// served whatever its size; the gets served past it are answered [`resend`], and their sender
+/// sends them again in a later batch. Without it, a batch of 256 gets of 1 MiB values was a
+/// 256 MiB reply, built and encoded at once on the serving thread: with 256 clients reading
+/// such values, nodes and router held ~1 GB and the nodes' heartbeats stalled long enough for
+/// 14 elections in 30 s.
+pub const BATCH_REPLY_BYTES: usize = 4 << 20;
+
+/// The largest batch reply a sender accepts: [`BATCH_REPLY_BYTES`] and one more value of the
+/// largest size, with room for every item's key, header and error.
+pub const MAX_BATCH_RESPONSE_MESSAGE: usize = BATCH_REPLY_BYTES + MAX_VALUE_BYTES + MAX_BATCH_ITEMS * 1024;
 
 /// The longest an item may ask for; a node serves a longer timeout as this one.
 pub const MAX_ITEM_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -97,6 +106,7 @@ pub fn item_error(status: &Status) -> pb::ItemError {
         message: status.message().to_string(),
         leader_id: text(LEADER_ID_METADATA).and_then(|id| id.trim().parse().ok()),
         leader_address: text(LEADER_ADDR_METADATA).unwrap_or_default().to_string(),
+        resend: false,
     }
 }
 
@@ -110,6 +120,60 @@ pub fn item_status(error: pb::ItemError) -> Status {
         }
     }
     status
+}
+
+/// What a batch reply may still take of [`BATCH_REPLY_BYTES`]; shared by the items of one
+/// batch, which are served side by side.
+#[derive(Debug, Default)]
+pub struct ReplyBudget {
+    held: AtomicUsize,
+    /// Told when the reply becomes full.
+    full: tokio::sync::Notify,
+}
+
+impl ReplyBudget {
+    /// Takes `answer` into the reply, or, when it is a value and the reply already holds
+    /// [`BATCH_REPLY_BYTES`] of them, answers [`resend`] instead.
+    pub fn take(&self, answer: Answer) -> Answer {
+        let Answer::Get(get) = &answer else { return answer };
+        let bytes = get.value.len();
+        let taken = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            (held < BATCH_REPLY_BYTES).then_some(held + bytes)
+        });
+        match taken {
+            Ok(before) => {
+                if before + bytes >= BATCH_REPLY_BYTES {
+                    self.full.notify_waiters();
+                }
+                answer
+            }
+            Err(_) => Answer::Error(resend()),
+        }
+    }
+
+    /// Returns once the reply holds [`BATCH_REPLY_BYTES`] of values: a get still on its way
+    /// then is answered [`resend`] at once rather than fetched for nothing.
+    pub async fn filled(&self) {
+        loop {
+            let notified = self.full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held.load(Ordering::Relaxed) >= BATCH_REPLY_BYTES {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The answer to an item left out of a full reply (see [`BATCH_REPLY_BYTES`]).
+pub fn resend() -> pb::ItemError {
+    pb::ItemError {
+        code: Code::Unavailable as i32,
+        message: "not served: the batch reply was full; send the request again".to_string(),
+        resend: true,
+        ..Default::default()
+    }
 }
 
 /// A Kv request that can travel in a batch, and the answer it expects.
@@ -150,13 +214,19 @@ pub async fn serve_as_calls<K: pb::kv_server::Kv>(
     items: Vec<pb::BatchItem>,
 ) -> Result<pb::BatchResponse, Status> {
     check_item_count(items.len())?;
-    let results = futures::future::join_all(items.into_iter().map(|item| serve_item_as_call(kv, item))).await;
+    let budget = ReplyBudget::default();
+    let results = futures::future::join_all(items.into_iter().map(|item| serve_item_as_call(kv, item, &budget))).await;
     Ok(pb::BatchResponse { results })
 }
 
 /// Serves `item` through `kv`'s own methods, as a Kv call with the item's timeout (as its
-/// `grpc-timeout`) would be served, and wraps the answer or error for the batch reply.
-async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -> pb::BatchItemResult {
+/// `grpc-timeout`) would be served, and wraps the answer or error for the batch reply, within
+/// `budget`.
+async fn serve_item_as_call<K: pb::kv_server::Kv>(
+    kv: &K,
+    item: pb::BatchItem,
+    budget: &ReplyBudget,
+) -> pb::BatchItemResult {
     fn call<T>(message: T, timeout_us: u64) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(item_timeout(timeout_us));
@@ -165,7 +235,10 @@ async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -
     let us = item.timeout_us;
     let answer = match item.request {
         Some(Item::Put(r)) => kv.put(call(r, us)).await.map(|r| Answer::Put(r.into_inner())),
-        Some(Item::Get(r)) => kv.get(call(r, us)).await.map(|r| Answer::Get(r.into_inner())),
+        Some(Item::Get(r)) => tokio::select! {
+            got = kv.get(call(r, us)) => got.map(|r| Answer::Get(r.into_inner())),
+            () = budget.filled() => Ok(Answer::Error(resend())),
+        },
         Some(Item::Delete(r)) => kv.delete(call(r, us)).await.map(|r| Answer::Delete(r.into_inner())),
         Some(Item::CompareAndSwap(r)) => kv
             .compare_and_swap(call(r, us))
@@ -174,7 +247,7 @@ async fn serve_item_as_call<K: pb::kv_server::Kv>(kv: &K, item: pb::BatchItem) -
         None => Err(Status::invalid_argument("a batch item holds no request")),
     };
     pb::BatchItemResult {
-        result: Some(answer.unwrap_or_else(|status| Answer::Error(item_error(&status)))),
+        result: Some(answer.map_or_else(|status| Answer::Error(item_error(&status)), |a| budget.take(a))),
     }
 }
 
@@ -209,5 +282,40 @@ mod tests {
     fn a_timeout_under_a_microsecond_is_not_sent_as_no_timeout() {
         assert_eq!(timeout_us(Duration::ZERO), 1);
         assert_eq!(timeout_us(Duration::from_millis(5)), 5000);
+    }
+
+    fn get_of(bytes: usize) -> Answer {
+        Answer::Get(pb::GetResponse {
+            value: vec![0; bytes].into(),
+            header: None,
+        })
+    }
+
+    fn is_resend(answer: &Answer) -> bool {
+        matches!(answer, Answer::Error(e) if e.resend && e.code == Code::Unavailable as i32)
+    }
+
+    #[test]
+    fn a_reply_takes_values_until_it_holds_the_reply_bytes_and_the_first_whatever_its_size() {
+        let budget = ReplyBudget::default();
+        assert!(
+            !is_resend(&budget.take(get_of(BATCH_REPLY_BYTES + 1))),
+            "the first value"
+        );
+        assert!(is_resend(&budget.take(get_of(1))), "the reply is full");
+        assert!(
+            !is_resend(&budget.take(Answer::Put(pb::PutResponse::default()))),
+            "answers without a value always fit"
+        );
+        let budget = ReplyBudget::default();
+        for _ in 0..4 {
+            assert!(!is_resend(&budget.take(get_of(BATCH_REPLY_BYTES / 4 - 1))));
+        }
+        assert!(
+            !is_resend(&budget.take(get_of(MAX_VALUE_BYTES))),
+            "under the limit before it"
+        );
+        assert!(is_resend(&budget.take(get_of(0))));
+        const { assert!(BATCH_REPLY_BYTES + MAX_VALUE_BYTES < MAX_BATCH_RESPONSE_MESSAGE) };
     }
 }
