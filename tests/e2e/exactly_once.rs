@@ -141,3 +141,82 @@ async fn the_memory_of_applied_writes_survives_restarting_every_node() {
         "and deletes nothing"
     );
 }
+
+/// A write whose caller gave up before the leader proposed it is not proposed at all: its
+/// caller was told the outcome is unknown, and a leader that proposed every such write after
+/// the fact, under an overload, spent itself on writes nobody waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_gave_up_before_it_was_proposed_is_never_applied() {
+    // Elections slow enough that followers paused for a moment neither lose the leader nor
+    // take its lease away.
+    let mut cluster = common::TestCluster::start_with(common::ClusterOptions::default().without_router().node_args(&[
+        "--heartbeat-ms",
+        "200",
+        "--election-timeout-ms",
+        "3000",
+    ]))
+    .await;
+    let leader = cluster.leader().await;
+    let put = |key: &'static str| pb::PutRequest {
+        key: Bytes::from_static(key.as_bytes()),
+        value: Bytes::from_static(b"v"),
+        write_id: None,
+    };
+    cluster
+        .raw_kv(leader)
+        .put(put("warm-up"))
+        .await
+        .expect("the leader serves");
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let before = cluster.status(leader).await.unwrap().last_log_index.unwrap_or(0);
+    for id in &followers {
+        cluster.pause(*id);
+    }
+    // Proposed, and held there: no follower can acknowledge it.
+    let mut first = cluster.raw_kv(leader);
+    let held = tokio::spawn(async move { first.put(put("held")).await });
+    common::wait_until(
+        Duration::from_secs(10),
+        "the first write is in the leader's log",
+        || async {
+            let status = cluster.status(leader).await.ok()?;
+            (status.last_log_index.unwrap_or(0) > before).then_some(())
+        },
+    )
+    .await;
+    // Queued behind it (one write group in flight at a time); its caller gives up.
+    let mut request = tonic::Request::new(put("given-up"));
+    request.set_timeout(Duration::from_millis(200));
+    let given_up = cluster.raw_kv(leader).put(request).await;
+    // The server's deadline or the client's own, whichever ends the call first.
+    let code = given_up
+        .expect_err("nothing commits while the followers are paused")
+        .code();
+    assert!(
+        matches!(code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{code:?}"
+    );
+    for id in &followers {
+        cluster.resume(*id);
+    }
+    held.await
+        .unwrap()
+        .expect("the first write commits once the followers are back");
+    cluster
+        .raw_kv(leader)
+        .put(put("after"))
+        .await
+        .expect("a write after them");
+    let read = cluster
+        .raw_kv(leader)
+        .get(pb::GetRequest {
+            key: Bytes::from_static(b"given-up"),
+            consistency: Consistency::Linearizable as i32,
+        })
+        .await;
+    assert_eq!(
+        read.map(|r| r.into_inner().value).map_err(|s| s.code()),
+        Err(tonic::Code::NotFound),
+        "the write whose caller gave up was applied"
+    );
+}
