@@ -251,9 +251,7 @@ impl KvService {
             Some(Item::CompareAndSwap(r)) => self.compare_and_swap_by(r, deadline).await.map(Answer::CompareAndSwap),
             None => Err(Status::invalid_argument("a batch item holds no request")),
         };
-        pb::BatchItemResult {
-            result: Some(answer.map_or_else(|status| Answer::Error(batch::item_error(&status)), |a| budget.take(a))),
-        }
+        budget.result(answer)
     }
 }
 

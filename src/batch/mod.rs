@@ -151,6 +151,14 @@ impl ReplyBudget {
         }
     }
 
+    /// An item's entry in the reply: its answer taken as [`ReplyBudget::take`] does, or its
+    /// error as its own call would have ended.
+    pub fn result(&self, answer: Result<Answer, Status>) -> pb::BatchItemResult {
+        pb::BatchItemResult {
+            result: Some(answer.map_or_else(|status| Answer::Error(item_error(&status)), |a| self.take(a))),
+        }
+    }
+
     /// Returns once the reply holds [`BATCH_REPLY_BYTES`] of values: a get still on its way
     /// then is answered [`resend`] at once rather than fetched for nothing.
     pub async fn filled(&self) {
@@ -246,9 +254,7 @@ async fn serve_item_as_call<K: pb::kv_server::Kv>(
             .map(|r| Answer::CompareAndSwap(r.into_inner())),
         None => Err(Status::invalid_argument("a batch item holds no request")),
     };
-    pb::BatchItemResult {
-        result: Some(answer.map_or_else(|status| Answer::Error(item_error(&status)), |a| budget.take(a))),
-    }
+    budget.result(answer)
 }
 
 #[cfg(test)]
