@@ -261,6 +261,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving ({tls})");
     serving(app.clone());
     let members = MemberAddresses::follow(raft.clone(), settings.initial_cluster.values().cloned()).await;
+    // Kv and KvBatch requests are read only while those being served leave room for them.
+    let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
     let mut server = serving::with_limits(tonic::transport::Server::builder()).timeout(serving::NODE_REQUEST_TIMEOUT);
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
@@ -288,8 +290,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     });
     let server = server
         .layer(request_metrics)
-        .add_service(serving::kv_server(Arc::new(kv.clone())))
-        .add_service(serving::kv_batch_server(Arc::new(kv)))
+        .add_service(serving::kv_server(Arc::new(kv.clone()), &request_bytes))
+        .add_service(serving::kv_batch_server(Arc::new(kv), &request_bytes))
         .add_service(serving::cluster_server(ClusterService::new(app.clone())))
         .add_service(raft_service)
         // Connections beyond the budget are closed at once; members have a budget of their own.

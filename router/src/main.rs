@@ -194,14 +194,16 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
 
     let kv = Arc::new(KvRouter::new(Arc::clone(&forwarder)));
     let mut until_stopped = shutdown.clone();
+    // Kv and KvBatch requests are read only while those being served leave room for them.
+    let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
     let mut server = serving::with_limits(tonic::transport::Server::builder());
     if let Some(tls) = &tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
     }
     let server = server
         .layer(metrics.requests.clone())
-        .add_service(serving::kv_server(Arc::clone(&kv)))
-        .add_service(serving::kv_batch_server(kv))
+        .add_service(serving::kv_server(Arc::clone(&kv), &request_bytes))
+        .add_service(serving::kv_batch_server(kv, &request_bytes))
         .add_service(serving::cluster_server(ClusterRouter::new(forwarder)))
         // Every connection is a client's: one budget, closed at once beyond it.
         .serve_with_incoming_shutdown(

@@ -1,15 +1,17 @@
 //! The limits every gRPC server of raftkv (the node's and the router's) puts on the clients it
 //! serves, so that a hostile or broken client (garbage bytes, thousands of connections, a
-//! request trickled a byte at a time) costs the others nothing: the numbers, and the three
-//! pieces tonic does not have, connections accepted on a low-priority thread of their own
-//! ([`accept`]), a connection budget ([`connection_budget`]) and a deadline on a frame that
-//! stops arriving halfway ([`stalled_frame`]).
+//! request trickled a byte at a time) costs the others nothing, and so that many honest ones
+//! cannot make it hold more memory than it has: the numbers, and the four pieces tonic does not
+//! have, connections accepted on a low-priority thread of their own ([`accept`]), a connection
+//! budget ([`connection_budget`]), a deadline on a frame that stops arriving halfway
+//! ([`stalled_frame`]) and requests read only when the server has room for them ([`admission`]).
 //!
 //! The node and the router serve the same Kv and Cluster services, so their message size
 //! limits are here too (the Raft service's is the node's own, `MAX_RAFT_MESSAGE_BYTES`, and
 //! KvBatch's is in [`crate::batch`]).
 
 pub mod accept;
+pub mod admission;
 pub mod connection_budget;
 mod services;
 pub mod stalled_frame;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use tonic::transport::Server;
 
 pub use accept::{guarded_incoming, GuardedConnection};
+pub use admission::{RequestBytes, REQUEST_BYTES_IN_FLIGHT};
 pub use connection_budget::ConnectionBudget;
 pub use services::{cluster_server, kv_batch_server, kv_server};
 
@@ -33,6 +36,18 @@ pub const MAX_CLUSTER_MESSAGE_BYTES: usize = 1 << 20;
 /// multiplexes its calls over one connection, so this bounds what one connection can make the
 /// server hold; the router's forwarding and a pipelined Raft stream stay far below it.
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// The HTTP/2 flow control window of each stream (call) a server receives: how much of a
+/// request its sender may send before the server has read any of it. A call waiting for
+/// admission ([`admission`]) holds at most this much of the server's memory, unread.
+pub const STREAM_WINDOW_BYTES: u32 = 128 << 10;
+
+/// The flow control window of a whole connection: room for every stream it may have open at
+/// once to hold a full [`STREAM_WINDOW_BYTES`]. Smaller, and calls waiting for admission on a
+/// connection could take all of it with their unread bytes, so that the calls admitted on the
+/// same connection could not receive the rest of their requests: they would never end and give
+/// their room back. It bounds no memory by itself: a stream holds at most its own window.
+pub const CONNECTION_WINDOW_BYTES: u32 = STREAM_WINDOW_BYTES * MAX_CONCURRENT_STREAMS_PER_CONNECTION;
 
 /// Connections from one client address at once. One misbehaving host cannot take the whole
 /// process budget ([`MAX_CLIENT_CONNECTIONS`]); a client library needs one connection per
@@ -96,6 +111,8 @@ pub fn with_limits<L>(builder: Server<L>) -> Server<L> {
     builder
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))

@@ -1,5 +1,6 @@
 //! The Kv, KvBatch and Cluster servers with their message size limits, built the same way by
-//! the node and the router (both serve these services).
+//! the node and the router (both serve these services); Kv and KvBatch calls are admitted by
+//! the bytes of their requests ([`super::admission`]).
 
 use std::sync::Arc;
 
@@ -8,20 +9,26 @@ use crate::pb::cluster_server::{Cluster, ClusterServer};
 use crate::pb::kv_batch_server::{KvBatch, KvBatchServer};
 use crate::pb::kv_server::{Kv, KvServer};
 
+use super::admission::{Admitted, RequestBytes};
 use super::{MAX_CLUSTER_MESSAGE_BYTES, MAX_KV_MESSAGE_BYTES};
 
-/// The Kv service, within [`MAX_KV_MESSAGE_BYTES`] each way.
-pub fn kv_server<T: Kv>(service: Arc<T>) -> KvServer<T> {
-    KvServer::from_arc(service)
-        .max_decoding_message_size(MAX_KV_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_KV_MESSAGE_BYTES)
+/// The Kv service, within [`MAX_KV_MESSAGE_BYTES`] each way, its calls admitted by `budget`.
+pub fn kv_server<T: Kv>(service: Arc<T>, budget: &RequestBytes) -> Admitted<KvServer<T>> {
+    budget.guard(
+        KvServer::from_arc(service)
+            .max_decoding_message_size(MAX_KV_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_KV_MESSAGE_BYTES),
+    )
 }
 
-/// The KvBatch service, within the batch limits of [`crate::batch`].
-pub fn kv_batch_server<T: KvBatch>(service: Arc<T>) -> KvBatchServer<T> {
-    KvBatchServer::from_arc(service)
-        .max_decoding_message_size(MAX_BATCH_REQUEST_MESSAGE)
-        .max_encoding_message_size(MAX_BATCH_RESPONSE_MESSAGE)
+/// The KvBatch service, within the batch limits of [`crate::batch`], its calls admitted by
+/// `budget`.
+pub fn kv_batch_server<T: KvBatch>(service: Arc<T>, budget: &RequestBytes) -> Admitted<KvBatchServer<T>> {
+    budget.guard(
+        KvBatchServer::from_arc(service)
+            .max_decoding_message_size(MAX_BATCH_REQUEST_MESSAGE)
+            .max_encoding_message_size(MAX_BATCH_RESPONSE_MESSAGE),
+    )
 }
 
 /// The Cluster service, within [`MAX_CLUSTER_MESSAGE_BYTES`] each way.

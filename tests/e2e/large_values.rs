@@ -11,6 +11,11 @@
 //! of 1 MiB values were one 256 MiB reply, and 256 clients reading such values held ~1 GB in
 //! the nodes and the router and stalled the nodes' heartbeats into elections. The gets left out
 //! are answered "send again", which the client library and the router do.
+//!
+//! A server reads requests only while those it is serving leave room for them
+//! (`raftkv::serving::admission`): 256 clients writing 1 MiB values made the router hold ~900 MB
+//! and the leader ~470 MB. Past the room, a write waits a moment, then is answered "busy"
+//! (UNAVAILABLE, retried by clients after a pause) without having been read.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +24,8 @@ use bytes::Bytes;
 use raftkv::batch::BATCH_REPLY_BYTES;
 use raftkv::limits::MAX_VALUE_BYTES;
 use raftkv::pb::{self, Consistency};
+use raftkv::serving::admission::ADMISSION_WAIT;
+use raftkv::serving::REQUEST_BYTES_IN_FLIGHT;
 
 use crate::common::{wait_until, TestCluster};
 
@@ -180,4 +187,73 @@ async fn a_batch_reply_holds_a_bounded_share_of_large_values_and_every_get_is_st
         }
     });
     futures::future::join_all(gets).await;
+}
+
+/// Largest-value puts that fit in a server's room for requests in flight (each request is a
+/// little more than its value, so one fewer fits).
+const PUTS_ADMITTED_AT_MOST: usize = REQUEST_BYTES_IN_FLIGHT / MAX_VALUE_BYTES;
+/// Largest-value puts sent at once: the room's worth and 16 more.
+const PUTS_AT_ONCE: usize = PUTS_ADMITTED_AT_MOST + 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_holds_a_bounded_share_of_large_writes_and_answers_the_rest_busy() {
+    use tonic::Code;
+    let mut cluster = TestCluster::start(3).await;
+    cluster
+        .client()
+        .put(largest_key(0), largest_value(0))
+        .await
+        .expect("a put before the nodes are paused");
+    // Nodes that answer nothing: the router holds every write it has read.
+    for id in cluster.ids() {
+        cluster.pause(id);
+    }
+    let kv = cluster.raw_router_kv();
+    let puts: Vec<_> = (0..PUTS_AT_ONCE)
+        .map(|i| {
+            let mut kv = kv.clone();
+            tokio::spawn(async move {
+                let mut request = tonic::Request::new(pb::PutRequest {
+                    key: largest_key(i),
+                    value: largest_value(i),
+                    write_id: None,
+                });
+                request.set_timeout(Duration::from_secs(60));
+                kv.put(request).await
+            })
+        })
+        .collect();
+    // Those beyond the room are answered while the nodes are still paused: they were never read.
+    let busy_within = ADMISSION_WAIT + Duration::from_secs(20);
+    let busy = wait_until(busy_within, "the writes beyond the router's room are answered", || {
+        let finished = puts.iter().filter(|put| put.is_finished()).count();
+        std::future::ready((finished >= PUTS_AT_ONCE - PUTS_ADMITTED_AT_MOST).then_some(finished))
+    })
+    .await;
+    assert!(
+        busy <= PUTS_AT_ONCE - PUTS_ADMITTED_AT_MOST / 2,
+        "{busy} of {PUTS_AT_ONCE} writes were refused: the router held fewer than half its room"
+    );
+    let mut waiting = Vec::new();
+    for put in puts {
+        if put.is_finished() {
+            let status = put
+                .await
+                .unwrap()
+                .expect_err("a write answered while every node is paused");
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("busy"), "{status:?}");
+        } else {
+            waiting.push(put);
+        }
+    }
+    // The writes it held are served once the nodes are back.
+    for id in cluster.ids() {
+        cluster.resume(id);
+    }
+    for put in waiting {
+        put.await
+            .unwrap()
+            .expect("a write the router held, once the nodes are back");
+    }
 }
