@@ -247,6 +247,9 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         leader_contact.clone(),
         Duration::from_millis(settings.election_timeout_max_ms),
     );
+    // Kv and KvBatch requests are read only while those being served leave room for them.
+    let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
+    raftkv::metrics::admission::register(&metrics.registry, &request_bytes);
     metrics.start(
         metrics_listener,
         health,
@@ -261,8 +264,6 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving ({tls})");
     serving(app.clone());
     let members = MemberAddresses::follow(raft.clone(), settings.initial_cluster.values().cloned()).await;
-    // Kv and KvBatch requests are read only while those being served leave room for them.
-    let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
     let mut server = serving::with_limits(tonic::transport::Server::builder()).timeout(serving::NODE_REQUEST_TIMEOUT);
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;

@@ -196,6 +196,7 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
     let mut until_stopped = shutdown.clone();
     // Kv and KvBatch requests are read only while those being served leave room for them.
     let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
+    raftkv::metrics::admission::register(&metrics.registry, &request_bytes);
     let mut server = serving::with_limits(tonic::transport::Server::builder());
     if let Some(tls) = &tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;

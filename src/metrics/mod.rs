@@ -1,8 +1,9 @@
 //! What the node and the router share to be watched by Prometheus: the HTTP endpoint that
-//! serves `/metrics` and `/health` ([`endpoint`]), and the per-call metrics of a gRPC server
-//! ([`grpc_requests`]). Each process owns one [`prometheus::Registry`] and registers its own
+//! serves `/metrics` and `/health` ([`endpoint`]), the per-call metrics of a gRPC server
+//! ([`grpc_requests`]) and what its admission by bytes holds and refuses ([`admission`]). Each process owns one [`prometheus::Registry`] and registers its own
 //! metrics in it; every metric's name starts with [`NAMESPACE`].
 
+pub mod admission;
 pub mod endpoint;
 pub mod grpc_requests;
 

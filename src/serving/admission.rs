@@ -26,6 +26,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -59,6 +60,7 @@ const GRPC_PREFIX_BYTES: usize = 5;
 pub struct RequestBytes {
     free: Arc<Semaphore>,
     limit: u32,
+    refused: Arc<AtomicU64>,
 }
 
 impl RequestBytes {
@@ -68,7 +70,18 @@ impl RequestBytes {
         RequestBytes {
             free: Arc::new(Semaphore::new(limit as usize)),
             limit,
+            refused: Arc::default(),
         }
+    }
+
+    /// The budget's size in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// The calls answered busy so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The bytes the calls being served hold now.
@@ -86,6 +99,7 @@ impl RequestBytes {
 
     /// The answer to a call that waited [`ADMISSION_WAIT`] in vain.
     fn busy(&self) -> tonic::Status {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         tonic::Status::unavailable(format!(
             "the server is busy: the requests it is serving fill its {} MiB for requests in flight; try again",
             self.limit >> 20
@@ -487,6 +501,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(status.message().contains("busy"), "{status:?}");
         assert!(started.elapsed() >= ADMISSION_WAIT);
+        assert_eq!(budget.refused(), 1);
         second.await.unwrap().unwrap();
         assert_eq!(budget.held(), 60_005, "the refused request took a share");
 

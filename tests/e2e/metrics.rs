@@ -90,6 +90,17 @@ async fn metrics_and_health_move_with_writes_and_a_leader_change() {
         "the leader's log was never fsynced:\n{leader_after}"
     );
     assert!(value_of(&leader_after, "raftkv_storage_bytes") > 0.0, "{leader_after}");
+    // Every write answered: neither holds any request bytes, and both show their limit.
+    let limit = raftkv::serving::REQUEST_BYTES_IN_FLIGHT as f64;
+    for (server, text) in [("the router", &router_after), ("the leader", &leader_after)] {
+        assert_eq!(value_of(text, "raftkv_request_bytes_held"), 0.0, "{server}:\n{text}");
+        assert_eq!(value_of(text, "raftkv_request_bytes_limit"), limit, "{server}:\n{text}");
+        assert_eq!(
+            value_of(text, "raftkv_requests_refused_busy_total"),
+            0.0,
+            "{server}:\n{text}"
+        );
+    }
     let leader_address = cluster.metrics_address(leader).to_string();
     wait_until(SETTLE_TIMEOUT, "the leader reports a snapshot", || async {
         let text = scrape(&leader_address).await;
