@@ -11,8 +11,12 @@
 //! message is; then the call waits, in arrival order, until that many bytes of
 //! [`RequestBytes`] are free, and holds them until its answer is ready. While it waits, its
 //! body stays unread, so HTTP/2 flow control stops its sender once the stream's window is full:
-//! what a waiting call costs the server is at most that window. Small requests (every get, and
-//! puts of small values) take a few bytes of the budget each and never wait in practice.
+//! what a waiting call costs the server is at most that window. Its connection's window must
+//! have room for every call that may wait on it ([`super::CONNECTION_WINDOW_BYTES`]): else the
+//! waiting calls' unread bytes would stop the admitted calls on the same connection from
+//! receiving the rest of their requests, and nothing would end until clients gave up. Small
+//! requests (every get, and puts of small values) take a few bytes of the budget each and
+//! never wait in practice.
 //!
 //! A call waits at most [`ADMISSION_WAIT`]; then it is answered UNAVAILABLE (without a leader
 //! hint: "nothing was done, try the same place again") and its sender retries after a pause,
