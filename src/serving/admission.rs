@@ -337,6 +337,7 @@ mod tests {
     use std::convert::Infallible;
 
     use http_body_util::BodyExt;
+    use tokio::task::JoinHandle;
 
     use super::*;
 
@@ -396,6 +397,12 @@ mod tests {
 
     type Reads = tokio::sync::mpsc::UnboundedReceiver<Result<usize, tonic::Status>>;
 
+    /// Lets the service answer one call, and waits for `call`'s answer.
+    async fn answered(service: &ReadsThenWaits, call: JoinHandle<Result<http::Response<Body>, Infallible>>) {
+        service.answer.notify_one();
+        call.await.unwrap().unwrap();
+    }
+
     /// What the service read: a body's length (it fails on the status that ended a body).
     async fn next_read(reads: &mut Reads) -> usize {
         reads
@@ -419,7 +426,7 @@ mod tests {
         let (budget, service, mut reads) = setup(100_000);
         let mut guarded = budget.guard(service.clone());
         let first = tokio::spawn(guarded.call(grpc_request(60_000)));
-        assert_eq!(next_read(&mut reads).await, (60_005));
+        assert_eq!(next_read(&mut reads).await, 60_005);
         assert_eq!(budget.held(), 60_005);
 
         let second = tokio::spawn(guarded.call(grpc_request(60_000)));
@@ -430,12 +437,10 @@ mod tests {
             "the second request was read while the first held the budget"
         );
 
-        service.answer.notify_one();
-        first.await.unwrap().unwrap();
-        assert_eq!(next_read(&mut reads).await, (60_005));
+        answered(&service, first).await;
+        assert_eq!(next_read(&mut reads).await, 60_005);
         assert_eq!(budget.held(), 60_005);
-        service.answer.notify_one();
-        second.await.unwrap().unwrap();
+        answered(&service, second).await;
         assert_eq!(budget.held(), 0);
     }
 
@@ -447,12 +452,11 @@ mod tests {
             .map(|_| tokio::spawn(guarded.call(grpc_request(50_000))))
             .collect();
         for _ in 0..10 {
-            assert_eq!(next_read(&mut reads).await, (50_005));
+            assert_eq!(next_read(&mut reads).await, 50_005);
         }
         assert_eq!(budget.held(), 500_050);
         for call in calls {
-            service.answer.notify_one();
-            call.await.unwrap().unwrap();
+            answered(&service, call).await;
         }
         assert_eq!(budget.held(), 0);
     }
@@ -462,10 +466,9 @@ mod tests {
         let (budget, service, mut reads) = setup(10_000);
         let mut guarded = budget.guard(service.clone());
         let call = tokio::spawn(guarded.call(grpc_request(50_000)));
-        assert_eq!(next_read(&mut reads).await, (50_005));
+        assert_eq!(next_read(&mut reads).await, 50_005);
         assert_eq!(budget.held(), 10_000);
-        service.answer.notify_one();
-        call.await.unwrap().unwrap();
+        answered(&service, call).await;
         assert_eq!(budget.held(), 0);
     }
 
@@ -474,7 +477,7 @@ mod tests {
         let (budget, service, mut reads) = setup(100_000);
         let mut guarded = budget.guard(service);
         let call = tokio::spawn(guarded.call(grpc_request(60_000)));
-        assert_eq!(next_read(&mut reads).await, (60_005));
+        assert_eq!(next_read(&mut reads).await, 60_005);
         assert_eq!(budget.held(), 60_005);
         call.abort();
         let _ = call.await;
@@ -486,9 +489,8 @@ mod tests {
         let (budget, service, mut reads) = setup(100);
         let mut guarded = budget.guard(service.clone());
         let call = tokio::spawn(guarded.call(http::Request::new(Body::empty())));
-        assert_eq!(next_read(&mut reads).await, (0));
-        service.answer.notify_one();
-        call.await.unwrap().unwrap();
+        assert_eq!(next_read(&mut reads).await, 0);
+        answered(&service, call).await;
         assert_eq!(budget.held(), 0);
     }
 
@@ -509,8 +511,7 @@ mod tests {
         second.await.unwrap().unwrap();
         assert_eq!(budget.held(), 60_005, "the refused request took a share");
 
-        service.answer.notify_one();
-        first.await.unwrap().unwrap();
+        answered(&service, first).await;
         assert_eq!(budget.held(), 0);
     }
 
@@ -526,8 +527,7 @@ mod tests {
         assert_eq!(next_read(&mut reads).await, 105);
         assert_eq!(next_read(&mut reads).await, 105);
         for call in [put, get, scan] {
-            service.answer.notify_one();
-            call.await.unwrap().unwrap();
+            answered(&service, call).await;
         }
         assert_eq!(budget.held(), 0);
     }
