@@ -57,7 +57,7 @@ pub const ADMISSION_WAIT: Duration = Duration::from_secs(1);
 const UNGUARDED_PATHS: &[&str] = &["/raftkv.v1.Kv/Get", "/raftkv.v1.Kv/Scan"];
 
 /// The gRPC message prefix: a compression flag and the message length (big-endian u32).
-const GRPC_PREFIX_BYTES: usize = 5;
+pub const GRPC_PREFIX_BYTES: usize = 5;
 
 /// A budget of request bytes shared by the services it guards; cheap to clone.
 #[derive(Clone)]

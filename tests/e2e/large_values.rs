@@ -25,6 +25,7 @@ use raftkv::batch::BATCH_REPLY_BYTES;
 use raftkv::limits::MAX_VALUE_BYTES;
 use raftkv::pb::{self, Consistency};
 use raftkv::serving::admission::ADMISSION_WAIT;
+use raftkv::serving::admission::GRPC_PREFIX_BYTES;
 use raftkv::serving::REQUEST_BYTES_IN_FLIGHT;
 
 use crate::common::{wait_until, TestCluster};
@@ -189,11 +190,28 @@ async fn a_batch_reply_holds_a_bounded_share_of_large_values_and_every_get_is_st
     futures::future::join_all(gets).await;
 }
 
-/// Largest-value puts that fit in a server's room for requests in flight (each request is a
-/// little more than its value, so one fewer fits).
+/// Largest-value puts that fit in a server's room for requests in flight, counting by value
+/// alone (each request is a little more than its value, so one fewer fits).
 const PUTS_ADMITTED_AT_MOST: usize = REQUEST_BYTES_IN_FLIGHT / MAX_VALUE_BYTES;
 /// Largest-value puts sent at once: the room's worth and 16 more.
 const PUTS_AT_ONCE: usize = PUTS_ADMITTED_AT_MOST + 16;
+
+/// The largest-value put `i`.
+fn largest_put(i: usize) -> pb::PutRequest {
+    pb::PutRequest {
+        key: largest_key(i),
+        value: largest_value(i),
+        write_id: None,
+    }
+}
+
+/// How many of [`PUTS_AT_ONCE`] largest-value puts a server's room holds: each takes its
+/// message and the gRPC prefix before it (the longest key of them is counted for all).
+fn puts_admitted() -> usize {
+    use prost::Message;
+    let request_bytes = largest_put(PUTS_AT_ONCE - 1).encoded_len() + GRPC_PREFIX_BYTES;
+    REQUEST_BYTES_IN_FLIGHT / request_bytes
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_holds_a_bounded_share_of_large_writes_and_answers_the_rest_busy() {
@@ -213,21 +231,20 @@ async fn a_server_holds_a_bounded_share_of_large_writes_and_answers_the_rest_bus
         .map(|i| {
             let mut kv = kv.clone();
             tokio::spawn(async move {
-                let mut request = tonic::Request::new(pb::PutRequest {
-                    key: largest_key(i),
-                    value: largest_value(i),
-                    write_id: None,
-                });
+                let mut request = tonic::Request::new(largest_put(i));
                 request.set_timeout(Duration::from_secs(60));
                 kv.put(request).await
             })
         })
         .collect();
     // Those beyond the room are answered while the nodes are still paused: they were never read.
+    // (Each is answered when its own wait ends, so all of them are waited for: a write still
+    // waiting when the nodes come back may be admitted then, or answered busy.)
+    let beyond_the_room = PUTS_AT_ONCE - puts_admitted();
     let busy_within = ADMISSION_WAIT + Duration::from_secs(20);
     let busy = wait_until(busy_within, "the writes beyond the router's room are answered", || {
         let finished = puts.iter().filter(|put| put.is_finished()).count();
-        std::future::ready((finished >= PUTS_AT_ONCE - PUTS_ADMITTED_AT_MOST).then_some(finished))
+        std::future::ready((finished >= beyond_the_room).then_some(finished))
     })
     .await;
     assert!(
