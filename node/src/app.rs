@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, SnapshotPolicy};
 use raftkv::raft_pb::raft_server::RaftServer;
 use raftkv::serving::{self, ConnectionBudget};
@@ -134,6 +135,29 @@ pub async fn run_with(
     serve(settings, stop, serving).instrument(span).await
 }
 
+/// The longest a node waits for its Raft core to report the log it loaded before it serves
+/// anyway (the core reports it as soon as it runs: this only guards a machine that is stuck).
+const LOADED_LOG_REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `raft`'s metrics show the log it loaded (up to `loaded`). Until its core first
+/// reports, they say "no log": a status answered then told a client, or an operator, that a
+/// node just restarted with its data had none.
+async fn wait_for_loaded_log(raft: &Raft, loaded: Option<u64>) {
+    if loaded.is_none() {
+        return;
+    }
+    let reported = raft
+        .wait(Some(LOADED_LOG_REPORT_WAIT))
+        .metrics(
+            |m| m.last_log_index >= loaded,
+            "the raft core reports the log it loaded",
+        )
+        .await;
+    if let Err(error) = reported {
+        tracing::warn!(%error, "serving before the raft core reported the log it loaded; status may show less log than there is for now");
+    }
+}
+
 async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl FnOnce(App)) -> anyhow::Result<()> {
     let metrics_listener = crate::metrics::bind(settings.metrics_listen).await?;
     // A new cluster's id, which a directory claimed now records; an existing directory keeps
@@ -190,9 +214,17 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let reader = dir.state_machine.reader();
     let log = dir.log_store.log_reader();
     let log_volume = dir.state_machine.log_volume();
-    let raft = Raft::new(settings.id, config, network.clone(), dir.log_store, dir.state_machine)
+    let mut log_store = dir.log_store;
+    let loaded_log = log_store
+        .get_log_state()
+        .await
+        .context("cannot read the log's bounds")?
+        .last_log_id
+        .map(|id| id.index);
+    let raft = Raft::new(settings.id, config, network.clone(), log_store, dir.state_machine)
         .await
         .context("cannot start raft")?;
+    wait_for_loaded_log(&raft, loaded_log).await;
 
     if dir.pristine && settings.initial_cluster.is_empty() {
         tracing::info!(advertise = %settings.advertise, "waiting to be added to a cluster (raftkv member add)");
