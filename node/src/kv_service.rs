@@ -171,13 +171,34 @@ impl KvService {
         let pb::GetRequest { key, consistency } = request;
         check_key(&key)?;
         self.before_read(consistency, deadline).await?;
+        self.read_value(&key)
+    }
+
+    /// A get of a batch, as [`KvService::get_by`], within the reply's `budget` (its value is
+    /// not read once the reply is full: [`batch::get_unless_full`]).
+    async fn get_within(
+        &self,
+        request: pb::GetRequest,
+        deadline: Instant,
+        budget: &batch::ReplyBudget,
+    ) -> Result<pb::batch_item_result::Result, Status> {
+        let pb::GetRequest { key, consistency } = request;
+        check_key(&key)?;
+        batch::get_unless_full(budget, self.before_read(consistency, deadline), || {
+            self.read_value(&key)
+        })
+        .await
+    }
+
+    /// The value of `key` as this node's state machine holds it now.
+    fn read_value(&self, key: &Bytes) -> Result<pb::GetResponse, Status> {
         let header = self.header();
-        match self.app.reader.get(&key).map_err(internal_read_error)? {
+        match self.app.reader.get(key).map_err(internal_read_error)? {
             Some(value) => Ok(pb::GetResponse {
                 value,
                 header: Some(header),
             }),
-            None => Err(Status::not_found(format!("key {} not found", printable(&key)))),
+            None => Err(Status::not_found(format!("key {} not found", printable(key)))),
         }
     }
 
@@ -246,7 +267,7 @@ impl KvService {
         let deadline = arrived + batch::item_timeout(item.timeout_us);
         let answer = match item.request {
             Some(Item::Put(r)) => self.put_by(r, deadline).await.map(Answer::Put),
-            Some(Item::Get(r)) => self.get_by(r, deadline).await.map(Answer::Get),
+            Some(Item::Get(r)) => self.get_within(r, deadline, budget).await,
             Some(Item::Delete(r)) => self.delete_by(r, deadline).await.map(Answer::Delete),
             Some(Item::CompareAndSwap(r)) => self.compare_and_swap_by(r, deadline).await.map(Answer::CompareAndSwap),
             None => Err(Status::invalid_argument("a batch item holds no request")),
