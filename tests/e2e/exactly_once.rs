@@ -184,11 +184,18 @@ async fn a_write_whose_caller_gave_up_before_it_was_proposed_is_never_applied() 
         },
     )
     .await;
-    // Queued behind it (one write group in flight at a time); its caller gives up.
+    // Queued behind it (one write group in flight at a time); its caller gives up. The
+    // deadline goes to the server alone (`grpc-timeout`, no timer of the client's own), so the
+    // call ends when the server gives up on it: had the client's own timer ended it, the
+    // server could learn of that only later (a busy machine), and a write whose caller the
+    // server still sees waiting is proposed once the first one commits, as it should be.
     let mut request = tonic::Request::new(put("given-up"));
-    request.set_timeout(Duration::from_millis(200));
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", tonic::metadata::MetadataValue::from_static("200m"));
     let given_up = cluster.raw_kv(leader).put(request).await;
-    // The server's deadline or the client's own, whichever ends the call first.
+    // tonic's server ends a call past its `grpc-timeout` (Cancelled), unless the handler's own
+    // deadline does first (DeadlineExceeded); either way the handler is gone.
     let code = given_up
         .expect_err("nothing commits while the followers are paused")
         .code();
