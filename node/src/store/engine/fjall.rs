@@ -85,13 +85,14 @@ fn fjall_err(e: fjall::Error) -> EngineError {
 /// by an older raftkv keeps its own until a snapshot install replaces it.
 ///
 /// Data blocks are not compressed. fjall's default compresses them (lz4) from the third level
-/// down, and its leveled compaction sizes every level by its bytes on disk. With values that
-/// compress (bench's default value shrinks ~6×) the first compressed level then holds many
-/// times the keys that its size would hold uncompressed. Measured at 1 GB with such values,
-/// fjall spent ~26 µs of CPU per put compressed and ~10 µs uncompressed, and puts kept 59 % of
-/// the 10 000-key figure compressed, 72 % uncompressed (BENCHMARKS.md, "At scale", "Tables
-/// without compression"). What it costs is disk: data that compresses takes its own size
-/// (1.3× at 1 GB, log included) instead of a fraction of it.
+/// down, and it fills its levels from the deepest up, so every level but the flushed
+/// memtables' was compressed. Measured at 1 GB with values that compress (bench's default
+/// value shrinks ~6×), fjall spent ~26 µs of CPU per put compressed and ~10 µs uncompressed,
+/// and puts kept 59 % of the 10 000-key figure compressed, 72 % uncompressed (BENCHMARKS.md,
+/// "At scale", "Tables without compression"): the compressor's own work, and levels sized by
+/// compressed bytes, whose merges rewrite ~6× the keys per key flushed (the two not measured
+/// apart). What it costs is disk: data that compresses takes its own size (1.3× at 1 GB, log
+/// included) instead of a fraction of it.
 fn space_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(FJALL_MEMTABLE_LIMIT_BYTES)
