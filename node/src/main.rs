@@ -79,12 +79,13 @@ struct Flags {
     #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..))]
     election_timeout_ms: u64,
     /// Take a snapshot (a point the log may be purged up to; it writes no file) after this many
-    /// log entries since the last one, or sooner once the log since holds a quarter of the state
-    /// machine's size on disk (16 MiB at least); from 64 MiB of state on, the quarter alone decides.
+    /// log entries since the last one, or sooner once the log since holds an eighth of the state
+    /// machine's size on disk (8 MiB at least); from 64 MiB of state on, the eighth alone decides.
     #[arg(long, env = "RAFTKV_SNAPSHOT_AFTER_LOGS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot so slow followers can catch up without one; never
-    /// more of them than a quarter of the state machine's size on disk (16 MiB at least).
+    /// more of them than an eighth of the state machine's size on disk (8 MiB at least), so the
+    /// log on disk stays within about a quarter of the state's size (16 MiB while it is small).
     #[arg(long, env = "RAFTKV_KEEP_LOGS_AFTER_SNAPSHOT", default_value_t = 1000)]
     keep_logs_after_snapshot: u64,
     /// Local IP address that connections to other nodes leave from [default: chosen by the OS].

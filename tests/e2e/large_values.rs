@@ -3,9 +3,9 @@
 //! The log kept behind a snapshot is bounded in bytes, not only in entries (issue 13, space).
 //! `--keep-logs-after-snapshot` (1 000 by default) counts entries, and an entry is a write
 //! group of up to 1 MiB: with large values, 1 000 of them were up to a GiB of log on every
-//! node beside a few MB of data. Now a node keeps no more than a quarter of its state machine's
-//! size behind a snapshot (16 MiB at least), and snapshots once that much log has
-//! accumulated: its log stays within about twice that.
+//! node beside a few MB of data. Now a node keeps no more than an eighth of its state machine's
+//! size behind a snapshot (8 MiB at least), and snapshots once that much log has accumulated:
+//! its log stays within about twice that, a quarter of the state.
 //!
 //! A batch reply holds a bounded share of values (`raftkv::batch::BATCH_REPLY_BYTES`): 256 gets
 //! of 1 MiB values were one 256 MiB reply, and 256 clients reading such values held ~1 GB in
@@ -39,9 +39,9 @@ const PUTS: usize = 192;
 /// Puts in flight at once.
 const WRITERS: usize = 4;
 /// What a node's log may hold once the writes are over: what is kept behind the last snapshot
-/// (16 MiB), the log since it (16 MiB more at most before the next), and the slack of its 4 MiB
+/// (8 MiB), the log since it (8 MiB more at most before the next), and the slack of its 4 MiB
 /// segments (only whole ones are deleted; the one written to and a spare are allocated ahead).
-const LOG_LIMIT_BYTES: u64 = 48 << 20;
+const LOG_LIMIT_BYTES: u64 = 32 << 20;
 /// How long the nodes may take to purge once the writes are over (a debug build): a deadline
 /// to wait with, not a figure the test measures.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(60);
