@@ -5,9 +5,10 @@
 # their default, durable settings: every acknowledged write is fsynced), then runs the same
 # closed-loop workloads against each with `raftkv-bench` (the load generator of `raftkv bench`,
 # with etcd's client too: one load generator, one histogram for both), alternating the two
-# systems, and prints one table: ops/s, p50 and p99 of each system, and the ratios (raftkv
+# systems, and prints two tables: ops/s, p50 and p99 of each system, and the ratios (raftkv
 # through its router, and in the "members" rows with its client given the nodes' addresses,
-# as etcd's client is given its members'). Machine
+# as etcd's client is given its members'); then the CPU each system's servers and the load
+# generator spent per operation, which says what bounds a run on a small machine. Machine
 # facts (cores, CPU model, fsync latency of the disk the data is on, load) are printed first.
 # Everything it starts is stopped on exit.
 #
@@ -39,6 +40,8 @@ ETCD_BASE_PORT=${ETCD_BASE_PORT:-23790}
 READY_TIMEOUT_SECS=30
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/cpu.sh
+source "$repo/bench/lib/cpu.sh"
 raftkv="$repo/target/release/raftkv"
 bench_bin="$repo/target/release/raftkv-bench"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -177,6 +180,10 @@ raftkv_started=1
     --ready-timeout "${READY_TIMEOUT_SECS}s" >"$work/raftkv-up.log" 2>&1 \
     || { cat "$work/raftkv-up.log" >&2; die "raftkv cluster up failed"; }
 raftkv_endpoint="127.0.0.1:$RAFTKV_BASE_PORT"
+# The router's and the nodes' pids, for the CPU they use during each run.
+read -r -a raftkv_pids <<<"$(grep -o '"pid": *[0-9]*' "$work/raftkv/cluster.json" | grep -o '[0-9]*$' | tr '\n' ' ')"
+[ ${#raftkv_pids[@]} -eq 4 ] || die "expected 4 pids (router and 3 nodes) in $work/raftkv/cluster.json, found ${#raftkv_pids[@]}"
+clock_hz=$(getconf CLK_TCK)
 raftkv_members=""
 for i in 1 2 3; do raftkv_members+="${raftkv_members:+,}127.0.0.1:$((RAFTKV_BASE_PORT + i))"; done
 
@@ -222,11 +229,18 @@ bench() {
         shift
     fi
     [ "$system" = etcd ] && endpoint=$etcd_endpoints
-    local json
+    local json pids ticks_before ticks_after
+    if [ "$system" = etcd ]; then pids=("${etcd_pids[@]}"); else pids=("${raftkv_pids[@]}"); fi
+    ticks_before=$(cpu_ticks "${pids[@]}")
     # A run in which nothing succeeded exits non-zero but still reports (with its errors).
     json=$("$bench_bin" --endpoint "$endpoint" --target "$system" --output json \
         --duration "${BENCH_SECS}s" --warmup 1s --keys "$BENCH_KEYS" --value-size "$BENCH_VALUE_SIZE" "$@" 2>>"$work/bench.log") \
         || [ -n "$json" ] || die "raftkv-bench against $system failed: $(tail -1 "$work/bench.log")"
+    ticks_after=$(cpu_ticks "${pids[@]}")
+    # The servers' CPU over the warm-up and the measured window (the same load throughout), in
+    # cores, added to the report.
+    json="${json%\}},\"servers_cpu_cores\":$(awk -v t=$((ticks_after - ticks_before)) -v hz="$clock_hz" \
+        -v s=$((BENCH_SECS + 1)) 'BEGIN { printf "%.3f", t / hz / s }')}"
     printf '%s\n' "$json" >>"$results"
     printf '%s' "$json"
 }
@@ -280,4 +294,26 @@ for row in "${rows[@]}"; do
 done
 echo
 echo "ratio = raftkv ops/s ÷ etcd ops/s (higher is better for raftkv); p99 × = raftkv p99 ÷ etcd p99 (lower is better)."
+echo
+echo "CPU per operation, in µs (user + system): \"servers\" are raftkv's router and three nodes, or"
+echo "etcd's three members; \"load\" is the raftkv-bench process. \"cores\" is what the two took"
+echo "together, of the machine's $(nproc): near $(nproc), the run was bound by CPU."
+echo
+printf '| %-28s | %14s | %12s | %11s | %9s | %12s | %10s |\n' \
+    workload "raftkv servers" "etcd servers" "raftkv load" "etcd load" "raftkv cores" "etcd cores"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ---------------: -------------: \
+    ------------: ----------: -------------: -----------:
+per_op() { awk -v c="$1" -v o="$2" 'BEGIN { if (o > 0) printf "%.0f", c * 1e6 / o; else print "-" }'; }
+sum() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a + b }'; }
+for row in "${rows[@]}"; do
+    IFS='|' read -r name raftkv_report etcd_report <<<"$row"
+    r_ops=$(field ops_per_sec "$raftkv_report"); e_ops=$(field ops_per_sec "$etcd_report")
+    r_srv=$(field servers_cpu_cores "$raftkv_report"); e_srv=$(field servers_cpu_cores "$etcd_report")
+    r_load=$(field load_generator_cpu_cores "$raftkv_report"); e_load=$(field load_generator_cpu_cores "$etcd_report")
+    printf '| %-28s | %14s | %12s | %11s | %9s | %12s | %10s |\n' "$name" \
+        "$(per_op "$r_srv" "$r_ops")" "$(per_op "$e_srv" "$e_ops")" \
+        "$(per_op "$r_load" "$r_ops")" "$(per_op "$e_load" "$e_ops")" \
+        "$(sum "$r_srv" "$r_load")" "$(sum "$e_srv" "$e_load")"
+done
+echo
 echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg); raw reports: $results"
