@@ -11,9 +11,10 @@
 //!
 //! What bounds memory (the node's target is 256 MB of RSS at any data size):
 //! - the block cache, `--cache-mb` (data, index and filter blocks read from tables);
-//! - each keyspace's memtable, [`MEMTABLE_BYTES`]: fjall halts writes while 4 sealed
-//!   memtables wait to be flushed, so at most 5 of them exist, 40 MiB. raftkv rotates the
-//!   memtable itself once that much is written to it ([`MemtableFill`]), with fjall's own
+//! - each keyspace's memtable, [`MEMTABLE_BYTES`] at most ([`SMALL_TREE_MEMTABLE_BYTES`]
+//!   while the tree is small): fjall halts writes while 4 sealed memtables wait to be
+//!   flushed, so at most 5 of them exist, 40 MiB. raftkv rotates the memtable itself once
+//!   that much is written to it ([`MemtableFill`]), with fjall's own
 //!   limit twice as high as a backstop: fjall's own rotation asks its single worker once per
 //!   write made while the memtable is full (see [`FJALL_WORKERS`] for why that matters);
 //! - the journal is on disk only, [`MAX_JOURNAL_BYTES`] at most before fjall flushes
@@ -30,25 +31,39 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::{Engine, EngineError, EngineKind, EngineOptions, Generations, Install, Pairs, View, Writes};
 
-/// A keyspace's memtable: the unit fjall flushes into a table. Small enough that the
-/// at most five a keyspace holds (one active, four sealed) stay well inside the memory
-/// target; large enough that one holds many applies (a write group is at most 1 MiB).
+/// A keyspace's memtable once its tables hold [`LARGE_TREE_BYTES`]: the unit fjall flushes
+/// into a table. Small enough that the at most five a keyspace holds (one active, four sealed)
+/// stay well inside the memory target; large enough that one holds many applies (a write
+/// group is at most 1 MiB).
 pub const MEMTABLE_BYTES: u64 = 8 << 20;
+/// A keyspace's memtable while its tables hold less than [`LARGE_TREE_BYTES`]. What sits above
+/// the last level (four flushed memtables, then a first level of four tables) holds versions
+/// that later writes overwrote, until a merge into the last level drops them: ~100 MB beside
+/// 100 MB of data with 8 MiB memtables and tables, which took the disk at its peak under steady
+/// overwrites to 2.8–3.0× the data. Halved, the levels above hold half as much. A larger tree
+/// takes [`MEMTABLE_BYTES`]: at 1 GB, 4 MiB memtables took puts from 75 % to 64 % of the
+/// 10 000-key figure (twice the flushes, each merged into the first level), and the levels
+/// above are a small share of it whatever their size (BENCHMARKS.md, "At scale").
+pub const SMALL_TREE_MEMTABLE_BYTES: u64 = 4 << 20;
+/// From this size of a keyspace's tables its memtables are [`MEMTABLE_BYTES`].
+pub const LARGE_TREE_BYTES: u64 = 256 << 20;
 /// The size of the tables compaction writes. fjall's leveled compaction sizes the first level
 /// at four of them, and merges the four oldest flushed memtables into all of it at once (with
 /// random keys every table of that level overlaps them). With fjall's default (64 MiB, made for
 /// its default 64 MiB memtables) that was a 256 MiB rewrite per 32 MiB of our memtables, and
 /// while the compaction threads were at it no memtable was flushed, so fjall halted the applies
-/// (100 ms at a time) with four sealed memtables waiting. Tables the size of a memtable make
-/// the first level as large as what flows into it, as RocksDB's defaults do.
-pub const TABLE_TARGET_BYTES: u64 = MEMTABLE_BYTES;
-/// fjall's own memtable limit, a backstop only: [`write_batch`] rotates at [`MEMTABLE_BYTES`],
-/// and one batch (a write group, or a part of a snapshot install, 4 MiB at most) cannot carry a
+/// (100 ms at a time) with four sealed memtables waiting. Tables the size of a small tree's
+/// memtable make its first level as large as what flows into it, as RocksDB's defaults do; at
+/// 1 GB, tables of half a memtable kept the put throughput (75 % of the 10 000-key figure).
+/// fjall takes this when a keyspace is created: it cannot follow the tree's size.
+pub const TABLE_TARGET_BYTES: u64 = SMALL_TREE_MEMTABLE_BYTES;
+/// fjall's own memtable limit, a backstop only: [`write_batch`] rotates at [`MEMTABLE_BYTES`] at
+/// most, and one batch (a write group, or a part of a snapshot install, 4 MiB at most) cannot carry a
 /// memtable from there past this.
 const FJALL_MEMTABLE_LIMIT_BYTES: u64 = 2 * MEMTABLE_BYTES;
 /// What one written item costs a memtable beyond its key and value, as counted here: at least
 /// what fjall counts (its in-memory item, 64 bytes in lsm-tree 3.1), so raftkv's count reaches
-/// [`MEMTABLE_BYTES`] no later than fjall's own.
+/// its limit no later than fjall's own count.
 const MEMTABLE_ITEM_OVERHEAD_BYTES: u64 = 128;
 /// fjall's flush and compaction workers. fjall's default (one per core, at most four) spins:
 /// with two or more, fjall 3.1.13's first worker hands a compaction request it must leave to
@@ -120,10 +135,33 @@ struct Inner {
 
 /// What a keyspace's active memtable holds since raftkv last rotated it (or opened the
 /// engine, which rotates what the journal gave back): keys, values and
-/// [`MEMTABLE_ITEM_OVERHEAD_BYTES`] per item, never less than fjall's own count of it. Only
-/// [`write_batch`] writes to a keyspace, one batch at a time per keyspace.
-#[derive(Default)]
-struct MemtableFill(AtomicU64);
+/// [`MEMTABLE_ITEM_OVERHEAD_BYTES`] per item, never less than fjall's own count of it; and
+/// the size at which it is rotated, set from the keyspace's tables at each rotation
+/// ([`memtable_bytes`]). Only [`write_batch`] writes to a keyspace, one batch at a time per
+/// keyspace.
+struct MemtableFill {
+    bytes: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl MemtableFill {
+    /// An empty memtable of a keyspace whose tables hold `tree_bytes`.
+    fn new(tree_bytes: u64) -> MemtableFill {
+        MemtableFill {
+            bytes: AtomicU64::new(0),
+            limit: AtomicU64::new(memtable_bytes(tree_bytes)),
+        }
+    }
+}
+
+/// The memtable size for a keyspace whose tables hold `tree_bytes`.
+fn memtable_bytes(tree_bytes: u64) -> u64 {
+    if tree_bytes < LARGE_TREE_BYTES {
+        SMALL_TREE_MEMTABLE_BYTES
+    } else {
+        MEMTABLE_BYTES
+    }
+}
 
 impl FjallEngine {
     /// Opens (or creates) fjall in `dir` and deletes every generation but `generations`'
@@ -157,10 +195,11 @@ impl FjallEngine {
         // What the journal gave back goes to a table of its own, so that the count of the
         // memtable starts from empty, as [`MemtableFill`] does.
         space.rotate_memtable().map_err(fjall_err)?;
+        let fill = MemtableFill::new(space.disk_space());
         Ok(FjallEngine(Arc::new(Inner {
             db,
             space: RwLock::new(space),
-            fill: MemtableFill::default(),
+            fill,
             generations: Mutex::new(generations),
         })))
     }
@@ -173,7 +212,7 @@ impl FjallEngine {
 /// Writes `writes` to `space` as one batch. Keys and values are copied: fjall keeps what
 /// it is given in its memtable, and a `Bytes` slice of a larger buffer (a decoded log
 /// entry) would keep all of that buffer alive with it.
-/// Then rotates `space`'s memtable if `fill` says it holds [`MEMTABLE_BYTES`].
+/// Then rotates `space`'s memtable if `fill` says it is full.
 fn write_batch(db: &Database, space: &Keyspace, fill: &MemtableFill, writes: Writes) -> Result<(), EngineError> {
     let mut batch = db.batch();
     let mut bytes = 0;
@@ -185,10 +224,11 @@ fn write_batch(db: &Database, space: &Keyspace, fill: &MemtableFill, writes: Wri
         }
     }
     batch.commit().map_err(fjall_err)?;
-    if fill.0.fetch_add(bytes, Ordering::Relaxed) + bytes >= MEMTABLE_BYTES {
-        fill.0.store(0, Ordering::Relaxed);
+    if fill.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes >= fill.limit.load(Ordering::Relaxed) {
+        fill.bytes.store(0, Ordering::Relaxed);
         // Seals it and queues its flush (false: it was empty, or fjall sealed it first).
         space.rotate_memtable().map_err(fjall_err)?;
+        fill.limit.store(memtable_bytes(space.disk_space()), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -236,7 +276,7 @@ impl Engine for FjallEngine {
             engine: self.clone(),
             generation,
             space: Some(space),
-            fill: MemtableFill::default(),
+            fill: MemtableFill::new(0),
         }))
     }
 }
@@ -293,10 +333,12 @@ impl Install for FjallInstall {
             generations.switch_to(self.generation)?;
             let mut current = inner.space.write().unwrap_or_else(|p| p.into_inner());
             // Applies (which take this lock to find the keyspace) now count the new one's.
-            inner
-                .fill
-                .0
-                .store(self.fill.0.load(Ordering::Relaxed), Ordering::Relaxed);
+            for (to, from) in [
+                (&inner.fill.bytes, &self.fill.bytes),
+                (&inner.fill.limit, &self.fill.limit),
+            ] {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             std::mem::replace(&mut *current, space)
         };
         // Its files go once the last view of it is dropped; at the next open if a crash
@@ -321,7 +363,7 @@ mod tests {
     use crate::store::engine::{open_when_released, writes};
 
     #[test]
-    fn raftkv_rotates_the_memtable_once_it_holds_memtable_bytes_well_before_fjalls_own_limit() {
+    fn raftkv_rotates_a_small_trees_memtable_once_it_holds_4_mib_well_before_fjalls_own_limit() {
         let dir = tempfile::tempdir().unwrap();
         let generations = Generations::open(dir.path()).unwrap();
         let engine = FjallEngine::open(&dir.path().join("fjall"), &EngineOptions::default(), generations).unwrap();
@@ -334,23 +376,32 @@ mod tests {
             let pairs: Vec<(&str, Option<&str>)> = pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             writes(&pairs)
         };
-        // 1 MiB a batch: seven stay below MEMTABLE_BYTES, the eighth reaches it.
-        for i in 0..7 {
+        // 1 MiB a batch: three stay below SMALL_TREE_MEMTABLE_BYTES, the fourth reaches it.
+        for i in 0..3 {
             engine.apply(batch(i * 16)).unwrap();
         }
         assert_eq!(space.sealed_memtable_count() + space.table_count(), 0, "not yet");
-        engine.apply(batch(7 * 16)).unwrap();
+        engine.apply(batch(3 * 16)).unwrap();
         assert_eq!(
             space.sealed_memtable_count() + space.table_count(),
             1,
-            "sealed at 8 MiB (fjall's own limit is {FJALL_MEMTABLE_LIMIT_BYTES} bytes)"
+            "sealed at 4 MiB (fjall's own limit is {FJALL_MEMTABLE_LIMIT_BYTES} bytes)"
         );
-        // The count starts again: the next 7 MiB seal nothing more.
-        for i in 8..15 {
+        // The count starts again: the next 3 MiB seal nothing more.
+        for i in 4..7 {
             engine.apply(batch(i * 16)).unwrap();
         }
         assert_eq!(space.sealed_memtable_count() + space.table_count(), 1);
         assert_eq!(engine.get(b"k00000000").unwrap().map(|v| v.len()), Some(64 << 10));
+    }
+
+    #[test]
+    fn a_memtable_is_small_while_the_tree_is_and_full_size_once_it_holds_large_tree_bytes() {
+        assert_eq!(memtable_bytes(0), SMALL_TREE_MEMTABLE_BYTES);
+        assert_eq!(memtable_bytes(LARGE_TREE_BYTES - 1), SMALL_TREE_MEMTABLE_BYTES);
+        assert_eq!(memtable_bytes(LARGE_TREE_BYTES), MEMTABLE_BYTES);
+        assert_eq!(memtable_bytes(10 * LARGE_TREE_BYTES), MEMTABLE_BYTES);
+        const { assert!(SMALL_TREE_MEMTABLE_BYTES < MEMTABLE_BYTES && MEMTABLE_BYTES < FJALL_MEMTABLE_LIMIT_BYTES) };
     }
 
     #[test]
