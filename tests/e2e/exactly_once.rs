@@ -149,14 +149,21 @@ async fn the_memory_of_applied_writes_survives_restarting_every_node() {
 async fn a_write_whose_caller_gave_up_before_it_was_proposed_is_never_applied() {
     // Elections slow enough that followers paused for a moment neither lose the leader nor
     // take its lease away.
-    let mut cluster = common::TestCluster::start_with(common::ClusterOptions::default().without_router().node_args(&[
-        "--heartbeat-ms",
-        "200",
-        "--election-timeout-ms",
-        "3000",
-    ]))
+    let mut cluster = common::TestCluster::start_with(
+        common::ClusterOptions::default()
+            .without_router()
+            .with_metrics()
+            .node_args(&["--heartbeat-ms", "200", "--election-timeout-ms", "3000"]),
+    )
     .await;
     let leader = cluster.leader().await;
+    // The request bytes the leader holds for calls it is serving: a call's share goes when its
+    // answer is ready or when it is dropped, whichever comes first, and with it the handler.
+    let metrics = cluster.metrics_address(leader).to_string();
+    let held_bytes = || async {
+        let text = common::scrape::scrape(&metrics).await;
+        common::scrape::metric(&text, "raftkv_request_bytes_held", &[]).expect("the leader reports the bytes it holds")
+    };
     let put = |key: &'static str| pb::PutRequest {
         key: Bytes::from_static(key.as_bytes()),
         value: Bytes::from_static(b"v"),
@@ -184,6 +191,7 @@ async fn a_write_whose_caller_gave_up_before_it_was_proposed_is_never_applied() 
         },
     )
     .await;
+    let held_alone = held_bytes().await;
     // Queued behind it (one write group in flight at a time); its caller gives up. The
     // deadline goes to the server alone (`grpc-timeout`, no timer of the client's own), so the
     // call ends when the server gives up on it: had the client's own timer ended it, the
@@ -203,6 +211,16 @@ async fn a_write_whose_caller_gave_up_before_it_was_proposed_is_never_applied() 
         matches!(code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
         "{code:?}"
     );
+    // hyper's HTTP/2 server sends a call's answer before it drops the handler (and with it
+    // the queued write): a thread preempted in between (three CPU hogs on two cores) left the
+    // write waiting when the first one committed, and it was proposed. Wait until the leader
+    // holds only the first write's bytes again.
+    common::wait_until(
+        Duration::from_secs(10),
+        "the leader let go of the write whose caller gave up",
+        || async { (held_bytes().await == held_alone).then_some(()) },
+    )
+    .await;
     for id in &followers {
         cluster.resume(*id);
     }
