@@ -152,6 +152,12 @@ impl MemtableFill {
             limit: AtomicU64::new(memtable_bytes(tree_bytes)),
         }
     }
+
+    /// Counts from now on what `other` counted (the keyspace it counted replaces this one's).
+    fn take_over(&self, other: &MemtableFill) {
+        self.bytes.store(other.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.limit.store(other.limit.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// The memtable size for a keyspace whose tables hold `tree_bytes`.
@@ -333,12 +339,7 @@ impl Install for FjallInstall {
             generations.switch_to(self.generation)?;
             let mut current = inner.space.write().unwrap_or_else(|p| p.into_inner());
             // Applies (which take this lock to find the keyspace) now count the new one's.
-            for (to, from) in [
-                (&inner.fill.bytes, &self.fill.bytes),
-                (&inner.fill.limit, &self.fill.limit),
-            ] {
-                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
+            inner.fill.take_over(&self.fill);
             std::mem::replace(&mut *current, space)
         };
         // Its files go once the last view of it is dropped; at the next open if a crash
