@@ -10,6 +10,13 @@
 #   handshakes    (with --tls only) connects to the router and to every node, over and over, and
 #                 makes a TLS handshake without a client certificate, which the server refuses
 #                 once it has done its part (its key's signature) of the handshake.
+# Three control rows say how much of a row's cost is the servers' doing and how much is the
+# abuser's own CPU on the cores it shares with them:
+#   garbage-elsewhere, slowloris-elsewhere   the same abuser, aimed at four listeners that are
+#                 not raftkv (a process at idle priority that accepts and never reads), so the
+#                 servers never see a byte of it;
+#   cpu-burst     a process that only computes, 5 ms every 100 ms (about what the slowloris
+#                 abuser uses, in bursts of the same shape), and touches no socket.
 # With --tls the cluster runs with TLS and client certificates (`raftkv certs create`), and
 # the normal client presents one.
 # The issue asks for the p99 under abuse within 2x of the quiet p99; the table says the ratio.
@@ -17,10 +24,11 @@
 # --rounds N measures every row N times, each round against its own quiet p99, and ends with
 # each ratio's median and range over the rounds.
 # On one machine the abuser's own CPU (and the kernel's loopback work done on its behalf) is taken
-# from the servers, which an abuser on another host would not do; so garbage and slowloris run
-# twice: at normal priority, and at idle priority (chrt --idle: it gets only CPU that nobody else
-# wants), which stands for a remote abuser. Each row also says how hard the abuser pushed
-# (garbage, connections: connections opened per second; slowloris: bytes trickled per second),
+# from the servers, which an abuser on another host would not do; so garbage and slowloris also
+# run at idle priority (chrt --idle: it gets only CPU that nobody else wants), which stands for a
+# remote abuser, and aimed elsewhere (the control rows above). Each row also says how hard the
+# abuser pushed (garbage, connections: connections opened per second; slowloris: bytes trickled
+# per second; cpu-burst: bursts per second),
 # and the CPU, in % of one core, that the servers (three nodes and the router) and the abuser used
 # during the normal client's run and during 3 s of the abuse alone before it.
 # Timing depends on the machine: run it on a quiet one. It starts three raftkv-node processes
@@ -30,19 +38,21 @@
 # raftkv-node,raftkv-router}, or those in $BIN_DIR):
 #   bench/hostile.sh [--clients N] [--duration SECS] [--rounds N] [--connections N] [--slow N]
 #                    [--base-port PORT] [--abuse LIST] [--tls]
-# --abuse picks the rows, a comma-separated list of garbage, garbage-idle, connections,
-# slowloris, slowloris-idle, handshakes, handshakes-idle (default: all that apply; the quiet row
-# is always measured).
+# --abuse picks the rows, a comma-separated list of garbage, garbage-idle, garbage-elsewhere,
+# connections, slowloris, slowloris-idle, slowloris-elsewhere, cpu-burst, handshakes,
+# handshakes-idle (default: all that apply; the quiet row is always measured).
 # Examples:
 #   bench/hostile.sh --clients 16 --duration 10 --rounds 3
 #   bench/hostile.sh --clients 16 --duration 10 --rounds 5 --abuse slowloris,slowloris-idle
+#   bench/hostile.sh --clients 16 --duration 10 --rounds 5 --abuse slowloris,slowloris-elsewhere,cpu-burst
 #   bench/hostile.sh --clients 16 --duration 10 --rounds 3 --tls --abuse handshakes,garbage
 set -euo pipefail
 
 usage() { sed -n '/^# Usage/,/^set -euo pipefail/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 clients=16 duration=10 rounds=1 connections=1000 slow=200 base_port=17500
-all_abuses="garbage garbage-idle connections slowloris slowloris-idle" abuses="" tls=""
+all_abuses="garbage garbage-idle garbage-elsewhere connections slowloris slowloris-idle slowloris-elsewhere cpu-burst"
+abuses="" tls=""
 while (($#)); do
   case $1 in
     --clients) clients=$2; shift 2 ;;
@@ -99,6 +109,7 @@ router=127.0.0.1:$base_port
 node_address() { echo "127.0.0.1:$((base_port + $1))"; }
 cluster="1=$(node_address 1),2=$(node_address 2),3=$(node_address 3)"
 targets="$router,$(node_address 1),$(node_address 2),$(node_address 3)"
+sink_targets="127.0.0.1:$((base_port + 11)),127.0.0.1:$((base_port + 12)),127.0.0.1:$((base_port + 13)),127.0.0.1:$((base_port + 14))"
 for id in 1 2 3; do
   "$bin/raftkv-node" --id "$id" --listen "$(node_address "$id")" --data-dir "$work/node-$id" \
     --initial-cluster "$cluster" "${server_tls[@]}" >"$work/node-$id.log" 2>&1 &
@@ -118,9 +129,10 @@ done
 # the per-address budget is what keeps one host's connections from crowding out another's.
 # It counts what it did (connections opened; bytes trickled, for slowloris) in $work/abuser-count.
 abuser() {
-  local mode=${1%-idle} sched=()
+  local mode=${1%-idle} sched=() aim=$targets
   [[ $1 == *-idle ]] && sched=(chrt --idle 0)
-  exec "${sched[@]}" python3 - "$mode" "$targets" "$connections" "$slow" "$work/abuser-count" <<'PY'
+  [[ $1 == *-elsewhere ]] && mode=${1%-elsewhere} aim=$sink_targets
+  exec "${sched[@]}" python3 - "$mode" "$aim" "$connections" "$slow" "$work/abuser-count" <<'PY'
 import os, socket, ssl, sys, time
 mode, targets, connections, slow = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
 addrs = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in targets]
@@ -164,6 +176,11 @@ elif mode == "connections":
             try: held.append(connect(addr))
             except OSError: pass
     while True: time.sleep(1)
+elif mode == "cpu-burst":
+    while True:
+        end = time.monotonic() + 0.005
+        while time.monotonic() < end: pass
+        counted(); time.sleep(0.095)
 elif mode == "slowloris":
     request = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
                + bytes([0, 1, 0xf4, 1, 4, 0, 0, 0, 1]) + b"\x82" * 500)
@@ -184,6 +201,27 @@ PY
 }
 
 server_pids=("${pids[@]}")
+
+# The listeners that the -elsewhere rows aim at: they accept every connection and read nothing,
+# at idle priority, so that what the abuser costs there is its own CPU alone. A connection is
+# held until 4 000 newer ones are (slowloris keeps its 800; garbage's are closed by the abuser).
+if [[ " $abuses " == *-elsewhere* ]]; then
+  chrt --idle 0 python3 - "$sink_targets" <<'PY' &
+import collections, selectors, socket, sys
+selector, held = selectors.DefaultSelector(), collections.deque()
+for target in sys.argv[1].split(","):
+    host, port = target.rsplit(":", 1)
+    listener = socket.socket(); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, int(port))); listener.listen(4096); listener.setblocking(False)
+    selector.register(listener, selectors.EVENT_READ)
+while True:
+    for key, _ in selector.select():
+        try: held.append(key.fileobj.accept()[0])
+        except OSError: continue
+        if len(held) > 4000: held.popleft().close()
+PY
+  pids+=($!)
+fi
 # shellcheck source=bench/lib/cpu.sh
 source "$repo/bench/lib/cpu.sh"
 abuser_count() { cat "$work/abuser-count" 2>/dev/null || echo 0; }
