@@ -55,6 +55,24 @@ pub const RESUBSCRIBE_MAX_DELAY: Duration = Duration::from_millis(500);
 /// three pushes missed, so that one push late on a busy node is not taken for silence.
 pub const SILENT_STREAM_LIMIT_MS: u64 = 3 * STATUS_PUSH_INTERVAL_MS;
 
+/// The HTTP/2 flow control window of the router's whole connection to one node: how much of
+/// the node's answers may be on their way before the router has read them. Every client's calls
+/// to that node share this one connection, and the router's batches of gets are answered in
+/// replies of up to 4 MiB; at hyper's default of 5 MiB (a client library's connection has that
+/// for its calls alone) about one such reply could be on its way at a time, and 256 unbatched
+/// gets of 1 MiB values through the router took 3-4 s at p99, some timing out (BENCHMARKS.md,
+/// "Large values: unbatched gets through the router"). It bounds what a node can send ahead of
+/// the router's reading: 32 MiB per node.
+pub const NODE_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+/// A lazily connecting channel to the node at `address` (see [`raftkv::client::channel`]), with
+/// a connection window of [`NODE_CONNECTION_WINDOW_BYTES`].
+pub fn node_channel(address: &str, tls: Option<&raftkv::tls::ClientTls>) -> Result<Channel, raftkv::client::Error> {
+    Ok(raftkv::client::endpoint(address, tls)?
+        .initial_connection_window_size(NODE_CONNECTION_WINDOW_BYTES)
+        .connect_lazy())
+}
+
 /// One node the router forwards to, with its one long-lived channel.
 #[derive(Debug)]
 pub struct Node {
@@ -290,7 +308,7 @@ impl LeaderTracker {
             if known_id || known_address {
                 continue;
             }
-            let channel = match raftkv::client::channel(&member.address, self.member_tls.get()) {
+            let channel = match node_channel(&member.address, self.member_tls.get()) {
                 Ok(channel) => channel,
                 Err(error) => {
                     tracing::warn!("member {} has an address the router cannot use: {error}", member.id);

@@ -21,7 +21,7 @@ use raftkv::wire::SHUTDOWN_GRACE;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::leader_tracker::{LeaderTracker, Node};
+use crate::leader_tracker::{node_channel, LeaderTracker, Node};
 use crate::metrics::RouterMetrics;
 use crate::service::{ClusterRouter, Forwarder, KvRouter};
 
@@ -150,8 +150,7 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
         .nodes
         .iter()
         .map(|address| {
-            let channel =
-                raftkv::client::channel(address, node_tls.as_ref()).with_context(|| format!("node {address}"))?;
+            let channel = node_channel(address, node_tls.as_ref()).with_context(|| format!("node {address}"))?;
             Ok(Node::new(address.clone(), channel))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
