@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".")
+        // prost's codec, but an encoder that sizes its buffer first (src/wire/codec.rs).
+        .codec_path("crate::wire::codec::SizedCodec")
         .compile_protos(&["proto/raftkv.proto", "proto/raft.proto"], &["proto"])?;
     Ok(())
 }

@@ -11,10 +11,12 @@
 //! - [`ClusterId`]: the id of a cluster, how it is derived and how a Raft call carries it;
 //! - [`SHUTDOWN_GRACE`]: how long a stopping server lets in-flight requests finish;
 //! - [`STATUS_PUSH_INTERVAL_MS`]: how often a `WatchStatus` stream speaks, changed or not;
-//! - [`backup_stream`]: the chunk size and idle deadlines of a backup stream.
+//! - [`backup_stream`]: the chunk size and idle deadlines of a backup stream;
+//! - [`codec`]: how every service's messages are encoded (prost's, sized first).
 
 pub mod backup_stream;
 mod cluster_id;
+pub mod codec;
 mod deadline;
 mod leader_hint;
 mod transport_error;
