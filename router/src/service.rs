@@ -592,7 +592,12 @@ mod tests {
     fn router(nodes: &[FakeNode]) -> Arc<Router> {
         let nodes = nodes
             .iter()
-            .map(|node| Node::new(node.address.clone(), client::channel(&node.address, None).unwrap()))
+            .map(|node| {
+                Node::new(
+                    node.address.clone(),
+                    crate::leader_tracker::node_channel(&node.address, None).unwrap(),
+                )
+            })
             .collect();
         let tracker = LeaderTracker::new(nodes);
         let (stop, shutdown) = watch::channel(false);
