@@ -12,6 +12,10 @@
 //! flood outruns it, the kernel's accept queue fills and the flooding host waits in `connect`
 //! instead of spending the CPU it shares with us.
 //!
+//! A host that goes on connecting long after its budget refuses it is shunned for a while
+//! ([`super::shun`]): the kernel drops its connection requests, so that it costs neither of us
+//! a connection.
+//!
 //! The price: under such a flood, or on a machine whose CPU is all taken, a new connection (from
 //! anyone, a cluster member included) waits longer to be accepted. Connections already served
 //! are not affected, and clients and members keep theirs open.
@@ -27,7 +31,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::connection_budget::{Admission, ConnectionBudget};
+use super::connection_budget::{Admission, ConnectionBudget, Refusal};
+use super::shun::{self, Shunned, SHUN_AFTER_REFUSALS_IN_A_SECOND, SHUN_FOR};
 use super::stalled_frame::{StalledFrameGuard, TLS_HANDSHAKE_RECORD};
 use super::{FRAME_STALL_TIMEOUT, TCP_KEEPALIVE_IDLE};
 
@@ -52,7 +57,8 @@ const HANDOFF_QUEUE_LEN: usize = 64;
 /// that it does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-/// At most one warning about refused connections per this interval: a flood must not flood the log.
+/// At most one warning about refused connections (and one about shunned addresses) per this
+/// interval: a flood must not flood the log.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An accepted connection within its budget (its place is given back when it is dropped),
@@ -124,11 +130,16 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
             return;
         }
     };
-    let mut last_warning: Option<Instant> = None;
-    let mut refused = 0u64;
+    let (mut refusals, mut shuns) = (Warnings::default(), Warnings::default());
+    let mut shunned = Shunned::default();
     loop {
+        let next_expiry = shunned.next_expiry();
         let accepted = tokio::select! {
             _ = handoff.closed() => return,
+            _ = tokio::time::sleep_until(next_expiry.unwrap_or_else(Instant::now)), if next_expiry.is_some() => {
+                shunned.expire(&listener, Instant::now());
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -139,17 +150,24 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
                 continue;
             }
         };
-        let admission = match budget.admit(peer.ip(), Instant::now()) {
+        let now = Instant::now();
+        let admission = match budget.admit(peer.ip(), now) {
             Ok(admission) => admission,
             Err(refusal) => {
-                refused += 1;
-                if last_warning.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
-                    tracing::warn!(client = %peer.ip(), refused_so_far = refused, "refused a connection: {refusal}");
-                    last_warning = Some(Instant::now());
+                let loops = matches!(refusal, Refusal::TooManyNewConnections { refused_this_second }
+                    if refused_this_second >= SHUN_AFTER_REFUSALS_IN_A_SECOND);
+                if loops && shunned.shun(&listener, peer.ip(), now) {
+                    if let Some(so_far) = shuns.count(now) {
+                        tracing::warn!(client = %peer.ip(), shunned_so_far = so_far, "dropping new connections from this address for {SHUN_FOR:?}: {refusal}");
+                    }
+                } else if let Some(so_far) = refusals.count(now) {
+                    tracing::warn!(client = %peer.ip(), refused_so_far = so_far, "refused a connection: {refusal}");
                 }
                 continue;
             }
         };
+        // It may have copied a filter that shuns other addresses (see `shun`).
+        shun::clear_inherited_filter(&stream);
         // Nagle's algorithm would hold back small replies (trailers) until a delayed ACK.
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
@@ -166,6 +184,29 @@ async fn accept_loop(listener: std::net::TcpListener, budget: ConnectionBudget, 
                 }
             }
         });
+    }
+}
+
+/// Counts the events of one kind (refusals, shuns) and says when one may be logged: at most
+/// once per [`REFUSAL_WARNING_INTERVAL`], so that a flood does not flood the log.
+#[derive(Default)]
+struct Warnings {
+    so_far: u64,
+    last: Option<Instant>,
+}
+
+impl Warnings {
+    /// Counts one at `now`; the count so far if it may be logged.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.so_far += 1;
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_WARNING_INTERVAL)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(self.so_far)
     }
 }
 
@@ -275,6 +316,42 @@ mod tests {
             Ok(n) => assert_eq!(n, 0, "closed without an answer"),
             Err(error) => assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "{error}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_host_that_connects_in_a_loop_is_shunned_and_another_still_gets_in() {
+        let (address, connections) = incoming().await;
+        let mut connections = Box::pin(connections);
+        let connect_from = |host: u8| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, host], 0))).unwrap();
+            // Long enough for any connection on loopback; shorter than a retransmission (1 s).
+            tokio::time::timeout(Duration::from_millis(500), socket.connect(address))
+        };
+        // Connects, sends garbage and closes, over and over, until a connection is not made: far
+        // fewer attempts than this once the budget refuses it and then the kernel drops them.
+        let most_attempts = super::super::NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST
+            + super::super::shun::SHUN_AFTER_REFUSALS_IN_A_SECOND
+            + 1000;
+        let mut attempts = 0;
+        while let Ok(connected) = connect_from(2).await {
+            let mut stream = connected.expect("a connection refused, rather than dropped");
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &[7u8; 512]).await;
+            attempts += 1;
+            assert!(
+                attempts < most_attempts,
+                "{attempts} connections in a loop, and it is still let in"
+            );
+        }
+        let burst = super::super::NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST;
+        assert!(
+            attempts >= burst,
+            "dropped after {attempts} connections, within its burst of {burst}"
+        );
+        // Another host connects and reaches the server.
+        let mut other = connect_from(3).await.expect("another host was dropped too").unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut other, PREFACE).await.unwrap();
+        assert_eq!(next_peer(&mut connections).await, other.local_addr().unwrap().port());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -37,6 +38,9 @@ const MAX_RATE_TRACKED_ADDRESSES: usize = 16 * 1024;
 struct NewConnectionAllowance {
     tokens: f64,
     at: Instant,
+    /// Connections refused since `refusals_from`, at most a second ago.
+    refused: u32,
+    refusals_from: Instant,
 }
 
 impl NewConnectionAllowance {
@@ -44,6 +48,8 @@ impl NewConnectionAllowance {
         NewConnectionAllowance {
             tokens: f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST),
             at: now,
+            refused: 0,
+            refusals_from: now,
         }
     }
 
@@ -54,6 +60,7 @@ impl NewConnectionAllowance {
         NewConnectionAllowance {
             tokens: (self.tokens + earned).min(f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST)),
             at: now,
+            ..self
         }
     }
 
@@ -61,14 +68,20 @@ impl NewConnectionAllowance {
         self.refilled(now).tokens >= f64::from(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST)
     }
 
-    /// Takes one new connection from the allowance, if there is one.
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes one new connection from the allowance, if there is one; if not, how many have
+    /// been refused within the second now under way (counted from the first refusal), this
+    /// one included.
+    fn take(&mut self, now: Instant) -> Result<(), u32> {
         *self = self.refilled(now);
-        if self.tokens < 1.0 {
-            return false;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
         }
-        self.tokens -= 1.0;
-        true
+        if now.saturating_duration_since(self.refusals_from) >= Duration::from_secs(1) {
+            (self.refused, self.refusals_from) = (0, now);
+        }
+        self.refused = self.refused.saturating_add(1);
+        Err(self.refused)
     }
 }
 
@@ -77,8 +90,12 @@ impl NewConnectionAllowance {
 pub enum Refusal {
     #[error("over the connection limit")]
     TooManyConnections,
-    #[error("too many new connections per second from this address")]
-    TooManyNewConnections,
+    #[error("too many new connections per second from this address ({refused_this_second} refused within a second)")]
+    TooManyNewConnections {
+        /// How many of this address's new connections have been refused within the second under
+        /// way (counted from the first of them).
+        refused_this_second: u32,
+    },
 }
 
 /// Tells whether an address belongs to one of the cluster's members.
@@ -131,9 +148,8 @@ impl ConnectionBudget {
                 address: None,
             });
         }
-        if !self.take_new_connection(address, now) {
-            return Err(Refusal::TooManyNewConnections);
-        }
+        self.take_new_connection(address, now)
+            .map_err(|refused_this_second| Refusal::TooManyNewConnections { refused_this_second })?;
         let permit = self
             .clients
             .clone()
@@ -151,8 +167,9 @@ impl ConnectionBudget {
         })
     }
 
-    /// Whether `address` may open one more connection `now`, by its rate of new connections.
-    fn take_new_connection(&self, address: IpAddr, now: Instant) -> bool {
+    /// Whether `address` may open one more connection `now`, by its rate of new connections;
+    /// if not, how many it has been refused within the second under way.
+    fn take_new_connection(&self, address: IpAddr, now: Instant) -> Result<(), u32> {
         let mut allowances = self
             .new_connections
             .lock()
@@ -160,7 +177,7 @@ impl ConnectionBudget {
         if !allowances.contains_key(&address) && allowances.len() >= MAX_RATE_TRACKED_ADDRESSES {
             allowances.retain(|_, allowance| !allowance.is_whole(now));
             if allowances.len() >= MAX_RATE_TRACKED_ADDRESSES {
-                return true;
+                return Ok(());
             }
         }
         allowances
@@ -241,7 +258,11 @@ mod tests {
             .filter(|_| budget.admit(looping, start).is_ok())
             .count();
         assert_eq!(burst, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST as usize);
-        assert_eq!(budget.admit(looping, start).err(), Some(Refusal::TooManyNewConnections));
+        let refused = |n| Some(Refusal::TooManyNewConnections { refused_this_second: n });
+        // The burst's second half was refused, within the same second.
+        let half = NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST;
+        assert_eq!(budget.admit(looping, start).err(), refused(half + 1));
+        assert_eq!(budget.admit(looping, start).err(), refused(half + 2));
         assert!(
             budget.admit(ip("10.0.0.2"), start).is_ok(),
             "another host is not held back"
@@ -252,6 +273,18 @@ mod tests {
             .filter(|_| budget.admit(looping, later).is_ok())
             .count();
         assert_eq!(refilled, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC as usize);
+        assert_eq!(
+            budget.admit(looping, later).err(),
+            refused(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC + 1),
+            "a second later, the refusals are counted afresh"
+        );
+        // Taken connections between refusals do not start the count again.
+        let a_token_later = later + Duration::from_secs(1) / NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC;
+        assert!(budget.admit(looping, a_token_later).is_ok());
+        assert_eq!(
+            budget.admit(looping, a_token_later).err(),
+            refused(NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC + 2)
+        );
         // Members are never rate-limited.
         let member = ip("10.0.0.9");
         let budget = ConnectionBudget::new(Arc::new(move |address| address == member));

@@ -3,7 +3,8 @@
 //! request trickled a byte at a time) costs the others nothing, and so that many honest ones
 //! cannot make it hold more memory than it has: the numbers, and the four pieces tonic does not
 //! have, connections accepted on a low-priority thread of their own ([`accept`]), a connection
-//! budget ([`connection_budget`]), a deadline on a frame that stops arriving halfway
+//! budget ([`connection_budget`]) with the kernel's help against a host that connects in a
+//! loop ([`shun`]), a deadline on a frame that stops arriving halfway
 //! ([`stalled_frame`]) and requests read only when the server has room for them ([`admission`]).
 //!
 //! The node and the router serve the same Kv and Cluster services, so their message size
@@ -14,6 +15,7 @@ pub mod accept;
 pub mod admission;
 pub mod connection_budget;
 mod services;
+pub mod shun;
 pub mod stalled_frame;
 
 use std::time::Duration;
