@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How much a hostile client slows the others (issue 15, "Hostile input"): the p99 latency of a
 # normal client (`raftkv bench`, put and linearizable get through the router) quiet, and while
-# one abusive client, on the same machine (from 127.0.0.2), does one of:
+# one abusive client, on the same machine (from 127.0.0.2 and up, an address per row), does one of:
 #   garbage       connects to the router and to every node, over and over, and sends random bytes;
 #   connections   opens --connections connections to the router and to each node and holds them
 #                 (the budgets: 256 per client address, 4096 per process);
@@ -128,16 +128,29 @@ done
 "$bin/raftkv" --endpoint "$router" "${client_tls[@]}" --timeout 1s put hostile-bench-ready 1 >/dev/null || { echo "error: the cluster did not come up (logs: $work)" >&2; exit 1; }
 
 # The abusive client, in Python so that it owns its sockets and knows nothing of gRPC.
-# It connects from 127.0.0.2, so the normal client (127.0.0.1) has an address of its own:
-# the per-address budget is what keeps one host's connections from crowding out another's.
+# It connects from an address of its own, so the normal client (127.0.0.1) has its own: the
+# per-address budget is what keeps one host's connections from crowding out another's. Each row
+# has its own (127.0.0.2 for the first in $all_abuses, and up), so that a row's abuser does not
+# meet what the servers keep about the last one's (a shun lasts 5 s after its last refusal).
 # It counts what it did (connections opened; bytes trickled, for slowloris) in $work/abuser-count.
+# The source address of row ABUSE's abuser: 127.0.0.2 for the first of $all_abuses, and up.
+abuser_address() {
+  local i=2 name
+  for name in $all_abuses; do
+    [[ $name == "$1" ]] && break
+    i=$((i + 1))
+  done
+  echo "127.0.0.$i"
+}
 abuser() {
-  local mode=${1%-idle} sched=() aim=$targets
+  local mode=${1%-idle} sched=() aim=$targets source
+  source=$(abuser_address "$1")
   [[ $1 == *-idle ]] && sched=(chrt --idle 0)
   [[ $1 == *-elsewhere ]] && mode=${1%-elsewhere} aim=$sink_targets
-  exec "${sched[@]}" python3 - "$mode" "$aim" "$connections" "$slow" "$work/abuser-count" <<'PY'
+  exec "${sched[@]}" python3 - "$mode" "$aim" "$connections" "$slow" "$work/abuser-count" "$source" <<'PY'
 import os, socket, ssl, sys, time
 mode, targets, connections, slow = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+source = sys.argv[6]
 addrs = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in targets]
 count, reported = 0, time.monotonic()
 def counted(n=1):
@@ -148,7 +161,7 @@ def counted(n=1):
         with open(sys.argv[5] + ".tmp", "w") as f: f.write(str(count))
         os.replace(sys.argv[5] + ".tmp", sys.argv[5])
 def connect(addr):
-    s = socket.socket(); s.bind(("127.0.0.2", 0)); s.settimeout(1); s.connect(addr); s.setblocking(False)
+    s = socket.socket(); s.bind((source, 0)); s.settimeout(1); s.connect(addr); s.setblocking(False)
     if mode != "slowloris": counted()
     return s
 if mode == "handshakes":
