@@ -9,7 +9,9 @@
 //! other connection against [`MAX_CLIENT_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_CLIENT_ADDRESS`]
 //! for its source address, and against its address's rate of new connections
 //! ([`NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC`], a token bucket): a host that connects in a
-//! loop costs the server an accept and a close per connection, not a handshake.
+//! loop costs the server an accept and a close per connection, not a handshake; and one that
+//! keeps on once refused is shunned, its connection requests dropped by the kernel
+//! ([`super::shun`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,7 +40,8 @@ const MAX_RATE_TRACKED_ADDRESSES: usize = 16 * 1024;
 struct NewConnectionAllowance {
     tokens: f64,
     at: Instant,
-    /// Connections refused since `refusals_from`, at most a second ago.
+    /// Connections refused since `refusals_from`; the count starts again at the first refusal
+    /// a second or more after it.
     refused: u32,
     refusals_from: Instant,
 }
