@@ -282,6 +282,10 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     // Kv and KvBatch requests are read only while those being served leave room for them.
     let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
     raftkv::metrics::admission::register(&metrics.registry, &request_bytes);
+    let members = MemberAddresses::follow(raft.clone(), settings.initial_cluster.values().cloned()).await;
+    // Connections beyond the budget are closed at once; members have a budget of their own.
+    let budget = ConnectionBudget::new(members.is_member());
+    raftkv::metrics::connections::register(&metrics.registry, &budget);
     metrics.start(
         metrics_listener,
         health,
@@ -295,7 +299,6 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
     let tls = if settings.tls.is_some() { "TLS" } else { "plaintext" };
     tracing::info!(listen = %settings.listen, advertise = %settings.advertise, "serving ({tls})");
     serving(app.clone());
-    let members = MemberAddresses::follow(raft.clone(), settings.initial_cluster.values().cloned()).await;
     let mut server = serving::with_limits(tonic::transport::Server::builder()).timeout(serving::NODE_REQUEST_TIMEOUT);
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
@@ -327,10 +330,8 @@ async fn serve(settings: Settings, stop: impl Future<Output = ()>, serving: impl
         .add_service(serving::kv_batch_server(Arc::new(kv), &request_bytes))
         .add_service(serving::cluster_server(ClusterService::new(app.clone())))
         .add_service(raft_service)
-        // Connections beyond the budget are closed at once; members have a budget of their own.
         .serve_with_incoming_shutdown(
-            serving::guarded_incoming(listener, ConnectionBudget::new(members.is_member()))
-                .context("cannot accept connections")?,
+            serving::guarded_incoming(listener, budget).context("cannot accept connections")?,
             {
                 let raft = raft.clone();
                 let reads = app.read_index.clone();

@@ -196,6 +196,9 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
     // Kv and KvBatch requests are read only while those being served leave room for them.
     let request_bytes = serving::RequestBytes::new(serving::REQUEST_BYTES_IN_FLIGHT);
     raftkv::metrics::admission::register(&metrics.registry, &request_bytes);
+    // Every connection is a client's: one budget, closed at once beyond it.
+    let budget = ConnectionBudget::clients_only();
+    raftkv::metrics::connections::register(&metrics.registry, &budget);
     let mut server = serving::with_limits(tonic::transport::Server::builder());
     if let Some(tls) = &tls {
         server = server.tls_config(tls.server_config()).context("cannot serve TLS")?;
@@ -205,10 +208,8 @@ async fn run(args: Args, tls: Option<ServerTls>) -> anyhow::Result<()> {
         .add_service(serving::kv_server(Arc::clone(&kv), &request_bytes))
         .add_service(serving::kv_batch_server(kv, &request_bytes))
         .add_service(serving::cluster_server(ClusterRouter::new(forwarder)))
-        // Every connection is a client's: one budget, closed at once beyond it.
         .serve_with_incoming_shutdown(
-            serving::guarded_incoming(listener, ConnectionBudget::clients_only())
-                .context("cannot accept connections")?,
+            serving::guarded_incoming(listener, budget).context("cannot accept connections")?,
             async move {
                 let _ = until_stopped.wait_for(|stop| *stop).await;
             },

@@ -1,9 +1,11 @@
 //! What the node and the router share to be watched by Prometheus: the HTTP endpoint that
 //! serves `/metrics` and `/health` ([`endpoint`]), the per-call metrics of a gRPC server
-//! ([`grpc_requests`]) and what its admission by bytes holds and refuses ([`admission`]). Each process owns one [`prometheus::Registry`] and registers its own
+//! ([`grpc_requests`]), what its admission by bytes holds and refuses ([`admission`]) and what
+//! its connection budget holds and refuses ([`connections`]). Each process owns one [`prometheus::Registry`] and registers its own
 //! metrics in it; every metric's name starts with [`NAMESPACE`].
 
 pub mod admission;
+pub mod connections;
 pub mod endpoint;
 pub mod grpc_requests;
 

@@ -175,6 +175,7 @@ async fn accept_loop(
                 let loops = matches!(refusal, Refusal::TooManyNewConnections { refused_this_second }
                     if refused_this_second >= SHUN_AFTER_REFUSALS_IN_A_SECOND);
                 if loops && shunned.shun(&listener, peer.ip(), now) {
+                    budget.note_shun();
                     if let Some(so_far) = shuns.count(now) {
                         tracing::warn!(client = %peer.ip(), shunned_so_far = so_far, "dropping new connections from this address for {SHUN_FOR:?}: {refusal}");
                     }
@@ -353,7 +354,8 @@ mod tests {
         use super::super::{shun::SHUN_AFTER_REFUSALS_IN_A_SECOND, NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let connections = guarded_incoming_timed(listener, ConnectionBudget::clients_only(), fast_clock).unwrap();
+        let budget = ConnectionBudget::clients_only();
+        let connections = guarded_incoming_timed(listener, budget.clone(), fast_clock).unwrap();
         let mut connections = Box::pin(connections);
         let host = |n: u8| IpAddr::from([127, 0, 0, n]);
         // Connects, sends garbage and waits for the server to close the connection (refused,
@@ -379,6 +381,15 @@ mod tests {
             attempts, shunned_after,
             "taken for its burst, then refused until shunned"
         );
+        // The shun is counted (for the metrics) once the filter is set.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while budget.counts().shuns == 0 {
+            assert!(std::time::Instant::now() < deadline, "the shun was not counted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let counts = budget.counts();
+        let expected = (1, u64::from(SHUN_AFTER_REFUSALS_IN_A_SECOND));
+        assert_eq!((counts.shuns, counts.refused_too_fast), expected);
         // Another host connects and reaches the server.
         let Request::Made(mut other) = request(host(3), address).await else {
             panic!("another host was dropped too");

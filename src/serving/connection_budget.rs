@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,11 +105,37 @@ pub enum Refusal {
 /// Tells whether an address belongs to one of the cluster's members.
 pub type IsMember = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
+/// What a budget holds and has refused, for the metrics (`crate::metrics::connections`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetCounts {
+    /// Client connections open now.
+    pub clients_open: usize,
+    /// Members' connections open now.
+    pub members_open: usize,
+    /// Connections refused so far for a limit on connections held (an address's, the process's).
+    pub refused_over_limit: u64,
+    /// Connections refused so far for coming too fast from their address.
+    pub refused_too_fast: u64,
+    /// Times so far an address was shunned ([`super::shun`]).
+    pub shuns: u64,
+}
+
+/// The counters behind [`BudgetCounts`]' totals.
+#[derive(Default)]
+struct Tally {
+    refused_over_limit: AtomicU64,
+    refused_too_fast: AtomicU64,
+    shuns: AtomicU64,
+}
+
 /// The connection budgets of one server. Cheap to clone.
 #[derive(Clone)]
 pub struct ConnectionBudget {
     members: Arc<Semaphore>,
+    max_members: usize,
     clients: Arc<Semaphore>,
+    max_clients: usize,
+    tally: Arc<Tally>,
     per_address: ConnectionsByAddress,
     max_per_address: usize,
     new_connections: Arc<Mutex<HashMap<IpAddr, NewConnectionAllowance>>>,
@@ -134,7 +161,10 @@ impl ConnectionBudget {
     fn with_limits(is_member: IsMember, members: usize, clients: usize, per_address: usize) -> Self {
         ConnectionBudget {
             members: Arc::new(Semaphore::new(members)),
+            max_members: members,
             clients: Arc::new(Semaphore::new(clients)),
+            max_clients: clients,
+            tally: Arc::default(),
             per_address: Arc::new(Mutex::new(HashMap::new())),
             max_per_address: per_address,
             new_connections: Arc::new(Mutex::new(HashMap::new())),
@@ -144,6 +174,34 @@ impl ConnectionBudget {
 
     /// A place in the budget for a connection from `address` arriving `now`, or why not.
     pub fn admit(&self, address: IpAddr, now: Instant) -> Result<Admission, Refusal> {
+        let admitted = self.try_admit(address, now);
+        if let Err(refusal) = &admitted {
+            let counter = match refusal {
+                Refusal::TooManyConnections => &self.tally.refused_over_limit,
+                Refusal::TooManyNewConnections { .. } => &self.tally.refused_too_fast,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Counts a shun of one of the addresses this budget refused.
+    pub fn note_shun(&self) {
+        self.tally.shuns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the budget holds now and has refused so far.
+    pub fn counts(&self) -> BudgetCounts {
+        BudgetCounts {
+            clients_open: self.max_clients - self.clients.available_permits(),
+            members_open: self.max_members - self.members.available_permits(),
+            refused_over_limit: self.tally.refused_over_limit.load(Ordering::Relaxed),
+            refused_too_fast: self.tally.refused_too_fast.load(Ordering::Relaxed),
+            shuns: self.tally.shuns.load(Ordering::Relaxed),
+        }
+    }
+
+    fn try_admit(&self, address: IpAddr, now: Instant) -> Result<Admission, Refusal> {
         if (self.is_member)(address) {
             let permit = self.members.clone().try_acquire_owned();
             return Ok(Admission {
@@ -232,6 +290,12 @@ mod tests {
             Some(Refusal::TooManyConnections)
         );
         let _other = budget.admit(ip("10.0.0.2"), now).unwrap();
+        let counts = BudgetCounts {
+            clients_open: 3,
+            refused_over_limit: 1,
+            ..BudgetCounts::default()
+        };
+        assert_eq!(budget.counts(), counts);
         drop(first);
         assert!(
             budget.admit(ip("10.0.0.1"), now).is_ok(),
@@ -249,6 +313,15 @@ mod tests {
         assert!(budget.admit(ip("10.0.0.3"), now).is_err());
         let _peer = budget.admit(member, now).expect("members have a budget of their own");
         assert!(budget.admit(member, now).is_err(), "and a limit of their own");
+        budget.note_shun();
+        let counts = BudgetCounts {
+            clients_open: 2,
+            members_open: 1,
+            refused_over_limit: 2,
+            refused_too_fast: 0,
+            shuns: 1,
+        };
+        assert_eq!(budget.counts(), counts);
     }
 
     #[test]
@@ -266,6 +339,8 @@ mod tests {
         let half = NEW_CONNECTIONS_PER_CLIENT_ADDRESS_BURST;
         assert_eq!(budget.admit(looping, start).err(), refused(half + 1));
         assert_eq!(budget.admit(looping, start).err(), refused(half + 2));
+        assert_eq!(budget.counts().refused_too_fast, u64::from(half) + 2);
+        assert_eq!(budget.counts().clients_open, 0, "each connection closed at once");
         assert!(
             budget.admit(ip("10.0.0.2"), start).is_ok(),
             "another host is not held back"

@@ -24,7 +24,7 @@ use tonic::transport::Server;
 
 pub use accept::{guarded_incoming, GuardedConnection};
 pub use admission::{RequestBytes, REQUEST_BYTES_IN_FLIGHT};
-pub use connection_budget::ConnectionBudget;
+pub use connection_budget::{BudgetCounts, ConnectionBudget};
 pub use services::{cluster_server, kv_batch_server, kv_server};
 
 /// The largest Kv request or answer: a compare-and-swap carries a key and two values at their

@@ -14,7 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::common::{self, TestCluster};
+use crate::common::{self, ClusterOptions, TestCluster};
 use crate::nemesis::own_subnet;
 
 /// How often a normal client's call refused with UNAVAILABLE is tried again.
@@ -145,7 +145,7 @@ async fn garbage_bytes_lose_their_connection_and_the_node_and_router_keep_servin
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_and_another_client_is_served_meanwhile() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = TestCluster::start_with(ClusterOptions::default().with_metrics()).await;
     let leader = cluster.leader().await;
     let abuser = source_ip(110);
     for (who, address) in [("node", cluster.address(leader)), ("router", cluster.router_address())] {
@@ -164,6 +164,18 @@ async fn connections_beyond_the_limit_are_closed_and_another_client_is_served_me
                 "the {who} kept connection {i} beyond the limit open"
             );
         }
+        // Each refusal is counted where an operator looks.
+        let metrics = if who == "node" {
+            cluster.metrics_address(leader)
+        } else {
+            cluster.router_metrics_address()
+        };
+        let text = crate::common::scrape::scrape(metrics).await;
+        let refused = crate::common::scrape::metric(&text, "raftkv_connections_refused_total", &[]);
+        assert!(
+            refused >= Some(CONNECTIONS_OVER_THE_LIMIT as f64),
+            "the {who} counts {refused:?} refused connections:\n{text}"
+        );
         // The abuser still holds its full share: a client from another address is served.
         let mut kv = kv_from(source_ip(111), address).await;
         every_put_and_get_succeeds(&mut kv, &format!("beside-many-connections-{who}")).await;

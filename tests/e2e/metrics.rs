@@ -103,6 +103,27 @@ async fn metrics_and_health_move_with_writes_and_a_leader_change() {
             "{server}:\n{text}"
         );
     }
+    // The connections each holds: the router the test's client (every connection is a client's
+    // there), the leader the router's (from 127.0.0.1, the members' address, so a member's); none
+    // refused, no address shunned.
+    let open = |text: &str, peer: &str| metric(text, "raftkv_connections_open", &[&format!("peer=\"{peer}\"")]);
+    assert!(open(&router_after, "client") >= Some(1.0), "{router_after}");
+    assert!(open(&leader_after, "member") >= Some(1.0), "{leader_after}");
+    for (server, text) in [("the router", &router_after), ("the leader", &leader_after)] {
+        for reason in ["over_limit", "too_fast"] {
+            let refused = metric(
+                text,
+                "raftkv_connections_refused_total",
+                &[&format!("reason=\"{reason}\"")],
+            );
+            assert_eq!(refused, Some(0.0), "{server}:\n{text}");
+        }
+        assert_eq!(
+            value_of(text, "raftkv_connection_shuns_total"),
+            0.0,
+            "{server}:\n{text}"
+        );
+    }
     let leader_address = cluster.metrics_address(leader).to_string();
     wait_until(SETTLE_TIMEOUT, "the leader reports a snapshot", || async {
         let text = scrape(&leader_address).await;
