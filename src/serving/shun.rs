@@ -21,12 +21,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use socket2::SockRef;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-use socket2::SockFilter;
+use socket2::{SockFilter, SockRef};
 
 #[cfg(doc)]
 use super::NEW_CONNECTIONS_PER_CLIENT_ADDRESS_PER_SEC;
@@ -91,7 +90,9 @@ impl Shunned {
     fn apply(&mut self, listener: &TcpListener) {
         if let Err(error) = set_filter(listener, self.until.keys().copied()) {
             tracing::warn!(%error, "cannot drop the connections of hosts that connect in a loop (a socket filter); they are refused one at a time instead");
+            // A filter set before stays unless taken off, and nobody would let its addresses in.
             self.until.clear();
+            let _ = set_filter(listener, std::iter::empty());
             self.unavailable = true;
         }
     }
