@@ -7,7 +7,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntGauge, Opts, Registry};
 
-use super::{must_register, NAMESPACE};
+use super::{must_register, raise_to, NAMESPACE};
 use crate::serving::RequestBytes;
 
 /// The collector: three metrics, brought up to date from the budget when scraped.
@@ -25,8 +25,7 @@ impl Collector for AdmissionMetrics {
 
     fn collect(&self) -> Vec<MetricFamily> {
         self.held.set(i64::try_from(self.budget.held()).unwrap_or(i64::MAX));
-        let refused = self.budget.refused();
-        self.refused.inc_by(refused.saturating_sub(self.refused.get()));
+        raise_to(&self.refused, self.budget.refused());
         [self.held.collect(), self.limit.collect(), self.refused.collect()].concat()
     }
 }

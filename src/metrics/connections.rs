@@ -8,7 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::{must_register, NAMESPACE};
+use super::{must_register, raise_to, NAMESPACE};
 use crate::serving::ConnectionBudget;
 
 /// The collector: brought up to date from the budget when scraped.
@@ -17,11 +17,6 @@ struct ConnectionMetrics {
     open: IntGaugeVec,
     refused: IntCounterVec,
     shuns: IntCounter,
-}
-
-/// Raises `counter` to `total` (a counter only goes up: the budget's totals do too).
-fn raise(counter: &IntCounter, total: u64) {
-    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 impl Collector for ConnectionMetrics {
@@ -40,9 +35,9 @@ impl Collector for ConnectionMetrics {
             ("over_limit", counts.refused_over_limit),
             ("too_fast", counts.refused_too_fast),
         ] {
-            raise(&self.refused.with_label_values(&[reason]), total);
+            raise_to(&self.refused.with_label_values(&[reason]), total);
         }
-        raise(&self.shuns, counts.shuns);
+        raise_to(&self.shuns, counts.shuns);
         [self.open.collect(), self.refused.collect(), self.shuns.collect()].concat()
     }
 }

@@ -16,6 +16,12 @@ pub use prometheus;
 /// The prefix of every metric raftkv exports (`raftkv_requests_total`, …).
 pub const NAMESPACE: &str = "raftkv";
 
+/// Raises `counter` to `total`, a count kept elsewhere that only goes up (a collector copies it
+/// at each scrape).
+pub fn raise_to(counter: &prometheus::IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 /// How a metric or label definition that is fixed in the source failed to register: two with
 /// one name. A bug, caught by the first test that builds the registry.
 pub fn must_register(registry: &prometheus::Registry, metric: impl prometheus::core::Collector + 'static) {

@@ -82,6 +82,7 @@ impl Shunned {
     }
 
     /// Whether `address` is shunned now.
+    #[cfg(test)]
     pub fn contains(&self, address: IpAddr) -> bool {
         self.until.contains_key(&address.to_canonical())
     }
